@@ -1,0 +1,130 @@
+//! The hit path measured side by side with the bare handler, key building, and the entry codec.
+//!
+//! `cargo bench --bench hit_path`; compare `hit/cached` with `hit/bare` from the same run.
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use std::convert::Infallible;
+use std::time::{Duration, SystemTime};
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower_stash::{CacheLayer, Entry, Policy, Routes, Stash};
+
+const BODY: &str = r#"{"id":1,"name":"User 1","email":"user1@example.com"}"#;
+
+fn bare(
+) -> impl Service<Request<Empty<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone
+{
+    service_fn(|_req: Request<Empty<Bytes>>| async {
+        let mut r = Response::new(Full::new(Bytes::from_static(BODY.as_bytes())));
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        Ok::<_, Infallible>(r)
+    })
+}
+
+fn routes() -> Routes {
+    Routes::new().get(
+        "/users/{id}",
+        Policy::ttl(Duration::from_secs(3600)).key("user:{id}"),
+    )
+}
+
+fn hit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let stash = Stash::new();
+    let cached = ServiceBuilder::new()
+        .layer(CacheLayer::new(stash.clone(), routes()))
+        .service(bare());
+    let req = || {
+        Request::get("/users/1")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    // Fill the entry.
+    rt.block_on(async {
+        let resp = cached.clone().oneshot(req()).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    });
+    assert_eq!(stash.stats().stores, 1);
+
+    let mut group = c.benchmark_group("hit");
+    group.bench_function("bare", |b| {
+        b.to_async(&rt).iter(|| async {
+            let resp = bare().oneshot(req()).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.into_body().collect().await.unwrap()
+        })
+    });
+    group.bench_function("cached", |b| {
+        b.to_async(&rt).iter(|| async {
+            let resp = cached.clone().oneshot(req()).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.into_body().collect().await.unwrap()
+        })
+    });
+    let unmatched = || Request::get("/health").body(Empty::<Bytes>::new()).unwrap();
+    group.bench_function("unmatched_route", |b| {
+        b.to_async(&rt)
+            .iter(|| async { cached.clone().oneshot(unmatched()).await.unwrap() })
+    });
+    group.finish();
+}
+
+fn keys(c: &mut Criterion) {
+    let layer = CacheLayer::new(
+        Stash::new(),
+        routes().get(
+            "/search",
+            Policy::ttl(Duration::from_secs(60)).vary_headers(["accept-language"]),
+        ),
+    );
+    let mut group = c.benchmark_group("key");
+    let template = Request::get("/users/12345").body(()).unwrap();
+    group.bench_function("template", |b| b.iter(|| layer.key_for(&template)));
+    let query = Request::get("/search?q=rust+cache&page=2&sort=asc&lang=en")
+        .header("accept-language", "en-GB,en;q=0.9")
+        .body(())
+        .unwrap();
+    group.bench_function("default_query_header", |b| b.iter(|| layer.key_for(&query)));
+    let long = Request::get(format!("/search?q={}", "x".repeat(4000)))
+        .body(())
+        .unwrap();
+    group.bench_function("hashed_4k", |b| b.iter(|| layer.key_for(&long)));
+    group.finish();
+}
+
+fn codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("codec");
+    for size in [64usize, 16 * 1024] {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        headers.insert(
+            "etag",
+            "\"061501b38f4e562eb57a7fbba6b1775d\"".parse().unwrap(),
+        );
+        let entry = Entry::new(
+            "app:v1:user:1",
+            StatusCode::OK,
+            headers,
+            vec![b'x'; size].into(),
+        )
+        .with_times(SystemTime::now(), Duration::from_secs(3600))
+        .with_tags(vec!["users".into()]);
+        let bytes = entry.encode();
+        group.throughput(Throughput::Bytes(bytes.len() as u64));
+        group.bench_with_input(BenchmarkId::new("encode", size), &entry, |b, e| {
+            b.iter(|| e.encode())
+        });
+        group.bench_with_input(BenchmarkId::new("decode", size), &bytes, |b, bytes| {
+            b.iter(|| Entry::decode(bytes.clone()).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, hit, keys, codec);
+criterion_main!(benches);

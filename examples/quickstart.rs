@@ -1,0 +1,84 @@
+//! The guide's first example as a service: a user lookup that takes 200 ms (a simulated
+//! database), cached in memory for an hour.
+//!
+//! ```sh
+//! cargo run --example quickstart                 # listens on 127.0.0.1:3000
+//! cargo run --example quickstart -- --listen 127.0.0.1:8080
+//! ```
+
+use axum::{extract::Path, extract::State, response::IntoResponse, routing::get, Json, Router};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tower_stash::{CacheLayer, Policy, Routes, Stash};
+
+/// The body of a user, as the database would render it.
+fn user_json(id: u64) -> String {
+    format!(r#"{{"id":{id},"name":"User {id}","email":"user{id}@example.com"}}"#)
+}
+
+#[derive(Clone, Default)]
+struct Db {
+    queries: Arc<AtomicU64>,
+}
+
+async fn get_user(State(db): State<Db>, Path(id): Path<u64>) -> impl IntoResponse {
+    db.queries.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(200)).await; // the database
+    ([("content-type", "application/json")], user_json(id))
+}
+
+async fn stats(State((db, stash)): State<(Db, Stash)>) -> impl IntoResponse {
+    let s = stash.stats();
+    Json(serde_json::json!({
+        "db_queries": db.queries.load(Ordering::Relaxed),
+        "hits": s.hits,
+        "misses": s.misses,
+        "stores": s.stores,
+        "hit_rate": s.hit_rate(),
+        "entries": s.entries,
+        "bytes": s.bytes,
+    }))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let listen: SocketAddr = match std::env::args().skip_while(|a| a != "--listen").nth(1) {
+        Some(addr) => addr.parse().map_err(|e| format!("--listen {addr}: {e}"))?,
+        None => "127.0.0.1:3000".parse()?,
+    };
+
+    let stash = Stash::new(); // in memory, 64 MiB
+    let db = Db::default();
+    let routes = Routes::new().get(
+        "/users/{id}",
+        Policy::named("user_profile")
+            .key("user:{id}")
+            .tags(["users"]), // 1 hour
+    );
+    let app = Router::new()
+        .route("/users/{id}", get(get_user))
+        .with_state(db.clone())
+        .layer(CacheLayer::new(stash.clone(), routes))
+        .route("/stats", get(stats).with_state((db, stash)));
+
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    println!("tower-stash quickstart listening on http://{addr}");
+    println!();
+    println!(
+        "  curl -i http://{addr}/users/1     # first call: ~200 ms, Cache-Status: fwd=miss; stored"
+    );
+    println!("  curl -i http://{addr}/users/1     # again: from memory, Cache-Status: hit");
+    println!("  curl -s -o /dev/null -w '%{{time_total}}s\\n' http://{addr}/users/2   # time it");
+    println!("  curl -s http://{addr}/stats       # database queries, hits, misses");
+    println!();
+    println!("Ctrl-C to stop.");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,257 @@
+use crate::entry::Entry;
+use crate::headers;
+use crate::Stash;
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime};
+
+pin_project! {
+    /// The response body of [`CacheService`](super::CacheService): a stored body on a hit, or the
+    /// service's body as it streams (copied on the side, up to the size limit, to be stored when
+    /// it ends).
+    pub struct CacheBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        Stream { #[pin] body: B, capture: Option<Box<Capture>> },
+    }
+}
+
+impl<B> std::fmt::Debug for CacheBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Full { data, .. } => f
+                .debug_struct("CacheBody::Full")
+                .field("len", &data.as_ref().map_or(0, Bytes::len))
+                .finish(),
+            Kind::Stream { capture, .. } => f
+                .debug_struct("CacheBody::Stream")
+                .field("capturing", &capture.is_some())
+                .finish(),
+        }
+    }
+}
+
+impl<B> CacheBody<B> {
+    /// A stored body (a slice of the entry: no copy) and its trailers.
+    pub(crate) fn full(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            kind: Kind::Full {
+                data: Some(data).filter(|d| !d.is_empty()),
+                trailers,
+            },
+        }
+    }
+
+    /// No body (HEAD, 304).
+    pub(crate) fn empty() -> Self {
+        Self::full(Bytes::new(), None)
+    }
+
+    /// The service's body, passed on as it is.
+    pub(crate) fn inner(body: B) -> Self {
+        Self {
+            kind: Kind::Stream {
+                body,
+                capture: None,
+            },
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> CacheBody<B> {
+    /// The service's body, copied to `capture` as it streams. A body that is already over
+    /// (hyper may never poll it) is stored at once.
+    pub(crate) fn tee(body: B, capture: Capture, cx: &mut Context<'_>) -> Self {
+        if body.is_end_stream() {
+            capture.finish(cx);
+            return Self::inner(body);
+        }
+        Self {
+            kind: Kind::Stream {
+                body,
+                capture: Some(Box::new(capture)),
+            },
+        }
+    }
+}
+
+impl<B> Body for CacheBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Full { data, trailers } => {
+                if let Some(d) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            KindProj::Stream { mut body, capture } => {
+                let frame = ready!(body.as_mut().poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let Some(c) = capture.as_mut() {
+                            if let Some(d) = f.data_ref() {
+                                if !c.push(d) {
+                                    *capture = None;
+                                }
+                            } else if let Some(t) = f.trailers_ref() {
+                                c.trailers = Some(t.clone());
+                            }
+                        }
+                        if body.is_end_stream() {
+                            if let Some(c) = capture.take() {
+                                c.finish(cx);
+                            }
+                        }
+                    }
+                    Some(Err(_)) => {
+                        if let Some(c) = capture.take() {
+                            tracing::debug!(key = %c.key, "body failed midway: not stored");
+                        }
+                    }
+                    None => {
+                        if let Some(c) = capture.take() {
+                            c.finish(cx);
+                        }
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
+            Kind::Stream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Stream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+/// The copy of a streaming response, stored when its body ends.
+pub(crate) struct Capture {
+    pub(crate) stash: Stash,
+    pub(crate) key: Arc<str>,
+    pub(crate) full_key: Arc<str>,
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) ttl: Duration,
+    pub(crate) tags: Vec<String>,
+    pub(crate) limit: usize,
+    pub(crate) etag: bool,
+    pub(crate) stored_at: SystemTime,
+    pub(crate) size: usize,
+    pub(crate) chunks: Vec<Bytes>,
+    pub(crate) trailers: Option<HeaderMap>,
+}
+
+impl Capture {
+    /// Keeps a chunk (a reference-counted clone, not a copy); false once over the limit.
+    fn push(&mut self, chunk: &Bytes) -> bool {
+        self.size += chunk.len();
+        if self.size > self.limit {
+            tracing::debug!(key = %self.key, limit = self.limit, "body over the size limit: not stored");
+            return false;
+        }
+        if !chunk.is_empty() {
+            self.chunks.push(chunk.clone());
+        }
+        true
+    }
+
+    /// Builds the entry and stores it: polled once here (the memory store finishes at once, so
+    /// the next request hits), and spawned if the store needs longer.
+    fn finish(self, cx: &mut Context<'_>) {
+        let Capture {
+            stash,
+            key,
+            full_key,
+            status,
+            mut headers,
+            ttl,
+            tags,
+            etag,
+            stored_at,
+            size,
+            chunks,
+            trailers,
+            ..
+        } = self;
+        let body = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut buf = BytesMut::with_capacity(size);
+                for c in &chunks {
+                    buf.extend_from_slice(c);
+                }
+                buf.freeze()
+            }
+        };
+        if etag && !headers.contains_key(header::ETAG) {
+            headers.insert(header::ETAG, headers::derived_etag(&body));
+        }
+        if status != StatusCode::NO_CONTENT && !headers.contains_key(header::CONTENT_LENGTH) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        let entry = Entry::new(&*full_key, status, headers, body)
+            .with_times(stored_at, ttl)
+            .with_trailers(trailers)
+            .with_tags(tags);
+        let mut put = stash.store().put(key.clone(), Arc::new(entry), ttl);
+        match put.as_mut().poll(cx) {
+            Poll::Ready(result) => record(&stash, &key, result),
+            Poll::Pending => match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move { record(&stash, &key, put.await) });
+                }
+                Err(_) => {
+                    stash.counters().store_error();
+                    tracing::warn!(%key, "no tokio runtime to finish storing the entry");
+                }
+            },
+        }
+    }
+}
+
+fn record(stash: &Stash, key: &str, result: Result<(), crate::StoreError>) {
+    match result {
+        Ok(()) => {
+            stash.stored();
+            tracing::debug!(%key, "stored");
+        }
+        Err(e) => {
+            stash.counters().store_error();
+            tracing::warn!(%key, error = %e, "storing the entry failed");
+        }
+    }
+}

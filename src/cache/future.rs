@@ -1,0 +1,372 @@
+use super::body::{CacheBody, Capture};
+use super::hint::CacheHint;
+use super::layer::Shared;
+use crate::entry::Entry;
+use crate::headers::{self, CACHE_STATUS};
+use crate::policy::CompiledPolicy;
+use crate::store::StoreFuture;
+use crate::Stash;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::response::Parts;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime};
+use tower_service::Service;
+
+/// What a cached request carries from `call` to its response.
+pub(crate) struct Ctx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) policy: Arc<CompiledPolicy>,
+    pub(crate) full: Arc<str>,
+    pub(crate) key: Arc<str>,
+    pub(crate) head: bool,
+    pub(crate) if_none_match: Option<HeaderValue>,
+    pub(crate) tags: Vec<String>,
+}
+
+impl Ctx {
+    fn stash(&self) -> &Stash {
+        &self.shared.stash
+    }
+}
+
+pin_project! {
+    /// The response future of [`CacheService`](super::CacheService).
+    pub struct ResponseFuture<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        #[pin]
+        state: State<S, ReqB>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        Passthrough { #[pin] fut: S::Future },
+        Bypass { #[pin] fut: S::Future, stash: Stash, reason: &'static str },
+        Lookup {
+            lookup: StoreFuture<Option<Arc<Entry>>>,
+            call: Option<(S, Request<ReqB>)>,
+            ctx: Option<Ctx>,
+        },
+        Miss { #[pin] fut: S::Future, ctx: Option<Ctx> },
+        Done,
+    }
+}
+
+impl<S, ReqB> ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    pub(crate) fn passthrough(fut: S::Future) -> Self {
+        Self {
+            state: State::Passthrough { fut },
+        }
+    }
+
+    pub(crate) fn bypass(fut: S::Future, stash: Stash, reason: &'static str) -> Self {
+        Self {
+            state: State::Bypass { fut, stash, reason },
+        }
+    }
+
+    pub(crate) fn lookup(
+        lookup: StoreFuture<Option<Arc<Entry>>>,
+        inner: S,
+        req: Request<ReqB>,
+        ctx: Ctx,
+    ) -> Self {
+        Self {
+            state: State::Lookup {
+                lookup,
+                call: Some((inner, req)),
+                ctx: Some(ctx),
+            },
+        }
+    }
+}
+
+impl<S, ReqB> std::fmt::Debug for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Future for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes>,
+{
+    type Output = Result<Response<CacheBody<ResB>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let next = match state.as_mut().project() {
+                StateProj::Passthrough { fut } => {
+                    return fut.poll(cx).map_ok(|r| r.map(CacheBody::inner));
+                }
+                StateProj::Bypass { fut, stash, reason } => {
+                    let (mut parts, body) = ready!(fut.poll(cx))?.into_parts();
+                    let _ = CacheHint::take(&mut parts);
+                    let value =
+                        status_value(stash, &stash.inner.status.bypass, Some(reason), None, None);
+                    parts.headers.insert(CACHE_STATUS, value);
+                    return Poll::Ready(Ok(Response::from_parts(parts, CacheBody::inner(body))));
+                }
+                StateProj::Lookup { lookup, call, ctx } => {
+                    let found = match ready!(lookup.as_mut().poll(cx)) {
+                        Ok(found) => found,
+                        Err(e) => {
+                            let ctx = ctx.as_ref().expect("polled after completion");
+                            ctx.stash().counters().store_error();
+                            tracing::warn!(key = %ctx.key, error = %e, "cache lookup failed: asking the service");
+                            None
+                        }
+                    };
+                    let ctx = ctx.take().expect("polled after completion");
+                    let now = ctx.stash().now();
+                    let fresh = found.filter(|e| e.key() == &*ctx.full && now < e.expires_at());
+                    if let Some(entry) = fresh {
+                        ctx.stash().counters().hit();
+                        let resp = hit(&ctx, &entry, now);
+                        state.set(State::Done);
+                        return Poll::Ready(Ok(resp));
+                    }
+                    ctx.stash().counters().miss();
+                    let (mut inner, req) = call.take().expect("polled after completion");
+                    State::Miss {
+                        fut: inner.call(req),
+                        ctx: Some(ctx),
+                    }
+                }
+                StateProj::Miss { fut, ctx } => {
+                    let resp = ready!(fut.poll(cx))?;
+                    let ctx = ctx.take().expect("polled after completion");
+                    let resp = miss(ctx, resp, cx);
+                    state.set(State::Done);
+                    return Poll::Ready(Ok(resp));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            };
+            state.set(next);
+        }
+    }
+}
+
+/// A `Cache-Status` value: the ready-made `plain` one, or one with `ttl`, `key` and `detail`
+/// when the stash shows them.
+fn status_value(
+    stash: &Stash,
+    plain: &HeaderValue,
+    detail: Option<&str>,
+    ttl: Option<Duration>,
+    key: Option<&str>,
+) -> HeaderValue {
+    let cfg = &stash.inner.status;
+    let ttl = ttl.filter(|_| cfg.show_detail);
+    let detail = detail.filter(|_| cfg.show_detail);
+    let key = key.filter(|_| cfg.show_key);
+    if ttl.is_none() && detail.is_none() && key.is_none() {
+        return plain.clone();
+    }
+    let mut s = String::from_utf8_lossy(plain.as_bytes()).into_owned();
+    if let Some(ttl) = ttl {
+        s.push_str(&format!("; ttl={}", ttl.as_secs()));
+    }
+    if let Some(key) = key {
+        // An sf-string: `"` and `\` escaped; keys are printable ASCII by construction.
+        s.push_str("; key=\"");
+        for c in key.chars() {
+            if c == '"' || c == '\\' {
+                s.push('\\');
+            }
+            s.push(c);
+        }
+        s.push('"');
+    }
+    if let Some(detail) = detail {
+        s.push_str("; detail=");
+        s.push_str(detail);
+    }
+    HeaderValue::try_from(s).unwrap_or_else(|_| plain.clone())
+}
+
+/// The response for a fresh entry: its status, headers and body (a slice, no copy), with
+/// `Age` and `Cache-Status`; 304 when `If-None-Match` matches; no body for HEAD.
+fn hit<B>(ctx: &Ctx, entry: &Entry, now: SystemTime) -> Response<CacheBody<B>> {
+    let stash = ctx.stash();
+    let status = status_value(
+        stash,
+        &stash.inner.status.hit,
+        None,
+        Some(entry.remaining(now)),
+        Some(&ctx.full),
+    );
+    let age = HeaderValue::from(entry.age(now));
+    let not_modified = match (&ctx.if_none_match, entry.headers().get(header::ETAG)) {
+        (Some(inm), Some(etag)) => headers::none_match(inm, etag),
+        _ => false,
+    };
+    if not_modified {
+        let mut resp = Response::new(CacheBody::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        let h = resp.headers_mut();
+        for name in [
+            header::ETAG,
+            header::CACHE_CONTROL,
+            header::CONTENT_LOCATION,
+            header::DATE,
+            header::EXPIRES,
+            header::VARY,
+            header::LAST_MODIFIED,
+        ] {
+            for v in entry.headers().get_all(&name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        h.insert(header::AGE, age);
+        h.insert(CACHE_STATUS, status);
+        return resp;
+    }
+    let body = if ctx.head {
+        CacheBody::empty()
+    } else {
+        CacheBody::full(entry.body().clone(), entry.trailers().cloned())
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = entry.status();
+    *resp.headers_mut() = entry.headers().clone();
+    resp.headers_mut().insert(header::AGE, age);
+    resp.headers_mut().insert(CACHE_STATUS, status);
+    resp
+}
+
+/// Why a response from the service cannot be stored, or for how long it can.
+fn decide<B: Body>(
+    ctx: &Ctx,
+    parts: &Parts,
+    hint: &CacheHint,
+    body: &B,
+) -> Result<Duration, &'static str> {
+    let policy = &ctx.policy;
+    if ctx.head {
+        return Err("head");
+    }
+    if hint.skip {
+        return Err("handler");
+    }
+    if hint.invalid {
+        return Err("hint");
+    }
+    if !policy.statuses.contains(&parts.status.as_u16()) || parts.status.is_server_error() {
+        return Err("status");
+    }
+    if parts.headers.contains_key(header::SET_COOKIE) {
+        return Err("set-cookie");
+    }
+    if headers::has_directive(&parts.headers, &["no-store", "private", "no-cache"]) {
+        return Err("cache-control");
+    }
+    for value in parts.headers.get_all(header::VARY) {
+        let Ok(value) = value.to_str() else {
+            return Err("vary");
+        };
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !policy
+                .vary_headers
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(name))
+            {
+                return Err("vary");
+            }
+        }
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = policy.max_body_size as u64;
+    if declared.is_some_and(|n| n > limit) || body.size_hint().lower() > limit {
+        return Err("too-large");
+    }
+    let ttl = hint.ttl.unwrap_or(policy.ttl);
+    if ttl.is_zero() {
+        return Err("ttl");
+    }
+    Ok(ttl)
+}
+
+/// The service's response, on its way to the client, with a copy kept to be stored if the rules
+/// allow it.
+fn miss<B: Body<Data = Bytes>>(
+    ctx: Ctx,
+    resp: Response<B>,
+    cx: &mut Context<'_>,
+) -> Response<CacheBody<B>> {
+    let (mut parts, body) = resp.into_parts();
+    let mut hint = CacheHint::take(&mut parts);
+    let stash = ctx.stash().clone();
+    let decision = decide(&ctx, &parts, &hint, &body);
+    let status = match decision {
+        Ok(_) => status_value(
+            &stash,
+            &stash.inner.status.stored,
+            None,
+            None,
+            Some(&ctx.full),
+        ),
+        Err(reason) => {
+            tracing::debug!(route = %ctx.policy.route, key = %ctx.full, reason, "response not stored");
+            status_value(
+                &stash,
+                &stash.inner.status.miss,
+                Some(reason),
+                None,
+                Some(&ctx.full),
+            )
+        }
+    };
+    let body = match decision {
+        Ok(ttl) => {
+            let mut stored = parts.headers.clone();
+            headers::strip_hop_by_hop(&mut stored);
+            let mut tags = ctx.tags;
+            tags.append(&mut hint.tags);
+            let capture = Capture {
+                stored_at: stash.now(),
+                stash,
+                key: ctx.key,
+                full_key: ctx.full,
+                status: parts.status,
+                headers: stored,
+                ttl,
+                tags,
+                limit: ctx.policy.max_body_size,
+                etag: ctx.policy.etag,
+                size: 0,
+                chunks: Vec::new(),
+                trailers: None,
+            };
+            CacheBody::tee(body, capture, cx)
+        }
+        Err(_) => CacheBody::inner(body),
+    };
+    parts.headers.insert(CACHE_STATUS, status);
+    Response::from_parts(parts, body)
+}

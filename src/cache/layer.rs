@@ -1,0 +1,112 @@
+use super::service::CacheService;
+use crate::key;
+use crate::policy::{ConfigError, RouteTable, Routes};
+use crate::Stash;
+use http::{Method, Request};
+use std::fmt;
+use std::sync::Arc;
+use tower_layer::Layer;
+
+/// What every clone of a layer and its services share.
+pub(crate) struct Shared {
+    pub(crate) stash: Stash,
+    pub(crate) routes: RouteTable,
+}
+
+/// A [`Layer`] that answers the routes it names from the cache: see the [module
+/// docs](crate::cache).
+#[derive(Clone)]
+pub struct CacheLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("stash", &self.shared.stash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheLayer {
+    /// A layer caching `routes` in `stash`.
+    ///
+    /// # Panics
+    ///
+    /// When the routes are invalid, with a message naming each route and field, as axum panics
+    /// on an invalid route. Use [`try_new`](Self::try_new) to handle the error instead.
+    #[track_caller]
+    pub fn new(stash: Stash, routes: Routes) -> Self {
+        match Self::try_new(stash, routes) {
+            Ok(layer) => layer,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A layer caching `routes` in `stash`, or what is wrong with the routes.
+    pub fn try_new(stash: Stash, routes: Routes) -> Result<Self, ConfigError> {
+        Ok(Self {
+            shared: Arc::new(Shared {
+                routes: routes.compile()?,
+                stash,
+            }),
+        })
+    }
+
+    /// The stash this layer uses.
+    pub fn stash(&self) -> &Stash {
+        &self.shared.stash
+    }
+
+    /// The full cache key this layer would use for `req`, or `None` when no route matches it.
+    pub fn key_for<B>(&self, req: &Request<B>) -> Option<String> {
+        self.shared.key_for(req).map(|(full, _)| full.to_string())
+    }
+}
+
+impl Shared {
+    /// The full key of `req` and the key it is stored under (the same unless hashed).
+    pub(crate) fn key_for<B>(&self, req: &Request<B>) -> Option<(Arc<str>, Arc<str>)> {
+        let (policy, params) = self.routes.find(req.method(), req.uri().path())?;
+        Some(self.keys(policy, &params, req))
+    }
+
+    pub(crate) fn keys<B>(
+        &self,
+        policy: &crate::policy::CompiledPolicy,
+        params: &matchit::Params<'_, '_>,
+        req: &Request<B>,
+    ) -> (Arc<str>, Arc<str>) {
+        let inner = &self.stash.inner;
+        let mut k = String::with_capacity(inner.prefix.len() + 48);
+        k.push_str(&inner.prefix);
+        match &policy.key {
+            Some(t) => t.render_into(&mut k, |name| params.get(name)),
+            None => {
+                let method = if req.method() == Method::HEAD {
+                    &Method::GET
+                } else {
+                    req.method()
+                };
+                key::push_default(&mut k, method, req.uri().path());
+            }
+        }
+        key::push_query(&mut k, req.uri().query(), &policy.query);
+        key::push_headers(&mut k, req.headers(), &policy.vary_headers);
+        let stored = key::storage_key(&k, inner.prefix.len(), inner.max_key_len);
+        let full: Arc<str> = k.into();
+        let stored = stored.map_or_else(|| full.clone(), Into::into);
+        (full, stored)
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}

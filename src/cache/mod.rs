@@ -1,0 +1,74 @@
+//! [`CacheLayer`]: answer the routes you name from the cache.
+//!
+//! For each request, the layer matches the method and path against its [`Routes`](crate::Routes).
+//! No match: the request goes to the service untouched. A match: the layer builds the key (see
+//! [`key`](crate::key)), looks it up, and
+//!
+//! - on a fresh entry, answers from it at once: the stored status, headers and body (a slice of
+//!   the stored buffer, never a copy), with `Age` and `Cache-Status: tower-stash; hit`; 304 Not
+//!   Modified when `If-None-Match` matches the entry's `ETag` (derived from the body when the
+//!   handler set none); no body for HEAD;
+//! - otherwise, calls the service and streams its response to the client chunk by chunk while a
+//!   copy is kept; when the body ends, the copy is stored, if the rules allow
+//!   (`Cache-Status: tower-stash; fwd=miss; stored`).
+//!
+//! # What is never stored
+//!
+//! - a response with `Set-Cookie`, or `Cache-Control: no-store`, `private` or `no-cache`;
+//! - a response with `Vary` naming a header the policy does not key on (or `Vary: *`);
+//! - a status outside the policy's list (default 200, 203, 204, 300, 301, 308, 404, 410), and
+//!   never a 5xx, 206 or 304;
+//! - a body that fails midway, is dropped before its end, or grows past the size limit (it
+//!   still streams to the client in full: never an error);
+//! - the answer to a HEAD miss (it has no body: GET fills the entry HEAD reads);
+//! - a response a handler opts out with [`CacheHint`].
+//!
+//! Requests carrying `Authorization` or `Cookie` bypass the cache (no lookup, nothing stored)
+//! unless the policy varies on that header, so a response meant for one user never reaches
+//! another. Methods other than GET and HEAD are cached only by a policy that opts in.
+//!
+//! A failing store never fails a request: the error is counted and the service answers.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use std::time::Duration;
+//! use tower::ServiceExt;
+//! use tower_stash::{CacheLayer, Policy, Routes, Stash};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let stash = Stash::new();
+//! let app = Router::new()
+//!     .route("/users/{id}", get(|| async { "alice" }))
+//!     .layer(CacheLayer::new(
+//!         stash.clone(),
+//!         Routes::new().get("/users/{id}", Policy::ttl(Duration::from_secs(3600)).key("user:{id}")),
+//!     ));
+//!
+//! let req = || http::Request::get("/users/1").body(axum::body::Body::empty()).unwrap();
+//! let first = app.clone().oneshot(req()).await.unwrap();
+//! assert_eq!(first.headers()["cache-status"], "tower-stash; fwd=miss; stored");
+//! axum::body::to_bytes(first.into_body(), usize::MAX).await.unwrap();
+//!
+//! let second = app.oneshot(req()).await.unwrap();
+//! assert_eq!(second.headers()["cache-status"], "tower-stash; hit");
+//! assert_eq!(stash.stats().hits, 1);
+//! # }
+//! ```
+
+mod body;
+mod future;
+mod hint;
+mod layer;
+mod service;
+
+pub use body::CacheBody;
+pub use future::ResponseFuture;
+pub use hint::CacheHint;
+pub use layer::CacheLayer;
+pub use service::CacheService;
+
+#[cfg(test)]
+mod tests;

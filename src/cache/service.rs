@@ -1,0 +1,127 @@
+use super::body::CacheBody;
+use super::future::{Ctx, ResponseFuture};
+use super::layer::{CacheLayer, Shared};
+use crate::policy::{ConfigError, Routes};
+use crate::Stash;
+use bytes::Bytes;
+use http::{header, Method, Request, Response};
+use http_body::Body;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower_service::Service;
+
+/// Answers the routes its [`CacheLayer`] names from the cache, and everything else from the
+/// inner service, untouched.
+pub struct CacheService<S> {
+    pub(crate) inner: S,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for CacheService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for CacheService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheService")
+            .field("inner", &self.inner)
+            .field("stash", &self.shared.stash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> CacheService<S> {
+    /// Wraps `inner`, caching `routes` in `stash`.
+    pub fn new(inner: S, stash: Stash, routes: Routes) -> Result<Self, ConfigError> {
+        Ok(tower_layer::Layer::layer(
+            &CacheLayer::try_new(stash, routes)?,
+            inner,
+        ))
+    }
+
+    /// A [`CacheLayer`] (see [`CacheLayer::new`]).
+    #[track_caller]
+    pub fn layer(stash: Stash, routes: Routes) -> CacheLayer {
+        CacheLayer::new(stash, routes)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for CacheService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    ResB: Body<Data = Bytes>,
+{
+    type Response = Response<CacheBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        // The clone may not be ready: call the one that is, keep the clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+
+        let Some((policy, params)) = self.shared.routes.find(req.method(), req.uri().path()) else {
+            return ResponseFuture::passthrough(inner.call(req));
+        };
+        let stash = &self.shared.stash;
+        let headers = req.headers();
+        let bypass = if headers.contains_key(header::AUTHORIZATION) && !policy.vary_authorization {
+            Some("authorization")
+        } else if headers.contains_key(header::COOKIE) && !policy.vary_cookie {
+            Some("cookie")
+        } else {
+            None
+        };
+        if let Some(reason) = bypass {
+            stash.counters().bypass();
+            tracing::trace!(route = %policy.route, reason, "cache bypassed");
+            return ResponseFuture::bypass(inner.call(req), stash.clone(), reason);
+        }
+        let (full, key) = self.shared.keys(policy, &params, &req);
+        let tags = policy
+            .tags
+            .iter()
+            .map(|t| {
+                let mut s = String::new();
+                t.render_into(&mut s, |name| params.get(name));
+                s
+            })
+            .collect();
+        let ctx = Ctx {
+            shared: self.shared.clone(),
+            policy: policy.clone(),
+            head: req.method() == Method::HEAD,
+            if_none_match: headers.get(header::IF_NONE_MATCH).cloned(),
+            full,
+            key: key.clone(),
+            tags,
+        };
+        let lookup = stash.store().get(key);
+        ResponseFuture::lookup(lookup, inner, req, ctx)
+    }
+}

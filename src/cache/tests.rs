@@ -1,0 +1,1018 @@
+//! The rules of the cache, each checked on what the client gets and how often the handler runs.
+
+use crate::{
+    CacheHint, CacheLayer, ManualClock, MemoryStore, Policy, Routes, Stash, Store, StoreError,
+    StoreFuture,
+};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
+
+type Respond = dyn Fn(&Request<Empty<Bytes>>, usize) -> Response<Body> + Send + Sync;
+type FrameTx = tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, BoxError>>;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into()).map_err(|e| match e {}).boxed()
+}
+
+fn get(uri: &str) -> Request<Empty<Bytes>> {
+    Request::get(uri).body(Empty::new()).unwrap()
+}
+
+/// A handler that counts its calls and answers with `respond(request, call number)`.
+#[derive(Clone)]
+struct Handler {
+    calls: Arc<AtomicUsize>,
+    respond: Arc<Respond>,
+}
+
+impl Handler {
+    fn new(
+        respond: impl Fn(&Request<Empty<Bytes>>, usize) -> Response<Body> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            calls: Arc::default(),
+            respond: Arc::new(respond),
+        }
+    }
+
+    /// Answers 200 with the path, query and call number: every call is told apart.
+    fn echo() -> Self {
+        Self::new(|req, n| Response::new(full(format!("{} #{n}", req.uri()))))
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Service<Request<Empty<Bytes>>> for Handler {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Empty<Bytes>>) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        std::future::ready(Ok((self.respond)(&req, n)))
+    }
+}
+
+struct Got {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    #[allow(dead_code)]
+    trailers: Option<HeaderMap>,
+}
+
+impl Got {
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+    fn cache_status(&self) -> &str {
+        self.headers
+            .get("cache-status")
+            .map_or("", |v| v.to_str().unwrap())
+    }
+}
+
+struct Fixture {
+    stash: Stash,
+    layer: CacheLayer,
+    handler: Handler,
+    clock: ManualClock,
+}
+
+impl Fixture {
+    fn new(routes: Routes, handler: Handler) -> Self {
+        Self::with(Stash::builder(), routes, handler)
+    }
+
+    fn with(builder: crate::StashBuilder, routes: Routes, handler: Handler) -> Self {
+        let clock = ManualClock::default();
+        let stash = builder.clock(clock.clone()).build().unwrap();
+        let layer = CacheLayer::new(stash.clone(), routes);
+        Self {
+            stash,
+            layer,
+            handler,
+            clock,
+        }
+    }
+
+    async fn send(&self, req: Request<Empty<Bytes>>) -> Got {
+        let svc = ServiceBuilder::new()
+            .layer(self.layer.clone())
+            .service(self.handler.clone());
+        let resp = svc.oneshot(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body: collected.to_bytes(),
+            trailers,
+        }
+    }
+
+    async fn get(&self, uri: &str) -> Got {
+        self.send(get(uri)).await
+    }
+}
+
+fn one_route(path: &str, policy: Policy) -> Routes {
+    Routes::new().get(path, policy)
+}
+
+// ---- Keys (rule 5) ----
+
+#[tokio::test]
+async fn keys_have_namespace_and_version() {
+    let f = Fixture::with(
+        Stash::builder().namespace("shop"),
+        one_route("/users/{id}", Policy::ttl(HOUR).key("user:{id}")),
+        Handler::echo(),
+    );
+    assert_eq!(f.layer.key_for(&get("/users/7")).unwrap(), "shop:v1:user:7");
+    assert_eq!(
+        f.layer.key_for(&get("/users/7?x=1")).unwrap(),
+        "shop:v1:user:7?x=1"
+    );
+    assert_eq!(f.layer.key_for(&get("/other")), None);
+    let f = Fixture::new(one_route("/p/{*rest}", Policy::ttl(HOUR)), Handler::echo());
+    assert_eq!(
+        f.layer.key_for(&get("/p/a/b?z=1")).unwrap(),
+        "stash:v1:GET /p/a/b?z=1"
+    );
+    let head = Request::head("/p/a").body(Empty::<Bytes>::new()).unwrap();
+    assert_eq!(f.layer.key_for(&head).unwrap(), "stash:v1:GET /p/a");
+}
+
+#[tokio::test]
+async fn separators_in_values_never_merge_two_requests() {
+    let f = Fixture::new(
+        one_route("/x/{a}/{b}", Policy::ttl(HOUR).key("item:{a}:{b}")),
+        Handler::echo(),
+    );
+    let one = f.get("/x/1:2/3").await;
+    let two = f.get("/x/1/2:3").await;
+    assert_ne!(one.body, two.body);
+    assert_eq!(f.handler.calls(), 2);
+    assert_eq!(f.get("/x/1:2/3").await.body, one.body);
+    assert_eq!(f.get("/x/1/2:3").await.body, two.body);
+    assert_eq!(f.handler.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_value_cannot_forge_another_routes_key() {
+    let routes = Routes::new()
+        .get("/users/{id}", Policy::ttl(HOUR).key("user:{id}"))
+        .get(
+            "/users/{id}/posts",
+            Policy::ttl(HOUR).key("user:{id}:posts"),
+        );
+    let f = Fixture::new(routes, Handler::echo());
+    let posts = f.get("/users/1/posts").await;
+    // `1:posts` would render `user:1:posts` unescaped.
+    let forged = f.get("/users/1:posts").await;
+    assert_ne!(forged.body, posts.body);
+    assert_eq!(forged.text(), "/users/1:posts #2");
+    assert_eq!(f.handler.calls(), 2);
+}
+
+#[tokio::test]
+async fn globs_nul_and_newlines_are_escaped_and_distinct() {
+    let f = Fixture::new(
+        one_route("/k/{v}", Policy::ttl(HOUR).key("k:{v}")),
+        Handler::echo(),
+    );
+    let values = [
+        "a*", "a%3F", "a%5B", "a%00", "a%0A", "a%0D%0A", "a", "a%20", "a%25",
+    ];
+    for v in values {
+        let key = f.layer.key_for(&get(&format!("/k/{v}"))).unwrap();
+        assert!(
+            key.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~%:".contains(&b)),
+            "{key}"
+        );
+        f.get(&format!("/k/{v}")).await;
+    }
+    assert_eq!(f.handler.calls(), values.len());
+    for v in values {
+        assert_eq!(
+            f.get(&format!("/k/{v}")).await.text(),
+            format!(
+                "/k/{v} #{}",
+                values.iter().position(|x| *x == v).unwrap() + 1
+            )
+        );
+    }
+    assert_eq!(f.handler.calls(), values.len());
+    // `%31` decodes to `1`, as axum's Path decodes it: one entry.
+    let f = Fixture::new(
+        one_route("/k/{v}", Policy::ttl(HOUR).key("k:{v}")),
+        Handler::echo(),
+    );
+    f.get("/k/1").await;
+    assert_eq!(f.get("/k/%31").await.cache_status(), "tower-stash; hit");
+}
+
+#[tokio::test]
+async fn long_values_are_hashed_and_checked_on_read() {
+    // URIs stop at 64 KiB, headers do not: 100 KB values arrive in a keyed header.
+    let f = Fixture::new(
+        one_route("/s", Policy::ttl(HOUR).vary_headers(["x-big"])),
+        Handler::new(|req, n| {
+            Response::new(full(format!(
+                "{} #{n}",
+                req.headers().get("x-big").map_or(0, |v| v.len())
+            )))
+        }),
+    );
+    let big = |last: char| {
+        let v = format!("{}{last}", "a".repeat(100 * 1024 - 1));
+        Request::get("/s")
+            .header("x-big", v)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let a = f.send(big('a')).await;
+    let b = f.send(big('b')).await;
+    assert_ne!(a.body, b.body);
+    assert_eq!(f.send(big('a')).await.body, a.body);
+    assert_eq!(f.send(big('b')).await.body, b.body);
+    assert_eq!(f.handler.calls(), 2);
+    let long_query = format!("/s?q={}", "q".repeat(60 * 1024));
+    f.get(&long_query).await;
+    assert_eq!(f.get(&long_query).await.cache_status(), "tower-stash; hit");
+    assert_eq!(f.handler.calls(), 3);
+
+    // An entry under the hashed key whose full key differs (a collision) is a miss.
+    let full = f.layer.key_for(&big('a')).unwrap();
+    let prefix = crate::key::prefix("stash").len();
+    let stored = crate::key::storage_key(&full, prefix, 250).unwrap();
+    assert_eq!(stored.len(), prefix + 33);
+    let impostor = crate::Entry::new(
+        "stash:v1:something else",
+        StatusCode::OK,
+        HeaderMap::new(),
+        "impostor".into(),
+    )
+    .with_times(crate::Clock::now(&f.clock), HOUR);
+    f.stash
+        .store()
+        .put(stored.into(), Arc::new(impostor), HOUR)
+        .await
+        .unwrap();
+    let again = f.send(big('a')).await;
+    assert_ne!(again.text(), "impostor");
+    assert_eq!(f.handler.calls(), 4);
+}
+
+#[tokio::test]
+async fn query_is_normalised() {
+    let f = Fixture::new(one_route("/s", Policy::ttl(HOUR)), Handler::echo());
+    f.get("/s?b=2&a=1").await;
+    assert_eq!(f.get("/s?a=1&b=2").await.cache_status(), "tower-stash; hit");
+    f.get("/s?a=1&a=2").await;
+    f.get("/s?a=2&a=1").await;
+    assert_eq!(f.handler.calls(), 3);
+    let only = Fixture::new(
+        one_route("/s", Policy::ttl(HOUR).vary_query(["q"])),
+        Handler::echo(),
+    );
+    only.get("/s?q=1&utm=a").await;
+    assert_eq!(
+        only.get("/s?utm=b&q=1").await.cache_status(),
+        "tower-stash; hit"
+    );
+    assert_eq!(only.handler.calls(), 1);
+}
+
+#[tokio::test]
+async fn vary_headers_key_each_value() {
+    let f = Fixture::new(
+        one_route("/s", Policy::ttl(HOUR).vary_headers(["accept-language"])),
+        Handler::new(|req, n| {
+            let lang = req
+                .headers()
+                .get("accept-language")
+                .map_or("none", |v| v.to_str().unwrap());
+            Response::new(full(format!("{lang} #{n}")))
+        }),
+    );
+    let with = |lang: &'static str| {
+        Request::get("/s")
+            .header("accept-language", lang)
+            .body(Empty::new())
+            .unwrap()
+    };
+    assert_eq!(f.send(with("en")).await.text(), "en #1");
+    assert_eq!(f.send(with("fr")).await.text(), "fr #2");
+    assert_eq!(f.get("/s").await.text(), "none #3");
+    assert_eq!(f.send(with("en")).await.text(), "en #1");
+    assert_eq!(f.send(with("fr")).await.text(), "fr #2");
+    assert_eq!(f.handler.calls(), 3);
+}
+
+// ---- Never stored (rule 6) ----
+
+async fn assert_never_stored(
+    respond: impl Fn() -> Response<Body> + Send + Sync + 'static,
+    why: &str,
+) {
+    let f = Fixture::with(
+        Stash::builder().cache_status_detail(true),
+        one_route("/r", Policy::ttl(HOUR)),
+        Handler::new(move |_, _| respond()),
+    );
+    let first = f.get("/r").await;
+    assert_eq!(
+        first.cache_status(),
+        format!("tower-stash; fwd=miss; detail={why}")
+    );
+    f.get("/r").await;
+    assert_eq!(
+        f.handler.calls(),
+        2,
+        "{why}: the second request must reach the handler"
+    );
+    assert_eq!(f.stash.stats().stores, 0);
+}
+
+fn with_header(name: &'static str, value: &'static str) -> Response<Body> {
+    let mut r = Response::new(full("x"));
+    r.headers_mut()
+        .insert(name, HeaderValue::from_static(value));
+    r
+}
+
+fn with_status(s: u16) -> Response<Body> {
+    let mut r = Response::new(full("x"));
+    *r.status_mut() = StatusCode::from_u16(s).unwrap();
+    r
+}
+
+#[tokio::test]
+async fn set_cookie_is_never_stored() {
+    assert_never_stored(|| with_header("set-cookie", "sid=1"), "set-cookie").await;
+}
+
+#[tokio::test]
+async fn no_store_private_and_no_cache_are_never_stored() {
+    assert_never_stored(|| with_header("cache-control", "no-store"), "cache-control").await;
+    assert_never_stored(
+        || with_header("cache-control", "max-age=60, private"),
+        "cache-control",
+    )
+    .await;
+    assert_never_stored(|| with_header("cache-control", "no-cache"), "cache-control").await;
+}
+
+#[tokio::test]
+async fn unkeyed_vary_is_never_stored() {
+    assert_never_stored(|| with_header("vary", "accept-encoding"), "vary").await;
+    assert_never_stored(|| with_header("vary", "*"), "vary").await;
+}
+
+#[tokio::test]
+async fn statuses_outside_the_set_and_5xx_are_never_stored() {
+    for s in [201, 202, 302, 400, 401, 403, 500, 502, 503] {
+        assert_never_stored(move || with_status(s), "status").await;
+    }
+    // The default set includes 404 and 410.
+    for s in [404, 410, 301] {
+        let f = Fixture::new(
+            one_route("/r", Policy::ttl(HOUR)),
+            Handler::new(move |_, _| with_status(s)),
+        );
+        f.get("/r").await;
+        let hit = f.get("/r").await;
+        assert_eq!(hit.status.as_u16(), s);
+        assert_eq!(hit.cache_status(), "tower-stash; hit");
+        assert_eq!(f.handler.calls(), 1);
+    }
+    // A policy's own list.
+    let f = Fixture::new(
+        one_route("/r", Policy::ttl(HOUR).statuses([201])),
+        Handler::new(|_, _| with_status(201)),
+    );
+    f.get("/r").await;
+    f.get("/r").await;
+    assert_eq!(f.handler.calls(), 1);
+}
+
+#[tokio::test]
+async fn credentials_bypass_unless_keyed() {
+    let f = Fixture::with(
+        Stash::builder().cache_status_detail(true),
+        one_route("/me", Policy::ttl(HOUR)),
+        Handler::echo(),
+    );
+    f.get("/me").await; // an anonymous entry
+    for (name, value) in [("authorization", "Bearer alice"), ("cookie", "sid=alice")] {
+        let req = || {
+            Request::get("/me")
+                .header(name, value)
+                .body(Empty::new())
+                .unwrap()
+        };
+        let got = f.send(req()).await;
+        assert_eq!(
+            got.cache_status(),
+            format!("tower-stash; fwd=bypass; detail={name}")
+        );
+        assert_ne!(
+            got.text(),
+            "/me #1",
+            "{name}: must not get the anonymous entry"
+        );
+    }
+    assert_eq!(f.handler.calls(), 3);
+    assert_eq!(f.stash.stats().bypasses, 2);
+    assert_eq!(f.stash.stats().stores, 1);
+
+    // Keyed on the header: cached per user.
+    let f = Fixture::new(
+        one_route("/me", Policy::ttl(HOUR).vary_headers(["authorization"])),
+        Handler::new(|req, _| {
+            Response::new(full(
+                req.headers()["authorization"].to_str().unwrap().to_string(),
+            ))
+        }),
+    );
+    let as_user = |who: &'static str| {
+        Request::get("/me")
+            .header("authorization", who)
+            .body(Empty::new())
+            .unwrap()
+    };
+    assert_eq!(f.send(as_user("alice")).await.text(), "alice");
+    assert_eq!(f.send(as_user("bob")).await.text(), "bob");
+    assert_eq!(f.send(as_user("alice")).await.text(), "alice");
+    assert_eq!(f.send(as_user("bob")).await.text(), "bob");
+    assert_eq!(f.handler.calls(), 2);
+}
+
+#[tokio::test]
+async fn other_methods_need_an_opt_in() {
+    let err = CacheLayer::try_new(
+        Stash::new(),
+        Routes::new().route(Method::POST, "/q", Policy::ttl(HOUR)),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("routes[POST /q].unsafe_methods"),
+        "{err}"
+    );
+
+    // Unregistered methods on a cached path pass through.
+    let f = Fixture::new(one_route("/q", Policy::ttl(HOUR)), Handler::echo());
+    let post = || Request::post("/q").body(Empty::new()).unwrap();
+    assert_eq!(f.send(post()).await.cache_status(), "");
+    f.send(post()).await;
+    assert_eq!(f.handler.calls(), 2);
+
+    let f = Fixture::new(
+        Routes::new().route(Method::POST, "/q", Policy::ttl(HOUR).unsafe_methods(true)),
+        Handler::echo(),
+    );
+    f.send(post()).await;
+    assert_eq!(f.send(post()).await.cache_status(), "tower-stash; hit");
+    assert_eq!(f.handler.calls(), 1);
+}
+
+#[tokio::test]
+async fn head_miss_never_stores_an_empty_body_for_get() {
+    let f = Fixture::new(
+        one_route("/r", Policy::ttl(HOUR)),
+        Handler::new(|req, _| {
+            if req.method() == Method::HEAD {
+                let mut r = Response::new(full(""));
+                r.headers_mut()
+                    .insert("content-length", HeaderValue::from_static("5"));
+                r
+            } else {
+                Response::new(full("hello"))
+            }
+        }),
+    );
+    let head = || Request::head("/r").body(Empty::new()).unwrap();
+    let first = f.send(head()).await;
+    assert!(first.body.is_empty());
+    let got = f.get("/r").await;
+    assert_eq!(got.text(), "hello");
+    assert_eq!(got.cache_status(), "tower-stash; fwd=miss; stored");
+    // HEAD is then answered from the GET entry, with no body and the right length.
+    let hit = f.send(head()).await;
+    assert_eq!(hit.cache_status(), "tower-stash; hit");
+    assert!(hit.body.is_empty());
+    assert_eq!(hit.headers["content-length"], "5");
+    assert_eq!(f.handler.calls(), 2);
+}
+
+// ---- Streaming (rule 7) ----
+
+/// A handler whose body the test feeds chunk by chunk.
+fn streaming() -> (Handler, tokio::sync::mpsc::UnboundedReceiver<FrameTx>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = Handler::new(move |_, _| {
+        let (body_tx, body_rx) = tokio::sync::mpsc::channel(16);
+        tx.send(body_tx).unwrap();
+        let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
+            rx.recv().await.map(|frame| (frame, rx))
+        });
+        Response::new(StreamBody::new(stream).boxed())
+    });
+    (handler, rx)
+}
+
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+async fn stream_through(limit: usize, chunk: usize) -> (Stash, Handler) {
+    let (handler, mut bodies) = streaming();
+    let f = Fixture::new(
+        one_route("/s", Policy::ttl(HOUR).max_body_size(limit)),
+        handler.clone(),
+    );
+    let svc = ServiceBuilder::new()
+        .layer(f.layer.clone())
+        .service(handler.clone());
+    let resp = within("the response head", svc.oneshot(get("/s")))
+        .await
+        .unwrap();
+    let producer = within("the body sender", bodies.recv()).await.unwrap();
+    let mut body = resp.into_body();
+    let first = Bytes::from(vec![b'a'; chunk]);
+    producer
+        .send(Ok(http_body::Frame::data(first.clone())))
+        .await
+        .unwrap();
+    // The client reads the first chunk while the handler has not produced the second.
+    let got = within("the first chunk", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.into_data().unwrap(), first);
+    producer
+        .send(Ok(http_body::Frame::data(Bytes::from(vec![b'b'; chunk]))))
+        .await
+        .unwrap();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+    producer
+        .send(Ok(http_body::Frame::trailers(trailers)))
+        .await
+        .unwrap();
+    drop(producer);
+    let second = within("the second chunk", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.into_data().unwrap().len(), chunk);
+    let t = within("the trailers", body.frame()).await.unwrap().unwrap();
+    assert_eq!(t.into_trailers().unwrap()["x-checksum"], "abc");
+    assert!(within("the end", body.frame()).await.is_none());
+    (f.stash, handler)
+}
+
+#[tokio::test]
+async fn streams_under_the_limit_and_stores_with_trailers() {
+    let (stash, handler) = stream_through(1000, 100).await;
+    assert_eq!(stash.stats().stores, 1);
+    // The next request is a hit with both chunks and the trailers.
+    let layer = CacheLayer::new(
+        stash.clone(),
+        one_route("/s", Policy::ttl(HOUR).max_body_size(1000)),
+    );
+    let resp = ServiceBuilder::new()
+        .layer(layer)
+        .service(handler.clone())
+        .oneshot(get("/s"))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["cache-status"], "tower-stash; hit");
+    let collected = resp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["x-checksum"], "abc");
+    assert_eq!(collected.to_bytes().len(), 200);
+    assert_eq!(handler.calls(), 1);
+}
+
+#[tokio::test]
+async fn streams_over_the_limit_in_full_and_stores_nothing() {
+    let (stash, handler) = stream_through(150, 100).await;
+    assert_eq!(stash.stats().stores, 0);
+    assert_eq!(stash.stats().entries, 0);
+    assert_eq!(handler.calls(), 1);
+}
+
+#[tokio::test]
+async fn declared_length_over_the_limit_is_not_copied() {
+    let f = Fixture::with(
+        Stash::builder().cache_status_detail(true),
+        one_route("/r", Policy::ttl(HOUR).max_body_size(4)),
+        Handler::new(|_, _| Response::new(full("too long"))),
+    );
+    let got = f.get("/r").await;
+    assert_eq!(got.text(), "too long");
+    assert_eq!(
+        got.cache_status(),
+        "tower-stash; fwd=miss; detail=too-large"
+    );
+    f.get("/r").await;
+    assert_eq!(f.handler.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_body_failing_midway_is_not_stored() {
+    let (handler, mut bodies) = streaming();
+    let f = Fixture::new(one_route("/s", Policy::ttl(HOUR)), handler.clone());
+    let svc = ServiceBuilder::new()
+        .layer(f.layer.clone())
+        .service(handler.clone());
+    let resp = svc.oneshot(get("/s")).await.unwrap();
+    let producer = bodies.recv().await.unwrap();
+    producer
+        .send(Ok(http_body::Frame::data(Bytes::from_static(b"part"))))
+        .await
+        .unwrap();
+    producer
+        .send(Err("database went away".into()))
+        .await
+        .unwrap();
+    drop(producer);
+    let mut body = resp.into_body();
+    assert!(within("a chunk", body.frame()).await.unwrap().is_ok());
+    assert!(within("the error", body.frame()).await.unwrap().is_err());
+    assert_eq!(f.stash.stats().stores, 0);
+    // The next request reaches the handler again.
+    let svc = ServiceBuilder::new()
+        .layer(f.layer.clone())
+        .service(handler.clone());
+    let again = within("the second response", svc.oneshot(get("/s")))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.headers()["cache-status"],
+        "tower-stash; fwd=miss; stored"
+    );
+    assert_eq!(handler.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_body_dropped_midway_is_not_stored() {
+    let (handler, mut bodies) = streaming();
+    let f = Fixture::new(one_route("/s", Policy::ttl(HOUR)), handler.clone());
+    let svc = ServiceBuilder::new()
+        .layer(f.layer.clone())
+        .service(handler.clone());
+    let resp = svc.oneshot(get("/s")).await.unwrap();
+    let producer = bodies.recv().await.unwrap();
+    producer
+        .send(Ok(http_body::Frame::data(Bytes::from_static(b"part"))))
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    within("a chunk", body.frame()).await;
+    drop(body); // the client went away
+    assert_eq!(f.stash.stats().stores, 0);
+    assert_eq!(f.stash.stats().entries, 0);
+}
+
+#[tokio::test]
+async fn an_empty_body_is_stored_at_once() {
+    let f = Fixture::new(
+        one_route("/r", Policy::ttl(HOUR)),
+        Handler::new(|_, _| {
+            let mut r = Response::new(Empty::new().map_err(|e| match e {}).boxed());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        }),
+    );
+    f.get("/r").await;
+    let hit = f.get("/r").await;
+    assert_eq!(hit.status, StatusCode::NO_CONTENT);
+    assert_eq!(hit.cache_status(), "tower-stash; hit");
+    assert!(!hit.headers.contains_key("content-length"));
+    assert_eq!(f.handler.calls(), 1);
+}
+
+// ---- Hits (rule 8) ----
+
+#[tokio::test]
+async fn hits_slice_the_stored_body_without_copying() {
+    let store = MemoryStore::default();
+    let f = Fixture::with(
+        Stash::builder().store(store.clone()),
+        one_route("/r", Policy::ttl(HOUR)),
+        Handler::new(|_, _| Response::new(full("the stored body"))),
+    );
+    f.get("/r").await;
+    let key = f.layer.key_for(&get("/r")).unwrap();
+    let stored = store.get_now(&key).unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(f.layer.clone())
+        .service(f.handler.clone());
+    let resp = svc.oneshot(get("/r")).await.unwrap();
+    let frame = resp.into_body().frame().await.unwrap().unwrap();
+    assert_eq!(frame.data_ref().unwrap().as_ptr(), stored.body().as_ptr());
+}
+
+#[tokio::test]
+async fn hits_carry_age_and_expire_after_the_ttl() {
+    let f = Fixture::new(
+        one_route("/r", Policy::ttl(Duration::from_secs(60))),
+        Handler::echo(),
+    );
+    let first = f.get("/r").await;
+    assert!(!first.headers.contains_key("age"));
+    f.clock.advance(Duration::from_secs(5));
+    let hit = f.get("/r").await;
+    assert_eq!(hit.headers["age"], "5");
+    assert_eq!(hit.body, first.body);
+    f.clock.advance(Duration::from_secs(55));
+    let after = f.get("/r").await;
+    assert_eq!(after.text(), "/r #2");
+    assert_eq!(after.cache_status(), "tower-stash; fwd=miss; stored");
+    assert_eq!(f.handler.calls(), 2);
+    let stats = f.stash.stats();
+    assert_eq!((stats.hits, stats.misses, stats.stores), (1, 2, 2));
+    assert!((stats.hit_rate() - 1.0 / 3.0).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn if_none_match_gets_304_with_a_derived_etag() {
+    let f = Fixture::new(
+        one_route("/r", Policy::ttl(HOUR)),
+        Handler::new(|_, _| with_header("cache-control", "max-age=60")),
+    );
+    f.get("/r").await;
+    let hit = f.get("/r").await;
+    let etag = hit.headers["etag"].clone();
+    assert!(etag.to_str().unwrap().starts_with('"'));
+    let conditional = |tag: HeaderValue| {
+        Request::get("/r")
+            .header("if-none-match", tag)
+            .body(Empty::new())
+            .unwrap()
+    };
+    let not_modified = f.send(conditional(etag.clone())).await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    assert!(not_modified.body.is_empty());
+    assert_eq!(not_modified.headers["etag"], etag);
+    assert_eq!(not_modified.headers["cache-control"], "max-age=60");
+    assert!(not_modified.headers.contains_key("age"));
+    assert!(!not_modified.headers.contains_key("content-length"));
+    let weak = HeaderValue::try_from(format!("\"nope\", W/{}", etag.to_str().unwrap())).unwrap();
+    assert_eq!(
+        f.send(conditional(weak)).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    let other = f
+        .send(conditional(HeaderValue::from_static("\"other\"")))
+        .await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(other.body, "x");
+    assert_eq!(f.handler.calls(), 1);
+    assert_eq!(f.stash.stats().hits, 4);
+}
+
+#[tokio::test]
+async fn handler_etag_is_kept_and_derivation_can_be_off() {
+    let f = Fixture::new(
+        one_route("/r", Policy::ttl(HOUR)),
+        Handler::new(|_, _| with_header("etag", "W/\"v7\"")),
+    );
+    f.get("/r").await;
+    let req = Request::get("/r")
+        .header("if-none-match", "\"v7\"")
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(f.send(req).await.status, StatusCode::NOT_MODIFIED);
+
+    let f = Fixture::new(
+        one_route("/r", Policy::ttl(HOUR).etag(false)),
+        Handler::echo(),
+    );
+    f.get("/r").await;
+    let hit = f.get("/r").await;
+    assert!(!hit.headers.contains_key("etag"));
+    let req = Request::get("/r")
+        .header("if-none-match", "*")
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(f.send(req).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn cache_status_key_and_detail_only_when_enabled() {
+    let f = Fixture::new(
+        one_route("/r/{id}", Policy::ttl(HOUR).key("r:{id}")),
+        Handler::echo(),
+    );
+    assert_eq!(
+        f.get("/r/1").await.cache_status(),
+        "tower-stash; fwd=miss; stored"
+    );
+    assert_eq!(f.get("/r/1").await.cache_status(), "tower-stash; hit");
+
+    let f = Fixture::with(
+        Stash::builder()
+            .cache_status_key(true)
+            .cache_status_detail(true)
+            .cache_status_name("edge"),
+        one_route(
+            "/r/{id}",
+            Policy::ttl(Duration::from_secs(60)).key("r:{id}"),
+        ),
+        Handler::echo(),
+    );
+    assert_eq!(
+        f.get("/r/1").await.cache_status(),
+        "edge; fwd=miss; stored; key=\"stash:v1:r:1\""
+    );
+    f.clock.advance(Duration::from_secs(10));
+    assert_eq!(
+        f.get("/r/1").await.cache_status(),
+        "edge; hit; ttl=50; key=\"stash:v1:r:1\""
+    );
+}
+
+#[tokio::test]
+async fn unmatched_routes_pass_through_untouched() {
+    let f = Fixture::new(
+        one_route("/cached", Policy::ttl(HOUR)),
+        Handler::new(|_, _| with_header("x-stash-ttl", "5")),
+    );
+    let got = f.get("/elsewhere").await;
+    assert_eq!(got.cache_status(), "");
+    assert_eq!(got.headers["x-stash-ttl"], "5"); // not ours to touch
+    f.get("/elsewhere").await;
+    assert_eq!(f.handler.calls(), 2);
+    assert_eq!(f.stash.stats().misses, 0);
+}
+
+// ---- Handler control (rule 9) ----
+
+#[tokio::test]
+async fn handler_opts_out_with_an_extension_or_a_header() {
+    let f = Fixture::new(
+        one_route("/r", Policy::ttl(HOUR)),
+        Handler::new(|_, _| {
+            let mut r = Response::new(full("x"));
+            r.extensions_mut().insert(CacheHint::skip());
+            r
+        }),
+    );
+    f.get("/r").await;
+    f.get("/r").await;
+    assert_eq!(f.handler.calls(), 2);
+
+    let f = Fixture::new(
+        one_route("/r", Policy::ttl(HOUR)),
+        Handler::new(|_, _| with_header("x-stash-skip", "1")),
+    );
+    let got = f.get("/r").await;
+    assert!(!got.headers.contains_key("x-stash-skip"));
+    f.get("/r").await;
+    assert_eq!(f.handler.calls(), 2);
+}
+
+#[tokio::test]
+async fn handler_sets_the_ttl_and_tags() {
+    let store = MemoryStore::default();
+    let f = Fixture::with(
+        Stash::builder().store(store.clone()),
+        one_route(
+            "/p/{id}",
+            Policy::ttl(HOUR).key("p:{id}").tags(["products", "p:{id}"]),
+        ),
+        Handler::new(|_, _| {
+            let mut r = with_header("x-stash-ttl", "10");
+            r.headers_mut().insert(
+                "x-stash-tags",
+                HeaderValue::from_static("apple, electronics"),
+            );
+            r.extensions_mut()
+                .insert(CacheHint::new().tag("brand:apple"));
+            r
+        }),
+    );
+    let first = f.get("/p/9").await;
+    assert!(!first.headers.contains_key("x-stash-ttl"));
+    assert!(!first.headers.contains_key("x-stash-tags"));
+    let entry = store.get_now("stash:v1:p:9").unwrap();
+    assert_eq!(
+        entry.tags(),
+        ["products", "p:9", "brand:apple", "apple", "electronics"]
+    );
+    assert_eq!(entry.ttl(), Duration::from_secs(10));
+    assert!(!entry.headers().contains_key("x-stash-ttl"));
+    let hit = f.get("/p/9").await;
+    assert_eq!(hit.cache_status(), "tower-stash; hit");
+    assert!(!hit.headers.contains_key("x-stash-tags"));
+    f.clock.advance(Duration::from_secs(11));
+    assert_eq!(
+        f.get("/p/9").await.cache_status(),
+        "tower-stash; fwd=miss; stored"
+    );
+    assert_eq!(f.handler.calls(), 2);
+}
+
+#[tokio::test]
+async fn an_unreadable_ttl_header_stores_nothing() {
+    assert_never_stored(|| with_header("x-stash-ttl", "soon"), "hint").await;
+    assert_never_stored(|| with_header("x-stash-ttl", "0"), "ttl").await;
+}
+
+// ---- Store failures and bounds ----
+
+struct BrokenStore;
+
+impl Store for BrokenStore {
+    fn get(&self, _: Arc<str>) -> StoreFuture<Option<Arc<crate::Entry>>> {
+        Box::pin(async { Err(StoreError::new("down")) })
+    }
+    fn put(&self, _: Arc<str>, _: Arc<crate::Entry>, _: Duration) -> StoreFuture<()> {
+        Box::pin(async { Err(StoreError::new("down")) })
+    }
+    fn delete(&self, _: Arc<str>) -> StoreFuture<()> {
+        Box::pin(async { Err(StoreError::new("down")) })
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_never_fails_a_request() {
+    let f = Fixture::with(
+        Stash::builder().store(BrokenStore),
+        one_route("/r", Policy::ttl(HOUR)),
+        Handler::echo(),
+    );
+    for n in 1..=3 {
+        let got = f.get("/r").await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.text(), format!("/r #{n}"));
+    }
+    let stats = f.stash.stats();
+    assert_eq!(stats.store_errors, 6); // a failed lookup and a failed fill each time
+    assert_eq!(stats.stores, 0);
+}
+
+#[tokio::test]
+async fn many_keys_keep_the_memory_bound() {
+    let bound = 200 * 1024;
+    let store = MemoryStore::new(bound);
+    let f = Fixture::with(
+        Stash::builder().store(store.clone()),
+        one_route("/k/{id}", Policy::ttl(HOUR).key("k:{id}")),
+        Handler::new(|_, _| Response::new(full(vec![b'z'; 2000]))),
+    );
+    for i in 0..2000 {
+        f.get(&format!("/k/{i}")).await;
+    }
+    store.run_pending_tasks();
+    let stats = f.stash.stats();
+    assert!(stats.bytes <= bound, "{stats:?}");
+    assert!(stats.evictions > 0, "{stats:?}");
+    assert_eq!(stats.stores, 2000);
+}
+
+#[tokio::test]
+async fn poll_ready_is_forwarded() {
+    // A concurrency limit of one under the cache: the cache must wait for readiness, not bypass it.
+    let f = Fixture::new(one_route("/r", Policy::ttl(HOUR)), Handler::echo());
+    let mut svc = ServiceBuilder::new()
+        .layer(f.layer.clone())
+        .concurrency_limit(1)
+        .service(f.handler.clone());
+    let ready = svc.ready().await.unwrap();
+    let fut = ready.call(get("/r"));
+    let mut second = svc.clone();
+    let pending = futures_util::poll!(std::pin::pin!(second.ready()));
+    assert!(pending.is_pending(), "the limit is taken by the first call");
+    fut.await.unwrap();
+}

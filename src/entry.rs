@@ -1,0 +1,409 @@
+//! A stored response: status, headers, body, trailers, times and tags, and its byte codec.
+//!
+//! [`Entry::encode`] writes a compact, versioned envelope for stores that keep bytes (Redis);
+//! [`Entry::decode`] reads it back, slicing the body and header values out of the buffer without
+//! copying them. Anything it cannot read (an unknown version, truncated or corrupt bytes, a
+//! header value with a CR or LF) is an [`EntryError`], which stores treat as a miss.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use tower_stash::Entry;
+//!
+//! let mut headers = http::HeaderMap::new();
+//! headers.insert("content-type", "application/json".parse().unwrap());
+//! let entry = Entry::new("app:v1:user:1", http::StatusCode::OK, headers, r#"{"id":1}"#.into())
+//!     .with_times(SystemTime::now(), Duration::from_secs(60))
+//!     .with_tags(vec!["users".to_string()]);
+//!
+//! let bytes = entry.encode();
+//! let back = Entry::decode(bytes).unwrap();
+//! assert_eq!(back.body(), entry.body());
+//! assert_eq!(back.tags(), ["users"]);
+//! assert!(Entry::decode(bytes::Bytes::from_static(b"garbage")).is_err());
+//! ```
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The first bytes of every encoded entry.
+const MAGIC: &[u8; 2] = b"TS";
+/// The version of the envelope; any other is not read.
+const VERSION: u8 = 1;
+
+/// A cached response.
+#[derive(Clone, PartialEq)]
+pub struct Entry {
+    key: String,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+    stored_at: SystemTime,
+    ttl: Duration,
+    tags: Vec<String>,
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("key", &self.key)
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .field("trailers", &self.trailers)
+            .field("stored_at", &self.stored_at)
+            .field("ttl", &self.ttl)
+            .field("tags", &self.tags)
+            .finish()
+    }
+}
+
+impl Entry {
+    /// A new entry for the full cache key `key`, stored now with no TTL and no tags.
+    pub fn new(
+        key: impl Into<String>,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            status,
+            headers,
+            body,
+            trailers: None,
+            stored_at: SystemTime::now(),
+            ttl: Duration::ZERO,
+            tags: Vec::new(),
+        }
+    }
+
+    /// Sets when the entry was stored and how long it is fresh.
+    pub fn with_times(mut self, stored_at: SystemTime, ttl: Duration) -> Self {
+        self.stored_at = stored_at;
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets the trailers sent after the body.
+    pub fn with_trailers(mut self, trailers: Option<HeaderMap>) -> Self {
+        self.trailers = trailers;
+        self
+    }
+
+    /// Sets the tags used to invalidate entries in bulk.
+    pub fn with_tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    /// The full cache key (never the hashed form), compared on every read.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The response status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The response headers as stored.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The trailers, if the response had any.
+    pub fn trailers(&self) -> Option<&HeaderMap> {
+        self.trailers.as_ref()
+    }
+
+    /// When the entry was stored.
+    pub fn stored_at(&self) -> SystemTime {
+        self.stored_at
+    }
+
+    /// How long after [`stored_at`](Self::stored_at) the entry is fresh.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// When the entry stops being fresh.
+    pub fn expires_at(&self) -> SystemTime {
+        self.stored_at + self.ttl
+    }
+
+    /// The entry's tags.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+
+    /// How long the entry stays fresh after `now` (zero once expired).
+    pub fn remaining(&self, now: SystemTime) -> Duration {
+        self.expires_at().duration_since(now).unwrap_or_default()
+    }
+
+    /// The entry's age at `now`, in whole seconds (the `Age` header).
+    pub fn age(&self, now: SystemTime) -> u64 {
+        now.duration_since(self.stored_at)
+            .unwrap_or_default()
+            .as_secs()
+    }
+
+    /// Roughly how many bytes the entry holds in memory: key, headers, body, trailers and tags.
+    pub fn weight(&self) -> usize {
+        fn map(h: &HeaderMap) -> usize {
+            h.iter().map(|(n, v)| n.as_str().len() + v.len() + 16).sum()
+        }
+        128 + self.key.len()
+            + map(&self.headers)
+            + self.body.len()
+            + self.trailers.as_ref().map_or(0, map)
+            + self.tags.iter().map(|t| t.len() + 24).sum::<usize>()
+    }
+
+    /// Encodes the entry into a versioned envelope; the body is written last, as it is.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.weight() + 16);
+        out.put_slice(MAGIC);
+        out.put_u8(VERSION);
+        out.put_u8(u8::from(self.trailers.is_some()));
+        out.put_u16(self.status.as_u16());
+        out.put_u64(millis(self.stored_at));
+        out.put_u64(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
+        put_bytes(&mut out, self.key.as_bytes());
+        put_map(&mut out, &self.headers);
+        if let Some(t) = &self.trailers {
+            put_map(&mut out, t);
+        }
+        out.put_u32(len32(self.tags.len()));
+        for tag in &self.tags {
+            put_bytes(&mut out, tag.as_bytes());
+        }
+        out.put_u64(self.body.len() as u64);
+        out.put_slice(&self.body);
+        out.freeze()
+    }
+
+    /// Decodes an envelope written by [`encode`](Self::encode). The body and header values are
+    /// slices of `bytes`, not copies.
+    pub fn decode(bytes: Bytes) -> Result<Self, EntryError> {
+        let mut r = Reader { buf: bytes };
+        if r.take(2)? != MAGIC[..] {
+            return Err(EntryError::Corrupt("not an entry"));
+        }
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(EntryError::Version(version));
+        }
+        let has_trailers = r.u8()? != 0;
+        let status = StatusCode::from_u16(r.u16()?).map_err(|_| EntryError::Corrupt("status"))?;
+        let stored_at = UNIX_EPOCH + Duration::from_millis(r.u64()?);
+        let ttl = Duration::from_millis(r.u64()?);
+        let key = r.string()?;
+        let headers = r.map()?;
+        let trailers = if has_trailers { Some(r.map()?) } else { None };
+        let n = r.u32()? as usize;
+        let mut tags = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            tags.push(r.string()?);
+        }
+        let body_len = usize::try_from(r.u64()?).map_err(|_| EntryError::Corrupt("body length"))?;
+        if r.buf.len() != body_len {
+            return Err(EntryError::Corrupt("body length"));
+        }
+        Ok(Self {
+            key,
+            status,
+            headers,
+            body: r.buf,
+            trailers,
+            stored_at,
+            ttl,
+            tags,
+        })
+    }
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn put_bytes(out: &mut BytesMut, b: &[u8]) {
+    out.put_u32(len32(b.len()));
+    out.put_slice(b);
+}
+
+fn put_map(out: &mut BytesMut, map: &HeaderMap) {
+    out.put_u32(len32(map.len()));
+    for (name, value) in map {
+        put_bytes(out, name.as_str().as_bytes());
+        put_bytes(out, value.as_bytes());
+    }
+}
+
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), EntryError> {
+        if self.buf.remaining() < n {
+            Err(EntryError::Corrupt("truncated"))
+        } else {
+            Ok(())
+        }
+    }
+    fn take(&mut self, n: usize) -> Result<Bytes, EntryError> {
+        self.need(n)?;
+        Ok(self.buf.split_to(n))
+    }
+    fn u8(&mut self) -> Result<u8, EntryError> {
+        self.need(1)?;
+        Ok(self.buf.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, EntryError> {
+        self.need(2)?;
+        Ok(self.buf.get_u16())
+    }
+    fn u32(&mut self) -> Result<u32, EntryError> {
+        self.need(4)?;
+        Ok(self.buf.get_u32())
+    }
+    fn u64(&mut self) -> Result<u64, EntryError> {
+        self.need(8)?;
+        Ok(self.buf.get_u64())
+    }
+    fn bytes(&mut self) -> Result<Bytes, EntryError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String, EntryError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| EntryError::Corrupt("utf-8"))
+    }
+    fn map(&mut self) -> Result<HeaderMap, EntryError> {
+        let n = self.u32()? as usize;
+        let mut map = HeaderMap::with_capacity(n.min(256));
+        for _ in 0..n {
+            let name = HeaderName::from_bytes(&self.bytes()?)
+                .map_err(|_| EntryError::Corrupt("header name"))?;
+            let value = HeaderValue::from_maybe_shared(self.bytes()?)
+                .map_err(|_| EntryError::Corrupt("header value"))?;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
+}
+
+/// Why bytes could not be read as an [`Entry`]. Stores treat it as a miss.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EntryError {
+    /// The envelope has a version this build does not read.
+    Version(u8),
+    /// The bytes are not a whole, valid envelope; the string says which part failed.
+    Corrupt(&'static str),
+}
+
+impl fmt::Display for EntryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Version(v) => write!(f, "cache entry has unknown format version {v}"),
+            Self::Corrupt(what) => write!(f, "cache entry is corrupt ({what})"),
+        }
+    }
+}
+
+impl std::error::Error for EntryError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Entry {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        Entry::new(
+            "ns:v1:k",
+            StatusCode::NOT_FOUND,
+            headers,
+            Bytes::from_static(b"hello"),
+        )
+        .with_times(
+            UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            Duration::from_secs(30),
+        )
+        .with_trailers(Some(trailers))
+        .with_tags(vec!["a".into(), "b:c".into()])
+    }
+
+    #[test]
+    fn round_trips_everything() {
+        let e = sample();
+        assert_eq!(Entry::decode(e.encode()).unwrap(), e);
+        let plain = Entry::new("k", StatusCode::OK, HeaderMap::new(), Bytes::new());
+        let back = Entry::decode(plain.encode()).unwrap();
+        assert_eq!(back.trailers(), None);
+        assert!(back.body().is_empty());
+    }
+
+    #[test]
+    fn body_is_a_slice_of_the_buffer() {
+        let bytes = sample().encode();
+        let range = bytes.as_ptr_range();
+        let back = Entry::decode(bytes.clone()).unwrap();
+        assert!(range.contains(&back.body().as_ptr()));
+    }
+
+    #[test]
+    fn every_truncation_and_garbage_is_an_error() {
+        let bytes = sample().encode();
+        for n in 0..bytes.len() {
+            assert!(
+                Entry::decode(bytes.slice(..n)).is_err(),
+                "prefix of {n} bytes"
+            );
+        }
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert!(Entry::decode(longer.into()).is_err());
+        // Every single-byte corruption either fails or decodes to something: never a panic.
+        for i in 0..bytes.len() {
+            let mut b = bytes.to_vec();
+            b[i] ^= 0xff;
+            let _ = Entry::decode(b.into());
+        }
+        let mut v2 = bytes.to_vec();
+        v2[2] = 2;
+        assert_eq!(Entry::decode(v2.into()), Err(EntryError::Version(2)));
+    }
+
+    #[test]
+    fn header_value_with_crlf_is_corrupt() {
+        let mut bytes = sample().encode().to_vec();
+        let pos = bytes.windows(10).position(|w| w == b"text/plain").unwrap();
+        bytes[pos + 4] = b'\n';
+        assert_eq!(
+            Entry::decode(bytes.into()),
+            Err(EntryError::Corrupt("header value"))
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! Small pieces of HTTP: `Cache-Control` directives, entity-tag comparison, hop-by-hop headers.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The `Cache-Status` header (RFC 9211).
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Does a `Cache-Control` header in `headers` carry any of `directives` (lowercase)?
+pub(crate) fn has_directive(headers: &HeaderMap, directives: &[&str]) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.split('=').next().unwrap_or_default().trim())
+        .any(|d| directives.iter().any(|want| d.eq_ignore_ascii_case(want)))
+}
+
+/// The opaque tags of an `If-None-Match` list, with their `W/` prefix dropped (weak comparison);
+/// `None` for `*`.
+fn tags(list: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    let mut rest = list;
+    loop {
+        while let [b' ' | b'\t' | b',', tail @ ..] = rest {
+            rest = tail;
+        }
+        match rest {
+            [] => return Some(out),
+            [b'*', ..] => return None,
+            [b'W', b'/', tail @ ..] => rest = tail,
+            _ => {}
+        }
+        let [b'"', tail @ ..] = rest else {
+            return Some(out); // malformed: stop at what was read
+        };
+        let Some(end) = tail.iter().position(|&b| b == b'"') else {
+            return Some(out);
+        };
+        out.push(&tail[..end]);
+        rest = &tail[end + 1..];
+    }
+}
+
+/// Does `if_none_match` match `etag`, by the weak comparison of RFC 9110 section 13.1.2?
+pub(crate) fn none_match(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+    let Some(mine) = tags(etag.as_bytes()).and_then(|t| t.first().copied()) else {
+        return false;
+    };
+    match tags(if_none_match.as_bytes()) {
+        None => true,
+        Some(theirs) => theirs.contains(&mine),
+    }
+}
+
+/// A strong entity tag derived from a body: 128 bits of its BLAKE3 hash.
+pub(crate) fn derived_etag(body: &[u8]) -> HeaderValue {
+    let hash = blake3::hash(body);
+    let mut s = String::with_capacity(34);
+    s.push('"');
+    for b in &hash.as_bytes()[..16] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push('"');
+    HeaderValue::try_from(s).expect("hex is a valid header value")
+}
+
+/// Removes the hop-by-hop headers (RFC 9110 section 7.6.1) that must not be stored.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &'static str) -> HeaderValue {
+        HeaderValue::from_static(s)
+    }
+
+    #[test]
+    fn etag_weak_comparison() {
+        assert!(none_match(&v("\"a\""), &v("\"a\"")));
+        assert!(none_match(&v("W/\"a\""), &v("\"a\"")));
+        assert!(none_match(&v("\"x\", W/\"a\""), &v("W/\"a\"")));
+        assert!(none_match(&v("*"), &v("\"a\"")));
+        assert!(!none_match(&v("\"b\""), &v("\"a\"")));
+        assert!(!none_match(&v("\"a,b\""), &v("\"a\"")));
+        assert!(none_match(&v("\"a,b\""), &v("\"a,b\"")));
+        assert!(!none_match(&v("garbage"), &v("\"a\"")));
+        assert!(!none_match(&v("\"a\""), &v("no-quotes")));
+    }
+
+    #[test]
+    fn cache_control_directives() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CACHE_CONTROL, v("max-age=60, Private=\"x\""));
+        assert!(has_directive(&h, &["private"]));
+        assert!(!has_directive(&h, &["no-store"]));
+        h.append(header::CACHE_CONTROL, v("no-store"));
+        assert!(has_directive(&h, &["no-store"]));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, v("x-private-hop"));
+        h.insert("x-private-hop", v("1"));
+        h.insert(header::TRANSFER_ENCODING, v("chunked"));
+        h.insert(header::CONTENT_TYPE, v("text/plain"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+}

@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+#![deny(unsafe_code, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod cache;
+pub mod entry;
+mod headers;
+pub mod key;
+pub mod policy;
+pub mod stash;
+pub mod store;
+
+pub use cache::{CacheBody, CacheHint, CacheLayer, CacheService};
+pub use entry::{Entry, EntryError};
+pub use key::QueryKey;
+pub use policy::{ConfigError, Policy, Routes};
+pub use stash::{Clock, ManualClock, Stash, StashBuilder, Stats, SystemClock};
+pub use store::{MemoryStore, Store, StoreError, StoreFuture, StoreUsage};

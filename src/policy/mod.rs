@@ -1,0 +1,226 @@
+//! What to cache: [`Policy`] per route, [`Routes`] from method and path pattern to policy, and
+//! the named policies (the TTL map) that routes can start from.
+//!
+//! Path patterns use the syntax of axum and [matchit]: `/users/{id}`, `/files/{*path}`. A request
+//! that matches no pattern passes through the cache untouched, at the cost of one route match.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_stash::{Policy, Routes};
+//!
+//! let routes = Routes::new()
+//!     // The guide's named policy `user_profile` (1 hour), keyed `user:{id}`, tagged `users`.
+//!     .get("/users/{id}", Policy::named("user_profile").key("user:{id}").tags(["users"]))
+//!     // A policy of its own: 10 minutes, varying on one query parameter and a header.
+//!     .get(
+//!         "/search",
+//!         Policy::ttl(Duration::from_secs(600))
+//!             .vary_query(["q"])
+//!             .vary_headers(["accept-language"]),
+//!     )
+//!     // Override a named policy for every route that uses it.
+//!     .policy("product", Policy::ttl(Duration::from_secs(12 * 3600)));
+//! assert!(routes.validate().is_ok());
+//!
+//! // Mistakes are reported with the route and the field.
+//! let err = Routes::new()
+//!     .get("/users/{id}", Policy::named("user_profile").key("user:{uid}"))
+//!     .validate()
+//!     .unwrap_err();
+//! assert!(err.to_string().contains("routes[GET /users/{id}].key"));
+//! ```
+//!
+//! [matchit]: https://docs.rs/matchit
+
+mod routes;
+
+pub use routes::Routes;
+pub(crate) use routes::{CompiledPolicy, RouteTable};
+
+use crate::key::QueryKey;
+use std::fmt;
+use std::time::Duration;
+
+/// The statuses stored when a policy names none: those RFC 9111 calls heuristically cacheable,
+/// minus 206 (a partial body is never the full response), 405, 414 and 501.
+pub const DEFAULT_STATUSES: [u16; 8] = [200, 203, 204, 300, 301, 308, 404, 410];
+
+/// The largest body stored when a policy sets no limit: 1 MiB. Larger bodies still stream to
+/// the client; they are just not stored.
+pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
+
+/// The guide's TTL map: the named policies every [`Routes::new`] starts with.
+pub const GUIDE_POLICIES: [(&str, Duration); 6] = [
+    ("user_profile", Duration::from_secs(3600)),
+    ("product", Duration::from_secs(24 * 3600)),
+    ("product_price", Duration::from_secs(300)),
+    ("session", Duration::from_secs(1800)),
+    ("statistics", Duration::from_secs(60)),
+    ("api_response", Duration::from_secs(300)),
+];
+
+/// How one route is cached: TTL, key, what varies the key, what is stored.
+///
+/// Every setting left unset comes from the named base policy ([`Policy::named`]), or else from
+/// the defaults: key `METHOD path?query`, every query parameter keyed, no header keyed, the
+/// [`DEFAULT_STATUSES`], a [`DEFAULT_MAX_BODY_SIZE`] body limit, no tags, a derived `ETag`.
+/// A TTL is required, from the policy or its base.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policy {
+    pub(crate) base: Option<String>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) key: Option<String>,
+    pub(crate) query: Option<QueryKey>,
+    pub(crate) vary_headers: Option<Vec<String>>,
+    pub(crate) statuses: Option<Vec<u16>>,
+    pub(crate) max_body_size: Option<usize>,
+    pub(crate) tags: Option<Vec<String>>,
+    pub(crate) unsafe_methods: Option<bool>,
+    pub(crate) etag: Option<bool>,
+}
+
+impl Policy {
+    /// An empty policy: set a TTL with [`time_to_live`](Self::time_to_live).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A policy that caches for `ttl`.
+    pub fn ttl(ttl: Duration) -> Self {
+        Self::new().time_to_live(ttl)
+    }
+
+    /// A policy built on the named policy `name` (see [`Routes::policy`]); what this policy sets
+    /// overrides the base.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            base: Some(name.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Sets how long responses stay fresh.
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Sets the key template, such as `user:{id}`, filled from the path parameters. The query
+    /// parameters and headers the policy varies on are appended to it.
+    pub fn key(mut self, template: impl Into<String>) -> Self {
+        self.key = Some(template.into());
+        self
+    }
+
+    /// Keys only these query parameters; the others never change the response.
+    pub fn vary_query<I, T>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.query = Some(QueryKey::Only(names.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// Keys no query parameter.
+    pub fn ignore_query(mut self) -> Self {
+        self.query = Some(QueryKey::Ignore);
+        self
+    }
+
+    /// Keys these request headers. Varying on `authorization` or `cookie` lets requests that
+    /// carry them use the cache, each user with entries of their own.
+    pub fn vary_headers<I, T>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.vary_headers = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets the statuses that are stored (2xx to 4xx only, never 206 or 304).
+    pub fn statuses<I: IntoIterator<Item = u16>>(mut self, statuses: I) -> Self {
+        self.statuses = Some(statuses.into_iter().collect());
+        self
+    }
+
+    /// Sets the largest body stored, in bytes.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body_size = Some(bytes);
+        self
+    }
+
+    /// Sets the tags of the route's entries; templates such as `user:{id}` are filled from the
+    /// path parameters. Handlers can add tags per response ([`CacheHint`](crate::CacheHint)).
+    pub fn tags<I, T>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.tags = Some(tags.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Allows this policy on methods other than GET and HEAD (for example a POST used as a
+    /// query). The request body is not part of the key: use it only where the body does not
+    /// change the response.
+    pub fn unsafe_methods(mut self, allow: bool) -> Self {
+        self.unsafe_methods = Some(allow);
+        self
+    }
+
+    /// Whether to derive a strong `ETag` from the body of stored responses that have none
+    /// (default `true`), so that hits can answer `If-None-Match` with 304.
+    pub fn etag(mut self, derive: bool) -> Self {
+        self.etag = Some(derive);
+        self
+    }
+
+    /// This policy's settings over `base`'s.
+    fn over(&self, base: &Policy) -> Policy {
+        Policy {
+            base: None,
+            ttl: self.ttl.or(base.ttl),
+            key: self.key.clone().or_else(|| base.key.clone()),
+            query: self.query.clone().or_else(|| base.query.clone()),
+            vary_headers: self
+                .vary_headers
+                .clone()
+                .or_else(|| base.vary_headers.clone()),
+            statuses: self.statuses.clone().or_else(|| base.statuses.clone()),
+            max_body_size: self.max_body_size.or(base.max_body_size),
+            tags: self.tags.clone().or_else(|| base.tags.clone()),
+            unsafe_methods: self.unsafe_methods.or(base.unsafe_methods),
+            etag: self.etag.or(base.etag),
+        }
+    }
+}
+
+/// A configuration mistake. Each line names the place (`routes[GET /users/{id}].key`,
+/// `stash.namespace`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    errors: Vec<String>,
+}
+
+impl ConfigError {
+    pub(crate) fn new(errors: Vec<String>) -> Self {
+        Self { errors }
+    }
+
+    /// Each mistake, one a line.
+    pub fn errors(&self) -> &[String] {
+        &self.errors
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid cache configuration: {}", self.errors.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigError {}

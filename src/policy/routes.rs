@@ -1,0 +1,329 @@
+use super::{ConfigError, Policy, DEFAULT_MAX_BODY_SIZE, DEFAULT_STATUSES, GUIDE_POLICIES};
+use crate::key::template::path_params;
+use crate::key::{QueryKey, Template};
+use http::{HeaderName, Method};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Maps method and path pattern to a [`Policy`], and holds the named policies routes start from.
+///
+/// [`Routes::new`] starts with the guide's TTL map ([`GUIDE_POLICIES`](super::GUIDE_POLICIES)):
+/// `user_profile` 1 h, `product` 24 h, `product_price` 5 min, `session` 30 min, `statistics`
+/// 1 min, `api_response` 5 min. Mistakes (a bad pattern, an unknown named policy, a template
+/// naming a missing parameter) are reported by [`validate`](Self::validate) and by
+/// [`CacheLayer::try_new`](crate::CacheLayer::try_new), each naming its route and field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routes {
+    routes: Vec<(Method, String, Policy)>,
+    named: BTreeMap<String, Policy>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Routes {
+    /// No routes, and the guide's named policies.
+    pub fn new() -> Self {
+        Self {
+            routes: Vec::new(),
+            named: GUIDE_POLICIES
+                .iter()
+                .map(|(name, ttl)| (name.to_string(), Policy::ttl(*ttl)))
+                .collect(),
+        }
+    }
+
+    /// Caches GET requests for `path` (HEAD requests are answered from the same entries).
+    pub fn get(self, path: impl Into<String>, policy: Policy) -> Self {
+        self.route(Method::GET, path, policy)
+    }
+
+    /// Caches `method` requests for `path`. Methods other than GET and HEAD need a policy with
+    /// [`Policy::unsafe_methods`].
+    pub fn route(mut self, method: Method, path: impl Into<String>, policy: Policy) -> Self {
+        self.routes.push((method, path.into(), policy));
+        self
+    }
+
+    /// Defines or replaces the named policy `name`, the base of [`Policy::named`].
+    pub fn policy(mut self, name: impl Into<String>, policy: Policy) -> Self {
+        self.named.insert(name.into(), policy);
+        self
+    }
+
+    /// The named policy `name`, if defined.
+    pub fn named_policy(&self, name: &str) -> Option<&Policy> {
+        self.named.get(name)
+    }
+
+    /// Checks the routes without building a layer.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.compile().map(|_| ())
+    }
+
+    pub(crate) fn compile(&self) -> Result<RouteTable, ConfigError> {
+        let mut errors = Vec::new();
+        for (name, p) in &self.named {
+            if p.base.is_some() {
+                errors.push(format!(
+                    "policies.{name}: a named policy cannot be based on another"
+                ));
+            }
+        }
+        let mut router = matchit::Router::new();
+        let mut slots: Vec<Slot> = Vec::new();
+        let mut by_path: BTreeMap<&str, usize> = BTreeMap::new();
+        for (method, path, policy) in &self.routes {
+            let place = format!("routes[{method} {path}]");
+            let compiled = match self.compile_one(&place, method, path, policy) {
+                Ok(c) => c,
+                Err(mut e) => {
+                    errors.append(&mut e);
+                    continue;
+                }
+            };
+            let idx = match by_path.get(path.as_str()) {
+                Some(&idx) => idx,
+                None => {
+                    if let Err(e) = router.insert(path.clone(), slots.len()) {
+                        errors.push(format!("{place}: invalid path pattern: {e}"));
+                        continue;
+                    }
+                    by_path.insert(path, slots.len());
+                    slots.push(Slot::default());
+                    slots.len() - 1
+                }
+            };
+            let slot = &mut slots[idx];
+            if slot.methods.iter().any(|(m, _)| m == method) {
+                errors.push(format!("{place}: the route is given twice"));
+                continue;
+            }
+            slot.methods.push((method.clone(), Arc::new(compiled)));
+        }
+        if errors.is_empty() {
+            Ok(RouteTable { router, slots })
+        } else {
+            Err(ConfigError::new(errors))
+        }
+    }
+
+    fn compile_one(
+        &self,
+        place: &str,
+        method: &Method,
+        path: &str,
+        policy: &Policy,
+    ) -> Result<CompiledPolicy, Vec<String>> {
+        let mut errors = Vec::new();
+        let resolved = match &policy.base {
+            None => policy.clone(),
+            Some(name) => match self.named.get(name) {
+                Some(base) => policy.over(base),
+                None => {
+                    let known: Vec<&str> = self.named.keys().map(String::as_str).collect();
+                    return Err(vec![format!(
+                        "{place}.policy: no named policy `{name}` (defined: {})",
+                        known.join(", ")
+                    )]);
+                }
+            },
+        };
+        let params = path_params(path);
+        let ttl = match resolved.ttl {
+            Some(ttl) if !ttl.is_zero() => ttl,
+            Some(_) => {
+                errors.push(format!("{place}.ttl: must be greater than zero"));
+                Duration::ZERO
+            }
+            None => {
+                errors.push(format!(
+                    "{place}.ttl: missing (set one, or use a named policy)"
+                ));
+                Duration::ZERO
+            }
+        };
+        let unsafe_methods = resolved.unsafe_methods.unwrap_or(false);
+        if *method == Method::HEAD {
+            errors.push(format!(
+                "{place}: HEAD is answered from the GET route's entries; register GET instead"
+            ));
+        } else if *method != Method::GET && !unsafe_methods {
+            errors.push(format!(
+                "{place}.unsafe_methods: {method} responses are only cached by a policy that opts in"
+            ));
+        }
+        let key = match resolved.key.as_deref().map(|t| Template::parse(t, &params)) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                errors.push(format!("{place}.key: {e}"));
+                None
+            }
+        };
+        let mut tags = Vec::new();
+        for t in resolved.tags.as_deref().unwrap_or_default() {
+            match Template::parse(t, &params) {
+                Ok(t) => tags.push(t),
+                Err(e) => errors.push(format!("{place}.tags: {e}")),
+            }
+        }
+        let mut vary_headers = Vec::new();
+        for name in resolved.vary_headers.as_deref().unwrap_or_default() {
+            match HeaderName::try_from(name.as_str()) {
+                Ok(h) => vary_headers.push(h),
+                Err(_) => errors.push(format!(
+                    "{place}.vary_headers: `{name}` is not a header name"
+                )),
+            }
+        }
+        let statuses = resolved
+            .statuses
+            .unwrap_or_else(|| DEFAULT_STATUSES.to_vec());
+        for s in &statuses {
+            if !(200..500).contains(s) || *s == 206 || *s == 304 {
+                errors.push(format!(
+                    "{place}.statuses: {s} is never stored (only 2xx to 4xx, and not 206 or 304)"
+                ));
+            }
+        }
+        let max_body_size = resolved.max_body_size.unwrap_or(DEFAULT_MAX_BODY_SIZE);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(CompiledPolicy {
+            route: format!("{method} {path}"),
+            ttl,
+            vary_authorization: vary_headers.contains(&http::header::AUTHORIZATION),
+            vary_cookie: vary_headers.contains(&http::header::COOKIE),
+            key,
+            query: resolved.query.unwrap_or_default(),
+            vary_headers,
+            statuses,
+            max_body_size,
+            tags,
+            etag: resolved.etag.unwrap_or(true),
+        })
+    }
+}
+
+/// A policy resolved against its base and checked.
+#[derive(Debug)]
+pub(crate) struct CompiledPolicy {
+    pub(crate) route: String,
+    pub(crate) ttl: Duration,
+    pub(crate) key: Option<Template>,
+    pub(crate) query: QueryKey,
+    pub(crate) vary_headers: Vec<HeaderName>,
+    pub(crate) vary_authorization: bool,
+    pub(crate) vary_cookie: bool,
+    pub(crate) statuses: Vec<u16>,
+    pub(crate) max_body_size: usize,
+    pub(crate) tags: Vec<Template>,
+    pub(crate) etag: bool,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    methods: Vec<(Method, Arc<CompiledPolicy>)>,
+}
+
+/// The compiled routes: one matchit router from path pattern to the policies of its methods.
+#[derive(Debug)]
+pub(crate) struct RouteTable {
+    router: matchit::Router<usize>,
+    slots: Vec<Slot>,
+}
+
+impl RouteTable {
+    /// The policy for `method` on `path`, with the path parameters. HEAD uses GET's policy.
+    pub(crate) fn find<'p>(
+        &self,
+        method: &Method,
+        path: &'p str,
+    ) -> Option<(&Arc<CompiledPolicy>, matchit::Params<'_, 'p>)> {
+        let m = self.router.at(path).ok()?;
+        let want = if *method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        let policy = self.slots[*m.value]
+            .methods
+            .iter()
+            .find(|(mm, _)| mm == want)
+            .map(|(_, p)| p)?;
+        Some((policy, m.params))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guide_policies_resolve_and_override() {
+        let t = Routes::new()
+            .get("/u/{id}", Policy::named("user_profile"))
+            .get(
+                "/p/{id}",
+                Policy::named("product").time_to_live(Duration::from_secs(5)),
+            )
+            .policy("statistics", Policy::ttl(Duration::from_secs(7)))
+            .get("/s", Policy::named("statistics"))
+            .compile()
+            .unwrap();
+        let ttl = |p: &str| t.find(&Method::GET, p).unwrap().0.ttl;
+        assert_eq!(ttl("/u/1"), Duration::from_secs(3600));
+        assert_eq!(ttl("/p/1"), Duration::from_secs(5));
+        assert_eq!(ttl("/s"), Duration::from_secs(7));
+        assert!(t.find(&Method::HEAD, "/s").is_some());
+        assert!(t.find(&Method::POST, "/s").is_none());
+        assert!(t.find(&Method::GET, "/other").is_none());
+    }
+
+    #[test]
+    fn errors_name_route_and_field() {
+        let err = Routes::new()
+            .get("/a", Policy::new())
+            .get("/b", Policy::named("nope"))
+            .route(Method::POST, "/c", Policy::ttl(Duration::from_secs(1)))
+            .get("/d", Policy::ttl(Duration::from_secs(1)).statuses([500]))
+            .get(
+                "/e",
+                Policy::ttl(Duration::from_secs(1)).vary_headers(["bad header"]),
+            )
+            .get("/{x", Policy::ttl(Duration::from_secs(1)))
+            .get("/a", Policy::ttl(Duration::from_secs(1)))
+            .compile()
+            .unwrap_err();
+        let all = err.errors().join("\n");
+        for want in [
+            "routes[GET /a].ttl: missing",
+            "routes[GET /b].policy: no named policy `nope`",
+            "routes[POST /c].unsafe_methods",
+            "routes[GET /d].statuses: 500",
+            "routes[GET /e].vary_headers",
+            "routes[GET /{x]: invalid path pattern",
+        ] {
+            assert!(all.contains(want), "{want} not in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unsafe_method_with_opt_in_is_allowed() {
+        let t = Routes::new()
+            .route(
+                Method::POST,
+                "/q",
+                Policy::ttl(Duration::from_secs(1)).unsafe_methods(true),
+            )
+            .compile()
+            .unwrap();
+        assert!(t.find(&Method::POST, "/q").is_some());
+    }
+}

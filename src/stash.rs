@@ -1,0 +1,415 @@
+//! The shared handle: the store, the statistics and the settings every layer uses.
+//!
+//! A [`Stash`] is cheap to clone (one `Arc`); give a clone to each layer. With no store set it
+//! keeps entries in a [`MemoryStore`] of 64 MiB, so a cache works with nothing else running.
+//!
+//! # Example
+//!
+//! ```
+//! use tower_stash::{MemoryStore, Stash};
+//!
+//! let stash = Stash::builder()
+//!     .store(MemoryStore::new(128 * 1024 * 1024))
+//!     .namespace("shop")
+//!     .cache_status_detail(true)
+//!     .build()
+//!     .unwrap();
+//! assert_eq!(stash.stats().hits, 0);
+//!
+//! // Mistakes name their field.
+//! let err = Stash::builder().namespace("a b").build().unwrap_err();
+//! assert!(err.to_string().contains("stash.namespace"));
+//! ```
+
+use crate::key;
+use crate::policy::ConfigError;
+use crate::store::{MemoryStore, Store};
+use http::HeaderValue;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// A source of the current time. Tests use [`ManualClock`] to move time without sleeping.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's clock, the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A clock that moves only when told to. Clones share the same time.
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    now: Arc<Mutex<SystemTime>>,
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new(SystemTime::now())
+    }
+}
+
+impl ManualClock {
+    /// A clock stopped at `now`.
+    pub fn new(now: SystemTime) -> Self {
+        Self {
+            now: Arc::new(Mutex::new(now)),
+        }
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        *self.now.lock().unwrap_or_else(|e| e.into_inner()) += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self.now.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A snapshot of a stash's counters, from [`Stash::stats`].
+///
+/// The counters are also reported through the [`metrics`](https://docs.rs/metrics) crate as
+/// `tower_stash_hits_total`, `tower_stash_misses_total`, `tower_stash_stale_total`,
+/// `tower_stash_bypasses_total`, `tower_stash_stores_total`, `tower_stash_store_errors_total`,
+/// and the gauges `tower_stash_entries` and `tower_stash_bytes` (refreshed whenever the stats are
+/// read, and every 256 stores).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Requests answered from the cache (304s included).
+    pub hits: u64,
+    /// Requests on a cached route that found no fresh entry and went to the service.
+    pub misses: u64,
+    /// Requests answered with a stale entry. Stale serving (stale-while-revalidate,
+    /// stale-if-error) is not built yet, so this stays zero.
+    pub stale: u64,
+    /// Requests on a cached route that skipped the cache (credentials, for example).
+    pub bypasses: u64,
+    /// Responses stored.
+    pub stores: u64,
+    /// Store calls that failed; each was served from the service instead.
+    pub store_errors: u64,
+    /// Entries evicted to stay within the memory bound.
+    pub evictions: u64,
+    /// Entries held by the store (approximate).
+    pub entries: u64,
+    /// Bytes held by the store (approximate).
+    pub bytes: u64,
+}
+
+impl Stats {
+    /// Hits over hits and misses; zero before any request.
+    pub fn hit_rate(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    stale: AtomicU64,
+    bypasses: AtomicU64,
+    stores: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+macro_rules! count {
+    ($($fn:ident => $field:ident, $metric:literal;)*) => {
+        impl Counters {
+            $(
+                pub(crate) fn $fn(&self) {
+                    self.$field.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!($metric).increment(1);
+                }
+            )*
+        }
+    };
+}
+
+count! {
+    hit => hits, "tower_stash_hits_total";
+    miss => misses, "tower_stash_misses_total";
+    bypass => bypasses, "tower_stash_bypasses_total";
+    store_error => store_errors, "tower_stash_store_errors_total";
+}
+
+impl Counters {
+    #[allow(dead_code)] // counted once stale serving lands
+    pub(crate) fn stale(&self) {
+        self.stale.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tower_stash_stale_total").increment(1);
+    }
+}
+
+/// The `Cache-Status` values that do not change, made once.
+#[derive(Debug)]
+pub(crate) struct StatusHeaders {
+    pub(crate) show_key: bool,
+    pub(crate) show_detail: bool,
+    pub(crate) hit: HeaderValue,
+    pub(crate) stored: HeaderValue,
+    pub(crate) miss: HeaderValue,
+    pub(crate) bypass: HeaderValue,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) namespace: String,
+    pub(crate) prefix: String,
+    pub(crate) max_key_len: usize,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) counters: Counters,
+    pub(crate) status: StatusHeaders,
+}
+
+/// The shared cache handle: store, statistics, settings. Cheap to clone.
+#[derive(Clone)]
+pub struct Stash {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Stash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stash")
+            .field("namespace", &self.inner.namespace)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Default for Stash {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stash {
+    /// A stash on a 64 MiB [`MemoryStore`], namespace `stash`.
+    pub fn new() -> Self {
+        Self::builder()
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// A builder to choose the store and settings.
+    pub fn builder() -> StashBuilder {
+        StashBuilder::default()
+    }
+
+    /// The store entries live in.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The key namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// The counters so far, with the store's usage.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let usage = self.usage();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            hits: get(&c.hits),
+            misses: get(&c.misses),
+            stale: get(&c.stale),
+            bypasses: get(&c.bypasses),
+            stores: get(&c.stores),
+            store_errors: get(&c.store_errors),
+            evictions: usage.evictions,
+            entries: usage.entries,
+            bytes: usage.bytes,
+        }
+    }
+
+    pub(crate) fn now(&self) -> SystemTime {
+        self.inner.clock.now()
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Counts a successful store; refreshes the size gauges every 256 stores.
+    pub(crate) fn stored(&self) {
+        let n = self.inner.counters.stores.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tower_stash_stores_total").increment(1);
+        if n % 256 == 0 {
+            self.usage();
+        }
+    }
+
+    /// The store's usage, also set on the size gauges.
+    fn usage(&self) -> crate::StoreUsage {
+        let usage = self.inner.store.usage();
+        metrics::gauge!("tower_stash_entries").set(usage.entries as f64);
+        metrics::gauge!("tower_stash_bytes").set(usage.bytes as f64);
+        usage
+    }
+}
+
+/// Builds a [`Stash`].
+#[must_use]
+pub struct StashBuilder {
+    store: Option<Arc<dyn Store>>,
+    namespace: String,
+    max_key_len: usize,
+    clock: Arc<dyn Clock>,
+    status_name: String,
+    show_key: bool,
+    show_detail: bool,
+}
+
+impl fmt::Debug for StashBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StashBuilder")
+            .field("namespace", &self.namespace)
+            .field("max_key_len", &self.max_key_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for StashBuilder {
+    fn default() -> Self {
+        Self {
+            store: None,
+            namespace: "stash".into(),
+            max_key_len: 250,
+            clock: Arc::new(SystemClock),
+            status_name: "tower-stash".into(),
+            show_key: false,
+            show_detail: false,
+        }
+    }
+}
+
+impl StashBuilder {
+    /// Sets the store (default: a 64 MiB [`MemoryStore`]).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Sets a shared store.
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Sets the namespace every key starts with (default `stash`): letters, digits, `-._~`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Keys longer than this many bytes are stored under a 128-bit hash (default 250).
+    pub fn max_key_len(mut self, bytes: usize) -> Self {
+        self.max_key_len = bytes;
+        self
+    }
+
+    /// Sets the clock (default: the system's).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Sets the cache name in `Cache-Status` headers (default `tower-stash`).
+    pub fn cache_status_name(mut self, name: impl Into<String>) -> Self {
+        self.status_name = name.into();
+        self
+    }
+
+    /// Adds the key to `Cache-Status` headers (default off: keys can reveal request data).
+    pub fn cache_status_key(mut self, show: bool) -> Self {
+        self.show_key = show;
+        self
+    }
+
+    /// Adds `detail` (why a response was not stored or was bypassed) and the remaining `ttl`
+    /// of hits to `Cache-Status` headers (default off).
+    pub fn cache_status_detail(mut self, show: bool) -> Self {
+        self.show_detail = show;
+        self
+    }
+
+    /// Builds the stash, or says which setting is wrong.
+    pub fn build(self) -> Result<Stash, ConfigError> {
+        let mut errors = Vec::new();
+        if self.namespace.is_empty()
+            || !key::is_literal(&self.namespace, false)
+            || self.namespace.contains('/')
+        {
+            errors.push(format!(
+                "stash.namespace: `{}` must be non-empty letters, digits and `-._~`",
+                self.namespace
+            ));
+        }
+        let prefix = key::prefix(&self.namespace);
+        if self.max_key_len < prefix.len() + 33 {
+            errors.push(format!(
+                "stash.max_key_len: {} is shorter than a hashed key ({})",
+                self.max_key_len,
+                prefix.len() + 33
+            ));
+        }
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~!#$%&'*+^`|".contains(&b))
+        };
+        if !token(&self.status_name) {
+            errors.push(format!(
+                "stash.cache_status_name: `{}` must be an HTTP token",
+                self.status_name
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError::new(errors));
+        }
+        let value =
+            |s: String| HeaderValue::try_from(s).expect("a token makes a valid header value");
+        let name = self.status_name;
+        let status = StatusHeaders {
+            hit: value(format!("{name}; hit")),
+            stored: value(format!("{name}; fwd=miss; stored")),
+            miss: value(format!("{name}; fwd=miss")),
+            bypass: value(format!("{name}; fwd=bypass")),
+            show_key: self.show_key,
+            show_detail: self.show_detail,
+        };
+        Ok(Stash {
+            inner: Arc::new(Inner {
+                store: self
+                    .store
+                    .unwrap_or_else(|| Arc::new(MemoryStore::default())),
+                namespace: self.namespace,
+                prefix,
+                max_key_len: self.max_key_len,
+                clock: self.clock,
+                counters: Counters::default(),
+                status,
+            }),
+        })
+    }
+}

@@ -1,0 +1,183 @@
+use super::{Store, StoreError, StoreFuture, StoreUsage};
+use crate::Entry;
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+struct Slot {
+    entry: Arc<Entry>,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<Arc<str>, Slot> for PerEntryTtl {
+    fn expire_after_create(&self, _: &Arc<str>, slot: &Slot, _: Instant) -> Option<Duration> {
+        Some(slot.ttl)
+    }
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        slot: &Slot,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(slot.ttl)
+    }
+}
+
+/// An in-memory store on [moka], bounded in bytes, with a TTL per entry. The default store.
+///
+/// The bound weighs each entry's key, headers, body and trailers ([`Entry::weight`]); when it is
+/// reached, moka evicts the entries least likely to be used again (TinyLFU). An entry larger
+/// than the whole bound is never kept.
+///
+/// [moka]: https://docs.rs/moka
+#[derive(Clone)]
+pub struct MemoryStore {
+    cache: Cache<Arc<str>, Slot>,
+    evictions: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.cache.entry_count())
+            .field("bytes", &self.cache.weighted_size())
+            .finish()
+    }
+}
+
+impl Default for MemoryStore {
+    /// A store bounded at 64 MiB.
+    fn default() -> Self {
+        Self::new(64 * 1024 * 1024)
+    }
+}
+
+impl MemoryStore {
+    /// A store that holds at most `max_bytes` of entries.
+    pub fn new(max_bytes: u64) -> Self {
+        let evictions = Arc::new(AtomicU64::new(0));
+        let counter = evictions.clone();
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &Arc<str>, slot: &Slot| {
+                u32::try_from(key.len() + slot.entry.weight()).unwrap_or(u32::MAX)
+            })
+            .expire_after(PerEntryTtl)
+            .eviction_listener(move |_, _, cause| {
+                if cause == RemovalCause::Size {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        Self { cache, evictions }
+    }
+
+    /// Looks up `key` at once. The [`Store`] methods wrap this for the async interface.
+    pub fn get_now(&self, key: &str) -> Option<Arc<Entry>> {
+        self.cache.get(key).map(|slot| slot.entry)
+    }
+
+    /// Runs moka's pending maintenance (evictions, expirations, counts), so that
+    /// [`Store::usage`] is exact. Useful in tests; the cache does it by itself otherwise.
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
+    }
+
+    /// Removes every entry.
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+}
+
+impl Store for MemoryStore {
+    fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+        let found = self.get_now(&key);
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
+        if ttl.is_zero() {
+            return Box::pin(std::future::ready(Err(StoreError::new(
+                "refusing to store an entry with a zero TTL",
+            ))));
+        }
+        self.cache.insert(key, Slot { entry, ttl });
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
+        self.cache.invalidate(&key);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Exact counts: runs moka's pending maintenance first.
+    fn usage(&self) -> StoreUsage {
+        self.cache.run_pending_tasks();
+        StoreUsage {
+            entries: self.cache.entry_count(),
+            bytes: self.cache.weighted_size(),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+    use std::time::SystemTime;
+
+    fn entry(key: &str, body_len: usize) -> Arc<Entry> {
+        Arc::new(
+            Entry::new(
+                key,
+                StatusCode::OK,
+                Default::default(),
+                vec![b'x'; body_len].into(),
+            )
+            .with_times(SystemTime::now(), Duration::from_secs(60)),
+        )
+    }
+
+    #[test]
+    fn keeps_the_byte_bound_under_many_keys() {
+        let bound = 256 * 1024;
+        let store = MemoryStore::new(bound);
+        for i in 0..5_000 {
+            let key: Arc<str> = format!("k{i}").into();
+            store.cache.insert(
+                key.clone(),
+                Slot {
+                    entry: entry(&key, 1000),
+                    ttl: Duration::from_secs(60),
+                },
+            );
+        }
+        store.run_pending_tasks();
+        let usage = store.usage();
+        assert!(usage.bytes <= bound, "{usage:?}");
+        assert!(usage.entries > 50 && usage.entries < 5_000, "{usage:?}");
+        assert!(usage.evictions > 0, "{usage:?}");
+    }
+
+    #[test]
+    fn entry_larger_than_the_bound_is_not_kept() {
+        let store = MemoryStore::new(10_000);
+        let key: Arc<str> = "big".into();
+        store.cache.insert(
+            key.clone(),
+            Slot {
+                entry: entry(&key, 20_000),
+                ttl: Duration::from_secs(60),
+            },
+        );
+        store.run_pending_tasks();
+        assert!(store.get_now("big").is_none());
+    }
+}

@@ -1,0 +1,96 @@
+//! Where entries live: the [`Store`] trait and [`MemoryStore`], the in-memory default.
+//!
+//! A store keeps [`Entry`] values under string keys for a time to live. Stores that keep bytes
+//! (Redis) use [`Entry::encode`] and [`Entry::decode`]; the memory store keeps the decoded entry,
+//! so a hit costs no decoding at all.
+//!
+//! Every method returns a boxed future. A store error is never shown to a client: the cache
+//! counts it and answers from the service instead.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use tower_stash::{Entry, MemoryStore, Store};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let store = MemoryStore::new(16 * 1024 * 1024);
+//! let entry = Entry::new("ns:v1:k", http::StatusCode::OK, Default::default(), "hi".into())
+//!     .with_times(std::time::SystemTime::now(), Duration::from_secs(60));
+//! store.put("ns:v1:k".into(), Arc::new(entry), Duration::from_secs(60)).await.unwrap();
+//! let hit = store.get("ns:v1:k".into()).await.unwrap().unwrap();
+//! assert_eq!(hit.body(), "hi");
+//! # }
+//! ```
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use crate::Entry;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The future a [`Store`] method returns.
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+
+/// A place to keep cached entries.
+///
+/// Implementations must be cheap to call concurrently; the futures they return own what they
+/// need (`'static`), so a request can hold one while it waits.
+pub trait Store: Send + Sync + 'static {
+    /// Looks up `key`. A missing, expired or unreadable entry is `Ok(None)`.
+    fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>>;
+
+    /// Stores `entry` under `key` for `ttl`. Every stored key must expire.
+    fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()>;
+
+    /// Removes `key`, if present.
+    fn delete(&self, key: Arc<str>) -> StoreFuture<()>;
+
+    /// Counts of what the store holds, for [`Stats`](crate::Stats): called when stats are read
+    /// and now and then after a store, never on the hit path. The default knows nothing.
+    fn usage(&self) -> StoreUsage {
+        StoreUsage::default()
+    }
+}
+
+/// What a store holds, as far as it knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreUsage {
+    /// Entries held (approximate for the memory store).
+    pub entries: u64,
+    /// Bytes held, weighed by [`Entry::weight`].
+    pub bytes: u64,
+    /// Entries removed to stay within the size bound.
+    pub evictions: u64,
+}
+
+/// A store failed: Redis unreachable, a timeout, a full server.
+#[derive(Debug, Clone)]
+pub struct StoreError {
+    message: Arc<str>,
+}
+
+impl StoreError {
+    /// A store error with a message.
+    pub fn new(message: impl fmt::Display) -> Self {
+        Self {
+            message: message.to_string().into(),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cache store error: {}", self.message)
+    }
+}
+
+impl std::error::Error for StoreError {}
