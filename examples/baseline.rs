@@ -3,9 +3,15 @@
 //!
 //! ```sh
 //! cargo run --release --example baseline -- --listen 127.0.0.1:3001
+//! cargo run --release --example baseline -- --listen 127.0.0.1:3001 --cache-headers
 //! ```
+//!
+//! With `--cache-headers`, responses also carry the headers a cache hit adds (`etag`, `age`,
+//! `cache-status`), so that only the cache's own work differs between the two servers.
 
-use axum::{extract::Path, extract::State, response::IntoResponse, routing::get, Router};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::{extract::Path, extract::State, routing::get, Router};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,12 +20,25 @@ fn user_json(id: u64) -> String {
     format!(r#"{{"id":{id},"name":"User {id}","email":"user{id}@example.com"}}"#)
 }
 
-async fn get_user(
-    State(users): State<Arc<Vec<Bytes>>>,
-    Path(id): Path<usize>,
-) -> impl IntoResponse {
-    let body = users.get(id).cloned().unwrap_or_default();
-    ([("content-type", "application/json")], body)
+#[derive(Clone)]
+struct Users {
+    bodies: Arc<Vec<Bytes>>,
+    cache_headers: bool,
+}
+
+async fn get_user(State(users): State<Users>, Path(id): Path<usize>) -> Response {
+    let body = users.bodies.get(id).cloned().unwrap_or_default();
+    let mut resp = ([("content-type", "application/json")], body).into_response();
+    if users.cache_headers {
+        let h = resp.headers_mut();
+        h.insert(
+            "etag",
+            HeaderValue::from_static("\"061501b38f4e562eb57a7fbba6b1775d\""),
+        );
+        h.insert("age", HeaderValue::from(0u64));
+        h.insert("cache-status", HeaderValue::from_static("tower-stash; hit"));
+    }
+    resp
 }
 
 #[tokio::main]
@@ -28,10 +47,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(addr) => addr.parse().map_err(|e| format!("--listen {addr}: {e}"))?,
         None => "127.0.0.1:3001".parse()?,
     };
-    let users: Vec<Bytes> = (0..1000).map(|id| user_json(id).into()).collect();
+    let users = Users {
+        bodies: Arc::new((0..1000).map(|id| user_json(id).into()).collect()),
+        cache_headers: std::env::args().any(|a| a == "--cache-headers"),
+    };
     let app = Router::new()
         .route("/users/{id}", get(get_user))
-        .with_state(Arc::new(users));
+        .with_state(users);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("baseline listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app).await?;

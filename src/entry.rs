@@ -34,6 +34,9 @@ const MAGIC: &[u8; 2] = b"TS";
 /// The version of the envelope; any other is not read.
 const VERSION: u8 = 1;
 
+/// The longest TTL an entry can have (10 years); longer ones are cut to it.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// A cached response.
 #[derive(Clone, PartialEq)]
 pub struct Entry {
@@ -82,10 +85,10 @@ impl Entry {
         }
     }
 
-    /// Sets when the entry was stored and how long it is fresh.
+    /// Sets when the entry was stored and how long it is fresh (at most [`MAX_TTL`]).
     pub fn with_times(mut self, stored_at: SystemTime, ttl: Duration) -> Self {
         self.stored_at = stored_at;
-        self.ttl = ttl;
+        self.ttl = ttl.min(MAX_TTL);
         self
     }
 
@@ -138,7 +141,9 @@ impl Entry {
 
     /// When the entry stops being fresh.
     pub fn expires_at(&self) -> SystemTime {
-        self.stored_at + self.ttl
+        self.stored_at
+            .checked_add(self.ttl)
+            .unwrap_or(self.stored_at)
     }
 
     /// The entry's tags.
@@ -207,7 +212,7 @@ impl Entry {
         let has_trailers = r.u8()? != 0;
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| EntryError::Corrupt("status"))?;
         let stored_at = UNIX_EPOCH + Duration::from_millis(r.u64()?);
-        let ttl = Duration::from_millis(r.u64()?);
+        let ttl = Duration::from_millis(r.u64()?).min(MAX_TTL);
         let key = r.string()?;
         let headers = r.map()?;
         let trailers = if has_trailers { Some(r.map()?) } else { None };

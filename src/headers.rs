@@ -5,15 +5,24 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// The `Cache-Status` header (RFC 9211).
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
-/// Does a `Cache-Control` header in `headers` carry any of `directives` (lowercase)?
+/// Does a `Cache-Control` header in `headers` carry any of `directives` (lowercase)? A value
+/// that is not visible ASCII counts as carrying them: the check fails closed.
 pub(crate) fn has_directive(headers: &HeaderMap, directives: &[&str]) -> bool {
     headers
         .get_all(header::CACHE_CONTROL)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|d| d.split('=').next().unwrap_or_default().trim())
-        .any(|d| directives.iter().any(|want| d.eq_ignore_ascii_case(want)))
+        .any(|v| match v.to_str() {
+            Err(_) => true,
+            Ok(v) => v
+                .split(',')
+                .map(|d| d.split('=').next().unwrap_or_default().trim())
+                .any(|d| directives.iter().any(|want| d.eq_ignore_ascii_case(want))),
+        })
+}
+
+/// Is `If-None-Match` the wildcard `*` (any current representation matches)?
+pub(crate) fn is_wildcard(if_none_match: &HeaderValue) -> bool {
+    if_none_match.as_bytes().trim_ascii() == b"*"
 }
 
 /// The opaque tags of an `If-None-Match` list, with their `W/` prefix dropped (weak comparison);
@@ -121,6 +130,12 @@ mod tests {
         assert!(!has_directive(&h, &["no-store"]));
         h.append(header::CACHE_CONTROL, v("no-store"));
         assert!(has_directive(&h, &["no-store"]));
+        let mut odd = HeaderMap::new();
+        odd.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_bytes(b"no-store, x=\"\xc3\xa9\"").unwrap(),
+        );
+        assert!(has_directive(&odd, &["no-store"]));
     }
 
     #[test]

@@ -43,20 +43,37 @@ impl<B> std::fmt::Debug for CacheBody<B> {
     }
 }
 
-impl<B> CacheBody<B> {
+/// A body from the cache, before it takes the type of the service's bodies.
+#[derive(Debug, Default)]
+pub(crate) struct Stored {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Stored {
     /// A stored body (a slice of the entry: no copy) and its trailers.
-    pub(crate) fn full(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+    pub(crate) fn new(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
-            kind: Kind::Full {
-                data: Some(data).filter(|d| !d.is_empty()),
-                trailers,
-            },
+            data: Some(data).filter(|d| !d.is_empty()),
+            trailers,
         }
     }
 
     /// No body (HEAD, 304).
     pub(crate) fn empty() -> Self {
-        Self::full(Bytes::new(), None)
+        Self::default()
+    }
+}
+
+impl<B> CacheBody<B> {
+    /// A body from the cache.
+    pub(crate) fn stored(stored: Stored) -> Self {
+        Self {
+            kind: Kind::Full {
+                data: stored.data,
+                trailers: stored.trailers,
+            },
+        }
     }
 
     /// The service's body, passed on as it is.
@@ -206,17 +223,13 @@ impl Capture {
             trailers,
             ..
         } = self;
-        let body = match chunks.len() {
-            0 => Bytes::new(),
-            1 => chunks.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut buf = BytesMut::with_capacity(size);
-                for c in &chunks {
-                    buf.extend_from_slice(c);
-                }
-                buf.freeze()
-            }
-        };
+        // Always one exact copy: a chunk may be a slice of a larger buffer (a read buffer),
+        // which the entry would otherwise keep alive while weighing only the slice.
+        let mut buf = BytesMut::with_capacity(size);
+        for c in &chunks {
+            buf.extend_from_slice(c);
+        }
+        let body = buf.freeze();
         if etag && !headers.contains_key(header::ETAG) {
             headers.insert(header::ETAG, headers::derived_etag(&body));
         }

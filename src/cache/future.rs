@@ -1,4 +1,4 @@
-use super::body::{CacheBody, Capture};
+use super::body::{CacheBody, Capture, Stored};
 use super::hint::CacheHint;
 use super::layer::Shared;
 use crate::entry::Entry;
@@ -55,12 +55,13 @@ pin_project! {
     {
         Passthrough { #[pin] fut: S::Future },
         Bypass { #[pin] fut: S::Future, stash: Stash, reason: &'static str },
+        Hit { resp: Option<Response<Stored>> },
         Lookup {
             lookup: StoreFuture<Option<Arc<Entry>>>,
-            call: Option<(S, Request<ReqB>)>,
-            ctx: Option<Ctx>,
+            call: Option<Box<(S, Request<ReqB>)>>,
+            ctx: Option<Box<Ctx>>,
         },
-        Miss { #[pin] fut: S::Future, ctx: Option<Ctx> },
+        Miss { #[pin] fut: S::Future, ctx: Option<Box<Ctx>> },
         Done,
     }
 }
@@ -81,16 +82,31 @@ where
         }
     }
 
+    pub(crate) fn hit(resp: Response<Stored>) -> Self {
+        Self {
+            state: State::Hit { resp: Some(resp) },
+        }
+    }
+
+    pub(crate) fn miss(fut: S::Future, ctx: Box<Ctx>) -> Self {
+        Self {
+            state: State::Miss {
+                fut,
+                ctx: Some(ctx),
+            },
+        }
+    }
+
     pub(crate) fn lookup(
         lookup: StoreFuture<Option<Arc<Entry>>>,
         inner: S,
         req: Request<ReqB>,
-        ctx: Ctx,
+        ctx: Box<Ctx>,
     ) -> Self {
         Self {
             state: State::Lookup {
                 lookup,
-                call: Some((inner, req)),
+                call: Some(Box::new((inner, req))),
                 ctx: Some(ctx),
             },
         }
@@ -128,6 +144,10 @@ where
                     parts.headers.insert(CACHE_STATUS, value);
                     return Poll::Ready(Ok(Response::from_parts(parts, CacheBody::inner(body))));
                 }
+                StateProj::Hit { resp } => {
+                    let resp = resp.take().expect("polled after completion");
+                    return Poll::Ready(Ok(resp.map(CacheBody::stored)));
+                }
                 StateProj::Lookup { lookup, call, ctx } => {
                     let found = match ready!(lookup.as_mut().poll(cx)) {
                         Ok(found) => found,
@@ -140,15 +160,19 @@ where
                     };
                     let ctx = ctx.take().expect("polled after completion");
                     let now = ctx.stash().now();
-                    let fresh = found.filter(|e| e.key() == &*ctx.full && now < e.expires_at());
-                    if let Some(entry) = fresh {
+                    if let Some(entry) = found.filter(|e| fresh(e, &ctx.full, now)) {
                         ctx.stash().counters().hit();
-                        let resp = hit(&ctx, &entry, now);
+                        let req = HitRequest {
+                            full: &ctx.full,
+                            head: ctx.head,
+                            if_none_match: ctx.if_none_match.as_ref(),
+                        };
+                        let resp = hit(ctx.stash(), req, &entry, now).map(CacheBody::stored);
                         state.set(State::Done);
                         return Poll::Ready(Ok(resp));
                     }
                     ctx.stash().counters().miss();
-                    let (mut inner, req) = call.take().expect("polled after completion");
+                    let (mut inner, req) = *call.take().expect("polled after completion");
                     State::Miss {
                         fut: inner.call(req),
                         ctx: Some(ctx),
@@ -206,24 +230,36 @@ fn status_value(
     HeaderValue::try_from(s).unwrap_or_else(|_| plain.clone())
 }
 
+/// What a hit needs to know of its request.
+pub(crate) struct HitRequest<'a> {
+    pub(crate) full: &'a str,
+    pub(crate) head: bool,
+    pub(crate) if_none_match: Option<&'a HeaderValue>,
+}
+
 /// The response for a fresh entry: its status, headers and body (a slice, no copy), with
 /// `Age` and `Cache-Status`; 304 when `If-None-Match` matches; no body for HEAD.
-fn hit<B>(ctx: &Ctx, entry: &Entry, now: SystemTime) -> Response<CacheBody<B>> {
-    let stash = ctx.stash();
+pub(crate) fn hit(
+    stash: &Stash,
+    req: HitRequest<'_>,
+    entry: &Entry,
+    now: SystemTime,
+) -> Response<Stored> {
     let status = status_value(
         stash,
         &stash.inner.status.hit,
         None,
         Some(entry.remaining(now)),
-        Some(&ctx.full),
+        Some(req.full),
     );
     let age = HeaderValue::from(entry.age(now));
-    let not_modified = match (&ctx.if_none_match, entry.headers().get(header::ETAG)) {
+    let not_modified = match (req.if_none_match, entry.headers().get(header::ETAG)) {
+        (Some(inm), _) if headers::is_wildcard(inm) => true,
         (Some(inm), Some(etag)) => headers::none_match(inm, etag),
         _ => false,
     };
     if not_modified {
-        let mut resp = Response::new(CacheBody::empty());
+        let mut resp = Response::new(Stored::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         let h = resp.headers_mut();
         for name in [
@@ -243,10 +279,10 @@ fn hit<B>(ctx: &Ctx, entry: &Entry, now: SystemTime) -> Response<CacheBody<B>> {
         h.insert(CACHE_STATUS, status);
         return resp;
     }
-    let body = if ctx.head {
-        CacheBody::empty()
+    let body = if req.head {
+        Stored::empty()
     } else {
-        CacheBody::full(entry.body().clone(), entry.trailers().cloned())
+        Stored::new(entry.body().clone(), entry.trailers().cloned())
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = entry.status();
@@ -254,6 +290,11 @@ fn hit<B>(ctx: &Ctx, entry: &Entry, now: SystemTime) -> Response<CacheBody<B>> {
     resp.headers_mut().insert(header::AGE, age);
     resp.headers_mut().insert(CACHE_STATUS, status);
     resp
+}
+
+/// Is `entry` a fresh entry for the full key `full`?
+pub(crate) fn fresh(entry: &Entry, full: &str, now: SystemTime) -> bool {
+    entry.key() == full && now < entry.expires_at()
 }
 
 /// Why a response from the service cannot be stored, or for how long it can.
@@ -305,7 +346,7 @@ fn decide<B: Body>(
     if declared.is_some_and(|n| n > limit) || body.size_hint().lower() > limit {
         return Err("too-large");
     }
-    let ttl = hint.ttl.unwrap_or(policy.ttl);
+    let ttl = hint.ttl.unwrap_or(policy.ttl).min(crate::entry::MAX_TTL);
     if ttl.is_zero() {
         return Err("ttl");
     }
@@ -315,7 +356,7 @@ fn decide<B: Body>(
 /// The service's response, on its way to the client, with a copy kept to be stored if the rules
 /// allow it.
 fn miss<B: Body<Data = Bytes>>(
-    ctx: Ctx,
+    ctx: Box<Ctx>,
     resp: Response<B>,
     cx: &mut Context<'_>,
 ) -> Response<CacheBody<B>> {
@@ -324,10 +365,19 @@ fn miss<B: Body<Data = Bytes>>(
     let stash = ctx.stash().clone();
     let decision = decide(&ctx, &parts, &hint, &body);
     let status = match decision {
-        Ok(_) => status_value(
+        // `stored` only when the whole body is known to fit; a streaming body is stored when
+        // it ends, if it stays within the limit, which these headers cannot yet tell.
+        Ok(_) if body.size_hint().exact().is_some() => status_value(
             &stash,
             &stash.inner.status.stored,
             None,
+            None,
+            Some(&ctx.full),
+        ),
+        Ok(_) => status_value(
+            &stash,
+            &stash.inner.status.miss,
+            Some("streaming"),
             None,
             Some(&ctx.full),
         ),
@@ -346,19 +396,25 @@ fn miss<B: Body<Data = Bytes>>(
         Ok(ttl) => {
             let mut stored = parts.headers.clone();
             headers::strip_hop_by_hop(&mut stored);
-            let mut tags = ctx.tags;
+            let Ctx {
+                key,
+                full,
+                mut tags,
+                policy,
+                ..
+            } = *ctx;
             tags.append(&mut hint.tags);
             let capture = Capture {
                 stored_at: stash.now(),
                 stash,
-                key: ctx.key,
-                full_key: ctx.full,
+                key,
+                full_key: full,
                 status: parts.status,
                 headers: stored,
                 ttl,
                 tags,
-                limit: ctx.policy.max_body_size,
-                etag: ctx.policy.etag,
+                limit: policy.max_body_size,
+                etag: policy.etag,
                 size: 0,
                 chunks: Vec::new(),
                 trailers: None,

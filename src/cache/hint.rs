@@ -100,7 +100,9 @@ impl CacheHint {
         }
         if let Some(v) = headers.remove(Self::TTL_HEADER) {
             match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
-                Some(secs) if self.ttl.is_none() => self.ttl = Some(Duration::from_secs(secs)),
+                Some(secs) if self.ttl.is_none() => {
+                    self.ttl = Some(Duration::from_secs(secs).min(crate::entry::MAX_TTL))
+                }
                 Some(_) => {}
                 None => self.invalid = true,
             }

@@ -77,6 +77,19 @@ impl Shared {
         params: &matchit::Params<'_, '_>,
         req: &Request<B>,
     ) -> (Arc<str>, Arc<str>) {
+        let (full, stored) = self.key_strings(policy, params, req);
+        let full: Arc<str> = full.into();
+        let stored = stored.map_or_else(|| full.clone(), Into::into);
+        (full, stored)
+    }
+
+    /// The full key, and the hashed key it is stored under when it is too long.
+    pub(crate) fn key_strings<B>(
+        &self,
+        policy: &crate::policy::CompiledPolicy,
+        params: &matchit::Params<'_, '_>,
+        req: &Request<B>,
+    ) -> (String, Option<String>) {
         let inner = &self.stash.inner;
         let mut k = String::with_capacity(inner.prefix.len() + 48);
         k.push_str(&inner.prefix);
@@ -94,9 +107,7 @@ impl Shared {
         key::push_query(&mut k, req.uri().query(), &policy.query);
         key::push_headers(&mut k, req.headers(), &policy.vary_headers);
         let stored = key::storage_key(&k, inner.prefix.len(), inner.max_key_len);
-        let full: Arc<str> = k.into();
-        let stored = stored.map_or_else(|| full.clone(), Into::into);
-        (full, stored)
+        (k, stored)
     }
 }
 

@@ -1,5 +1,5 @@
 use super::body::CacheBody;
-use super::future::{Ctx, ResponseFuture};
+use super::future::{fresh, hit, Ctx, HitRequest, ResponseFuture};
 use super::layer::{CacheLayer, Shared};
 use crate::policy::{ConfigError, Routes};
 use crate::Stash;
@@ -81,12 +81,8 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // The clone may not be ready: call the one that is, keep the clone.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-
         let Some((policy, params)) = self.shared.routes.find(req.method(), req.uri().path()) else {
-            return ResponseFuture::passthrough(inner.call(req));
+            return ResponseFuture::passthrough(self.call_inner(req));
         };
         let stash = &self.shared.stash;
         let headers = req.headers();
@@ -100,9 +96,27 @@ where
         if let Some(reason) = bypass {
             stash.counters().bypass();
             tracing::trace!(route = %policy.route, reason, "cache bypassed");
-            return ResponseFuture::bypass(inner.call(req), stash.clone(), reason);
+            let stash = stash.clone();
+            return ResponseFuture::bypass(self.call_inner(req), stash, reason);
         }
-        let (full, key) = self.shared.keys(policy, &params, &req);
+        let (full, stored) = self.shared.key_strings(policy, &params, &req);
+        let head = req.method() == Method::HEAD;
+
+        // The fast path: a store that answers at once (memory) needs no future and no Ctx.
+        let local = stash.store().get_local(stored.as_deref().unwrap_or(&full));
+        if let Some(Some(entry)) = &local {
+            let now = stash.now();
+            if fresh(entry, &full, now) {
+                stash.counters().hit();
+                let hit_req = HitRequest {
+                    full: &full,
+                    head,
+                    if_none_match: headers.get(header::IF_NONE_MATCH),
+                };
+                // The inner service stays ready for the next call.
+                return ResponseFuture::hit(hit(stash, hit_req, entry, now));
+            }
+        }
         let tags = policy
             .tags
             .iter()
@@ -112,16 +126,43 @@ where
                 s
             })
             .collect();
-        let ctx = Ctx {
+        let full: Arc<str> = full.into();
+        let key: Arc<str> = stored.map_or_else(|| full.clone(), Into::into);
+        let ctx = Box::new(Ctx {
             shared: self.shared.clone(),
             policy: policy.clone(),
-            head: req.method() == Method::HEAD,
+            head,
             if_none_match: headers.get(header::IF_NONE_MATCH).cloned(),
             full,
             key: key.clone(),
             tags,
-        };
-        let lookup = stash.store().get(key);
-        ResponseFuture::lookup(lookup, inner, req, ctx)
+        });
+        let stash = stash.clone();
+        match local {
+            // A definite miss: straight to the service.
+            Some(None) => {
+                stash.counters().miss();
+                ResponseFuture::miss(self.call_inner(req), ctx)
+            }
+            // Expired locally, or a store that must be asked.
+            _ => {
+                let lookup = stash.store().get(key);
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::lookup(lookup, inner, req, ctx)
+            }
+        }
+    }
+}
+
+impl<S> CacheService<S> {
+    /// Calls the ready inner service and keeps a clone in its place (which may not be ready).
+    fn call_inner<R>(&mut self, req: R) -> S::Future
+    where
+        S: Service<R> + Clone,
+    {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        inner.call(req)
     }
 }

@@ -676,10 +676,7 @@ async fn a_body_failing_midway_is_not_stored() {
     let again = within("the second response", svc.oneshot(get("/s")))
         .await
         .unwrap();
-    assert_eq!(
-        again.headers()["cache-status"],
-        "tower-stash; fwd=miss; stored"
-    );
+    assert_eq!(again.headers()["cache-status"], "tower-stash; fwd=miss");
     assert_eq!(handler.calls(), 2);
 }
 
@@ -822,10 +819,16 @@ async fn handler_etag_is_kept_and_derivation_can_be_off() {
     let hit = f.get("/r").await;
     assert!(!hit.headers.contains_key("etag"));
     let req = Request::get("/r")
-        .header("if-none-match", "*")
+        .header("if-none-match", "\"x\"")
         .body(Empty::new())
         .unwrap();
     assert_eq!(f.send(req).await.status, StatusCode::OK);
+    // `*` matches any stored representation, with or without an ETag.
+    let req = Request::get("/r")
+        .header("if-none-match", "*")
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(f.send(req).await.status, StatusCode::NOT_MODIFIED);
 }
 
 #[tokio::test]
@@ -941,6 +944,39 @@ async fn handler_sets_the_ttl_and_tags() {
         "tower-stash; fwd=miss; stored"
     );
     assert_eq!(f.handler.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_huge_ttl_is_capped_and_never_panics() {
+    let f = Fixture::new(
+        one_route("/r", Policy::ttl(HOUR)),
+        Handler::new(|_, _| with_header("x-stash-ttl", "18446744073709551615")),
+    );
+    f.get("/r").await;
+    let hit = f.get("/r").await;
+    assert_eq!(hit.cache_status(), "tower-stash; hit");
+    f.clock.advance(Duration::from_secs(5 * 365 * 24 * 3600));
+    assert_eq!(f.get("/r").await.cache_status(), "tower-stash; hit");
+    assert_eq!(f.handler.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_streaming_miss_is_not_promised_as_stored() {
+    let (handler, mut bodies) = streaming();
+    let f = Fixture::with(
+        Stash::builder().cache_status_detail(true),
+        one_route("/s", Policy::ttl(HOUR)),
+        handler.clone(),
+    );
+    let svc = ServiceBuilder::new()
+        .layer(f.layer.clone())
+        .service(handler);
+    let resp = svc.oneshot(get("/s")).await.unwrap();
+    assert_eq!(
+        resp.headers()["cache-status"],
+        "tower-stash; fwd=miss; detail=streaming"
+    );
+    drop(bodies.recv().await);
 }
 
 #[tokio::test]

@@ -10,12 +10,16 @@
 //!   so even a hash collision can only cause a miss.
 //!
 //! followed by the query (`?a=1&b=2`, sorted by name, duplicates kept in their order) and the
-//! request headers the policy varies on (`|accept-language=en`).
+//! request headers the policy varies on (`|accept-language=en`). Credentials (`authorization`,
+//! `cookie`, `proxy-authorization`) are keyed by a 128-bit hash of their values, so that no
+//! secret appears in a key, a log line, a `Cache-Status` header or Redis.
 //!
 //! Every piece that comes from the request is escaped: each byte outside `A-Z a-z 0-9 - . _ ~`
 //! becomes `%XX`. Template literals may only use those characters and `:` and `/`, so the
-//! separators (`space ? & = | # ,` and `%` itself) can only be produced by the key builder:
-//! no input can make two different requests share a key, or forge another route's key.
+//! separators (`space ? & = | # ,` and `%` itself) can only be produced by the key builder.
+//! A template parameter must fill a whole segment between `:` or `/` (`user:{id}:posts`, not
+//! `item-{id}`), and two routes' templates that could render the same key are refused: no
+//! input can make two different requests share a key, or forge another route's key.
 //!
 //! Path parameters are percent-decoded before they are escaped, as axum's `Path` extractor
 //! decodes them: `/users/%31` and `/users/1` share the key `user:1`. Query strings and default
@@ -145,21 +149,47 @@ pub(crate) fn push_query(out: &mut String, query: Option<&str>, which: &QueryKey
     }
 }
 
-/// Appends `|name=v1,v2` for each varied header (`|name` alone when absent).
+/// Headers whose values are secrets: keyed by a hash, so that they never appear in keys,
+/// logs, `Cache-Status` or Redis.
+fn is_credential(name: &HeaderName) -> bool {
+    name == http::header::AUTHORIZATION
+        || name == http::header::COOKIE
+        || name == http::header::PROXY_AUTHORIZATION
+}
+
+/// Appends `|name=v1,v2` for each varied header (`|name` alone when absent); credentials as
+/// `|name=#` and a 128-bit hash of their values.
 pub(crate) fn push_headers(out: &mut String, headers: &HeaderMap, names: &[HeaderName]) {
     for name in names {
         out.push('|');
         out.push_str(name.as_str());
         let mut values = headers.get_all(name).iter().peekable();
-        if values.peek().is_some() {
-            out.push('=');
-            for (i, v) in values.enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                escape_into(out, v.as_bytes());
-            }
+        if values.peek().is_none() {
+            continue;
         }
+        out.push('=');
+        if is_credential(name) {
+            let mut hasher = blake3::Hasher::new();
+            for v in values {
+                hasher.update(&(v.len() as u64).to_le_bytes());
+                hasher.update(v.as_bytes());
+            }
+            out.push('#');
+            push_hex(out, &hasher.finalize().as_bytes()[..16]);
+            continue;
+        }
+        for (i, v) in values.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            escape_into(out, v.as_bytes());
+        }
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
     }
 }
 
@@ -185,9 +215,7 @@ pub(crate) fn storage_key(full: &str, prefix_len: usize, max_len: usize) -> Opti
     let mut out = String::with_capacity(prefix_len + 33);
     out.push_str(&full[..prefix_len]);
     out.push('#');
-    for b in &hash.as_bytes()[..16] {
-        let _ = write!(out, "{b:02x}");
-    }
+    push_hex(&mut out, &hash.as_bytes()[..16]);
     Some(out)
 }
 
@@ -261,6 +289,26 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn credentials_are_keyed_by_hash() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            "Bearer secret-token".parse().unwrap(),
+        );
+        let mut k = String::new();
+        push_headers(&mut k, &h, &[http::header::AUTHORIZATION]);
+        assert!(!k.contains("secret"), "{k}");
+        assert_eq!(k.len(), "|authorization=#".len() + 32);
+        h.insert(
+            http::header::AUTHORIZATION,
+            "Bearer other-token".parse().unwrap(),
+        );
+        let mut other = String::new();
+        push_headers(&mut other, &h, &[http::header::AUTHORIZATION]);
+        assert_ne!(k, other);
     }
 
     #[test]

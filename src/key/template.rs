@@ -2,14 +2,14 @@
 
 use super::{escape_param_into, is_literal};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Part {
     Literal(String),
     Param(String),
 }
 
 /// A parsed key template such as `user:{id}` or `product:{id}:reviews`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Template {
     parts: Vec<Part>,
 }
@@ -52,7 +52,72 @@ impl Template {
                 }
             }
         }
+        // A parameter must fill a whole segment, between `:` or `/` (which escaping never
+        // produces) or the ends: `file:{n}.{e}` would render `a.b` + `c` and `a` + `b.c` alike.
+        for (i, part) in parts.iter().enumerate() {
+            if let Part::Param(name) = part {
+                let before = i.checked_sub(1).map(|j| &parts[j]);
+                let after = parts.get(i + 1);
+                let ok_before = match before {
+                    None => true,
+                    Some(Part::Literal(l)) => l.ends_with([':', '/']),
+                    Some(Part::Param(_)) => false,
+                };
+                let ok_after = match after {
+                    None => true,
+                    Some(Part::Literal(l)) => l.starts_with([':', '/']),
+                    Some(Part::Param(_)) => false,
+                };
+                if !ok_before || !ok_after {
+                    return Err(format!(
+                        "`{{{name}}}` in `{template}` must stand between `:` or `/` separators (as in `user:{{{name}}}:posts`)"
+                    ));
+                }
+            }
+        }
         Ok(Self { parts })
+    }
+
+    /// The template as segments between `:` and `/`: `Some(literal)` or `None` for a parameter,
+    /// with the separators.
+    fn shape(&self) -> Vec<(Option<String>, Option<char>)> {
+        let mut out = Vec::new();
+        let mut current: Option<String> = Some(String::new());
+        for part in &self.parts {
+            match part {
+                Part::Param(_) => current = None,
+                Part::Literal(l) => {
+                    for c in l.chars() {
+                        if c == ':' || c == '/' {
+                            out.push((current.take(), Some(c)));
+                            current = Some(String::new());
+                        } else if let Some(cur) = current.as_mut() {
+                            cur.push(c);
+                        }
+                    }
+                }
+            }
+        }
+        out.push((current, None));
+        out
+    }
+
+    /// Can `self` and `other` render the same key from different parameters? Identical
+    /// templates share their entries on purpose; overlapping ones (`user:{id}` and `{kind}:1`)
+    /// are a mistake.
+    pub(crate) fn overlaps(&self, other: &Template) -> bool {
+        if self == other {
+            return false;
+        }
+        let (a, b) = (self.shape(), other.shape());
+        a.len() == b.len()
+            && a.iter().zip(&b).all(|((la, sa), (lb, sb))| {
+                sa == sb
+                    && match (la, lb) {
+                        (Some(x), Some(y)) => x == y,
+                        _ => true,
+                    }
+            })
     }
 
     /// Appends the template, filled from `param` (raw path parameters), to `out`.
@@ -114,6 +179,29 @@ mod tests {
         assert!(Template::parse("user?{id}", &params(&["id"])).is_err());
         assert!(Template::parse("user:{id", &params(&["id"])).is_err());
         assert!(Template::parse("", &params(&[])).is_err());
+    }
+
+    #[test]
+    fn params_must_fill_whole_segments() {
+        let p = params(&["n", "e", "id"]);
+        for bad in ["file:{n}.{e}", "item-{id}", "{n}{e}", "a:{id}x", "x{id}:a"] {
+            assert!(Template::parse(bad, &p).is_err(), "{bad}");
+        }
+        for good in ["{id}", "file:{n}:{e}", "a/{id}/b", "user:{id}:posts"] {
+            assert!(Template::parse(good, &p).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn overlapping_templates_are_found() {
+        let p = params(&["id", "kind"]);
+        let t = |s: &str| Template::parse(s, &p).unwrap();
+        assert!(t("user:{id}").overlaps(&t("{kind}:1")));
+        assert!(!t("user:{id}").overlaps(&t("user:{kind}:x")));
+        assert!(!t("user:{id}").overlaps(&t("user:{id}")));
+        assert!(!t("user:{id}").overlaps(&t("users:{id}")));
+        assert!(!t("user:{id}").overlaps(&t("user/{id}")));
+        assert!(t("a:{id}:c").overlaps(&t("a:b:{kind}")));
     }
 
     #[test]

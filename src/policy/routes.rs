@@ -105,6 +105,20 @@ impl Routes {
             }
             slot.methods.push((method.clone(), Arc::new(compiled)));
         }
+        let templates: Vec<(&str, &crate::key::Template)> = slots
+            .iter()
+            .flat_map(|s| &s.methods)
+            .filter_map(|(_, p)| p.key.as_ref().map(|k| (p.route.as_str(), k)))
+            .collect();
+        for (i, (route_a, a)) in templates.iter().enumerate() {
+            for (route_b, b) in &templates[i + 1..] {
+                if a.overlaps(b) {
+                    errors.push(format!(
+                        "routes[{route_b}].key: can render the same keys as routes[{route_a}].key for other requests"
+                    ));
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(RouteTable { router, slots })
         } else {
@@ -135,6 +149,10 @@ impl Routes {
         };
         let params = path_params(path);
         let ttl = match resolved.ttl {
+            Some(ttl) if ttl > crate::entry::MAX_TTL => {
+                errors.push(format!("{place}.ttl: must be at most 10 years"));
+                Duration::ZERO
+            }
             Some(ttl) if !ttl.is_zero() => ttl,
             Some(_) => {
                 errors.push(format!("{place}.ttl: must be greater than zero"));
@@ -312,6 +330,47 @@ mod tests {
         ] {
             assert!(all.contains(want), "{want} not in:\n{all}");
         }
+    }
+
+    #[test]
+    fn overlapping_keys_of_two_routes_are_an_error() {
+        let err = Routes::new()
+            .get(
+                "/items/{id}",
+                Policy::ttl(Duration::from_secs(1)).key("item:{id}"),
+            )
+            .get(
+                "/items/{id}/detail",
+                Policy::ttl(Duration::from_secs(1)).key("item:{id}:detail"),
+            )
+            .get(
+                "/kinds/{kind}",
+                Policy::ttl(Duration::from_secs(1)).key("{kind}:1"),
+            )
+            .compile()
+            .unwrap_err();
+        assert_eq!(err.errors().len(), 1, "{err}");
+        assert!(
+            err.errors()[0].contains("routes[GET /kinds/{kind}].key"),
+            "{err}"
+        );
+        // The same template on two routes shares entries on purpose.
+        Routes::new()
+            .get(
+                "/users/{id}",
+                Policy::ttl(Duration::from_secs(1)).key("user:{id}"),
+            )
+            .get(
+                "/people/{id}",
+                Policy::ttl(Duration::from_secs(1)).key("user:{id}"),
+            )
+            .compile()
+            .unwrap();
+        let err = Routes::new()
+            .get("/x", Policy::ttl(Duration::MAX))
+            .compile()
+            .unwrap_err();
+        assert!(err.to_string().contains("routes[GET /x].ttl"));
     }
 
     #[test]

@@ -101,6 +101,10 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(found)))
     }
 
+    fn get_local(&self, key: &str) -> Option<Option<Arc<Entry>>> {
+        Some(self.get_now(key))
+    }
+
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
         if ttl.is_zero() {
             return Box::pin(std::future::ready(Err(StoreError::new(

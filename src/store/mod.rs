@@ -47,6 +47,14 @@ pub trait Store: Send + Sync + 'static {
     /// Looks up `key`. A missing, expired or unreadable entry is `Ok(None)`.
     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>>;
 
+    /// Looks up `key` at once, when the store can answer without waiting (memory): `Some` with
+    /// the answer, or `None` to ask [`get`](Self::get). The cache tries this first, so that a
+    /// memory hit costs no future and no allocation. The default always says `None`.
+    fn get_local(&self, key: &str) -> Option<Option<Arc<Entry>>> {
+        let _ = key;
+        None
+    }
+
     /// Stores `entry` under `key` for `ttl`. Every stored key must expire.
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()>;
 
