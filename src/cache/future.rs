@@ -7,7 +7,7 @@ use crate::policy::CompiledPolicy;
 use crate::store::StoreFuture;
 use crate::Stash;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::response::Parts;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
@@ -252,7 +252,7 @@ pub(crate) fn hit(
         Some(entry.remaining(now)),
         Some(req.full),
     );
-    let age = HeaderValue::from(entry.age(now));
+    let age = age_value(entry.age(now));
     let not_modified = match (req.if_none_match, entry.headers().get(header::ETAG)) {
         (Some(inm), _) if headers::is_wildcard(inm) => true,
         (Some(inm), Some(etag)) => headers::none_match(inm, etag),
@@ -284,12 +284,28 @@ pub(crate) fn hit(
     } else {
         Stored::new(entry.body().clone(), entry.trailers().cloned())
     };
+    // Room for the two headers added here: a clone would have none, and grow on insert.
+    let mut headers = HeaderMap::with_capacity(entry.headers().len() + 2);
+    for (name, value) in entry.headers() {
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(header::AGE, age);
+    headers.insert(CACHE_STATUS, status);
     let mut resp = Response::new(body);
     *resp.status_mut() = entry.status();
-    *resp.headers_mut() = entry.headers().clone();
-    resp.headers_mut().insert(header::AGE, age);
-    resp.headers_mut().insert(CACHE_STATUS, status);
+    *resp.headers_mut() = headers;
     resp
+}
+
+/// The `Age` header for `secs`: made once for the first hour, so most hits allocate nothing.
+fn age_value(secs: u64) -> HeaderValue {
+    static AGES: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let ages = AGES.get_or_init(|| (0..3600u64).map(HeaderValue::from).collect());
+    usize::try_from(secs)
+        .ok()
+        .and_then(|i| ages.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(secs))
 }
 
 /// Is `entry` a fresh entry for the full key `full`?

@@ -1,7 +1,9 @@
 use super::{Store, StoreError, StoreFuture, StoreUsage};
 use crate::Entry;
+use dashmap::DashMap;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,16 +31,31 @@ impl moka::Expiry<Arc<str>, Slot> for PerEntryTtl {
     }
 }
 
+/// One read in this many also goes through moka, so that its frequency sketch sees hot entries.
+const TOUCH_EVERY: u32 = 8;
+
+thread_local! {
+    static READS: Cell<u32> = const { Cell::new(0) };
+}
+
 /// An in-memory store on [moka], bounded in bytes, with a TTL per entry. The default store.
 ///
 /// The bound weighs each entry's key, headers, body and trailers ([`Entry::weight`]); when it is
 /// reached, moka evicts the entries least likely to be used again (TinyLFU). An entry larger
 /// than the whole bound is never kept.
 ///
+/// Reads are served from a concurrent index ([dashmap]) of the entries moka holds: moka's own
+/// read path records every access for its eviction policy, which costs a hot route more than
+/// the rest of a hit together. Moka stays the owner: it bounds, expires and evicts, and every
+/// entry it drops leaves the index through its eviction listener. One read in eight per thread
+/// also goes through moka, so that hot entries stay hot in its frequency sketch.
+///
 /// [moka]: https://docs.rs/moka
+/// [dashmap]: https://docs.rs/dashmap
 #[derive(Clone)]
 pub struct MemoryStore {
     cache: Cache<Arc<str>, Slot>,
+    index: Arc<DashMap<Arc<str>, Arc<Entry>>>,
     evictions: Arc<AtomicU64>,
 }
 
@@ -62,24 +79,47 @@ impl MemoryStore {
     /// A store that holds at most `max_bytes` of entries.
     pub fn new(max_bytes: u64) -> Self {
         let evictions = Arc::new(AtomicU64::new(0));
+        let index: Arc<DashMap<Arc<str>, Arc<Entry>>> = Arc::default();
         let counter = evictions.clone();
+        let listener_index = Arc::downgrade(&index);
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &Arc<str>, slot: &Slot| {
                 u32::try_from(key.len() + slot.entry.weight()).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
-            .eviction_listener(move |_, _, cause| {
+            .eviction_listener(move |key: Arc<Arc<str>>, slot: Slot, cause| {
                 if cause == RemovalCause::Size {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
+                // Drop the index's copy, unless a newer entry has replaced it there.
+                if let Some(index) = listener_index.upgrade() {
+                    index.remove_if(&**key, |_, indexed| Arc::ptr_eq(indexed, &slot.entry));
+                }
             })
             .build();
-        Self { cache, evictions }
+        Self {
+            cache,
+            index,
+            evictions,
+        }
     }
 
     /// Looks up `key` at once. The [`Store`] methods wrap this for the async interface.
     pub fn get_now(&self, key: &str) -> Option<Arc<Entry>> {
+        if let Some(entry) = self.index.get(key) {
+            let entry = entry.value().clone();
+            let touch = READS.with(|n| {
+                let next = n.get().wrapping_add(1);
+                n.set(next);
+                next % TOUCH_EVERY == 0
+            });
+            if touch {
+                let _ = self.cache.get(key);
+            }
+            return Some(entry);
+        }
+        // Not indexed (a put raced another): moka has the answer.
         self.cache.get(key).map(|slot| slot.entry)
     }
 
@@ -91,7 +131,13 @@ impl MemoryStore {
 
     /// Removes every entry.
     pub fn clear(&self) {
+        self.index.clear();
         self.cache.invalidate_all();
+    }
+
+    fn insert(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) {
+        self.index.insert(key.clone(), entry.clone());
+        self.cache.insert(key, Slot { entry, ttl });
     }
 }
 
@@ -111,11 +157,12 @@ impl Store for MemoryStore {
                 "refusing to store an entry with a zero TTL",
             ))));
         }
-        self.cache.insert(key, Slot { entry, ttl });
+        self.insert(key, entry, ttl);
         Box::pin(std::future::ready(Ok(())))
     }
 
     fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
+        self.index.remove(&key);
         self.cache.invalidate(&key);
         Box::pin(std::future::ready(Ok(())))
     }
@@ -155,32 +202,48 @@ mod tests {
         let store = MemoryStore::new(bound);
         for i in 0..5_000 {
             let key: Arc<str> = format!("k{i}").into();
-            store.cache.insert(
-                key.clone(),
-                Slot {
-                    entry: entry(&key, 1000),
-                    ttl: Duration::from_secs(60),
-                },
-            );
+            store.insert(key.clone(), entry(&key, 1000), Duration::from_secs(60));
         }
         store.run_pending_tasks();
         let usage = store.usage();
         assert!(usage.bytes <= bound, "{usage:?}");
         assert!(usage.entries > 50 && usage.entries < 5_000, "{usage:?}");
         assert!(usage.evictions > 0, "{usage:?}");
+        // The read index holds exactly what moka holds: evictions leave it too.
+        assert_eq!(store.index.len() as u64, usage.entries);
+    }
+
+    #[test]
+    fn index_follows_replace_delete_and_expiry() {
+        let store = MemoryStore::new(1 << 20);
+        let key: Arc<str> = "k".into();
+        let (a, b) = (entry("k", 1), entry("k", 2));
+        store.insert(key.clone(), a, Duration::from_secs(60));
+        store.insert(key.clone(), b.clone(), Duration::from_secs(60));
+        store.run_pending_tasks();
+        assert!(Arc::ptr_eq(&store.get_now("k").unwrap(), &b));
+        drop(store.delete(key.clone()));
+        store.run_pending_tasks();
+        assert!(store.get_now("k").is_none());
+        assert!(store.index.is_empty());
+        store.insert(key.clone(), entry("k", 3), Duration::from_millis(1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.index.contains_key("k") {
+            assert!(
+                Instant::now() < deadline,
+                "expired entry never left the index"
+            );
+            std::thread::yield_now();
+            store.run_pending_tasks();
+        }
+        assert!(store.get_now("k").is_none());
     }
 
     #[test]
     fn entry_larger_than_the_bound_is_not_kept() {
         let store = MemoryStore::new(10_000);
         let key: Arc<str> = "big".into();
-        store.cache.insert(
-            key.clone(),
-            Slot {
-                entry: entry(&key, 20_000),
-                ttl: Duration::from_secs(60),
-            },
-        );
+        store.insert(key.clone(), entry(&key, 20_000), Duration::from_secs(60));
         store.run_pending_tasks();
         assert!(store.get_now("big").is_none());
     }
