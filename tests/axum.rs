@@ -244,3 +244,37 @@ async fn streams_a_body_over_the_limit_in_full_and_stores_nothing() {
     );
     assert_eq!(*calls.lock().unwrap(), 2);
 }
+
+#[tokio::test]
+async fn a_streamed_body_with_a_declared_length_is_stored() {
+    // hyper may stop polling a body once the declared length is written: the entry must
+    // still be stored.
+    let stash = Stash::new();
+    let app = Router::new()
+        .route(
+            "/sized",
+            get(|| async {
+                let chunks = futures_util::stream::iter(
+                    ["abc", "def"]
+                        .map(|c| Ok::<_, std::io::Error>(Bytes::from_static(c.as_bytes()))),
+                );
+                ([("content-length", "6")], Body::from_stream(chunks))
+            }),
+        )
+        .layer(CacheLayer::new(
+            stash.clone(),
+            Routes::new().get("/sized", Policy::ttl(HOUR)),
+        ));
+    let addr = serve(app).await;
+    let (_, body) = fetch(addr, support::get(addr, "/sized")).await;
+    assert_eq!(body, "abcdef");
+    within("the store", async {
+        while stash.stats().stores == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let (parts, body) = fetch(addr, support::get(addr, "/sized")).await;
+    assert_eq!(parts.headers["cache-status"], "tower-stash; hit");
+    assert_eq!(body, "abcdef");
+}

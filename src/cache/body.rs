@@ -135,7 +135,12 @@ where
                                 c.trailers = Some(t.clone());
                             }
                         }
-                        if body.is_end_stream() {
+                        // hyper stops polling once a body reports its end, or once the
+                        // declared `Content-Length` is written: store then, not at `None`.
+                        let complete = capture
+                            .as_ref()
+                            .is_some_and(|c| c.declared == Some(c.size as u64));
+                        if body.is_end_stream() || complete {
                             if let Some(c) = capture.take() {
                                 c.finish(cx);
                             }
@@ -184,6 +189,8 @@ pub(crate) struct Capture {
     pub(crate) ttl: Duration,
     pub(crate) tags: Vec<String>,
     pub(crate) limit: usize,
+    /// The declared `Content-Length`, if any.
+    pub(crate) declared: Option<u64>,
     pub(crate) etag: bool,
     pub(crate) stored_at: SystemTime,
     pub(crate) size: usize,

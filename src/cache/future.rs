@@ -313,6 +313,13 @@ pub(crate) fn fresh(entry: &Entry, full: &str, now: SystemTime) -> bool {
     entry.key() == full && now < entry.expires_at()
 }
 
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Why a response from the service cannot be stored, or for how long it can.
 fn decide<B: Body>(
     ctx: &Ctx,
@@ -353,11 +360,7 @@ fn decide<B: Body>(
             }
         }
     }
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = content_length(&parts.headers);
     let limit = policy.max_body_size as u64;
     if declared.is_some_and(|n| n > limit) || body.size_hint().lower() > limit {
         return Err("too-large");
@@ -430,6 +433,7 @@ fn miss<B: Body<Data = Bytes>>(
                 ttl,
                 tags,
                 limit: policy.max_body_size,
+                declared: content_length(&parts.headers),
                 etag: policy.etag,
                 size: 0,
                 chunks: Vec::new(),

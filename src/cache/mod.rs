@@ -29,6 +29,28 @@
 //!
 //! A failing store never fails a request: the error is counted and the service answers.
 //!
+//! # Cache-Status
+//!
+//! `hit` for an answer from the cache; `fwd=miss; stored` when the response is being stored
+//! and its whole size is known to fit; `fwd=miss` when it is not stored, or is streaming (it is
+//! stored when it ends within the limit, which the headers cannot tell yet); `fwd=bypass` for
+//! requests with credentials. With [`StashBuilder::cache_status_detail`](crate::StashBuilder::cache_status_detail)
+//! a `detail` says why (`set-cookie`, `cache-control`, `vary`, `status`, `too-large`,
+//! `streaming`, `head`, `handler`, `hint`, `ttl`, `authorization`, `cookie`) and hits carry
+//! their remaining `ttl`; with `cache_status_key` the key is shown.
+//!
+//! # Limits
+//!
+//! - The layer matches the path it sees. Under axum's `Router::nest`, a layer inside the
+//!   nested router sees the path without the prefix: give each nested router its own layer
+//!   and stash namespace (or key template), or put the layer on the outer router.
+//! - A miss forwards conditional requests (`If-None-Match`) to the service as they are; the
+//!   derived `ETag` appears from the first hit on.
+//! - A body with a declared `Content-Length` is stored once that many bytes have streamed;
+//!   trailers sent after them are not stored.
+//! - Hint headers (`x-stash-*`) are removed on the routes the layer caches; other routes pass
+//!   through untouched.
+//!
 //! # Example
 //!
 //! ```
