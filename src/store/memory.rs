@@ -34,6 +34,14 @@ impl moka::Expiry<Arc<str>, Slot> for PerEntryTtl {
 /// One read in this many also goes through moka, so that its frequency sketch sees hot entries.
 const TOUCH_EVERY: u32 = 8;
 
+/// An index entry: the entry and when moka expires it, so that the index never serves an
+/// entry past the TTL it was stored with, even before moka's housekeeping removes it.
+#[derive(Clone)]
+struct Indexed {
+    entry: Arc<Entry>,
+    deadline: Instant,
+}
+
 thread_local! {
     static READS: Cell<u32> = const { Cell::new(0) };
 }
@@ -55,7 +63,7 @@ thread_local! {
 #[derive(Clone)]
 pub struct MemoryStore {
     cache: Cache<Arc<str>, Slot>,
-    index: Arc<DashMap<Arc<str>, Arc<Entry>>>,
+    index: Arc<DashMap<Arc<str>, Indexed>>,
     evictions: Arc<AtomicU64>,
 }
 
@@ -79,7 +87,7 @@ impl MemoryStore {
     /// A store that holds at most `max_bytes` of entries.
     pub fn new(max_bytes: u64) -> Self {
         let evictions = Arc::new(AtomicU64::new(0));
-        let index: Arc<DashMap<Arc<str>, Arc<Entry>>> = Arc::default();
+        let index: Arc<DashMap<Arc<str>, Indexed>> = Arc::default();
         let counter = evictions.clone();
         let listener_index = Arc::downgrade(&index);
         let cache = Cache::builder()
@@ -94,7 +102,9 @@ impl MemoryStore {
                 }
                 // Drop the index's copy, unless a newer entry has replaced it there.
                 if let Some(index) = listener_index.upgrade() {
-                    index.remove_if(&**key, |_, indexed| Arc::ptr_eq(indexed, &slot.entry));
+                    index.remove_if(&**key, |_, indexed| {
+                        Arc::ptr_eq(&indexed.entry, &slot.entry)
+                    });
                 }
             })
             .build();
@@ -107,19 +117,23 @@ impl MemoryStore {
 
     /// Looks up `key` at once. The [`Store`] methods wrap this for the async interface.
     pub fn get_now(&self, key: &str) -> Option<Arc<Entry>> {
-        if let Some(entry) = self.index.get(key) {
-            let entry = entry.value().clone();
-            let touch = READS.with(|n| {
-                let next = n.get().wrapping_add(1);
-                n.set(next);
-                next % TOUCH_EVERY == 0
-            });
-            if touch {
-                let _ = self.cache.get(key);
+        // Clone out and release the shard's read guard before calling moka: its housekeeping
+        // may run inline and its eviction listener writes to this index.
+        let indexed = self.index.get(key).map(|r| r.value().clone());
+        if let Some(Indexed { entry, deadline }) = indexed {
+            if Instant::now() < deadline {
+                let touch = READS.with(|n| {
+                    let next = n.get().wrapping_add(1);
+                    n.set(next);
+                    next % TOUCH_EVERY == 0
+                });
+                if touch {
+                    let _ = self.cache.get(key);
+                }
+                return Some(entry);
             }
-            return Some(entry);
         }
-        // Not indexed (a put raced another): moka has the answer.
+        // Not indexed (a put raced another), or past its deadline: moka has the answer.
         self.cache.get(key).map(|slot| slot.entry)
     }
 
@@ -136,7 +150,14 @@ impl MemoryStore {
     }
 
     fn insert(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) {
-        self.index.insert(key.clone(), entry.clone());
+        let deadline = Instant::now() + ttl;
+        self.index.insert(
+            key.clone(),
+            Indexed {
+                entry: entry.clone(),
+                deadline,
+            },
+        );
         self.cache.insert(key, Slot { entry, ttl });
     }
 }
@@ -237,6 +258,23 @@ mod tests {
             store.run_pending_tasks();
         }
         assert!(store.get_now("k").is_none());
+    }
+
+    #[test]
+    fn reading_an_expired_entry_does_not_deadlock() {
+        // moka's inline housekeeping calls the eviction listener, which writes to the index:
+        // no index guard may be held across a moka call.
+        let store = MemoryStore::new(1 << 20);
+        for i in 0..200 {
+            let key: Arc<str> = format!("k{i}").into();
+            store.insert(key.clone(), entry(&key, 1), Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(5)); // let them expire: nothing to await
+        for _ in 0..50 {
+            for i in 0..200 {
+                assert!(store.get_now(&format!("k{i}")).is_none());
+            }
+        }
     }
 
     #[test]
