@@ -2,9 +2,13 @@
 //! database), cached in memory for an hour.
 //!
 //! ```sh
-//! cargo run --example quickstart                 # listens on 127.0.0.1:3000
+//! cargo run --example quickstart                 # listens on 127.0.0.1:3000, in memory
 //! cargo run --example quickstart -- --listen 127.0.0.1:8080
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --features redis --example quickstart
 //! ```
+//!
+//! With `REDIS_URL`, entries are shared through Redis behind a memory tier; `--no-l1` keeps
+//! them in Redis only (every hit is a Redis round trip: for measuring the Redis tier).
 
 use axum::{extract::Path, extract::State, response::IntoResponse, routing::get, Json, Router};
 use std::net::SocketAddr;
@@ -42,6 +46,18 @@ async fn stats(State((db, stash)): State<(Db, Stash)>) -> impl IntoResponse {
     }))
 }
 
+#[cfg(feature = "redis")]
+fn redis_only() -> Result<Stash, Box<dyn std::error::Error>> {
+    let url = std::env::var("REDIS_URL").map_err(|_| "--no-l1 needs REDIS_URL")?;
+    let store = tower_stash::Guarded::new(tower_stash::RedisStore::new(url)?);
+    Ok(Stash::builder().store(store).build()?)
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_only() -> Result<Stash, Box<dyn std::error::Error>> {
+    Err("--no-l1 needs the `redis` feature".into())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen: SocketAddr = match std::env::args().skip_while(|a| a != "--listen").nth(1) {
@@ -49,7 +65,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => "127.0.0.1:3000".parse()?,
     };
 
-    let stash = Stash::new(); // in memory, 64 MiB
+    let stash = if std::env::args().any(|a| a == "--no-l1") {
+        redis_only()?
+    } else {
+        Stash::from_env()? // in memory (64 MiB), or tiered on Redis when REDIS_URL is set
+    };
     let db = Db::default();
     let routes = Routes::new().get(
         "/users/{id}",
@@ -65,7 +85,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    println!("tower-stash quickstart listening on http://{addr}");
+    println!(
+        "tower-stash quickstart listening on http://{addr} ({})",
+        if std::env::var("REDIS_URL").is_ok() {
+            "Redis"
+        } else {
+            "in memory"
+        }
+    );
     println!();
     println!(
         "  curl -i http://{addr}/users/1     # first call: ~200 ms, Cache-Status: fwd=miss; stored"

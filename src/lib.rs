@@ -16,4 +16,6 @@ pub use entry::{Entry, EntryError};
 pub use key::QueryKey;
 pub use policy::{ConfigError, Policy, Routes};
 pub use stash::{Clock, ManualClock, Stash, StashBuilder, Stats, SystemClock};
-pub use store::{MemoryStore, Store, StoreError, StoreFuture, StoreUsage};
+#[cfg(feature = "redis")]
+pub use store::{Guarded, RedisStore, RedisStoreBuilder, TieredStore};
+pub use store::{Health, MemoryStore, Store, StoreError, StoreFuture, StoreUsage};

@@ -107,6 +107,8 @@ pub struct Stats {
     pub entries: u64,
     /// Bytes held by the store (approximate).
     pub bytes: u64,
+    /// Whether the store is in use or skipped after failures.
+    pub health: crate::Health,
 }
 
 impl Stats {
@@ -209,6 +211,31 @@ impl Stash {
             .expect("the default configuration is valid")
     }
 
+    /// A stash configured from the environment: tiered on Redis (a 64 MiB memory tier in front
+    /// of a guarded [`RedisStore`](crate::RedisStore)) when `REDIS_URL` is set, in memory
+    /// otherwise. `REDIS_URL` set in a build without the `redis` feature is an error rather
+    /// than a cache that silently stays local to each instance.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let builder = Self::builder();
+        match std::env::var("REDIS_URL") {
+            Ok(url) if !url.is_empty() => {
+                #[cfg(feature = "redis")]
+                {
+                    builder.redis(url).build()
+                }
+                #[cfg(not(feature = "redis"))]
+                {
+                    let _ = (builder, url);
+                    Err(ConfigError::new(vec![
+                        "REDIS_URL: set, but tower-stash was built without its `redis` feature"
+                            .into(),
+                    ]))
+                }
+            }
+            _ => builder.build(),
+        }
+    }
+
     /// A builder to choose the store and settings.
     pub fn builder() -> StashBuilder {
         StashBuilder::default()
@@ -217,6 +244,13 @@ impl Stash {
     /// The store entries live in.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Whether the store is in use ([`Health::Ok`](crate::Health::Ok)) or skipped after
+    /// failures ([`Health::Degraded`](crate::Health::Degraded): a Redis outage). Degraded means
+    /// slower, never broken: requests are served from memory or by the service.
+    pub fn health(&self) -> crate::Health {
+        self.inner.store.health()
     }
 
     /// The key namespace.
@@ -239,6 +273,7 @@ impl Stash {
             evictions: usage.evictions,
             entries: usage.entries,
             bytes: usage.bytes,
+            health: self.inner.store.health(),
         }
     }
 
@@ -272,6 +307,8 @@ impl Stash {
 #[must_use]
 pub struct StashBuilder {
     store: Option<Arc<dyn Store>>,
+    #[cfg(feature = "redis")]
+    redis: Option<String>,
     namespace: String,
     max_key_len: usize,
     clock: Arc<dyn Clock>,
@@ -293,6 +330,8 @@ impl Default for StashBuilder {
     fn default() -> Self {
         Self {
             store: None,
+            #[cfg(feature = "redis")]
+            redis: None,
             namespace: "stash".into(),
             max_key_len: 250,
             clock: Arc::new(SystemClock),
@@ -307,6 +346,16 @@ impl StashBuilder {
     /// Sets the store (default: a 64 MiB [`MemoryStore`]).
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Uses Redis at `url` behind a 64 MiB memory tier: a [`TieredStore`](crate::TieredStore)
+    /// over a [`Guarded`](crate::Guarded) [`RedisStore`](crate::RedisStore) with their default
+    /// settings (set a store yourself to tune them). Building does not wait for Redis: while
+    /// it is unreachable the stash is degraded, and it recovers by itself.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.redis = Some(url.into());
         self
     }
 
@@ -384,6 +433,25 @@ impl StashBuilder {
                 self.status_name
             ));
         }
+        #[cfg(feature = "redis")]
+        let mut store = self.store;
+        #[cfg(not(feature = "redis"))]
+        let store = self.store;
+        #[cfg(feature = "redis")]
+        if let Some(url) = self.redis {
+            if store.is_some() {
+                errors.push("stash.redis: set either a store or a Redis URL, not both".into());
+            }
+            match crate::RedisStore::new(url) {
+                Ok(redis) => {
+                    store = Some(Arc::new(crate::TieredStore::new(
+                        MemoryStore::default(),
+                        crate::Guarded::new(redis),
+                    )))
+                }
+                Err(e) => errors.push(format!("stash.redis: {e}")),
+            }
+        }
         if !errors.is_empty() {
             return Err(ConfigError::new(errors));
         }
@@ -400,9 +468,7 @@ impl StashBuilder {
         };
         Ok(Stash {
             inner: Arc::new(Inner {
-                store: self
-                    .store
-                    .unwrap_or_else(|| Arc::new(MemoryStore::default())),
+                store: store.unwrap_or_else(|| Arc::new(MemoryStore::default())),
                 namespace: self.namespace,
                 prefix,
                 max_key_len: self.max_key_len,

@@ -203,7 +203,9 @@ fn status_value(
 ) -> HeaderValue {
     let cfg = &stash.inner.status;
     let ttl = ttl.filter(|_| cfg.show_detail);
-    let detail = detail.filter(|_| cfg.show_detail);
+    let detail = detail.filter(|_| cfg.show_detail).or_else(|| {
+        (cfg.show_detail && stash.health() == crate::Health::Degraded).then_some("store-degraded")
+    });
     let key = key.filter(|_| cfg.show_key);
     if ttl.is_none() && detail.is_none() && key.is_none() {
         return plain.clone();

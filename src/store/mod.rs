@@ -61,10 +61,44 @@ pub trait Store: Send + Sync + 'static {
     /// Removes `key`, if present.
     fn delete(&self, key: Arc<str>) -> StoreFuture<()>;
 
+    /// Whether the store is being used, or skipped because it failed (an open circuit
+    /// breaker). The default is always [`Health::Ok`].
+    fn health(&self) -> Health {
+        Health::Ok
+    }
+
     /// Counts of what the store holds, for [`Stats`](crate::Stats): called when stats are read
     /// and now and then after a store, never on the hit path. The default knows nothing.
     fn usage(&self) -> StoreUsage {
         StoreUsage::default()
+    }
+}
+
+/// Whether a store is being used: see [`Store::health`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Health {
+    /// Calls go to the store.
+    #[default]
+    Ok,
+    /// The store failed and is skipped for now (a circuit breaker is open or probing): calls
+    /// fail at once, requests are served from memory or by the service, and nobody waits.
+    Degraded,
+}
+
+impl Health {
+    /// `"ok"` or `"degraded"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Degraded => "degraded",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -102,3 +136,17 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+#[cfg(feature = "redis")]
+mod guard;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+mod tiered;
+
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
+#[cfg(feature = "redis")]
+pub use guard::Guarded;
+#[cfg(feature = "redis")]
+pub use tiered::TieredStore;

@@ -1,0 +1,377 @@
+//! [`RedisStore`]: entries in Redis, shared by every instance of a service.
+
+use super::{Store, StoreError, StoreFuture};
+use crate::Entry;
+use bb8_redis::RedisConnectionManager;
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::{RedisError, Value};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Deletes a key only while it still holds the given bytes.
+const DELETE_IF_SAME: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+/// Deletes a key only while it is not a string (a fill may have replaced it since).
+const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string' then \
+     return redis.call('DEL', KEYS[1]) end return 0";
+
+/// Entries in Redis, shared by every instance of a service, through a [bb8] pool of
+/// connections. Cheap to clone: clones share the pool.
+///
+/// One round trip per call: a lookup is one `GET`, a fill one `SET key value PX ttl`, a delete
+/// one `DEL`. Values are [`Entry::encode`] envelopes; a value that does not decode (garbage, a
+/// truncated entry, an unknown format version, a key of another type) is a miss, and the key
+/// is deleted in the background, only if it still holds the same bytes, so that a fill racing
+/// the delete is kept.
+///
+/// Building a store never waits for Redis and never fails because Redis is down: connections
+/// are opened in the background and on demand. A call waits at most the pool's checkout timeout
+/// (default 20 ms) for a connection, never bb8's default of 30 s. For a short per-call timeout
+/// and a circuit breaker, wrap the store in [`Guarded`](crate::store::Guarded); to keep hot
+/// entries in memory too, put it behind a [`TieredStore`](crate::store::TieredStore).
+///
+/// A connection that fails with a dropped connection is discarded, and so is every connection
+/// opened before it (they went to the same server, which is likely gone or restarted); new
+/// connections are opened as calls need them, so the store recovers by itself when Redis
+/// returns.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_stash::{Guarded, MemoryStore, RedisStore, Stash, TieredStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Password and database index come from the URL.
+/// let redis = RedisStore::builder("redis://:secret@127.0.0.1:6380/2")
+///     .pool_size(32)
+///     .checkout_timeout(Duration::from_millis(20))
+///     .build()?; // does not wait for Redis
+/// let store = TieredStore::new(MemoryStore::new(64 * 1024 * 1024), Guarded::new(redis));
+/// let stash = Stash::builder().store(store).build()?;
+/// # let _ = stash;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// [bb8]: https://docs.rs/bb8
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: bb8::Pool<Manager>,
+    /// Shared with the manager: connections opened before it are discarded.
+    epoch: Arc<AtomicU64>,
+    checkout_timeout: Duration,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the URL: it may hold a password.
+        let state = self.pool.state();
+        f.debug_struct("RedisStore")
+            .field("connections", &state.connections)
+            .field("idle", &state.idle_connections)
+            .field("checkout_timeout", &self.checkout_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A builder for a store on the Redis at `url`: `redis://[:password@]host[:port][/db]`
+    /// (or `rediss://`, `redis+unix://`, as the [redis] crate reads them).
+    ///
+    /// [redis]: https://docs.rs/redis
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            pool_size: 16,
+            connect_timeout: Duration::from_millis(500),
+            checkout_timeout: Duration::from_millis(20),
+        }
+    }
+
+    /// A store on the Redis at `url` with the default settings; see [`RedisStore::builder`].
+    pub fn new(url: impl Into<String>) -> Result<Self, StoreError> {
+        Self::builder(url).build()
+    }
+
+    /// Connections open now, and how many of them are idle.
+    pub fn connections(&self) -> (u32, u32) {
+        let state = self.pool.state();
+        (state.connections, state.idle_connections)
+    }
+}
+
+/// Builds a [`RedisStore`]; from [`RedisStore::builder`].
+#[must_use]
+#[derive(Clone)]
+pub struct RedisStoreBuilder {
+    url: String,
+    pool_size: u32,
+    connect_timeout: Duration,
+    checkout_timeout: Duration,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("checkout_timeout", &self.checkout_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStoreBuilder {
+    /// The most connections the pool opens (default 16). Each serves one call at a time; a call
+    /// that finds none free waits at most the [checkout timeout](Self::checkout_timeout).
+    pub fn pool_size(mut self, connections: u32) -> Self {
+        self.pool_size = connections;
+        self
+    }
+
+    /// How long opening a connection (TCP, AUTH, SELECT) may take (default 500 ms). Opening
+    /// happens in the background; a call never waits longer than the checkout timeout for it.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a call waits for a free connection before it fails (default 20 ms; bb8's
+    /// `connection_timeout`, whose own default of 30 s would hang every request when Redis is
+    /// gone).
+    pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.checkout_timeout = timeout;
+        self
+    }
+
+    /// Builds the store without waiting for Redis: a server that is down is not an error, its
+    /// calls fail until it answers. A bad setting is an error naming it (`redis.url`, ...).
+    ///
+    /// Needs a tokio runtime (the pool runs background tasks on it).
+    pub fn build(self) -> Result<RedisStore, StoreError> {
+        let mut errors = Vec::new();
+        let manager = match RedisConnectionManager::new(self.url.as_str()) {
+            Ok(manager) => Some(manager),
+            Err(e) => {
+                errors.push(format!("redis.url: {e}"));
+                None
+            }
+        };
+        if self.pool_size == 0 {
+            errors.push("redis.pool_size: must be at least 1".to_string());
+        }
+        if self.connect_timeout.is_zero() {
+            errors.push("redis.connect_timeout: must be more than zero".to_string());
+        }
+        if self.checkout_timeout.is_zero() {
+            errors.push("redis.checkout_timeout: must be more than zero".to_string());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            errors.push("redis: build() must run inside a tokio runtime".to_string());
+        }
+        let Some(manager) = manager.filter(|_| errors.is_empty()) else {
+            return Err(StoreError::new(errors.join("; ")));
+        };
+        let epoch = Arc::new(AtomicU64::new(0));
+        let manager = Manager {
+            inner: manager,
+            connect_timeout: self.connect_timeout,
+            epoch: epoch.clone(),
+        };
+        let pool = bb8::Pool::builder()
+            .max_size(self.pool_size)
+            .connection_timeout(self.checkout_timeout)
+            // A PING on every checkout would double the round trips of a hit; dropped
+            // connections are found by the calls themselves (see `Manager::has_broken`).
+            .test_on_check_out(false)
+            // A failed connect is not retried in a loop: the next call asks again.
+            .retry_connection(false)
+            .min_idle(Some(1))
+            .build_unchecked(manager);
+        Ok(RedisStore {
+            pool,
+            epoch,
+            checkout_timeout: self.checkout_timeout,
+        })
+    }
+}
+
+/// bb8-redis's manager, plus a connect timeout and the detection of dropped connections, which
+/// its own `has_broken` (always `false`) does not do: without it, a connection to a Redis that
+/// was restarted would stay in the pool and fail every call until its lifetime ends.
+struct Manager {
+    inner: RedisConnectionManager,
+    connect_timeout: Duration,
+    /// Connections opened before this epoch are discarded.
+    epoch: Arc<AtomicU64>,
+}
+
+/// A pooled connection.
+struct Conn {
+    mux: MultiplexedConnection,
+    /// The manager's epoch when it was opened.
+    epoch: u64,
+    /// Set when a call on it found the connection dropped.
+    broken: bool,
+}
+
+impl bb8::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = RedisError;
+
+    async fn connect(&self) -> Result<Conn, RedisError> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mux = tokio::time::timeout(self.connect_timeout, self.inner.connect())
+            .await
+            .map_err(|_| {
+                RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting to redis timed out",
+                ))
+            })??;
+        Ok(Conn {
+            mux,
+            epoch,
+            broken: false,
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
+        self.inner.is_valid(&mut conn.mux).await
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.broken || conn.epoch < self.epoch.load(Ordering::Acquire)
+    }
+}
+
+type Pooled = bb8::PooledConnection<'static, Manager>;
+
+impl RedisStore {
+    /// Checks out a live connection: stale ones (opened before a drop was seen) are discarded.
+    async fn checkout(&self) -> Result<Pooled, StoreError> {
+        loop {
+            let mut conn = self.pool.get_owned().await.map_err(|e| match e {
+                bb8::RunError::User(e) => StoreError::new(format!("redis: {e}")),
+                bb8::RunError::TimedOut => StoreError::new(format!(
+                    "redis: no connection free within {:?}",
+                    self.checkout_timeout
+                )),
+            })?;
+            if conn.epoch < self.epoch.load(Ordering::Acquire) {
+                conn.broken = true;
+                continue;
+            }
+            return Ok(conn);
+        }
+    }
+
+    /// Runs one command on a pooled connection: the outer error is the pool's, the inner one
+    /// Redis's. A dropped connection is discarded with every connection opened before it.
+    async fn query(&self, cmd: &redis::Cmd) -> Result<Result<Value, RedisError>, StoreError> {
+        let mut conn = self.checkout().await?;
+        let reply = cmd.query_async::<Value>(&mut conn.mux).await;
+        if let Err(e) = &reply {
+            if e.is_connection_dropped() || e.is_unrecoverable_error() {
+                conn.broken = true;
+                self.epoch.fetch_max(conn.epoch + 1, Ordering::AcqRel);
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Runs one command; any error is a [`StoreError`].
+    async fn run(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
+        self.query(cmd)
+            .await?
+            .map_err(|e| StoreError::new(format!("redis: {e}")))
+    }
+
+    /// Deletes `key` in the background: only while it still holds `bad`, if given, else only
+    /// while it is not a string.
+    fn discard(&self, key: Arc<str>, bad: Option<Bytes>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let this = self.clone();
+        rt.spawn(async move {
+            let mut cmd = redis::cmd("EVAL");
+            match &bad {
+                Some(bad) => cmd.arg(DELETE_IF_SAME).arg(1).arg(&*key).arg(&bad[..]),
+                None => cmd.arg(DELETE_IF_NOT_STRING).arg(1).arg(&*key),
+            };
+            if let Err(e) = this.run(&cmd).await {
+                tracing::debug!(%key, error = %e, "deleting an unreadable entry failed");
+            }
+        });
+    }
+}
+
+impl Store for RedisStore {
+    fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(&*key);
+            let bytes = match this.query(&cmd).await? {
+                Ok(Value::Nil) => return Ok(None),
+                // `Bytes::from(Vec)` takes the buffer: the entry's body is a slice of it.
+                Ok(Value::BulkString(v)) => Bytes::from(v),
+                Ok(other) => {
+                    return Err(StoreError::new(format!(
+                        "redis: unexpected reply to GET: {other:?}"
+                    )))
+                }
+                // A key of another type: as unreadable as garbage.
+                Err(e) if e.code() == Some("WRONGTYPE") => {
+                    tracing::warn!(%key, "a key of another type in redis: a miss, deleted");
+                    this.discard(key, None);
+                    return Ok(None);
+                }
+                Err(e) => return Err(StoreError::new(format!("redis: {e}"))),
+            };
+            match Entry::decode(bytes.clone()) {
+                Ok(entry) => Ok(Some(Arc::new(entry))),
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "unreadable entry in redis: a miss, deleted");
+                    this.discard(key, Some(bytes));
+                    Ok(None)
+                }
+            }
+        })
+    }
+
+    fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        if millis == 0 {
+            return Box::pin(std::future::ready(Err(StoreError::new(
+                "refusing to store an entry with a TTL under a millisecond",
+            ))));
+        }
+        let this = self.clone();
+        Box::pin(async move {
+            let value = entry.encode();
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&*key).arg(&value[..]).arg("PX").arg(millis);
+            match this.run(&cmd).await? {
+                Value::Okay => Ok(()),
+                other => Err(StoreError::new(format!(
+                    "redis: unexpected reply to SET: {other:?}"
+                ))),
+            }
+        })
+    }
+
+    fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut cmd = redis::cmd("DEL");
+            cmd.arg(&*key);
+            this.run(&cmd).await.map(drop)
+        })
+    }
+}

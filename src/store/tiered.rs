@@ -1,0 +1,224 @@
+//! [`TieredStore`]: a [`MemoryStore`] in front of a shared store.
+
+use super::{Health, MemoryStore, Store, StoreFuture, StoreUsage};
+use crate::Entry;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Two tiers: L1, a [`MemoryStore`] in this instance, in front of L2, a store every instance
+/// shares (a [`Guarded`](crate::Guarded) [`RedisStore`](crate::RedisStore)).
+///
+/// - A lookup reads L1, then L2; an entry found in L2 is copied into L1 for what remains of its
+///   TTL, capped by [`l1_max_ttl`](Self::l1_max_ttl). An L1 hit is answered at once, with no
+///   future ([`Store::get_local`]), so a hot key costs what a memory hit costs.
+/// - A fill writes L1 (at once), then L2; when L2 fails the error is returned (the cache counts
+///   it) but L1 keeps the entry. A delete removes the key from both.
+/// - [`usage`](Store::usage) is L1's.
+///
+/// L1 keeps an entry at most [`l1_max_ttl`](Self::l1_max_ttl) (default 60 s) because a delete
+/// made by another instance reaches only L2: that bounds how long this instance may serve an
+/// entry the others dropped.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_stash::{MemoryStore, Stash, TieredStore};
+///
+/// // Any store can be L2; here another memory store stands in for Redis.
+/// let store = TieredStore::new(MemoryStore::new(16 << 20), MemoryStore::new(256 << 20))
+///     .l1_max_ttl(Duration::from_secs(10));
+/// let stash = Stash::builder().store(store).build().unwrap();
+/// # let _ = stash;
+/// ```
+pub struct TieredStore<S> {
+    l1: MemoryStore,
+    l2: Arc<S>,
+    l1_max_ttl: Duration,
+}
+
+impl<S> Clone for TieredStore<S> {
+    fn clone(&self) -> Self {
+        Self {
+            l1: self.l1.clone(),
+            l2: self.l2.clone(),
+            l1_max_ttl: self.l1_max_ttl,
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for TieredStore<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TieredStore")
+            .field("l1", &self.l1)
+            .field("l2", &self.l2)
+            .field("l1_max_ttl", &self.l1_max_ttl)
+            .finish()
+    }
+}
+
+impl<S> TieredStore<S> {
+    /// `l1` in front of `l2`, with L1 keeping entries at most 60 s.
+    pub fn new(l1: MemoryStore, l2: S) -> Self {
+        Self {
+            l1,
+            l2: Arc::new(l2),
+            l1_max_ttl: Duration::from_secs(60),
+        }
+    }
+
+    /// The longest L1 keeps an entry (default 60 s), however long its TTL.
+    pub fn l1_max_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_max_ttl = ttl;
+        self
+    }
+
+    /// The memory tier.
+    pub fn l1(&self) -> &MemoryStore {
+        &self.l1
+    }
+
+    /// The shared tier.
+    pub fn l2(&self) -> &S {
+        &self.l2
+    }
+
+    /// Copies `entry` into L1 for what remains of its TTL, capped.
+    fn fill_l1(&self, key: Arc<str>, entry: Arc<Entry>) {
+        let ttl = entry.remaining(SystemTime::now()).min(self.l1_max_ttl);
+        if !ttl.is_zero() {
+            // The memory store inserts at once; its future only reports.
+            drop(self.l1.put(key, entry, ttl));
+        }
+    }
+}
+
+impl<S: Store> Store for TieredStore<S> {
+    fn health(&self) -> Health {
+        self.l2.health()
+    }
+
+    fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+        if let Some(entry) = self.l1.get_now(&key) {
+            return Box::pin(std::future::ready(Ok(Some(entry))));
+        }
+        let l2 = self.l2.get(key.clone());
+        let this = self.clone();
+        Box::pin(async move {
+            let found = l2.await?;
+            if let Some(entry) = &found {
+                this.fill_l1(key, entry.clone());
+            }
+            Ok(found)
+        })
+    }
+
+    /// L1's entry when it has one; otherwise `None`, so that the cache asks [`get`](Self::get)
+    /// (which asks L2).
+    fn get_local(&self, key: &str) -> Option<Option<Arc<Entry>>> {
+        self.l1.get_now(key).map(Some)
+    }
+
+    fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
+        let l1_ttl = ttl.min(self.l1_max_ttl);
+        if !l1_ttl.is_zero() {
+            drop(self.l1.put(key.clone(), entry.clone(), l1_ttl));
+        }
+        self.l2.put(key, entry, ttl)
+    }
+
+    fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
+        drop(self.l1.delete(key.clone()));
+        self.l2.delete(key)
+    }
+
+    fn usage(&self) -> StoreUsage {
+        self.l1.usage()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StoreError;
+    use http::StatusCode;
+
+    /// An L2 that always fails.
+    struct Down;
+
+    impl Store for Down {
+        fn get(&self, _: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+            Box::pin(async { Err(StoreError::new("down")) })
+        }
+        fn put(&self, _: Arc<str>, _: Arc<Entry>, _: Duration) -> StoreFuture<()> {
+            Box::pin(async { Err(StoreError::new("down")) })
+        }
+        fn delete(&self, _: Arc<str>) -> StoreFuture<()> {
+            Box::pin(async { Err(StoreError::new("down")) })
+        }
+    }
+
+    fn entry(ttl: Duration) -> Arc<Entry> {
+        Arc::new(
+            Entry::new("k", StatusCode::OK, Default::default(), "body".into())
+                .with_times(SystemTime::now(), ttl),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_l2_hit_fills_l1_for_the_remaining_ttl_capped() {
+        let l2 = MemoryStore::default();
+        let hour = Duration::from_secs(3600);
+        l2.put("k".into(), entry(hour), hour).await.unwrap();
+        let store = TieredStore::new(MemoryStore::default(), l2).l1_max_ttl(Duration::from_secs(5));
+        assert_eq!(store.get_local("k"), None, "L1 is empty: ask get");
+        let got = store.get("k".into()).await.unwrap().unwrap();
+        assert_eq!(got.body(), "body");
+        assert!(store.get_local("k").unwrap().is_some(), "L1 was filled");
+
+        // An entry already expired is answered but not copied.
+        let stale = Arc::new(
+            Entry::new("old", StatusCode::OK, Default::default(), "x".into()).with_times(
+                SystemTime::now() - Duration::from_secs(10),
+                Duration::from_secs(5),
+            ),
+        );
+        store.l2().put("old".into(), stale, hour).await.unwrap();
+        assert!(store.get("old".into()).await.unwrap().is_some());
+        assert_eq!(store.get_local("old"), None);
+    }
+
+    #[tokio::test]
+    async fn l1_never_outlives_the_cap() {
+        let store = TieredStore::new(MemoryStore::default(), MemoryStore::default())
+            .l1_max_ttl(Duration::from_millis(50));
+        let hour = Duration::from_secs(3600);
+        store.put("k".into(), entry(hour), hour).await.unwrap();
+        assert!(store.l1().get_now("k").is_some());
+        assert!(store.l2().get_now("k").is_some());
+        // moka reads its own clock: poll in real time, bounded. `usage` runs moka's
+        // maintenance, which drops the expired entry.
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            while store.l1().usage().entries > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        waited.await.expect("L1 kept the entry past its cap");
+        assert!(store.l1().get_now("k").is_none());
+        assert!(store.l2().get_now("k").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_failing_l2_fails_the_call_but_l1_keeps_the_entry() {
+        let store = TieredStore::new(MemoryStore::default(), Down);
+        let hour = Duration::from_secs(3600);
+        assert!(store.put("k".into(), entry(hour), hour).await.is_err());
+        assert!(store.get_local("k").unwrap().is_some());
+        assert!(store.get("k".into()).await.unwrap().is_some());
+        assert!(store.get("other".into()).await.is_err());
+        assert!(store.delete("k".into()).await.is_err());
+        assert_eq!(store.get_local("k"), None);
+        assert_eq!(store.usage().entries, 0);
+    }
+}

@@ -1,0 +1,687 @@
+//! The Redis tier against real redis-server processes: two instances sharing one Redis, and a
+//! Redis that is killed, restarted, paused, slowed, full or holding garbage. Whatever Redis
+//! does, every request is answered 200 with the right body, and none waits on Redis for long.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use support::redis::{Proxy, RedisServer};
+use support::within;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_stash::{
+    CacheLayer, Entry, Guarded, Health, MemoryStore, Policy, RedisStore, Routes, Stash, Store,
+    TieredStore,
+};
+
+const TTL: Duration = Duration::from_secs(60);
+
+/// One instance of a service: its own stash, L1 and pool, on a shared Redis.
+struct Instance {
+    stash: Stash,
+    layer: CacheLayer,
+    calls: Arc<AtomicUsize>,
+    /// A clone of the guarded L2: it shares the breaker of the one in use.
+    l2: Guarded<RedisStore>,
+    store: TieredStore<Guarded<RedisStore>>,
+}
+
+struct Got {
+    status: StatusCode,
+    body: Bytes,
+    cache_status: String,
+    headers: http::HeaderMap,
+}
+
+impl Got {
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+}
+
+/// What the handler answers for `path`: the same every time, so a hit is told from a miss by
+/// the handler's call count only.
+fn body_for(path: &str) -> String {
+    format!("item at {path}")
+}
+
+impl Instance {
+    /// An instance whose guard times out after `timeout` and probes after 200 ms.
+    fn new(url: &str, timeout: Duration) -> Self {
+        Self::with(RedisStore::builder(url).build().unwrap(), timeout)
+    }
+
+    fn with(redis: RedisStore, timeout: Duration) -> Self {
+        let l2 = Guarded::new(redis)
+            .timeout(timeout)
+            .cool_down(Duration::from_millis(200));
+        let store = TieredStore::new(MemoryStore::new(16 << 20), l2.clone());
+        let stash = Stash::builder()
+            .store(store.clone())
+            .namespace("test")
+            .build()
+            .unwrap();
+        let layer = CacheLayer::new(
+            stash.clone(),
+            Routes::new().get("/items/{id}", Policy::ttl(TTL).key("item:{id}")),
+        );
+        Self {
+            stash,
+            layer,
+            calls: Arc::default(),
+            l2,
+            store,
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn key(&self, path: &str) -> String {
+        self.layer.key_for(&request(path)).unwrap()
+    }
+
+    async fn get(&self, path: &str) -> Got {
+        let calls = self.calls.clone();
+        let handler = tower::service_fn(move |req: Request<Empty<Bytes>>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let body = body_for(req.uri().path());
+            async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+        });
+        let svc = ServiceBuilder::new()
+            .layer(self.layer.clone())
+            .service(handler);
+        let resp = within(path, svc.oneshot(request(path))).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = within("the body", body.collect()).await.unwrap().to_bytes();
+        Got {
+            status: parts.status,
+            cache_status: parts
+                .headers
+                .get("cache-status")
+                .map_or(String::new(), |v| v.to_str().unwrap().to_string()),
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// Gets `path` and checks the answer is 200 with the right body.
+    async fn get_ok(&self, path: &str) -> Got {
+        let got = self.get(path).await;
+        assert_eq!(got.status, StatusCode::OK, "{path}");
+        assert_eq!(got.text(), body_for(path), "{path}");
+        got
+    }
+
+    /// Waits until `n` fills have reached the store (they may finish after the response).
+    async fn stored(&self, n: u64) {
+        eventually("the fills to be stored", || self.stash.stats().stores >= n).await;
+    }
+}
+
+fn request(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(path).body(Empty::new()).unwrap()
+}
+
+/// Polls `cond` every 5 ms until it holds, failing the test after 10 s. For conditions nothing
+/// signals (a background write landing in Redis, a breaker's cool-down).
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+/// Like [`eventually`], for an async condition.
+async fn eventually_async<F: Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
+    within(what, async {
+        while !cond().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Waits until what `a` fills is read back from Redis by `b` (a key `b` has never seen): hits
+/// from Redis have resumed. Each try uses a new key.
+async fn hits_from_redis_resume(a: &Instance, b: &Instance, tag: &str) {
+    let mut n = 0;
+    eventually_async("hits from Redis to resume", || {
+        n += 1;
+        let path = format!("/items/{tag}-{n}");
+        async move {
+            a.get_ok(&path).await;
+            // A's fill may land after its response, or fail while A's breaker is open.
+            let key: Arc<str> = a.key(&path).into();
+            let redis = a.store.l2().get_ref();
+            let landed = async {
+                while !matches!(redis.get(key.clone()).await, Ok(Some(_))) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            if tokio::time::timeout(Duration::from_millis(200), landed)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            let before = b.calls();
+            let got = b.get_ok(&path).await;
+            b.calls() == before && got.cache_status == "tower-stash; hit"
+        }
+    })
+    .await
+}
+
+/// Runs a blocking `RedisServer` call without stalling the runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// A raw connection, for writing bytes redis-cli cannot pass as arguments.
+async fn raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(redis.url()).unwrap();
+    within(
+        "a raw connection",
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn raw_get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
+    within(
+        "GET",
+        redis::cmd("GET")
+            .arg(key)
+            .query_async::<Option<Vec<u8>>>(conn),
+    )
+    .await
+    .unwrap()
+}
+
+async fn raw_set(conn: &mut redis::aio::MultiplexedConnection, key: &str, value: &[u8]) {
+    within(
+        "SET",
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query_async::<()>(conn),
+    )
+    .await
+    .unwrap()
+}
+
+/// `INFO commandstats` as (command, calls) pairs.
+fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let info = redis.cli(&["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+// ---- Building ----
+
+#[tokio::test]
+async fn build_never_waits_for_redis_and_bad_settings_name_their_field() {
+    // Nothing listens on port 1: building still succeeds at once, calls fail fast.
+    let started = Instant::now();
+    let store = RedisStore::builder("redis://127.0.0.1:1/").build().unwrap();
+    assert!(started.elapsed() < Duration::from_millis(100));
+    let started = Instant::now();
+    assert!(within("a get", store.get("k".into())).await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let err = RedisStore::builder("http://example").build().unwrap_err();
+    assert!(err.to_string().contains("redis.url"), "{err}");
+    let err = RedisStore::builder("redis://127.0.0.1:1/")
+        .pool_size(0)
+        .checkout_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("redis.pool_size"), "{err}");
+    assert!(err.to_string().contains("redis.checkout_timeout"), "{err}");
+}
+
+#[test]
+fn build_outside_a_runtime_is_an_error_not_a_panic() {
+    let err = RedisStore::builder("redis://127.0.0.1:1/")
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("tokio runtime"), "{err}");
+}
+
+// ---- The store by itself ----
+
+#[tokio::test]
+async fn one_round_trip_per_call_and_every_key_expires() {
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url())
+        .pool_size(2)
+        .build()
+        .unwrap();
+    let entry = Arc::new(
+        Entry::new("k", StatusCode::OK, Default::default(), "body".into())
+            .with_times(SystemTime::now(), TTL),
+    );
+    within("put", store.put("k".into(), entry.clone(), TTL))
+        .await
+        .unwrap();
+    let pttl: u64 = redis.cli(&["PTTL", "k"]).parse().unwrap();
+    assert!(pttl > 55_000 && pttl <= 60_000, "PTTL {pttl}");
+
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..10 {
+        let got = within("get", store.get("k".into())).await.unwrap().unwrap();
+        assert_eq!((got.key(), got.body()), (entry.key(), entry.body()));
+    }
+    assert_eq!(within("get", store.get("nope".into())).await.unwrap(), None);
+    within("put", store.put("k".into(), entry.clone(), TTL))
+        .await
+        .unwrap();
+    within("delete", store.delete("k".into())).await.unwrap();
+    assert_eq!(command_calls(&redis, "get"), 11);
+    assert_eq!(command_calls(&redis, "set"), 1);
+    assert_eq!(command_calls(&redis, "del"), 1);
+    assert_eq!(command_calls(&redis, "ping"), 0, "a PING on checkout");
+    assert!(within("put", store.put("z".into(), entry, Duration::ZERO))
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_and_database_index_come_from_the_url() {
+    let redis = RedisServer::start();
+    assert_eq!(redis.cli(&["CONFIG", "SET", "requirepass", "s3cret"]), "OK");
+    let cli = |args: &[&str]| {
+        let mut all = vec!["-a", "s3cret", "--no-auth-warning"];
+        all.extend_from_slice(args);
+        redis.cli(&all)
+    };
+    let url = format!("redis://:s3cret@127.0.0.1:{}/3", redis.port());
+    let store = RedisStore::new(url).unwrap();
+    let entry = Arc::new(
+        Entry::new("k", StatusCode::OK, Default::default(), "body".into())
+            .with_times(SystemTime::now(), TTL),
+    );
+    within("put", store.put("k".into(), entry.clone(), TTL))
+        .await
+        .unwrap();
+    assert_eq!(cli(&["-n", "3", "EXISTS", "k"]), "1");
+    assert_eq!(cli(&["EXISTS", "k"]), "0", "written to db 0");
+    let got = within("get", store.get("k".into())).await.unwrap().unwrap();
+    assert_eq!(got.body(), "body");
+    // A wrong password: built all the same, every call fails (and says nothing of it).
+    let wrong = RedisStore::new(format!("redis://:nope@127.0.0.1:{}/3", redis.port())).unwrap();
+    let err = within("get", wrong.get("k".into())).await.unwrap_err();
+    assert!(!err.to_string().contains("nope"), "{err}");
+}
+
+// ---- Two instances ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_b_hits_what_instance_a_stored() {
+    let redis = RedisServer::start();
+    let a = Instance::new(&redis.url(), Duration::from_millis(250));
+    let b = Instance::new(&redis.url(), Duration::from_millis(250));
+
+    let got = a.get_ok("/items/1").await;
+    assert_eq!(got.cache_status, "tower-stash; fwd=miss; stored");
+    assert_eq!(a.calls(), 1);
+    a.stored(1).await;
+
+    // B has never seen it: from Redis, without calling its handler.
+    let got = b.get_ok("/items/1").await;
+    assert_eq!(got.cache_status, "tower-stash; hit");
+    assert_eq!(b.calls(), 0);
+    // Now from B's L1: no round trip.
+    assert!(b.store.l1().get_now(&b.key("/items/1")).is_some());
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    b.get_ok("/items/1").await;
+    a.get_ok("/items/1").await;
+    assert_eq!(command_calls(&redis, "get"), 0);
+    assert_eq!((a.calls(), b.calls()), (1, 0));
+    assert_eq!(b.stash.stats().hits, 2);
+
+    // What Redis holds: the key, expiring with the policy's TTL.
+    let key = a.key("/items/1");
+    assert_eq!(key, "test:v1:item:1");
+    let pttl: u64 = redis.cli(&["PTTL", &key]).parse().unwrap();
+    assert!(
+        pttl <= TTL.as_millis() as u64 && pttl > TTL.as_millis() as u64 - 5_000,
+        "PTTL {pttl}"
+    );
+    let stored = raw_get(&mut raw(&redis).await, &key).await.unwrap();
+    let entry = Entry::decode(stored.into()).unwrap();
+    assert_eq!(entry.body(), body_for("/items/1").as_bytes());
+    assert_eq!(entry.key(), key);
+    assert_eq!(a.l2.health(), Health::Ok);
+    assert_eq!(b.stash.stats().store_errors, 0);
+}
+
+// ---- Redis killed, then back ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_redis_costs_hit_rate_never_errors_and_comes_back_by_itself() {
+    let mut redis = RedisServer::start();
+    let a = Instance::new(&redis.url(), Duration::from_millis(10));
+    let b = Instance::new(&redis.url(), Duration::from_millis(250));
+
+    for i in 0..40 {
+        if i == 20 {
+            blocking(|| redis.kill());
+        }
+        a.get_ok(&format!("/items/{i}")).await;
+    }
+    // Every request was answered by the handler (all were misses), none failed.
+    assert_eq!(a.calls(), 40);
+    assert_eq!(a.l2.health(), Health::Degraded, "the breaker opened");
+    assert_eq!(a.stash.health(), Health::Degraded, "the handle sees it");
+    assert_eq!(a.stash.stats().health, Health::Degraded);
+    assert!(a.stash.stats().store_errors >= 5);
+    // Entries still in L1 are served while Redis is gone.
+    assert_eq!(a.get_ok("/items/25").await.cache_status, "tower-stash; hit");
+    assert_eq!(a.calls(), 40);
+
+    // With the breaker open, a miss costs about what the handler alone costs.
+    let mut with_cache = Vec::new();
+    for i in 0..200 {
+        let started = Instant::now();
+        a.get_ok(&format!("/items/open-{i}")).await;
+        with_cache.push(started.elapsed());
+    }
+    let handler_only = {
+        let svc = tower::service_fn(|req: Request<Empty<Bytes>>| {
+            let body = body_for(req.uri().path());
+            async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+        });
+        let mut times = Vec::new();
+        for i in 0..200 {
+            let started = Instant::now();
+            let resp = svc
+                .oneshot(request(&format!("/items/bare-{i}")))
+                .await
+                .unwrap();
+            resp.into_body().collect().await.unwrap();
+            times.push(started.elapsed());
+        }
+        times
+    };
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (open, bare) = (median(with_cache.clone()), median(handler_only));
+    let worst = with_cache.iter().max().unwrap();
+    println!("breaker open: median {open:?}, worst {worst:?}; handler alone: median {bare:?}");
+    assert!(
+        open < bare + Duration::from_millis(1),
+        "open {open:?} vs bare {bare:?}"
+    );
+    assert!(*worst < Duration::from_millis(500), "worst {worst:?}");
+
+    // Back on the same port: hits from Redis resume, nothing restarted.
+    blocking(|| redis.restart());
+    hits_from_redis_resume(&a, &b, "back").await;
+    assert_eq!(a.l2.health(), Health::Ok);
+    assert_eq!(b.l2.health(), Health::Ok);
+    assert_eq!(a.stash.health(), Health::Ok);
+}
+
+// ---- Redis paused: no answer, no RST ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_redis_never_holds_a_request_longer_than_the_timeout() {
+    let mut redis = RedisServer::start();
+    let a = Instance::new(&redis.url(), Duration::from_millis(10));
+    for i in 0..5 {
+        a.get_ok(&format!("/items/{i}")).await;
+    }
+    a.stored(5).await;
+    let b = Instance::new(&redis.url(), Duration::from_millis(10));
+
+    blocking(|| redis.pause());
+    let bound = Duration::from_millis(500);
+    let mut worst = Duration::ZERO;
+    for i in 0..30 {
+        // New keys, keys in Redis that B's L1 lacks, and keys in A's L1.
+        for (who, path) in [
+            (&a, format!("/items/new-{i}")),
+            (&b, format!("/items/{}", i % 5)),
+            (&a, format!("/items/{}", i % 5)),
+        ] {
+            let started = Instant::now();
+            who.get_ok(&path).await;
+            worst = worst.max(started.elapsed());
+        }
+    }
+    println!("paused redis: worst request {worst:?}");
+    assert!(worst < bound, "a request waited {worst:?}");
+    assert_eq!(a.l2.health(), Health::Degraded);
+    assert_eq!(b.l2.health(), Health::Degraded);
+    // A answered its old keys from L1 throughout.
+    assert_eq!(a.calls(), 5 + 30);
+
+    blocking(|| redis.resume());
+    hits_from_redis_resume(&a, &b, "resumed").await;
+    assert_eq!(a.l2.health(), Health::Ok);
+}
+
+// ---- Redis slowed, with a small pool ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_redis_and_a_small_pool_queue_no_one() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    let store = RedisStore::builder(proxy.url())
+        .pool_size(2)
+        .build()
+        .unwrap();
+    let a = Arc::new(Instance::with(store, Duration::from_millis(10)));
+    a.get_ok("/items/warm").await;
+    a.stored(1).await;
+
+    proxy.set_latency(Duration::from_millis(500)); // about 1 s a round trip
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let a = a.clone();
+        tasks.spawn(async move {
+            let started = Instant::now();
+            a.get_ok(&format!("/items/{i}")).await;
+            started.elapsed()
+        });
+    }
+    let mut worst = Duration::ZERO;
+    while let Some(took) = within("the requests", tasks.join_next()).await {
+        worst = worst.max(took.unwrap());
+    }
+    let total = started.elapsed();
+    println!("slow redis, pool of 2: 200 requests in {total:?}, worst {worst:?}");
+    assert!(worst < Duration::from_millis(500), "worst {worst:?}");
+    assert_eq!(a.calls(), 1 + 200);
+}
+
+// ---- What is under the key is not always an entry ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_values_are_misses_overwritten_by_the_next_fill() {
+    let redis = RedisServer::start();
+    let mut conn = raw(&redis).await;
+    let writer = Instance::new(&redis.url(), Duration::from_millis(250));
+    let path = "/items/x";
+    let key = writer.key(path);
+
+    let good = Entry::new(
+        &*key,
+        StatusCode::OK,
+        {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-note", "abcdef".parse().unwrap());
+            h
+        },
+        Bytes::from(body_for(path)),
+    )
+    .with_times(SystemTime::now(), TTL)
+    .encode();
+    let truncated = good.slice(..good.len() - 3).to_vec();
+    let mut old_version = good.to_vec();
+    old_version[2] = 0;
+    let mut crlf = good.to_vec();
+    let at = crlf.windows(6).position(|w| w == b"abcdef").unwrap();
+    crlf[at + 2] = b'\r';
+    crlf[at + 3] = b'\n';
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("garbage", b"garbage".to_vec()),
+        ("empty", Vec::new()),
+        ("truncated", truncated),
+        ("old version", old_version),
+        ("CR/LF in a header", crlf),
+    ];
+    for (what, bad) in cases {
+        if what == "garbage" {
+            assert_eq!(redis.cli(&["SET", &key, "garbage"]), "OK");
+        } else {
+            raw_set(&mut conn, &key, &bad).await;
+        }
+        // A fresh instance, whose L1 is empty.
+        let b = Instance::new(&redis.url(), Duration::from_millis(250));
+        let got = b.get_ok(path).await;
+        assert_eq!(b.calls(), 1, "{what}: not a miss");
+        assert!(
+            got.cache_status.contains("fwd=miss"),
+            "{what}: {}",
+            got.cache_status
+        );
+        assert!(!got.headers.contains_key("x-note"), "{what}");
+        b.stored(1).await;
+        // The fill replaced the bad value (the background delete spared it).
+        let now = raw_get(&mut conn, &key).await;
+        let entry = Entry::decode(now.expect("key deleted after the fill").into())
+            .unwrap_or_else(|e| panic!("{what}: still unreadable: {e}"));
+        assert_eq!(entry.body(), body_for(path).as_bytes());
+        // And another instance hits it.
+        let c = Instance::new(&redis.url(), Duration::from_millis(250));
+        assert_eq!(
+            c.get_ok(path).await.cache_status,
+            "tower-stash; hit",
+            "{what}"
+        );
+        assert_eq!(c.calls(), 0);
+        assert_eq!(b.stash.stats().store_errors, 0, "{what}");
+    }
+
+    // Bad bytes that no fill replaces are deleted in the background.
+    raw_set(&mut conn, &key, b"junk").await;
+    assert_eq!(
+        within("get", writer.l2.get_ref().get(key.clone().into()))
+            .await
+            .unwrap(),
+        None
+    );
+    eventually("the bad key to be deleted", || {
+        redis.cli(&["EXISTS", &key]) == "0"
+    })
+    .await;
+
+    // A key of another type is a miss too, not a store error.
+    redis.cli(&["DEL", &key]);
+    redis.cli(&["RPUSH", &key, "a"]);
+    let b = Instance::new(&redis.url(), Duration::from_millis(250));
+    b.get_ok(path).await;
+    assert_eq!(b.calls(), 1);
+    b.stored(1).await;
+    assert_eq!(b.stash.stats().store_errors, 0);
+}
+
+// ---- Redis full ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_redis_still_serves_and_counts_the_errors() {
+    let redis = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let a = Instance::new(&redis.url(), Duration::from_millis(250));
+    a.get_ok("/items/before").await;
+    a.stored(1).await;
+    assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "1"]), "OK");
+
+    for i in 0..10 {
+        a.get_ok(&format!("/items/{i}")).await;
+    }
+    eventually("the failed fills to be counted", || {
+        a.stash.stats().store_errors >= 10
+    })
+    .await;
+    assert_eq!(a.calls(), 11);
+    assert_eq!(a.stash.stats().stores, 1);
+    assert_eq!(redis.cli(&["DBSIZE"]), "1");
+    // L1 kept what Redis refused.
+    assert_eq!(a.get_ok("/items/3").await.cache_status, "tower-stash; hit");
+    assert_eq!(a.calls(), 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_shortcut_builds_a_tiered_stash_that_reports_degraded() {
+    let mut redis = RedisServer::start();
+    let stash = Stash::builder()
+        .redis(redis.url())
+        .cache_status_detail(true)
+        .build()
+        .unwrap();
+    let layer = CacheLayer::new(
+        stash.clone(),
+        Routes::new().get("/items/{id}", Policy::ttl(TTL).key("item:{id}")),
+    );
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .service(tower::service_fn(
+            |_req: http::Request<http_body_util::Empty<bytes::Bytes>>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"item"),
+                )))
+            },
+        ));
+    let get = |path: &str| {
+        let svc = svc.clone();
+        let req = request(path);
+        async move {
+            let resp = tower::ServiceExt::oneshot(svc, req).await.unwrap();
+            let status = resp.headers()["cache-status"].to_str().unwrap().to_string();
+            http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
+            status
+        }
+    };
+    assert_eq!(get("/items/1").await, "tower-stash; fwd=miss; stored");
+    eventually("the entry in Redis", || {
+        !redis.cli(&["KEYS", "stash:v1:item:1"]).is_empty()
+    })
+    .await;
+    blocking(|| redis.kill());
+    let mut n = 0;
+    while stash.health() != Health::Degraded {
+        n += 1;
+        assert!(n < 100, "the breaker never opened");
+        get(&format!("/items/x{n}")).await;
+    }
+    let degraded = get("/items/1").await;
+    assert!(degraded.contains("hit"), "{degraded}");
+    assert!(degraded.ends_with("detail=store-degraded"), "{degraded}");
+    let err = Stash::builder().redis("mysql://nope").build().unwrap_err();
+    assert!(err.to_string().contains("stash.redis"), "{err}");
+}
