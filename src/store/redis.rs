@@ -272,13 +272,21 @@ impl RedisStore {
 
     /// Runs one command on a pooled connection: the outer error is the pool's, the inner one
     /// Redis's. A dropped connection is discarded with every connection opened before it.
+    ///
+    /// The connection goes back to the pool at once and the command runs on a clone of its
+    /// multiplexed handle: concurrent requests share connections and their commands are
+    /// pipelined (one write and one read for many GETs), instead of each request holding a
+    /// connection for its round trip.
     async fn query(&self, cmd: &redis::Cmd) -> Result<Result<Value, RedisError>, StoreError> {
-        let mut conn = self.checkout().await?;
-        let reply = cmd.query_async::<Value>(&mut conn.mux).await;
+        let (mut mux, epoch) = {
+            let conn = self.checkout().await?;
+            (conn.mux.clone(), conn.epoch)
+        };
+        let reply = cmd.query_async::<Value>(&mut mux).await;
         if let Err(e) = &reply {
             if e.is_connection_dropped() || e.is_unrecoverable_error() {
-                conn.broken = true;
-                self.epoch.fetch_max(conn.epoch + 1, Ordering::AcqRel);
+                // Discards this connection and every one opened before it.
+                self.epoch.fetch_max(epoch + 1, Ordering::AcqRel);
             }
         }
         Ok(reply)
