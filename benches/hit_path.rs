@@ -126,5 +126,50 @@ fn codec(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hit, keys, codec);
+/// The quickstart's shape in process: an axum route serving the body from memory, against the
+/// same route behind the cache (a hit): what wrk measures, without the network's noise.
+fn axum_routes(c: &mut Criterion) {
+    use axum::extract::Path;
+    use axum::routing::get;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let bare_handler = |Path(_id): Path<u64>| async {
+        (
+            [("content-type", "application/json")],
+            Bytes::from_static(BODY.as_bytes()),
+        )
+    };
+    let bare_app: axum::Router = axum::Router::new().route("/users/{id}", get(bare_handler));
+    let stash = Stash::new();
+    let cached_app: axum::Router = axum::Router::new()
+        .route("/users/{id}", get(bare_handler))
+        .layer(CacheLayer::new(stash.clone(), routes()));
+    let req = || {
+        Request::get("/users/1")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    rt.block_on(async {
+        let resp = cached_app.clone().oneshot(req()).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    });
+    assert_eq!(stash.stats().stores, 1);
+    let mut group = c.benchmark_group("axum");
+    group.bench_function("bare_route", |b| {
+        b.to_async(&rt).iter(|| async {
+            let resp = bare_app.clone().oneshot(req()).await.unwrap();
+            resp.into_body().collect().await.unwrap()
+        })
+    });
+    group.bench_function("cached_route", |b| {
+        b.to_async(&rt).iter(|| async {
+            let resp = cached_app.clone().oneshot(req()).await.unwrap();
+            resp.into_body().collect().await.unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hit, axum_routes, keys, codec);
 criterion_main!(benches);
