@@ -162,6 +162,13 @@ impl Counters {
 }
 
 /// The `Cache-Status` values that do not change, made once.
+impl StatusHeaders {
+    /// No key, detail or ttl to add: the ready-made values serve as they are.
+    pub(crate) fn plain(&self) -> bool {
+        !self.show_key && !self.show_detail
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct StatusHeaders {
     pub(crate) show_key: bool,

@@ -247,19 +247,25 @@ pub(crate) fn hit(
     entry: &Entry,
     now: SystemTime,
 ) -> Response<Stored> {
-    let status = status_value(
-        stash,
-        &stash.inner.status.hit,
-        None,
-        Some(entry.remaining(now)),
-        Some(req.full),
-    );
-    let age = age_value(entry.age(now));
-    let not_modified = match (req.if_none_match, entry.headers().get(header::ETAG)) {
-        (Some(inm), _) if headers::is_wildcard(inm) => true,
-        (Some(inm), Some(etag)) => headers::none_match(inm, etag),
-        _ => false,
+    let status = if stash.inner.status.plain() {
+        stash.inner.status.hit.clone()
+    } else {
+        status_value(
+            stash,
+            &stash.inner.status.hit,
+            None,
+            Some(entry.remaining(now)),
+            Some(req.full),
+        )
     };
+    let age = age_value(entry.age(now));
+    let not_modified = req.if_none_match.is_some_and(|inm| {
+        headers::is_wildcard(inm)
+            || entry
+                .headers()
+                .get(header::ETAG)
+                .is_some_and(|etag| headers::none_match(inm, etag))
+    });
     if not_modified {
         let mut resp = Response::new(Stored::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
@@ -286,11 +292,8 @@ pub(crate) fn hit(
     } else {
         Stored::new(entry.body().clone(), entry.trailers().cloned())
     };
-    // Room for the two headers added here: a clone would have none, and grow on insert.
-    let mut headers = HeaderMap::with_capacity(entry.headers().len() + 2);
-    for (name, value) in entry.headers() {
-        headers.append(name.clone(), value.clone());
-    }
+    let mut headers = entry.headers().clone();
+    headers.reserve(2);
     headers.insert(header::AGE, age);
     headers.insert(CACHE_STATUS, status);
     let mut resp = Response::new(body);

@@ -71,6 +71,16 @@ const PATH: &AsciiSet = &COMPONENT.remove(b'/');
 
 /// Appends `bytes`, escaped, to `out`.
 pub(crate) fn escape_into(out: &mut String, bytes: &[u8]) {
+    // Most values (ids, slugs) need no escaping: copy them in one go.
+    if bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+    {
+        if let Ok(plain) = std::str::from_utf8(bytes) {
+            out.push_str(plain);
+            return;
+        }
+    }
     out.extend(percent_encoding::percent_encode(bytes, COMPONENT));
 }
 
