@@ -121,7 +121,8 @@ impl Entry {
         self.status
     }
 
-    /// The response headers as stored.
+    /// The response headers as stored. Entries stored by the cache carry `age` and
+    /// `cache-status` slots, which every hit overwrites, so that a hit's copy never grows.
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }

@@ -243,6 +243,9 @@ impl Capture {
         if status != StatusCode::NO_CONTENT && !headers.contains_key(header::CONTENT_LENGTH) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
+        // The slots a hit fills in, so that its copy of these headers never has to grow.
+        headers.insert(header::AGE, HeaderValue::from_static("0"));
+        headers.insert(headers::CACHE_STATUS, stash.inner.status.hit.clone());
         let entry = Entry::new(&*full_key, status, headers, body)
             .with_times(stored_at, ttl)
             .with_trailers(trailers)

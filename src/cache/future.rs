@@ -293,13 +293,23 @@ pub(crate) fn hit(
         Stored::new(entry.body().clone(), entry.trailers().cloned())
     };
     let mut headers = entry.headers().clone();
-    headers.reserve(2);
-    headers.insert(header::AGE, age);
-    headers.insert(CACHE_STATUS, status);
+    set(&mut headers, header::AGE, age);
+    set(&mut headers, CACHE_STATUS, status);
     let mut resp = Response::new(body);
     *resp.status_mut() = entry.status();
     *resp.headers_mut() = headers;
     resp
+}
+
+/// Sets `name` to `value`: in place when the stored headers have the slot (entries stored by
+/// this crate do), by inserting otherwise.
+fn set(headers: &mut HeaderMap, name: http::HeaderName, value: HeaderValue) {
+    match headers.get_mut(&name) {
+        Some(slot) => *slot = value,
+        None => {
+            headers.insert(name, value);
+        }
+    }
 }
 
 /// The `Age` header for `secs`: made once for the first hour, so most hits allocate nothing.

@@ -63,7 +63,7 @@ thread_local! {
 #[derive(Clone)]
 pub struct MemoryStore {
     cache: Cache<Arc<str>, Slot>,
-    index: Arc<DashMap<Arc<str>, Indexed>>,
+    index: Arc<DashMap<Arc<str>, Indexed, foldhash::quality::RandomState>>,
     evictions: Arc<AtomicU64>,
 }
 
@@ -87,7 +87,9 @@ impl MemoryStore {
     /// A store that holds at most `max_bytes` of entries.
     pub fn new(max_bytes: u64) -> Self {
         let evictions = Arc::new(AtomicU64::new(0));
-        let index: Arc<DashMap<Arc<str>, Indexed>> = Arc::default();
+        let index: Arc<DashMap<Arc<str>, Indexed, foldhash::quality::RandomState>> = Arc::new(
+            DashMap::with_hasher(foldhash::quality::RandomState::default()),
+        );
         let counter = evictions.clone();
         let listener_index = Arc::downgrade(&index);
         let cache = Cache::builder()
