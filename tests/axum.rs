@@ -218,12 +218,7 @@ async fn stream_report(
 async fn streams_a_body_under_the_limit_then_serves_it() {
     let (stash, calls, addr, _feeds) = stream_report(10_000).await;
     // The entry is written when the body ends: await it, bounded.
-    within("the store", async {
-        while stash.stats().stores == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    support::stored(&stash, 1).await;
     let (parts, body) = fetch(addr, support::get(addr, "/report")).await;
     assert_eq!(parts.headers["cache-status"], "tower-stash; hit");
     assert_eq!(body.len(), 4000);
@@ -268,12 +263,7 @@ async fn a_streamed_body_with_a_declared_length_is_stored() {
     let addr = serve(app).await;
     let (_, body) = fetch(addr, support::get(addr, "/sized")).await;
     assert_eq!(body, "abcdef");
-    within("the store", async {
-        while stash.stats().stores == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    support::stored(&stash, 1).await;
     let (parts, body) = fetch(addr, support::get(addr, "/sized")).await;
     assert_eq!(parts.headers["cache-status"], "tower-stash; hit");
     assert_eq!(body, "abcdef");

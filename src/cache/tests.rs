@@ -654,8 +654,10 @@ async fn a_body_failing_midway_is_not_stored() {
     let svc = ServiceBuilder::new()
         .layer(f.layer.clone())
         .service(handler.clone());
-    let resp = svc.oneshot(get("/s")).await.unwrap();
-    let producer = bodies.recv().await.unwrap();
+    let resp = within("the response head", svc.oneshot(get("/s")))
+        .await
+        .unwrap();
+    let producer = within("the body sender", bodies.recv()).await.unwrap();
     producer
         .send(Ok(http_body::Frame::data(Bytes::from_static(b"part"))))
         .await
@@ -687,8 +689,10 @@ async fn a_body_dropped_midway_is_not_stored() {
     let svc = ServiceBuilder::new()
         .layer(f.layer.clone())
         .service(handler.clone());
-    let resp = svc.oneshot(get("/s")).await.unwrap();
-    let producer = bodies.recv().await.unwrap();
+    let resp = within("the response head", svc.oneshot(get("/s")))
+        .await
+        .unwrap();
+    let producer = within("the body sender", bodies.recv()).await.unwrap();
     producer
         .send(Ok(http_body::Frame::data(Bytes::from_static(b"part"))))
         .await
@@ -971,12 +975,14 @@ async fn a_streaming_miss_is_not_promised_as_stored() {
     let svc = ServiceBuilder::new()
         .layer(f.layer.clone())
         .service(handler);
-    let resp = svc.oneshot(get("/s")).await.unwrap();
+    let resp = within("the response head", svc.oneshot(get("/s")))
+        .await
+        .unwrap();
     assert_eq!(
         resp.headers()["cache-status"],
         "tower-stash; fwd=miss; detail=streaming"
     );
-    drop(bodies.recv().await);
+    drop(within("the body sender", bodies.recv()).await);
 }
 
 #[tokio::test]

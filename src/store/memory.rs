@@ -272,11 +272,20 @@ mod tests {
             store.insert(key.clone(), entry(&key, 1), Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(5)); // let them expire: nothing to await
-        for _ in 0..50 {
-            for i in 0..200 {
-                assert!(store.get_now(&format!("k{i}")).is_none());
+        let (done, finished) = std::sync::mpsc::channel();
+        let reader = store.clone();
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                for i in 0..200 {
+                    assert!(reader.get_now(&format!("k{i}")).is_none());
+                }
             }
-        }
+            let _ = done.send(());
+        });
+        // A deadlock fails the test instead of hanging it.
+        finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("reads of expired entries deadlocked or panicked");
     }
 
     #[test]

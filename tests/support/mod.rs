@@ -55,3 +55,13 @@ pub async fn fetch(addr: SocketAddr, req: Request<Empty<Bytes>>) -> (http::respo
     let bytes = within("the body", body.collect()).await.unwrap().to_bytes();
     (parts, bytes)
 }
+
+/// Waits until `stash` has stored `n` responses (entries are written when a body ends).
+pub async fn stored(stash: &tower_stash::Stash, n: u64) {
+    within("the store", async {
+        while stash.stats().stores < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
