@@ -67,9 +67,7 @@ pub(crate) fn derived_etag(body: &[u8]) -> HeaderValue {
     let hash = blake3::hash(body);
     let mut s = String::with_capacity(34);
     s.push('"');
-    for b in &hash.as_bytes()[..16] {
-        s.push_str(&format!("{b:02x}"));
-    }
+    crate::key::push_hex(&mut s, &hash.as_bytes()[..16]);
     s.push('"');
     HeaderValue::try_from(s).expect("hex is a valid header value")
 }

@@ -81,10 +81,10 @@ impl Clock for ManualClock {
 /// A snapshot of a stash's counters, from [`Stash::stats`].
 ///
 /// The counters are also reported through the [`metrics`](https://docs.rs/metrics) crate as
-/// `tower_stash_hits_total`, `tower_stash_misses_total`, `tower_stash_stale_total`,
-/// `tower_stash_bypasses_total`, `tower_stash_stores_total`, `tower_stash_store_errors_total`,
-/// and the gauges `tower_stash_entries` and `tower_stash_bytes` (refreshed whenever the stats are
-/// read, and every 256 stores).
+/// `tower_stash_hits_total`, `tower_stash_misses_total`, `tower_stash_bypasses_total`,
+/// `tower_stash_stores_total`, `tower_stash_store_errors_total`, and the gauges
+/// `tower_stash_entries`, `tower_stash_bytes` and `tower_stash_evictions` (refreshed whenever the
+/// stats are read, and every 256 stores). Stale serving, and its counter, come later.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -151,14 +151,6 @@ count! {
     miss => misses, "tower_stash_misses_total";
     bypass => bypasses, "tower_stash_bypasses_total";
     store_error => store_errors, "tower_stash_store_errors_total";
-}
-
-impl Counters {
-    #[allow(dead_code)] // counted once stale serving lands
-    pub(crate) fn stale(&self) {
-        self.stale.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("tower_stash_stale_total").increment(1);
-    }
 }
 
 /// The `Cache-Status` values that do not change, made once.

@@ -60,29 +60,12 @@ impl CacheLayer {
 
     /// The full cache key this layer would use for `req`, or `None` when no route matches it.
     pub fn key_for<B>(&self, req: &Request<B>) -> Option<String> {
-        self.shared.key_for(req).map(|(full, _)| full.to_string())
+        let (policy, params) = self.shared.routes.find(req.method(), req.uri().path())?;
+        Some(self.shared.key_strings(policy, &params, req).0)
     }
 }
 
 impl Shared {
-    /// The full key of `req` and the key it is stored under (the same unless hashed).
-    pub(crate) fn key_for<B>(&self, req: &Request<B>) -> Option<(Arc<str>, Arc<str>)> {
-        let (policy, params) = self.routes.find(req.method(), req.uri().path())?;
-        Some(self.keys(policy, &params, req))
-    }
-
-    pub(crate) fn keys<B>(
-        &self,
-        policy: &crate::policy::CompiledPolicy,
-        params: &matchit::Params<'_, '_>,
-        req: &Request<B>,
-    ) -> (Arc<str>, Arc<str>) {
-        let (full, stored) = self.key_strings(policy, params, req);
-        let full: Arc<str> = full.into();
-        let stored = stored.map_or_else(|| full.clone(), Into::into);
-        (full, stored)
-    }
-
     /// The full key, and the hashed key it is stored under when it is too long.
     pub(crate) fn key_strings<B>(
         &self,

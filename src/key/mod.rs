@@ -197,7 +197,8 @@ pub(crate) fn push_headers(out: &mut String, headers: &HeaderMap, names: &[Heade
     }
 }
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
+/// Appends `bytes` as lowercase hex.
+pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     for b in bytes {
         let _ = write!(out, "{b:02x}");
     }
