@@ -13,9 +13,14 @@ use tower_stash::{CacheLayer, Entry, Policy, Routes, Stash};
 
 const BODY: &str = r#"{"id":1,"name":"User 1","email":"user1@example.com"}"#;
 
-fn bare(
-) -> impl Service<Request<Empty<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone
-{
+fn bare() -> impl Service<
+    Request<Empty<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static {
     service_fn(|_req: Request<Empty<Bytes>>| async {
         let mut r = Response::new(Full::new(Bytes::from_static(BODY.as_bytes())));
         r.headers_mut()

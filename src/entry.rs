@@ -38,8 +38,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The first bytes of every encoded entry.
 const MAGIC: &[u8; 2] = b"TS";
-/// The version of the envelope; any other is not read.
-const VERSION: u8 = 1;
+/// The version of the envelope; any other is not read. Version 2 added the grace period and
+/// the recompute time.
+const VERSION: u8 = 2;
 
 /// The longest TTL an entry can have (10 years); longer ones are cut to it.
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -54,6 +55,8 @@ pub struct Entry {
     trailers: Option<HeaderMap>,
     stored_at: SystemTime,
     ttl: Duration,
+    grace: Duration,
+    recompute: Duration,
     tags: Vec<String>,
 }
 
@@ -67,6 +70,8 @@ impl fmt::Debug for Entry {
             .field("trailers", &self.trailers)
             .field("stored_at", &self.stored_at)
             .field("ttl", &self.ttl)
+            .field("grace", &self.grace)
+            .field("recompute", &self.recompute)
             .field("tags", &self.tags)
             .finish()
     }
@@ -88,6 +93,8 @@ impl Entry {
             trailers: None,
             stored_at: SystemTime::now(),
             ttl: Duration::ZERO,
+            grace: Duration::ZERO,
+            recompute: Duration::ZERO,
             tags: Vec::new(),
         }
     }
@@ -96,6 +103,20 @@ impl Entry {
     pub fn with_times(mut self, stored_at: SystemTime, ttl: Duration) -> Self {
         self.stored_at = stored_at;
         self.ttl = ttl.min(MAX_TTL);
+        self
+    }
+
+    /// Sets how long after expiry the entry may still be served stale (stale-while-revalidate,
+    /// stale-if-error); stores keep it that much longer than its TTL.
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace.min(MAX_TTL);
+        self
+    }
+
+    /// Sets how long the response took to produce (the service's time, from request to the
+    /// end of the body): the `delta` of early refresh (XFetch).
+    pub fn with_recompute_time(mut self, took: Duration) -> Self {
+        self.recompute = took.min(MAX_TTL);
         self
     }
 
@@ -137,7 +158,9 @@ impl Entry {
         self.trailers.as_ref()
     }
 
-    /// When the entry was stored.
+    /// When the entry was stored: for entries the cache stores, when the request that produced
+    /// it was sent to the service (so `Age` errs on the old side, and a fill that started
+    /// earlier than the stored entry's never replaces it).
     pub fn stored_at(&self) -> SystemTime {
         self.stored_at
     }
@@ -152,6 +175,22 @@ impl Entry {
         self.stored_at
             .checked_add(self.ttl)
             .unwrap_or(self.stored_at)
+    }
+
+    /// How long after [`expires_at`](Self::expires_at) the entry may still be served stale.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// When the entry may no longer be served at all, even stale: stores keep it until then.
+    pub fn stale_until(&self) -> SystemTime {
+        let expires = self.expires_at();
+        expires.checked_add(self.grace).unwrap_or(expires)
+    }
+
+    /// How long the response took to produce when it was stored.
+    pub fn recompute_time(&self) -> Duration {
+        self.recompute
     }
 
     /// The entry's tags.
@@ -192,6 +231,8 @@ impl Entry {
         out.put_u16(self.status.as_u16());
         out.put_u64(millis(self.stored_at));
         out.put_u64(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
+        out.put_u64(u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX));
+        out.put_u64(u64::try_from(self.recompute.as_millis()).unwrap_or(u64::MAX));
         put_bytes(&mut out, self.key.as_bytes());
         put_map(&mut out, &self.headers);
         if let Some(t) = &self.trailers {
@@ -221,6 +262,8 @@ impl Entry {
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| EntryError::Corrupt("status"))?;
         let stored_at = UNIX_EPOCH + Duration::from_millis(r.u64()?);
         let ttl = Duration::from_millis(r.u64()?).min(MAX_TTL);
+        let grace = Duration::from_millis(r.u64()?).min(MAX_TTL);
+        let recompute = Duration::from_millis(r.u64()?).min(MAX_TTL);
         let key = r.string()?;
         let headers = r.map()?;
         let trailers = if has_trailers { Some(r.map()?) } else { None };
@@ -241,6 +284,8 @@ impl Entry {
             trailers,
             stored_at,
             ttl,
+            grace,
+            recompute,
             tags,
         })
     }
@@ -364,6 +409,8 @@ mod tests {
             UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             Duration::from_secs(30),
         )
+        .with_grace(Duration::from_secs(10))
+        .with_recompute_time(Duration::from_millis(250))
         .with_trailers(Some(trailers))
         .with_tags(vec!["a".into(), "b:c".into()])
     }
@@ -404,9 +451,9 @@ mod tests {
             b[i] ^= 0xff;
             let _ = Entry::decode(b.into());
         }
-        let mut v2 = bytes.to_vec();
-        v2[2] = 2;
-        assert_eq!(Entry::decode(v2.into()), Err(EntryError::Version(2)));
+        let mut v1 = bytes.to_vec();
+        v1[2] = 1;
+        assert_eq!(Entry::decode(v1.into()), Err(EntryError::Version(1)));
     }
 
     #[test]

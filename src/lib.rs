@@ -8,6 +8,7 @@ pub mod entry;
 mod headers;
 pub mod key;
 pub mod policy;
+pub mod single_flight;
 pub mod stash;
 pub mod store;
 
@@ -15,6 +16,7 @@ pub use cache::{CacheBody, CacheHint, CacheLayer, CacheService};
 pub use entry::{Entry, EntryError};
 pub use key::QueryKey;
 pub use policy::{ConfigError, Policy, Routes};
+pub use single_flight::{SingleFlightLayer, SingleFlightService};
 pub use stash::{Clock, ManualClock, Stash, StashBuilder, Stats, SystemClock};
 #[cfg(feature = "redis")]
 pub use store::{Guarded, RedisStore, RedisStoreBuilder, TieredStore};

@@ -82,9 +82,10 @@ impl Clock for ManualClock {
 ///
 /// The counters are also reported through the [`metrics`](https://docs.rs/metrics) crate as
 /// `tower_stash_hits_total`, `tower_stash_misses_total`, `tower_stash_bypasses_total`,
-/// `tower_stash_stores_total`, `tower_stash_store_errors_total`, and the gauges
-/// `tower_stash_entries`, `tower_stash_bytes` and `tower_stash_evictions` (refreshed whenever the
-/// stats are read, and every 256 stores). Stale serving, and its counter, come later.
+/// `tower_stash_stores_total`, `tower_stash_store_errors_total`, `tower_stash_stale_total`,
+/// `tower_stash_collapsed_total`, `tower_stash_leases_total`, `tower_stash_refreshes_total`,
+/// and the gauges `tower_stash_entries`, `tower_stash_bytes` and `tower_stash_evictions`
+/// (refreshed whenever the stats are read, and every 256 stores).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -92,9 +93,15 @@ pub struct Stats {
     pub hits: u64,
     /// Requests on a cached route that found no fresh entry and went to the service.
     pub misses: u64,
-    /// Requests answered with a stale entry. Stale serving (stale-while-revalidate,
-    /// stale-if-error) is not built yet, so this stays zero.
+    /// Requests answered with a stale entry (stale-while-revalidate, stale-if-error).
     pub stale: u64,
+    /// Requests that waited for another request for the same key (in this instance or
+    /// another) instead of calling the service: see [`SingleFlightLayer`](crate::SingleFlightLayer).
+    pub collapsed: u64,
+    /// Leases taken in the shared store: one instance's right to call the service for a key.
+    pub leases: u64,
+    /// Background refreshes started (stale-while-revalidate and early refresh).
+    pub refreshes: u64,
     /// Requests on a cached route that skipped the cache (credentials, for example).
     pub bypasses: u64,
     /// Responses stored.
@@ -128,6 +135,9 @@ pub(crate) struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     stale: AtomicU64,
+    collapsed: AtomicU64,
+    leases: AtomicU64,
+    refreshes: AtomicU64,
     bypasses: AtomicU64,
     stores: AtomicU64,
     store_errors: AtomicU64,
@@ -151,6 +161,10 @@ count! {
     miss => misses, "tower_stash_misses_total";
     bypass => bypasses, "tower_stash_bypasses_total";
     store_error => store_errors, "tower_stash_store_errors_total";
+    stale => stale, "tower_stash_stale_total";
+    collapsed => collapsed, "tower_stash_collapsed_total";
+    lease => leases, "tower_stash_leases_total";
+    refresh => refreshes, "tower_stash_refreshes_total";
 }
 
 /// The `Cache-Status` values that do not change, made once.
@@ -163,12 +177,16 @@ impl StatusHeaders {
 
 #[derive(Debug)]
 pub(crate) struct StatusHeaders {
+    pub(crate) name: String,
     pub(crate) show_key: bool,
     pub(crate) show_detail: bool,
     pub(crate) hit: HeaderValue,
     pub(crate) stored: HeaderValue,
     pub(crate) miss: HeaderValue,
     pub(crate) bypass: HeaderValue,
+    pub(crate) stale: HeaderValue,
+    pub(crate) collapsed_hit: HeaderValue,
+    pub(crate) collapsed_miss: HeaderValue,
 }
 
 pub(crate) struct Inner {
@@ -179,6 +197,12 @@ pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) counters: Counters,
     pub(crate) status: StatusHeaders,
+    /// How long a lease on a key lasts unless released.
+    pub(crate) lease_ttl: Duration,
+    /// The keys being refreshed in the background by this process.
+    pub(crate) refreshing: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// A seeded random source (tests); the thread's own when `None`.
+    pub(crate) rng: Option<Mutex<fastrand::Rng>>,
 }
 
 /// The shared cache handle: store, statistics, settings. Cheap to clone.
@@ -266,6 +290,9 @@ impl Stash {
             hits: get(&c.hits),
             misses: get(&c.misses),
             stale: get(&c.stale),
+            collapsed: get(&c.collapsed),
+            leases: get(&c.leases),
+            refreshes: get(&c.refreshes),
             bypasses: get(&c.bypasses),
             stores: get(&c.stores),
             store_errors: get(&c.store_errors),
@@ -278,6 +305,30 @@ impl Stash {
 
     pub(crate) fn now(&self) -> SystemTime {
         self.inner.clock.now()
+    }
+
+    /// A random number in `[0, 1)`: from the seeded source if the stash has one.
+    pub(crate) fn random(&self) -> f64 {
+        match &self.inner.rng {
+            Some(rng) => rng.lock().unwrap_or_else(|e| e.into_inner()).f64(),
+            None => fastrand::f64(),
+        }
+    }
+
+    /// Marks `key` as being refreshed, unless it already is: the guard unmarks it.
+    pub(crate) fn begin_refresh(&self, key: Arc<str>) -> Option<Refreshing> {
+        let mut set = self
+            .inner
+            .refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !set.insert(key.clone()) {
+            return None;
+        }
+        Some(Refreshing {
+            stash: self.clone(),
+            key,
+        })
     }
 
     pub(crate) fn counters(&self) -> &Counters {
@@ -302,6 +353,24 @@ impl Stash {
     }
 }
 
+/// A background refresh in progress; unmarks its key when dropped (also on a panic).
+pub(crate) struct Refreshing {
+    stash: Stash,
+    key: Arc<str>,
+}
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        let mut set = self
+            .stash
+            .inner
+            .refreshing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        set.remove(&self.key);
+    }
+}
+
 /// Builds a [`Stash`].
 #[must_use]
 pub struct StashBuilder {
@@ -314,6 +383,8 @@ pub struct StashBuilder {
     status_name: String,
     show_key: bool,
     show_detail: bool,
+    seed: Option<u64>,
+    lease_ttl: Duration,
 }
 
 impl fmt::Debug for StashBuilder {
@@ -337,6 +408,8 @@ impl Default for StashBuilder {
             status_name: "tower-stash".into(),
             show_key: false,
             show_detail: false,
+            seed: None,
+            lease_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -401,6 +474,22 @@ impl StashBuilder {
         self
     }
 
+    /// How long a lease on a key lasts in a shared store unless its holder releases it
+    /// (default 5 s): the longest other instances wait on a leader that died. Set it above
+    /// the service's usual time to answer, or a slow leader's lease lapses and another
+    /// instance calls the service too.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// Seeds the random source used for early refresh and TTL jitter, so that a test sees
+    /// the same choices on every run (default: a per-thread source seeded by the system).
+    pub fn random_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
     /// Builds the stash, or says which setting is wrong.
     pub fn build(self) -> Result<Stash, ConfigError> {
         let mut errors = Vec::new();
@@ -451,6 +540,9 @@ impl StashBuilder {
                 Err(e) => errors.push(format!("stash.redis: {e}")),
             }
         }
+        if self.lease_ttl < Duration::from_millis(1) {
+            errors.push("stash.lease_ttl: must be at least a millisecond".into());
+        }
         if !errors.is_empty() {
             return Err(ConfigError::new(errors));
         }
@@ -462,8 +554,12 @@ impl StashBuilder {
             stored: value(format!("{name}; fwd=miss; stored")),
             miss: value(format!("{name}; fwd=miss")),
             bypass: value(format!("{name}; fwd=bypass")),
+            stale: value(format!("{name}; hit; stale")),
+            collapsed_hit: value(format!("{name}; hit; collapsed")),
+            collapsed_miss: value(format!("{name}; fwd=miss; collapsed")),
             show_key: self.show_key,
             show_detail: self.show_detail,
+            name,
         };
         Ok(Stash {
             inner: Arc::new(Inner {
@@ -474,6 +570,9 @@ impl StashBuilder {
                 clock: self.clock,
                 counters: Counters::default(),
                 status,
+                refreshing: Mutex::default(),
+                lease_ttl: self.lease_ttl,
+                rng: self.seed.map(|s| Mutex::new(fastrand::Rng::with_seed(s))),
             }),
         })
     }

@@ -192,7 +192,12 @@ pub(crate) struct Capture {
     /// The declared `Content-Length`, if any.
     pub(crate) declared: Option<u64>,
     pub(crate) etag: bool,
+    /// The lease on the key, released once the entry is stored.
+    pub(crate) lease: Option<crate::single_flight::Lease>,
+    /// When the request went to the service.
     pub(crate) stored_at: SystemTime,
+    /// How long past its TTL the entry is kept to be served stale.
+    pub(crate) grace: Duration,
     pub(crate) size: usize,
     pub(crate) chunks: Vec<Bytes>,
     pub(crate) trailers: Option<HeaderMap>,
@@ -225,9 +230,11 @@ impl Capture {
             tags,
             etag,
             stored_at,
+            grace,
             size,
             chunks,
             trailers,
+            lease,
             ..
         } = self;
         // Always one exact copy: a chunk may be a slice of a larger buffer (a read buffer),
@@ -246,16 +253,28 @@ impl Capture {
         // The slots a hit fills in, so that its copy of these headers never has to grow.
         headers.insert(header::AGE, HeaderValue::from_static("0"));
         headers.insert(headers::CACHE_STATUS, stash.inner.status.hit.clone());
+        let took = stash.now().duration_since(stored_at).unwrap_or_default();
         let entry = Entry::new(&*full_key, status, headers, body)
             .with_times(stored_at, ttl)
+            .with_grace(grace)
+            .with_recompute_time(took)
             .with_trailers(trailers)
             .with_tags(tags);
-        let mut put = stash.store().put(key.clone(), Arc::new(entry), ttl);
+        let keep = ttl.saturating_add(grace).min(crate::entry::MAX_TTL);
+        let mut put = stash.store().put(key.clone(), Arc::new(entry), keep);
         match put.as_mut().poll(cx) {
-            Poll::Ready(result) => record(&stash, &key, result),
+            Poll::Ready(result) => {
+                record(&stash, &key, result);
+                drop(lease);
+            }
             Poll::Pending => match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
-                    rt.spawn(async move { record(&stash, &key, put.await) });
+                    rt.spawn(async move {
+                        record(&stash, &key, put.await);
+                        if let Some(lease) = lease {
+                            lease.release().await;
+                        }
+                    });
                 }
                 Err(_) => {
                     stash.counters().store_error();

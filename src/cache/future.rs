@@ -4,6 +4,7 @@ use super::layer::Shared;
 use crate::entry::Entry;
 use crate::headers::{self, CACHE_STATUS};
 use crate::policy::CompiledPolicy;
+use crate::single_flight::{Collapsed, FlightKey, Lease, LeaseSlot};
 use crate::store::StoreFuture;
 use crate::Stash;
 use bytes::Bytes;
@@ -28,11 +29,27 @@ pub(crate) struct Ctx {
     pub(crate) head: bool,
     pub(crate) if_none_match: Option<HeaderValue>,
     pub(crate) tags: Vec<String>,
+    /// When the request went to the service: the entry's `stored_at`.
+    pub(crate) started: SystemTime,
+    /// An expired entry to answer with if the service fails (stale-if-error).
+    pub(crate) stale: Option<Arc<Entry>>,
+    /// The lease a background refresh holds, released once the entry is stored.
+    pub(crate) lease: Option<Lease>,
 }
 
 impl Ctx {
     fn stash(&self) -> &Stash {
         &self.shared.stash
+    }
+
+    /// The request extension that tells a [`SingleFlightLayer`](crate::SingleFlightLayer)
+    /// below which key this request fills.
+    pub(crate) fn flight_key(&self, leased: bool) -> FlightKey {
+        FlightKey {
+            key: self.key.clone(),
+            full: self.full.clone(),
+            lease: !leased,
+        }
     }
 }
 
@@ -62,6 +79,12 @@ pin_project! {
             ctx: Option<Box<Ctx>>,
         },
         Miss { #[pin] fut: S::Future, ctx: Option<Box<Ctx>> },
+        // A miss with a stale entry to fall back on and a limit on the wait for the service.
+        MissTimed {
+            fut: Option<Pin<Box<S::Future>>>,
+            sleep: Pin<Box<tokio::time::Sleep>>,
+            ctx: Option<Box<Ctx>>,
+        },
         Done,
     }
 }
@@ -90,10 +113,7 @@ where
 
     pub(crate) fn miss(fut: S::Future, ctx: Box<Ctx>) -> Self {
         Self {
-            state: State::Miss {
-                fut,
-                ctx: Some(ctx),
-            },
+            state: State::miss(fut, ctx),
         }
     }
 
@@ -113,6 +133,27 @@ where
     }
 }
 
+impl<S, ReqB> State<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    /// The service's answer is awaited; with a stale entry and an upstream timeout, only so
+    /// long.
+    fn miss(fut: S::Future, ctx: Box<Ctx>) -> Self {
+        match ctx.policy.upstream_timeout.filter(|_| ctx.stale.is_some()) {
+            Some(limit) => State::MissTimed {
+                fut: Some(Box::pin(fut)),
+                sleep: Box::pin(tokio::time::sleep(limit)),
+                ctx: Some(ctx),
+            },
+            None => State::Miss {
+                fut,
+                ctx: Some(ctx),
+            },
+        }
+    }
+}
+
 impl<S, ReqB> std::fmt::Debug for ResponseFuture<S, ReqB>
 where
     S: Service<Request<ReqB>>,
@@ -124,8 +165,12 @@ where
 
 impl<S, ReqB, ResB> Future for ResponseFuture<S, ReqB>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: Body<Data = Bytes>,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Send + 'static,
 {
     type Output = Result<Response<CacheBody<ResB>>, S::Error>;
 
@@ -158,36 +203,302 @@ where
                             None
                         }
                     };
-                    let ctx = ctx.take().expect("polled after completion");
+                    let mut ctx = ctx.take().expect("polled after completion");
+                    let (inner, req) = *call.take().expect("polled after completion");
                     let now = ctx.stash().now();
-                    if let Some(entry) = found.filter(|e| fresh(e, &ctx.full, now)) {
-                        ctx.stash().counters().hit();
-                        let req = HitRequest {
-                            full: &ctx.full,
-                            head: ctx.head,
-                            if_none_match: ctx.if_none_match.as_ref(),
-                        };
-                        let resp = hit(ctx.stash(), req, &entry, now).map(CacheBody::stored);
-                        state.set(State::Done);
-                        return Poll::Ready(Ok(resp));
+                    if let Some(entry) = found {
+                        match classify(&entry, &ctx.full, &ctx.policy, now) {
+                            Found::Fresh => {
+                                ctx.stash().counters().hit();
+                                let hit_req = HitRequest {
+                                    full: &ctx.full,
+                                    head: ctx.head,
+                                    if_none_match: ctx.if_none_match.as_ref(),
+                                };
+                                let resp = hit(ctx.stash(), hit_req, &entry, now);
+                                if refresh_early(ctx.stash(), &ctx.policy, &entry, now) {
+                                    refresh(inner, req, ctx, &entry);
+                                }
+                                state.set(State::Done);
+                                return Poll::Ready(Ok(resp.map(CacheBody::stored)));
+                            }
+                            Found::StaleWhileRevalidate => {
+                                let resp = stale_hit(&ctx, &entry, now);
+                                refresh(inner, req, ctx, &entry);
+                                state.set(State::Done);
+                                return Poll::Ready(Ok(resp.map(CacheBody::stored)));
+                            }
+                            Found::StaleIfError => ctx.stale = Some(entry),
+                            Found::Unusable => {}
+                        }
                     }
                     ctx.stash().counters().miss();
-                    let (mut inner, req) = *call.take().expect("polled after completion");
-                    State::Miss {
-                        fut: inner.call(req),
-                        ctx: Some(ctx),
-                    }
+                    forward(inner, req, ctx)
                 }
                 StateProj::Miss { fut, ctx } => {
-                    let resp = ready!(fut.poll(cx))?;
+                    let result = ready!(fut.poll(cx));
                     let ctx = ctx.take().expect("polled after completion");
-                    let resp = miss(ctx, resp, cx);
+                    let resp = fallback(ctx, result, cx);
                     state.set(State::Done);
-                    return Poll::Ready(Ok(resp));
+                    return Poll::Ready(resp);
+                }
+                StateProj::MissTimed { fut, sleep, ctx } => {
+                    let inner = fut.as_mut().expect("polled after completion");
+                    if let Poll::Ready(result) = inner.as_mut().poll(cx) {
+                        let ctx = ctx.take().expect("polled after completion");
+                        let resp = fallback(ctx, result, cx);
+                        state.set(State::Done);
+                        return Poll::Ready(resp);
+                    }
+                    ready!(sleep.as_mut().poll(cx));
+                    // The service is too slow: answer stale now, and store its answer when
+                    // it comes.
+                    let ctx = ctx.take().expect("polled after completion");
+                    let fut = fut.take().expect("polled after completion");
+                    let entry = ctx.stale.clone().expect("a timed miss has a stale entry");
+                    let resp = stale_if_error(&ctx, &entry, None, "timeout");
+                    finish_in_background(fut, ctx);
+                    state.set(State::Done);
+                    return Poll::Ready(Ok(resp.map(CacheBody::stored)));
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             };
             state.set(next);
+        }
+    }
+}
+
+/// Sends `req` to the service for `ctx`'s key (single flight below keys on it).
+fn forward<S, ReqB>(mut inner: S, mut req: Request<ReqB>, ctx: Box<Ctx>) -> State<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    req.extensions_mut().insert(ctx.flight_key(false));
+    State::miss(inner.call(req), ctx)
+}
+
+/// The service's answer, or the stale entry when the service failed and one is in hand.
+fn fallback<B, E>(
+    ctx: Box<Ctx>,
+    result: Result<Response<B>, E>,
+    cx: &mut Context<'_>,
+) -> Result<Response<CacheBody<B>>, E>
+where
+    B: Body<Data = Bytes>,
+{
+    match (result, ctx.stale.clone()) {
+        (Ok(resp), Some(entry)) if resp.status().is_server_error() => {
+            let status = resp.status();
+            drop(resp);
+            Ok(stale_if_error(&ctx, &entry, Some(status), "server-error").map(CacheBody::stored))
+        }
+        (Err(_), Some(entry)) => {
+            Ok(stale_if_error(&ctx, &entry, None, "error").map(CacheBody::stored))
+        }
+        (Ok(resp), _) => Ok(miss(ctx, resp, cx)),
+        (Err(e), None) => Err(e),
+    }
+}
+
+/// What an entry found for a request is good for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    Fresh,
+    /// Expired, inside the stale-while-revalidate window.
+    StaleWhileRevalidate,
+    /// Expired, inside the stale-if-error window only.
+    StaleIfError,
+    /// Another request's entry (a hashed key's other owner), or too old to serve.
+    Unusable,
+}
+
+pub(crate) fn classify(
+    entry: &Entry,
+    full: &str,
+    policy: &CompiledPolicy,
+    now: SystemTime,
+) -> Found {
+    if entry.key() != full {
+        return Found::Unusable;
+    }
+    let Ok(past) = now.duration_since(entry.expires_at()) else {
+        return Found::Fresh;
+    };
+    if past < policy.stale_while_revalidate {
+        Found::StaleWhileRevalidate
+    } else if past < policy.stale_if_error {
+        Found::StaleIfError
+    } else {
+        Found::Unusable
+    }
+}
+
+/// Whether a fresh hit should refresh the entry early (XFetch): when
+/// `now - delta * beta * ln(rand()) >= expiry`, with `delta` the entry's recompute time.
+pub(crate) fn refresh_early(
+    stash: &Stash,
+    policy: &CompiledPolicy,
+    entry: &Entry,
+    now: SystemTime,
+) -> bool {
+    let delta = entry.recompute_time().as_secs_f64();
+    if policy.beta <= 0.0 || delta <= 0.0 {
+        return false;
+    }
+    let remaining = entry.remaining(now).as_secs_f64();
+    // The chance is exp(-remaining / (beta * delta)): below one in a million past 14 of
+    // those, so most hits skip the random number and the logarithm.
+    if remaining > 14.0 * policy.beta * delta {
+        return false;
+    }
+    xfetch(remaining, delta, policy.beta, stash.random())
+}
+
+/// XFetch's test with `remaining = expiry - now` and `r` uniform in `[0, 1)`.
+pub(crate) fn xfetch(remaining: f64, delta: f64, beta: f64, r: f64) -> bool {
+    // `1 - r` is in (0, 1]: its logarithm is finite.
+    -delta * beta * (1.0 - r).ln() >= remaining
+}
+
+/// The stale entry answered at once while it is refreshed (stale-while-revalidate).
+pub(crate) fn stale_hit(ctx: &Ctx, entry: &Entry, now: SystemTime) -> Response<Stored> {
+    let stash = ctx.stash();
+    stash.counters().stale();
+    let req = HitRequest {
+        full: &ctx.full,
+        head: ctx.head,
+        if_none_match: ctx.if_none_match.as_ref(),
+    };
+    let mut resp = hit(stash, req, entry, now);
+    let status = status_value(
+        stash,
+        &stash.inner.status.stale,
+        Some("stale-while-revalidate"),
+        None,
+        Some(&ctx.full),
+    );
+    resp.headers_mut().insert(CACHE_STATUS, status);
+    resp
+}
+
+/// The stale entry answered because the service failed (stale-if-error).
+fn stale_if_error(
+    ctx: &Ctx,
+    entry: &Entry,
+    upstream: Option<StatusCode>,
+    why: &str,
+) -> Response<Stored> {
+    let stash = ctx.stash();
+    stash.counters().stale();
+    tracing::debug!(key = %ctx.full, why, "the service failed: answering with the stale entry");
+    let now = stash.now();
+    let req = HitRequest {
+        full: &ctx.full,
+        head: ctx.head,
+        if_none_match: ctx.if_none_match.as_ref(),
+    };
+    let mut resp = hit(stash, req, entry, now);
+    let name = &stash.inner.status.name;
+    let mut s = format!("{name}; fwd=stale");
+    if let Some(status) = upstream {
+        s.push_str(&format!("; fwd-status={}", status.as_u16()));
+    }
+    s.push_str("; stale");
+    let plain = HeaderValue::try_from(s).expect("a token and digits make a header value");
+    let status = status_value(stash, &plain, Some(why), None, Some(&ctx.full));
+    resp.headers_mut().insert(CACHE_STATUS, status);
+    resp
+}
+
+/// Refreshes `ctx`'s entry in the background with `req`, once per key: at most one refresh
+/// per key runs in this process, and with a shared store, one across instances (a lease).
+pub(crate) fn refresh<S, ReqB, ResB>(inner: S, req: Request<ReqB>, ctx: Box<Ctx>, seen: &Entry)
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Send + 'static,
+{
+    let stash = ctx.stash().clone();
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Some(refreshing) = stash.begin_refresh(ctx.key.clone()) else {
+        return;
+    };
+    let seen = seen.stored_at();
+    rt.spawn(async move {
+        let _refreshing = refreshing;
+        // Another instance may have refreshed it already: then this one only copies it.
+        if stash.store().is_shared() {
+            if let Ok(Some(entry)) = stash.store().get(ctx.key.clone()).await {
+                if entry.key() == &*ctx.full && entry.stored_at() > seen {
+                    return;
+                }
+            }
+        }
+        let Some(lease) = crate::single_flight::Lease::take(&stash, &ctx.key).await else {
+            tracing::debug!(key = %ctx.full, "another instance is refreshing");
+            return;
+        };
+        stash.counters().refresh();
+        tracing::debug!(key = %ctx.full, "refreshing in the background");
+        let mut req = req;
+        req.extensions_mut().insert(ctx.flight_key(true));
+        let mut inner = inner;
+        let mut ctx = ctx;
+        ctx.started = stash.now();
+        ctx.stale = None;
+        // Released once the fresh entry is stored, or at once if nothing is.
+        ctx.lease = Some(lease);
+        if let Ok(resp) = inner.call(req).await {
+            drain(miss_async(ctx, resp).await).await;
+        }
+    });
+}
+
+/// Completes a miss whose client was already answered: the response is stored if it may be.
+fn finish_in_background<F, B, E>(fut: Pin<Box<F>>, mut ctx: Box<Ctx>)
+where
+    F: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send + 'static,
+    E: Send + 'static,
+{
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    ctx.stale = None;
+    rt.spawn(async move {
+        if let Ok(resp) = fut.await {
+            if !resp.status().is_server_error() {
+                drain(miss_async(ctx, resp).await).await;
+            }
+        }
+    });
+}
+
+async fn miss_async<B: Body<Data = Bytes>>(
+    ctx: Box<Ctx>,
+    resp: Response<B>,
+) -> Response<CacheBody<B>> {
+    let mut once = Some((ctx, resp));
+    std::future::poll_fn(move |cx| {
+        let (ctx, resp) = once.take().expect("polled once");
+        Poll::Ready(miss(ctx, resp, cx))
+    })
+    .await
+}
+
+/// Reads a body to its end (which stores the copy), bounded by nothing but the body itself.
+async fn drain<B: Body<Data = Bytes>>(resp: Response<CacheBody<B>>) {
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(resp.into_body());
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            break;
         }
     }
 }
@@ -323,11 +634,6 @@ fn age_value(secs: u64) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from(secs))
 }
 
-/// Is `entry` a fresh entry for the full key `full`?
-pub(crate) fn fresh(entry: &Entry, full: &str, now: SystemTime) -> bool {
-    entry.key() == full && now < entry.expires_at()
-}
-
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
@@ -351,6 +657,10 @@ fn decide<B: Body>(
     }
     if hint.invalid {
         return Err("hint");
+    }
+    if parts.extensions.get::<Collapsed>().is_some() {
+        // A copy of another request's response: that request stores it.
+        return Err("collapsed");
     }
     if !policy.statuses.contains(&parts.status.as_u16()) || parts.status.is_server_error() {
         return Err("status");
@@ -380,7 +690,10 @@ fn decide<B: Body>(
     if declared.is_some_and(|n| n > limit) || body.size_hint().lower() > limit {
         return Err("too-large");
     }
-    let ttl = hint.ttl.unwrap_or(policy.ttl).min(crate::entry::MAX_TTL);
+    let mut ttl = hint.ttl.unwrap_or(policy.ttl).min(crate::entry::MAX_TTL);
+    if !policy.ttl_jitter.is_zero() && hint.ttl.is_none() {
+        ttl = ttl.saturating_sub(policy.ttl_jitter.mul_f64(ctx.stash().random()));
+    }
     if ttl.is_zero() {
         return Err("ttl");
     }
@@ -390,15 +703,35 @@ fn decide<B: Body>(
 /// The service's response, on its way to the client, with a copy kept to be stored if the rules
 /// allow it.
 fn miss<B: Body<Data = Bytes>>(
-    ctx: Box<Ctx>,
+    mut ctx: Box<Ctx>,
     resp: Response<B>,
     cx: &mut Context<'_>,
 ) -> Response<CacheBody<B>> {
     let (mut parts, body) = resp.into_parts();
     let mut hint = CacheHint::take(&mut parts);
+    let lease = parts
+        .extensions
+        .remove::<LeaseSlot>()
+        .and_then(|slot| slot.take())
+        .or_else(|| ctx.lease.take());
     let stash = ctx.stash().clone();
     let decision = decide(&ctx, &parts, &hint, &body);
+    let collapsed = parts.extensions.get::<Collapsed>().copied();
     let status = match decision {
+        Err(_) if collapsed == Some(Collapsed::Alone) => status_value(
+            &stash,
+            &stash.inner.status.miss,
+            Some("single-flight-bound"),
+            None,
+            Some(&ctx.full),
+        ),
+        Err(_) if collapsed.is_some() => {
+            let plain = match collapsed {
+                Some(Collapsed::FromEntry) => &stash.inner.status.collapsed_hit,
+                _ => &stash.inner.status.collapsed_miss,
+            };
+            status_value(&stash, plain, None, None, Some(&ctx.full))
+        }
         // `stored` only when the whole body is known to fit; a streaming body is stored when
         // it ends, if it stays within the limit, which these headers cannot yet tell.
         Ok(_) if body.size_hint().exact().is_some() => status_value(
@@ -435,11 +768,13 @@ fn miss<B: Body<Data = Bytes>>(
                 full,
                 mut tags,
                 policy,
+                started,
                 ..
             } = *ctx;
             tags.append(&mut hint.tags);
             let capture = Capture {
-                stored_at: stash.now(),
+                stored_at: started,
+                grace: policy.grace(),
                 stash,
                 key,
                 full_key: full,
@@ -450,6 +785,7 @@ fn miss<B: Body<Data = Bytes>>(
                 limit: policy.max_body_size,
                 declared: content_length(&parts.headers),
                 etag: policy.etag,
+                lease,
                 size: 0,
                 chunks: Vec::new(),
                 trailers: None,

@@ -73,7 +73,20 @@ impl Shared {
         params: &matchit::Params<'_, '_>,
         req: &Request<B>,
     ) -> (String, Option<String>) {
-        let inner = &self.stash.inner;
+        key_strings(&self.stash, policy, params, req)
+    }
+}
+
+/// The full key of `req` under `policy`, and the hashed key it is stored under when it is
+/// too long.
+pub(crate) fn key_strings<B>(
+    stash: &Stash,
+    policy: &crate::policy::CompiledPolicy,
+    params: &matchit::Params<'_, '_>,
+    req: &Request<B>,
+) -> (String, Option<String>) {
+    {
+        let inner = &stash.inner;
         let mut k = String::with_capacity(inner.prefix.len() + 48);
         k.push_str(&inner.prefix);
         match &policy.key {

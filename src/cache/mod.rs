@@ -92,5 +92,7 @@ pub use hint::CacheHint;
 pub use layer::CacheLayer;
 pub use service::CacheService;
 
+pub(crate) use layer::key_strings;
+
 #[cfg(test)]
 mod tests;

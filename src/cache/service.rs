@@ -1,7 +1,10 @@
 use super::body::CacheBody;
-use super::future::{fresh, hit, Ctx, HitRequest, ResponseFuture};
+use super::future::{
+    classify, hit, refresh, refresh_early, stale_hit, Ctx, Found, HitRequest, ResponseFuture,
+};
 use super::layer::{CacheLayer, Shared};
-use crate::policy::{ConfigError, Routes};
+use crate::entry::Entry;
+use crate::policy::{CompiledPolicy, ConfigError, Routes};
 use crate::Stash;
 use bytes::Bytes;
 use http::{header, Method, Request, Response};
@@ -69,8 +72,12 @@ impl<S> CacheService<S> {
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for CacheService<S>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
-    ResB: Body<Data = Bytes>,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Send + 'static,
 {
     type Response = Response<CacheBody<ResB>>;
     type Error = S::Error;
@@ -120,52 +127,50 @@ where
 
         // The fast path: a store that answers at once (memory) needs no future and no Ctx.
         let local = stash.store().get_local(stored.as_deref().unwrap_or(&full));
+        let mut found = None;
         if let Some(Some(entry)) = &local {
             let now = stash.now();
-            if fresh(entry, &full, now) {
+            let kind = classify(entry, &full, policy, now);
+            if kind == Found::Fresh {
                 stash.counters().hit();
                 let hit_req = HitRequest {
                     full: &full,
                     head,
                     if_none_match,
                 };
+                let resp = hit(stash, hit_req, entry, now);
+                if refresh_early(stash, policy, entry, now) {
+                    let ctx = self.ctx(policy, &params, &req, full, stored, None);
+                    let entry = entry.clone();
+                    refresh(self.take_inner(), req, ctx, &entry);
+                }
                 // The inner service stays ready for the next call.
-                return ResponseFuture::hit(hit(stash, hit_req, entry, now));
+                return ResponseFuture::hit(resp);
             }
+            found = Some(kind);
         }
-        let tags = policy
-            .tags
-            .iter()
-            .map(|t| {
-                let mut s = String::new();
-                t.render_into(&mut s, |name| params.get(name));
-                s
-            })
-            .collect();
-        let full: Arc<str> = full.into();
-        let key: Arc<str> = stored.map_or_else(|| full.clone(), Into::into);
-        let ctx = Box::new(Ctx {
-            shared: self.shared.clone(),
-            policy: policy.clone(),
-            head,
-            if_none_match: if_none_match.cloned(),
-            full,
-            key: key.clone(),
-            tags,
-        });
-        let stash = stash.clone();
-        match local {
+        let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
+        match (local, found) {
             // A definite miss: straight to the service.
-            Some(None) => {
+            (Some(None), _) => {
                 stash.counters().miss();
+                let mut req = req;
+                req.extensions_mut().insert(ctx.flight_key(false));
                 ResponseFuture::miss(self.call_inner(req), ctx)
             }
-            // Expired locally, or a store that must be asked.
-            _ => {
-                let lookup = stash.store().get(key);
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::lookup(lookup, inner, req, ctx)
+            (Some(Some(entry)), Some(Found::StaleWhileRevalidate)) => {
+                let resp = stale_hit(&ctx, &entry, stash.now());
+                refresh(self.take_inner(), req, ctx, &entry);
+                ResponseFuture::hit(resp)
+            }
+            // Expired locally, or a store that must be asked (it may have a fresher entry).
+            (local, _) => {
+                if let Some(Some(entry)) = local {
+                    // Kept in case the store has nothing better.
+                    ctx.stale = Some(entry).filter(|_| found == Some(Found::StaleIfError));
+                }
+                let lookup = stash.store().get(ctx.key.clone());
+                ResponseFuture::lookup(lookup, self.take_inner(), req, ctx)
             }
         }
     }
@@ -177,8 +182,51 @@ impl<S> CacheService<S> {
     where
         S: Service<R> + Clone,
     {
+        self.take_inner().call(req)
+    }
+
+    /// The ready inner service, a clone left in its place.
+    fn take_inner(&mut self) -> S
+    where
+        S: Clone,
+    {
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        inner.call(req)
+        std::mem::replace(&mut self.inner, clone)
+    }
+
+    /// What a request that goes on past the fast path carries.
+    fn ctx<B>(
+        &self,
+        policy: &Arc<CompiledPolicy>,
+        params: &matchit::Params<'_, '_>,
+        req: &Request<B>,
+        full: String,
+        stored: Option<String>,
+        stale: Option<Arc<Entry>>,
+    ) -> Box<Ctx> {
+        let tags = policy
+            .tags
+            .iter()
+            .map(|t| {
+                let mut s = String::new();
+                t.render_into(&mut s, |name| params.get(name));
+                s
+            })
+            .collect();
+        let full: Arc<str> = full.into();
+        let key: Arc<str> = stored.map_or_else(|| full.clone(), Into::into);
+        let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
+        Box::new(Ctx {
+            shared: self.shared.clone(),
+            policy: policy.clone(),
+            head: req.method() == Method::HEAD,
+            if_none_match,
+            full,
+            key,
+            tags,
+            started: self.shared.stash.now(),
+            stale,
+            lease: None,
+        })
     }
 }

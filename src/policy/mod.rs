@@ -79,6 +79,11 @@ pub struct Policy {
     pub(crate) tags: Option<Vec<String>>,
     pub(crate) unsafe_methods: Option<bool>,
     pub(crate) etag: Option<bool>,
+    pub(crate) stale_while_revalidate: Option<Duration>,
+    pub(crate) stale_if_error: Option<Duration>,
+    pub(crate) early_refresh: Option<f64>,
+    pub(crate) ttl_jitter: Option<Duration>,
+    pub(crate) upstream_timeout: Option<Duration>,
 }
 
 impl Policy {
@@ -179,6 +184,46 @@ impl Policy {
         self
     }
 
+    /// Serves an expired entry for up to `window` after it expires, at once and marked
+    /// `Cache-Status: ...; hit; stale`, while one request per key (across instances sharing a
+    /// store with leases) refreshes it in the background. Default: none.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = Some(window);
+        self
+    }
+
+    /// Serves an expired entry for up to `window` after it expires when the service fails
+    /// (an error, a 5xx, or no answer within [`upstream_timeout`](Self::upstream_timeout)),
+    /// marked `Cache-Status: ...; fwd=stale; ...; stale`. Default: none.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = Some(window);
+        self
+    }
+
+    /// Refreshes hot entries in the background shortly before they expire, with probabilistic
+    /// early expiration (XFetch): a hit at `now` refreshes when
+    /// `now - delta * beta * ln(rand()) >= expiry`, `delta` being how long the response took
+    /// to produce. A larger `beta` refreshes earlier; `0` turns it off. Default: `1.0`.
+    pub fn early_refresh(mut self, beta: f64) -> Self {
+        self.early_refresh = Some(beta);
+        self
+    }
+
+    /// Shortens each stored entry's TTL by a random amount below `jitter`, so that entries
+    /// stored together do not all expire together. Default: none.
+    pub fn ttl_jitter(mut self, jitter: Duration) -> Self {
+        self.ttl_jitter = Some(jitter);
+        self
+    }
+
+    /// With a stale entry in hand ([`stale_if_error`](Self::stale_if_error)), how long to wait
+    /// for the service before answering with the stale entry; the service's answer is still
+    /// stored when it comes. Default: no limit.
+    pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
+        self.upstream_timeout = Some(timeout);
+        self
+    }
+
     /// This policy's settings over `base`'s.
     fn over(&self, base: &Policy) -> Policy {
         Policy {
@@ -195,6 +240,11 @@ impl Policy {
             tags: self.tags.clone().or_else(|| base.tags.clone()),
             unsafe_methods: self.unsafe_methods.or(base.unsafe_methods),
             etag: self.etag.or(base.etag),
+            stale_while_revalidate: self.stale_while_revalidate.or(base.stale_while_revalidate),
+            stale_if_error: self.stale_if_error.or(base.stale_if_error),
+            early_refresh: self.early_refresh.or(base.early_refresh),
+            ttl_jitter: self.ttl_jitter.or(base.ttl_jitter),
+            upstream_timeout: self.upstream_timeout.or(base.upstream_timeout),
         }
     }
 }

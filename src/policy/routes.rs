@@ -210,6 +210,30 @@ impl Routes {
             }
         }
         let max_body_size = resolved.max_body_size.unwrap_or(DEFAULT_MAX_BODY_SIZE);
+        let swr = resolved.stale_while_revalidate.unwrap_or_default();
+        let sie = resolved.stale_if_error.unwrap_or_default();
+        for (field, d) in [("stale_while_revalidate", swr), ("stale_if_error", sie)] {
+            if d > crate::entry::MAX_TTL {
+                errors.push(format!("{place}.{field}: must be at most 10 years"));
+            }
+        }
+        let beta = resolved.early_refresh.unwrap_or(1.0);
+        if !beta.is_finite() || beta < 0.0 {
+            errors.push(format!(
+                "{place}.early_refresh: {beta} must be a finite number, zero or more"
+            ));
+        }
+        let jitter = resolved.ttl_jitter.unwrap_or_default();
+        if !jitter.is_zero() && jitter >= ttl {
+            errors.push(format!(
+                "{place}.ttl_jitter: {jitter:?} must be shorter than the ttl ({ttl:?})"
+            ));
+        }
+        if resolved.upstream_timeout.is_some_and(|t| t.is_zero()) {
+            errors.push(format!(
+                "{place}.upstream_timeout: must be greater than zero"
+            ));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -225,6 +249,11 @@ impl Routes {
             max_body_size,
             tags,
             etag: resolved.etag.unwrap_or(true),
+            stale_while_revalidate: swr,
+            stale_if_error: sie,
+            beta,
+            ttl_jitter: jitter,
+            upstream_timeout: resolved.upstream_timeout,
         })
     }
 }
@@ -243,6 +272,19 @@ pub(crate) struct CompiledPolicy {
     pub(crate) max_body_size: usize,
     pub(crate) tags: Vec<Template>,
     pub(crate) etag: bool,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
+    /// XFetch's beta; zero is off.
+    pub(crate) beta: f64,
+    pub(crate) ttl_jitter: Duration,
+    pub(crate) upstream_timeout: Option<Duration>,
+}
+
+impl CompiledPolicy {
+    /// How long past expiry entries are kept, to be served stale.
+    pub(crate) fn grace(&self) -> Duration {
+        self.stale_while_revalidate.max(self.stale_if_error)
+    }
 }
 
 #[derive(Debug, Default)]

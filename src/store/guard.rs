@@ -165,6 +165,18 @@ impl<S: Store> Store for Guarded<S> {
         self.guard(|s| s.delete(key))
     }
 
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+
+    fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {
+        self.guard(|s| s.try_lease(key, token, ttl))
+    }
+
+    fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
+        self.guard(|s| s.release_lease(key, token))
+    }
+
     fn usage(&self) -> StoreUsage {
         self.inner.usage()
     }

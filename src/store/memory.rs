@@ -180,7 +180,13 @@ impl Store for MemoryStore {
                 "refusing to store an entry with a zero TTL",
             ))));
         }
-        self.insert(key, entry, ttl);
+        // A fill whose request began before the stored entry's never replaces it.
+        let newer = self.index.get(&*key).is_some_and(|i| {
+            i.entry.stored_at() > entry.stored_at() && Instant::now() < i.deadline
+        });
+        if !newer {
+            self.insert(key, entry, ttl);
+        }
         Box::pin(std::future::ready(Ok(())))
     }
 

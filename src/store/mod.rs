@@ -61,6 +61,27 @@ pub trait Store: Send + Sync + 'static {
     /// Removes `key`, if present.
     fn delete(&self, key: Arc<str>) -> StoreFuture<()>;
 
+    /// Whether other instances share this store (Redis), so that leases coordinate them.
+    /// The default is `false`: [`try_lease`](Self::try_lease) always grants.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Takes the lease on `key` for `ttl` if nobody holds it: the right to call the service
+    /// for `key`, one instance at a time. `token` identifies the holder; `Ok(false)` means
+    /// another holder has it. The default grants every lease (a store no one else shares).
+    fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {
+        let _ = (key, token, ttl);
+        Box::pin(std::future::ready(Ok(true)))
+    }
+
+    /// Releases the lease on `key` if `token` still holds it (a lease that expired and was
+    /// taken by another holder is left alone).
+    fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
+        let _ = (key, token);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Whether the store is being used, or skipped because it failed (an open circuit
     /// breaker). The default is always [`Health::Ok`].
     fn health(&self) -> Health {

@@ -15,6 +15,21 @@ use std::time::Duration;
 const DELETE_IF_SAME: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 /// Deletes a key only while it is not a string (a fill may have replaced it since).
+/// Sets `KEYS[1]` to `ARGV[1]` for `ARGV[2]` ms unless it holds an entry stored later: the
+/// entry's `stored_at` is bytes 7 to 14 of the envelope (big-endian millis, so comparing the
+/// strings compares the times), read with GETRANGE, never the whole value. A late fill (its
+/// request began before the stored entry's) never replaces a newer entry.
+const SET_UNLESS_NEWER: &str = "local cur = redis.call('GETRANGE', KEYS[1], 0, 13) \
+    if string.len(cur) == 14 and string.sub(cur, 1, 3) == string.sub(ARGV[1], 1, 3) \
+    and string.sub(cur, 7, 14) > string.sub(ARGV[1], 7, 14) then return 0 end \
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
+/// Deletes the lease `KEYS[1]` only while `ARGV[1]` holds it.
+const RELEASE_LEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+/// What a key's lease is stored under: `!` never appears unescaped in a key.
+fn lease_key(key: &str) -> String {
+    format!("{key}!lease")
+}
 const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string' then \
      return redis.call('DEL', KEYS[1]) end return 0";
 
@@ -363,12 +378,20 @@ impl Store for RedisStore {
         let this = self.clone();
         Box::pin(async move {
             let value = entry.encode();
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(&*key).arg(&value[..]).arg("PX").arg(millis);
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(SET_UNLESS_NEWER)
+                .arg(1)
+                .arg(&*key)
+                .arg(&value[..])
+                .arg(millis);
             match this.run(&cmd).await? {
-                Value::Okay => Ok(()),
+                Value::Int(1) => Ok(()),
+                Value::Int(_) => {
+                    tracing::debug!(%key, "a newer entry is stored: this fill is dropped");
+                    Ok(())
+                }
                 other => Err(StoreError::new(format!(
-                    "redis: unexpected reply to SET: {other:?}"
+                    "redis: unexpected reply to a fill: {other:?}"
                 ))),
             }
         })
@@ -379,6 +402,44 @@ impl Store for RedisStore {
         Box::pin(async move {
             let mut cmd = redis::cmd("DEL");
             cmd.arg(&*key);
+            this.run(&cmd).await.map(drop)
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    /// `SET {key}!lease token NX PX ttl`.
+    fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {
+        let this = self.clone();
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        Box::pin(async move {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(lease_key(&key))
+                .arg(&*token)
+                .arg("NX")
+                .arg("PX")
+                .arg(millis);
+            match this.run(&cmd).await? {
+                Value::Okay => Ok(true),
+                Value::Nil => Ok(false),
+                other => Err(StoreError::new(format!(
+                    "redis: unexpected reply to a lease: {other:?}"
+                ))),
+            }
+        })
+    }
+
+    /// Deletes the lease by a compare-and-delete script: only while `token` holds it.
+    fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(RELEASE_LEASE)
+                .arg(1)
+                .arg(lease_key(&key))
+                .arg(&*token);
             this.run(&cmd).await.map(drop)
         })
     }

@@ -84,9 +84,13 @@ impl<S> TieredStore<S> {
         &self.l2
     }
 
-    /// Copies `entry` into L1 for what remains of its TTL, capped.
+    /// Copies `entry` into L1 for what remains of its TTL and grace, capped.
     fn fill_l1(&self, key: Arc<str>, entry: Arc<Entry>) {
-        let ttl = entry.remaining(SystemTime::now()).min(self.l1_max_ttl);
+        let ttl = entry
+            .stale_until()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(self.l1_max_ttl);
         if !ttl.is_zero() {
             // The memory store inserts at once; its future only reports.
             drop(self.l1.put(key, entry, ttl));
@@ -99,18 +103,30 @@ impl<S: Store> Store for TieredStore<S> {
         self.l2.health()
     }
 
+    /// L1's entry while it is fresh; otherwise L2's, copied into L1. An expired L1 entry
+    /// (kept to be served stale) is returned when L2 has nothing newer or fails.
     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
-        if let Some(entry) = self.l1.get_now(&key) {
-            return Box::pin(std::future::ready(Ok(Some(entry))));
+        let local = self.l1.get_now(&key);
+        if let Some(entry) = &local {
+            if SystemTime::now() < entry.expires_at() {
+                return Box::pin(std::future::ready(Ok(local)));
+            }
         }
         let l2 = self.l2.get(key.clone());
         let this = self.clone();
         Box::pin(async move {
-            let found = l2.await?;
-            if let Some(entry) = &found {
-                this.fill_l1(key, entry.clone());
+            match (l2.await, local) {
+                (Ok(Some(entry)), local)
+                    if local
+                        .as_ref()
+                        .map_or(true, |l| entry.stored_at() >= l.stored_at()) =>
+                {
+                    this.fill_l1(key, entry.clone());
+                    Ok(Some(entry))
+                }
+                (Ok(_), Some(local)) | (Err(_), Some(local)) => Ok(Some(local)),
+                (result, None) => result,
             }
-            Ok(found)
         })
     }
 
@@ -135,6 +151,18 @@ impl<S: Store> Store for TieredStore<S> {
 
     fn usage(&self) -> StoreUsage {
         self.l1.usage()
+    }
+
+    fn is_shared(&self) -> bool {
+        self.l2.is_shared()
+    }
+
+    fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {
+        self.l2.try_lease(key, token, ttl)
+    }
+
+    fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
+        self.l2.release_lease(key, token)
     }
 }
 

@@ -1,0 +1,190 @@
+use super::flight::{Copy, Leader, Outcome};
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+pin_project! {
+    /// The response body of [`SingleFlightService`](super::SingleFlightService): the leader's
+    /// body as it streams (copied for its waiters), or a waiter's copy.
+    pub struct FlightBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Copy { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        Inner { #[pin] body: B, tee: Option<Box<Tee>> },
+    }
+}
+
+impl<B> std::fmt::Debug for FlightBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Copy { .. } => f.debug_struct("FlightBody::Copy").finish(),
+            Kind::Inner { tee, .. } => f
+                .debug_struct("FlightBody::Inner")
+                .field("leading", &tee.is_some())
+                .finish(),
+        }
+    }
+}
+
+/// The leader's response, gathered for its waiters.
+pub(crate) struct Tee {
+    pub(crate) leader: Option<Leader>,
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) limit: usize,
+    pub(crate) declared: Option<u64>,
+    pub(crate) size: usize,
+    pub(crate) chunks: Vec<Bytes>,
+    pub(crate) trailers: Option<HeaderMap>,
+}
+
+impl Tee {
+    fn finish(mut self: Box<Self>) {
+        let mut buf = BytesMut::with_capacity(self.size);
+        for c in &self.chunks {
+            buf.extend_from_slice(c);
+        }
+        let copy = Copy {
+            status: self.status,
+            version: self.version,
+            headers: std::mem::take(&mut self.headers),
+            body: buf.freeze(),
+            trailers: self.trailers.take(),
+            from_entry: false,
+        };
+        if let Some(leader) = self.leader.take() {
+            leader.publish(Outcome::Done(Arc::new(copy)));
+        }
+    }
+
+    fn release(mut self: Box<Self>) {
+        if let Some(leader) = self.leader.take() {
+            leader.publish(Outcome::Release);
+        }
+    }
+}
+
+impl<B> FlightBody<B> {
+    pub(crate) fn copy(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            kind: Kind::Copy {
+                data: Some(data).filter(|d| !d.is_empty()),
+                trailers,
+            },
+        }
+    }
+
+    pub(crate) fn inner(body: B) -> Self {
+        Self {
+            kind: Kind::Inner { body, tee: None },
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> FlightBody<B> {
+    /// The leader's body, copied for its waiters; published when it ends.
+    pub(crate) fn tee(body: B, tee: Tee) -> Self {
+        let tee = Box::new(tee);
+        if body.is_end_stream() {
+            tee.finish();
+            return Self::inner(body);
+        }
+        Self {
+            kind: Kind::Inner {
+                body,
+                tee: Some(tee),
+            },
+        }
+    }
+}
+
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+impl<B: Body<Data = Bytes>> Body for FlightBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Copy { data, trailers } => {
+                if let Some(d) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            KindProj::Inner { mut body, tee } => {
+                let frame = ready!(body.as_mut().poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let Some(t) = tee.as_mut() {
+                            if let Some(d) = f.data_ref() {
+                                t.size += d.len();
+                                if t.size > t.limit {
+                                    // Too large to hold for the waiters: they ask themselves.
+                                    if let Some(t) = tee.take() {
+                                        t.release();
+                                    }
+                                } else if !d.is_empty() {
+                                    t.chunks.push(d.clone());
+                                }
+                            } else if let Some(tr) = f.trailers_ref() {
+                                t.trailers = Some(tr.clone());
+                            }
+                        }
+                        let complete = tee
+                            .as_ref()
+                            .is_some_and(|t| t.declared == Some(t.size as u64));
+                        if body.is_end_stream() || complete {
+                            if let Some(t) = tee.take() {
+                                t.finish();
+                            }
+                        }
+                    }
+                    // A failed body: the leader's drop hands over to a waiter.
+                    Some(Err(_)) => *tee = None,
+                    None => {
+                        if let Some(t) = tee.take() {
+                            t.finish();
+                        }
+                    }
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Copy { data, trailers } => data.is_none() && trailers.is_none(),
+            Kind::Inner { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Copy { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Inner { body, .. } => body.size_hint(),
+        }
+    }
+}

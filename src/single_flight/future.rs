@@ -1,0 +1,367 @@
+use super::body::{content_length, FlightBody, Tee};
+use super::flight::{Copy, Leader, Outcome, Waiter};
+use super::layer::Shared;
+use super::lease::{Lease, LeaseSlot};
+use super::{Collapsed, FlightKey};
+use crate::entry::Entry;
+use bytes::Bytes;
+use http::{header, Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower_service::Service;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What a waiter ends with.
+enum Joined {
+    Copy(Arc<Copy>),
+    Lead(Leader),
+    Alone(&'static str),
+}
+
+/// What a leader's lease attempt ends with.
+enum Leased {
+    Lease(Lease),
+    /// Another instance stored the entry meanwhile.
+    Entry(Arc<Entry>),
+    /// Another instance held the lease past the wait: lead without one.
+    Timeout,
+}
+
+pin_project! {
+    /// The response future of [`SingleFlightService`](super::SingleFlightService).
+    pub struct ResponseFuture<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        #[pin]
+        state: State<S, ReqB>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        Passthrough { #[pin] fut: S::Future },
+        Alone { #[pin] fut: S::Future },
+        Joining {
+            join: BoxFuture<Joined>,
+            shared: Arc<Shared>,
+            key: FlightKey,
+            call: Option<Box<(S, Request<ReqB>)>>,
+        },
+        Leasing {
+            lease: BoxFuture<Leased>,
+            shared: Arc<Shared>,
+            leader: Option<Leader>,
+            call: Option<Box<(S, Request<ReqB>)>>,
+        },
+        Lead {
+            #[pin] fut: S::Future,
+            shared: Arc<Shared>,
+            leader: Option<Leader>,
+            lease: Option<Lease>,
+        },
+        Done,
+    }
+}
+
+impl<S, ReqB> std::fmt::Debug for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB> ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    pub(crate) fn passthrough(fut: S::Future) -> Self {
+        Self {
+            state: State::Passthrough { fut },
+        }
+    }
+
+    pub(crate) fn alone(fut: S::Future) -> Self {
+        Self {
+            state: State::Alone { fut },
+        }
+    }
+
+    pub(crate) fn lead(
+        shared: Arc<Shared>,
+        key: FlightKey,
+        leader: Leader,
+        inner: S,
+        req: Request<ReqB>,
+    ) -> Self {
+        Self {
+            state: State::lead(shared, &key, leader, inner, req),
+        }
+    }
+
+    pub(crate) fn wait(
+        shared: Arc<Shared>,
+        key: FlightKey,
+        waiter: Waiter,
+        inner: S,
+        req: Request<ReqB>,
+    ) -> Self {
+        Self {
+            state: State::Joining {
+                join: Box::pin(wait(shared.clone(), waiter)),
+                shared,
+                key,
+                call: Some(Box::new((inner, req))),
+            },
+        }
+    }
+}
+
+impl<S, ReqB> State<S, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    /// The leader calls the service; first, with a cache above on a shared store, it takes
+    /// the lease for the key (or waits for the instance that has it).
+    fn lead(
+        shared: Arc<Shared>,
+        key: &FlightKey,
+        leader: Leader,
+        mut inner: S,
+        req: Request<ReqB>,
+    ) -> Self {
+        if key.lease && shared.stash.store().is_shared() {
+            let deadline = Instant::now() + shared.max_wait;
+            State::Leasing {
+                lease: Box::pin(lease_or_entry(
+                    shared.clone(),
+                    key.key.clone(),
+                    key.full.clone(),
+                    deadline,
+                )),
+                shared,
+                leader: Some(leader),
+                call: Some(Box::new((inner, req))),
+            }
+        } else {
+            State::Lead {
+                fut: inner.call(req),
+                shared,
+                leader: Some(leader),
+                lease: None,
+            }
+        }
+    }
+}
+
+impl<S, ReqB, ResB> Future for ResponseFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes>,
+{
+    type Output = Result<Response<FlightBody<ResB>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let next = match state.as_mut().project() {
+                StateProj::Passthrough { fut } => {
+                    return fut.poll(cx).map_ok(|r| r.map(FlightBody::inner));
+                }
+                StateProj::Alone { fut } => {
+                    let mut resp = ready!(fut.poll(cx))?.map(FlightBody::inner);
+                    resp.extensions_mut().insert(Collapsed::Alone);
+                    return Poll::Ready(Ok(resp));
+                }
+                StateProj::Joining {
+                    join,
+                    shared,
+                    key,
+                    call,
+                } => {
+                    let joined = ready!(join.as_mut().poll(cx));
+                    let (mut inner, req) = *call.take().expect("polled after completion");
+                    match joined {
+                        Joined::Copy(copy) => {
+                            let resp = copied(shared, &copy);
+                            state.set(State::Done);
+                            return Poll::Ready(Ok(resp));
+                        }
+                        Joined::Lead(leader) => {
+                            tracing::debug!(key = %key.full, "taking over from a leader that is gone");
+                            State::lead(shared.clone(), key, leader, inner, req)
+                        }
+                        Joined::Alone(why) => {
+                            tracing::debug!(key = %key.full, why, "going to the service alone");
+                            State::Alone {
+                                fut: inner.call(req),
+                            }
+                        }
+                    }
+                }
+                StateProj::Leasing {
+                    lease,
+                    shared,
+                    leader,
+                    call,
+                } => {
+                    let leased = ready!(lease.as_mut().poll(cx));
+                    let leader = leader.take().expect("polled after completion");
+                    let (mut inner, req) = *call.take().expect("polled after completion");
+                    match leased {
+                        Leased::Entry(entry) => {
+                            let copy = Arc::new(Copy::of_entry(&entry, shared.stash.now()));
+                            leader.publish(Outcome::Done(copy.clone()));
+                            let resp = copied(shared, &copy);
+                            state.set(State::Done);
+                            return Poll::Ready(Ok(resp));
+                        }
+                        Leased::Lease(lease) => State::Lead {
+                            fut: inner.call(req),
+                            shared: shared.clone(),
+                            leader: Some(leader),
+                            lease: Some(lease),
+                        },
+                        Leased::Timeout => State::Lead {
+                            fut: inner.call(req),
+                            shared: shared.clone(),
+                            leader: Some(leader),
+                            lease: None,
+                        },
+                    }
+                }
+                StateProj::Lead {
+                    fut,
+                    shared,
+                    leader,
+                    lease,
+                } => {
+                    let result = ready!(fut.poll(cx));
+                    let leader = leader.take().expect("polled after completion");
+                    let resp = match result {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            // The leader's drop hands over to one waiter.
+                            drop(leader);
+                            state.set(State::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                    };
+                    let (mut parts, body) = resp.into_parts();
+                    if let Some(lease) = lease.take() {
+                        // Released by the cache once it has stored the response.
+                        parts.extensions.insert(LeaseSlot::new(lease));
+                    }
+                    let limit = shared.max_body_size;
+                    let shareable = !parts.headers.contains_key(header::SET_COOKIE)
+                        && !crate::headers::has_directive(&parts.headers, &["no-store", "private"])
+                        && body.size_hint().lower() <= limit as u64;
+                    let body = if shareable {
+                        let tee = Tee {
+                            leader: Some(leader),
+                            status: parts.status,
+                            version: parts.version,
+                            headers: parts.headers.clone(),
+                            limit,
+                            declared: content_length(&parts.headers),
+                            size: 0,
+                            chunks: Vec::new(),
+                            trailers: None,
+                        };
+                        FlightBody::tee(body, tee)
+                    } else {
+                        tracing::debug!(key = %leader.key(), "response not shared: waiters ask the service");
+                        leader.publish(Outcome::Release);
+                        FlightBody::inner(body)
+                    };
+                    state.set(State::Done);
+                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            };
+            state.set(next);
+        }
+    }
+}
+
+/// A waiter's copy of the leader's response.
+fn copied<B>(shared: &Shared, copy: &Copy) -> Response<FlightBody<B>> {
+    shared.stash.counters().collapsed();
+    let mut resp = copy.response(FlightBody::copy(copy.body.clone(), copy.trailers.clone()));
+    resp.extensions_mut().insert(if copy.from_entry {
+        Collapsed::FromEntry
+    } else {
+        Collapsed::Waited
+    });
+    resp
+}
+
+/// Waits for the flight's outcome; takes over when its leader is gone.
+async fn wait(shared: Arc<Shared>, mut waiter: Waiter) -> Joined {
+    let deadline = Instant::now() + shared.max_wait;
+    loop {
+        let outcome = match tokio::time::timeout_at(deadline, waiter.outcome()).await {
+            Ok(outcome) => outcome,
+            Err(_) => return Joined::Alone("timeout"),
+        };
+        match outcome {
+            Outcome::Done(copy) => return Joined::Copy(copy),
+            Outcome::Release => return Joined::Alone("not shared"),
+            Outcome::Retry(gen) => {
+                if let Some(leader) = waiter.claim(gen) {
+                    return Joined::Lead(leader);
+                }
+            }
+            Outcome::Running => {}
+        }
+    }
+}
+
+/// Takes the key's lease in the shared store; while another instance holds it, polls for the
+/// entry it stores (every 2 ms at first, backing off to 50 ms) until `deadline`.
+async fn lease_or_entry(
+    shared: Arc<Shared>,
+    key: Arc<str>,
+    full: Arc<str>,
+    deadline: Instant,
+) -> Leased {
+    let stash = &shared.stash;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(lease) = Lease::take(stash, &key).await {
+            // The holder before may have stored the entry and released just now.
+            if let Some(entry) = fresh_entry(&shared, &key, &full).await {
+                lease.release().await;
+                return Leased::Entry(entry);
+            }
+            return Leased::Lease(lease);
+        }
+        if Instant::now() + pause > deadline {
+            tracing::debug!(key = %full, "another instance kept the lease too long: going on");
+            return Leased::Timeout;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+        if let Some(entry) = fresh_entry(&shared, &key, &full).await {
+            return Leased::Entry(entry);
+        }
+    }
+}
+
+async fn fresh_entry(shared: &Shared, key: &Arc<str>, full: &str) -> Option<Arc<Entry>> {
+    let entry = shared.stash.store().get(key.clone()).await.ok()??;
+    (entry.key() == full && shared.stash.now() < entry.expires_at()).then_some(entry)
+}

@@ -1,0 +1,100 @@
+//! [`SingleFlightLayer`]: concurrent identical requests cost one call to the service.
+//!
+//! When many requests for one key arrive together (a popular entry just expired, a cold
+//! start), the first one, the *leader*, goes to the service; the others *wait* and get a copy
+//! of its response: status, headers, body and trailers. With Redis under a
+//! [`CacheLayer`](crate::CacheLayer), the leader first takes a lease on the key in Redis
+//! (`SET NX PX` with a random token, released by a compare-and-delete script), so that across
+//! instances too, one request calls the service; the other instances poll for the entry it
+//! stores and serve it (`Cache-Status: ...; hit; collapsed`).
+//!
+//! Put it below a `CacheLayer` (inside it, in `ServiceBuilder` order after it): the cache keys
+//! each miss and the layer coalesces the misses by that key. A copy is never stored again
+//! (the leader's response is stored once) and is marked `Cache-Status: ...; fwd=miss;
+//! collapsed`. Alone, with [`SingleFlightLayer::for_routes`], it keys requests itself and
+//! deduplicates idempotent requests in flight, with no cache.
+//!
+//! # Bounds
+//!
+//! - Waiting is bounded: at most [`max_waiters`](SingleFlightLayer::max_waiters) per key and
+//!   [`max_wait`](SingleFlightLayer::max_wait) each. A request past a bound goes to the
+//!   service itself; its response is not stored.
+//! - A leader that is gone before its response ends (its client hung up, it panicked, the
+//!   service returned an error, its body failed) hands over: one waiter becomes the leader.
+//!   A 5xx is a response like any other: the waiters get it too, at once.
+//! - A response for one client (`Set-Cookie`, `Cache-Control: private` or `no-store`), or one
+//!   with a body over [`max_body_size`](SingleFlightLayer::max_body_size), is not shared:
+//!   each waiter asks the service itself.
+//! - HEAD requests, and requests with `Authorization` or `Cookie` that the policy does not
+//!   key on, are never coalesced.
+//! - A lease expires after the stash's [`lease_ttl`](crate::StashBuilder::lease_ttl), so a
+//!   dead leader never blocks other instances for longer. A leader whose lease expired
+//!   before it stored cannot replace a newer entry: a fill never replaces an entry whose
+//!   request began later.
+//! - When Redis fails, leases are skipped (each instance leads for itself) and nobody waits.
+//!
+//! The waits use tokio's timer: the runtime needs its time driver (`#[tokio::main]` has it).
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_stash::{CacheLayer, Policy, Routes, SingleFlightLayer, Stash};
+//!
+//! let stash = Stash::new();
+//! let app: Router = Router::new()
+//!     .route("/users/{id}", get(|| async { "alice" }))
+//!     .layer(
+//!         ServiceBuilder::new()
+//!             .layer(CacheLayer::new(
+//!                 stash.clone(),
+//!                 Routes::new().get("/users/{id}", Policy::named("user_profile")),
+//!             ))
+//!             .layer(SingleFlightLayer::new(stash.clone()).max_wait(Duration::from_secs(2))),
+//!     );
+//! # let _ = app;
+//! ```
+
+mod body;
+mod flight;
+mod future;
+mod layer;
+mod lease;
+mod service;
+
+pub use body::FlightBody;
+pub use future::ResponseFuture;
+pub use layer::SingleFlightLayer;
+pub use service::SingleFlightService;
+
+pub(crate) use lease::{Lease, LeaseSlot};
+
+use std::sync::Arc;
+
+/// The key of a request, set by a [`CacheLayer`](crate::CacheLayer) on what it forwards.
+#[derive(Debug, Clone)]
+pub(crate) struct FlightKey {
+    /// The key entries are stored under (hashed when long).
+    pub(crate) key: Arc<str>,
+    /// The full key.
+    pub(crate) full: Arc<str>,
+    /// Whether the leader takes a lease in a shared store (a cache above stores the answer,
+    /// and nobody holds the lease yet).
+    pub(crate) lease: bool,
+}
+
+/// How a response came from single flight, for the cache above: a response extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Collapsed {
+    /// A copy of the leader's response.
+    Waited,
+    /// A copy of the entry another instance stored.
+    FromEntry,
+    /// Went to the service alone past a bound: not stored, the leader stores.
+    Alone,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,489 @@
+//! Single flight, checked on what each client gets and how often the handler runs.
+
+use crate::{CacheLayer, Policy, Routes, SingleFlightLayer, Stash};
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Waits for `fut`, failing the test after 10 seconds.
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits until `cond` holds, checking after each yield, for at most 10 seconds.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+}
+
+#[derive(Debug)]
+struct Got {
+    status: StatusCode,
+    cache_status: String,
+    body: Bytes,
+    trailers: Option<http::HeaderMap>,
+}
+
+async fn got(
+    resp: Response<impl http_body::Body<Data = Bytes, Error = impl std::fmt::Debug>>,
+) -> Got {
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.unwrap();
+    Got {
+        status: parts.status,
+        cache_status: parts
+            .headers
+            .get("cache-status")
+            .map_or(String::new(), |v| v.to_str().unwrap().to_string()),
+        trailers: collected.trailers().cloned(),
+        body: collected.to_bytes(),
+    }
+}
+
+fn req(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+/// A handler that counts its calls; each call first takes a permit of `gate` (none until the
+/// test adds them), so the test decides when the leader answers.
+#[derive(Clone)]
+struct Gated {
+    calls: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+}
+
+impl Gated {
+    fn new() -> Self {
+        Self {
+            calls: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    fn open(&self) {
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+    /// Counts the call, waits for the gate, and returns the call's number.
+    async fn enter(&self) -> usize {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        self.gate.acquire().await.unwrap().forget();
+        n
+    }
+}
+
+fn cached(stash: &Stash, sf: SingleFlightLayer, app: Router) -> Router {
+    app.layer(
+        ServiceBuilder::new()
+            .layer(CacheLayer::new(
+                stash.clone(),
+                Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
+            ))
+            .layer(sf),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_cold_requests_make_one_call_and_get_the_same_body() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let stash = Stash::new();
+    let sf = SingleFlightLayer::new(stash.clone());
+    let app = cached(
+        &stash,
+        sf.clone(),
+        Router::new().route(
+            "/items/{id}",
+            get(move || {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    format!("item from call {n}")
+                }
+            }),
+        ),
+    );
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { got(app.oneshot(req("/items/1")).await.unwrap()).await })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    for t in tasks {
+        let g = within("a response", t).await.unwrap();
+        assert_eq!(g.status, StatusCode::OK);
+        assert_eq!(g.body, "item from call 1");
+        *statuses.entry(g.cache_status).or_insert(0) += 1;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "{statuses:?}");
+    assert_eq!(statuses.get("tower-stash; fwd=miss; stored"), Some(&1));
+    let stats = stash.stats();
+    assert_eq!(stats.collapsed + stats.hits, 999, "{statuses:?}");
+    assert_eq!(stats.stores, 1);
+    assert_eq!(sf.in_flight(), 0);
+}
+
+/// A router behind single flight alone (no cache), on a gated handler that answers with a
+/// body and trailers.
+fn standalone(h: &Gated) -> (SingleFlightLayer, Router) {
+    let sf = SingleFlightLayer::for_routes(
+        Stash::new(),
+        Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
+    );
+    let h2 = h.clone();
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            get(move || {
+                let h = h2.clone();
+                async move {
+                    let n = h.enter().await;
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("x-checksum", n.to_string().parse().unwrap());
+                    let frames = futures_util::stream::iter([
+                        Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(format!(
+                            "call {n}"
+                        )))),
+                        Ok(http_body::Frame::trailers(trailers)),
+                    ]);
+                    Response::new(Body::new(http_body_util::StreamBody::new(frames)))
+                }
+            }),
+        )
+        .layer(sf.clone());
+    (sf, app)
+}
+
+fn spawn_get(app: &Router, uri: &'static str) -> tokio::task::JoinHandle<Got> {
+    let app = app.clone();
+    tokio::spawn(async move { got(app.oneshot(req(uri)).await.unwrap()).await })
+}
+
+#[tokio::test]
+async fn alone_it_deduplicates_requests_in_flight_with_body_and_trailers() {
+    let h = Gated::new();
+    let (sf, app) = standalone(&h);
+    let tasks: Vec<_> = (0..10).map(|_| spawn_get(&app, "/items/1")).collect();
+    until("nine waiters", || sf.waiting() == 9).await;
+    let other = spawn_get(&app, "/items/2");
+    until("a second key's leader", || h.calls() == 2).await;
+    h.open();
+    for t in tasks {
+        let g = within("a response", t).await.unwrap();
+        assert_eq!(g.body, "call 1");
+        assert_eq!(g.trailers.unwrap()["x-checksum"], "1");
+    }
+    assert_eq!(within("the other key", other).await.unwrap().body, "call 2");
+    assert_eq!(h.calls(), 2);
+    assert_eq!(sf.in_flight(), 0);
+    // No cache: once the flight is over, the next request calls again.
+    assert_eq!(
+        got(app.oneshot(req("/items/1")).await.unwrap()).await.body,
+        "call 3"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_leader_hands_over_to_one_waiter() {
+    let h = Gated::new();
+    let (sf, app) = standalone(&h);
+    let leader = spawn_get(&app, "/items/1");
+    until("the leader in the handler", || h.calls() == 1).await;
+    let waiters: Vec<_> = (0..5).map(|_| spawn_get(&app, "/items/1")).collect();
+    until("five waiters", || sf.waiting() == 5).await;
+    leader.abort();
+    // One waiter takes over: a second call, which the gate lets through.
+    until("a new leader", || h.calls() == 2).await;
+    h.open();
+    for w in waiters {
+        assert_eq!(within("a waiter", w).await.unwrap().body, "call 2");
+    }
+    assert_eq!(h.calls(), 2);
+    assert_eq!(sf.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_panicking_leader_hands_over_and_the_map_drains() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let (c, g) = (calls.clone(), gate.clone());
+    let sf =
+        SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/p", Policy::ttl(HOUR)));
+    let app = Router::new()
+        .route(
+            "/p",
+            get(move || {
+                let (c, g) = (c.clone(), g.clone());
+                async move {
+                    let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                    g.acquire().await.unwrap().forget();
+                    if n == 1 {
+                        panic!("the leader's handler panics");
+                    }
+                    format!("call {n}")
+                }
+            }),
+        )
+        .layer(sf.clone());
+    let leader = spawn_get(&app, "/p");
+    until("the leader in the handler", || {
+        calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let waiters: Vec<_> = (0..5).map(|_| spawn_get(&app, "/p")).collect();
+    until("five waiters", || sf.waiting() == 5).await;
+    gate.add_permits(100);
+    assert!(within("the leader", leader).await.unwrap_err().is_panic());
+    for w in waiters {
+        assert_eq!(within("a waiter", w).await.unwrap().body, "call 2");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(sf.in_flight(), 0);
+}
+
+/// A service that fails its first call (after a gate) and answers the others.
+#[derive(Clone)]
+struct FailsFirst(Gated);
+
+impl Service<Request<Body>> for FailsFirst {
+    type Response = Response<Body>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, std::io::Error>> + Send>,
+    >;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: Request<Body>) -> Self::Future {
+        let h = self.0.clone();
+        Box::pin(async move {
+            let n = h.enter().await;
+            if n == 1 {
+                Err(std::io::Error::other("database down"))
+            } else {
+                Ok(Response::new(Body::from(format!("call {n}"))))
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_service_error_hands_over_and_a_500_is_shared() {
+    let h = Gated::new();
+    let sf =
+        SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/e", Policy::ttl(HOUR)));
+    let svc = ServiceBuilder::new()
+        .layer(sf.clone())
+        .service(FailsFirst(h.clone()));
+    let call = |svc: &tower::util::BoxCloneService<_, _, _>| {
+        let svc = svc.clone();
+        // Each client reads its own body, as a server's connections do: a leader's waiters
+        // get their copy when its body ends.
+        tokio::spawn(async move {
+            match svc.oneshot(req("/e")).await {
+                Ok(resp) => Ok(got(resp).await),
+                Err(e) => Err(e),
+            }
+        })
+    };
+    let svc = tower::util::BoxCloneService::new(svc);
+    let leader = call(&svc);
+    until("the leader in the service", || h.calls() == 1).await;
+    let waiters: Vec<_> = (0..4).map(|_| call(&svc)).collect();
+    until("four waiters", || sf.waiting() == 4).await;
+    h.open();
+    assert!(within("the leader", leader).await.unwrap().is_err());
+    for w in waiters {
+        let g = within("a waiter", w).await.unwrap().unwrap();
+        assert_eq!(g.body, "call 2");
+    }
+    assert_eq!(h.calls(), 2);
+    assert_eq!(sf.in_flight(), 0);
+
+    // A 500 is an answer: the waiters get it at once, with no second call.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let (c, g) = (calls.clone(), gate.clone());
+    let sf =
+        SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/f", Policy::ttl(HOUR)));
+    let app = Router::new()
+        .route(
+            "/f",
+            get(move || {
+                let (c, g) = (c.clone(), g.clone());
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    g.acquire().await.unwrap().forget();
+                    (StatusCode::INTERNAL_SERVER_ERROR, "database down")
+                }
+            }),
+        )
+        .layer(sf.clone());
+    let all: Vec<_> = (0..5).map(|_| spawn_get(&app, "/f")).collect();
+    until("four waiters", || sf.waiting() == 4).await;
+    gate.add_permits(100);
+    for t in all {
+        let g = within("a response", t).await.unwrap();
+        assert_eq!(
+            (g.status, &g.body[..]),
+            (StatusCode::INTERNAL_SERVER_ERROR, &b"database down"[..])
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(sf.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn past_the_waiter_cap_requests_go_alone_and_are_not_stored() {
+    let h = Gated::new();
+    let stash = Stash::new();
+    let sf = SingleFlightLayer::new(stash.clone()).max_waiters(2);
+    let h2 = h.clone();
+    let app = cached(
+        &stash,
+        sf.clone(),
+        Router::new().route(
+            "/items/{id}",
+            get(move || {
+                let h = h2.clone();
+                async move { format!("call {}", h.enter().await) }
+            }),
+        ),
+    );
+    let leader = spawn_get(&app, "/items/1");
+    until("the leader", || h.calls() == 1).await;
+    let waiters: Vec<_> = (0..2).map(|_| spawn_get(&app, "/items/1")).collect();
+    until("two waiters", || sf.waiting() == 2).await;
+    let alone: Vec<_> = (0..2).map(|_| spawn_get(&app, "/items/1")).collect();
+    until("two alone", || h.calls() == 3).await;
+    h.open();
+    assert_eq!(
+        within("leader", leader).await.unwrap().cache_status,
+        "tower-stash; fwd=miss; stored"
+    );
+    for w in waiters {
+        let g = within("waiter", w).await.unwrap();
+        assert_eq!(
+            (g.body, g.cache_status.as_str()),
+            (Bytes::from("call 1"), "tower-stash; fwd=miss; collapsed")
+        );
+    }
+    for a in alone {
+        let g = within("alone", a).await.unwrap();
+        assert_eq!(g.cache_status, "tower-stash; fwd=miss");
+    }
+    within("the store", async {
+        while stash.stats().stores < 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let stats = stash.stats();
+    assert_eq!((stats.stores, stats.collapsed), (1, 2));
+    assert_eq!(sf.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_wait_bound_requests_go_alone() {
+    let h = Gated::new();
+    let (_, app) = standalone(&h);
+    let sf = SingleFlightLayer::for_routes(
+        Stash::new(),
+        Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
+    )
+    .max_wait(Duration::from_millis(50));
+    let h2 = h.clone();
+    let app2 = Router::new()
+        .route(
+            "/items/{id}",
+            get(move || {
+                let h = h2.clone();
+                async move { format!("call {}", h.enter().await) }
+            }),
+        )
+        .layer(sf.clone());
+    drop(app);
+    let leader = spawn_get(&app2, "/items/1");
+    let waiter = spawn_get(&app2, "/items/1");
+    // The leader holds the gate; the waiter gives up after 50 ms (paused time moves on
+    // when every task is idle) and calls the service itself.
+    until("the waiter alone", || h.calls() == 2).await;
+    h.open();
+    assert_eq!(within("waiter", waiter).await.unwrap().body, "call 2");
+    assert_eq!(within("leader", leader).await.unwrap().body, "call 1");
+    assert_eq!(sf.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn responses_for_one_client_are_not_shared_and_head_is_not_coalesced() {
+    let h = Gated::new();
+    let sf =
+        SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/s", Policy::ttl(HOUR)));
+    let h2 = h.clone();
+    let app = Router::new()
+        .route(
+            "/s",
+            get(move || {
+                let h = h2.clone();
+                async move {
+                    let n = h.enter().await;
+                    (
+                        [("set-cookie", format!("session={n}"))],
+                        format!("call {n}"),
+                    )
+                }
+            }),
+        )
+        .layer(sf.clone());
+    let all: Vec<_> = (0..3).map(|_| spawn_get(&app, "/s")).collect();
+    until("two waiters", || sf.waiting() == 2).await;
+    h.open();
+    let mut bodies: Vec<_> = Vec::new();
+    for t in all {
+        bodies.push(within("a response", t).await.unwrap().body);
+    }
+    bodies.sort();
+    assert_eq!(bodies, ["call 1", "call 2", "call 3"]);
+    assert_eq!(h.calls(), 3);
+
+    // HEAD goes straight through, even while a GET of the same key is in flight.
+    let h = Gated::new();
+    let (sf, app) = standalone(&h);
+    let get1 = spawn_get(&app, "/items/1");
+    until("the GET leader", || h.calls() == 1).await;
+    let app2 = app.clone();
+    let head = tokio::spawn(async move {
+        got(app2
+            .oneshot(Request::head("/items/1").body(Body::empty()).unwrap())
+            .await
+            .unwrap())
+        .await
+    });
+    until("the HEAD's own call", || h.calls() == 2).await;
+    assert_eq!(sf.waiting(), 0);
+    h.open();
+    within("get", get1).await.unwrap();
+    within("head", head).await.unwrap();
+}
