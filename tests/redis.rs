@@ -122,7 +122,14 @@ impl Instance {
 
     /// Waits until `n` fills have reached the store (they may finish after the response).
     async fn stored(&self, n: u64) {
-        eventually("the fills to be stored", || self.stash.stats().stores >= n).await;
+        let stash = self.stash.clone();
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while stash.stats().stores < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "fills not stored: {:?}", self.stash.stats());
     }
 }
 
@@ -684,4 +691,176 @@ async fn the_redis_shortcut_builds_a_tiered_stash_that_reports_degraded() {
     assert!(degraded.ends_with("detail=store-degraded"), "{degraded}");
     let err = Stash::builder().redis("mysql://nope").build().unwrap_err();
     assert!(err.to_string().contains("stash.redis"), "{err}");
+}
+
+// ---- Single flight across instances (leases) ----
+
+/// One instance with single flight under its cache: a 200 ms handler counting into `calls`.
+fn flight_instance(
+    url: &str,
+    calls: Arc<AtomicUsize>,
+) -> (Stash, tower_stash::SingleFlightLayer, axum::Router) {
+    use axum::routing::get;
+    let l2 =
+        Guarded::new(RedisStore::builder(url).build().unwrap()).timeout(Duration::from_secs(1));
+    let stash = Stash::builder()
+        .store(TieredStore::new(MemoryStore::new(16 << 20), l2))
+        .namespace("flight")
+        .build()
+        .unwrap();
+    let sf = tower_stash::SingleFlightLayer::new(stash.clone());
+    let app = axum::Router::new()
+        .route(
+            "/items/{id}",
+            get(
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    let calls = calls.clone();
+                    async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        format!("item {id}")
+                    }
+                },
+            ),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(CacheLayer::new(
+                    stash.clone(),
+                    Routes::new().get("/items/{id}", Policy::ttl(TTL).key("item:{id}")),
+                ))
+                .layer(sf.clone()),
+        );
+    (stash, sf, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_instances_with_250_cold_requests_each_make_one_call() {
+    let redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let instances: Vec<_> = (0..4)
+        .map(|_| flight_instance(&redis.url(), calls.clone()))
+        .collect();
+    // Running instances: their pools are connected (a cold pool's first calls may time out,
+    // and an instance that cannot take a lease leads for itself rather than wait).
+    for (i, (stash, _, app)) in instances.iter().enumerate() {
+        let req = axum::http::Request::get(format!("/items/warm{i}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+        eventually("a warm-up fill", || stash.stats().stores == 1).await;
+    }
+    calls.store(0, Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for (_, _, app) in &instances {
+        for _ in 0..250 {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = axum::http::Request::get("/items/7")
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                let resp = app.oneshot(req).await.unwrap();
+                let status = resp.status();
+                let cache_status = resp.headers()["cache-status"].to_str().unwrap().to_string();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, cache_status, body)
+            }));
+        }
+    }
+    let mut by_status = std::collections::BTreeMap::new();
+    for t in tasks {
+        let (status, cache_status, body) = within("a response", t).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "item 7");
+        *by_status.entry(cache_status).or_insert(0) += 1;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "{by_status:?}");
+    let leases: u64 = instances.iter().map(|(s, _, _)| s.stats().leases).sum();
+    assert_eq!(leases, 4 + 1, "{by_status:?}");
+    let errors: u64 = instances.iter().map(|(s, _, _)| s.stats().store_errors).sum();
+    assert_eq!(errors, 0);
+    // Every instance but the leader's served the entry from Redis.
+    assert!(
+        by_status
+            .get("tower-stash; hit; collapsed")
+            .copied()
+            .unwrap_or(0)
+            >= 3,
+        "{by_status:?}"
+    );
+    for (_, sf, _) in &instances {
+        assert_eq!(sf.in_flight(), 0);
+    }
+    // The lease is gone once the entry is stored; the entry expires.
+    eventually("the lease released", || {
+        redis.cli(&["EXISTS", "flight:v1:item:7!lease"]) == "0"
+    })
+    .await;
+    let pttl: i64 = redis.cli(&["PTTL", "flight:v1:item:7"]).parse().unwrap();
+    assert!(pttl > 0 && pttl <= 60_000, "{pttl}");
+}
+
+#[tokio::test]
+async fn leases_are_exclusive_released_by_their_holder_only_and_expire() {
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url()).build().unwrap();
+    let lease = |token: &str, ttl: u64| {
+        store.try_lease("k".into(), token.into(), Duration::from_millis(ttl))
+    };
+    assert!(within("lease", lease("a", 60_000)).await.unwrap());
+    assert!(!within("lease", lease("b", 60_000)).await.unwrap());
+    within("release", store.release_lease("k".into(), "b".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        redis.cli(&["GET", "k!lease"]),
+        "a",
+        "released by another token"
+    );
+    within("release", store.release_lease("k".into(), "a".into()))
+        .await
+        .unwrap();
+    assert!(within("lease", lease("b", 50)).await.unwrap());
+    // A holder that dies: its lease expires by itself.
+    eventually_async("the lease to expire", || async {
+        within("lease", lease("c", 60_000)).await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_late_fill_never_replaces_a_newer_entry() {
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url()).build().unwrap();
+    let t0 = SystemTime::now();
+    let entry = |body: &'static str, at: SystemTime| {
+        Arc::new(
+            Entry::new("k", StatusCode::OK, Default::default(), body.into()).with_times(at, TTL),
+        )
+    };
+    let put = |e| store.put("k".into(), e, TTL);
+    within("put", put(entry("newer", t0 + Duration::from_secs(5))))
+        .await
+        .unwrap();
+    // A leader whose request began earlier (its lease lapsed meanwhile) stores late.
+    within("put", put(entry("late", t0))).await.unwrap();
+    let got = within("get", store.get("k".into())).await.unwrap().unwrap();
+    assert_eq!(got.body(), "newer");
+    within("put", put(entry("newest", t0 + Duration::from_secs(9))))
+        .await
+        .unwrap();
+    let got = within("get", store.get("k".into())).await.unwrap().unwrap();
+    assert_eq!(got.body(), "newest");
+    // The memory store keeps to the same rule.
+    let memory = MemoryStore::new(1 << 20);
+    memory
+        .put("k".into(), entry("newer", t0 + Duration::from_secs(5)), TTL)
+        .await
+        .unwrap();
+    memory
+        .put("k".into(), entry("late", t0), TTL)
+        .await
+        .unwrap();
+    assert_eq!(memory.get_now("k").unwrap().body(), "newer");
 }

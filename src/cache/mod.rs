@@ -95,4 +95,6 @@ pub use service::CacheService;
 pub(crate) use layer::key_strings;
 
 #[cfg(test)]
+mod stale_tests;
+#[cfg(test)]
 mod tests;

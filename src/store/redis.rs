@@ -18,8 +18,10 @@ const DELETE_IF_SAME: &str =
 /// Sets `KEYS[1]` to `ARGV[1]` for `ARGV[2]` ms unless it holds an entry stored later: the
 /// entry's `stored_at` is bytes 7 to 14 of the envelope (big-endian millis, so comparing the
 /// strings compares the times), read with GETRANGE, never the whole value. A late fill (its
-/// request began before the stored entry's) never replaces a newer entry.
-const SET_UNLESS_NEWER: &str = "local cur = redis.call('GETRANGE', KEYS[1], 0, 13) \
+/// request began before the stored entry's) never replaces a newer entry. A key of another
+/// type is replaced (GETRANGE fails on it: `pcall` makes that an empty string).
+const SET_UNLESS_NEWER: &str = "local cur = redis.pcall('GETRANGE', KEYS[1], 0, 13) \
+    if type(cur) ~= 'string' then cur = '' end \
     if string.len(cur) == 14 and string.sub(cur, 1, 3) == string.sub(ARGV[1], 1, 3) \
     and string.sub(cur, 7, 14) > string.sub(ARGV[1], 7, 14) then return 0 end \
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
