@@ -9,13 +9,17 @@
 //!
 //! With `REDIS_URL`, entries are shared through Redis behind a memory tier; `--no-l1` keeps
 //! them in Redis only (every hit is a Redis round trip: for measuring the Redis tier).
+//!
+//! Concurrent misses for one user are coalesced ([`SingleFlightLayer`]): a thousand requests
+//! for a cold key cost one database query. `--no-single-flight` turns that off, to compare
+//! (`cargo run --release --example stampede` measures both).
 
 use axum::{extract::Path, extract::State, response::IntoResponse, routing::get, Json, Router};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tower_stash::{CacheLayer, Policy, Routes, Stash};
+use tower_stash::{CacheLayer, Policy, Routes, SingleFlightLayer, Stash};
 
 /// The body of a user, as the database would render it.
 fn user_json(id: u64) -> String {
@@ -40,6 +44,10 @@ async fn stats(State((db, stash)): State<(Db, Stash)>) -> impl IntoResponse {
         "hits": s.hits,
         "misses": s.misses,
         "stores": s.stores,
+        "collapsed": s.collapsed,
+        "leases": s.leases,
+        "stale": s.stale,
+        "refreshes": s.refreshes,
         "hit_rate": s.hit_rate(),
         "entries": s.entries,
         "bytes": s.bytes,
@@ -77,9 +85,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .key("user:{id}")
             .tags(["users"]), // 1 hour
     );
-    let app = Router::new()
+    let single_flight = !std::env::args().any(|a| a == "--no-single-flight");
+    let mut app = Router::new()
         .route("/users/{id}", get(get_user))
-        .with_state(db.clone())
+        .with_state(db.clone());
+    if single_flight {
+        // Inside the cache: it coalesces the cache's misses, by the cache's key.
+        app = app.layer(SingleFlightLayer::new(stash.clone()));
+    }
+    let app = app
         .layer(CacheLayer::new(stash.clone(), routes))
         .route("/stats", get(stats).with_state((db, stash)));
 

@@ -778,7 +778,10 @@ async fn four_instances_with_250_cold_requests_each_make_one_call() {
     assert_eq!(calls.load(Ordering::SeqCst), 1, "{by_status:?}");
     let leases: u64 = instances.iter().map(|(s, _, _)| s.stats().leases).sum();
     assert_eq!(leases, 4 + 1, "{by_status:?}");
-    let errors: u64 = instances.iter().map(|(s, _, _)| s.stats().store_errors).sum();
+    let errors: u64 = instances
+        .iter()
+        .map(|(s, _, _)| s.stats().store_errors)
+        .sum();
     assert_eq!(errors, 0);
     // Every instance but the leader's served the entry from Redis.
     assert!(
@@ -863,4 +866,105 @@ async fn a_late_fill_never_replaces_a_newer_entry() {
         .await
         .unwrap();
     assert_eq!(memory.get_now("k").unwrap().body(), "newer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_refreshes_once_across_instances() {
+    use axum::routing::get;
+    let redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(1));
+    let instance = || {
+        let l2 = Guarded::new(RedisStore::builder(redis.url()).build().unwrap())
+            .timeout(Duration::from_secs(1));
+        let stash = Stash::builder()
+            .store(TieredStore::new(MemoryStore::new(16 << 20), l2))
+            .namespace("swr")
+            .build()
+            .unwrap();
+        let (calls, gate) = (calls.clone(), gate.clone());
+        let app = axum::Router::new()
+            .route(
+                "/p",
+                get(move || {
+                    let (calls, gate) = (calls.clone(), gate.clone());
+                    async move {
+                        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                        gate.acquire().await.unwrap().forget();
+                        format!("price {n}")
+                    }
+                }),
+            )
+            .layer(CacheLayer::new(
+                stash.clone(),
+                Routes::new().get(
+                    "/p",
+                    Policy::ttl(Duration::from_secs(1))
+                        .stale_while_revalidate(Duration::from_secs(60))
+                        .early_refresh(0.0),
+                ),
+            ));
+        (stash, app)
+    };
+    let get_p = |app: &axum::Router| {
+        let app = app.clone();
+        async move {
+            let req = axum::http::Request::get("/p")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let resp = within("a response", app.oneshot(req)).await.unwrap();
+            let status = resp.headers()["cache-status"].to_str().unwrap().to_string();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }
+    };
+    let (a_stash, a) = instance();
+    let (b_stash, b) = instance();
+    assert_eq!(get_p(&a).await.1, "price 1");
+    eventually("A's fill", || a_stash.stats().stores == 1).await;
+    assert_eq!(
+        get_p(&b).await.0,
+        "tower-stash; hit",
+        "B reads A's entry into its L1"
+    );
+    // Past the 1 s TTL: both serve stale at once; one refresh runs, on whichever instance
+    // took the lease; it hangs on the gate meanwhile.
+    let stored_at = SystemTime::now();
+    eventually("the entry to expire", || {
+        stored_at.elapsed().unwrap() > Duration::from_millis(1100)
+    })
+    .await;
+    for app in [&a, &b, &a, &b] {
+        let (status, body) = get_p(app).await;
+        assert_eq!(
+            (status.as_str(), &body[..]),
+            ("tower-stash; hit; stale", &b"price 1"[..])
+        );
+    }
+    eventually("the refresh in the handler", || {
+        calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let refreshes = || a_stash.stats().refreshes + b_stash.stats().refreshes;
+    let leases = a_stash.stats().leases + b_stash.stats().leases;
+    assert_eq!((refreshes(), leases), (1, 1));
+    gate.add_permits(100);
+    eventually("the refreshed entry", || {
+        a_stash.stats().stores + b_stash.stats().stores == 2
+    })
+    .await;
+    // Both instances now serve the new entry; the one that did not refresh copies it from
+    // Redis (its stale L1 entry triggers a check, not a call).
+    for app in [&a, &b] {
+        eventually_async("the new price", || {
+            let app = app.clone();
+            async move { get_p(&app).await.1 == "price 2" }
+        })
+        .await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one refresh across instances"
+    );
 }

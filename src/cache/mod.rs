@@ -39,6 +39,23 @@
 //! `streaming`, `head`, `handler`, `hint`, `ttl`, `authorization`, `cookie`) and hits carry
 //! their remaining `ttl`; with `cache_status_key` the key is shown.
 //!
+//! With stampede control: `hit; stale` for an expired entry answered inside the policy's
+//! stale-while-revalidate window (one background refresh runs); `fwd=stale; fwd-status=500;
+//! stale` when the service failed (an error, a 5xx, or no answer within the policy's
+//! `upstream_timeout`) and the stale-if-error window allowed the stale entry; `fwd=miss;
+//! collapsed` for a copy of another request's response and `hit; collapsed` for an entry
+//! another instance stored while this one waited ([`SingleFlightLayer`](crate::SingleFlightLayer)).
+//!
+//! # Grace and early refresh
+//!
+//! A policy's [`stale_while_revalidate`](crate::Policy::stale_while_revalidate) and
+//! [`stale_if_error`](crate::Policy::stale_if_error) windows keep entries in the store that
+//! much past their TTL. A background refresh sends the request that found the entry stale to
+//! the service (on tokio), once per key in the process, and with a shared store once across
+//! instances (a lease). Fresh hits close to expiry refresh early with XFetch
+//! ([`early_refresh`](crate::Policy::early_refresh)), from the time the response took to
+//! produce, stored with the entry.
+//!
 //! # Limits
 //!
 //! - The layer matches the path it sees. Under axum's `Router::nest`, a layer inside the

@@ -1,0 +1,124 @@
+//! A load client for stampedes: `concurrency` requests for one cold key, all at once, over
+//! connections opened beforehand; repeated for `rounds` fresh keys. Prints the latency
+//! percentiles and how many database queries the server made (its `/stats`).
+//!
+//! ```sh
+//! cargo run --release --example quickstart -- --listen 127.0.0.1:3200 &
+//! cargo run --release --example stampede -- --url http://127.0.0.1:3200 --concurrency 1000 --rounds 5
+//! ```
+//!
+//! `scripts/stampede.sh` runs it against the quickstart with and without single flight.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Barrier;
+
+fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::args()
+        .skip_while(|a| a != name)
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: &str) -> Sender {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get(sender: &mut Sender, host: &str, path: &str) -> (u16, Bytes) {
+    sender.ready().await.expect("connection ready");
+    let req = http::Request::get(path)
+        .header("host", host)
+        .body(Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("request");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, body)
+}
+
+fn db_queries(stats: &[u8]) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(stats).expect("stats json");
+    v["db_queries"].as_u64().expect("db_queries")
+}
+
+#[tokio::main]
+async fn main() {
+    let url: String = arg("--url", "http://127.0.0.1:3000".to_string());
+    let concurrency: usize = arg("--concurrency", 1000);
+    let rounds: usize = arg("--rounds", 5);
+    let first_id: u64 = arg(
+        "--first-id",
+        1_000_000 + u64::from(std::process::id()) * 1000,
+    );
+    let host = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+
+    let mut control = connect(&host).await;
+    let mut senders = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        senders.push(connect(&host).await);
+    }
+    let mut all = Vec::new();
+    let mut queries = 0;
+    for round in 0..rounds {
+        let path = format!("/users/{}", first_id + round as u64);
+        let before = db_queries(&get(&mut control, &host, "/stats").await.1);
+        let barrier = Arc::new(Barrier::new(concurrency));
+        let tasks: Vec<_> = senders
+            .drain(..)
+            .map(|mut sender| {
+                let (barrier, host, path) = (barrier.clone(), host.clone(), path.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let start = Instant::now();
+                    let (status, body) = get(&mut sender, &host, &path).await;
+                    (sender, start.elapsed(), status, body)
+                })
+            })
+            .collect();
+        let mut times = Vec::with_capacity(concurrency);
+        let mut bodies = std::collections::HashSet::new();
+        for t in tasks {
+            let (sender, took, status, body) = t.await.expect("task");
+            assert_eq!(status, 200, "a request failed");
+            bodies.insert(body);
+            times.push(took);
+            senders.push(sender);
+        }
+        let after = db_queries(&get(&mut control, &host, "/stats").await.1);
+        times.sort();
+        let pct =
+            |p: f64| times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1];
+        println!(
+            "round {round}: {concurrency} requests for {path}: p50 {:?}, p99 {:?}, max {:?}; db queries {}; distinct bodies {}",
+            pct(0.50), pct(0.99), times[times.len() - 1], after - before, bodies.len()
+        );
+        queries += after - before;
+        all.extend(times);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1];
+    println!(
+        "overall: {} requests: p50 {:?}, p99 {:?}, max {:?}; db queries {queries} ({} per cold key)",
+        all.len(),
+        pct(0.50),
+        pct(0.99),
+        all[all.len() - 1],
+        queries as f64 / rounds as f64
+    );
+}
