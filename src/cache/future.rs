@@ -446,11 +446,21 @@ where
         stash.counters().refresh();
         tracing::debug!(key = %ctx.full, "refreshing in the background");
         let mut req = req;
+        // The refresh must bring a whole response to store: a HEAD (no body) becomes a GET,
+        // and the client's validators go (a 304 stores nothing).
+        if req.method() == http::Method::HEAD {
+            *req.method_mut() = http::Method::GET;
+        }
+        for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+            req.headers_mut().remove(name);
+        }
         req.extensions_mut().insert(ctx.flight_key(true));
         let mut inner = inner;
         let mut ctx = ctx;
         ctx.started = stash.now();
         ctx.stale = None;
+        ctx.head = false;
+        ctx.if_none_match = None;
         // Released once the fresh entry is stored, or at once if nothing is.
         ctx.lease = Some(lease);
         if let Ok(resp) = inner.call(req).await {

@@ -378,3 +378,33 @@ fn bad_stale_settings_name_their_field() {
         assert!(err.contains(want), "{want} not in {err}");
     }
 }
+
+#[tokio::test]
+async fn a_refresh_started_by_a_conditional_head_still_stores_a_whole_response() {
+    let app = App::new(
+        Policy::ttl(MINUTE).stale_while_revalidate(Duration::from_secs(30)),
+        |_| Answer::Ok,
+    );
+    app.get().await;
+    app.stores(1).await;
+    app.clock.advance(Duration::from_secs(61));
+    let req = Request::head("/r")
+        .header("if-none-match", "\"nothing-matches\"")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.headers()["cache-status"], "tower-stash; hit; stale");
+    assert!(resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .is_empty());
+    app.stores(2).await;
+    let fresh = app.get().await;
+    assert_eq!(
+        (fresh.body, fresh.cache_status.as_str()),
+        (Bytes::from("call 2"), "tower-stash; hit")
+    );
+}
