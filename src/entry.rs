@@ -58,6 +58,7 @@ pub struct Entry {
     grace: Duration,
     recompute: Duration,
     tags: Vec<String>,
+    tombstone: bool,
 }
 
 impl fmt::Debug for Entry {
@@ -73,6 +74,7 @@ impl fmt::Debug for Entry {
             .field("grace", &self.grace)
             .field("recompute", &self.recompute)
             .field("tags", &self.tags)
+            .field("tombstone", &self.tombstone)
             .finish()
     }
 }
@@ -96,7 +98,23 @@ impl Entry {
             grace: Duration::ZERO,
             recompute: Duration::ZERO,
             tags: Vec::new(),
+            tombstone: false,
         }
+    }
+
+    /// A tombstone for `key`: what an invalidation at `at` leaves in its place. Stores read it
+    /// as a miss, and refuse a fill whose request began before `at` (its data may predate the
+    /// change that caused the invalidation).
+    pub fn tombstone(key: impl Into<String>, at: SystemTime) -> Self {
+        let mut entry = Self::new(key, StatusCode::NO_CONTENT, HeaderMap::new(), Bytes::new());
+        entry.stored_at = at;
+        entry.tombstone = true;
+        entry
+    }
+
+    /// Whether this is a tombstone (see [`tombstone`](Self::tombstone)).
+    pub fn is_tombstone(&self) -> bool {
+        self.tombstone
     }
 
     /// Sets when the entry was stored and how long it is fresh (at most [`MAX_TTL`]).
@@ -227,7 +245,7 @@ impl Entry {
         let mut out = BytesMut::with_capacity(self.weight() + 16);
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
-        out.put_u8(u8::from(self.trailers.is_some()));
+        out.put_u8(u8::from(self.trailers.is_some()) | (u8::from(self.tombstone) << 1));
         out.put_u16(self.status.as_u16());
         out.put_u64(millis(self.stored_at));
         out.put_u64(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
@@ -258,7 +276,12 @@ impl Entry {
         if version != VERSION {
             return Err(EntryError::Version(version));
         }
-        let has_trailers = r.u8()? != 0;
+        let flags = r.u8()?;
+        if flags > 3 {
+            return Err(EntryError::Corrupt("flags"));
+        }
+        let has_trailers = flags & 1 != 0;
+        let tombstone = flags & 2 != 0;
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| EntryError::Corrupt("status"))?;
         let stored_at = UNIX_EPOCH + Duration::from_millis(r.u64()?);
         let ttl = Duration::from_millis(r.u64()?).min(MAX_TTL);
@@ -287,6 +310,7 @@ impl Entry {
             grace,
             recompute,
             tags,
+            tombstone,
         })
     }
 }

@@ -24,6 +24,7 @@
 use crate::key;
 use crate::policy::ConfigError;
 use crate::store::{MemoryStore, Store};
+use crate::StoreError;
 use http::HeaderValue;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,6 +200,16 @@ pub(crate) struct Inner {
     pub(crate) status: StatusHeaders,
     /// How long a lease on a key lasts unless released.
     pub(crate) lease_ttl: Duration,
+    /// Invalidations are dated this much later than now (clock skew between instances).
+    pub(crate) invalidation_margin: Duration,
+    /// How long a tombstone refuses late fills.
+    pub(crate) tombstone_ttl: Duration,
+    /// Invalidations that failed (the store was unreachable), retried until they succeed.
+    pub(crate) pending: Mutex<Vec<Invalidation>>,
+    /// Whether a task is retrying the pending invalidations.
+    pub(crate) retrying: std::sync::atomic::AtomicBool,
+    /// When refreshing each key last failed.
+    pub(crate) refresh_failed: Mutex<std::collections::HashMap<Arc<str>, std::time::Instant>>,
     /// The keys being refreshed in the background by this process.
     pub(crate) refreshing: Mutex<std::collections::HashSet<Arc<str>>>,
     /// A seeded random source (tests); the thread's own when `None`.
@@ -315,8 +326,154 @@ impl Stash {
         }
     }
 
-    /// Marks `key` as being refreshed, unless it already is: the guard unmarks it.
+    /// Invalidates the entry under `key` and every variant of it (the same key with other
+    /// keyed query parameters or headers), in every instance: `key` is what the route's key
+    /// template renders, without the namespace (`user:42`), or `GET /path` for a route with
+    /// the default key. Characters outside `A-Z a-z 0-9 - . _ ~` in parameter values are
+    /// percent-escaped in keys, as the template does.
+    ///
+    /// Every instance drops its memory copy (through the store's bus), and a fill whose
+    /// request began before the invalidation can never put the old value back. When the store
+    /// is unreachable, the error is returned and the invalidation is retried in the background
+    /// until it succeeds; this instance's memory copy is dropped at once.
+    pub async fn invalidate_key(&self, key: &str) -> Result<(), StoreError> {
+        self.invalidate(Invalidation::Key(key.into())).await
+    }
+
+    /// Invalidates every entry tagged `tag` (by its policy, or by its handler through
+    /// [`CacheHint`](crate::CacheHint)), in every instance; see
+    /// [`invalidate_key`](Self::invalidate_key).
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<(), StoreError> {
+        self.invalidate(Invalidation::Tag(tag.into())).await
+    }
+
+    pub(crate) async fn invalidate(&self, what: Invalidation) -> Result<(), StoreError> {
+        let result = self.apply(&what).await;
+        if let Err(e) = &result {
+            self.counters().store_error();
+            tracing::warn!(?what, error = %e, "invalidation failed: retrying in the background");
+            self.inner
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(what);
+            self.retry_pending();
+        }
+        result
+    }
+
+    /// Invalidates in the store and tells the other instances.
+    async fn apply(&self, what: &Invalidation) -> Result<(), StoreError> {
+        let at = self.now() + self.inner.invalidation_margin;
+        let keep = self.inner.tombstone_ttl;
+        let store = self.store();
+        let ns: Arc<str> = self.inner.namespace.as_str().into();
+        let message = match what {
+            Invalidation::Key(key) => {
+                let full = format!("{}{key}", self.inner.prefix);
+                let stored =
+                    key::storage_key(&full, self.inner.prefix.len(), self.inner.max_key_len)
+                        .unwrap_or_else(|| full.clone());
+                let family: Arc<str> = family_tag(key).into();
+                let one = store.invalidate(stored.as_str().into(), at, keep);
+                let all = store.invalidate_tag(ns.clone(), family.clone(), at, keep);
+                one.await?;
+                all.await?;
+                bus_message(b'k', at, keep, &[&stored, &ns, &family])
+            }
+            Invalidation::Tag(tag) => {
+                store
+                    .invalidate_tag(ns.clone(), tag.as_str().into(), at, keep)
+                    .await?;
+                bus_message(b't', at, keep, &[&ns, tag])
+            }
+        };
+        store.publish(message).await
+    }
+
+    /// Retries the pending invalidations in the background until every one succeeds.
+    fn retry_pending(&self) {
+        if self.inner.retrying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.inner.retrying.store(false, Ordering::Release);
+            return;
+        };
+        let stash = self.clone();
+        rt.spawn(async move {
+            let mut pause = Duration::from_millis(50);
+            loop {
+                tokio::time::sleep(pause).await;
+                let batch = std::mem::take(
+                    &mut *stash
+                        .inner
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()),
+                );
+                let mut failed = Vec::new();
+                for what in batch {
+                    if stash.apply(&what).await.is_err() {
+                        failed.push(what);
+                    }
+                }
+                let mut pending = stash
+                    .inner
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                pending.extend(failed);
+                if pending.is_empty() {
+                    stash.inner.retrying.store(false, Ordering::Release);
+                    return;
+                }
+                drop(pending);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        });
+    }
+
+    /// How many invalidations wait to be retried.
+    pub fn pending_invalidations(&self) -> usize {
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Remembers that refreshing `key` failed: no new refresh for [`REFRESH_BACKOFF`].
+    pub(crate) fn refresh_failed(&self, key: Arc<str>) {
+        let mut failed = self
+            .inner
+            .refresh_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if failed.len() >= 4096 {
+            failed.retain(|_, at| now.duration_since(*at) < REFRESH_BACKOFF);
+        }
+        failed.insert(key, now);
+    }
+
+    /// Marks `key` as being refreshed, unless it already is, or its last refresh failed
+    /// less than [`REFRESH_BACKOFF`] ago (a failing service is not asked on every stale hit):
+    /// the guard unmarks it.
     pub(crate) fn begin_refresh(&self, key: Arc<str>) -> Option<Refreshing> {
+        {
+            let failed = self
+                .inner
+                .refresh_failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if failed
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < REFRESH_BACKOFF)
+            {
+                return None;
+            }
+        }
         let mut set = self
             .inner
             .refreshing
@@ -353,6 +510,90 @@ impl Stash {
     }
 }
 
+/// How long after a failed background refresh of a key no new one starts.
+pub(crate) const REFRESH_BACKOFF: Duration = Duration::from_secs(1);
+
+/// An invalidation to apply (and to retry when the store fails).
+#[derive(Debug, Clone)]
+pub(crate) enum Invalidation {
+    Key(String),
+    Tag(String),
+}
+
+/// The tag every variant of the base key `base` (without the namespace) carries.
+pub(crate) fn family_tag(base: &str) -> String {
+    format!("~{base}")
+}
+
+/// A message on the store's bus: `kind`, the date and keep time in ms, and fields, separated
+/// by tabs (the last field may hold anything).
+fn bus_message(kind: u8, at: SystemTime, keep: Duration, fields: &[&str]) -> bytes::Bytes {
+    let at = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut m = format!("{}\t{at}\t{}", kind as char, keep.as_millis());
+    for f in fields {
+        m.push('\t');
+        m.push_str(f);
+    }
+    m.into()
+}
+
+/// The namespace, tag, date and keep time of a tag invalidation message (`t`), or of the
+/// family tag of a key invalidation (`k`).
+pub(crate) fn tag_message(message: &[u8]) -> Option<(&str, &str, SystemTime, Duration)> {
+    let text = std::str::from_utf8(message).ok()?;
+    let mut parts = text.splitn(6, '\t');
+    let kind = parts.next()?;
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(parts.next()?.parse().ok()?);
+    let keep = Duration::from_millis(parts.next()?.parse().ok()?);
+    match kind {
+        "t" => Some((parts.next()?, parts.next()?, at, keep)),
+        "k" => {
+            let _key = parts.next()?;
+            Some((parts.next()?, parts.next()?, at, keep))
+        }
+        _ => None,
+    }
+}
+
+/// Applies a bus event to a memory tier: drops what another instance invalidated (keeping a
+/// tombstone, so that a late fill of this instance is refused too), or everything when
+/// messages may have been missed.
+pub(crate) fn apply_to_l1(l1: &MemoryStore, event: crate::store::BusEvent) {
+    use crate::store::BusEvent;
+    let message = match event {
+        BusEvent::Lost => {
+            tracing::debug!("invalidations may have been missed: flushing the memory tier");
+            l1.clear();
+            return;
+        }
+        BusEvent::Message(m) => m,
+    };
+    let Ok(text) = std::str::from_utf8(&message) else {
+        return;
+    };
+    let mut parts = text.splitn(6, '\t');
+    let (Some(kind), Some(at), Some(keep)) = (parts.next(), parts.next(), parts.next()) else {
+        return;
+    };
+    let (Ok(at), Ok(keep)) = (at.parse::<u64>(), keep.parse::<u64>()) else {
+        return;
+    };
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(at);
+    let keep = Duration::from_millis(keep).min(Duration::from_secs(60));
+    match (kind, parts.next(), parts.next(), parts.next()) {
+        ("k", Some(key), Some(ns), Some(family)) => {
+            drop(l1.invalidate(key.into(), at, keep));
+            drop(l1.invalidate_tag(ns.into(), family.into(), at, keep));
+        }
+        ("t", Some(ns), Some(tag), None) => {
+            drop(l1.invalidate_tag(ns.into(), tag.into(), at, keep));
+        }
+        _ => tracing::debug!(message = text, "unknown bus message ignored"),
+    }
+}
+
 /// A background refresh in progress; unmarks its key when dropped (also on a panic).
 pub(crate) struct Refreshing {
     stash: Stash,
@@ -385,6 +626,8 @@ pub struct StashBuilder {
     show_detail: bool,
     seed: Option<u64>,
     lease_ttl: Duration,
+    invalidation_margin: Duration,
+    tombstone_ttl: Duration,
 }
 
 impl fmt::Debug for StashBuilder {
@@ -410,6 +653,8 @@ impl Default for StashBuilder {
             show_detail: false,
             seed: None,
             lease_ttl: Duration::from_secs(5),
+            invalidation_margin: Duration::from_millis(50),
+            tombstone_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -483,6 +728,21 @@ impl StashBuilder {
         self
     }
 
+    /// How much later than now an invalidation is dated (default 50 ms): a fill whose request
+    /// began before that is refused. Covers clock skew between instances; fills that begin
+    /// within the margin after an invalidation are answered but not stored.
+    pub fn invalidation_margin(mut self, margin: Duration) -> Self {
+        self.invalidation_margin = margin;
+        self
+    }
+
+    /// How long an invalidated key keeps refusing fills whose request began before the
+    /// invalidation (default 60 s): set it above the longest time the service takes to answer.
+    pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.tombstone_ttl = ttl;
+        self
+    }
+
     /// Seeds the random source used for early refresh and TTL jitter, so that a test sees
     /// the same choices on every run (default: a per-thread source seeded by the system).
     pub fn random_seed(mut self, seed: u64) -> Self {
@@ -540,6 +800,9 @@ impl StashBuilder {
                 Err(e) => errors.push(format!("stash.redis: {e}")),
             }
         }
+        if self.tombstone_ttl < Duration::from_millis(1) {
+            errors.push("stash.tombstone_ttl: must be at least a millisecond".into());
+        }
         if self.lease_ttl < Duration::from_millis(1) {
             errors.push("stash.lease_ttl: must be at least a millisecond".into());
         }
@@ -571,6 +834,11 @@ impl StashBuilder {
                 counters: Counters::default(),
                 status,
                 refreshing: Mutex::default(),
+                refresh_failed: Mutex::default(),
+                invalidation_margin: self.invalidation_margin,
+                tombstone_ttl: self.tombstone_ttl,
+                pending: Mutex::default(),
+                retrying: std::sync::atomic::AtomicBool::new(false),
                 lease_ttl: self.lease_ttl,
                 rng: self.seed.map(|s| Mutex::new(fastrand::Rng::with_seed(s))),
             }),

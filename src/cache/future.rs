@@ -49,6 +49,7 @@ impl Ctx {
             key: self.key.clone(),
             full: self.full.clone(),
             lease: !leased,
+            policy: self.policy.clone(),
         }
     }
 }
@@ -443,6 +444,15 @@ where
             tracing::debug!(key = %ctx.full, "another instance is refreshing");
             return;
         };
+        // The holder before may have stored a fresh entry and released just now.
+        if stash.store().is_shared() {
+            if let Ok(Some(entry)) = stash.store().get(ctx.key.clone()).await {
+                if entry.key() == &*ctx.full && entry.stored_at() > seen {
+                    lease.release().await;
+                    return;
+                }
+            }
+        }
         stash.counters().refresh();
         tracing::debug!(key = %ctx.full, "refreshing in the background");
         let mut req = req;
@@ -463,8 +473,17 @@ where
         ctx.if_none_match = None;
         // Released once the fresh entry is stored, or at once if nothing is.
         ctx.lease = Some(lease);
-        if let Ok(resp) = inner.call(req).await {
-            drain(miss_async(ctx, resp).await).await;
+        let statuses_ok = |s: StatusCode| ctx.policy.statuses.contains(&s.as_u16());
+        match inner.call(req).await {
+            Ok(resp) if statuses_ok(resp.status()) => drain(miss_async(ctx, resp).await).await,
+            Ok(resp) => {
+                tracing::debug!(key = %ctx.full, status = %resp.status(), "refresh failed");
+                stash.refresh_failed(ctx.key.clone());
+            }
+            Err(_) => {
+                tracing::debug!(key = %ctx.full, "refresh failed: service error");
+                stash.refresh_failed(ctx.key.clone());
+            }
         }
     });
 }
@@ -681,19 +700,8 @@ fn decide<B: Body>(
     if headers::has_directive(&parts.headers, &["no-store", "private", "no-cache"]) {
         return Err("cache-control");
     }
-    for value in parts.headers.get_all(header::VARY) {
-        let Ok(value) = value.to_str() else {
-            return Err("vary");
-        };
-        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            if !policy
-                .vary_headers
-                .iter()
-                .any(|h| h.as_str().eq_ignore_ascii_case(name))
-            {
-                return Err("vary");
-            }
-        }
+    if !vary_is_keyed(&parts.headers, policy) {
+        return Err("vary");
     }
     let declared = content_length(&parts.headers);
     let limit = policy.max_body_size as u64;
@@ -708,6 +716,24 @@ fn decide<B: Body>(
         return Err("ttl");
     }
     Ok(ttl)
+}
+
+/// Whether every header the response varies on is keyed by the policy (`Vary: *` never is).
+pub(crate) fn vary_is_keyed(headers: &HeaderMap, policy: &CompiledPolicy) -> bool {
+    headers.get_all(header::VARY).iter().all(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .all(|name| {
+                    policy
+                        .vary_headers
+                        .iter()
+                        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+                })
+        })
+    })
 }
 
 /// The service's response, on its way to the client, with a copy kept to be stored if the rules

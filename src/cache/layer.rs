@@ -79,6 +79,30 @@ impl Shared {
 
 /// The full key of `req` under `policy`, and the hashed key it is stored under when it is
 /// too long.
+/// The key of `req` before its query and headers: what [`Stash::invalidate_key`] takes (after
+/// the namespace), which also invalidates every variant.
+pub(crate) fn base_key<B>(
+    stash: &Stash,
+    policy: &crate::policy::CompiledPolicy,
+    params: &matchit::Params<'_, '_>,
+    req: &Request<B>,
+) -> String {
+    let mut k = String::new();
+    match &policy.key {
+        Some(t) => t.render_into(&mut k, |name| params.get(name)),
+        None => {
+            let method = if req.method() == Method::HEAD {
+                &Method::GET
+            } else {
+                req.method()
+            };
+            key::push_default(&mut k, method, req.uri().path());
+        }
+    }
+    let _ = stash;
+    k
+}
+
 pub(crate) fn key_strings<B>(
     stash: &Stash,
     policy: &crate::policy::CompiledPolicy,

@@ -109,6 +109,7 @@ pub use hint::CacheHint;
 pub use layer::CacheLayer;
 pub use service::CacheService;
 
+pub(crate) use future::vary_is_keyed;
 pub(crate) use layer::key_strings;
 
 #[cfg(test)]

@@ -204,7 +204,7 @@ impl<S> CacheService<S> {
         stored: Option<String>,
         stale: Option<Arc<Entry>>,
     ) -> Box<Ctx> {
-        let tags = policy
+        let mut tags: Vec<String> = policy
             .tags
             .iter()
             .map(|t| {
@@ -213,6 +213,13 @@ impl<S> CacheService<S> {
                 s
             })
             .collect();
+        // A variant (a query or header keyed) is tagged with its base key, so that
+        // invalidating the key drops every variant.
+        let prefix = self.shared.stash.inner.prefix.len();
+        let base = super::layer::base_key(&self.shared.stash, policy, params, req);
+        if full.len() > prefix + base.len() {
+            tags.push(crate::stash::family_tag(&base));
+        }
         let full: Arc<str> = full.into();
         let key: Arc<str> = stored.map_or_else(|| full.clone(), Into::into);
         let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();

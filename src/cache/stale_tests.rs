@@ -408,3 +408,68 @@ async fn a_refresh_started_by_a_conditional_head_still_stores_a_whole_response()
         (Bytes::from("call 2"), "tower-stash; hit")
     );
 }
+
+// ---- Invalidation through the handle (memory store) ----
+
+#[tokio::test]
+async fn invalidate_key_drops_the_entry_and_its_variants_and_refuses_late_fills() {
+    let stash = Stash::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let router = Router::new()
+        .route(
+            "/users/{id}",
+            get(move || {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { format!("call {n}") }
+            }),
+        )
+        .layer(CacheLayer::new(
+            stash.clone(),
+            Routes::new().get(
+                "/users/{id}",
+                Policy::ttl(MINUTE).key("user:{id}").tags(["users"]),
+            ),
+        ));
+    let get_body = |uri: &'static str| {
+        let router = router.clone();
+        async move {
+            let resp = router
+                .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes()
+        }
+    };
+    assert_eq!(get_body("/users/1").await, "call 1");
+    assert_eq!(get_body("/users/1?lang=fr").await, "call 2");
+    assert_eq!(get_body("/users/2").await, "call 3");
+    assert_eq!(get_body("/users/1").await, "call 1", "a hit");
+    stash.invalidate_key("user:1").await.unwrap();
+    // Both variants of user 1 are gone; user 2 is not. Fills that began before the
+    // invalidation (within its margin) are refused, so the next misses are not stored yet.
+    assert_eq!(get_body("/users/1").await, "call 4");
+    assert_eq!(get_body("/users/1?lang=fr").await, "call 5");
+    assert_eq!(get_body("/users/2").await, "call 3");
+    // A late fill: an entry whose request began before the invalidation.
+    let late = crate::Entry::new(
+        "stash:v1:user:1",
+        StatusCode::OK,
+        Default::default(),
+        "old".into(),
+    )
+    .with_times(
+        std::time::SystemTime::now() - Duration::from_secs(1),
+        MINUTE,
+    );
+    stash
+        .store()
+        .put("stash:v1:user:1".into(), Arc::new(late), MINUTE)
+        .await
+        .unwrap();
+    assert_ne!(get_body("/users/1").await, "old");
+
+    stash.invalidate_tag("users").await.unwrap();
+    let before = calls.load(Ordering::SeqCst);
+    assert_eq!(get_body("/users/2").await, format!("call {}", before + 1));
+}

@@ -237,6 +237,25 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        self.flight.waiters.fetch_sub(1, Ordering::Relaxed);
+        let left = self.flight.waiters.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left > 0 {
+            return;
+        }
+        // The last waiter of a flight whose leader is gone and that nobody claimed: the flight
+        // ends here, or it would stay in the map with no one to finish it.
+        let mut map = self.flights.map();
+        let orphan = match &*self.flight.tx.borrow() {
+            Outcome::Retry(gen) => Some(*gen),
+            _ => None,
+        };
+        if let Some(gen) = orphan {
+            let key = &self.flight.key;
+            if self.flight.waiters.load(Ordering::Acquire) == 0
+                && self.flight.generation.load(Ordering::Acquire) == gen
+                && map.get(key).is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+            {
+                map.remove(key);
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@ use super::layer::Shared;
 use super::lease::{Lease, LeaseSlot};
 use super::{Collapsed, FlightKey};
 use crate::entry::Entry;
+use crate::policy::CompiledPolicy;
 use bytes::Bytes;
 use http::{header, Request, Response};
 use http_body::Body;
@@ -21,7 +22,8 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// What a waiter ends with.
 enum Joined {
     Copy(Arc<Copy>),
-    Lead(Leader),
+    /// Took over, with the deadline of the wait so far.
+    Lead(Leader, Instant),
     Alone(&'static str),
 }
 
@@ -62,12 +64,14 @@ pin_project! {
         Leasing {
             lease: BoxFuture<Leased>,
             shared: Arc<Shared>,
+            policy: Arc<CompiledPolicy>,
             leader: Option<Leader>,
             call: Option<Box<(S, Request<ReqB>)>>,
         },
         Lead {
             #[pin] fut: S::Future,
             shared: Arc<Shared>,
+            policy: Arc<CompiledPolicy>,
             leader: Option<Leader>,
             lease: Option<Lease>,
         },
@@ -107,8 +111,9 @@ where
         inner: S,
         req: Request<ReqB>,
     ) -> Self {
+        let deadline = Instant::now() + shared.max_wait;
         Self {
-            state: State::lead(shared, &key, leader, inner, req),
+            state: State::lead(shared, &key, leader, inner, req, deadline),
         }
     }
 
@@ -142,9 +147,9 @@ where
         leader: Leader,
         mut inner: S,
         req: Request<ReqB>,
+        deadline: Instant,
     ) -> Self {
         if key.lease && shared.stash.store().is_shared() {
-            let deadline = Instant::now() + shared.max_wait;
             State::Leasing {
                 lease: Box::pin(lease_or_entry(
                     shared.clone(),
@@ -153,6 +158,7 @@ where
                     deadline,
                 )),
                 shared,
+                policy: key.policy.clone(),
                 leader: Some(leader),
                 call: Some(Box::new((inner, req))),
             }
@@ -160,6 +166,7 @@ where
             State::Lead {
                 fut: inner.call(req),
                 shared,
+                policy: key.policy.clone(),
                 leader: Some(leader),
                 lease: None,
             }
@@ -200,9 +207,10 @@ where
                             state.set(State::Done);
                             return Poll::Ready(Ok(resp));
                         }
-                        Joined::Lead(leader) => {
+                        Joined::Lead(leader, deadline) => {
                             tracing::debug!(key = %key.full, "taking over from a leader that is gone");
-                            State::lead(shared.clone(), key, leader, inner, req)
+                            // Still bounded by the wait this request began with.
+                            State::lead(shared.clone(), key, leader, inner, req, deadline)
                         }
                         Joined::Alone(why) => {
                             tracing::debug!(key = %key.full, why, "going to the service alone");
@@ -215,6 +223,7 @@ where
                 StateProj::Leasing {
                     lease,
                     shared,
+                    policy,
                     leader,
                     call,
                 } => {
@@ -232,12 +241,14 @@ where
                         Leased::Lease(lease) => State::Lead {
                             fut: inner.call(req),
                             shared: shared.clone(),
+                            policy: policy.clone(),
                             leader: Some(leader),
                             lease: Some(lease),
                         },
                         Leased::Timeout => State::Lead {
                             fut: inner.call(req),
                             shared: shared.clone(),
+                            policy: policy.clone(),
                             leader: Some(leader),
                             lease: None,
                         },
@@ -246,6 +257,7 @@ where
                 StateProj::Lead {
                     fut,
                     shared,
+                    policy,
                     leader,
                     lease,
                 } => {
@@ -265,9 +277,14 @@ where
                         // Released by the cache once it has stored the response.
                         parts.extensions.insert(LeaseSlot::new(lease));
                     }
-                    let limit = shared.max_body_size;
+                    // The route's limit, when larger: the cache stores such bodies, and its
+                    // waiters would otherwise all call the service at once.
+                    let limit = shared.max_body_size.max(policy.max_body_size);
+                    // One client's answer is never another's: no `Set-Cookie`, `private`,
+                    // `no-store`, or `Vary` on a header the key does not hold.
                     let shareable = !parts.headers.contains_key(header::SET_COOKIE)
                         && !crate::headers::has_directive(&parts.headers, &["no-store", "private"])
+                        && crate::cache::vary_is_keyed(&parts.headers, policy)
                         && body.size_hint().lower() <= limit as u64;
                     let body = if shareable {
                         let tee = Tee {
@@ -322,7 +339,7 @@ async fn wait(shared: Arc<Shared>, mut waiter: Waiter) -> Joined {
             Outcome::Release => return Joined::Alone("not shared"),
             Outcome::Retry(gen) => {
                 if let Some(leader) = waiter.claim(gen) {
-                    return Joined::Lead(leader);
+                    return Joined::Lead(leader, deadline);
                 }
             }
             Outcome::Running => {}

@@ -23,22 +23,29 @@ impl Lease {
             return Some(Self::local(stash, key));
         }
         let token: Arc<str> = format!("{:032x}", fastrand::u128(..)).into();
+        // Until the answer is in, the lease may have been taken without us knowing (a timeout
+        // after the SET landed, or this future dropped): the guard releases it then.
+        let mut pending = Lease {
+            stash: stash.clone(),
+            key: key.clone(),
+            token: Some(token.clone()),
+        };
         match store
-            .try_lease(key.clone(), token.clone(), stash.inner.lease_ttl)
+            .try_lease(key.clone(), token, stash.inner.lease_ttl)
             .await
         {
             Ok(true) => {
                 stash.counters().lease();
-                Some(Lease {
-                    stash: stash.clone(),
-                    key: key.clone(),
-                    token: Some(token),
-                })
+                Some(pending)
             }
-            Ok(false) => None,
+            Ok(false) => {
+                pending.token = None;
+                None
+            }
             Err(e) => {
                 stash.counters().store_error();
                 tracing::debug!(%key, error = %e, "taking a lease failed: going on alone");
+                drop(pending);
                 Some(Self::local(stash, key))
             }
         }

@@ -83,6 +83,8 @@ pub(crate) struct FlightKey {
     /// Whether the leader takes a lease in a shared store (a cache above stores the answer,
     /// and nobody holds the lease yet).
     pub(crate) lease: bool,
+    /// The route's policy: its body limit and keyed headers decide what may be shared.
+    pub(crate) policy: Arc<crate::policy::CompiledPolicy>,
 }
 
 /// How a response came from single flight, for the cache above: a response extension.

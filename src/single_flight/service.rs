@@ -83,6 +83,7 @@ impl<S> SingleFlightService<S> {
             key: stored.map_or_else(|| full.clone(), Into::into),
             full,
             lease: false,
+            policy: policy.clone(),
         })
     }
 }

@@ -487,3 +487,53 @@ async fn responses_for_one_client_are_not_shared_and_head_is_not_coalesced() {
     within("get", get1).await.unwrap();
     within("head", head).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_leader_and_its_waiters_cancelled_together_leave_the_map_empty() {
+    let h = Gated::new();
+    let (sf, app) = standalone(&h);
+    let leader = spawn_get(&app, "/items/1");
+    until("the leader in the handler", || h.calls() == 1).await;
+    let waiters: Vec<_> = (0..3).map(|_| spawn_get(&app, "/items/1")).collect();
+    until("three waiters", || sf.waiting() == 3).await;
+    // A proxy timing out every request of the key at once.
+    leader.abort();
+    for w in &waiters {
+        w.abort();
+    }
+    until("the map to drain", || sf.in_flight() == 0).await;
+    // And the key works afterwards.
+    h.open();
+    let g = within("a new request", spawn_get(&app, "/items/1"))
+        .await
+        .unwrap();
+    assert!(g.body.starts_with(b"call "));
+    assert_eq!(sf.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_response_that_varies_on_an_unkeyed_header_is_not_shared() {
+    let h = Gated::new();
+    let sf =
+        SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/v", Policy::ttl(HOUR)));
+    let h2 = h.clone();
+    let app = Router::new()
+        .route(
+            "/v",
+            get(move || {
+                let h = h2.clone();
+                async move {
+                    let n = h.enter().await;
+                    ([("vary", "accept-encoding")], format!("call {n}"))
+                }
+            }),
+        )
+        .layer(sf.clone());
+    let all: Vec<_> = (0..3).map(|_| spawn_get(&app, "/v")).collect();
+    until("two waiters", || sf.waiting() == 2).await;
+    h.open();
+    for t in all {
+        within("a response", t).await.unwrap();
+    }
+    assert_eq!(h.calls(), 3, "each waiter asked the service itself");
+}

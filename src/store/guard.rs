@@ -1,10 +1,11 @@
 //! [`Guarded`]: a per-call timeout and a circuit breaker around any store.
 
-use super::{Health, Store, StoreError, StoreFuture, StoreUsage};
+use super::{BusEvent, Health, Store, StoreError, StoreFuture, StoreUsage};
 use crate::Entry;
+use bytes::Bytes;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// A store behind a per-call timeout and a circuit breaker, so that a slow or absent store
@@ -121,12 +122,27 @@ impl<S> Guarded<S> {
 
     /// Runs `call` under the breaker and the timeout.
     fn guard<T: Send + 'static>(&self, call: impl FnOnce(&S) -> StoreFuture<T>) -> StoreFuture<T> {
+        self.guard_for(self.timeout, call)
+    }
+
+    /// Invalidations are not on a hit's path and may touch many keys: they get at least 1 s.
+    fn guard_slow<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&S) -> StoreFuture<T>,
+    ) -> StoreFuture<T> {
+        self.guard_for(self.timeout.max(Duration::from_secs(1)), call)
+    }
+
+    fn guard_for<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        call: impl FnOnce(&S) -> StoreFuture<T>,
+    ) -> StoreFuture<T> {
         let permit = match self.breaker.admit() {
             Ok(permit) => permit,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         let fut = call(&self.inner);
-        let timeout = self.timeout;
         Box::pin(guarded(fut, timeout, permit))
     }
 }
@@ -167,6 +183,28 @@ impl<S: Store> Store for Guarded<S> {
 
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
+    }
+
+    fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
+        self.guard_slow(|s| s.invalidate(key, at, keep))
+    }
+
+    fn invalidate_tag(
+        &self,
+        ns: Arc<str>,
+        tag: Arc<str>,
+        at: SystemTime,
+        keep: Duration,
+    ) -> StoreFuture<()> {
+        self.guard_slow(|s| s.invalidate_tag(ns, tag, at, keep))
+    }
+
+    fn publish(&self, message: Bytes) -> StoreFuture<()> {
+        self.guard_slow(|s| s.publish(message))
+    }
+
+    fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
+        self.inner.subscribe(sink)
     }
 
     fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {

@@ -6,7 +6,7 @@ use moka::sync::Cache;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Clone)]
 struct Slot {
@@ -124,6 +124,9 @@ impl MemoryStore {
         let indexed = self.index.get(key).map(|r| r.value().clone());
         if let Some(Indexed { entry, deadline }) = indexed {
             if Instant::now() < deadline {
+                if entry.is_tombstone() {
+                    return None;
+                }
                 let touch = READS.with(|n| {
                     let next = n.get().wrapping_add(1);
                     n.set(next);
@@ -136,13 +139,44 @@ impl MemoryStore {
             }
         }
         // Not indexed (a put raced another), or past its deadline: moka has the answer.
-        self.cache.get(key).map(|slot| slot.entry)
+        self.cache
+            .get(key)
+            .map(|slot| slot.entry)
+            .filter(|e| !e.is_tombstone())
     }
 
     /// Runs moka's pending maintenance (evictions, expirations, counts), so that
     /// [`Store::usage`] is exact. Useful in tests; the cache does it by itself otherwise.
     pub fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks();
+    }
+
+    /// Invalidates every entry of namespace `ns` tagged `tag` (a scan of the entries held).
+    fn tombstone_tagged(&self, ns: &str, tag: &str, at: SystemTime, keep: Duration) {
+        let prefix = format!("{ns}:");
+        let tagged: Vec<Arc<str>> = self
+            .index
+            .iter()
+            .filter(|r| {
+                r.key().starts_with(&prefix)
+                    && !r.value().entry.is_tombstone()
+                    && r.value().entry.tags().iter().any(|t| t == tag)
+            })
+            .map(|r| r.key().clone())
+            .collect();
+        for key in tagged {
+            self.tombstone(key, at, keep);
+        }
+    }
+
+    fn tombstone(&self, key: Arc<str>, at: SystemTime, keep: Duration) {
+        if keep.is_zero() {
+            self.index.remove(&key);
+            self.cache.invalidate(&key);
+        } else {
+            let stone = Arc::new(Entry::tombstone(&*key, at));
+            self.insert(key, stone, keep);
+        }
     }
 
     /// Removes every entry.
@@ -193,6 +227,22 @@ impl Store for MemoryStore {
     fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
         self.index.remove(&key);
         self.cache.invalidate(&key);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
+        self.tombstone(key, at, keep);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn invalidate_tag(
+        &self,
+        ns: Arc<str>,
+        tag: Arc<str>,
+        at: SystemTime,
+        keep: Duration,
+    ) -> StoreFuture<()> {
+        self.tombstone_tagged(&ns, &tag, at, keep);
         Box::pin(std::future::ready(Ok(())))
     }
 

@@ -10,8 +10,8 @@
 //! # Example
 //!
 //! ```
-//! use std::sync::Arc;
-//! use std::time::Duration;
+//! use std::sync::{Arc, Weak};
+//! use std::time::{Duration, SystemTime};
 //! use tower_stash::{Entry, MemoryStore, Store};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -30,11 +30,12 @@ mod memory;
 pub use memory::MemoryStore;
 
 use crate::Entry;
+use bytes::Bytes;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
 
 /// The future a [`Store`] method returns.
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
@@ -60,6 +61,44 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes `key`, if present.
     fn delete(&self, key: Arc<str>) -> StoreFuture<()>;
+
+    /// Invalidates `key`: removes its entry and leaves a [tombstone](Entry::tombstone) dated
+    /// `at` for `keep`, so that a fill whose request began before `at` is refused. The default
+    /// deletes the key (no tombstone).
+    fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
+        let _ = (at, keep);
+        self.delete(key)
+    }
+
+    /// Invalidates every entry of the namespace `ns` tagged `tag`, as
+    /// [`invalidate`](Self::invalidate) does one key. The default does nothing: a store that
+    /// keeps tags must implement it.
+    fn invalidate_tag(
+        &self,
+        ns: Arc<str>,
+        tag: Arc<str>,
+        at: SystemTime,
+        keep: Duration,
+    ) -> StoreFuture<()> {
+        let _ = (ns, tag, at, keep);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Sends `message` to every instance subscribed to this store (Redis pub/sub). The
+    /// default sends nothing: no one else shares the store.
+    fn publish(&self, message: Bytes) -> StoreFuture<()> {
+        let _ = message;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Calls `sink` with each message [published](Self::publish) by any instance, and with
+    /// [`BusEvent::Lost`] whenever messages may have been missed (the subscription dropped and
+    /// is back), until the sink is dropped. Returns whether the store has a bus at all
+    /// (the default has none).
+    fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
+        let _ = sink;
+        false
+    }
 
     /// Whether other instances share this store (Redis), so that leases coordinate them.
     /// The default is `false`: [`try_lease`](Self::try_lease) always grants.
@@ -93,6 +132,16 @@ pub trait Store: Send + Sync + 'static {
     fn usage(&self) -> StoreUsage {
         StoreUsage::default()
     }
+}
+
+/// What a store's bus delivers to a subscriber: see [`Store::subscribe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BusEvent {
+    /// A message another instance (or this one) published.
+    Message(Bytes),
+    /// Messages may have been missed: the subscription was lost and is back.
+    Lost,
 }
 
 /// Whether a store is being used: see [`Store::health`].

@@ -1,6 +1,6 @@
 //! [`RedisStore`]: entries in Redis, shared by every instance of a service.
 
-use super::{Store, StoreError, StoreFuture};
+use super::{BusEvent, Store, StoreError, StoreFuture};
 use crate::Entry;
 use bb8_redis::RedisConnectionManager;
 use bytes::Bytes;
@@ -8,22 +8,30 @@ use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Deletes a key only while it still holds the given bytes.
 const DELETE_IF_SAME: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 /// Deletes a key only while it is not a string (a fill may have replaced it since).
 /// Sets `KEYS[1]` to `ARGV[1]` for `ARGV[2]` ms unless it holds an entry stored later: the
-/// entry's `stored_at` is bytes 7 to 14 of the envelope (big-endian millis, so comparing the
-/// strings compares the times), read with GETRANGE, never the whole value. A late fill (its
+/// entry's `stored_at` is bytes 7 to 14 of the envelope (big-endian millis, compared byte by
+/// byte, never with Lua's locale-dependent string order), read with GETRANGE, never the whole
+/// value. A late fill (its
 /// request began before the stored entry's) never replaces a newer entry. A key of another
-/// type is replaced (GETRANGE fails on it: `pcall` makes that an empty string).
+/// type is replaced (GETRANGE fails on it: `pcall` makes that an empty string). A tombstone
+/// (flags byte 4 has bit 1) also refuses a fill of the same millisecond.
 const SET_UNLESS_NEWER: &str = "local cur = redis.pcall('GETRANGE', KEYS[1], 0, 13) \
     if type(cur) ~= 'string' then cur = '' end \
-    if string.len(cur) == 14 and string.sub(cur, 1, 3) == string.sub(ARGV[1], 1, 3) \
-    and string.sub(cur, 7, 14) > string.sub(ARGV[1], 7, 14) then return 0 end \
+    if string.len(cur) == 14 and string.sub(cur, 1, 3) == string.sub(ARGV[1], 1, 3) then \
+    local newer = nil \
+    for i = 7, 14 do \
+    local a, b = string.byte(cur, i), string.byte(ARGV[1], i) \
+    if a ~= b then newer = a > b break end \
+    end \
+    if newer == true or (newer == nil and string.byte(cur, 4) >= 2) then return 0 end \
+    end \
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
 /// Deletes the lease `KEYS[1]` only while `ARGV[1]` holds it.
 const RELEASE_LEASE: &str =
@@ -31,6 +39,34 @@ const RELEASE_LEASE: &str =
 /// What a key's lease is stored under: `!` never appears unescaped in a key.
 fn lease_key(key: &str) -> String {
     format!("{key}!lease")
+}
+/// Adds `ARGV[2]` to the tag index `KEYS[1]` (a sorted set scored by when each entry leaves
+/// the store, `ARGV[1]` ms), drops the members gone by `ARGV[3]`, and keeps the index for at
+/// least `ARGV[4]` ms: an index holds only live entries and expires after its last one.
+const TAG_ADD: &str = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) \
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3]) \
+    if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then \
+    redis.call('PEXPIRE', KEYS[1], ARGV[4]) end return 1";
+/// The channel invalidations are published on.
+const BUS: &str = "tower-stash:bus";
+/// The index of the entries of namespace `ns` tagged `tag`: `{ns}:t:{tag, escaped}` (entry
+/// keys are `{ns}:v1:...`, so the two never meet).
+fn tag_key(ns: &str, tag: &str) -> String {
+    let mut k = format!("{ns}:t:");
+    crate::key::escape_into(&mut k, tag.as_bytes());
+    k
+}
+/// The namespace of an entry key, `{ns}:v1:...`.
+fn namespace(key: &str) -> &str {
+    key.split(':').next().unwrap_or(key)
+}
+fn millis_at(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string' then \
      return redis.call('DEL', KEYS[1]) end return 0";
@@ -82,6 +118,9 @@ pub struct RedisStore {
     /// Shared with the manager: connections opened before it are discarded.
     epoch: Arc<AtomicU64>,
     checkout_timeout: Duration,
+    /// For the pub/sub connection, which cannot be pooled.
+    client: redis::Client,
+    connect_timeout: Duration,
 }
 
 impl fmt::Debug for RedisStore {
@@ -193,6 +232,8 @@ impl RedisStoreBuilder {
         let Some(manager) = manager.filter(|_| errors.is_empty()) else {
             return Err(StoreError::new(errors.join("; ")));
         };
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|e| StoreError::new(format!("redis.url: {e}")))?;
         let epoch = Arc::new(AtomicU64::new(0));
         let manager = Manager {
             inner: manager,
@@ -213,6 +254,8 @@ impl RedisStoreBuilder {
             pool,
             epoch,
             checkout_timeout: self.checkout_timeout,
+            client,
+            connect_timeout: self.connect_timeout,
         })
     }
 }
@@ -309,6 +352,21 @@ impl RedisStore {
         Ok(reply)
     }
 
+    /// Runs a pipeline in one round trip; any error is a [`StoreError`].
+    async fn run_pipe(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
+        let (mut mux, epoch) = {
+            let conn = self.checkout().await?;
+            (conn.mux.clone(), conn.epoch)
+        };
+        let reply = pipe.query_async::<Vec<Value>>(&mut mux).await;
+        if let Err(e) = &reply {
+            if e.is_connection_dropped() || e.is_unrecoverable_error() {
+                self.epoch.fetch_max(epoch + 1, Ordering::AcqRel);
+            }
+        }
+        reply.map_err(|e| StoreError::new(format!("redis: {e}")))
+    }
+
     /// Runs one command; any error is a [`StoreError`].
     async fn run(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
         self.query(cmd)
@@ -360,6 +418,7 @@ impl Store for RedisStore {
                 Err(e) => return Err(StoreError::new(format!("redis: {e}"))),
             };
             match Entry::decode(bytes.clone()) {
+                Ok(entry) if entry.is_tombstone() => Ok(None),
                 Ok(entry) => Ok(Some(Arc::new(entry))),
                 Err(e) => {
                     tracing::warn!(%key, error = %e, "unreadable entry in redis: a miss, deleted");
@@ -380,16 +439,33 @@ impl Store for RedisStore {
         let this = self.clone();
         Box::pin(async move {
             let value = entry.encode();
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(SET_UNLESS_NEWER)
+            // One round trip: the tag indexes first (a tag invalidation that reads an index
+            // after this sees the key), then the entry.
+            let mut pipe = redis::pipe();
+            let now = SystemTime::now();
+            let leaves = millis_at(now).saturating_add(millis);
+            let ns = namespace(&key);
+            for tag in entry.tags() {
+                pipe.cmd("EVAL")
+                    .arg(TAG_ADD)
+                    .arg(1)
+                    .arg(tag_key(ns, tag))
+                    .arg(leaves)
+                    .arg(&*key)
+                    .arg(millis_at(now))
+                    .arg(millis);
+            }
+            pipe.cmd("EVAL")
+                .arg(SET_UNLESS_NEWER)
                 .arg(1)
                 .arg(&*key)
                 .arg(&value[..])
                 .arg(millis);
-            match this.run(&cmd).await? {
-                Value::Int(1) => Ok(()),
-                Value::Int(_) => {
-                    tracing::debug!(%key, "a newer entry is stored: this fill is dropped");
+            let replies = this.run_pipe(&pipe).await?;
+            match replies.last() {
+                Some(Value::Int(1)) => Ok(()),
+                Some(Value::Int(_)) => {
+                    tracing::debug!(%key, "a newer entry or an invalidation is stored: this fill is dropped");
                     Ok(())
                 }
                 other => Err(StoreError::new(format!(
@@ -409,6 +485,155 @@ impl Store for RedisStore {
     }
 
     fn is_shared(&self) -> bool {
+        true
+    }
+
+    /// Replaces the entry with a tombstone, unless an entry stored after `at` is there.
+    fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let stone = Entry::tombstone(&*key, at).encode();
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(SET_UNLESS_NEWER)
+                .arg(1)
+                .arg(&*key)
+                .arg(&stone[..])
+                .arg(ms(keep));
+            this.run(&cmd).await.map(drop)
+        })
+    }
+
+    /// Reads the tag's index (live members only), leaves a tombstone in each member's place
+    /// and removes them from the index: single-key commands only, so it works on a cluster.
+    fn invalidate_tag(
+        &self,
+        ns: Arc<str>,
+        tag: Arc<str>,
+        at: SystemTime,
+        keep: Duration,
+    ) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let index = tag_key(&ns, &tag);
+            let mut cmd = redis::cmd("ZRANGEBYSCORE");
+            cmd.arg(&index)
+                .arg(millis_at(SystemTime::now()))
+                .arg("+inf");
+            let members: Vec<Vec<u8>> = match this.run(&cmd).await? {
+                Value::Array(items) => items
+                    .into_iter()
+                    .filter_map(|v| match v {
+                        Value::BulkString(b) => Some(b),
+                        _ => None,
+                    })
+                    .collect(),
+                other => {
+                    return Err(StoreError::new(format!(
+                        "redis: unexpected reply to ZRANGEBYSCORE: {other:?}"
+                    )))
+                }
+            };
+            if members.is_empty() {
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            for member in &members {
+                let key = String::from_utf8_lossy(member);
+                let stone = Entry::tombstone(&*key, at).encode();
+                pipe.cmd("EVAL")
+                    .arg(SET_UNLESS_NEWER)
+                    .arg(1)
+                    .arg(&member[..])
+                    .arg(&stone[..])
+                    .arg(ms(keep));
+            }
+            let mut zrem = redis::cmd("ZREM");
+            zrem.arg(&index);
+            for member in &members {
+                zrem.arg(&member[..]);
+            }
+            pipe.add_command(zrem);
+            this.run_pipe(&pipe).await.map(drop)
+        })
+    }
+
+    fn publish(&self, message: Bytes) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(BUS).arg(&message[..]);
+            this.run(&cmd).await.map(drop)
+        })
+    }
+
+    /// A task holds a pub/sub connection: it reconnects after a drop (100 ms, then backing
+    /// off to 2 s), and reports [`BusEvent::Lost`] each time it has subscribed again. While
+    /// the subscription is down, memory tiers keep serving (a Redis outage costs hit rate,
+    /// not the memory tier); what they hold is dropped once it is back, since invalidations
+    /// may have been missed meanwhile.
+    fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("redis: no tokio runtime to subscribe on: invalidations from other instances are not heard");
+            return false;
+        };
+        let client = self.client.clone();
+        let connect_timeout = self.connect_timeout;
+        rt.spawn(async move {
+            use futures_util::StreamExt;
+            // Delivers `event`; false once the sink is gone (the store was dropped).
+            let deliver = |event: BusEvent| match sink.upgrade() {
+                Some(sink) => {
+                    sink(event);
+                    true
+                }
+                None => false,
+            };
+            let mut pause = Duration::from_millis(100);
+            let mut resubscribed = false;
+            loop {
+                let subscribed = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(BUS).await?;
+                    Ok::<_, RedisError>(pubsub)
+                };
+                match tokio::time::timeout(connect_timeout, subscribed).await {
+                    Ok(Ok(pubsub)) => {
+                        pause = Duration::from_millis(100);
+                        // Messages sent while the subscription was down are lost. (Not on
+                        // the first subscription: there was none to lose.)
+                        if resubscribed && !deliver(BusEvent::Lost) {
+                            return;
+                        }
+                        resubscribed = true;
+                        let mut messages = pubsub.into_on_message();
+                        loop {
+                            tokio::select! {
+                                msg = messages.next() => {
+                                    let Some(msg) = msg else { break };
+                                    let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                                    if !deliver(BusEvent::Message(payload)) {
+                                        return;
+                                    }
+                                }
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                                    if sink.strong_count() == 0 {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                        tracing::warn!("redis: the invalidation subscription dropped");
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "redis: subscribing failed"),
+                    Err(_) => tracing::debug!("redis: subscribing timed out"),
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+                if sink.strong_count() == 0 {
+                    return;
+                }
+            }
+        });
         true
     }
 

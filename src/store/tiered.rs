@@ -1,9 +1,10 @@
 //! [`TieredStore`]: a [`MemoryStore`] in front of a shared store.
 
-use super::{Health, MemoryStore, Store, StoreFuture, StoreUsage};
+use super::{BusEvent, Health, MemoryStore, Store, StoreFuture, StoreUsage};
 use crate::Entry;
+use bytes::Bytes;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 /// Two tiers: L1, a [`MemoryStore`] in this instance, in front of L2, a store every instance
@@ -36,6 +37,49 @@ pub struct TieredStore<S> {
     l1: MemoryStore,
     l2: Arc<S>,
     l1_max_ttl: Duration,
+    /// Applies invalidations heard on L2's bus to L1; the subscription ends when it is dropped.
+    _sink: Option<Arc<dyn Fn(BusEvent) + Send + Sync>>,
+    /// This instance's recent fills with tags, for a tag invalidation that raced them.
+    recent: Arc<Recent>,
+}
+
+/// This instance's fills of the last [`RECENT`]: a tag invalidation reads the tag's index in
+/// L2, and a fill that started before it but reached the index after it read escapes it; the
+/// instance that made the fill hears the invalidation and invalidates that key too.
+/// When a fill was made, its key and entry.
+type Fill = (std::time::Instant, Arc<str>, Arc<Entry>);
+
+#[derive(Default)]
+struct Recent(std::sync::Mutex<std::collections::VecDeque<Fill>>);
+
+const RECENT: Duration = Duration::from_secs(10);
+
+impl Recent {
+    fn push(&self, key: Arc<str>, entry: Arc<Entry>) {
+        let now = std::time::Instant::now();
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while q
+            .front()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) > RECENT)
+        {
+            q.pop_front();
+        }
+        q.push_back((now, key, entry));
+    }
+
+    /// The keys of recent fills tagged `tag` whose request began before `at`.
+    fn tagged_before(&self, ns: &str, tag: &str, at: SystemTime) -> Vec<Arc<str>> {
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter()
+            .filter(|(_, key, e)| {
+                key.starts_with(ns)
+                    && key[ns.len()..].starts_with(':')
+                    && e.stored_at() < at
+                    && e.tags().iter().any(|t| t == tag)
+            })
+            .map(|(_, key, _)| key.clone())
+            .collect()
+    }
 }
 
 impl<S> Clone for TieredStore<S> {
@@ -44,6 +88,8 @@ impl<S> Clone for TieredStore<S> {
             l1: self.l1.clone(),
             l2: self.l2.clone(),
             l1_max_ttl: self.l1_max_ttl,
+            _sink: self._sink.clone(),
+            recent: self.recent.clone(),
         }
     }
 }
@@ -58,16 +104,39 @@ impl<S: fmt::Debug> fmt::Debug for TieredStore<S> {
     }
 }
 
-impl<S> TieredStore<S> {
-    /// `l1` in front of `l2`, with L1 keeping entries at most 60 s.
+impl<S: Store> TieredStore<S> {
+    /// `l1` in front of `l2`, with L1 keeping entries at most 60 s. When `l2` has a bus
+    /// (Redis pub/sub), this instance's L1 drops what other instances invalidate, and is
+    /// flushed whenever messages may have been missed.
     pub fn new(l1: MemoryStore, l2: S) -> Self {
+        let l2 = Arc::new(l2);
+        let recent = Arc::new(Recent::default());
+        let (memory, shared, mine) = (l1.clone(), l2.clone(), recent.clone());
+        let sink: Arc<dyn Fn(BusEvent) + Send + Sync> = Arc::new(move |event| {
+            if let BusEvent::Message(m) = &event {
+                if let Some((ns, tag, at, keep)) = crate::stash::tag_message(m) {
+                    for key in mine.tagged_before(ns, tag, at) {
+                        let again = shared.invalidate(key, at, keep);
+                        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                            rt.spawn(again);
+                        }
+                    }
+                }
+            }
+            crate::stash::apply_to_l1(&memory, event)
+        });
+        let subscribed = l2.subscribe(Arc::downgrade(&sink));
         Self {
             l1,
-            l2: Arc::new(l2),
+            l2,
             l1_max_ttl: Duration::from_secs(60),
+            _sink: subscribed.then_some(sink),
+            recent,
         }
     }
+}
 
+impl<S> TieredStore<S> {
     /// The longest L1 keeps an entry (default 60 s), however long its TTL.
     pub fn l1_max_ttl(mut self, ttl: Duration) -> Self {
         self.l1_max_ttl = ttl;
@@ -137,6 +206,9 @@ impl<S: Store> Store for TieredStore<S> {
     }
 
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
+        if !entry.tags().is_empty() && self._sink.is_some() {
+            self.recent.push(key.clone(), entry.clone());
+        }
         let l1_ttl = ttl.min(self.l1_max_ttl);
         if !l1_ttl.is_zero() {
             drop(self.l1.put(key.clone(), entry.clone(), l1_ttl));
@@ -163,6 +235,36 @@ impl<S: Store> Store for TieredStore<S> {
 
     fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
         self.l2.release_lease(key, token)
+    }
+
+    fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
+        drop(
+            self.l1
+                .invalidate(key.clone(), at, keep.min(self.l1_max_ttl)),
+        );
+        self.l2.invalidate(key, at, keep)
+    }
+
+    fn invalidate_tag(
+        &self,
+        ns: Arc<str>,
+        tag: Arc<str>,
+        at: SystemTime,
+        keep: Duration,
+    ) -> StoreFuture<()> {
+        drop(
+            self.l1
+                .invalidate_tag(ns.clone(), tag.clone(), at, keep.min(self.l1_max_ttl)),
+        );
+        self.l2.invalidate_tag(ns, tag, at, keep)
+    }
+
+    fn publish(&self, message: Bytes) -> StoreFuture<()> {
+        self.l2.publish(message)
+    }
+
+    fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
+        self.l2.subscribe(sink)
     }
 }
 
