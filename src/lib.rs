@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod entry;
 mod headers;
+pub mod invalidate;
 pub mod key;
 pub mod policy;
 pub mod single_flight;
@@ -14,6 +15,7 @@ pub mod store;
 
 pub use cache::{CacheBody, CacheHint, CacheLayer, CacheService};
 pub use entry::{Entry, EntryError};
+pub use invalidate::{Invalidate, InvalidateLayer, InvalidateService, Rules};
 pub use key::QueryKey;
 pub use policy::{ConfigError, Policy, Routes};
 pub use single_flight::{SingleFlightLayer, SingleFlightService};

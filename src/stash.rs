@@ -347,6 +347,73 @@ impl Stash {
         self.invalidate(Invalidation::Tag(tag.into())).await
     }
 
+    /// Stores a write's response as the entry of `key` (a base key, without the namespace):
+    /// dated now plus the invalidation margin, so that a read that began before the write
+    /// cannot replace it with what it read; the key's variants are invalidated, and the
+    /// other instances drop their memory copy.
+    pub(crate) async fn write_through(
+        &self,
+        key: &str,
+        parts: &http::response::Parts,
+        body: bytes::Bytes,
+        trailers: Option<http::HeaderMap>,
+        ttl: Duration,
+        tags: &[String],
+    ) -> Result<(), StoreError> {
+        let at = self.now() + self.inner.invalidation_margin;
+        let keep = self.inner.tombstone_ttl;
+        let full = format!("{}{key}", self.inner.prefix);
+        let stored = key::storage_key(&full, self.inner.prefix.len(), self.inner.max_key_len)
+            .unwrap_or_else(|| full.clone());
+        let mut headers = parts.headers.clone();
+        crate::headers::strip_hop_by_hop(&mut headers);
+        for name in [
+            crate::CacheHint::SKIP_HEADER,
+            crate::CacheHint::TTL_HEADER,
+            crate::CacheHint::TAGS_HEADER,
+        ] {
+            headers.remove(name);
+        }
+        if !headers.contains_key(http::header::ETAG) {
+            headers.insert(http::header::ETAG, crate::headers::derived_etag(&body));
+        }
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        headers.insert(http::header::AGE, HeaderValue::from_static("0"));
+        headers.insert(crate::headers::CACHE_STATUS, self.inner.status.hit.clone());
+        let entry = crate::Entry::new(full, parts.status, headers, body)
+            .with_times(at, ttl)
+            .with_trailers(trailers)
+            .with_tags(tags.to_vec());
+        let ns: Arc<str> = self.inner.namespace.as_str().into();
+        let family: Arc<str> = family_tag(key).into();
+        let store = self.store();
+        let id = message_id_new();
+        let result = async {
+            store
+                .put(stored.as_str().into(), Arc::new(entry), ttl)
+                .await?;
+            store
+                .invalidate_tag(ns.clone(), family.clone(), at, keep)
+                .await?;
+            let sent = store
+                .publish(bus_message(b'd', at, keep, &id, &[&stored, &ns, &family]))
+                .await?;
+            self.await_acks(&id, sent).await;
+            Ok(())
+        }
+        .await;
+        match &result {
+            Ok(()) => self.stored(),
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "write-through failed: invalidating the key");
+                self.counters().store_error();
+                // No old value may outlive the write: the key goes (retried until it does).
+                let _ = self.invalidate(Invalidation::Key(key.into())).await;
+            }
+        }
+        result
+    }
+
     pub(crate) async fn invalidate(&self, what: Invalidation) -> Result<(), StoreError> {
         let result = self.apply(&what).await;
         if let Err(e) = &result {
@@ -368,6 +435,7 @@ impl Stash {
         let keep = self.inner.tombstone_ttl;
         let store = self.store();
         let ns: Arc<str> = self.inner.namespace.as_str().into();
+        let id = message_id_new();
         let message = match what {
             Invalidation::Key(key) => {
                 let full = format!("{}{key}", self.inner.prefix);
@@ -379,16 +447,47 @@ impl Stash {
                 let all = store.invalidate_tag(ns.clone(), family.clone(), at, keep);
                 one.await?;
                 all.await?;
-                bus_message(b'k', at, keep, &[&stored, &ns, &family])
+                bus_message(b'k', at, keep, &id, &[&stored, &ns, &family])
             }
             Invalidation::Tag(tag) => {
                 store
                     .invalidate_tag(ns.clone(), tag.as_str().into(), at, keep)
                     .await?;
-                bus_message(b't', at, keep, &[&ns, tag])
+                bus_message(b't', at, keep, &id, &[&ns, tag])
             }
         };
-        store.publish(message).await
+        let sent = store.publish(message).await?;
+        self.await_acks(&id, sent).await;
+        Ok(())
+    }
+
+    /// Waits until the `sent` subscribers of message `id` have applied it (every instance
+    /// has dropped its memory copy), for at most [`ACK_WAIT`]: the caller's next read, on
+    /// any instance, then sees the change.
+    async fn await_acks(&self, id: &str, sent: u64) {
+        if sent == 0 {
+            return;
+        }
+        let store = self.store();
+        let deadline = std::time::Instant::now() + ACK_WAIT;
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match store.acknowledgements(id.into()).await {
+                Ok(n) if n >= sent => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            if std::time::Instant::now() + pause > deadline {
+                tracing::debug!(
+                    id,
+                    sent,
+                    "not every instance acknowledged the invalidation in time"
+                );
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(2));
+        }
     }
 
     /// Retries the pending invalidations in the background until every one succeeds.
@@ -520,6 +619,20 @@ pub(crate) enum Invalidation {
     Tag(String),
 }
 
+/// The longest an invalidation waits for every instance to acknowledge it.
+const ACK_WAIT: Duration = Duration::from_millis(50);
+
+/// A fresh message id.
+fn message_id_new() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// The id of a bus message, to acknowledge it.
+pub(crate) fn message_id(message: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(message).ok()?;
+    text.split('\t').nth(3).map(str::to_owned)
+}
+
 /// The tag every variant of the base key `base` (without the namespace) carries.
 pub(crate) fn family_tag(base: &str) -> String {
     format!("~{base}")
@@ -527,11 +640,17 @@ pub(crate) fn family_tag(base: &str) -> String {
 
 /// A message on the store's bus: `kind`, the date and keep time in ms, and fields, separated
 /// by tabs (the last field may hold anything).
-fn bus_message(kind: u8, at: SystemTime, keep: Duration, fields: &[&str]) -> bytes::Bytes {
+fn bus_message(
+    kind: u8,
+    at: SystemTime,
+    keep: Duration,
+    id: &str,
+    fields: &[&str],
+) -> bytes::Bytes {
     let at = at
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let mut m = format!("{}\t{at}\t{}", kind as char, keep.as_millis());
+    let mut m = format!("{}\t{at}\t{}\t{id}", kind as char, keep.as_millis());
     for f in fields {
         m.push('\t');
         m.push_str(f);
@@ -543,13 +662,14 @@ fn bus_message(kind: u8, at: SystemTime, keep: Duration, fields: &[&str]) -> byt
 /// family tag of a key invalidation (`k`).
 pub(crate) fn tag_message(message: &[u8]) -> Option<(&str, &str, SystemTime, Duration)> {
     let text = std::str::from_utf8(message).ok()?;
-    let mut parts = text.splitn(6, '\t');
+    let mut parts = text.splitn(7, '\t');
     let kind = parts.next()?;
     let at = std::time::UNIX_EPOCH + Duration::from_millis(parts.next()?.parse().ok()?);
     let keep = Duration::from_millis(parts.next()?.parse().ok()?);
+    let _id = parts.next()?;
     match kind {
         "t" => Some((parts.next()?, parts.next()?, at, keep)),
-        "k" => {
+        "k" | "d" => {
             let _key = parts.next()?;
             Some((parts.next()?, parts.next()?, at, keep))
         }
@@ -573,8 +693,10 @@ pub(crate) fn apply_to_l1(l1: &MemoryStore, event: crate::store::BusEvent) {
     let Ok(text) = std::str::from_utf8(&message) else {
         return;
     };
-    let mut parts = text.splitn(6, '\t');
-    let (Some(kind), Some(at), Some(keep)) = (parts.next(), parts.next(), parts.next()) else {
+    let mut parts = text.splitn(7, '\t');
+    let (Some(kind), Some(at), Some(keep), Some(_id)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return;
     };
     let (Ok(at), Ok(keep)) = (at.parse::<u64>(), keep.parse::<u64>()) else {
@@ -585,6 +707,11 @@ pub(crate) fn apply_to_l1(l1: &MemoryStore, event: crate::store::BusEvent) {
     match (kind, parts.next(), parts.next(), parts.next()) {
         ("k", Some(key), Some(ns), Some(family)) => {
             drop(l1.invalidate(key.into(), at, keep));
+            drop(l1.invalidate_tag(ns.into(), family.into(), at, keep));
+        }
+        // A write-through: the new entry is in the shared store; drop the old copy.
+        ("d", Some(key), Some(ns), Some(family)) => {
+            drop(l1.delete(key.into()));
             drop(l1.invalidate_tag(ns.into(), family.into(), at, keep));
         }
         ("t", Some(ns), Some(tag), None) => {

@@ -968,3 +968,328 @@ async fn stale_while_revalidate_refreshes_once_across_instances() {
         "one refresh across instances"
     );
 }
+
+// ---- Invalidation across instances ----
+
+/// A user service instance: GET (cached `user:{id}`, tagged `users`), PUT (write-through),
+/// on a database shared by every instance. The handler of GET reads the database, then takes
+/// `read_delay` (so a fill can race an invalidation).
+struct Users {
+    stash: Stash,
+    app: axum::Router,
+}
+
+#[derive(Clone, Default)]
+struct UserDb {
+    names: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    reads: Arc<AtomicUsize>,
+}
+
+impl Users {
+    fn new(url: &str, db: &UserDb, read_delay: Duration) -> Self {
+        use axum::extract::{Path, State};
+        use axum::routing::get;
+        let l2 =
+            Guarded::new(RedisStore::builder(url).build().unwrap()).timeout(Duration::from_secs(1));
+        let stash = Stash::builder()
+            .store(TieredStore::new(MemoryStore::new(16 << 20), l2))
+            .namespace("users")
+            .build()
+            .unwrap();
+        let app = axum::Router::new()
+            .route(
+                "/users/{id}",
+                get(
+                    move |State(db): State<UserDb>, Path(id): Path<String>| async move {
+                        db.reads.fetch_add(1, Ordering::SeqCst);
+                        let name = db
+                            .names
+                            .lock()
+                            .unwrap()
+                            .get(&id)
+                            .cloned()
+                            .unwrap_or_default();
+                        if !read_delay.is_zero() {
+                            tokio::time::sleep(read_delay.mul_f64(fastrand_f64())).await;
+                        }
+                        format!("user {id}: {name}")
+                    },
+                )
+                .put(
+                    |State(db): State<UserDb>, Path(id): Path<String>, name: String| async move {
+                        db.names.lock().unwrap().insert(id.clone(), name.clone());
+                        format!("user {id}: {name}")
+                    },
+                ),
+            )
+            .with_state(db.clone())
+            .layer(
+                ServiceBuilder::new()
+                    .layer(CacheLayer::new(
+                        stash.clone(),
+                        Routes::new().get(
+                            "/users/{id}",
+                            Policy::ttl(TTL).key("user:{id}").tags(["users"]),
+                        ),
+                    ))
+                    .layer(tower_stash::InvalidateLayer::new(
+                        stash.clone(),
+                        tower_stash::Rules::new().put(
+                            "/users/{id}",
+                            tower_stash::Invalidate::write_through("user:{id}", TTL)
+                                .entry_tags(["users"]),
+                        ),
+                    )),
+            );
+        Self { stash, app }
+    }
+
+    async fn send(&self, req: axum::http::Request<axum::body::Body>) -> (String, String) {
+        let resp = within("a response", self.app.clone().oneshot(req))
+            .await
+            .unwrap();
+        let cache = resp
+            .headers()
+            .get("cache-status")
+            .map_or(String::new(), |v| v.to_str().unwrap().to_string());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (String::from_utf8(body.to_vec()).unwrap(), cache)
+    }
+
+    async fn get(&self, id: &str) -> (String, String) {
+        self.send(
+            axum::http::Request::get(format!("/users/{id}"))
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn put(&self, id: &str, name: &str) -> (String, String) {
+        self.send(
+            axum::http::Request::put(format!("/users/{id}"))
+                .body(axum::body::Body::from(name.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+fn fastrand_f64() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    (h.finish() % 1000) as f64 / 1000.0
+}
+
+/// Until `users` has its subscription (the first message it hears proves it).
+async fn subscribed(a: &Users, b: &Users) {
+    eventually_async("both subscriptions", || async {
+        // A tag no entry has: invalidating it only publishes, and waits for the acks.
+        a.stash.invalidate_tag("warm-up").await.unwrap();
+        b.stash.invalidate_tag("warm-up").await.unwrap();
+        true
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_on_a_is_seen_on_b_never_b_s_old_copy() {
+    let redis = RedisServer::start();
+    let db = UserDb::default();
+    let a = Users::new(&redis.url(), &db, Duration::ZERO);
+    let b = Users::new(&redis.url(), &db, Duration::ZERO);
+    subscribed(&a, &b).await;
+    for round in 0..20 {
+        let id = format!("{round}");
+        db.names.lock().unwrap().insert(id.clone(), "old".into());
+        a.get(&id).await;
+        eventually("A's fill", || a.stash.stats().stores > 2 * round).await;
+        let (body, cache) = b.get(&id).await;
+        assert_eq!(
+            (body.as_str(), cache.as_str()),
+            (format!("user {id}: old").as_str(), "tower-stash; hit")
+        );
+        // B now holds the old value in its memory tier.
+        let reads = db.reads.load(Ordering::SeqCst);
+        let (body, _) = a.put(&id, "new").await;
+        assert_eq!(body, format!("user {id}: new"));
+        // At once, on B: the new data, from the write-through entry (no database read).
+        let (body, cache) = b.get(&id).await;
+        assert_eq!(body, format!("user {id}: new"), "round {round}: {cache}");
+        assert_eq!(cache, "tower-stash; hit");
+        assert_eq!(
+            db.reads.load(Ordering::SeqCst),
+            reads,
+            "write-through: no read"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_drop_exactly_their_entries_across_instances() {
+    let redis = RedisServer::start();
+    let db = UserDb::default();
+    let a = Users::new(&redis.url(), &db, Duration::ZERO);
+    let b = Users::new(&redis.url(), &db, Duration::ZERO);
+    subscribed(&a, &b).await;
+    for id in ["1", "2", "3"] {
+        a.get(id).await;
+    }
+    eventually("A's fills", || a.stash.stats().stores == 3).await;
+    for id in ["1", "2", "3"] {
+        assert_eq!(b.get(id).await.1, "tower-stash; hit");
+    }
+    // A handler-independent tag: invalidate one key's variants by key, then all by tag.
+    b.stash.invalidate_key("user:2").await.unwrap();
+    assert!(a.get("2").await.1.starts_with("tower-stash; fwd=miss"));
+    assert_eq!(a.get("1").await.1, "tower-stash; hit");
+    a.stash.invalidate_tag("users").await.unwrap();
+    // The tag index holds no invalidated member (until they are filled again).
+    let members = redis.cli(&["ZRANGE", "users:t:users", "0", "-1"]);
+    assert!(
+        !members.contains("user:1") && !members.contains("user:3"),
+        "{members}"
+    );
+    for id in ["1", "3"] {
+        assert!(
+            b.get(id).await.1.starts_with("tower-stash; fwd=miss"),
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_racing_invalidations_never_leave_the_old_value() {
+    let redis = RedisServer::start();
+    let db = UserDb::default();
+    // Reads take up to 5 ms after reading the database: fills land after invalidations.
+    let a = Arc::new(Users::new(&redis.url(), &db, Duration::from_millis(5)));
+    let b = Arc::new(Users::new(&redis.url(), &db, Duration::from_millis(5)));
+    subscribed(&a, &b).await;
+    for round in 0..40u32 {
+        db.names
+            .lock()
+            .unwrap()
+            .insert("1".into(), format!("v{round}"));
+        let readers: Vec<_> = (0..8)
+            .map(|i| {
+                let inst = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tokio::spawn(async move { inst.get("1").await })
+            })
+            .collect();
+        // The write: the database changes, then the cache is told (by key or by tag).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        db.names
+            .lock()
+            .unwrap()
+            .insert("1".into(), format!("v{}", round + 1));
+        if round % 2 == 0 {
+            a.stash.invalidate_key("user:1").await.unwrap();
+        } else {
+            b.stash.invalidate_tag("users").await.unwrap();
+        }
+        for r in readers {
+            within("a reader", r).await.unwrap();
+        }
+        // Background fills settle; then every instance must serve the latest value.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let want = format!("user 1: v{}", round + 1);
+        for inst in [&a, &b] {
+            let (body, cache) = inst.get("1").await;
+            assert_eq!(body, want, "round {round}: {cache}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_indexes_stay_bounded_under_many_expiring_fills() {
+    let redis = RedisServer::start();
+    let store = Arc::new(
+        RedisStore::builder(redis.url())
+            .pool_size(4)
+            .build()
+            .unwrap(),
+    );
+    let ttl = Duration::from_millis(20);
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..100_000 / 16 {
+                    let key = format!("bound:v1:k{t}-{i}");
+                    let entry = Entry::new(&*key, StatusCode::OK, Default::default(), "x".into())
+                        .with_times(SystemTime::now(), ttl)
+                        .with_tags(vec![format!("tag{}", i % 4), "all".into()]);
+                    store.put(key.into(), Arc::new(entry), ttl).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // 100 000 fills made: each index holds only what has not expired yet.
+    let card: u64 = redis.cli(&["ZCARD", "bound:t:all"]).parse().unwrap();
+    assert!(card < 20_000, "the index of `all` holds {card} members");
+    let pttl: i64 = redis.cli(&["PTTL", "bound:t:all"]).parse().unwrap();
+    assert!(pttl <= 20, "{pttl}");
+    // And once every entry has expired, the indexes are gone.
+    eventually("the indexes to expire", || {
+        redis.cli(&["EXISTS", "bound:t:all", "bound:t:tag0", "bound:t:tag3"]) == "0"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn propagation_from_a_to_b() {
+    let redis = RedisServer::start();
+    let db = UserDb::default();
+    let a = Users::new(&redis.url(), &db, Duration::ZERO);
+    let b = Users::new(&redis.url(), &db, Duration::ZERO);
+    subscribed(&a, &b).await;
+    db.names.lock().unwrap().insert("1".into(), "v0".into());
+    let mut calls = Vec::new();
+    let mut stale_after = Vec::new();
+    let mut old_answers = 0;
+    for trial in 1..=1000u32 {
+        b.get("1").await; // B holds the current value in memory
+        db.names
+            .lock()
+            .unwrap()
+            .insert("1".into(), format!("v{trial}"));
+        let start = Instant::now();
+        a.stash.invalidate_key("user:1").await.unwrap();
+        calls.push(start.elapsed());
+        // How long B goes on serving the old value after `invalidate_key` returned: when
+        // B's first request that got the new value began.
+        let returned = Instant::now();
+        let want = format!("user 1: v{trial}");
+        loop {
+            let began = returned.elapsed();
+            if b.get("1").await.0 == want {
+                stale_after.push(began);
+                break;
+            }
+            old_answers += 1;
+            assert!(
+                returned.elapsed() < Duration::from_secs(5),
+                "B never saw trial {trial}"
+            );
+        }
+    }
+    calls.sort();
+    stale_after.sort();
+    let p = |v: &[Duration], q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    eprintln!(
+        "propagation over 1000 trials: invalidate_key on A took p50 {:?}, p99 {:?}; after it returned, B served the old value for p50 {:?}, p99 {:?}, max {:?} ({old_answers} old answers in all)",
+        p(&calls, 0.5),
+        p(&calls, 0.99),
+        p(&stale_after, 0.5),
+        p(&stale_after, 0.99),
+        stale_after[stale_after.len() - 1]
+    );
+}

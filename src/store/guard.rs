@@ -199,8 +199,16 @@ impl<S: Store> Store for Guarded<S> {
         self.guard_slow(|s| s.invalidate_tag(ns, tag, at, keep))
     }
 
-    fn publish(&self, message: Bytes) -> StoreFuture<()> {
+    fn publish(&self, message: Bytes) -> StoreFuture<u64> {
         self.guard_slow(|s| s.publish(message))
+    }
+
+    fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
+        self.guard_slow(|s| s.acknowledge(id))
+    }
+
+    fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
+        self.guard(|s| s.acknowledgements(id))
     }
 
     fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {

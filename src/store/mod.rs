@@ -84,11 +84,24 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    /// Sends `message` to every instance subscribed to this store (Redis pub/sub). The
-    /// default sends nothing: no one else shares the store.
-    fn publish(&self, message: Bytes) -> StoreFuture<()> {
+    /// Sends `message` to every instance subscribed to this store (Redis pub/sub), and says
+    /// how many subscribers got it. The default sends nothing: no one else shares the store.
+    fn publish(&self, message: Bytes) -> StoreFuture<u64> {
         let _ = message;
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    /// Records that this instance applied the message `id` (see
+    /// [`acknowledgements`](Self::acknowledgements)). The default records nothing.
+    fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
+        let _ = id;
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// How many instances have applied the message `id` so far.
+    fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
+        let _ = id;
+        Box::pin(std::future::ready(Ok(0)))
     }
 
     /// Calls `sink` with each message [published](Self::publish) by any instance, and with

@@ -47,6 +47,10 @@ const TAG_ADD: &str = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) \
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3]) \
     if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then \
     redis.call('PEXPIRE', KEYS[1], ARGV[4]) end return 1";
+/// The counter of the instances that applied message `id`.
+fn ack_key(id: &str) -> String {
+    format!("tower-stash:ack:{id}")
+}
 /// The channel invalidations are published on.
 const BUS: &str = "tower-stash:bus";
 /// The index of the entries of namespace `ns` tagged `tag`: `{ns}:t:{tag, escaped}` (entry
@@ -557,12 +561,46 @@ impl Store for RedisStore {
         })
     }
 
-    fn publish(&self, message: Bytes) -> StoreFuture<()> {
+    fn publish(&self, message: Bytes) -> StoreFuture<u64> {
         let this = self.clone();
         Box::pin(async move {
             let mut cmd = redis::cmd("PUBLISH");
             cmd.arg(BUS).arg(&message[..]);
-            this.run(&cmd).await.map(drop)
+            match this.run(&cmd).await? {
+                Value::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
+                other => Err(StoreError::new(format!(
+                    "redis: unexpected reply to PUBLISH: {other:?}"
+                ))),
+            }
+        })
+    }
+
+    /// `INCR` of the message's acknowledgement counter (kept 10 s).
+    fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("INCR").arg(ack_key(&id)).ignore();
+            pipe.cmd("PEXPIRE").arg(ack_key(&id)).arg(10_000).ignore();
+            this.run_pipe(&pipe).await.map(drop)
+        })
+    }
+
+    fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(ack_key(&id));
+            match this.run(&cmd).await? {
+                Value::Nil => Ok(0),
+                Value::BulkString(b) => Ok(std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0)),
+                other => Err(StoreError::new(format!(
+                    "redis: unexpected reply to GET: {other:?}"
+                ))),
+            }
         })
     }
 

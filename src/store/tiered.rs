@@ -113,17 +113,24 @@ impl<S: Store> TieredStore<S> {
         let recent = Arc::new(Recent::default());
         let (memory, shared, mine) = (l1.clone(), l2.clone(), recent.clone());
         let sink: Arc<dyn Fn(BusEvent) + Send + Sync> = Arc::new(move |event| {
+            let rt = tokio::runtime::Handle::try_current().ok();
+            let mut ack = None;
             if let BusEvent::Message(m) = &event {
                 if let Some((ns, tag, at, keep)) = crate::stash::tag_message(m) {
                     for key in mine.tagged_before(ns, tag, at) {
                         let again = shared.invalidate(key, at, keep);
-                        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        if let Some(rt) = &rt {
                             rt.spawn(again);
                         }
                     }
                 }
+                ack = crate::stash::message_id(m);
             }
-            crate::stash::apply_to_l1(&memory, event)
+            crate::stash::apply_to_l1(&memory, event);
+            // The publisher waits (briefly) until every subscriber has applied it.
+            if let (Some(id), Some(rt)) = (ack, &rt) {
+                rt.spawn(shared.acknowledge(id.into()));
+            }
         });
         let subscribed = l2.subscribe(Arc::downgrade(&sink));
         Self {
@@ -259,8 +266,16 @@ impl<S: Store> Store for TieredStore<S> {
         self.l2.invalidate_tag(ns, tag, at, keep)
     }
 
-    fn publish(&self, message: Bytes) -> StoreFuture<()> {
+    fn publish(&self, message: Bytes) -> StoreFuture<u64> {
         self.l2.publish(message)
+    }
+
+    fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
+        self.l2.acknowledge(id)
+    }
+
+    fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
+        self.l2.acknowledgements(id)
     }
 
     fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {

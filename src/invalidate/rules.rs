@@ -1,0 +1,257 @@
+use crate::key::template::path_params;
+use crate::key::Template;
+use crate::policy::ConfigError;
+use http::Method;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What a successful (2xx) request invalidates: keys and tags, filled from its path
+/// parameters, and optionally a write-through of its response.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_stash::Invalidate;
+///
+/// // PUT /users/{id} answers with the updated user: store it as GET /users/{id}'s entry.
+/// let put = Invalidate::write_through("user:{id}", Duration::from_secs(3600)).and_tags(["users"]);
+/// // POST /products/{id}: drop the product, the list, and its category's entries.
+/// let post = Invalidate::keys(["product:{id}", "products:all"]).and_tags(["products"]);
+/// # let _ = (put, post);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invalidate {
+    pub(crate) keys: Vec<String>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) write_through: Option<(String, Duration)>,
+    pub(crate) entry_tags: Vec<String>,
+}
+
+impl Invalidate {
+    /// Invalidates these keys (templates such as `user:{id}`, without the namespace), with
+    /// every variant of each.
+    pub fn keys<I, T>(keys: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        Self::default().and_keys(keys)
+    }
+
+    /// Invalidates these tags (templates such as `category:{category}`).
+    pub fn tags<I, T>(tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        Self::default().and_tags(tags)
+    }
+
+    /// Stores the response of a successful request as the entry of `key` (a template) for
+    /// `ttl`: the response to `PUT /users/{id}` becomes what `GET /users/{id}` (keyed
+    /// `user:{id}`) answers. When the request fails (an error or a status outside 2xx), the
+    /// key is invalidated instead, so no old value outlives a failed write. Responses with
+    /// `Set-Cookie`, `no-store` or `private`, or bodies over 1 MiB, are not stored: the key is
+    /// invalidated.
+    pub fn write_through(key: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            write_through: Some((key.into(), ttl)),
+            ..Self::default()
+        }
+    }
+
+    /// Also invalidates these keys.
+    pub fn and_keys<I, T>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.keys.extend(keys.into_iter().map(Into::into));
+        self
+    }
+
+    /// Also invalidates these tags.
+    pub fn and_tags<I, T>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.tags.extend(tags.into_iter().map(Into::into));
+        self
+    }
+
+    /// Tags the entry a write-through stores (templates), as the GET route's policy tags its
+    /// entries, so that invalidating those tags drops it too.
+    pub fn entry_tags<I, T>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.entry_tags.extend(tags.into_iter().map(Into::into));
+        self
+    }
+}
+
+/// Maps method and path pattern (axum syntax) to what a successful request invalidates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    rules: Vec<(Method, String, Invalidate)>,
+}
+
+impl Rules {
+    /// No rules.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A rule for PUT requests to `path`.
+    pub fn put(self, path: impl Into<String>, rule: Invalidate) -> Self {
+        self.route(Method::PUT, path, rule)
+    }
+
+    /// A rule for POST requests to `path`.
+    pub fn post(self, path: impl Into<String>, rule: Invalidate) -> Self {
+        self.route(Method::POST, path, rule)
+    }
+
+    /// A rule for PATCH requests to `path`.
+    pub fn patch(self, path: impl Into<String>, rule: Invalidate) -> Self {
+        self.route(Method::PATCH, path, rule)
+    }
+
+    /// A rule for DELETE requests to `path`.
+    pub fn delete(self, path: impl Into<String>, rule: Invalidate) -> Self {
+        self.route(Method::DELETE, path, rule)
+    }
+
+    /// A rule for `method` requests to `path`.
+    pub fn route(mut self, method: Method, path: impl Into<String>, rule: Invalidate) -> Self {
+        self.rules.push((method, path.into(), rule));
+        self
+    }
+
+    /// Checks the rules without building a layer.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.compile().map(|_| ())
+    }
+
+    pub(crate) fn compile(&self) -> Result<RuleTable, ConfigError> {
+        let mut errors = Vec::new();
+        let mut router = matchit::Router::new();
+        let mut slots: Vec<Vec<(Method, Compiled)>> = Vec::new();
+        let mut by_path: BTreeMap<&str, usize> = BTreeMap::new();
+        for (method, path, rule) in &self.rules {
+            let place = format!("rules[{method} {path}]");
+            let params = path_params(path);
+            let mut bad = Vec::new();
+            let mut parse = |field: &str, t: &str| match Template::parse(t, &params) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    bad.push(format!("{place}.{field}: {e}"));
+                    None
+                }
+            };
+            let keys: Vec<_> = rule.keys.iter().filter_map(|t| parse("keys", t)).collect();
+            let tags: Vec<_> = rule.tags.iter().filter_map(|t| parse("tags", t)).collect();
+            let entry_tags: Vec<_> = rule
+                .entry_tags
+                .iter()
+                .filter_map(|t| parse("entry_tags", t))
+                .collect();
+            let write_through = rule
+                .write_through
+                .as_ref()
+                .and_then(|(t, ttl)| parse("write_through", t).map(|t| (t, *ttl)));
+            errors.append(&mut bad);
+            if let Some((_, ttl)) = &rule.write_through {
+                if ttl.is_zero() || *ttl > crate::entry::MAX_TTL {
+                    errors.push(format!(
+                        "{place}.write_through: the ttl must be more than zero and at most 10 years"
+                    ));
+                }
+            }
+            if rule.keys.is_empty() && rule.tags.is_empty() && rule.write_through.is_none() {
+                errors.push(format!("{place}: invalidates nothing"));
+            }
+            if matches!(*method, Method::GET | Method::HEAD) {
+                errors.push(format!(
+                    "{place}: GET and HEAD do not change data; rules are for the methods that do"
+                ));
+            }
+            let idx = match by_path.get(path.as_str()) {
+                Some(&idx) => idx,
+                None => {
+                    if let Err(e) = router.insert(path.clone(), slots.len()) {
+                        errors.push(format!("{place}: invalid path pattern: {e}"));
+                        continue;
+                    }
+                    by_path.insert(path, slots.len());
+                    slots.push(Vec::new());
+                    slots.len() - 1
+                }
+            };
+            if slots[idx].iter().any(|(m, _)| m == method) {
+                errors.push(format!("{place}: the rule is given twice"));
+                continue;
+            }
+            slots[idx].push((
+                method.clone(),
+                Compiled {
+                    keys,
+                    tags,
+                    write_through,
+                    entry_tags,
+                },
+            ));
+        }
+        if errors.is_empty() {
+            Ok(RuleTable { router, slots })
+        } else {
+            Err(ConfigError::new(errors))
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    pub(crate) keys: Vec<Template>,
+    pub(crate) tags: Vec<Template>,
+    pub(crate) write_through: Option<(Template, Duration)>,
+    pub(crate) entry_tags: Vec<Template>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RuleTable {
+    router: matchit::Router<usize>,
+    slots: Vec<Vec<(Method, Compiled)>>,
+}
+
+/// A matched rule, its templates filled.
+#[derive(Debug, Default)]
+pub(crate) struct Work {
+    pub(crate) keys: Vec<String>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) write_through: Option<(String, Duration)>,
+    pub(crate) entry_tags: Vec<String>,
+}
+
+impl RuleTable {
+    /// What a `method` request to `path` invalidates when it succeeds.
+    pub(crate) fn find(&self, method: &Method, path: &str) -> Option<Work> {
+        let m = self.router.at(path).ok()?;
+        let rule = self.slots[*m.value]
+            .iter()
+            .find(|(mm, _)| mm == method)
+            .map(|(_, r)| r)?;
+        let fill = |t: &Template| {
+            let mut s = String::new();
+            t.render_into(&mut s, |name| m.params.get(name));
+            s
+        };
+        Some(Work {
+            keys: rule.keys.iter().map(fill).collect(),
+            tags: rule.tags.iter().map(fill).collect(),
+            write_through: rule.write_through.as_ref().map(|(t, ttl)| (fill(t), *ttl)),
+            entry_tags: rule.entry_tags.iter().map(fill).collect(),
+        })
+    }
+}

@@ -1,0 +1,244 @@
+//! Invalidation rules, write-through and purge, on the memory store: what clients get and how
+//! often the handler runs.
+
+use crate::{CacheHint, CacheLayer, Invalidate, InvalidateLayer, Policy, Routes, Rules, Stash};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Extension, Router};
+use http::Request;
+use http_body_util::BodyExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::{ServiceBuilder, ServiceExt};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Default)]
+struct Db {
+    users: Arc<Mutex<HashMap<String, String>>>,
+    reads: Arc<AtomicUsize>,
+}
+
+impl Db {
+    fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+}
+
+async fn get_user(State(db): State<Db>, Path(id): Path<String>) -> (StatusCode, String) {
+    db.reads.fetch_add(1, Ordering::SeqCst);
+    match db.users.lock().unwrap().get(&id) {
+        Some(name) => (StatusCode::OK, format!("user {id}: {name}")),
+        None => (StatusCode::NOT_FOUND, "no such user".into()),
+    }
+}
+
+async fn put_user(
+    State(db): State<Db>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+    name: String,
+) -> (StatusCode, String) {
+    if q.contains_key("fail") {
+        // The write reached the database, then the service failed: the state is unknown.
+        db.users.lock().unwrap().insert(id.clone(), name);
+        return (StatusCode::SERVICE_UNAVAILABLE, "database failure".into());
+    }
+    db.users.lock().unwrap().insert(id.clone(), name.clone());
+    (StatusCode::OK, format!("user {id}: {name}"))
+}
+
+async fn get_product(Path(id): Path<String>) -> (Extension<CacheHint>, String) {
+    let brand = if id.starts_with('a') {
+        "apple"
+    } else {
+        "other"
+    };
+    (
+        Extension(CacheHint::new().tags([brand])),
+        format!("product {id}"),
+    )
+}
+
+fn app(stash: &Stash, db: &Db) -> Router {
+    Router::new()
+        .route("/users/{id}", get(get_user).put(put_user))
+        .route("/products/{id}", get(get_product))
+        .with_state(db.clone())
+        .layer(
+            ServiceBuilder::new()
+                .layer(CacheLayer::new(
+                    stash.clone(),
+                    Routes::new()
+                        .get(
+                            "/users/{id}",
+                            Policy::ttl(HOUR).key("user:{id}").tags(["users"]),
+                        )
+                        .get("/products/{id}", Policy::ttl(HOUR).key("product:{id}")),
+                ))
+                .layer(
+                    InvalidateLayer::new(
+                        stash.clone(),
+                        Rules::new().put(
+                            "/users/{id}",
+                            Invalidate::write_through("user:{id}", HOUR).entry_tags(["users"]),
+                        ),
+                    )
+                    .purge(|req| {
+                        req.headers
+                            .get("authorization")
+                            .is_some_and(|v| v == "Bearer ops")
+                    }),
+                ),
+        )
+}
+
+async fn send(app: &Router, req: Request<Body>) -> (StatusCode, String, String) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let cache = resp
+        .headers()
+        .get("cache-status")
+        .map_or(String::new(), |v| v.to_str().unwrap().to_string());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap(), cache)
+}
+
+fn get_req(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn put_req(uri: &str, name: &str) -> Request<Body> {
+    Request::put(uri)
+        .body(Body::from(name.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn write_through_then_get_is_a_hit_with_the_new_data() {
+    let (stash, db) = (Stash::new(), Db::default());
+    let app = app(&stash, &db);
+    db.users.lock().unwrap().insert("1".into(), "alice".into());
+    assert_eq!(send(&app, get_req("/users/1")).await.1, "user 1: alice");
+    assert_eq!(db.reads(), 1);
+    let (status, body, _) = send(&app, put_req("/users/1", "alicia")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "user 1: alicia"));
+    let (status, body, cache) = send(&app, get_req("/users/1")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "user 1: alicia"));
+    assert_eq!(cache, "tower-stash; hit");
+    assert_eq!(db.reads(), 1, "no extra handler call");
+    // The written entry carries the GET route's tag.
+    stash.invalidate_tag("users").await.unwrap();
+    send(&app, get_req("/users/1")).await;
+    assert_eq!(db.reads(), 2);
+}
+
+#[tokio::test]
+async fn a_failing_write_leaves_the_key_gone() {
+    let (stash, db) = (Stash::new(), Db::default());
+    let app = app(&stash, &db);
+    db.users.lock().unwrap().insert("1".into(), "alice".into());
+    send(&app, get_req("/users/1")).await;
+    assert_eq!(send(&app, get_req("/users/1")).await.2, "tower-stash; hit");
+    let (status, _, _) = send(&app, put_req("/users/1?fail=1", "mallory")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The old entry is gone: the next GET asks the database (and sees what it holds).
+    let (_, body, cache) = send(&app, get_req("/users/1")).await;
+    assert!(cache.starts_with("tower-stash; fwd=miss"), "{cache}");
+    assert_eq!(body, "user 1: mallory");
+    assert_eq!(db.reads(), 2);
+}
+
+#[tokio::test]
+async fn invalidating_a_tag_drops_exactly_its_entries() {
+    let (stash, db) = (Stash::new(), Db::default());
+    let app = app(&stash, &db);
+    for id in ["a1", "a2", "b1", "b2"] {
+        send(&app, get_req(&format!("/products/{id}"))).await;
+    }
+    for id in ["a1", "a2", "b1", "b2"] {
+        assert_eq!(
+            send(&app, get_req(&format!("/products/{id}"))).await.2,
+            "tower-stash; hit"
+        );
+    }
+    stash.invalidate_tag("apple").await.unwrap();
+    for (id, hit) in [("a1", false), ("a2", false), ("b1", true), ("b2", true)] {
+        let cache = send(&app, get_req(&format!("/products/{id}"))).await.2;
+        assert_eq!(cache == "tower-stash; hit", hit, "{id}: {cache}");
+    }
+}
+
+#[tokio::test]
+async fn purge_needs_authorisation_and_names_what_it_purges() {
+    let (stash, db) = (Stash::new(), Db::default());
+    let app = app(&stash, &db);
+    db.users.lock().unwrap().insert("1".into(), "alice".into());
+    send(&app, get_req("/users/1")).await;
+    let purge = |auth: Option<&str>, key: Option<&str>| {
+        let mut b = Request::builder().method("PURGE").uri("/users/1");
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        if let Some(k) = key {
+            b = b.header("x-stash-key", k);
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    assert_eq!(
+        send(&app, purge(None, Some("user:1"))).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(&app, purge(Some("Bearer nope"), Some("user:1")))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(&app, get_req("/users/1")).await.2,
+        "tower-stash; hit",
+        "nothing changed"
+    );
+    assert_eq!(
+        send(&app, purge(Some("Bearer ops"), None)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        send(&app, purge(Some("Bearer ops"), Some("user:1")))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert!(send(&app, get_req("/users/1"))
+        .await
+        .2
+        .starts_with("tower-stash; fwd=miss"));
+}
+
+#[test]
+fn bad_rules_name_their_field() {
+    let err = Rules::new()
+        .put("/users/{id}", Invalidate::keys(["user:{uid}"]))
+        .post("/x", Invalidate::default())
+        .route(http::Method::GET, "/y", Invalidate::tags(["t"]))
+        .put(
+            "/z/{id}",
+            Invalidate::write_through("z:{id}", Duration::ZERO),
+        )
+        .validate()
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "rules[PUT /users/{id}].keys",
+        "rules[POST /x]: invalidates nothing",
+        "rules[GET /y]",
+        "rules[PUT /z/{id}].write_through",
+    ] {
+        assert!(err.contains(want), "{want} not in {err}");
+    }
+}
