@@ -1293,3 +1293,37 @@ async fn propagation_from_a_to_b() {
         stale_after[stale_after.len() - 1]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_while_redis_is_unreachable_is_retried_and_the_old_value_never_returns() {
+    let mut redis = RedisServer::start();
+    let db = UserDb::default();
+    let a = Users::new(&redis.url(), &db, Duration::ZERO);
+    let b = Users::new(&redis.url(), &db, Duration::ZERO);
+    subscribed(&a, &b).await;
+    db.names.lock().unwrap().insert("1".into(), "old".into());
+    a.get("1").await;
+    eventually("A's fill", || a.stash.stats().stores == 1).await;
+    assert_eq!(b.get("1").await.1, "tower-stash; hit");
+    // Redis stops answering (no RST): the invalidation fails, and is kept to be retried.
+    blocking(|| redis.pause());
+    db.names.lock().unwrap().insert("1".into(), "new".into());
+    assert!(a.stash.invalidate_key("user:1").await.is_err());
+    assert_eq!(a.stash.pending_invalidations(), 1);
+    // A never serves the old value again: not from memory, not from Redis once it is back.
+    assert_eq!(a.get("1").await.0, "user 1: new");
+    blocking(|| redis.resume());
+    assert_eq!(a.get("1").await.0, "user 1: new");
+    eventually("the retried invalidation", || {
+        a.stash.pending_invalidations() == 0
+    })
+    .await;
+    // B heard it when it was retried; Redis holds the tombstone, not the old value.
+    eventually_async("B to drop its copy", || async {
+        b.get("1").await.0 == "user 1: new"
+    })
+    .await;
+    for inst in [&a, &b] {
+        assert_eq!(inst.get("1").await.0, "user 1: new");
+    }
+}

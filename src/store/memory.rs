@@ -145,6 +145,13 @@ impl MemoryStore {
             .filter(|e| !e.is_tombstone())
     }
 
+    /// When `key` was invalidated, while its tombstone lasts.
+    pub(crate) fn tombstone_at(&self, key: &str) -> Option<std::time::SystemTime> {
+        let indexed = self.index.get(key).map(|r| r.value().clone())?;
+        (indexed.entry.is_tombstone() && Instant::now() < indexed.deadline)
+            .then(|| indexed.entry.stored_at())
+    }
+
     /// Runs moka's pending maintenance (evictions, expirations, counts), so that
     /// [`Store::usage`] is exact. Useful in tests; the cache does it by itself otherwise.
     pub fn run_pending_tasks(&self) {

@@ -191,7 +191,19 @@ impl<S: Store> Store for TieredStore<S> {
         let l2 = self.l2.get(key.clone());
         let this = self.clone();
         Box::pin(async move {
-            match (l2.await, local) {
+            let mut l2 = l2.await;
+            // An entry this instance invalidated, still in L2 (the invalidation is being
+            // retried after a failure): never served again.
+            if let Ok(Some(entry)) = &l2 {
+                if this
+                    .l1
+                    .tombstone_at(&key)
+                    .is_some_and(|at| entry.stored_at() < at)
+                {
+                    l2 = Ok(None);
+                }
+            }
+            match (l2, local) {
                 (Ok(Some(entry)), local)
                     if local
                         .as_ref()
