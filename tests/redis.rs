@@ -994,6 +994,9 @@ impl Users {
         let stash = Stash::builder()
             .store(TieredStore::new(MemoryStore::new(16 << 20), l2))
             .namespace("users")
+            // One machine, one clock: no skew to cover (the default margin of 50 ms would
+            // keep fills right after an invalidation out of the cache).
+            .invalidation_margin(Duration::from_millis(1))
             .build()
             .unwrap();
         let app = axum::Router::new()
@@ -1012,13 +1015,32 @@ impl Users {
                         if !read_delay.is_zero() {
                             tokio::time::sleep(read_delay.mul_f64(fastrand_f64())).await;
                         }
-                        format!("user {id}: {name}")
+                        // Tagged from the data: odd and even users.
+                        let parity = if id.parse::<u64>().unwrap_or(0) % 2 == 1 {
+                            "odd"
+                        } else {
+                            "even"
+                        };
+                        (
+                            axum::Extension(tower_stash::CacheHint::new().tags([parity])),
+                            format!("user {id}: {name}"),
+                        )
                     },
                 )
                 .put(
-                    |State(db): State<UserDb>, Path(id): Path<String>, name: String| async move {
+                    |State(db): State<UserDb>,
+                     Path(id): Path<String>,
+                     axum::extract::RawQuery(q): axum::extract::RawQuery,
+                     name: String| async move {
                         db.names.lock().unwrap().insert(id.clone(), name.clone());
-                        format!("user {id}: {name}")
+                        if q.is_some_and(|q| q.contains("fail")) {
+                            // The write reached the database, then the service failed.
+                            return (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "database failure".to_string(),
+                            );
+                        }
+                        (StatusCode::OK, format!("user {id}: {name}"))
                     },
                 ),
             )
@@ -1140,23 +1162,52 @@ async fn tags_drop_exactly_their_entries_across_instances() {
     for id in ["1", "2", "3"] {
         assert_eq!(b.get(id).await.1, "tower-stash; hit");
     }
-    // A handler-independent tag: invalidate one key's variants by key, then all by tag.
+    // By key: user 2 (and its variants) only.
     b.stash.invalidate_key("user:2").await.unwrap();
     assert!(a.get("2").await.1.starts_with("tower-stash; fwd=miss"));
     assert_eq!(a.get("1").await.1, "tower-stash; hit");
-    a.stash.invalidate_tag("users").await.unwrap();
+    eventually("A's refill of user 2", || a.stash.stats().stores == 4).await;
+    for id in ["1", "2", "3"] {
+        assert_eq!(b.get(id).await.1, "tower-stash; hit", "{id}");
+    }
+    // By a tag the handler attached from its data: exactly the odd users, on both instances.
+    a.stash.invalidate_tag("odd").await.unwrap();
     // The tag index holds no invalidated member (until they are filled again).
-    let members = redis.cli(&["ZRANGE", "users:t:users", "0", "-1"]);
-    assert!(
-        !members.contains("user:1") && !members.contains("user:3"),
-        "{members}"
-    );
+    let members = redis.cli(&["ZRANGE", "users:t:odd", "0", "-1"]);
+    assert!(members.is_empty(), "{members}");
+    assert_eq!(b.get("2").await.1, "tower-stash; hit");
+    assert_eq!(a.get("2").await.1, "tower-stash; hit");
     for id in ["1", "3"] {
         assert!(
             b.get(id).await.1.starts_with("tower-stash; fwd=miss"),
             "{id}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_write_on_a_leaves_the_key_gone_on_b() {
+    let redis = RedisServer::start();
+    let db = UserDb::default();
+    let a = Users::new(&redis.url(), &db, Duration::ZERO);
+    let b = Users::new(&redis.url(), &db, Duration::ZERO);
+    subscribed(&a, &b).await;
+    db.names.lock().unwrap().insert("5".into(), "old".into());
+    a.get("5").await;
+    eventually("A's fill", || a.stash.stats().stores == 1).await;
+    assert_eq!(b.get("5").await.1, "tower-stash; hit");
+    let (body, _) = a
+        .send(
+            axum::http::Request::put("/users/5?fail=1")
+                .body(axum::body::Body::from("half-written"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(body, "database failure");
+    // The next GET, on either instance, misses and reads what the database holds.
+    let (body, cache) = b.get("5").await;
+    assert!(cache.starts_with("tower-stash; fwd=miss"), "{cache}");
+    assert_eq!(body, "user 5: half-written");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
