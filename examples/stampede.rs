@@ -10,8 +10,6 @@
 //! `scripts/stampede.sh` runs it against the quickstart with and without single flight.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
@@ -24,28 +22,58 @@ fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+/// A keep-alive connection that writes ready-made HTTP/1.1 requests and reads responses with
+/// a `Content-Length` (what the quickstart sends): a lean client, so that the burst measures
+/// the server rather than the load generator sharing its cores.
+struct Sender {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
 
 async fn connect(addr: &str) -> Sender {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream.set_nodelay(true).unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    sender
+    Sender {
+        stream,
+        buf: Vec::with_capacity(4096),
+    }
 }
 
 async fn get(sender: &mut Sender, host: &str, path: &str) -> (u16, Bytes) {
-    sender.ready().await.expect("connection ready");
-    let req = http::Request::get(path)
-        .header("host", host)
-        .body(Empty::new())
-        .unwrap();
-    let resp = sender.send_request(req).await.expect("request");
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, body)
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    sender
+        .stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("write");
+    sender.buf.clear();
+    loop {
+        if let Some(end) = sender.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&sender.buf[..end]).expect("utf-8 head");
+            let status: u16 = head[9..12].parse().expect("status");
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .expect("a content-length");
+            let total = end + 4 + len;
+            while sender.buf.len() < total {
+                let mut chunk = [0u8; 4096];
+                let n = sender.stream.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "connection closed");
+                sender.buf.extend_from_slice(&chunk[..n]);
+            }
+            return (status, Bytes::copy_from_slice(&sender.buf[end + 4..total]));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = sender.stream.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "connection closed");
+        sender.buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 fn db_queries(stats: &[u8]) -> u64 {

@@ -628,6 +628,7 @@ fn message_id_new() -> String {
 }
 
 /// The id of a bus message, to acknowledge it.
+#[cfg(feature = "redis")]
 pub(crate) fn message_id(message: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(message).ok()?;
     text.split('\t').nth(3).map(str::to_owned)
@@ -660,6 +661,7 @@ fn bus_message(
 
 /// The namespace, tag, date and keep time of a tag invalidation message (`t`), or of the
 /// family tag of a key invalidation (`k`).
+#[cfg(feature = "redis")]
 pub(crate) fn tag_message(message: &[u8]) -> Option<(&str, &str, SystemTime, Duration)> {
     let text = std::str::from_utf8(message).ok()?;
     let mut parts = text.splitn(7, '\t');
@@ -680,6 +682,7 @@ pub(crate) fn tag_message(message: &[u8]) -> Option<(&str, &str, SystemTime, Dur
 /// Applies a bus event to a memory tier: drops what another instance invalidated (keeping a
 /// tombstone, so that a late fill of this instance is refused too), or everything when
 /// messages may have been missed.
+#[cfg(feature = "redis")]
 pub(crate) fn apply_to_l1(l1: &MemoryStore, event: crate::store::BusEvent) {
     use crate::store::BusEvent;
     let message = match event {

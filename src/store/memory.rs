@@ -146,6 +146,7 @@ impl MemoryStore {
     }
 
     /// When `key` was invalidated, while its tombstone lasts.
+    #[cfg(feature = "redis")]
     pub(crate) fn tombstone_at(&self, key: &str) -> Option<std::time::SystemTime> {
         let indexed = self.index.get(key).map(|r| r.value().clone())?;
         (indexed.entry.is_tombstone() && Instant::now() < indexed.deadline)
