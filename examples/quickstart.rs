@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tower::ServiceBuilder;
 use tower_stash::{CacheLayer, Policy, Routes, SingleFlightLayer, Stash};
 
 /// The body of a user, as the database would render it.
@@ -86,16 +87,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .tags(["users"]), // 1 hour
     );
     let single_flight = !std::env::args().any(|a| a == "--no-single-flight");
-    let mut app = Router::new()
+    let users = Router::new()
         .route("/users/{id}", get(get_user))
         .with_state(db.clone());
-    if single_flight {
-        // Inside the cache: it coalesces the cache's misses, by the cache's key.
-        app = app.layer(SingleFlightLayer::new(stash.clone()));
-    }
-    let app = app
-        .layer(CacheLayer::new(stash.clone(), routes))
-        .route("/stats", get(stats).with_state((db, stash)));
+    // One `layer` call for both layers: each `Router::layer` call boxes the route again, and
+    // every request clones the boxes.
+    let users = if single_flight {
+        users.layer(
+            ServiceBuilder::new()
+                .layer(CacheLayer::new(stash.clone(), routes))
+                // Inside the cache: it coalesces the cache's misses, by the cache's key.
+                .layer(SingleFlightLayer::new(stash.clone())),
+        )
+    } else {
+        users.layer(CacheLayer::new(stash.clone(), routes))
+    };
+    let app = users.route("/stats", get(stats).with_state((db, stash)));
 
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;

@@ -2,7 +2,7 @@
 # Deterministic cost per request: user-space instructions (valgrind callgrind) of the quickstart's
 # cached route against the uncached baseline, over 2000 keep-alive requests (a run of 2200 minus
 # a run of 200, so start-up and the first miss cancel out). Needs valgrind and python3.
-# Usage: scripts/callgrind.sh
+# Usage: scripts/callgrind.sh [quickstart flags, e.g. --no-single-flight]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --example quickstart --example baseline >/dev/null 2>&1
@@ -21,7 +21,7 @@ per_request() { # name port binary
   declare -A total
   for n in 200 2200; do
     out=$(mktemp)
-    TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --listen "127.0.0.1:$port" >/dev/null 2>&1 &
+    TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --listen "127.0.0.1:$port" "${@:4}" >/dev/null 2>&1 &
     local pid=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/users/1" >/dev/null && break; sleep 0.2; done
     python3 "$client" "$port" "$n"
@@ -32,4 +32,4 @@ per_request() { # name port binary
   echo "$name: $(( (total[2200] - total[200]) / 2000 )) instructions per request"
 }
 per_request baseline 3200 ./target/release/examples/baseline
-per_request cached 3201 ./target/release/examples/quickstart
+per_request cached 3201 ./target/release/examples/quickstart "$@"

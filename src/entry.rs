@@ -55,6 +55,8 @@ pub struct Entry {
     trailers: Option<HeaderMap>,
     stored_at: SystemTime,
     ttl: Duration,
+    /// `stored_at + ttl`, kept: every hit compares it with now.
+    expires_at: SystemTime,
     grace: Duration,
     recompute: Duration,
     tags: Vec<String>,
@@ -87,14 +89,16 @@ impl Entry {
         headers: HeaderMap,
         body: Bytes,
     ) -> Self {
+        let now = SystemTime::now();
         Self {
             key: key.into(),
             status,
             headers,
             body,
             trailers: None,
-            stored_at: SystemTime::now(),
+            stored_at: now,
             ttl: Duration::ZERO,
+            expires_at: now,
             grace: Duration::ZERO,
             recompute: Duration::ZERO,
             tags: Vec::new(),
@@ -108,6 +112,7 @@ impl Entry {
     pub fn tombstone(key: impl Into<String>, at: SystemTime) -> Self {
         let mut entry = Self::new(key, StatusCode::NO_CONTENT, HeaderMap::new(), Bytes::new());
         entry.stored_at = at;
+        entry.expires_at = at;
         entry.tombstone = true;
         entry
     }
@@ -121,6 +126,7 @@ impl Entry {
     pub fn with_times(mut self, stored_at: SystemTime, ttl: Duration) -> Self {
         self.stored_at = stored_at;
         self.ttl = ttl.min(MAX_TTL);
+        self.expires_at = stored_at.checked_add(self.ttl).unwrap_or(stored_at);
         self
     }
 
@@ -190,9 +196,7 @@ impl Entry {
 
     /// When the entry stops being fresh.
     pub fn expires_at(&self) -> SystemTime {
-        self.stored_at
-            .checked_add(self.ttl)
-            .unwrap_or(self.stored_at)
+        self.expires_at
     }
 
     /// How long after [`expires_at`](Self::expires_at) the entry may still be served stale.
@@ -305,6 +309,7 @@ impl Entry {
             headers,
             body: r.buf,
             trailers,
+            expires_at: stored_at.checked_add(ttl).unwrap_or(stored_at),
             stored_at,
             ttl,
             grace,

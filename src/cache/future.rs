@@ -209,15 +209,16 @@ where
                     let now = ctx.stash().now();
                     if let Some(entry) = found {
                         match classify(&entry, &ctx.full, &ctx.policy, now) {
-                            Found::Fresh => {
+                            Found::Fresh(remaining) => {
                                 ctx.stash().counters().hit();
                                 let hit_req = HitRequest {
                                     full: &ctx.full,
                                     head: ctx.head,
                                     if_none_match: ctx.if_none_match.as_ref(),
                                 };
-                                let resp = hit(ctx.stash(), hit_req, &entry, now);
-                                if refresh_early(ctx.stash(), &ctx.policy, &entry, now) {
+                                let age = fresh_age(&entry, remaining);
+                                let resp = hit(ctx.stash(), hit_req, &entry, remaining, age);
+                                if refresh_early(ctx.stash(), &ctx.policy, &entry, remaining) {
                                     refresh(inner, req, ctx, &entry);
                                 }
                                 state.set(State::Done);
@@ -304,7 +305,8 @@ where
 /// What an entry found for a request is good for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Found {
-    Fresh,
+    /// Fresh for this much longer.
+    Fresh(Duration),
     /// Expired, inside the stale-while-revalidate window.
     StaleWhileRevalidate,
     /// Expired, inside the stale-if-error window only.
@@ -322,8 +324,11 @@ pub(crate) fn classify(
     if entry.key() != full {
         return Found::Unusable;
     }
-    let Ok(past) = now.duration_since(entry.expires_at()) else {
-        return Found::Fresh;
+    // Fresh strictly before `expires_at`.
+    let past = match entry.expires_at().duration_since(now) {
+        Ok(remaining) if !remaining.is_zero() => return Found::Fresh(remaining),
+        Ok(_) => Duration::ZERO,
+        Err(e) => e.duration(),
     };
     if past < policy.stale_while_revalidate {
         Found::StaleWhileRevalidate
@@ -334,19 +339,24 @@ pub(crate) fn classify(
     }
 }
 
+/// The `Age` of a fresh entry with `remaining` to live: its TTL minus that (no clock read).
+pub(crate) fn fresh_age(entry: &Entry, remaining: Duration) -> u64 {
+    entry.ttl().saturating_sub(remaining).as_secs()
+}
+
 /// Whether a fresh hit should refresh the entry early (XFetch): when
 /// `now - delta * beta * ln(rand()) >= expiry`, with `delta` the entry's recompute time.
 pub(crate) fn refresh_early(
     stash: &Stash,
     policy: &CompiledPolicy,
     entry: &Entry,
-    now: SystemTime,
+    remaining: Duration,
 ) -> bool {
     let delta = entry.recompute_time().as_secs_f64();
     if policy.beta <= 0.0 || delta <= 0.0 {
         return false;
     }
-    let remaining = entry.remaining(now).as_secs_f64();
+    let remaining = remaining.as_secs_f64();
     // The chance is exp(-remaining / (beta * delta)): below one in a million past 14 of
     // those, so most hits skip the random number and the logarithm.
     if remaining > 14.0 * policy.beta * delta {
@@ -370,7 +380,7 @@ pub(crate) fn stale_hit(ctx: &Ctx, entry: &Entry, now: SystemTime) -> Response<S
         head: ctx.head,
         if_none_match: ctx.if_none_match.as_ref(),
     };
-    let mut resp = hit(stash, req, entry, now);
+    let mut resp = hit(stash, req, entry, Duration::ZERO, entry.age(now));
     let status = status_value(
         stash,
         &stash.inner.status.stale,
@@ -398,7 +408,7 @@ fn stale_if_error(
         head: ctx.head,
         if_none_match: ctx.if_none_match.as_ref(),
     };
-    let mut resp = hit(stash, req, entry, now);
+    let mut resp = hit(stash, req, entry, Duration::ZERO, entry.age(now));
     let name = &stash.inner.status.name;
     let mut s = format!("{name}; fwd=stale");
     if let Some(status) = upstream {
@@ -585,7 +595,8 @@ pub(crate) fn hit(
     stash: &Stash,
     req: HitRequest<'_>,
     entry: &Entry,
-    now: SystemTime,
+    remaining: Duration,
+    age: u64,
 ) -> Response<Stored> {
     let status = if stash.inner.status.plain() {
         stash.inner.status.hit.clone()
@@ -594,11 +605,11 @@ pub(crate) fn hit(
             stash,
             &stash.inner.status.hit,
             None,
-            Some(entry.remaining(now)),
+            Some(remaining),
             Some(req.full),
         )
     };
-    let age = age_value(entry.age(now));
+    let age = age_value(age);
     let not_modified = req.if_none_match.is_some_and(|inm| {
         headers::is_wildcard(inm)
             || entry

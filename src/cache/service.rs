@@ -1,6 +1,7 @@
 use super::body::CacheBody;
 use super::future::{
-    classify, hit, refresh, refresh_early, stale_hit, Ctx, Found, HitRequest, ResponseFuture,
+    classify, fresh_age, hit, refresh, refresh_early, stale_hit, Ctx, Found, HitRequest,
+    ResponseFuture,
 };
 use super::layer::{CacheLayer, Shared};
 use crate::entry::Entry;
@@ -131,15 +132,21 @@ where
         if let Some(Some(entry)) = &local {
             let now = stash.now();
             let kind = classify(entry, &full, policy, now);
-            if kind == Found::Fresh {
+            if let Found::Fresh(remaining) = kind {
                 stash.counters().hit();
                 let hit_req = HitRequest {
                     full: &full,
                     head,
                     if_none_match,
                 };
-                let resp = hit(stash, hit_req, entry, now);
-                if refresh_early(stash, policy, entry, now) {
+                let resp = hit(
+                    stash,
+                    hit_req,
+                    entry,
+                    remaining,
+                    fresh_age(entry, remaining),
+                );
+                if refresh_early(stash, policy, entry, remaining) {
                     let ctx = self.ctx(policy, &params, &req, full, stored, None);
                     let entry = entry.clone();
                     refresh(self.take_inner(), req, ctx, &entry);
