@@ -1378,3 +1378,97 @@ async fn an_invalidation_while_redis_is_unreachable_is_retried_and_the_old_value
         assert_eq!(inst.get("1").await.0, "user 1: new");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_leader_frees_its_lease_and_another_instance_goes_on() {
+    use axum::routing::get;
+    let redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let instance = || {
+        let l2 = Guarded::new(RedisStore::builder(redis.url()).build().unwrap())
+            .timeout(Duration::from_secs(1));
+        let stash = Stash::builder()
+            .store(TieredStore::new(MemoryStore::new(16 << 20), l2))
+            .namespace("handover")
+            // Far longer than the test waits: B can only lead if A's lease is released.
+            .lease_ttl(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let (calls, gate) = (calls.clone(), gate.clone());
+        let app = axum::Router::new()
+            .route(
+                "/k",
+                get(move || {
+                    let (calls, gate) = (calls.clone(), gate.clone());
+                    async move {
+                        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                        gate.acquire().await.unwrap().forget();
+                        format!("call {n}")
+                    }
+                }),
+            )
+            .layer(
+                ServiceBuilder::new()
+                    .layer(CacheLayer::new(
+                        stash.clone(),
+                        Routes::new().get("/k", Policy::ttl(TTL)),
+                    ))
+                    .layer(tower_stash::SingleFlightLayer::new(stash.clone())),
+            );
+        (stash, app)
+    };
+    let call = |app: &axum::Router| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let req = axum::http::Request::get("/k")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.headers()["cache-status"].to_str().unwrap().to_string();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        })
+    };
+    let (a_stash, a) = instance();
+    let (_, b) = instance();
+    // Warm pools (a cold pool's first lease may time out, and then an instance leads alone).
+    for app in [&a, &b] {
+        let req = axum::http::Request::get("/nothing")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        app.clone().oneshot(req).await.unwrap();
+    }
+    let leader = call(&a);
+    eventually("A's leader in the handler", || {
+        calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(a_stash.stats().leases, 1);
+    eventually("the lease in Redis", || {
+        redis.cli(&["EXISTS", "handover:v1:GET /k!lease"]) == "1"
+    })
+    .await;
+    let a_token = redis.cli(&["GET", "handover:v1:GET /k!lease"]);
+    let waiting = call(&b);
+    // B polls for the entry while A holds the lease; A's client goes away: A's lease is
+    // released at once (not left to expire), B takes it and calls the service.
+    let gone = Instant::now();
+    leader.abort();
+    eventually("B to lead", || calls.load(Ordering::SeqCst) == 2).await;
+    assert!(
+        gone.elapsed() < Duration::from_secs(2),
+        "B waited for the lease to expire"
+    );
+    let b_token = redis.cli(&["GET", "handover:v1:GET /k!lease"]);
+    assert!(
+        !b_token.is_empty() && b_token != a_token,
+        "{a_token} then {b_token}"
+    );
+    gate.add_permits(10);
+    let (status, body) = within("B's answer", waiting).await.unwrap();
+    assert_eq!(
+        (status.as_str(), &body[..]),
+        ("tower-stash; fwd=miss; stored", &b"call 2"[..])
+    );
+}

@@ -19,6 +19,10 @@ use tower_service::Service;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// How many leaders a flight may have: after that many are gone without an answer, the
+/// waiters left go to the service themselves.
+const MAX_HANDOVERS: u64 = 3;
+
 /// What a waiter ends with.
 enum Joined {
     Copy(Arc<Copy>),
@@ -337,6 +341,11 @@ async fn wait(shared: Arc<Shared>, mut waiter: Waiter) -> Joined {
         match outcome {
             Outcome::Done(copy) => return Joined::Copy(copy),
             Outcome::Release => return Joined::Alone("not shared"),
+            // Leaders that keep failing (errors, panics): the waiters stop queueing behind
+            // them one at a time, and each asks the service itself.
+            Outcome::Retry(gen) if gen + 1 >= MAX_HANDOVERS => {
+                return Joined::Alone("leaders keep failing")
+            }
             Outcome::Retry(gen) => {
                 if let Some(leader) = waiter.claim(gen) {
                     return Joined::Lead(leader, deadline);

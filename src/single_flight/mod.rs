@@ -21,7 +21,11 @@
 //!   service itself; its response is not stored.
 //! - A leader that is gone before its response ends (its client hung up, it panicked, the
 //!   service returned an error, its body failed) hands over: one waiter becomes the leader.
-//!   A 5xx is a response like any other: the waiters get it too, at once.
+//!   A 5xx is a response like any other: the waiters get it too, at once. After three
+//!   leaders in a row are gone without an answer, the waiters left stop queueing and each
+//!   asks the service itself.
+//! - Waiters get their copy when the leader's body has ended: a leader whose client reads
+//!   slowly holds them up (to [`max_wait`](SingleFlightLayer::max_wait) at most).
 //! - A response for one client (`Set-Cookie`, `Cache-Control: private` or `no-store`), or one
 //!   with a body over [`max_body_size`](SingleFlightLayer::max_body_size), is not shared:
 //!   each waiter asks the service itself.

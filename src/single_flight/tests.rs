@@ -537,3 +537,67 @@ async fn a_response_that_varies_on_an_unkeyed_header_is_not_shared() {
     }
     assert_eq!(h.calls(), 3, "each waiter asked the service itself");
 }
+
+#[tokio::test]
+async fn after_three_failed_leaders_the_waiters_stop_queueing() {
+    // Every call fails: the waiters take over one at a time, three leaders in all, then the
+    // rest ask the service at once.
+    #[derive(Clone)]
+    struct AlwaysFails(Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>);
+    impl Service<Request<Body>> for AlwaysFails {
+        type Response = Response<Body>;
+        type Error = std::io::Error;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Response<Body>, std::io::Error>> + Send>,
+        >;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<Body>) -> Self::Future {
+            let (calls, now, most) = (self.0.clone(), self.1.clone(), self.2.clone());
+            Box::pin(async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(running, Ordering::SeqCst);
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+                now.fetch_sub(1, Ordering::SeqCst);
+                Err(std::io::Error::other("down"))
+            })
+        }
+    }
+    let (calls, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let sf =
+        SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/e", Policy::ttl(HOUR)));
+    let svc = tower::util::BoxCloneService::new(
+        ServiceBuilder::new().layer(sf.clone()).service(AlwaysFails(
+            calls.clone(),
+            Arc::default(),
+            most.clone(),
+        )),
+    );
+    let all: Vec<_> = (0..10)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move { svc.oneshot(req("/e")).await.is_err() })
+        })
+        .collect();
+    for t in all {
+        assert!(
+            within("an answer", t).await.unwrap(),
+            "every caller gets the error"
+        );
+    }
+    // Three leaders, then the remaining seven alone: ten calls, and no caller waited on
+    // more than three failures.
+    assert_eq!(calls.load(Ordering::SeqCst), 10);
+    assert!(
+        most.load(Ordering::SeqCst) > 1,
+        "the last ones went at once, not in line"
+    );
+    assert_eq!(sf.in_flight(), 0);
+}
