@@ -25,7 +25,13 @@
 //!
 //! Requests carrying `Authorization` or `Cookie` bypass the cache (no lookup, nothing stored)
 //! unless the policy varies on that header, so a response meant for one user never reaches
-//! another. Methods other than GET and HEAD are cached only by a policy that opts in.
+//! another. So do requests carrying a header that commonly changes what an app answers
+//! without being part of the URL (`X-Forwarded-Host`, `X-Forwarded-Scheme`, `X-Original-URL`,
+//! `X-Rewrite-URL`, `X-HTTP-Method-Override`, `Forwarded`: cache poisoning) unless the policy
+//! varies on it, and GET requests with a body. Behind a proxy that sets one of these headers
+//! on every request, key on it (`vary_headers(["x-forwarded-host"])`), or the cache is
+//! bypassed for every request (`Cache-Status: ...; fwd=bypass`, with detail
+//! `unkeyed-forwarding-header`). Methods other than GET and HEAD are cached only by a policy that opts in.
 //!
 //! A failing store never fails a request: the error is counted and the service answers.
 //!
@@ -36,7 +42,8 @@
 //! stored when it ends within the limit, which the headers cannot tell yet); `fwd=bypass` for
 //! requests with credentials. With [`StashBuilder::cache_status_detail`](crate::StashBuilder::cache_status_detail)
 //! a `detail` says why (`set-cookie`, `cache-control`, `vary`, `status`, `too-large`,
-//! `streaming`, `head`, `handler`, `hint`, `ttl`, `authorization`, `cookie`) and hits carry
+//! `streaming`, `head`, `handler`, `hint`, `ttl`, `authorization`, `cookie`,
+//! `unkeyed-forwarding-header`, `request-body`) and hits carry
 //! their remaining `ttl`; with `cache_status_key` the key is shown.
 //!
 //! With stampede control: `hit; stale` for an expired entry answered inside the policy's
@@ -111,6 +118,7 @@ pub use service::CacheService;
 
 pub(crate) use future::vary_is_keyed;
 pub(crate) use layer::key_strings;
+pub(crate) use service::REWRITE_HEADERS;
 
 #[cfg(test)]
 mod stale_tests;

@@ -94,21 +94,35 @@ where
         };
         let stash = &self.shared.stash;
         let headers = req.headers();
-        // One pass over the header names (cheap comparisons) instead of three hashed lookups.
+        // One pass over the header names (cheap comparisons) instead of hashed lookups.
         let (mut authorization, mut cookie, mut conditional) = (false, false, false);
-        for name in headers.keys() {
+        let (mut body, mut rewrite) = (false, None);
+        for (name, value) in headers {
             if name == header::AUTHORIZATION {
                 authorization = true;
             } else if name == header::COOKIE {
                 cookie = true;
             } else if name == header::IF_NONE_MATCH {
                 conditional = true;
+            } else if name == header::CONTENT_LENGTH {
+                body |= value.as_bytes() != b"0";
+            } else if name == header::TRANSFER_ENCODING {
+                body = true;
+            } else if is_rewrite_header(name) && !policy.vary_headers.contains(name) {
+                rewrite = Some(name);
             }
         }
         let bypass = if authorization && !policy.vary_authorization {
             Some("authorization")
         } else if cookie && !policy.vary_cookie {
             Some("cookie")
+        } else if rewrite.is_some() {
+            // A header that changes what many apps answer, which the key does not hold: a
+            // response to it could poison the entry of every request without it.
+            Some("unkeyed-forwarding-header")
+        } else if body && (req.method() == Method::GET || req.method() == Method::HEAD) {
+            // A GET with a body: the body is not in the key.
+            Some("request-body")
         } else {
             None
         };
@@ -181,6 +195,22 @@ where
             }
         }
     }
+}
+
+/// Headers that commonly change a response (the host, scheme, path or method an app sees)
+/// without being part of the URL: requests carrying one bypass the cache unless the policy
+/// keys on it.
+pub(crate) const REWRITE_HEADERS: [&str; 6] = [
+    "x-forwarded-host",
+    "x-forwarded-scheme",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "forwarded",
+];
+
+fn is_rewrite_header(name: &http::HeaderName) -> bool {
+    REWRITE_HEADERS.contains(&name.as_str())
 }
 
 impl<S> CacheService<S> {

@@ -1058,3 +1058,126 @@ async fn poll_ready_is_forwarded() {
     assert!(pending.is_pending(), "the limit is taken by the first call");
     fut.await.unwrap();
 }
+
+// ---- Poisoning ----
+
+/// Answers with what an app behind a proxy would build from the request: the host it thinks
+/// it serves, and the path.
+fn reflecting() -> Handler {
+    Handler::new(|req, n| {
+        let host = req
+            .headers()
+            .get("x-forwarded-host")
+            .or_else(|| req.headers().get("forwarded"))
+            .or_else(|| req.headers().get("x-original-url"))
+            .or_else(|| req.headers().get("x-rewrite-url"))
+            .or_else(|| req.headers().get("x-forwarded-scheme"))
+            .or_else(|| req.headers().get("x-http-method-override"))
+            .map_or("example.com".to_string(), |v| {
+                v.to_str().unwrap().to_string()
+            });
+        Response::new(full(format!("<script src=//{host}/app.js> #{n}")))
+    })
+}
+
+#[tokio::test]
+async fn unkeyed_forwarding_headers_never_poison_an_entry() {
+    for name in crate::cache::REWRITE_HEADERS {
+        let f = Fixture::with(
+            Stash::builder().cache_status_detail(true),
+            one_route("/page", Policy::ttl(HOUR)),
+            reflecting(),
+        );
+        // The attacker's request first, on a cold key: it is answered, never stored.
+        let poisoned = f
+            .send(
+                Request::get("/page")
+                    .header(name, "evil.example")
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await;
+        assert!(poisoned.text().contains("evil.example"), "{name}");
+        assert_eq!(
+            poisoned.cache_status(),
+            "tower-stash; fwd=bypass; detail=unkeyed-forwarding-header",
+            "{name}"
+        );
+        // Every clean request gets the clean page, fresh or cached.
+        for _ in 0..2 {
+            let clean = f.get("/page").await;
+            assert!(!clean.text().contains("evil"), "{name}: {}", clean.text());
+        }
+        // And a poisoned request after the entry exists is not served from it either.
+        let again = f
+            .send(
+                Request::get("/page")
+                    .header(name, "evil.example")
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await;
+        assert!(again.text().contains("evil.example"), "{name}");
+        assert_eq!(f.stash.stats().stores, 1, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_keyed_forwarding_header_gets_entries_of_its_own() {
+    let f = Fixture::new(
+        one_route(
+            "/page",
+            Policy::ttl(HOUR).vary_headers(["x-forwarded-host"]),
+        ),
+        reflecting(),
+    );
+    let with = |host: &'static str| {
+        Request::get("/page")
+            .header("x-forwarded-host", host)
+            .body(Empty::new())
+            .unwrap()
+    };
+    let a = f.send(with("a.example")).await;
+    let b = f.send(with("b.example")).await;
+    assert_eq!(f.send(with("a.example")).await.body, a.body);
+    assert_eq!(f.send(with("b.example")).await.body, b.body);
+    assert_eq!(f.handler.calls(), 2);
+    assert!(
+        !f.get("/page").await.text().contains(".example/"),
+        "no host: its own entry"
+    );
+}
+
+#[tokio::test]
+async fn a_get_with_a_body_bypasses() {
+    let f = Fixture::with(
+        Stash::builder().cache_status_detail(true),
+        one_route("/search", Policy::ttl(HOUR)),
+        Handler::echo(),
+    );
+    for (name, value) in [("content-length", "12"), ("transfer-encoding", "chunked")] {
+        let got = f
+            .send(
+                Request::get("/search")
+                    .header(name, value)
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(
+            got.cache_status(),
+            "tower-stash; fwd=bypass; detail=request-body"
+        );
+    }
+    // `Content-Length: 0` is no body.
+    let got = f
+        .send(
+            Request::get("/search")
+                .header("content-length", "0")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await;
+    assert!(got.cache_status().starts_with("tower-stash; fwd=miss"));
+    assert_eq!(f.stash.stats().stores, 1);
+}

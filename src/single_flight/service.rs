@@ -73,6 +73,9 @@ impl<S> SingleFlightService<S> {
         let h = req.headers();
         if (h.contains_key(header::AUTHORIZATION) && !policy.vary_authorization)
             || (h.contains_key(header::COOKIE) && !policy.vary_cookie)
+            || crate::cache::REWRITE_HEADERS
+                .iter()
+                .any(|n| h.contains_key(*n) && !policy.vary_headers.iter().any(|v| v == n))
         {
             // One client's answer is never shared with another.
             return None;
