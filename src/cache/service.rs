@@ -97,7 +97,7 @@ where
         // One pass over the header names (cheap comparisons) instead of hashed lookups.
         let (mut authorization, mut cookie, mut conditional) = (false, false, false);
         let (mut body, mut rewrite) = (false, None);
-        for (name, value) in headers {
+        for name in headers.keys() {
             if name == header::AUTHORIZATION {
                 authorization = true;
             } else if name == header::COOKIE {
@@ -105,7 +105,10 @@ where
             } else if name == header::IF_NONE_MATCH {
                 conditional = true;
             } else if name == header::CONTENT_LENGTH {
-                body |= value.as_bytes() != b"0";
+                body |= headers
+                    .get_all(header::CONTENT_LENGTH)
+                    .iter()
+                    .any(|v| v.as_bytes() != b"0");
             } else if name == header::TRANSFER_ENCODING {
                 body = true;
             } else if is_rewrite_header(name) && !policy.vary_headers.contains(name) {
@@ -210,7 +213,12 @@ pub(crate) const REWRITE_HEADERS: [&str; 6] = [
 ];
 
 fn is_rewrite_header(name: &http::HeaderName) -> bool {
-    REWRITE_HEADERS.contains(&name.as_str())
+    // `Forwarded` is a standard name (an enum compare); the others start with `x-`, which
+    // most headers of a request do not.
+    name == header::FORWARDED || {
+        let s = name.as_str();
+        s.starts_with("x-") && REWRITE_HEADERS.contains(&s)
+    }
 }
 
 impl<S> CacheService<S> {
