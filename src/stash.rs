@@ -380,8 +380,9 @@ impl Stash {
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         headers.insert(http::header::AGE, HeaderValue::from_static("0"));
         headers.insert(crate::headers::CACHE_STATUS, self.inner.status.hit.clone());
+        // Dated just after the invalidation of older copies the write makes at `at`.
         let entry = crate::Entry::new(full, parts.status, headers, body)
-            .with_times(at, ttl)
+            .with_times(at + Duration::from_millis(1), ttl)
             .with_trailers(trailers)
             .with_tags(tags.to_vec());
         let ns: Arc<str> = self.inner.namespace.as_str().into();
@@ -419,11 +420,11 @@ impl Stash {
         if let Err(e) = &result {
             self.counters().store_error();
             tracing::warn!(?what, error = %e, "invalidation failed: retrying in the background");
-            self.inner
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(what);
+            let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if !pending.contains(&what) {
+                pending.push(what);
+            }
+            drop(pending);
             self.retry_pending();
         }
         result
@@ -499,11 +500,14 @@ impl Stash {
             self.inner.retrying.store(false, Ordering::Release);
             return;
         };
-        let stash = self.clone();
+        // A weak handle: the task ends when the application drops the stash.
+        let weak = Arc::downgrade(&self.inner);
         rt.spawn(async move {
             let mut pause = Duration::from_millis(50);
             loop {
                 tokio::time::sleep(pause).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let stash = Stash { inner };
                 let batch = std::mem::take(
                     &mut *stash
                         .inner
@@ -522,13 +526,18 @@ impl Stash {
                     .pending
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                pending.extend(failed);
+                for what in failed {
+                    if !pending.contains(&what) {
+                        pending.push(what);
+                    }
+                }
                 if pending.is_empty() {
                     stash.inner.retrying.store(false, Ordering::Release);
                     return;
                 }
                 drop(pending);
-                pause = (pause * 2).min(Duration::from_secs(1));
+                // Soon after Redis is back: its old values must go before others read them.
+                pause = (pause * 2).min(Duration::from_millis(250));
             }
         });
     }
@@ -613,10 +622,21 @@ impl Stash {
 pub(crate) const REFRESH_BACKOFF: Duration = Duration::from_secs(1);
 
 /// An invalidation to apply (and to retry when the store fails).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Invalidation {
     Key(String),
     Tag(String),
+}
+
+/// What bus message fields escape: controls (tabs) and `%` itself.
+const BUS_FIELD: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// A bus message field, unescaped.
+#[cfg(feature = "redis")]
+fn field(raw: &str) -> String {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The longest an invalidation waits for every instance to acknowledge it.
@@ -654,7 +674,8 @@ fn bus_message(
     let mut m = format!("{}\t{at}\t{}\t{id}", kind as char, keep.as_millis());
     for f in fields {
         m.push('\t');
-        m.push_str(f);
+        // Keys and tags may hold any character, tabs included: escaped.
+        m.extend(percent_encoding::utf8_percent_encode(f, BUS_FIELD));
     }
     m.into()
 }
@@ -662,7 +683,7 @@ fn bus_message(
 /// The namespace, tag, date and keep time of a tag invalidation message (`t`), or of the
 /// family tag of a key invalidation (`k`).
 #[cfg(feature = "redis")]
-pub(crate) fn tag_message(message: &[u8]) -> Option<(&str, &str, SystemTime, Duration)> {
+pub(crate) fn tag_message(message: &[u8]) -> Option<(String, String, SystemTime, Duration)> {
     let text = std::str::from_utf8(message).ok()?;
     let mut parts = text.splitn(7, '\t');
     let kind = parts.next()?;
@@ -670,10 +691,10 @@ pub(crate) fn tag_message(message: &[u8]) -> Option<(&str, &str, SystemTime, Dur
     let keep = Duration::from_millis(parts.next()?.parse().ok()?);
     let _id = parts.next()?;
     match kind {
-        "t" => Some((parts.next()?, parts.next()?, at, keep)),
+        "t" => Some((field(parts.next()?), field(parts.next()?), at, keep)),
         "k" | "d" => {
             let _key = parts.next()?;
-            Some((parts.next()?, parts.next()?, at, keep))
+            Some((field(parts.next()?), field(parts.next()?), at, keep))
         }
         _ => None,
     }
@@ -688,7 +709,9 @@ pub(crate) fn apply_to_l1(l1: &MemoryStore, event: crate::store::BusEvent) {
     let message = match event {
         BusEvent::Lost => {
             tracing::debug!("invalidations may have been missed: flushing the memory tier");
-            l1.clear();
+            // Tombstones stay: they keep refusing what this instance invalidated while an
+            // invalidation of the shared store may still be pending.
+            l1.clear_entries();
             return;
         }
         BusEvent::Message(m) => m,
@@ -707,14 +730,20 @@ pub(crate) fn apply_to_l1(l1: &MemoryStore, event: crate::store::BusEvent) {
     };
     let at = std::time::UNIX_EPOCH + Duration::from_millis(at);
     let keep = Duration::from_millis(keep).min(Duration::from_secs(60));
-    match (kind, parts.next(), parts.next(), parts.next()) {
+    let (a, b, c) = (
+        parts.next().map(field),
+        parts.next().map(field),
+        parts.next().map(field),
+    );
+    match (kind, a.as_deref(), b.as_deref(), c.as_deref()) {
         ("k", Some(key), Some(ns), Some(family)) => {
             drop(l1.invalidate(key.into(), at, keep));
             drop(l1.invalidate_tag(ns.into(), family.into(), at, keep));
         }
-        // A write-through: the new entry is in the shared store; drop the old copy.
+        // A write-through: the new entry (dated just after `at`) is in the shared store; any
+        // older copy goes, and a late fill of one is refused.
         ("d", Some(key), Some(ns), Some(family)) => {
-            drop(l1.delete(key.into()));
+            drop(l1.invalidate(key.into(), at, keep));
             drop(l1.invalidate_tag(ns.into(), family.into(), at, keep));
         }
         ("t", Some(ns), Some(tag), None) => {

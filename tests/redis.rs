@@ -1104,13 +1104,14 @@ fn fastrand_f64() -> f64 {
     (h.finish() % 1000) as f64 / 1000.0
 }
 
-/// Until `users` has its subscription (the first message it hears proves it).
-async fn subscribed(a: &Users, b: &Users) {
-    eventually_async("both subscriptions", || async {
-        // A tag no entry has: invalidating it only publishes, and waits for the acks.
-        a.stash.invalidate_tag("warm-up").await.unwrap();
-        b.stash.invalidate_tag("warm-up").await.unwrap();
-        true
+/// Until `n` instances are subscribed to the invalidation bus.
+async fn subscribed(redis: &RedisServer, n: usize) {
+    eventually("the subscriptions", || {
+        let out = redis.cli(&["PUBSUB", "NUMSUB", "tower-stash:bus"]);
+        out.lines()
+            .last()
+            .and_then(|l| l.trim().parse::<usize>().ok())
+            >= Some(n)
     })
     .await;
 }
@@ -1121,7 +1122,7 @@ async fn an_update_on_a_is_seen_on_b_never_b_s_old_copy() {
     let db = UserDb::default();
     let a = Users::new(&redis.url(), &db, Duration::ZERO);
     let b = Users::new(&redis.url(), &db, Duration::ZERO);
-    subscribed(&a, &b).await;
+    subscribed(&redis, 2).await;
     for round in 0..20 {
         let id = format!("{round}");
         db.names.lock().unwrap().insert(id.clone(), "old".into());
@@ -1154,7 +1155,7 @@ async fn tags_drop_exactly_their_entries_across_instances() {
     let db = UserDb::default();
     let a = Users::new(&redis.url(), &db, Duration::ZERO);
     let b = Users::new(&redis.url(), &db, Duration::ZERO);
-    subscribed(&a, &b).await;
+    subscribed(&redis, 2).await;
     for id in ["1", "2", "3"] {
         a.get(id).await;
     }
@@ -1173,7 +1174,8 @@ async fn tags_drop_exactly_their_entries_across_instances() {
     // By a tag the handler attached from its data: exactly the odd users, on both instances.
     a.stash.invalidate_tag("odd").await.unwrap();
     // The tag index holds no invalidated member (until they are filled again).
-    let members = redis.cli(&["ZRANGE", "users:t:odd", "0", "-1"]);
+    // (`!epoch` is the tag's invalidation time, kept in the index.)
+    let members = redis.cli(&["ZRANGEBYSCORE", "users:t:odd", "-inf", "(1e15"]);
     assert!(members.is_empty(), "{members}");
     assert_eq!(b.get("2").await.1, "tower-stash; hit");
     assert_eq!(a.get("2").await.1, "tower-stash; hit");
@@ -1191,7 +1193,7 @@ async fn a_failing_write_on_a_leaves_the_key_gone_on_b() {
     let db = UserDb::default();
     let a = Users::new(&redis.url(), &db, Duration::ZERO);
     let b = Users::new(&redis.url(), &db, Duration::ZERO);
-    subscribed(&a, &b).await;
+    subscribed(&redis, 2).await;
     db.names.lock().unwrap().insert("5".into(), "old".into());
     a.get("5").await;
     eventually("A's fill", || a.stash.stats().stores == 1).await;
@@ -1214,41 +1216,40 @@ async fn a_failing_write_on_a_leaves_the_key_gone_on_b() {
 async fn fills_racing_invalidations_never_leave_the_old_value() {
     let redis = RedisServer::start();
     let db = UserDb::default();
-    // Reads take up to 5 ms after reading the database: fills land after invalidations.
+    // Reads take up to 5 ms after reading the database: their fills land after the
+    // invalidation that follows the write.
     let a = Arc::new(Users::new(&redis.url(), &db, Duration::from_millis(5)));
     let b = Arc::new(Users::new(&redis.url(), &db, Duration::from_millis(5)));
-    subscribed(&a, &b).await;
+    subscribed(&redis, 2).await;
     for round in 0..40u32 {
-        db.names
-            .lock()
-            .unwrap()
-            .insert("1".into(), format!("v{round}"));
+        // A cold key each round: at the invalidation, its fills have not reached Redis or the
+        // tag's index yet.
+        let id = format!("{}", 1000 + round);
+        db.names.lock().unwrap().insert(id.clone(), "old".into());
         let readers: Vec<_> = (0..8)
             .map(|i| {
                 let inst = if i % 2 == 0 { a.clone() } else { b.clone() };
-                tokio::spawn(async move { inst.get("1").await })
+                let id = id.clone();
+                tokio::spawn(async move { inst.get(&id).await })
             })
             .collect();
-        // The write: the database changes, then the cache is told (by key or by tag).
+        // The write: the database changes while the readers are busy, then the cache is
+        // told (by key, or by the tag every user has).
         tokio::time::sleep(Duration::from_millis(1)).await;
-        db.names
-            .lock()
-            .unwrap()
-            .insert("1".into(), format!("v{}", round + 1));
+        db.names.lock().unwrap().insert(id.clone(), "new".into());
         if round % 2 == 0 {
-            a.stash.invalidate_key("user:1").await.unwrap();
+            a.stash.invalidate_key(&format!("user:{id}")).await.unwrap();
         } else {
             b.stash.invalidate_tag("users").await.unwrap();
         }
         for r in readers {
             within("a reader", r).await.unwrap();
         }
-        // Background fills settle; then every instance must serve the latest value.
+        // Background fills settle; then every instance must serve the new value.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let want = format!("user 1: v{}", round + 1);
         for inst in [&a, &b] {
-            let (body, cache) = inst.get("1").await;
-            assert_eq!(body, want, "round {round}: {cache}");
+            let (body, cache) = inst.get(&id).await;
+            assert_eq!(body, format!("user {id}: new"), "round {round}: {cache}");
         }
     }
 }
@@ -1301,13 +1302,18 @@ async fn propagation_from_a_to_b() {
     let db = UserDb::default();
     let a = Users::new(&redis.url(), &db, Duration::ZERO);
     let b = Users::new(&redis.url(), &db, Duration::ZERO);
-    subscribed(&a, &b).await;
+    subscribed(&redis, 2).await;
     db.names.lock().unwrap().insert("1".into(), "v0".into());
     let mut calls = Vec::new();
     let mut stale_after = Vec::new();
     let mut old_answers = 0;
     for trial in 1..=1000u32 {
-        b.get("1").await; // B holds the current value in memory
+        // B holds the current value in memory.
+        let (held, cache) = b.get("1").await;
+        assert_eq!(held, format!("user 1: v{}", trial - 1), "{cache}");
+        if trial > 1 {
+            assert_eq!(b.get("1").await.1, "tower-stash; hit");
+        }
         db.names
             .lock()
             .unwrap()
@@ -1351,7 +1357,7 @@ async fn an_invalidation_while_redis_is_unreachable_is_retried_and_the_old_value
     let db = UserDb::default();
     let a = Users::new(&redis.url(), &db, Duration::ZERO);
     let b = Users::new(&redis.url(), &db, Duration::ZERO);
-    subscribed(&a, &b).await;
+    subscribed(&redis, 2).await;
     db.names.lock().unwrap().insert("1".into(), "old".into());
     a.get("1").await;
     eventually("A's fill", || a.stash.stats().stores == 1).await;

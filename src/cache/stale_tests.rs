@@ -470,6 +470,30 @@ async fn invalidate_key_drops_the_entry_and_its_variants_and_refuses_late_fills(
     assert_ne!(get_body("/users/1").await, "old");
 
     stash.invalidate_tag("users").await.unwrap();
+    // A late fill carrying the tag (its request began before the tag's invalidation) is
+    // refused, even for a key the tag's invalidation never saw.
+    let late = crate::Entry::new(
+        "stash:v1:user:9",
+        StatusCode::OK,
+        Default::default(),
+        "old".into(),
+    )
+    .with_times(
+        std::time::SystemTime::now() - Duration::from_secs(1),
+        MINUTE,
+    )
+    .with_tags(vec!["users".into()]);
+    stash
+        .store()
+        .put("stash:v1:user:9".into(), Arc::new(late), MINUTE)
+        .await
+        .unwrap();
+    assert!(stash
+        .store()
+        .get("stash:v1:user:9".into())
+        .await
+        .unwrap()
+        .is_none());
     let before = calls.load(Ordering::SeqCst);
     assert_eq!(get_body("/users/2").await, format!("call {}", before + 1));
 }

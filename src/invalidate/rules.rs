@@ -49,9 +49,10 @@ impl Invalidate {
     /// Stores the response of a successful request as the entry of `key` (a template) for
     /// `ttl`: the response to `PUT /users/{id}` becomes what `GET /users/{id}` (keyed
     /// `user:{id}`) answers. When the request fails (an error or a status outside 2xx), the
-    /// key is invalidated instead, so no old value outlives a failed write. Responses with
-    /// `Set-Cookie`, `no-store` or `private`, or bodies over 1 MiB, are not stored: the key is
-    /// invalidated.
+    /// key is invalidated instead, so no old value outlives a failed write. Only 200 and 203
+    /// responses are stored (a 201, 202 or 204 is not what the read answers); responses with
+    /// `Set-Cookie`, `no-store` or `private`, or bodies over 1 MiB, are not either: the key is
+    /// invalidated then.
     pub fn write_through(key: impl Into<String>, ttl: Duration) -> Self {
         Self {
             write_through: Some((key.into(), ttl)),

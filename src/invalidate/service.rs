@@ -83,7 +83,21 @@ where
         };
         let fut = self.call_inner(req);
         let stash = self.shared.stash.clone();
-        ResponseFuture::boxed(async move { after(&stash, work, fut.await).await })
+        ResponseFuture::boxed(async move {
+            let result = fut.await;
+            // Once the service has answered, the invalidations run to their end even if the
+            // client goes away meanwhile (its response future dropped).
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => match rt
+                    .spawn(async move { after(&stash, work, result).await })
+                    .await
+                {
+                    Ok(done) => done,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                },
+                Err(_) => after(&stash, work, result).await,
+            }
+        })
     }
 }
 
@@ -133,7 +147,9 @@ where
                 Ok(collected) => {
                     let trailers = collected.trailers().cloned();
                     let data = collected.to_bytes();
-                    let storable = data.len() <= WRITE_THROUGH_LIMIT
+                    // Only a full response is what the read answers: a 201, 202 or 204 is not.
+                    let storable = matches!(parts.status.as_u16(), 200 | 203)
+                        && data.len() <= WRITE_THROUGH_LIMIT
                         && !parts.headers.contains_key(http::header::SET_COOKIE)
                         && !crate::headers::has_directive(&parts.headers, &["no-store", "private"]);
                     if storable {

@@ -65,7 +65,12 @@ pub struct MemoryStore {
     cache: Cache<Arc<str>, Slot>,
     index: Arc<DashMap<Arc<str>, Indexed, foldhash::quality::RandomState>>,
     evictions: Arc<AtomicU64>,
+    /// When each (namespace, tag) was last invalidated, and until when that matters: a fill
+    /// with that tag whose request began earlier is refused.
+    epochs: Arc<std::sync::Mutex<TagEpochs>>,
 }
+
+type TagEpochs = std::collections::HashMap<(String, String), (SystemTime, Instant)>;
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,6 +119,7 @@ impl MemoryStore {
             cache,
             index,
             evictions,
+            epochs: Arc::default(),
         }
     }
 
@@ -159,8 +165,22 @@ impl MemoryStore {
         self.cache.run_pending_tasks();
     }
 
-    /// Invalidates every entry of namespace `ns` tagged `tag` (a scan of the entries held).
+    /// Invalidates every entry of namespace `ns` tagged `tag` (a scan of the entries held),
+    /// and refuses later fills with that tag whose request began before `at`.
     fn tombstone_tagged(&self, ns: &str, tag: &str, at: SystemTime, keep: Duration) {
+        {
+            let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            if epochs.len() >= 4096 {
+                epochs.retain(|_, (_, until)| *until > now);
+            }
+            let slot = epochs
+                .entry((ns.to_string(), tag.to_string()))
+                .or_insert((at, now + keep));
+            if slot.0 < at {
+                *slot = (at, now + keep);
+            }
+        }
         let prefix = format!("{ns}:");
         let tagged: Vec<Arc<str>> = self
             .index
@@ -184,6 +204,39 @@ impl MemoryStore {
         } else {
             let stone = Arc::new(Entry::tombstone(&*key, at));
             self.insert(key, stone, keep);
+        }
+    }
+
+    /// Whether a tag of `entry` was invalidated at or after its request began.
+    fn tag_invalidated_after(&self, key: &str, entry: &Entry) -> bool {
+        if entry.tags().is_empty() {
+            return false;
+        }
+        let epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        if epochs.is_empty() {
+            return false;
+        }
+        let ns = key.split(':').next().unwrap_or(key);
+        let now = Instant::now();
+        entry.tags().iter().any(|tag| {
+            epochs
+                .get(&(ns.to_string(), tag.clone()))
+                .is_some_and(|(at, until)| *until > now && *at >= entry.stored_at())
+        })
+    }
+
+    /// Removes every entry but the tombstones (which keep refusing late fills).
+    #[cfg(feature = "redis")]
+    pub(crate) fn clear_entries(&self) {
+        let live: Vec<Arc<str>> = self
+            .index
+            .iter()
+            .filter(|r| !r.value().entry.is_tombstone())
+            .map(|r| r.key().clone())
+            .collect();
+        for key in live {
+            self.index.remove(&key);
+            self.cache.invalidate(&key);
         }
     }
 
@@ -221,6 +274,9 @@ impl Store for MemoryStore {
             return Box::pin(std::future::ready(Err(StoreError::new(
                 "refusing to store an entry with a zero TTL",
             ))));
+        }
+        if self.tag_invalidated_after(&key, &entry) {
+            return Box::pin(std::future::ready(Ok(())));
         }
         // A fill whose request began before the stored entry's never replaces it.
         let newer = self.index.get(&*key).is_some_and(|i| {

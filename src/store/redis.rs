@@ -41,12 +41,33 @@ fn lease_key(key: &str) -> String {
     format!("{key}!lease")
 }
 /// Adds `ARGV[2]` to the tag index `KEYS[1]` (a sorted set scored by when each entry leaves
-/// the store, `ARGV[1]` ms), drops the members gone by `ARGV[3]`, and keeps the index for at
-/// least `ARGV[4]` ms: an index holds only live entries and expires after its last one.
+/// the store, `ARGV[1]` ms), drops the members gone by `ARGV[3]`, keeps the index for at
+/// least `ARGV[4]` ms (an index holds only live entries and expires after its last one), and
+/// returns the tag's epoch: when it was last invalidated, in ms (0 if never). A fill whose
+/// request began before the epoch is not stored.
 const TAG_ADD: &str = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) \
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3]) \
     if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then \
-    redis.call('PEXPIRE', KEYS[1], ARGV[4]) end return 1";
+    redis.call('PEXPIRE', KEYS[1], ARGV[4]) end \
+    local e = redis.call('ZSCORE', KEYS[1], '!epoch') \
+    if e then return tonumber(e) - 1e15 end return 0";
+/// Sets the epoch of the tag index `KEYS[1]` to `ARGV[1]` ms (never backwards) and keeps the
+/// index at least `ARGV[2]` ms. The epoch is the member `!epoch`, scored 10^15 above its time:
+/// above every entry's score, so trimming and reading the live members never touch it.
+const TAG_EPOCH: &str = "local e = tonumber(ARGV[1]) + 1e15 \
+    local cur = redis.call('ZSCORE', KEYS[1], '!epoch') \
+    if (not cur) or tonumber(cur) < e then redis.call('ZADD', KEYS[1], e, '!epoch') end \
+    if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then \
+    redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 1";
+/// Removes members of the tag index `KEYS[1]` given as (member, score) pairs in `ARGV`, each
+/// only while its score is still the one read: a member a fill added again meanwhile stays.
+const TAG_REMOVE: &str = "local n = 0 \
+    for i = 1, #ARGV, 2 do \
+    local cur = redis.call('ZSCORE', KEYS[1], ARGV[i]) \
+    if cur and tonumber(cur) == tonumber(ARGV[i + 1]) then \
+    n = n + redis.call('ZREM', KEYS[1], ARGV[i]) end end return n";
+/// Members a tag invalidation handles per round trip.
+const TAG_BATCH: usize = 500;
 /// The counter of the instances that applied message `id`.
 fn ack_key(id: &str) -> String {
     format!("tower-stash:ack:{id}")
@@ -443,32 +464,43 @@ impl Store for RedisStore {
         let this = self.clone();
         Box::pin(async move {
             let value = entry.encode();
-            // One round trip: the tag indexes first (a tag invalidation that reads an index
-            // after this sees the key), then the entry.
-            let mut pipe = redis::pipe();
             let now = SystemTime::now();
-            let leaves = millis_at(now).saturating_add(millis);
-            let ns = namespace(&key);
-            for tag in entry.tags() {
-                pipe.cmd("EVAL")
-                    .arg(TAG_ADD)
-                    .arg(1)
-                    .arg(tag_key(ns, tag))
-                    .arg(leaves)
-                    .arg(&*key)
-                    .arg(millis_at(now))
-                    .arg(millis);
+            if !entry.tags().is_empty() {
+                // The tag indexes first: a tag invalidation that reads an index after this
+                // sees the key; one that set its epoch before this is seen here.
+                let leaves = millis_at(now).saturating_add(millis);
+                let ns = namespace(&key);
+                let mut pipe = redis::pipe();
+                for tag in entry.tags() {
+                    pipe.cmd("EVAL")
+                        .arg(TAG_ADD)
+                        .arg(1)
+                        .arg(tag_key(ns, tag))
+                        .arg(leaves)
+                        .arg(&*key)
+                        .arg(millis_at(now))
+                        .arg(millis);
+                }
+                let started = millis_at(entry.stored_at());
+                let epochs = this.run_pipe(&pipe).await?;
+                let invalidated = epochs.iter().any(|e| match e {
+                    Value::Int(at) => u64::try_from(*at).unwrap_or(0) >= started,
+                    _ => false,
+                });
+                if invalidated {
+                    tracing::debug!(%key, "a tag of this fill was invalidated after its request began: not stored");
+                    return Ok(());
+                }
             }
-            pipe.cmd("EVAL")
-                .arg(SET_UNLESS_NEWER)
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(SET_UNLESS_NEWER)
                 .arg(1)
                 .arg(&*key)
                 .arg(&value[..])
                 .arg(millis);
-            let replies = this.run_pipe(&pipe).await?;
-            match replies.last() {
-                Some(Value::Int(1)) => Ok(()),
-                Some(Value::Int(_)) => {
+            match this.run(&cmd).await? {
+                Value::Int(1) => Ok(()),
+                Value::Int(_) => {
                     tracing::debug!(%key, "a newer entry or an invalidation is stored: this fill is dropped");
                     Ok(())
                 }
@@ -507,8 +539,10 @@ impl Store for RedisStore {
         })
     }
 
-    /// Reads the tag's index (live members only), leaves a tombstone in each member's place
-    /// and removes them from the index: single-key commands only, so it works on a cluster.
+    /// Sets the tag's epoch (a fill whose request began before it is not stored), then reads
+    /// the tag's index (live members only) in batches, leaves a tombstone in each member's
+    /// place and removes it from the index: single-key commands only, so it works on a
+    /// cluster.
     fn invalidate_tag(
         &self,
         ns: Arc<str>,
@@ -519,45 +553,70 @@ impl Store for RedisStore {
         let this = self.clone();
         Box::pin(async move {
             let index = tag_key(&ns, &tag);
-            let mut cmd = redis::cmd("ZRANGEBYSCORE");
-            cmd.arg(&index)
-                .arg(millis_at(SystemTime::now()))
-                .arg("+inf");
-            let members: Vec<Vec<u8>> = match this.run(&cmd).await? {
-                Value::Array(items) => items
-                    .into_iter()
-                    .filter_map(|v| match v {
-                        Value::BulkString(b) => Some(b),
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(TAG_EPOCH)
+                .arg(1)
+                .arg(&index)
+                .arg(millis_at(at))
+                .arg(ms(keep));
+            this.run(&cmd).await?;
+            loop {
+                let mut cmd = redis::cmd("ZRANGEBYSCORE");
+                cmd.arg(&index)
+                    .arg(millis_at(SystemTime::now()))
+                    .arg("(1e15")
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(TAG_BATCH);
+                let items = match this.run(&cmd).await? {
+                    Value::Array(items) => items,
+                    other => {
+                        return Err(StoreError::new(format!(
+                            "redis: unexpected reply to ZRANGEBYSCORE: {other:?}"
+                        )))
+                    }
+                };
+                let pairs: Vec<(Vec<u8>, Vec<u8>)> = items
+                    .chunks(2)
+                    .filter_map(|pair| match pair {
+                        [Value::BulkString(m), Value::BulkString(s)] => {
+                            Some((m.clone(), s.clone()))
+                        }
+                        [Value::BulkString(m), Value::Double(d)] => {
+                            Some((m.clone(), d.to_string().into_bytes()))
+                        }
                         _ => None,
                     })
-                    .collect(),
-                other => {
-                    return Err(StoreError::new(format!(
-                        "redis: unexpected reply to ZRANGEBYSCORE: {other:?}"
-                    )))
+                    .collect();
+                if pairs.is_empty() {
+                    return Ok(());
                 }
-            };
-            if members.is_empty() {
-                return Ok(());
+                let mut pipe = redis::pipe();
+                for (member, _) in &pairs {
+                    let key = String::from_utf8_lossy(member);
+                    let stone = Entry::tombstone(&*key, at).encode();
+                    pipe.cmd("EVAL")
+                        .arg(SET_UNLESS_NEWER)
+                        .arg(1)
+                        .arg(&member[..])
+                        .arg(&stone[..])
+                        .arg(ms(keep));
+                }
+                let mut remove = redis::cmd("EVAL");
+                remove.arg(TAG_REMOVE).arg(1).arg(&index);
+                for (member, score) in &pairs {
+                    remove.arg(&member[..]).arg(&score[..]);
+                }
+                pipe.add_command(remove);
+                let replies = this.run_pipe(&pipe).await?;
+                let removed = matches!(replies.last(), Some(Value::Int(n)) if *n > 0);
+                // Done with a short batch, or when nothing left (members filled again since
+                // the epoch stay, and would come back in every batch).
+                if pairs.len() < TAG_BATCH || !removed {
+                    return Ok(());
+                }
             }
-            let mut pipe = redis::pipe();
-            for member in &members {
-                let key = String::from_utf8_lossy(member);
-                let stone = Entry::tombstone(&*key, at).encode();
-                pipe.cmd("EVAL")
-                    .arg(SET_UNLESS_NEWER)
-                    .arg(1)
-                    .arg(&member[..])
-                    .arg(&stone[..])
-                    .arg(ms(keep));
-            }
-            let mut zrem = redis::cmd("ZREM");
-            zrem.arg(&index);
-            for member in &members {
-                zrem.arg(&member[..]);
-            }
-            pipe.add_command(zrem);
-            this.run_pipe(&pipe).await.map(drop)
         })
     }
 
@@ -637,12 +696,11 @@ impl Store for RedisStore {
                 match tokio::time::timeout(connect_timeout, subscribed).await {
                     Ok(Ok(pubsub)) => {
                         pause = Duration::from_millis(100);
-                        // Messages sent while the subscription was down are lost. (Not on
-                        // the first subscription: there was none to lose.)
+                        // Messages sent while there was no subscription are lost. (Not before
+                        // the first attempt: the tier was empty.)
                         if resubscribed && !deliver(BusEvent::Lost) {
                             return;
                         }
-                        resubscribed = true;
                         let mut messages = pubsub.into_on_message();
                         loop {
                             tokio::select! {
@@ -665,6 +723,8 @@ impl Store for RedisStore {
                     Ok(Err(e)) => tracing::debug!(error = %e, "redis: subscribing failed"),
                     Err(_) => tracing::debug!("redis: subscribing timed out"),
                 }
+                // Whatever happened, the next subscription follows a time without one.
+                resubscribed = true;
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
                 if sink.strong_count() == 0 {

@@ -46,8 +46,11 @@ pub struct TieredStore<S> {
 /// This instance's fills of the last [`RECENT`]: a tag invalidation reads the tag's index in
 /// L2, and a fill that started before it but reached the index after it read escapes it; the
 /// instance that made the fill hears the invalidation and invalidates that key too.
-/// When a fill was made, its key and entry.
-type Fill = (std::time::Instant, Arc<str>, Arc<Entry>);
+/// When a fill was made, its key, when its request began, and its tags.
+type Fill = (std::time::Instant, Arc<str>, SystemTime, Vec<String>);
+
+/// The most recent fills remembered (older ones are forgotten first).
+const RECENT_MAX: usize = 10_000;
 
 #[derive(Default)]
 struct Recent(std::sync::Mutex<std::collections::VecDeque<Fill>>);
@@ -55,29 +58,29 @@ struct Recent(std::sync::Mutex<std::collections::VecDeque<Fill>>);
 const RECENT: Duration = Duration::from_secs(10);
 
 impl Recent {
-    fn push(&self, key: Arc<str>, entry: Arc<Entry>) {
+    fn push(&self, key: Arc<str>, entry: &Entry) {
         let now = std::time::Instant::now();
         let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
         while q
             .front()
-            .is_some_and(|(t, _, _)| now.duration_since(*t) > RECENT)
+            .is_some_and(|(t, ..)| now.duration_since(*t) > RECENT || q.len() >= RECENT_MAX)
         {
             q.pop_front();
         }
-        q.push_back((now, key, entry));
+        q.push_back((now, key, entry.stored_at(), entry.tags().to_vec()));
     }
 
     /// The keys of recent fills tagged `tag` whose request began before `at`.
     fn tagged_before(&self, ns: &str, tag: &str, at: SystemTime) -> Vec<Arc<str>> {
         let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
         q.iter()
-            .filter(|(_, key, e)| {
+            .filter(|(_, key, started, tags)| {
                 key.starts_with(ns)
                     && key[ns.len()..].starts_with(':')
-                    && e.stored_at() < at
-                    && e.tags().iter().any(|t| t == tag)
+                    && *started < at
+                    && tags.iter().any(|t| t == tag)
             })
-            .map(|(_, key, _)| key.clone())
+            .map(|(_, key, ..)| key.clone())
             .collect()
     }
 }
@@ -117,7 +120,7 @@ impl<S: Store> TieredStore<S> {
             let mut ack = None;
             if let BusEvent::Message(m) = &event {
                 if let Some((ns, tag, at, keep)) = crate::stash::tag_message(m) {
-                    for key in mine.tagged_before(ns, tag, at) {
+                    for key in mine.tagged_before(&ns, &tag, at) {
                         let again = shared.invalidate(key, at, keep);
                         if let Some(rt) = &rt {
                             rt.spawn(again);
@@ -226,7 +229,7 @@ impl<S: Store> Store for TieredStore<S> {
 
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
         if !entry.tags().is_empty() && self._sink.is_some() {
-            self.recent.push(key.clone(), entry.clone());
+            self.recent.push(key.clone(), &entry);
         }
         let l1_ttl = ttl.min(self.l1_max_ttl);
         if !l1_ttl.is_zero() {
