@@ -1478,3 +1478,27 @@ async fn a_cancelled_leader_frees_its_lease_and_another_instance_goes_on() {
         ("tower-stash; fwd=miss; stored", &b"call 2"[..])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_subscription_flushes_the_memory_tier_once_it_is_back() {
+    let mut redis = RedisServer::start();
+    let db = UserDb::default();
+    let a = Users::new(&redis.url(), &db, Duration::ZERO);
+    subscribed(&redis, 1).await;
+    db.names.lock().unwrap().insert("7".into(), "v1".into());
+    a.get("7").await;
+    eventually("A's fill", || a.stash.stats().stores == 1).await;
+    assert_eq!(a.get("7").await.1, "tower-stash; hit");
+    // Redis restarts: the subscription drops, and invalidations sent meanwhile are lost.
+    blocking(|| redis.kill());
+    // While it is down, the memory tier keeps serving (a Redis outage costs hit rate only).
+    assert_eq!(a.get("7").await.1, "tower-stash; hit");
+    blocking(|| redis.restart());
+    subscribed(&redis, 1).await;
+    // Once subscribed again, what the memory tier held is gone: it may be stale.
+    db.names.lock().unwrap().insert("7".into(), "v2".into());
+    eventually_async("the memory tier flushed", || async {
+        a.get("7").await.0 == "user 7: v2"
+    })
+    .await;
+}
