@@ -380,9 +380,11 @@ impl Stash {
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         headers.insert(http::header::AGE, HeaderValue::from_static("0"));
         headers.insert(crate::headers::CACHE_STATUS, self.inner.status.hit.clone());
-        // Dated just after the invalidation of older copies the write makes at `at`.
+        // Dated `at`; the older copies it replaces are invalidated as of just before, so that
+        // an invalidation made after the write (dated `at` or later) still drops it.
+        let older = at - Duration::from_millis(1);
         let entry = crate::Entry::new(full, parts.status, headers, body)
-            .with_times(at + Duration::from_millis(1), ttl)
+            .with_times(at, ttl)
             .with_trailers(trailers)
             .with_tags(tags.to_vec());
         let ns: Arc<str> = self.inner.namespace.as_str().into();
@@ -394,10 +396,16 @@ impl Stash {
                 .put(stored.as_str().into(), Arc::new(entry), ttl)
                 .await?;
             store
-                .invalidate_tag(ns.clone(), family.clone(), at, keep)
+                .invalidate_tag(ns.clone(), family.clone(), older, keep)
                 .await?;
             let sent = store
-                .publish(bus_message(b'd', at, keep, &id, &[&stored, &ns, &family]))
+                .publish(bus_message(
+                    b'd',
+                    older,
+                    keep,
+                    &id,
+                    &[&stored, &ns, &family],
+                ))
                 .await?;
             self.await_acks(&id, sent).await;
             Ok(())
@@ -740,7 +748,7 @@ pub(crate) fn apply_to_l1(l1: &MemoryStore, event: crate::store::BusEvent) {
             drop(l1.invalidate(key.into(), at, keep));
             drop(l1.invalidate_tag(ns.into(), family.into(), at, keep));
         }
-        // A write-through: the new entry (dated just after `at`) is in the shared store; any
+        // A write-through: the new entry (dated 1 ms after `at`) is in the shared store; any
         // older copy goes, and a late fill of one is refused.
         ("d", Some(key), Some(ns), Some(family)) => {
             drop(l1.invalidate(key.into(), at, keep));

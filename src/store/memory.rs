@@ -68,6 +68,9 @@ pub struct MemoryStore {
     /// When each (namespace, tag) was last invalidated, and until when that matters: a fill
     /// with that tag whose request began earlier is refused.
     epochs: Arc<std::sync::Mutex<TagEpochs>>,
+    /// Serialise the check-then-insert of writes to one key (reads never take them).
+    stripes: Arc<[std::sync::Mutex<()>; 16]>,
+    stripes_hasher: foldhash::fast::FixedState,
 }
 
 type TagEpochs = std::collections::HashMap<(String, String), (SystemTime, Instant)>;
@@ -120,6 +123,8 @@ impl MemoryStore {
             index,
             evictions,
             epochs: Arc::default(),
+            stripes: Arc::new(std::array::from_fn(|_| std::sync::Mutex::new(()))),
+            stripes_hasher: foldhash::fast::FixedState::default(),
         }
     }
 
@@ -203,7 +208,26 @@ impl MemoryStore {
             self.cache.invalidate(&key);
         } else {
             let stone = Arc::new(Entry::tombstone(&*key, at));
-            self.insert(key, stone, keep);
+            self.insert_unless_newer(key, stone, keep);
+        }
+    }
+
+    /// Stores `entry` unless the key holds one stored later (a fill whose request began
+    /// before the stored entry's never replaces it), or a tombstone of the same time. The
+    /// check and the insert are one step for a key (a striped lock that reads never take):
+    /// an invalidation cannot slip in between and be overwritten.
+    fn insert_unless_newer(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) {
+        use std::hash::BuildHasher;
+        let stripe = (self.stripes_hasher.hash_one(&*key) as usize) % self.stripes.len();
+        let _held = self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let newer = self.index.get(&*key).is_some_and(|i| {
+            let (was, now) = (i.entry.stored_at(), entry.stored_at());
+            (was > now || (was == now && i.entry.is_tombstone())) && Instant::now() < i.deadline
+        });
+        if !newer {
+            self.insert(key, entry, ttl);
         }
     }
 
@@ -278,13 +302,7 @@ impl Store for MemoryStore {
         if self.tag_invalidated_after(&key, &entry) {
             return Box::pin(std::future::ready(Ok(())));
         }
-        // A fill whose request began before the stored entry's never replaces it.
-        let newer = self.index.get(&*key).is_some_and(|i| {
-            i.entry.stored_at() > entry.stored_at() && Instant::now() < i.deadline
-        });
-        if !newer {
-            self.insert(key, entry, ttl);
-        }
+        self.insert_unless_newer(key, entry, ttl);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -415,5 +433,31 @@ mod tests {
         store.insert(key.clone(), entry(&key, 20_000), Duration::from_secs(60));
         store.run_pending_tasks();
         assert!(store.get_now("big").is_none());
+    }
+
+    #[tokio::test]
+    async fn tombstones_refuse_older_and_same_time_fills_but_never_replace_newer_entries() {
+        use std::time::UNIX_EPOCH;
+        let store = MemoryStore::new(1 << 20);
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s);
+        let dated = |s: u64, body: &'static str| {
+            Arc::new(
+                Entry::new("k", http::StatusCode::OK, Default::default(), body.into())
+                    .with_times(at(s), Duration::from_secs(60)),
+            )
+        };
+        let ttl = Duration::from_secs(60);
+        store.put("k".into(), dated(10, "v1"), ttl).await.unwrap();
+        store.invalidate("k".into(), at(20), ttl).await.unwrap();
+        assert!(store.get_now("k").is_none());
+        // Began before, or at the same time as, the invalidation: refused.
+        for s in [15, 20] {
+            store.put("k".into(), dated(s, "late"), ttl).await.unwrap();
+            assert!(store.get_now("k").is_none(), "a fill dated {s}");
+        }
+        // Began after: stored; and an older invalidation does not replace it.
+        store.put("k".into(), dated(25, "v2"), ttl).await.unwrap();
+        store.invalidate("k".into(), at(22), ttl).await.unwrap();
+        assert_eq!(store.get_now("k").unwrap().body(), "v2");
     }
 }
