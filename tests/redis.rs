@@ -54,7 +54,7 @@ fn body_for(path: &str) -> String {
 impl Instance {
     /// An instance whose guard times out after `timeout` and probes after 200 ms.
     fn new(url: &str, timeout: Duration) -> Self {
-        Self::with(RedisStore::builder(url).build().unwrap(), timeout)
+        Self::with(store_on(url), timeout)
     }
 
     fn with(redis: RedisStore, timeout: Duration) -> Self {
@@ -131,6 +131,16 @@ impl Instance {
         .await;
         assert!(waited.is_ok(), "fills not stored: {:?}", self.stash.stats());
     }
+}
+
+/// A store on `url` whose first calls wait for the pool's first connection (500 ms) rather
+/// than fail after the default 20 ms: on a machine loaded by the other tests, a cold pool
+/// would otherwise make the first lookup a store error, and the test see a miss.
+fn store_on(url: &str) -> RedisStore {
+    RedisStore::builder(url)
+        .checkout_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
 }
 
 fn request(path: &str) -> Request<Empty<Bytes>> {
@@ -280,6 +290,7 @@ async fn one_round_trip_per_call_and_every_key_expires() {
     let redis = RedisServer::start();
     let store = RedisStore::builder(redis.url())
         .pool_size(2)
+        .checkout_timeout(Duration::from_millis(500))
         .build()
         .unwrap();
     let entry = Arc::new(
@@ -500,8 +511,16 @@ async fn slow_redis_and_a_small_pool_queue_no_one() {
         .build()
         .unwrap();
     let a = Arc::new(Instance::with(store, Duration::from_millis(10)));
-    a.get_ok("/items/warm").await;
-    a.stored(1).await;
+    // Until the pool is warm (on a loaded machine, its first calls may time out).
+    eventually_async("a warm pool", || {
+        let a = a.clone();
+        async move {
+            a.get_ok("/items/warm").await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            a.stash.stats().stores >= 1
+        }
+    })
+    .await;
 
     proxy.set_latency(Duration::from_millis(500)); // about 1 s a round trip
     let started = Instant::now();
@@ -701,8 +720,7 @@ fn flight_instance(
     calls: Arc<AtomicUsize>,
 ) -> (Stash, tower_stash::SingleFlightLayer, axum::Router) {
     use axum::routing::get;
-    let l2 =
-        Guarded::new(RedisStore::builder(url).build().unwrap()).timeout(Duration::from_secs(1));
+    let l2 = Guarded::new(store_on(url)).timeout(Duration::from_secs(1));
     let stash = Stash::builder()
         .store(TieredStore::new(MemoryStore::new(16 << 20), l2))
         .namespace("flight")
@@ -807,7 +825,7 @@ async fn four_instances_with_250_cold_requests_each_make_one_call() {
 #[tokio::test]
 async fn leases_are_exclusive_released_by_their_holder_only_and_expire() {
     let redis = RedisServer::start();
-    let store = RedisStore::builder(redis.url()).build().unwrap();
+    let store = store_on(&redis.url());
     let lease = |token: &str, ttl: u64| {
         store.try_lease("k".into(), token.into(), Duration::from_millis(ttl))
     };
@@ -835,7 +853,7 @@ async fn leases_are_exclusive_released_by_their_holder_only_and_expire() {
 #[tokio::test]
 async fn a_late_fill_never_replaces_a_newer_entry() {
     let redis = RedisServer::start();
-    let store = RedisStore::builder(redis.url()).build().unwrap();
+    let store = store_on(&redis.url());
     let t0 = SystemTime::now();
     let entry = |body: &'static str, at: SystemTime| {
         Arc::new(
@@ -875,8 +893,7 @@ async fn stale_while_revalidate_refreshes_once_across_instances() {
     let calls = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(tokio::sync::Semaphore::new(1));
     let instance = || {
-        let l2 = Guarded::new(RedisStore::builder(redis.url()).build().unwrap())
-            .timeout(Duration::from_secs(1));
+        let l2 = Guarded::new(store_on(&redis.url())).timeout(Duration::from_secs(1));
         let stash = Stash::builder()
             .store(TieredStore::new(MemoryStore::new(16 << 20), l2))
             .namespace("swr")
@@ -989,8 +1006,7 @@ impl Users {
     fn new(url: &str, db: &UserDb, read_delay: Duration) -> Self {
         use axum::extract::{Path, State};
         use axum::routing::get;
-        let l2 =
-            Guarded::new(RedisStore::builder(url).build().unwrap()).timeout(Duration::from_secs(1));
+        let l2 = Guarded::new(store_on(url)).timeout(Duration::from_secs(1));
         let stash = Stash::builder()
             .store(TieredStore::new(MemoryStore::new(16 << 20), l2))
             .namespace("users")
@@ -1260,6 +1276,7 @@ async fn tag_indexes_stay_bounded_under_many_expiring_fills() {
     let store = Arc::new(
         RedisStore::builder(redis.url())
             .pool_size(4)
+            .checkout_timeout(Duration::from_millis(500))
             .build()
             .unwrap(),
     );
@@ -1392,8 +1409,7 @@ async fn a_cancelled_leader_frees_its_lease_and_another_instance_goes_on() {
     let calls = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let instance = || {
-        let l2 = Guarded::new(RedisStore::builder(redis.url()).build().unwrap())
-            .timeout(Duration::from_secs(1));
+        let l2 = Guarded::new(store_on(&redis.url())).timeout(Duration::from_secs(1));
         let stash = Stash::builder()
             .store(TieredStore::new(MemoryStore::new(16 << 20), l2))
             .namespace("handover")
