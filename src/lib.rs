@@ -12,6 +12,8 @@ pub mod policy;
 pub mod single_flight;
 pub mod stash;
 pub mod store;
+#[cfg(test)]
+mod test_util;
 
 pub use cache::{CacheBody, CacheHint, CacheLayer, CacheService};
 pub use entry::{Entry, EntryError};

@@ -374,12 +374,9 @@ impl Stash {
         ] {
             headers.remove(name);
         }
-        if !headers.contains_key(http::header::ETAG) {
-            headers.insert(http::header::ETAG, crate::headers::derived_etag(&body));
-        }
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        headers.insert(http::header::AGE, HeaderValue::from_static("0"));
-        headers.insert(crate::headers::CACHE_STATUS, self.inner.status.hit.clone());
+        // The write's own length: what it declared may be for another encoding.
+        headers.remove(http::header::CONTENT_LENGTH);
+        crate::cache::complete_headers(&mut headers, parts.status, &body, true, self);
         // Dated `at`; the older copies it replaces are invalidated as of just before, so that
         // an invalidation made after the write (dated `at` or later) still drops it.
         let older = at - Duration::from_millis(1);
@@ -400,7 +397,7 @@ impl Stash {
                 .await?;
             let sent = store
                 .publish(bus_message(
-                    b'd',
+                    b'k',
                     older,
                     keep,
                     &id,
@@ -655,13 +652,6 @@ fn message_id_new() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
-/// The id of a bus message, to acknowledge it.
-#[cfg(feature = "redis")]
-pub(crate) fn message_id(message: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(message).ok()?;
-    text.split('\t').nth(3).map(str::to_owned)
-}
-
 /// The tag every variant of the base key `base` (without the namespace) carries.
 pub(crate) fn family_tag(base: &str) -> String {
     format!("~{base}")
@@ -688,31 +678,11 @@ fn bus_message(
     m.into()
 }
 
-/// The namespace, tag, date and keep time of a tag invalidation message (`t`), or of the
-/// family tag of a key invalidation (`k`).
-#[cfg(feature = "redis")]
-pub(crate) fn tag_message(message: &[u8]) -> Option<(String, String, SystemTime, Duration)> {
-    let text = std::str::from_utf8(message).ok()?;
-    let mut parts = text.splitn(7, '\t');
-    let kind = parts.next()?;
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(parts.next()?.parse().ok()?);
-    let keep = Duration::from_millis(parts.next()?.parse().ok()?);
-    let _id = parts.next()?;
-    match kind {
-        "t" => Some((field(parts.next()?), field(parts.next()?), at, keep)),
-        "k" | "d" => {
-            let _key = parts.next()?;
-            Some((field(parts.next()?), field(parts.next()?), at, keep))
-        }
-        _ => None,
-    }
-}
-
 /// Applies a bus event to a memory tier: drops what another instance invalidated (keeping a
 /// tombstone, so that a late fill of this instance is refused too), or everything when
-/// messages may have been missed.
+/// messages may have been missed. Returns the id of the message applied, to acknowledge.
 #[cfg(feature = "redis")]
-pub(crate) fn apply_to_l1(l1: &MemoryStore, event: crate::store::BusEvent) {
+pub(crate) fn apply_to_l1(l1: &MemoryStore, event: crate::store::BusEvent) -> Option<String> {
     use crate::store::BusEvent;
     let message = match event {
         BusEvent::Lost => {
@@ -720,45 +690,30 @@ pub(crate) fn apply_to_l1(l1: &MemoryStore, event: crate::store::BusEvent) {
             // Tombstones stay: they keep refusing what this instance invalidated while an
             // invalidation of the shared store may still be pending.
             l1.clear_entries();
-            return;
+            return None;
         }
         BusEvent::Message(m) => m,
     };
-    let Ok(text) = std::str::from_utf8(&message) else {
-        return;
-    };
+    let text = std::str::from_utf8(&message).ok()?;
     let mut parts = text.splitn(7, '\t');
-    let (Some(kind), Some(at), Some(keep), Some(_id)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return;
-    };
-    let (Ok(at), Ok(keep)) = (at.parse::<u64>(), keep.parse::<u64>()) else {
-        return;
-    };
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(at);
-    let keep = Duration::from_millis(keep).min(Duration::from_secs(60));
-    let (a, b, c) = (
-        parts.next().map(field),
-        parts.next().map(field),
-        parts.next().map(field),
-    );
-    match (kind, a.as_deref(), b.as_deref(), c.as_deref()) {
-        ("k", Some(key), Some(ns), Some(family)) => {
-            drop(l1.invalidate(key.into(), at, keep));
-            drop(l1.invalidate_tag(ns.into(), family.into(), at, keep));
+    let kind = parts.next()?;
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(parts.next()?.parse().ok()?);
+    let keep = Duration::from_millis(parts.next()?.parse().ok()?).min(Duration::from_secs(60));
+    let id = parts.next()?.to_owned();
+    let fields: Vec<String> = parts.map(field).collect();
+    match (kind, fields.as_slice()) {
+        // A key (and its variants, by their family tag); a write-through's new entry is
+        // dated after `at`, so only older copies go.
+        ("k", [key, ns, family]) => {
+            drop(l1.invalidate(key.as_str().into(), at, keep));
+            drop(l1.invalidate_tag(ns.as_str().into(), family.as_str().into(), at, keep));
         }
-        // A write-through: the new entry (dated 1 ms after `at`) is in the shared store; any
-        // older copy goes, and a late fill of one is refused.
-        ("d", Some(key), Some(ns), Some(family)) => {
-            drop(l1.invalidate(key.into(), at, keep));
-            drop(l1.invalidate_tag(ns.into(), family.into(), at, keep));
-        }
-        ("t", Some(ns), Some(tag), None) => {
-            drop(l1.invalidate_tag(ns.into(), tag.into(), at, keep));
+        ("t", [ns, tag]) => {
+            drop(l1.invalidate_tag(ns.as_str().into(), tag.as_str().into(), at, keep));
         }
         _ => tracing::debug!(message = text, "unknown bus message ignored"),
     }
+    Some(id)
 }
 
 /// A background refresh in progress; unmarks its key when dropped (also on a panic).

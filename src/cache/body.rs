@@ -244,15 +244,7 @@ impl Capture {
             buf.extend_from_slice(c);
         }
         let body = buf.freeze();
-        if etag && !headers.contains_key(header::ETAG) {
-            headers.insert(header::ETAG, headers::derived_etag(&body));
-        }
-        if status != StatusCode::NO_CONTENT && !headers.contains_key(header::CONTENT_LENGTH) {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        }
-        // The slots a hit fills in, so that its copy of these headers never has to grow.
-        headers.insert(header::AGE, HeaderValue::from_static("0"));
-        headers.insert(headers::CACHE_STATUS, stash.inner.status.hit.clone());
+        complete_headers(&mut headers, status, &body, etag, &stash);
         let took = stash.now().duration_since(stored_at).unwrap_or_default();
         let entry = Entry::new(&*full_key, status, headers, body)
             .with_times(stored_at, ttl)
@@ -296,4 +288,24 @@ fn record(stash: &Stash, key: &str, result: Result<(), crate::StoreError>) {
             tracing::warn!(%key, error = %e, "storing the entry failed");
         }
     }
+}
+
+/// Completes the headers of an entry about to be stored: a derived `ETag` (when `etag` and
+/// none is set), the `Content-Length`, and the `age` and `cache-status` slots a hit fills in,
+/// so that its copy of these headers never has to grow.
+pub(crate) fn complete_headers(
+    headers: &mut HeaderMap,
+    status: StatusCode,
+    body: &Bytes,
+    etag: bool,
+    stash: &Stash,
+) {
+    if etag && !headers.contains_key(header::ETAG) {
+        headers.insert(header::ETAG, headers::derived_etag(body));
+    }
+    if status != StatusCode::NO_CONTENT && !headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    headers.insert(header::AGE, HeaderValue::from_static("0"));
+    headers.insert(headers::CACHE_STATUS, stash.inner.status.hit.clone());
 }

@@ -674,13 +674,6 @@ fn age_value(secs: u64) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from(secs))
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-}
-
 /// Why a response from the service cannot be stored, or for how long it can.
 fn decide<B: Body>(
     ctx: &Ctx,
@@ -714,7 +707,7 @@ fn decide<B: Body>(
     if !vary_is_keyed(&parts.headers, policy) {
         return Err("vary");
     }
-    let declared = content_length(&parts.headers);
+    let declared = headers::content_length(&parts.headers);
     let limit = policy.max_body_size as u64;
     if declared.is_some_and(|n| n > limit) || body.size_hint().lower() > limit {
         return Err("too-large");
@@ -830,7 +823,7 @@ fn miss<B: Body<Data = Bytes>>(
                 ttl,
                 tags,
                 limit: policy.max_body_size,
-                declared: content_length(&parts.headers),
+                declared: headers::content_length(&parts.headers),
                 etag: policy.etag,
                 lease,
                 size: 0,

@@ -77,58 +77,54 @@ impl Shared {
     }
 }
 
-/// The full key of `req` under `policy`, and the hashed key it is stored under when it is
-/// too long.
 /// The key of `req` before its query and headers: what [`Stash::invalidate_key`] takes (after
 /// the namespace), which also invalidates every variant.
 pub(crate) fn base_key<B>(
-    stash: &Stash,
     policy: &crate::policy::CompiledPolicy,
     params: &matchit::Params<'_, '_>,
     req: &Request<B>,
 ) -> String {
     let mut k = String::new();
+    push_base(&mut k, policy, params, req);
+    k
+}
+
+/// Appends the template, filled from the path parameters, or the default `METHOD path`.
+fn push_base<B>(
+    k: &mut String,
+    policy: &crate::policy::CompiledPolicy,
+    params: &matchit::Params<'_, '_>,
+    req: &Request<B>,
+) {
     match &policy.key {
-        Some(t) => t.render_into(&mut k, |name| params.get(name)),
+        Some(t) => t.render_into(k, |name| params.get(name)),
         None => {
             let method = if req.method() == Method::HEAD {
                 &Method::GET
             } else {
                 req.method()
             };
-            key::push_default(&mut k, method, req.uri().path());
+            key::push_default(k, method, req.uri().path());
         }
     }
-    let _ = stash;
-    k
 }
 
+/// The full key of `req` under `policy`, and the hashed key it is stored under when it is
+/// too long.
 pub(crate) fn key_strings<B>(
     stash: &Stash,
     policy: &crate::policy::CompiledPolicy,
     params: &matchit::Params<'_, '_>,
     req: &Request<B>,
 ) -> (String, Option<String>) {
-    {
-        let inner = &stash.inner;
-        let mut k = String::with_capacity(inner.prefix.len() + 48);
-        k.push_str(&inner.prefix);
-        match &policy.key {
-            Some(t) => t.render_into(&mut k, |name| params.get(name)),
-            None => {
-                let method = if req.method() == Method::HEAD {
-                    &Method::GET
-                } else {
-                    req.method()
-                };
-                key::push_default(&mut k, method, req.uri().path());
-            }
-        }
-        key::push_query(&mut k, req.uri().query(), &policy.query);
-        key::push_headers(&mut k, req.headers(), &policy.vary_headers);
-        let stored = key::storage_key(&k, inner.prefix.len(), inner.max_key_len);
-        (k, stored)
-    }
+    let inner = &stash.inner;
+    let mut k = String::with_capacity(inner.prefix.len() + 48);
+    k.push_str(&inner.prefix);
+    push_base(&mut k, policy, params, req);
+    key::push_query(&mut k, req.uri().query(), &policy.query);
+    key::push_headers(&mut k, req.headers(), &policy.vary_headers);
+    let stored = key::storage_key(&k, inner.prefix.len(), inner.max_key_len);
+    (k, stored)
 }
 
 impl<S> Layer<S> for CacheLayer {

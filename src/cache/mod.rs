@@ -116,9 +116,10 @@ pub use hint::CacheHint;
 pub use layer::CacheLayer;
 pub use service::CacheService;
 
+pub(crate) use body::complete_headers;
 pub(crate) use future::vary_is_keyed;
 pub(crate) use layer::key_strings;
-pub(crate) use service::REWRITE_HEADERS;
+pub(crate) use service::{take_ready, REWRITE_HEADERS};
 
 #[cfg(test)]
 mod stale_tests;

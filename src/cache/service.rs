@@ -200,6 +200,13 @@ where
     }
 }
 
+/// The clone-and-swap of tower middleware: the service that `poll_ready` made ready goes to
+/// the call, and a clone (which may not be ready) stays for the next `poll_ready`.
+pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
 /// Headers that commonly change a response (the host, scheme, path or method an app sees)
 /// without being part of the URL: requests carrying one bypass the cache unless the policy
 /// keys on it.
@@ -235,8 +242,7 @@ impl<S> CacheService<S> {
     where
         S: Clone,
     {
-        let clone = self.inner.clone();
-        std::mem::replace(&mut self.inner, clone)
+        take_ready(&mut self.inner)
     }
 
     /// What a request that goes on past the fast path carries.
@@ -261,7 +267,7 @@ impl<S> CacheService<S> {
         // A variant (a query or header keyed) is tagged with its base key, so that
         // invalidating the key drops every variant.
         let prefix = self.shared.stash.inner.prefix.len();
-        let base = super::layer::base_key(&self.shared.stash, policy, params, req);
+        let base = super::layer::base_key(policy, params, req);
         if full.len() > prefix + base.len() {
             tags.push(crate::stash::family_tag(&base));
         }

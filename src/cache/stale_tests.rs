@@ -1,6 +1,7 @@
 //! Stale-while-revalidate, stale-if-error, early refresh and TTL jitter: what each client
 //! gets, and how often the handler runs.
 
+use crate::test_util::{until, within};
 use crate::{CacheLayer, ManualClock, Policy, Routes, Stash};
 use axum::body::Body;
 use axum::routing::get;
@@ -15,21 +16,6 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    within(what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-}
 
 #[derive(Debug)]
 struct Got {

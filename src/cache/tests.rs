@@ -1,5 +1,6 @@
 //! The rules of the cache, each checked on what the client gets and how often the handler runs.
 
+use crate::test_util::within;
 use crate::{
     CacheHint, CacheLayer, ManualClock, MemoryStore, Policy, Routes, Stash, Store, StoreError,
     StoreFuture,
@@ -545,12 +546,6 @@ fn streaming() -> (Handler, tokio::sync::mpsc::UnboundedReceiver<FrameTx>) {
         Response::new(StreamBody::new(stream).boxed())
     });
     (handler, rx)
-}
-
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 async fn stream_through(limit: usize, chunk: usize) -> (Stash, Handler) {

@@ -106,8 +106,7 @@ impl<S> InvalidateService<S> {
     where
         S: Service<R> + Clone,
     {
-        let clone = self.inner.clone();
-        std::mem::replace(&mut self.inner, clone).call(req)
+        crate::cache::take_ready(&mut self.inner).call(req)
     }
 }
 

@@ -1,6 +1,6 @@
 use super::flight::{Copy, Leader, Outcome};
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap, StatusCode, Version};
+use http::{HeaderMap, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::pin::Pin;
@@ -107,13 +107,6 @@ impl<B: Body<Data = Bytes>> FlightBody<B> {
             },
         }
     }
-}
-
-pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }
 
 impl<B: Body<Data = Bytes>> Body for FlightBody<B> {

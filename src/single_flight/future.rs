@@ -1,4 +1,4 @@
-use super::body::{content_length, FlightBody, Tee};
+use super::body::{FlightBody, Tee};
 use super::flight::{Copy, Leader, Outcome, Waiter};
 use super::layer::Shared;
 use super::lease::{Lease, LeaseSlot};
@@ -297,7 +297,7 @@ where
                             version: parts.version,
                             headers: parts.headers.clone(),
                             limit,
-                            declared: content_length(&parts.headers),
+                            declared: crate::headers::content_length(&parts.headers),
                             size: 0,
                             chunks: Vec::new(),
                             trailers: None,

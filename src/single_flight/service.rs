@@ -50,15 +50,6 @@ impl<S> SingleFlightService<S> {
         self.inner
     }
 
-    /// The ready inner service, a clone left in its place.
-    fn take_inner(&mut self) -> S
-    where
-        S: Clone,
-    {
-        let clone = self.inner.clone();
-        std::mem::replace(&mut self.inner, clone)
-    }
-
     /// The key of a request: the cache's above, or this layer's own from its routes.
     fn flight_key<B>(&self, req: &Request<B>) -> Option<FlightKey> {
         if req.method() == Method::HEAD {
@@ -108,15 +99,29 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let Some(key) = self.flight_key(&req) else {
-            return ResponseFuture::passthrough(self.take_inner().call(req));
+            return ResponseFuture::passthrough(
+                crate::cache::take_ready(&mut self.inner).call(req),
+            );
         };
         let shared = self.shared.clone();
         match shared.flights.join(&key.key, shared.max_waiters) {
-            Join::Lead(leader) => ResponseFuture::lead(shared, key, leader, self.take_inner(), req),
-            Join::Wait(waiter) => ResponseFuture::wait(shared, key, waiter, self.take_inner(), req),
+            Join::Lead(leader) => ResponseFuture::lead(
+                shared,
+                key,
+                leader,
+                crate::cache::take_ready(&mut self.inner),
+                req,
+            ),
+            Join::Wait(waiter) => ResponseFuture::wait(
+                shared,
+                key,
+                waiter,
+                crate::cache::take_ready(&mut self.inner),
+                req,
+            ),
             Join::Full => {
                 tracing::debug!(key = %key.full, "too many waiters: going to the service alone");
-                ResponseFuture::alone(self.take_inner().call(req))
+                ResponseFuture::alone(crate::cache::take_ready(&mut self.inner).call(req))
             }
         }
     }

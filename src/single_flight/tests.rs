@@ -1,5 +1,6 @@
 //! Single flight, checked on what each client gets and how often the handler runs.
 
+use crate::test_util::{until, within};
 use crate::{CacheLayer, Policy, Routes, SingleFlightLayer, Stash};
 use axum::body::Body;
 use axum::routing::get;
@@ -15,23 +16,6 @@ use tokio::sync::Semaphore;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// Waits for `fut`, failing the test after 10 seconds.
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// Waits until `cond` holds, checking after each yield, for at most 10 seconds.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    within(what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-}
 
 #[derive(Debug)]
 struct Got {

@@ -39,50 +39,6 @@ pub struct TieredStore<S> {
     l1_max_ttl: Duration,
     /// Applies invalidations heard on L2's bus to L1; the subscription ends when it is dropped.
     _sink: Option<Arc<dyn Fn(BusEvent) + Send + Sync>>,
-    /// This instance's recent fills with tags, for a tag invalidation that raced them.
-    recent: Arc<Recent>,
-}
-
-/// This instance's fills of the last [`RECENT`]: a tag invalidation reads the tag's index in
-/// L2, and a fill that started before it but reached the index after it read escapes it; the
-/// instance that made the fill hears the invalidation and invalidates that key too.
-/// When a fill was made, its key, when its request began, and its tags.
-type Fill = (std::time::Instant, Arc<str>, SystemTime, Vec<String>);
-
-/// The most recent fills remembered (older ones are forgotten first).
-const RECENT_MAX: usize = 10_000;
-
-#[derive(Default)]
-struct Recent(std::sync::Mutex<std::collections::VecDeque<Fill>>);
-
-const RECENT: Duration = Duration::from_secs(10);
-
-impl Recent {
-    fn push(&self, key: Arc<str>, entry: &Entry) {
-        let now = std::time::Instant::now();
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        while q
-            .front()
-            .is_some_and(|(t, ..)| now.duration_since(*t) > RECENT || q.len() >= RECENT_MAX)
-        {
-            q.pop_front();
-        }
-        q.push_back((now, key, entry.stored_at(), entry.tags().to_vec()));
-    }
-
-    /// The keys of recent fills tagged `tag` whose request began before `at`.
-    fn tagged_before(&self, ns: &str, tag: &str, at: SystemTime) -> Vec<Arc<str>> {
-        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        q.iter()
-            .filter(|(_, key, started, tags)| {
-                key.starts_with(ns)
-                    && key[ns.len()..].starts_with(':')
-                    && *started < at
-                    && tags.iter().any(|t| t == tag)
-            })
-            .map(|(_, key, ..)| key.clone())
-            .collect()
-    }
 }
 
 impl<S> Clone for TieredStore<S> {
@@ -92,7 +48,6 @@ impl<S> Clone for TieredStore<S> {
             l2: self.l2.clone(),
             l1_max_ttl: self.l1_max_ttl,
             _sink: self._sink.clone(),
-            recent: self.recent.clone(),
         }
     }
 }
@@ -113,26 +68,13 @@ impl<S: Store> TieredStore<S> {
     /// flushed whenever messages may have been missed.
     pub fn new(l1: MemoryStore, l2: S) -> Self {
         let l2 = Arc::new(l2);
-        let recent = Arc::new(Recent::default());
-        let (memory, shared, mine) = (l1.clone(), l2.clone(), recent.clone());
+        let (memory, shared) = (l1.clone(), l2.clone());
         let sink: Arc<dyn Fn(BusEvent) + Send + Sync> = Arc::new(move |event| {
-            let rt = tokio::runtime::Handle::try_current().ok();
-            let mut ack = None;
-            if let BusEvent::Message(m) = &event {
-                if let Some((ns, tag, at, keep)) = crate::stash::tag_message(m) {
-                    for key in mine.tagged_before(&ns, &tag, at) {
-                        let again = shared.invalidate(key, at, keep);
-                        if let Some(rt) = &rt {
-                            rt.spawn(again);
-                        }
-                    }
-                }
-                ack = crate::stash::message_id(m);
-            }
-            crate::stash::apply_to_l1(&memory, event);
             // The publisher waits (briefly) until every subscriber has applied it.
-            if let (Some(id), Some(rt)) = (ack, &rt) {
-                rt.spawn(shared.acknowledge(id.into()));
+            if let Some(id) = crate::stash::apply_to_l1(&memory, event) {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(shared.acknowledge(id.into()));
+                }
             }
         });
         let subscribed = l2.subscribe(Arc::downgrade(&sink));
@@ -141,7 +83,6 @@ impl<S: Store> TieredStore<S> {
             l2,
             l1_max_ttl: Duration::from_secs(60),
             _sink: subscribed.then_some(sink),
-            recent,
         }
     }
 }
@@ -228,9 +169,6 @@ impl<S: Store> Store for TieredStore<S> {
     }
 
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
-        if !entry.tags().is_empty() && self._sink.is_some() {
-            self.recent.push(key.clone(), &entry);
-        }
         let l1_ttl = ttl.min(self.l1_max_ttl);
         if !l1_ttl.is_zero() {
             drop(self.l1.put(key.clone(), entry.clone(), l1_ttl));
