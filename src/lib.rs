@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod entry;
+pub mod grpc;
 mod headers;
 pub mod invalidate;
 pub mod key;

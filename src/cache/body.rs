@@ -137,9 +137,12 @@ where
                         }
                         // hyper stops polling once a body reports its end, or once the
                         // declared `Content-Length` is written: store then, not at `None`.
-                        let complete = capture
-                            .as_ref()
-                            .is_some_and(|c| c.declared == Some(c.size as u64));
+                        // Trailers are the last frame: hyper's HTTP/2 server polls no further.
+                        // A gRPC answer is complete only with its trailers.
+                        let complete = f.is_trailers()
+                            || capture
+                                .as_ref()
+                                .is_some_and(|c| !c.grpc && c.declared == Some(c.size as u64));
                         if body.is_end_stream() || complete {
                             if let Some(c) = capture.take() {
                                 c.finish(cx);
@@ -192,6 +195,8 @@ pub(crate) struct Capture {
     /// The declared `Content-Length`, if any.
     pub(crate) declared: Option<u64>,
     pub(crate) etag: bool,
+    /// A gRPC answer: stored only if its trailers say `grpc-status: 0`.
+    pub(crate) grpc: bool,
     /// The lease on the key, released once the entry is stored.
     pub(crate) lease: Option<crate::single_flight::Lease>,
     /// When the request went to the service.
@@ -235,8 +240,15 @@ impl Capture {
             chunks,
             trailers,
             lease,
+            grpc,
             ..
         } = self;
+        if grpc && !crate::grpc::trailers_ok(trailers.as_ref()) {
+            tracing::debug!(%key, "gRPC call failed (grpc-status in its trailers): not stored");
+            // The lease goes with it: another request may try.
+            drop(lease);
+            return;
+        }
         // Always one exact copy: a chunk may be a slice of a larger buffer (a read buffer),
         // which the entry would otherwise keep alive while weighing only the slice.
         let mut buf = BytesMut::with_capacity(size);

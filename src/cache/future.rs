@@ -698,6 +698,12 @@ fn decide<B: Body>(
     if !policy.statuses.contains(&parts.status.as_u16()) || parts.status.is_server_error() {
         return Err("status");
     }
+    if policy.grpc
+        && (crate::grpc::status(&parts.headers).is_some() || !crate::grpc::is_grpc(&parts.headers))
+    {
+        // A trailers-only answer is an error (or empty); a non-gRPC answer is not the call's.
+        return Err("grpc-status");
+    }
     if parts.headers.contains_key(header::SET_COOKIE) {
         return Err("set-cookie");
     }
@@ -774,6 +780,14 @@ fn miss<B: Body<Data = Bytes>>(
         }
         // `stored` only when the whole body is known to fit; a streaming body is stored when
         // it ends, if it stays within the limit, which these headers cannot yet tell.
+        // A gRPC answer is stored only if its trailers, still to come, say it succeeded.
+        Ok(_) if ctx.policy.grpc => status_value(
+            &stash,
+            &stash.inner.status.miss,
+            Some("grpc-pending"),
+            None,
+            Some(&ctx.full),
+        ),
         Ok(_) if body.size_hint().exact().is_some() => status_value(
             &stash,
             &stash.inner.status.stored,
@@ -825,6 +839,7 @@ fn miss<B: Body<Data = Bytes>>(
                 limit: policy.max_body_size,
                 declared: headers::content_length(&parts.headers),
                 etag: policy.etag,
+                grpc: policy.grpc,
                 lease,
                 size: 0,
                 chunks: Vec::new(),

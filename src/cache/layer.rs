@@ -61,6 +61,12 @@ impl CacheLayer {
     /// The full cache key this layer would use for `req`, or `None` when no route matches it.
     pub fn key_for<B>(&self, req: &Request<B>) -> Option<String> {
         let (policy, params) = self.shared.routes.find(req.method(), req.uri().path())?;
+        let fields = if policy.grpc {
+            crate::grpc::prepare(policy.fields.as_ref(), req).ok()?
+        } else {
+            None
+        };
+        let params = key::Params::new(&params, fields.as_ref());
         Some(self.shared.key_strings(policy, &params, req).0)
     }
 }
@@ -70,7 +76,7 @@ impl Shared {
     pub(crate) fn key_strings<B>(
         &self,
         policy: &crate::policy::CompiledPolicy,
-        params: &matchit::Params<'_, '_>,
+        params: &key::Params<'_, '_, '_>,
         req: &Request<B>,
     ) -> (String, Option<String>) {
         key_strings(&self.stash, policy, params, req)
@@ -81,7 +87,7 @@ impl Shared {
 /// the namespace), which also invalidates every variant.
 pub(crate) fn base_key<B>(
     policy: &crate::policy::CompiledPolicy,
-    params: &matchit::Params<'_, '_>,
+    params: &key::Params<'_, '_, '_>,
     req: &Request<B>,
 ) -> String {
     let mut k = String::new();
@@ -93,7 +99,7 @@ pub(crate) fn base_key<B>(
 fn push_base<B>(
     k: &mut String,
     policy: &crate::policy::CompiledPolicy,
-    params: &matchit::Params<'_, '_>,
+    params: &key::Params<'_, '_, '_>,
     req: &Request<B>,
 ) {
     match &policy.key {
@@ -114,7 +120,7 @@ fn push_base<B>(
 pub(crate) fn key_strings<B>(
     stash: &Stash,
     policy: &crate::policy::CompiledPolicy,
-    params: &matchit::Params<'_, '_>,
+    params: &key::Params<'_, '_, '_>,
     req: &Request<B>,
 ) -> (String, Option<String>) {
     let inner = &stash.inner;
@@ -123,6 +129,12 @@ pub(crate) fn key_strings<B>(
     push_base(&mut k, policy, params, req);
     key::push_query(&mut k, req.uri().query(), &policy.query);
     key::push_headers(&mut k, req.headers(), &policy.vary_headers);
+    if policy.grpc {
+        // The question is in the body: two messages never share an entry.
+        if let Some(msg) = req.extensions().get::<crate::grpc::GrpcMessage>() {
+            msg.push_digest(&mut k);
+        }
+    }
     let stored = key::storage_key(&k, inner.prefix.len(), inner.max_key_len);
     (k, stored)
 }

@@ -115,6 +115,7 @@ where
                 rewrite = Some(name);
             }
         }
+        let mut fields = None;
         let bypass = if authorization && !policy.vary_authorization {
             Some("authorization")
         } else if cookie && !policy.vary_cookie {
@@ -126,6 +127,14 @@ where
         } else if body && (req.method() == Method::GET || req.method() == Method::HEAD) {
             // A GET with a body: the body is not in the key.
             Some("request-body")
+        } else if policy.grpc {
+            match crate::grpc::prepare(policy.fields.as_ref(), &req) {
+                Ok(f) => {
+                    fields = f;
+                    None
+                }
+                Err(reason) => Some(reason),
+            }
         } else {
             None
         };
@@ -140,6 +149,7 @@ where
             let stash = stash.clone();
             return ResponseFuture::bypass(self.call_inner(req), stash, reason);
         }
+        let params = crate::key::Params::new(&params, fields.as_ref());
         let (full, stored) = self.shared.key_strings(policy, &params, &req);
         let head = req.method() == Method::HEAD;
 
@@ -249,7 +259,7 @@ impl<S> CacheService<S> {
     fn ctx<B>(
         &self,
         policy: &Arc<CompiledPolicy>,
-        params: &matchit::Params<'_, '_>,
+        params: &crate::key::Params<'_, '_, '_>,
         req: &Request<B>,
         full: String,
         stored: Option<String>,

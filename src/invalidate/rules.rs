@@ -24,6 +24,7 @@ pub struct Invalidate {
     pub(crate) tags: Vec<String>,
     pub(crate) write_through: Option<(String, Duration)>,
     pub(crate) entry_tags: Vec<String>,
+    pub(crate) fields: Option<crate::grpc::MessageFields>,
 }
 
 impl Invalidate {
@@ -80,6 +81,13 @@ impl Invalidate {
         self
     }
 
+    /// Names fields of a gRPC rule's decoded request message for its templates
+    /// (`user:{id}`): see [`grpc`](crate::grpc).
+    pub fn fields<M: 'static>(mut self, fields: crate::grpc::Fields<M>) -> Self {
+        self.fields = Some(fields.into());
+        self
+    }
+
     /// Tags the entry a write-through stores (templates), as the GET route's policy tags its
     /// entries, so that invalidating those tags drops it too.
     pub fn entry_tags<I, T>(mut self, tags: I) -> Self
@@ -96,6 +104,8 @@ impl Invalidate {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rules {
     rules: Vec<(Method, String, Invalidate)>,
+    /// The paths of gRPC rules.
+    grpc: Vec<String>,
 }
 
 impl Rules {
@@ -124,6 +134,21 @@ impl Rules {
         self.route(Method::DELETE, path, rule)
     }
 
+    /// A rule for the unary gRPC method `path` (`/package.Service/Method`), applied when the
+    /// call ends with `grpc-status: 0` (the answer is read whole first, to see its trailers).
+    /// Templates may name fields of the request message ([`Invalidate::fields`]); it needs a
+    /// [`GrpcLayer`](crate::grpc::GrpcLayer) outside to read the message.
+    pub fn grpc(mut self, path: impl Into<String>, rule: Invalidate) -> Self {
+        let path = path.into();
+        self.grpc.push(path.clone());
+        self.route(Method::POST, path, rule)
+    }
+
+    /// The paths of the gRPC rules.
+    pub(crate) fn grpc_paths(&self) -> impl Iterator<Item = &str> {
+        self.grpc.iter().map(String::as_str)
+    }
+
     /// A rule for `method` requests to `path`.
     pub fn route(mut self, method: Method, path: impl Into<String>, rule: Invalidate) -> Self {
         self.rules.push((method, path.into(), rule));
@@ -142,8 +167,22 @@ impl Rules {
         let mut by_path: BTreeMap<&str, usize> = BTreeMap::new();
         for (method, path, rule) in &self.rules {
             let place = format!("rules[{method} {path}]");
-            let params = path_params(path);
+            let mut params = path_params(path);
             let mut bad = Vec::new();
+            let grpc = *method == Method::POST && self.grpc.contains(path);
+            if let Some(fields) = &rule.fields {
+                if !grpc {
+                    bad.push(format!(
+                        "{place}.fields: message fields are for gRPC rules (Rules::grpc)"
+                    ));
+                }
+                for name in &fields.names {
+                    if params.contains(name) {
+                        bad.push(format!("{place}.fields: `{name}` is also a path parameter"));
+                    }
+                    params.push(name.clone());
+                }
+            }
             let mut parse = |field: &str, t: &str| match Template::parse(t, &params) {
                 Ok(t) => Some(t),
                 Err(e) => {
@@ -201,6 +240,8 @@ impl Rules {
                     tags,
                     write_through,
                     entry_tags,
+                    fields: rule.fields.clone(),
+                    grpc,
                 },
             ));
         }
@@ -218,6 +259,8 @@ pub(crate) struct Compiled {
     pub(crate) tags: Vec<Template>,
     pub(crate) write_through: Option<(Template, Duration)>,
     pub(crate) entry_tags: Vec<Template>,
+    fields: Option<crate::grpc::MessageFields>,
+    grpc: bool,
 }
 
 #[derive(Debug)]
@@ -233,26 +276,54 @@ pub(crate) struct Work {
     pub(crate) tags: Vec<String>,
     pub(crate) write_through: Option<(String, Duration)>,
     pub(crate) entry_tags: Vec<String>,
+    /// A gRPC call: it succeeded only if its trailers say `grpc-status: 0`.
+    pub(crate) grpc: bool,
 }
 
 impl RuleTable {
-    /// What a `method` request to `path` invalidates when it succeeds.
-    pub(crate) fn find(&self, method: &Method, path: &str) -> Option<Work> {
-        let m = self.router.at(path).ok()?;
+    /// What `req` invalidates when it succeeds.
+    pub(crate) fn find<B>(&self, req: &http::Request<B>) -> Option<Work> {
+        let m = self.router.at(req.uri().path()).ok()?;
         let rule = self.slots[*m.value]
             .iter()
-            .find(|(mm, _)| mm == method)
+            .find(|(mm, _)| mm == req.method())
             .map(|(_, r)| r)?;
+        if rule.grpc && !crate::grpc::is_grpc(req.headers()) {
+            return None;
+        }
+        let fields = match &rule.fields {
+            None => None,
+            Some(f) => match crate::grpc::prepare(Some(f), req) {
+                Ok(values) => values,
+                Err(reason) => {
+                    // The write may still change data: only the templates that need no field
+                    // can be applied. A missing GrpcLayer is a setup mistake worth shouting.
+                    tracing::error!(
+                        path = req.uri().path(),
+                        reason,
+                        "invalidation rule cannot read the gRPC message: templates naming its fields are skipped"
+                    );
+                    None
+                }
+            },
+        };
+        let params = crate::key::Params::new(&m.params, fields.as_ref());
+        let usable = |t: &&Template| t.params().all(|name| params.get(name).is_some());
         let fill = |t: &Template| {
             let mut s = String::new();
-            t.render_into(&mut s, |name| m.params.get(name));
+            t.render_into(&mut s, |name| params.get(name));
             s
         };
         Some(Work {
-            keys: rule.keys.iter().map(fill).collect(),
-            tags: rule.tags.iter().map(fill).collect(),
-            write_through: rule.write_through.as_ref().map(|(t, ttl)| (fill(t), *ttl)),
-            entry_tags: rule.entry_tags.iter().map(fill).collect(),
+            keys: rule.keys.iter().filter(usable).map(fill).collect(),
+            tags: rule.tags.iter().filter(usable).map(fill).collect(),
+            write_through: rule
+                .write_through
+                .as_ref()
+                .filter(|(t, _)| usable(&t))
+                .map(|(t, ttl)| (fill(t), *ttl)),
+            entry_tags: rule.entry_tags.iter().filter(usable).map(fill).collect(),
+            grpc: rule.grpc,
         })
     }
 }

@@ -78,7 +78,7 @@ where
                 });
             }
         }
-        let Some(work) = self.shared.rules.find(req.method(), req.uri().path()) else {
+        let Some(work) = self.shared.rules.find(&req) else {
             return ResponseFuture::passthrough(self.call_inner(req));
         };
         let fut = self.call_inner(req);
@@ -124,7 +124,14 @@ where
 {
     use http_body_util::BodyExt;
     let resp = match result {
-        Ok(resp) if resp.status().is_success() => resp,
+        // A gRPC error may come with no body at all (trailers-only): its status in the head.
+        Ok(resp)
+            if resp.status().is_success()
+                && !(work.grpc
+                    && crate::grpc::status(resp.headers()).is_some_and(|s| s != b"0")) =>
+        {
+            resp
+        }
         // A failed write changes nothing, but a write-through's key goes: the data may or may
         // not have changed (the guide's rollback).
         failed => {
@@ -135,7 +142,27 @@ where
         }
     };
     let resp = match &work.write_through {
-        None => resp.map(InvalidateBody::inner),
+        None if !work.grpc => resp.map(InvalidateBody::inner),
+        None => {
+            // A gRPC call succeeded only if its trailers say so: read the (unary) answer.
+            let (parts, body) = resp.into_parts();
+            match body.collect().await {
+                Err(e) => return Ok(Response::from_parts(parts, InvalidateBody::failed(e))),
+                Ok(collected) => {
+                    let trailers = collected.trailers().cloned();
+                    let ok = crate::grpc::status(&parts.headers) == Some(b"0")
+                        || crate::grpc::trailers_ok(trailers.as_ref());
+                    let resp = Response::from_parts(
+                        parts,
+                        InvalidateBody::full(collected.to_bytes(), trailers),
+                    );
+                    if !ok {
+                        return Ok(resp);
+                    }
+                    resp
+                }
+            }
+        }
         Some((key, ttl)) => {
             let (parts, body) = resp.into_parts();
             match body.collect().await {
@@ -147,6 +174,14 @@ where
                     let trailers = collected.trailers().cloned();
                     let data = collected.to_bytes();
                     // Only a full response is what the read answers: a 201, 202 or 204 is not.
+                    let grpc_ok = !work.grpc || crate::grpc::trailers_ok(trailers.as_ref());
+                    if !grpc_ok {
+                        let _ = stash.invalidate_key(key).await;
+                        return Ok(Response::from_parts(
+                            parts,
+                            InvalidateBody::full(data, trailers),
+                        ));
+                    }
                     let storable = matches!(parts.status.as_u16(), 200 | 203)
                         && data.len() <= WRITE_THROUGH_LIMIT
                         && !parts.headers.contains_key(http::header::SET_COOKIE)

@@ -52,6 +52,29 @@ pub(crate) mod template;
 
 pub(crate) use template::Template;
 
+/// The values templates are filled from: the path parameters, then the fields of a gRPC
+/// request message.
+pub(crate) struct Params<'a, 'k, 'v> {
+    pub(crate) path: &'a matchit::Params<'k, 'v>,
+    pub(crate) fields: Option<&'a crate::grpc::FieldValues>,
+}
+
+impl<'a, 'k, 'v: 'a> Params<'a, 'k, 'v> {
+    pub(crate) fn new(
+        path: &'a matchit::Params<'k, 'v>,
+        fields: Option<&'a crate::grpc::FieldValues>,
+    ) -> Self {
+        Self { path, fields }
+    }
+
+    /// The raw (percent-encoded) value of `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<&'a str> {
+        self.path
+            .get(name)
+            .or_else(|| self.fields.and_then(|f| f.get(name)))
+    }
+}
+
 use http::{HeaderMap, HeaderName, Method};
 use percent_encoding::{percent_decode_str, AsciiSet, NON_ALPHANUMERIC};
 use std::fmt::Write as _;

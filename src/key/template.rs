@@ -120,6 +120,14 @@ impl Template {
             })
     }
 
+    /// The names of the parameters the template uses.
+    pub(crate) fn params(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Param(name) => Some(name.as_str()),
+            Part::Literal(_) => None,
+        })
+    }
+
     /// Appends the template, filled from `param` (raw path parameters), to `out`.
     pub(crate) fn render_into<'p>(
         &self,

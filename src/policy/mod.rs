@@ -84,6 +84,9 @@ pub struct Policy {
     pub(crate) early_refresh: Option<f64>,
     pub(crate) ttl_jitter: Option<Duration>,
     pub(crate) upstream_timeout: Option<Duration>,
+    pub(crate) fields: Option<crate::grpc::MessageFields>,
+    /// Set by [`Routes::grpc`], never inherited.
+    pub(crate) grpc: bool,
 }
 
 impl Policy {
@@ -224,6 +227,13 @@ impl Policy {
         self
     }
 
+    /// Names fields of a gRPC route's decoded request message, for the key template and tags
+    /// (`user:{id}`): see [`grpc`](crate::grpc).
+    pub fn fields<M: 'static>(mut self, fields: crate::grpc::Fields<M>) -> Self {
+        self.fields = Some(fields.into());
+        self
+    }
+
     /// This policy's settings over `base`'s.
     fn over(&self, base: &Policy) -> Policy {
         Policy {
@@ -245,6 +255,8 @@ impl Policy {
             early_refresh: self.early_refresh.or(base.early_refresh),
             ttl_jitter: self.ttl_jitter.or(base.ttl_jitter),
             upstream_timeout: self.upstream_timeout.or(base.upstream_timeout),
+            fields: self.fields.clone().or_else(|| base.fields.clone()),
+            grpc: self.grpc,
         }
     }
 }

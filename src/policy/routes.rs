@@ -49,6 +49,25 @@ impl Routes {
         self
     }
 
+    /// Caches the unary gRPC method `path` (`/package.Service/Method`): calls are keyed by
+    /// the path (or the policy's template) and a digest of the request message, and only
+    /// answers with `grpc-status: 0` are stored, trailers included. The policy's defaults
+    /// differ for gRPC: status 200 only, no derived `ETag`, and `grpc-accept-encoding` always
+    /// keyed. Needs a [`GrpcLayer`](crate::grpc::GrpcLayer) outside the cache (see
+    /// [`grpc`](crate::grpc)); without it, calls bypass the cache.
+    pub fn grpc(self, path: impl Into<String>, mut policy: Policy) -> Self {
+        policy.grpc = true;
+        self.route(Method::POST, path, policy)
+    }
+
+    /// The paths of the gRPC routes.
+    pub(crate) fn grpc_paths(&self) -> impl Iterator<Item = &str> {
+        self.routes
+            .iter()
+            .filter(|(_, _, p)| p.grpc)
+            .map(|(_, path, _)| path.as_str())
+    }
+
     /// Defines or replaces the named policy `name`, the base of [`Policy::named`].
     pub fn policy(mut self, name: impl Into<String>, policy: Policy) -> Self {
         self.named.insert(name.into(), policy);
@@ -147,7 +166,20 @@ impl Routes {
                 }
             },
         };
-        let params = path_params(path);
+        let mut params = path_params(path);
+        if let Some(fields) = &resolved.fields {
+            if !resolved.grpc {
+                errors.push(format!(
+                    "{place}.fields: message fields are for gRPC routes (Routes::grpc)"
+                ));
+            }
+            for name in &fields.names {
+                if params.contains(name) {
+                    errors.push(format!("{place}.fields: `{name}` is also a path parameter"));
+                }
+                params.push(name.clone());
+            }
+        }
         let ttl = match resolved.ttl {
             Some(ttl) if ttl > crate::entry::MAX_TTL => {
                 errors.push(format!("{place}.ttl: must be at most 10 years"));
@@ -170,7 +202,7 @@ impl Routes {
             errors.push(format!(
                 "{place}: HEAD is answered from the GET route's entries; register GET instead"
             ));
-        } else if *method != Method::GET && !unsafe_methods {
+        } else if *method != Method::GET && !unsafe_methods && !resolved.grpc {
             errors.push(format!(
                 "{place}.unsafe_methods: {method} responses are only cached by a policy that opts in"
             ));
@@ -191,17 +223,26 @@ impl Routes {
             }
         }
         let mut vary_headers = Vec::new();
+        if resolved.grpc {
+            // The answer is compressed only for clients that accept the encoding.
+            vary_headers.push(HeaderName::from_static("grpc-accept-encoding"));
+        }
         for name in resolved.vary_headers.as_deref().unwrap_or_default() {
             match HeaderName::try_from(name.as_str()) {
+                Ok(h) if vary_headers.contains(&h) => {}
                 Ok(h) => vary_headers.push(h),
                 Err(_) => errors.push(format!(
                     "{place}.vary_headers: `{name}` is not a header name"
                 )),
             }
         }
-        let statuses = resolved
-            .statuses
-            .unwrap_or_else(|| DEFAULT_STATUSES.to_vec());
+        let statuses = resolved.statuses.unwrap_or_else(|| {
+            if resolved.grpc {
+                vec![200]
+            } else {
+                DEFAULT_STATUSES.to_vec()
+            }
+        });
         for s in &statuses {
             if !(200..500).contains(s) || *s == 206 || *s == 304 {
                 errors.push(format!(
@@ -248,12 +289,14 @@ impl Routes {
             statuses,
             max_body_size,
             tags,
-            etag: resolved.etag.unwrap_or(true),
+            etag: resolved.etag.unwrap_or(!resolved.grpc),
             stale_while_revalidate: swr,
             stale_if_error: sie,
             beta,
             ttl_jitter: jitter,
             upstream_timeout: resolved.upstream_timeout,
+            fields: resolved.fields,
+            grpc: resolved.grpc,
         })
     }
 }
@@ -278,6 +321,10 @@ pub(crate) struct CompiledPolicy {
     pub(crate) beta: f64,
     pub(crate) ttl_jitter: Duration,
     pub(crate) upstream_timeout: Option<Duration>,
+    /// The gRPC message fields templates may name.
+    pub(crate) fields: Option<crate::grpc::MessageFields>,
+    /// A gRPC route: keyed by the message, stored only with `grpc-status: 0`.
+    pub(crate) grpc: bool,
 }
 
 impl CompiledPolicy {

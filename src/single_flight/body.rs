@@ -143,9 +143,11 @@ impl<B: Body<Data = Bytes>> Body for FlightBody<B> {
                                 t.trailers = Some(tr.clone());
                             }
                         }
-                        let complete = tee
-                            .as_ref()
-                            .is_some_and(|t| t.declared == Some(t.size as u64));
+                        // Trailers are the last frame: hyper's HTTP/2 server polls no further.
+                        let complete = f.is_trailers()
+                            || tee
+                                .as_ref()
+                                .is_some_and(|t| t.declared == Some(t.size as u64));
                         if body.is_end_stream() || complete {
                             if let Some(t) = tee.take() {
                                 t.finish();

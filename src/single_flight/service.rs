@@ -71,6 +71,13 @@ impl<S> SingleFlightService<S> {
             // One client's answer is never shared with another.
             return None;
         }
+        let fields = if policy.grpc {
+            // A call whose message is unread or undecodable goes alone.
+            crate::grpc::prepare(policy.fields.as_ref(), req).ok()?
+        } else {
+            None
+        };
+        let params = crate::key::Params::new(&params, fields.as_ref());
         let (full, stored) = crate::cache::key_strings(&self.shared.stash, policy, &params, req);
         let full: Arc<str> = full.into();
         Some(FlightKey {

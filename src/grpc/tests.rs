@@ -1,0 +1,409 @@
+//! gRPC calls through the layers: keys from the message, entries only for `grpc-status: 0`,
+//! trailers replayed, bypasses where the message cannot be keyed.
+
+use super::{Fields, GrpcLayer, GrpcRequestBody};
+use crate::{CacheLayer, Invalidate, InvalidateLayer, Policy, Routes, Rules, Stash};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, Request, Response};
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+type Body = BoxBody<Bytes, Infallible>;
+const GET: &str = "/users.UserService/GetUser";
+const UPDATE: &str = "/users.UserService/UpdateUser";
+const LIST: &str = "/users.UserService/ListUsers";
+
+/// A message `{ id: 1: varint (< 128), mask: 2: string }`.
+fn message(id: u8, mask: &str) -> Bytes {
+    let mut m = vec![0x08, id];
+    if !mask.is_empty() {
+        m.extend_from_slice(&[0x12, mask.len() as u8]);
+        m.extend_from_slice(mask.as_bytes());
+    }
+    Bytes::from(m)
+}
+
+/// The message in its gRPC frame (uncompressed, length-prefixed).
+fn frame(msg: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u8(0);
+    b.put_u32(msg.len() as u32);
+    b.put_slice(msg);
+    b.freeze()
+}
+
+fn decode_id(m: &[u8]) -> Option<u8> {
+    match m {
+        [0x08, id, ..] if *id < 0x80 => Some(*id),
+        _ => None,
+    }
+}
+
+fn id_fields() -> Fields<u8> {
+    Fields::decode_with(decode_id).field("id", |id: &u8| *id)
+}
+
+fn call(path: &str, body: Bytes) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(body))
+        .unwrap()
+}
+
+/// The service: counts calls, records the bodies it got, and answers by the message's id:
+/// 0 is a trailers-only NOT_FOUND, 99 an INTERNAL error in trailers, others a user.
+#[derive(Clone, Default)]
+struct Users {
+    calls: Arc<AtomicUsize>,
+    bodies: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl Users {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Service<Request<GrpcRequestBody<Full<Bytes>>>> for Users {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<GrpcRequestBody<Full<Bytes>>>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let path = req.uri().path().to_owned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            this.bodies.lock().unwrap().push(body.clone());
+            let id = decode_id(body.get(5..).unwrap_or_default()).unwrap_or(0);
+            let mut resp = Response::builder().header("content-type", "application/grpc");
+            if id == 0 {
+                let resp = resp
+                    .header("grpc-status", "5")
+                    .header("grpc-message", "no such user")
+                    .body(BodyExt::boxed(http_body_util::Empty::new()))
+                    .unwrap();
+                return Ok(resp);
+            }
+            let failed = id == 99 || body.windows(4).any(|w| w == b"fail");
+            let status = if failed { "13" } else { "0" };
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", status.parse().unwrap());
+            trailers.insert("x-answer", format!("{path} #{n}").parse().unwrap());
+            let frames = vec![
+                Ok::<_, Infallible>(Frame::data(frame(
+                    format!("user {id} #{n} of {}", body.len()).as_bytes(),
+                ))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            resp = resp.header("x-head", "1");
+            Ok(resp
+                .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                    frames,
+                ))))
+                .unwrap())
+        })
+    }
+}
+
+struct Got {
+    headers: HeaderMap,
+    body: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Got {
+    fn cache_status(&self) -> &str {
+        self.headers
+            .get("cache-status")
+            .map_or("", |v| v.to_str().unwrap())
+    }
+}
+
+async fn send<S>(svc: &mut S, req: Request<Full<Bytes>>) -> Got
+where
+    S: Service<Request<Full<Bytes>>, Error = Infallible>,
+    S::Response: Into<Response<crate::invalidate::InvalidateBody<crate::CacheBody<Body>>>>,
+{
+    let resp: Response<_> = svc.ready().await.unwrap().call(req).await.unwrap().into();
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.unwrap();
+    Got {
+        headers: parts.headers,
+        trailers: collected.trailers().cloned(),
+        body: collected.to_bytes(),
+    }
+}
+
+fn routes() -> Routes {
+    Routes::new().grpc(
+        GET,
+        Policy::ttl(Duration::from_secs(60))
+            .key("user:{id}")
+            .fields(id_fields())
+            .tags(["user:{id}"]),
+    )
+}
+
+fn rules() -> Rules {
+    Rules::new().grpc(UPDATE, Invalidate::keys(["user:{id}"]).fields(id_fields()))
+}
+
+/// The layers over the service, as a user stacks them.
+trait Stack:
+    Service<
+    Request<Full<Bytes>>,
+    Response = Response<crate::invalidate::InvalidateBody<crate::CacheBody<Body>>>,
+    Error = Infallible,
+>
+{
+}
+
+impl<S> Stack for S where
+    S: Service<
+        Request<Full<Bytes>>,
+        Response = Response<crate::invalidate::InvalidateBody<crate::CacheBody<Body>>>,
+        Error = Infallible,
+    >
+{
+}
+
+fn stack(stash: &Stash, grpc: GrpcLayer, routes: Routes, users: &Users) -> impl Stack {
+    ServiceBuilder::new()
+        .layer(grpc)
+        .layer(InvalidateLayer::new(stash.clone(), rules()))
+        .layer(CacheLayer::new(stash.clone(), routes))
+        .service(users.clone())
+}
+
+fn setup() -> (Stash, Users, impl Stack) {
+    let stash = Stash::builder().build().unwrap();
+    let users = Users::default();
+    let (routes, rules) = (routes(), rules());
+    let grpc = GrpcLayer::new().routes(&routes).rules(&rules);
+    let svc = stack(&stash, grpc, routes, &users);
+    (stash, users, svc)
+}
+
+#[tokio::test]
+async fn a_second_identical_call_is_a_hit_with_the_same_message_and_trailers() {
+    let (_stash, users, mut svc) = setup();
+    let first = send(&mut svc, call(GET, frame(&message(7, "")))).await;
+    let second = send(&mut svc, call(GET, frame(&message(7, "")))).await;
+    assert_eq!(users.calls(), 1);
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.body, frame(b"user 7 #1 of 7"));
+    let t = second.trailers.clone().expect("trailers replayed");
+    assert_eq!(t.get("grpc-status").unwrap(), "0");
+    assert_eq!(t.get("x-answer").unwrap(), &format!("{GET} #1"));
+    assert_eq!(Some(t), first.trailers);
+    assert_eq!(second.headers.get("x-head").unwrap(), "1");
+    assert_eq!(
+        second.headers.get("content-type").unwrap(),
+        "application/grpc"
+    );
+    assert!(
+        second.cache_status().contains("hit"),
+        "{}",
+        second.cache_status()
+    );
+    // The service got the client's bytes, unchanged.
+    assert_eq!(users.bodies.lock().unwrap()[0], frame(&message(7, "")));
+}
+
+#[tokio::test]
+async fn two_different_messages_get_two_entries() {
+    let (_stash, users, mut svc) = setup();
+    // Same id, different mask: the template's fields agree, the digest does not.
+    let a = send(&mut svc, call(GET, frame(&message(7, "")))).await;
+    let b = send(&mut svc, call(GET, frame(&message(7, "name")))).await;
+    let c = send(&mut svc, call(GET, frame(&message(8, "")))).await;
+    assert_eq!(users.calls(), 3);
+    assert_ne!(a.body, b.body);
+    assert_ne!(a.body, c.body);
+    for (msg, want) in [
+        (message(7, ""), &a),
+        (message(7, "name"), &b),
+        (message(8, ""), &c),
+    ] {
+        let again = send(&mut svc, call(GET, frame(&msg))).await;
+        assert_eq!(&again.body, &want.body);
+    }
+    assert_eq!(users.calls(), 3);
+}
+
+#[tokio::test]
+async fn errors_are_never_stored() {
+    let (_stash, users, mut svc) = setup();
+    // Trailers-only NOT_FOUND (id 0), and INTERNAL in the trailers after a message (id 99).
+    for id in [0, 99] {
+        let first = send(&mut svc, call(GET, frame(&message(id, "")))).await;
+        let second = send(&mut svc, call(GET, frame(&message(id, "")))).await;
+        let status = |g: &Got| {
+            g.headers
+                .get("grpc-status")
+                .or_else(|| g.trailers.as_ref().and_then(|t| t.get("grpc-status")))
+                .cloned()
+        };
+        assert_eq!(status(&first), status(&second));
+        assert_ne!(status(&first).unwrap(), "0");
+    }
+    assert_eq!(users.calls(), 4);
+}
+
+#[tokio::test]
+async fn calls_whose_message_is_not_read_bypass() {
+    let stash = Stash::builder().build().unwrap();
+    let users = Users::default();
+    // No method named: nothing is read, so nothing can be keyed.
+    let mut svc = stack(&stash, GrpcLayer::new(), routes(), &users);
+    for _ in 0..2 {
+        let got = send(&mut svc, call(GET, frame(&message(7, "")))).await;
+        assert!(
+            got.cache_status().contains("fwd=bypass"),
+            "{}",
+            got.cache_status()
+        );
+    }
+    assert_eq!(users.calls(), 2);
+
+    // A message over the limit streams through, whole, and bypasses.
+    let users = Users::default();
+    let grpc = GrpcLayer::new().routes(&routes()).max_message_size(16);
+    let mut svc = stack(&stash, grpc, routes(), &users);
+    let big = frame(&message(7, "a-mask-longer-than-sixteen-bytes"));
+    for _ in 0..2 {
+        send(&mut svc, call(GET, big.clone())).await;
+    }
+    assert_eq!(users.calls(), 2);
+    assert_eq!(users.bodies.lock().unwrap()[1], big);
+}
+
+#[tokio::test]
+async fn undecodable_messages_credentials_and_other_content_types_bypass() {
+    let (_stash, users, mut svc) = setup();
+    // Not a message of the expected type (the id field is missing).
+    for _ in 0..2 {
+        send(&mut svc, call(GET, frame(&[0x12, 0x01, b'x']))).await;
+    }
+    assert_eq!(users.calls(), 2);
+    // `authorization` metadata, not keyed by the policy.
+    for _ in 0..2 {
+        let mut req = call(GET, frame(&message(7, "")));
+        req.headers_mut()
+            .insert("authorization", "Bearer a".parse().unwrap());
+        send(&mut svc, req).await;
+    }
+    assert_eq!(users.calls(), 4);
+    // gRPC-Web carries its trailers in the body.
+    for _ in 0..2 {
+        let mut req = call(GET, frame(&message(7, "")));
+        req.headers_mut()
+            .insert("content-type", "application/grpc-web".parse().unwrap());
+        send(&mut svc, req).await;
+    }
+    assert_eq!(users.calls(), 6);
+}
+
+#[tokio::test]
+async fn the_accepted_encodings_are_keyed() {
+    let (_stash, users, mut svc) = setup();
+    let with = |enc: &str| {
+        let mut req = call(GET, frame(&message(7, "")));
+        req.headers_mut()
+            .insert("grpc-accept-encoding", enc.parse().unwrap());
+        req
+    };
+    send(&mut svc, with("gzip")).await;
+    send(&mut svc, with("identity")).await;
+    send(&mut svc, with("gzip")).await;
+    assert_eq!(users.calls(), 2);
+}
+
+#[tokio::test]
+async fn unlisted_methods_pass_through_untouched() {
+    let (_stash, users, mut svc) = setup();
+    for _ in 0..2 {
+        let got = send(&mut svc, call(LIST, frame(&message(3, "")))).await;
+        assert!(got.headers.get("cache-status").is_none());
+        assert_eq!(got.trailers.unwrap().get("grpc-status").unwrap(), "0");
+    }
+    assert_eq!(users.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_successful_update_invalidates_every_entry_of_its_id() {
+    let (_stash, users, mut svc) = setup();
+    send(&mut svc, call(GET, frame(&message(7, "")))).await;
+    send(&mut svc, call(GET, frame(&message(7, "name")))).await;
+    send(&mut svc, call(GET, frame(&message(8, "")))).await;
+    assert_eq!(users.calls(), 3);
+    send(&mut svc, call(UPDATE, frame(&message(7, "")))).await;
+    assert_eq!(users.calls(), 4);
+    // Both entries of user 7 went; user 8's stayed.
+    send(&mut svc, call(GET, frame(&message(7, "")))).await;
+    send(&mut svc, call(GET, frame(&message(7, "name")))).await;
+    send(&mut svc, call(GET, frame(&message(8, "")))).await;
+    assert_eq!(users.calls(), 6);
+    // A failed update (INTERNAL in its trailers) invalidates nothing.
+    send(&mut svc, call(UPDATE, frame(&message(8, "fail")))).await;
+    assert_eq!(users.calls(), 7);
+    send(&mut svc, call(GET, frame(&message(8, "")))).await;
+    assert_eq!(users.calls(), 7);
+}
+
+#[test]
+fn misconfigured_fields_are_named() {
+    let err = Routes::new()
+        .get(
+            "/users/{id}",
+            Policy::ttl(Duration::from_secs(1)).fields(id_fields()),
+        )
+        .validate()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("routes[GET /users/{id}].fields"),
+        "{err}"
+    );
+    let err = Routes::new()
+        .grpc(
+            GET,
+            Policy::ttl(Duration::from_secs(1))
+                .key("user:{name}")
+                .fields(id_fields()),
+        )
+        .validate()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("routes[POST {GET}].key")),
+        "{err}"
+    );
+    let err = Rules::new()
+        .post(
+            "/users/{id}",
+            Invalidate::keys(["user:{id}"]).fields(id_fields()),
+        )
+        .validate()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("rules[POST /users/{id}].fields"),
+        "{err}"
+    );
+}
