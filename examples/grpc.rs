@@ -106,8 +106,11 @@ impl UserService for Users {
     }
 
     async fn update_user(&self, req: Request<UpdateUserRequest>) -> Result<Response<User>, Status> {
-        self.db.query().await;
         let req = req.into_inner();
+        if req.name.is_empty() {
+            return Err(Status::invalid_argument("a user needs a name"));
+        }
+        self.db.query().await;
         let mut users = self.db.users.lock().unwrap();
         let Some(user) = users.get_mut(&req.id) else {
             return Err(Status::not_found(format!("no user {}", req.id)));

@@ -34,12 +34,14 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The first bytes of every encoded entry.
 const MAGIC: &[u8; 2] = b"TS";
 /// The version of the envelope; any other is not read. Version 2 added the grace period and
-/// the recompute time.
+/// the recompute time; flag bit 2 (sliding expiry, followed by its idle time) came later
+/// within version 2: older readers see such an entry as unreadable, a miss.
 const VERSION: u8 = 2;
 
 /// The longest TTL an entry can have (10 years); longer ones are cut to it.
@@ -61,6 +63,26 @@ pub struct Entry {
     recompute: Duration,
     tags: Vec<String>,
     tombstone: bool,
+    /// Sliding expiry: the entry also expires this long after its last hit.
+    sliding: Option<Duration>,
+    touched: Touched,
+}
+
+/// When a sliding entry was last used (ms since the epoch): not part of the encoding, and not
+/// of equality.
+#[derive(Default)]
+struct Touched(AtomicU64);
+
+impl Clone for Touched {
+    fn clone(&self) -> Self {
+        Self(AtomicU64::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl PartialEq for Touched {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl fmt::Debug for Entry {
@@ -77,6 +99,7 @@ impl fmt::Debug for Entry {
             .field("recompute", &self.recompute)
             .field("tags", &self.tags)
             .field("tombstone", &self.tombstone)
+            .field("sliding", &self.sliding)
             .finish()
     }
 }
@@ -103,6 +126,8 @@ impl Entry {
             recompute: Duration::ZERO,
             tags: Vec::new(),
             tombstone: false,
+            sliding: None,
+            touched: Touched(AtomicU64::new(millis(now))),
         }
     }
 
@@ -127,7 +152,41 @@ impl Entry {
         self.stored_at = stored_at;
         self.ttl = ttl.min(MAX_TTL);
         self.expires_at = stored_at.checked_add(self.ttl).unwrap_or(stored_at);
+        self.touched = Touched(AtomicU64::new(millis(stored_at)));
         self
+    }
+
+    /// Makes the expiry sliding: the entry also expires `idle` after its last use
+    /// ([`touch`](Self::touch)), and at the latest at [`expires_at`](Self::expires_at), its
+    /// absolute cap.
+    pub fn with_sliding(mut self, idle: Option<Duration>) -> Self {
+        self.sliding = idle.map(|d| d.min(MAX_TTL));
+        self
+    }
+
+    /// The idle time after which a sliding entry expires, if its expiry slides.
+    pub fn sliding(&self) -> Option<Duration> {
+        self.sliding
+    }
+
+    /// Records a use at `now` (sliding expiry), and returns the previous one.
+    pub fn touch(&self, now: SystemTime) -> SystemTime {
+        let prev = self.touched.0.fetch_max(millis(now), Ordering::Relaxed);
+        UNIX_EPOCH + Duration::from_millis(prev)
+    }
+
+    /// When the entry stops being fresh: [`expires_at`](Self::expires_at), or for a sliding
+    /// entry `idle` after its last use if that comes first.
+    pub fn fresh_until(&self) -> SystemTime {
+        match self.sliding {
+            None => self.expires_at,
+            Some(idle) => {
+                let last =
+                    UNIX_EPOCH + Duration::from_millis(self.touched.0.load(Ordering::Relaxed));
+                last.checked_add(idle)
+                    .map_or(self.expires_at, |t| t.min(self.expires_at))
+            }
+        }
     }
 
     /// Sets how long after expiry the entry may still be served stale (stale-while-revalidate,
@@ -220,9 +279,10 @@ impl Entry {
         &self.tags
     }
 
-    /// How long the entry stays fresh after `now` (zero once expired).
+    /// How long the entry stays fresh after `now` (zero once expired), sliding expiry
+    /// included.
     pub fn remaining(&self, now: SystemTime) -> Duration {
-        self.expires_at().duration_since(now).unwrap_or_default()
+        self.fresh_until().duration_since(now).unwrap_or_default()
     }
 
     /// The entry's age at `now`, in whole seconds (the `Age` header).
@@ -249,12 +309,19 @@ impl Entry {
         let mut out = BytesMut::with_capacity(self.weight() + 16);
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
-        out.put_u8(u8::from(self.trailers.is_some()) | (u8::from(self.tombstone) << 1));
+        out.put_u8(
+            u8::from(self.trailers.is_some())
+                | (u8::from(self.tombstone) << 1)
+                | (u8::from(self.sliding.is_some()) << 2),
+        );
         out.put_u16(self.status.as_u16());
         out.put_u64(millis(self.stored_at));
         out.put_u64(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
         out.put_u64(u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX));
         out.put_u64(u64::try_from(self.recompute.as_millis()).unwrap_or(u64::MAX));
+        if let Some(idle) = self.sliding {
+            out.put_u64(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX));
+        }
         put_bytes(&mut out, self.key.as_bytes());
         put_map(&mut out, &self.headers);
         if let Some(t) = &self.trailers {
@@ -281,7 +348,7 @@ impl Entry {
             return Err(EntryError::Version(version));
         }
         let flags = r.u8()?;
-        if flags > 3 {
+        if flags > 7 {
             return Err(EntryError::Corrupt("flags"));
         }
         let has_trailers = flags & 1 != 0;
@@ -291,6 +358,11 @@ impl Entry {
         let ttl = Duration::from_millis(r.u64()?).min(MAX_TTL);
         let grace = Duration::from_millis(r.u64()?).min(MAX_TTL);
         let recompute = Duration::from_millis(r.u64()?).min(MAX_TTL);
+        let sliding = if flags & 4 != 0 {
+            Some(Duration::from_millis(r.u64()?).min(MAX_TTL))
+        } else {
+            None
+        };
         let key = r.string()?;
         let headers = r.map()?;
         let trailers = if has_trailers { Some(r.map()?) } else { None };
@@ -316,6 +388,9 @@ impl Entry {
             recompute,
             tags,
             tombstone,
+            sliding,
+            // Read just now: the store vouches that it was used within its idle time.
+            touched: Touched(AtomicU64::new(millis(SystemTime::now()))),
         })
     }
 }

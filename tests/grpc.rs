@@ -248,15 +248,18 @@ async fn update_user_invalidates_the_matching_get_user_entries() {
     );
     within("get 8", client.get_user(get(8))).await.unwrap();
     assert_eq!(server.db.queries(), 6, "user 8's entry stayed");
-    // A failed update (no such user) invalidates nothing.
-    let missing = UpdateUserRequest {
-        id: 1000,
+    // A failed update (a user needs a name) invalidates nothing: user 8 is still a hit.
+    let invalid = UpdateUserRequest {
+        id: 8,
         ..Default::default()
     };
-    let err = within("update", client.update_user(missing))
+    let err = within("update", client.update_user(invalid))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let cached = within("get 8", client.get_user(get(8))).await.unwrap();
+    assert!(metadata(&cached, "cache-status").contains("hit"));
+    assert_eq!(server.db.queries(), 6);
 }
 
 #[tokio::test]

@@ -58,6 +58,11 @@ impl Instance {
     }
 
     fn with(redis: RedisStore, timeout: Duration) -> Self {
+        let routes = Routes::new().get("/items/{id}", Policy::ttl(TTL).key("item:{id}"));
+        Self::with_routes(redis, timeout, routes)
+    }
+
+    fn with_routes(redis: RedisStore, timeout: Duration, routes: Routes) -> Self {
         let l2 = Guarded::new(redis)
             .timeout(timeout)
             .cool_down(Duration::from_millis(200));
@@ -67,10 +72,7 @@ impl Instance {
             .namespace("test")
             .build()
             .unwrap();
-        let layer = CacheLayer::new(
-            stash.clone(),
-            Routes::new().get("/items/{id}", Policy::ttl(TTL).key("item:{id}")),
-        );
+        let layer = CacheLayer::new(stash.clone(), routes);
         Self {
             stash,
             layer,
@@ -1517,4 +1519,78 @@ async fn a_lost_subscription_flushes_the_memory_tier_once_it_is_back() {
         a.get("7").await.0 == "user 7: v2"
     })
     .await;
+}
+
+/// Milliseconds `key` has left in Redis (-2: gone).
+async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    within("PTTL", redis::cmd("PTTL").arg(key).query_async::<i64>(conn))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_entries_live_while_used_in_both_tiers_and_stop_at_their_cap() {
+    let redis = RedisServer::start();
+    let idle = Duration::from_millis(1000);
+    let cap = Duration::from_millis(3000);
+    let routes = || {
+        Routes::new().get(
+            "/items/{id}",
+            Policy::new()
+                .key("item:{id}")
+                .sliding(idle)
+                .max_lifetime(cap),
+        )
+    };
+    let a = Instance::with_routes(store_on(&redis.url()), Duration::from_secs(1), routes());
+    let b = Instance::with_routes(store_on(&redis.url()), Duration::from_secs(1), routes());
+    let mut conn = raw(&redis).await;
+    let key = a.key("/items/1");
+
+    a.get_ok("/items/1").await;
+    a.stored(1).await;
+    // Redis keeps it for its idle time, not its cap.
+    let left = pttl(&mut conn, &key).await;
+    assert!(left > 0 && left <= 1000, "{left}");
+    // Hits from A's memory tier, twice the idle time in all, keep Redis's copy alive.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        a.get_ok("/items/1").await;
+    }
+    assert_eq!(a.calls(), 1);
+    assert!(
+        pttl(&mut conn, &key).await > 0,
+        "Redis's copy expired while A used it"
+    );
+    // B reads it from Redis and extends it in the same round trip (GETEX).
+    let getex = command_calls(&redis, "getex");
+    b.get_ok("/items/1").await;
+    assert_eq!(b.calls(), 0);
+    assert_eq!(command_calls(&redis, "getex"), getex + 1);
+    assert_eq!(
+        command_calls(&redis, "get"),
+        0,
+        "no plain GET for a sliding route"
+    );
+
+    // Idle: gone from Redis, and a miss in A's memory tier too.
+    eventually_async("the idle entry leaves Redis", || {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        async move { pttl(&mut conn, &key).await == -2 }
+    })
+    .await;
+    a.get_ok("/items/1").await;
+    assert_eq!(a.calls(), 2);
+    a.stored(2).await;
+
+    // Active all along, it still ends at its cap (3 s after it was stored).
+    let stored = Instant::now();
+    while a.calls() == 2 {
+        assert!(
+            stored.elapsed() < cap + Duration::from_secs(5),
+            "the cap did not hold"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        a.get_ok("/items/1").await;
+    }
 }

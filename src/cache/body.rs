@@ -197,6 +197,8 @@ pub(crate) struct Capture {
     pub(crate) etag: bool,
     /// A gRPC answer: stored only if its trailers say `grpc-status: 0`.
     pub(crate) grpc: bool,
+    /// Sliding expiry's idle time.
+    pub(crate) sliding: Option<Duration>,
     /// The lease on the key, released once the entry is stored.
     pub(crate) lease: Option<crate::single_flight::Lease>,
     /// When the request went to the service.
@@ -241,6 +243,7 @@ impl Capture {
             trailers,
             lease,
             grpc,
+            sliding,
             ..
         } = self;
         if grpc && !crate::grpc::trailers_ok(trailers.as_ref()) {
@@ -257,12 +260,17 @@ impl Capture {
         }
         let body = buf.freeze();
         complete_headers(&mut headers, status, &body, etag, &stash);
+        if grpc {
+            // The length of a gRPC answer is its messages'; its trailers follow them.
+            headers.remove(http::header::CONTENT_LENGTH);
+        }
         let took = stash.now().duration_since(stored_at).unwrap_or_default();
         let entry = Entry::new(&*full_key, status, headers, body)
             .with_times(stored_at, ttl)
             .with_grace(grace)
             .with_recompute_time(took)
             .with_trailers(trailers)
+            .with_sliding(sliding)
             .with_tags(tags);
         let keep = ttl.saturating_add(grace).min(crate::entry::MAX_TTL);
         let mut put = stash.store().put(key.clone(), Arc::new(entry), keep);

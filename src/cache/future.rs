@@ -216,8 +216,9 @@ where
                                     head: ctx.head,
                                     if_none_match: ctx.if_none_match.as_ref(),
                                 };
-                                let age = fresh_age(&entry, remaining);
+                                let age = fresh_age(&entry, remaining, now);
                                 let resp = hit(ctx.stash(), hit_req, &entry, remaining, age);
+                                touch(ctx.stash(), &ctx.key, &entry, now);
                                 if refresh_early(ctx.stash(), &ctx.policy, &entry, remaining) {
                                     refresh(inner, req, ctx, &entry);
                                 }
@@ -324,8 +325,8 @@ pub(crate) fn classify(
     if entry.key() != full {
         return Found::Unusable;
     }
-    // Fresh strictly before `expires_at`.
-    let past = match entry.expires_at().duration_since(now) {
+    // Fresh strictly before `expires_at` (or a sliding entry's idle deadline).
+    let past = match entry.fresh_until().duration_since(now) {
         Ok(remaining) if !remaining.is_zero() => return Found::Fresh(remaining),
         Ok(_) => Duration::ZERO,
         Err(e) => e.duration(),
@@ -339,9 +340,36 @@ pub(crate) fn classify(
     }
 }
 
-/// The `Age` of a fresh entry with `remaining` to live: its TTL minus that (no clock read).
-pub(crate) fn fresh_age(entry: &Entry, remaining: Duration) -> u64 {
-    entry.ttl().saturating_sub(remaining).as_secs()
+/// The `Age` of a fresh entry with `remaining` to live: its TTL minus that (no clock read),
+/// or for a sliding entry (whose `remaining` is up to its idle time) the time since it was
+/// stored.
+pub(crate) fn fresh_age(entry: &Entry, remaining: Duration, now: SystemTime) -> u64 {
+    match entry.sliding() {
+        None => entry.ttl().saturating_sub(remaining).as_secs(),
+        Some(_) => entry.age(now),
+    }
+}
+
+/// Records a hit on a sliding entry: its idle time starts again. A store shared with other
+/// instances (Redis behind the memory tier) hears of it at most every eighth of the idle
+/// time, in the background.
+pub(crate) fn touch(stash: &Stash, key: &str, entry: &Entry, now: SystemTime) {
+    let Some(idle) = entry.sliding() else {
+        return;
+    };
+    let prev = entry.touch(now);
+    let store = stash.store();
+    if !store.is_shared() || now.duration_since(prev).unwrap_or_default() < idle / 8 {
+        return;
+    }
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let extend = store.touch(key.into(), idle);
+        rt.spawn(async move {
+            if let Err(e) = extend.await {
+                tracing::debug!(error = %e, "extending a sliding entry in the store failed");
+            }
+        });
+    }
 }
 
 /// Whether a fresh hit should refresh the entry early (XFetch): when
@@ -840,6 +868,7 @@ fn miss<B: Body<Data = Bytes>>(
                 declared: headers::content_length(&parts.headers),
                 etag: policy.etag,
                 grpc: policy.grpc,
+                sliding: policy.sliding,
                 lease,
                 size: 0,
                 chunks: Vec::new(),

@@ -61,6 +61,9 @@ impl CacheLayer {
     /// The full cache key this layer would use for `req`, or `None` when no route matches it.
     pub fn key_for<B>(&self, req: &Request<B>) -> Option<String> {
         let (policy, params) = self.shared.routes.find(req.method(), req.uri().path())?;
+        if let Some(session) = &policy.session {
+            session.value(req.headers())?;
+        }
         let fields = if policy.grpc {
             crate::grpc::prepare(policy.fields.as_ref(), req).ok()?
         } else {
@@ -129,10 +132,20 @@ pub(crate) fn key_strings<B>(
     push_base(&mut k, policy, params, req);
     key::push_query(&mut k, req.uri().query(), &policy.query);
     key::push_headers(&mut k, req.headers(), &policy.vary_headers);
+    if let Some(session) = &policy.session {
+        // A hash, never the secret: keys show in logs, headers and Redis.
+        if let Some(id) = session.value(req.headers()) {
+            k.push_str("|session=#");
+            key::push_hex(&mut k, &blake3::hash(id).as_bytes()[..16]);
+        }
+    }
     if policy.grpc {
         // The question is in the body: two messages never share an entry.
-        if let Some(msg) = req.extensions().get::<crate::grpc::GrpcMessage>() {
-            msg.push_digest(&mut k);
+        match req.extensions().get::<crate::grpc::GrpcMessage>() {
+            Some(msg) => msg.push_key(&mut k, req.uri().path()),
+            // Callers bypass such calls first (`grpc::prepare`): never a key without the
+            // message.
+            None => debug_assert!(false, "a gRPC key without its message"),
         }
     }
     let stored = key::storage_key(&k, inner.prefix.len(), inner.max_key_len);

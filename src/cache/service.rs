@@ -1,6 +1,6 @@
 use super::body::CacheBody;
 use super::future::{
-    classify, fresh_age, hit, refresh, refresh_early, stale_hit, Ctx, Found, HitRequest,
+    classify, fresh_age, hit, refresh, refresh_early, stale_hit, touch, Ctx, Found, HitRequest,
     ResponseFuture,
 };
 use super::layer::{CacheLayer, Shared};
@@ -127,6 +127,13 @@ where
         } else if body && (req.method() == Method::GET || req.method() == Method::HEAD) {
             // A GET with a body: the body is not in the key.
             Some("request-body")
+        } else if policy
+            .session
+            .as_ref()
+            .is_some_and(|s| s.value(headers).is_none())
+        {
+            // A session-scoped route: without one session id, nothing to key an entry on.
+            Some("no-session")
         } else if policy.grpc {
             match crate::grpc::prepare(policy.fields.as_ref(), &req) {
                 Ok(f) => {
@@ -171,8 +178,9 @@ where
                     hit_req,
                     entry,
                     remaining,
-                    fresh_age(entry, remaining),
+                    fresh_age(entry, remaining, now),
                 );
+                touch(stash, stored.as_deref().unwrap_or(&full), entry, now);
                 if refresh_early(stash, policy, entry, remaining) {
                     let ctx = self.ctx(policy, &params, &req, full, stored, None);
                     let entry = entry.clone();
@@ -203,7 +211,11 @@ where
                     // Kept in case the store has nothing better.
                     ctx.stale = Some(entry).filter(|_| found == Some(Found::StaleIfError));
                 }
-                let lookup = stash.store().get(ctx.key.clone());
+                let lookup = match policy.sliding {
+                    // Read and extended in one round trip.
+                    Some(idle) => stash.store().get_sliding(ctx.key.clone(), idle),
+                    None => stash.store().get(ctx.key.clone()),
+                };
                 ResponseFuture::lookup(lookup, self.take_inner(), req, ctx)
             }
         }

@@ -1176,3 +1176,125 @@ async fn a_get_with_a_body_bypasses() {
     assert!(got.cache_status().starts_with("tower-stash; fwd=miss"));
     assert_eq!(f.stash.stats().stores, 1);
 }
+
+// ---- Sliding expiry and session-scoped entries ----
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn with_cookie(uri: &str, cookie: &str) -> Request<Empty<Bytes>> {
+    Request::get(uri)
+        .header("cookie", cookie)
+        .body(Empty::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sliding_expiry_keeps_active_entries_and_drops_idle_ones() {
+    let policy = Policy::new().sliding(10 * MIN).max_lifetime(HOUR);
+    let f = Fixture::new(one_route("/s", policy), Handler::echo());
+    f.get("/s").await;
+    // Each hit within 10 minutes of the last one keeps it: 24 minutes in all.
+    for _ in 0..3 {
+        f.clock.advance(8 * MIN);
+        let got = f.get("/s").await;
+        assert!(got.cache_status().contains("hit"), "{}", got.cache_status());
+    }
+    assert_eq!(f.handler.calls(), 1);
+    // Age is the time since it was stored, not since the last hit.
+    let got = f.get("/s").await;
+    assert_eq!(got.headers.get("age").unwrap(), "1440");
+    // Eleven idle minutes: gone.
+    f.clock.advance(11 * MIN);
+    let got = f.get("/s").await;
+    assert_eq!(got.text(), "/s #2");
+    assert_eq!(f.handler.calls(), 2);
+}
+
+#[tokio::test]
+async fn sliding_expiry_stops_at_the_lifetime_cap() {
+    let policy = Policy::new().sliding(10 * MIN).max_lifetime(30 * MIN);
+    let f = Fixture::new(one_route("/s", policy), Handler::echo());
+    f.get("/s").await;
+    for _ in 0..3 {
+        f.clock.advance(9 * MIN);
+        assert_eq!(f.get("/s").await.text(), "/s #1");
+    }
+    // 36 minutes after it was stored, however active: refreshed.
+    f.clock.advance(9 * MIN);
+    assert_eq!(f.get("/s").await.text(), "/s #2");
+    assert_eq!(f.handler.calls(), 2);
+}
+
+#[tokio::test]
+async fn session_scoped_entries_serve_only_their_session() {
+    let policy = Policy::new()
+        .sliding(30 * MIN)
+        .max_lifetime(12 * HOUR)
+        .session_cookie("sid");
+    let f = Fixture::new(one_route("/me", policy), Handler::echo());
+    // No session: bypassed, never stored.
+    for _ in 0..2 {
+        let got = f.get("/me").await;
+        assert!(
+            got.cache_status().contains("fwd=bypass"),
+            "{}",
+            got.cache_status()
+        );
+    }
+    let got = f.send(with_cookie("/me", "theme=dark")).await;
+    assert!(got.cache_status().contains("fwd=bypass"));
+    assert_eq!(f.handler.calls(), 3);
+    // Each session its own entry; other cookies do not matter.
+    let a = f.send(with_cookie("/me", "sid=alice")).await;
+    let b = f.send(with_cookie("/me", "sid=bob")).await;
+    assert_ne!(a.body, b.body);
+    assert_eq!(f.handler.calls(), 5);
+    let again = f.send(with_cookie("/me", "theme=dark; sid=alice")).await;
+    assert_eq!(again.body, a.body);
+    assert_eq!(f.send(with_cookie("/me", "sid=bob")).await.body, b.body);
+    assert_eq!(f.handler.calls(), 5);
+    // Two different session ids in one request: which one the handler reads is unknown.
+    let got = f.send(with_cookie("/me", "sid=alice; sid=bob")).await;
+    assert!(got.cache_status().contains("fwd=bypass"));
+    assert_eq!(f.handler.calls(), 6);
+    // The key holds a hash of the session id, never the id.
+    let key = f.layer.key_for(&with_cookie("/me", "sid=alice")).unwrap();
+    assert!(!key.contains("alice"), "{key}");
+    assert_eq!(f.layer.key_for(&get("/me")), None);
+}
+
+#[tokio::test]
+async fn session_headers_scope_entries_too() {
+    let policy = Policy::ttl(HOUR).session_header("authorization");
+    let f = Fixture::new(one_route("/me", policy), Handler::echo());
+    let as_user = |token: &'static str| {
+        Request::get("/me")
+            .header("authorization", token)
+            .body(Empty::new())
+            .unwrap()
+    };
+    let a = f.send(as_user("Bearer a")).await;
+    assert_eq!(f.send(as_user("Bearer a")).await.body, a.body);
+    assert_ne!(f.send(as_user("Bearer b")).await.body, a.body);
+    assert_eq!(f.handler.calls(), 2);
+    f.get("/me").await;
+    assert_eq!(f.handler.calls(), 3);
+}
+
+#[test]
+fn sliding_settings_are_checked() {
+    let check = |policy: Policy| one_route("/s", policy).validate().unwrap_err().to_string();
+    assert!(check(Policy::new().sliding(MIN)).contains("routes[GET /s].max_lifetime: required"));
+    assert!(check(Policy::ttl(HOUR).max_lifetime(HOUR))
+        .contains("max_lifetime: only used with sliding"));
+    assert!(check(Policy::new().sliding(HOUR).max_lifetime(MIN))
+        .contains("routes[GET /s].max_lifetime"));
+    assert!(check(
+        Policy::new()
+            .sliding(MIN)
+            .max_lifetime(HOUR)
+            .stale_while_revalidate(MIN)
+    )
+    .contains("routes[GET /s].sliding"));
+    assert!(check(Policy::ttl(HOUR).session_cookie("a b")).contains("session_cookie"));
+}

@@ -32,6 +32,7 @@ pin_project! {
         B: Body,
     {
         Read { read: Option<Box<Reading<S, B>>> },
+        Ready { ready: Option<Box<(S, Request<GrpcRequestBody<B>>)>> },
         Call { #[pin] fut: S::Future },
     }
 }
@@ -103,6 +104,14 @@ where
         loop {
             let read = match state.as_mut().project() {
                 StateProj::Call { fut } => return fut.poll(cx),
+                StateProj::Ready { ready } => {
+                    let (svc, _) = &mut **ready.as_mut().expect("polled after completion");
+                    ready!(svc.poll_ready(cx))?;
+                    let (mut svc, req) = *ready.take().expect("polled after completion");
+                    let fut = svc.call(req);
+                    state.set(State::Call { fut });
+                    continue;
+                }
                 StateProj::Read { read } => read,
             };
             let r = read.as_mut().expect("polled after completion");
@@ -129,7 +138,7 @@ where
                 }
             };
             let Reading {
-                mut inner,
+                inner,
                 mut parts,
                 body,
                 mut chunks,
@@ -160,8 +169,9 @@ where
                 }
                 Read::Failed(e) => GrpcRequestBody::prefixed(chunks, None, Some(e)),
             };
-            let fut = inner.call(Request::from_parts(parts, body));
-            state.set(State::Call { fut });
+            state.set(State::Ready {
+                ready: Some(Box::new((inner, Request::from_parts(parts, body)))),
+            });
         }
     }
 }

@@ -16,16 +16,15 @@ pub struct GrpcLayer {
     pub(crate) limit: usize,
 }
 
-/// The paths (or path patterns) whose bodies are read.
+/// The paths whose bodies are read.
 #[derive(Default)]
 pub(crate) struct Methods {
     pub(crate) paths: BTreeSet<String>,
-    pub(crate) router: matchit::Router<()>,
 }
 
 impl Methods {
     pub(crate) fn contains(&self, path: &str) -> bool {
-        self.router.at(path).is_ok()
+        self.paths.contains(path)
     }
 }
 
@@ -54,38 +53,24 @@ impl GrpcLayer {
         }
     }
 
-    /// Reads the bodies of calls to `path` (`/package.Service/Method`, or a pattern such as
-    /// `/package.Service/{method}`). Name unary methods only: a client-streaming call's body
-    /// would be held until the client ends it.
-    ///
-    /// # Panics
-    ///
-    /// When `path` conflicts with a pattern named before (matchit's rules).
-    #[track_caller]
+    /// Reads the bodies of calls to `path` (`/package.Service/Method`, exactly). Name unary
+    /// methods only: a client-streaming call's body would be held until the client ends it.
     pub fn method(mut self, path: impl Into<String>) -> Self {
         let path = path.into();
-        if self.methods.paths.contains(&path) {
-            return self;
+        if !self.methods.paths.contains(&path) {
+            let mut paths = self.methods.paths.clone();
+            paths.insert(path);
+            self.methods = Arc::new(Methods { paths });
         }
-        let mut methods = Methods::default();
-        for p in self.methods.paths.iter().chain(std::iter::once(&path)) {
-            if let Err(e) = methods.router.insert(p.clone(), ()) {
-                panic!("GrpcLayer::method({path:?}): {e}");
-            }
-            methods.paths.insert(p.clone());
-        }
-        self.methods = Arc::new(methods);
         self
     }
 
     /// Reads the bodies of every gRPC route of `routes` ([`Routes::grpc`]).
-    #[track_caller]
     pub fn routes(self, routes: &Routes) -> Self {
         routes.grpc_paths().fold(self, |l, p| l.method(p))
     }
 
     /// Reads the bodies of every gRPC rule of `rules` ([`Rules::grpc`]).
-    #[track_caller]
     pub fn rules(self, rules: &Rules) -> Self {
         rules.grpc_paths().fold(self, |l, p| l.method(p))
     }

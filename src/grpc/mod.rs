@@ -10,18 +10,26 @@
 //!   about (up to [`max_message_size`](GrpcLayer::max_message_size), 64 KiB by default) and
 //!   hands it on unchanged, with a [`GrpcMessage`] request extension. Larger bodies, and every
 //!   other method (streaming ones included), stream through untouched.
-//! - [`Routes::grpc`](crate::Routes::grpc) routes a method to a [`Policy`](crate::Policy): the
-//!   key is the method's path, or the policy's template, followed by a 128-bit digest of the
-//!   request body, so two different messages never share an entry. Templates and tags may name
-//!   fields of the decoded message ([`Fields`]). The `grpc-accept-encoding` header is always
-//!   keyed (a compressed answer only goes to clients that accept it), `authorization` metadata
+//! - [`Routes::grpc`](crate::Routes::grpc) routes a method (its exact path) to a
+//!   [`Policy`](crate::Policy): the key is the method's path, or the policy's template,
+//!   followed by the method's path and a 128-bit digest of the request body, so two different
+//!   messages (or two methods keyed by one template) never share an entry. Templates and tags may name
+//!   fields of the decoded message ([`Fields`]). The `grpc-accept-encoding` and
+//!   `grpc-encoding` headers are always keyed (a compressed answer only goes to clients that
+//!   accept it), `authorization` metadata
 //!   bypasses unless keyed, and a call whose message was not read (no `GrpcLayer`, or a body
 //!   over the limit) or cannot be decoded bypasses the cache.
 //! - Only answers with `grpc-status: 0` in their trailers are stored; trailers-only errors and
 //!   non-zero statuses never are. The stored trailers (custom metadata included) are replayed
-//!   on every hit.
-//! - [`Rules::grpc`](crate::Rules::grpc) invalidates on a successful call, with templates that
-//!   read the message: `UpdateUser { id }` drops every `GetUser` entry of that `id`.
+//!   on every hit. A [`SingleFlightLayer`](crate::SingleFlightLayer) shares only successful
+//!   answers: after an error (maybe the leader's own deadline), each waiter calls for itself.
+//!   Stale-if-error covers service errors and timeouts, not gRPC statuses.
+//! - [`Rules::grpc`](crate::Rules::grpc) invalidates unless the call failed (a non-zero
+//!   status; an unknown outcome invalidates too), with templates that read the message:
+//!   `UpdateUser { id }` drops every `GetUser` entry of that `id`. Write-through is not for
+//!   gRPC rules. When a rule cannot read the message (too large, no `GrpcLayer`), the
+//!   templates naming its fields are skipped with an error logged: give such rules a tag
+//!   without fields as a fallback.
 //!
 //! # Example
 //!
@@ -30,26 +38,30 @@
 //! use tower_stash::grpc::{Fields, GrpcLayer};
 //! use tower_stash::{CacheLayer, Invalidate, InvalidateLayer, Policy, Routes, Rules, Stash};
 //!
-//! // The messages, as prost generates them (here decoded by hand: with the `prost` feature,
-//! // `Fields::prost()` decodes any prost message).
+//! // The messages, as prost generates them. With the `prost` feature, `Fields::prost()`
+//! // decodes any prost message; here, a decoder of our own.
 //! struct GetUser { id: u64 }
-//! fn decode_get_user(bytes: &[u8]) -> Option<GetUser> {
-//!     // Field 1, varint.
+//! struct UpdateUser { id: u64 }
+//! fn id_of(bytes: &[u8]) -> Option<u64> {
+//!     // Field 1, a varint below 128, first.
 //!     match bytes {
-//!         [] => Some(GetUser { id: 0 }),
-//!         [0x08, id] if *id < 0x80 => Some(GetUser { id: u64::from(*id) }),
+//!         [0x08, id, ..] if *id < 0x80 => Some(u64::from(*id)),
 //!         _ => None,
 //!     }
 //! }
 //!
-//! let user_id = || Fields::decode_with(decode_get_user).field("id", |m: &GetUser| m.id);
 //! let routes = Routes::new().grpc(
 //!     "/users.UserService/GetUser",
-//!     Policy::ttl(Duration::from_secs(60)).key("user:{id}").fields(user_id()),
+//!     Policy::ttl(Duration::from_secs(60)).key("user:{id}").fields(
+//!         Fields::decode_with(|b| id_of(b).map(|id| GetUser { id })).field("id", |m: &GetUser| m.id),
+//!     ),
 //! );
 //! let rules = Rules::new().grpc(
 //!     "/users.UserService/UpdateUser",
-//!     Invalidate::keys(["user:{id}"]).fields(user_id()),
+//!     Invalidate::keys(["user:{id}"]).fields(
+//!         Fields::decode_with(|b| id_of(b).map(|id| UpdateUser { id }))
+//!             .field("id", |m: &UpdateUser| m.id),
+//!     ),
 //! );
 //! let stash = Stash::builder().build().unwrap();
 //! // Outermost first: the body is read before the rules and the cache look at it.
@@ -103,9 +115,12 @@ impl GrpcMessage {
         (b.len() - 5 == len).then(|| &b[5..])
     }
 
-    /// Appends the key component of the body: a 128-bit digest.
-    pub(crate) fn push_digest(&self, out: &mut String) {
-        out.push_str("|#body=");
+    /// Appends the key component of the call: the method's path (two methods keyed by one
+    /// template never share entries) and a 128-bit digest of the body.
+    pub(crate) fn push_key(&self, out: &mut String, path: &str) {
+        out.push_str("|#call=");
+        crate::key::escape_path_into(out, path);
+        out.push('#');
         crate::key::push_hex(out, &blake3::hash(&self.body).as_bytes()[..16]);
     }
 }

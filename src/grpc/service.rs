@@ -43,6 +43,11 @@ impl<S> GrpcService<S> {
         tower_layer::Layer::layer(layer, inner)
     }
 
+    /// A [`GrpcLayer`] (see [`GrpcLayer::new`]).
+    pub fn layer() -> GrpcLayer {
+        GrpcLayer::new()
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -73,15 +78,17 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let mut inner = crate::cache::take_ready(&mut self.inner);
         let read = req.method() == Method::POST
             && self.methods.contains(req.uri().path())
             && super::is_grpc(req.headers())
             && req.body().size_hint().lower() <= self.limit as u64;
         if !read {
+            let mut inner = crate::cache::take_ready(&mut self.inner);
             return ResponseFuture::call(inner.call(req.map(GrpcRequestBody::plain)));
         }
+        // The ready service stays for the next call: a clone is made ready once the body is
+        // read, so no capacity it reserved (a concurrency slot) waits on a slow upload.
         let (parts, body) = req.into_parts();
-        ResponseFuture::read(inner, parts, body, self.limit)
+        ResponseFuture::read(self.inner.clone(), parts, body, self.limit)
     }
 }

@@ -58,11 +58,13 @@ fn call(path: &str, body: Bytes) -> Request<Full<Bytes>> {
 }
 
 /// The service: counts calls, records the bodies it got, and answers by the message's id:
-/// 0 is a trailers-only NOT_FOUND, 99 an INTERNAL error in trailers, others a user.
+/// 0 is a trailers-only NOT_FOUND, 99 an INTERNAL error in trailers, 98 a message without
+/// trailers, others a user (after `delay`).
 #[derive(Clone, Default)]
 struct Users {
     calls: Arc<AtomicUsize>,
     bodies: Arc<Mutex<Vec<Bytes>>>,
+    delay: Duration,
 }
 
 impl Users {
@@ -89,6 +91,7 @@ impl Service<Request<GrpcRequestBody<Full<Bytes>>>> for Users {
         let this = self.clone();
         Box::pin(async move {
             let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::time::sleep(this.delay).await;
             let path = req.uri().path().to_owned();
             let body = req.into_body().collect().await.unwrap().to_bytes();
             this.bodies.lock().unwrap().push(body.clone());
@@ -107,12 +110,15 @@ impl Service<Request<GrpcRequestBody<Full<Bytes>>>> for Users {
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", status.parse().unwrap());
             trailers.insert("x-answer", format!("{path} #{n}").parse().unwrap());
-            let frames = vec![
+            let mut frames = vec![
                 Ok::<_, Infallible>(Frame::data(frame(
                     format!("user {id} #{n} of {}", body.len()).as_bytes(),
                 ))),
                 Ok(Frame::trailers(trailers)),
             ];
+            if id == 98 {
+                frames.pop();
+            }
             resp = resp.header("x-head", "1");
             Ok(resp
                 .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
@@ -252,8 +258,9 @@ async fn two_different_messages_get_two_entries() {
 #[tokio::test]
 async fn errors_are_never_stored() {
     let (_stash, users, mut svc) = setup();
-    // Trailers-only NOT_FOUND (id 0), and INTERNAL in the trailers after a message (id 99).
-    for id in [0, 99] {
+    // Trailers-only NOT_FOUND (id 0), INTERNAL in the trailers after a message (id 99), and
+    // a message with no trailers at all (id 98: the outcome is unknown).
+    for id in [0, 99, 98] {
         let first = send(&mut svc, call(GET, frame(&message(id, "")))).await;
         let second = send(&mut svc, call(GET, frame(&message(id, "")))).await;
         let status = |g: &Got| {
@@ -263,9 +270,9 @@ async fn errors_are_never_stored() {
                 .cloned()
         };
         assert_eq!(status(&first), status(&second));
-        assert_ne!(status(&first).unwrap(), "0");
+        assert_ne!(status(&first), Some("0".parse().unwrap()));
     }
-    assert_eq!(users.calls(), 4);
+    assert_eq!(users.calls(), 6);
 }
 
 #[tokio::test]
@@ -335,6 +342,79 @@ async fn the_accepted_encodings_are_keyed() {
     send(&mut svc, with("identity")).await;
     send(&mut svc, with("gzip")).await;
     assert_eq!(users.calls(), 2);
+    // The request's own encoding too: the digest covers the bytes as sent.
+    let mut req = call(GET, frame(&message(7, "")));
+    req.headers_mut()
+        .insert("grpc-encoding", "gzip".parse().unwrap());
+    send(&mut svc, req).await;
+    assert_eq!(users.calls(), 3);
+}
+
+#[tokio::test]
+async fn two_methods_keyed_by_one_template_never_share_entries() {
+    let settings = "/users.UserService/GetUserSettings";
+    let policy = || {
+        Policy::ttl(Duration::from_secs(60))
+            .key("user:{id}")
+            .fields(id_fields())
+    };
+    let routes = Routes::new().grpc(GET, policy()).grpc(settings, policy());
+    let stash = Stash::builder().build().unwrap();
+    let users = Users::default();
+    let grpc = GrpcLayer::new().routes(&routes);
+    let mut svc = stack(&stash, grpc, routes, &users);
+    let user = send(&mut svc, call(GET, frame(&message(7, "")))).await;
+    let prefs = send(&mut svc, call(settings, frame(&message(7, "")))).await;
+    assert_eq!(users.calls(), 2);
+    assert_ne!(user.body, prefs.body);
+    assert_eq!(
+        send(&mut svc, call(settings, frame(&message(7, ""))))
+            .await
+            .body,
+        prefs.body
+    );
+    assert_eq!(users.calls(), 2);
+}
+
+#[tokio::test]
+async fn single_flight_shares_only_successful_answers() {
+    use crate::SingleFlightLayer;
+    let stash = Stash::builder().build().unwrap();
+    let users = Users {
+        delay: Duration::from_millis(100),
+        ..Users::default()
+    };
+    let routes = routes();
+    let svc = ServiceBuilder::new()
+        .layer(GrpcLayer::new().routes(&routes))
+        .layer(CacheLayer::new(stash.clone(), routes))
+        .layer(SingleFlightLayer::new(stash.clone()))
+        .service(users.clone());
+    // Five concurrent calls per message: an error (99) is each caller's own; a user (7) is
+    // shared.
+    for (id, want_calls) in [(99, 5), (7, 6)] {
+        let calls = (0..5).map(|_| {
+            let svc = svc.clone();
+            async move {
+                let resp = svc
+                    .oneshot(call(GET, frame(&message(id, ""))))
+                    .await
+                    .unwrap();
+                resp.into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .trailers()
+                    .cloned()
+            }
+        });
+        let got = crate::test_util::within("calls", futures_util::future::join_all(calls)).await;
+        assert_eq!(users.calls(), want_calls, "id {id}");
+        for t in got {
+            let want = if id == 99 { "13" } else { "0" };
+            assert_eq!(t.unwrap().get("grpc-status").unwrap(), want);
+        }
+    }
 }
 
 #[tokio::test]
@@ -404,6 +484,27 @@ fn misconfigured_fields_are_named() {
         .unwrap_err();
     assert!(
         err.to_string().contains("rules[POST /users/{id}].fields"),
+        "{err}"
+    );
+    // gRPC methods are exact paths; write-through answers are not entries of other routes.
+    let err = Routes::new()
+        .grpc(
+            "/users.UserService/{method}",
+            Policy::ttl(Duration::from_secs(1)),
+        )
+        .validate()
+        .unwrap_err();
+    assert!(err.to_string().contains("not a pattern"), "{err}");
+    let err = Rules::new()
+        .grpc(
+            UPDATE,
+            Invalidate::write_through("user:{id}", Duration::from_secs(1)).fields(id_fields()),
+        )
+        .validate()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("rules[POST {UPDATE}].write_through")),
         "{err}"
     );
 }

@@ -170,6 +170,16 @@ impl Rules {
             let mut params = path_params(path);
             let mut bad = Vec::new();
             let grpc = *method == Method::POST && self.grpc.contains(path);
+            if grpc && rule.write_through.is_some() {
+                bad.push(format!(
+                    "{place}.write_through: not for gRPC rules (an answer framed for gRPC is no other route's entry); invalidate the keys instead"
+                ));
+            }
+            if grpc && path.contains('{') {
+                bad.push(format!(
+                    "{place}: a gRPC rule is one method's exact path (`/package.Service/Method`), not a pattern"
+                ));
+            }
             if let Some(fields) = &rule.fields {
                 if !grpc {
                     bad.push(format!(
@@ -288,9 +298,6 @@ impl RuleTable {
             .iter()
             .find(|(mm, _)| mm == req.method())
             .map(|(_, r)| r)?;
-        if rule.grpc && !crate::grpc::is_grpc(req.headers()) {
-            return None;
-        }
         let fields = match &rule.fields {
             None => None,
             Some(f) => match crate::grpc::prepare(Some(f), req) {

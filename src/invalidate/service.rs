@@ -144,19 +144,23 @@ where
     let resp = match &work.write_through {
         None if !work.grpc => resp.map(InvalidateBody::inner),
         None => {
-            // A gRPC call succeeded only if its trailers say so: read the (unary) answer.
+            // A gRPC call failed if its trailers say so: read the (unary) answer. When the
+            // outcome is unknown (the body failed, no trailers), the data may have changed:
+            // invalidate, as dropping too much only costs a miss.
             let (parts, body) = resp.into_parts();
             match body.collect().await {
-                Err(e) => return Ok(Response::from_parts(parts, InvalidateBody::failed(e))),
+                Err(e) => Response::from_parts(parts, InvalidateBody::failed(e)),
                 Ok(collected) => {
                     let trailers = collected.trailers().cloned();
-                    let ok = crate::grpc::status(&parts.headers) == Some(b"0")
-                        || crate::grpc::trailers_ok(trailers.as_ref());
+                    let failed = trailers
+                        .as_ref()
+                        .and_then(crate::grpc::status)
+                        .is_some_and(|s| s != b"0");
                     let resp = Response::from_parts(
                         parts,
                         InvalidateBody::full(collected.to_bytes(), trailers),
                     );
-                    if !ok {
+                    if failed {
                         return Ok(resp);
                     }
                     resp

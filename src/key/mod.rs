@@ -107,7 +107,7 @@ pub(crate) fn escape_into(out: &mut String, bytes: &[u8]) {
     out.extend(percent_encoding::percent_encode(bytes, COMPONENT));
 }
 
-fn escape_path_into(out: &mut String, path: &str) {
+pub(crate) fn escape_path_into(out: &mut String, path: &str) {
     out.extend(percent_encoding::utf8_percent_encode(path, PATH));
 }
 

@@ -85,6 +85,9 @@ pub struct Policy {
     pub(crate) ttl_jitter: Option<Duration>,
     pub(crate) upstream_timeout: Option<Duration>,
     pub(crate) fields: Option<crate::grpc::MessageFields>,
+    pub(crate) sliding: Option<Duration>,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) session: Option<Session>,
     /// Set by [`Routes::grpc`], never inherited.
     pub(crate) grpc: bool,
 }
@@ -234,6 +237,39 @@ impl Policy {
         self
     }
 
+    /// Sliding expiry: an entry expires after `idle` without a hit, and at the latest
+    /// [`max_lifetime`](Self::max_lifetime) after it was stored (required with this). Every
+    /// hit extends it, in memory and in Redis (in the read's round trip, `GETEX`; a hit from
+    /// the memory tier extends Redis's copy in the background, at most every `idle / 8`).
+    /// The policy's `ttl` is not used. Not combined with stale serving or early refresh.
+    pub fn sliding(mut self, idle: Duration) -> Self {
+        self.sliding = Some(idle);
+        self
+    }
+
+    /// The absolute cap of a [`sliding`](Self::sliding) entry's life: it expires this long
+    /// after it was stored, however active.
+    pub fn max_lifetime(mut self, cap: Duration) -> Self {
+        self.max_lifetime = Some(cap);
+        self
+    }
+
+    /// Scopes entries to a session: the key holds a 128-bit hash of the cookie `name`'s value,
+    /// so an entry is served only to requests with that same cookie, and a request without it
+    /// bypasses the cache. Requests carrying other cookies may use the cache too: only this
+    /// one is keyed.
+    pub fn session_cookie(mut self, name: impl Into<String>) -> Self {
+        self.session = Some(Session::Cookie(name.into()));
+        self
+    }
+
+    /// Scopes entries to a session carried in the header `name` (such as `x-session-id` or
+    /// `authorization`): as [`session_cookie`](Self::session_cookie).
+    pub fn session_header(mut self, name: impl Into<String>) -> Self {
+        self.session = Some(Session::Header(name.into()));
+        self
+    }
+
     /// This policy's settings over `base`'s.
     fn over(&self, base: &Policy) -> Policy {
         Policy {
@@ -256,9 +292,19 @@ impl Policy {
             ttl_jitter: self.ttl_jitter.or(base.ttl_jitter),
             upstream_timeout: self.upstream_timeout.or(base.upstream_timeout),
             fields: self.fields.clone().or_else(|| base.fields.clone()),
+            sliding: self.sliding.or(base.sliding),
+            max_lifetime: self.max_lifetime.or(base.max_lifetime),
+            session: self.session.clone().or_else(|| base.session.clone()),
             grpc: self.grpc,
         }
     }
+}
+
+/// Where a session-scoped policy finds the session id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Session {
+    Cookie(String),
+    Header(String),
 }
 
 /// A configuration mistake. Each line names the place (`routes[GET /users/{id}].key`,

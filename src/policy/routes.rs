@@ -180,7 +180,42 @@ impl Routes {
                 params.push(name.clone());
             }
         }
-        let ttl = match resolved.ttl {
+        let sliding = resolved.sliding;
+        if let Some(idle) = sliding {
+            if idle < Duration::from_millis(1) {
+                errors.push(format!("{place}.sliding: must be at least a millisecond"));
+            }
+            if resolved.stale_while_revalidate.is_some() || resolved.stale_if_error.is_some() {
+                errors.push(format!(
+                    "{place}.sliding: not combined with stale_while_revalidate or stale_if_error"
+                ));
+            }
+            if resolved.ttl_jitter.is_some() {
+                errors.push(format!("{place}.sliding: not combined with ttl_jitter"));
+            }
+        }
+        let lifetime = match (sliding, resolved.max_lifetime) {
+            (Some(idle), Some(cap)) => {
+                if cap < idle || cap > crate::entry::MAX_TTL {
+                    errors.push(format!(
+                        "{place}.max_lifetime: must be at least the sliding time ({idle:?}) and at most 10 years"
+                    ));
+                }
+                Some(cap)
+            }
+            (Some(_), None) => {
+                errors.push(format!(
+                    "{place}.max_lifetime: required with sliding (the absolute cap)"
+                ));
+                Some(Duration::ZERO)
+            }
+            (None, Some(_)) => {
+                errors.push(format!("{place}.max_lifetime: only used with sliding"));
+                None
+            }
+            (None, None) => None,
+        };
+        let ttl = match lifetime.or(resolved.ttl) {
             Some(ttl) if ttl > crate::entry::MAX_TTL => {
                 errors.push(format!("{place}.ttl: must be at most 10 years"));
                 Duration::ZERO
@@ -224,8 +259,15 @@ impl Routes {
         }
         let mut vary_headers = Vec::new();
         if resolved.grpc {
-            // The answer is compressed only for clients that accept the encoding.
+            // The answer is compressed only for clients that accept the encoding; the request
+            // digest covers compressed bytes, so its encoding is part of the question.
             vary_headers.push(HeaderName::from_static("grpc-accept-encoding"));
+            vary_headers.push(HeaderName::from_static("grpc-encoding"));
+            if path.contains('{') {
+                errors.push(format!(
+                    "{place}: a gRPC route is one method's exact path (`/package.Service/Method`), not a pattern"
+                ));
+            }
         }
         for name in resolved.vary_headers.as_deref().unwrap_or_default() {
             match HeaderName::try_from(name.as_str()) {
@@ -275,14 +317,42 @@ impl Routes {
                 "{place}.upstream_timeout: must be greater than zero"
             ));
         }
+        let session = match &resolved.session {
+            None => None,
+            Some(super::Session::Cookie(name)) => {
+                let token = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token {
+                    errors.push(format!(
+                        "{place}.session_cookie: `{name}` is not a cookie name"
+                    ));
+                }
+                Some(SessionKey::Cookie(name.clone()))
+            }
+            Some(super::Session::Header(name)) => match HeaderName::try_from(name.as_str()) {
+                Ok(h) => Some(SessionKey::Header(h)),
+                Err(_) => {
+                    errors.push(format!(
+                        "{place}.session_header: `{name}` is not a header name"
+                    ));
+                    None
+                }
+            },
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
+        let session_is = |h: &HeaderName| matches!(&session, Some(SessionKey::Header(s)) if s == h);
         Ok(CompiledPolicy {
             route: format!("{method} {path}"),
             ttl,
-            vary_authorization: vary_headers.contains(&http::header::AUTHORIZATION),
-            vary_cookie: vary_headers.contains(&http::header::COOKIE),
+            vary_authorization: vary_headers.contains(&http::header::AUTHORIZATION)
+                || session_is(&http::header::AUTHORIZATION),
+            vary_cookie: vary_headers.contains(&http::header::COOKIE)
+                || session_is(&http::header::COOKIE)
+                || matches!(session, Some(SessionKey::Cookie(_))),
             key,
             query: resolved.query.unwrap_or_default(),
             vary_headers,
@@ -292,11 +362,13 @@ impl Routes {
             etag: resolved.etag.unwrap_or(!resolved.grpc),
             stale_while_revalidate: swr,
             stale_if_error: sie,
-            beta,
+            beta: if sliding.is_some() { 0.0 } else { beta },
             ttl_jitter: jitter,
             upstream_timeout: resolved.upstream_timeout,
             fields: resolved.fields,
             grpc: resolved.grpc,
+            sliding,
+            session,
         })
     }
 }
@@ -325,6 +397,52 @@ pub(crate) struct CompiledPolicy {
     pub(crate) fields: Option<crate::grpc::MessageFields>,
     /// A gRPC route: keyed by the message, stored only with `grpc-status: 0`.
     pub(crate) grpc: bool,
+    /// Sliding expiry's idle time (the `ttl` is then the absolute cap).
+    pub(crate) sliding: Option<Duration>,
+    /// Where the session id the key holds comes from.
+    pub(crate) session: Option<SessionKey>,
+}
+
+/// A compiled [`Session`](super::Session).
+#[derive(Debug)]
+pub(crate) enum SessionKey {
+    Cookie(String),
+    Header(HeaderName),
+}
+
+impl SessionKey {
+    /// The session id of a request: `None` when it has none, or several different ones.
+    pub(crate) fn value<'h>(&self, headers: &'h http::HeaderMap) -> Option<&'h [u8]> {
+        let mut found: Option<&[u8]> = None;
+        let mut add = |v: &'h [u8]| match found {
+            Some(f) if f != v => Err(()),
+            _ => {
+                found = Some(v);
+                Ok(())
+            }
+        };
+        match self {
+            SessionKey::Header(name) => {
+                for v in headers.get_all(name) {
+                    add(v.as_bytes()).ok()?;
+                }
+            }
+            SessionKey::Cookie(name) => {
+                for v in headers.get_all(http::header::COOKIE) {
+                    for pair in v.as_bytes().split(|b| *b == b';') {
+                        let pair = pair.trim_ascii();
+                        if let Some(value) = pair
+                            .strip_prefix(name.as_bytes())
+                            .and_then(|rest| rest.strip_prefix(b"="))
+                        {
+                            add(value).ok()?;
+                        }
+                    }
+                }
+            }
+        }
+        found.filter(|v| !v.is_empty())
+    }
 }
 
 impl CompiledPolicy {

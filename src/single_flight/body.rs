@@ -47,10 +47,16 @@ pub(crate) struct Tee {
     pub(crate) size: usize,
     pub(crate) chunks: Vec<Bytes>,
     pub(crate) trailers: Option<HeaderMap>,
+    /// A gRPC answer: shared only if its trailers say `grpc-status: 0`.
+    pub(crate) grpc: bool,
 }
 
 impl Tee {
     fn finish(mut self: Box<Self>) {
+        if self.grpc && !crate::grpc::trailers_ok(self.trailers.as_ref()) {
+            // The call failed, maybe for reasons of its own: each waiter asks for itself.
+            return self.release();
+        }
         let mut buf = BytesMut::with_capacity(self.size);
         for c in &self.chunks {
             buf.extend_from_slice(c);
@@ -147,7 +153,7 @@ impl<B: Body<Data = Bytes>> Body for FlightBody<B> {
                         let complete = f.is_trailers()
                             || tee
                                 .as_ref()
-                                .is_some_and(|t| t.declared == Some(t.size as u64));
+                                .is_some_and(|t| !t.grpc && t.declared == Some(t.size as u64));
                         if body.is_end_stream() || complete {
                             if let Some(t) = tee.take() {
                                 t.finish();

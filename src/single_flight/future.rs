@@ -289,7 +289,9 @@ where
                     let shareable = !parts.headers.contains_key(header::SET_COOKIE)
                         && !crate::headers::has_directive(&parts.headers, &["no-store", "private"])
                         && crate::cache::vary_is_keyed(&parts.headers, policy)
-                        && body.size_hint().lower() <= limit as u64;
+                        && body.size_hint().lower() <= limit as u64
+                        // A gRPC error may be this call's own (its deadline, its quota).
+                        && !(policy.grpc && crate::grpc::status(&parts.headers).is_some());
                     let body = if shareable {
                         let tee = Tee {
                             leader: Some(leader),
@@ -301,6 +303,7 @@ where
                             size: 0,
                             chunks: Vec::new(),
                             trailers: None,
+                            grpc: policy.grpc,
                         };
                         FlightBody::tee(body, tee)
                     } else {

@@ -71,6 +71,10 @@ impl<S> SingleFlightService<S> {
             // One client's answer is never shared with another.
             return None;
         }
+        if let Some(session) = &policy.session {
+            // No session id: nothing to key on, so nothing to share.
+            session.value(h)?;
+        }
         let fields = if policy.grpc {
             // A call whose message is unread or undecodable goes alone.
             crate::grpc::prepare(policy.fields.as_ref(), req).ok()?

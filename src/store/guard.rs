@@ -169,6 +169,14 @@ impl<S: Store> Store for Guarded<S> {
         self.inner.get_local(key)
     }
 
+    fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {
+        self.guard(|s| s.get_sliding(key, idle))
+    }
+
+    fn touch(&self, key: Arc<str>, idle: Duration) -> StoreFuture<()> {
+        self.guard(|s| s.touch(key, idle))
+    }
+
     fn health(&self) -> Health {
         Guarded::health(self)
     }

@@ -56,7 +56,25 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
-    /// Stores `entry` under `key` for `ttl`. Every stored key must expire.
+    /// Looks up `key` and, when found, keeps it at least `idle` longer (sliding expiry), in
+    /// the same round trip where the store can (Redis: `GETEX`). The default is
+    /// [`get`](Self::get): a store that keeps entries until their absolute cap needs no more,
+    /// as the cache checks the idle time itself.
+    fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {
+        let _ = idle;
+        self.get(key)
+    }
+
+    /// Keeps `key` at least `idle` longer, if present (sliding expiry after a hit the store
+    /// did not see, such as one from a memory tier in front). The default does nothing.
+    fn touch(&self, key: Arc<str>, idle: Duration) -> StoreFuture<()> {
+        let _ = (key, idle);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Stores `entry` under `key` for `ttl`. Every stored key must expire. An entry with
+    /// [sliding expiry](Entry::sliding) may be kept for less, its idle time, if the store
+    /// extends it on every [`get_sliding`](Self::get_sliding) and [`touch`](Self::touch).
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()>;
 
     /// Removes `key`, if present.

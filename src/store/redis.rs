@@ -21,7 +21,7 @@ const DELETE_IF_SAME: &str =
 /// value. A late fill (its
 /// request began before the stored entry's) never replaces a newer entry. A key of another
 /// type is replaced (GETRANGE fails on it: `pcall` makes that an empty string). A tombstone
-/// (flags byte 4 has bit 1) also refuses a fill of the same millisecond.
+/// (flags byte 4 has bit 1; bit 2 marks sliding expiry) also refuses a fill of the same millisecond.
 const SET_UNLESS_NEWER: &str = "local cur = redis.pcall('GETRANGE', KEYS[1], 0, 13) \
     if type(cur) ~= 'string' then cur = '' end \
     if string.len(cur) == 14 and string.sub(cur, 1, 3) == string.sub(ARGV[1], 1, 3) then \
@@ -30,7 +30,7 @@ const SET_UNLESS_NEWER: &str = "local cur = redis.pcall('GETRANGE', KEYS[1], 0, 
     local a, b = string.byte(cur, i), string.byte(ARGV[1], i) \
     if a ~= b then newer = a > b break end \
     end \
-    if newer == true or (newer == nil and string.byte(cur, 4) >= 2) then return 0 end \
+    if newer == true or (newer == nil and math.floor(string.byte(cur, 4) / 2) % 2 == 1) then return 0 end \
     end \
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
 /// Deletes the lease `KEYS[1]` only while `ARGV[1]` holds it.
@@ -419,19 +419,18 @@ impl RedisStore {
     }
 }
 
-impl Store for RedisStore {
-    fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+impl RedisStore {
+    /// Runs `cmd` (a `GET` or `GETEX` of `key`) and reads the entry it returns.
+    fn read(&self, key: Arc<str>, cmd: redis::Cmd) -> StoreFuture<Option<Arc<Entry>>> {
         let this = self.clone();
         Box::pin(async move {
-            let mut cmd = redis::cmd("GET");
-            cmd.arg(&*key);
             let bytes = match this.query(&cmd).await? {
                 Ok(Value::Nil) => return Ok(None),
                 // `Bytes::from(Vec)` takes the buffer: the entry's body is a slice of it.
                 Ok(Value::BulkString(v)) => Bytes::from(v),
                 Ok(other) => {
                     return Err(StoreError::new(format!(
-                        "redis: unexpected reply to GET: {other:?}"
+                        "redis: unexpected reply to a read: {other:?}"
                     )))
                 }
                 // A key of another type: as unreadable as garbage.
@@ -453,9 +452,38 @@ impl Store for RedisStore {
             }
         })
     }
+}
+
+impl Store for RedisStore {
+    fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&*key);
+        self.read(key, cmd)
+    }
+
+    fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {
+        // Read and extended in one round trip.
+        let mut cmd = redis::cmd("GETEX");
+        cmd.arg(&*key).arg("PX").arg(ms(idle).max(1));
+        self.read(key, cmd)
+    }
+
+    fn touch(&self, key: Arc<str>, idle: Duration) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut cmd = redis::cmd("PEXPIRE");
+            cmd.arg(&*key).arg(ms(idle).max(1));
+            this.run(&cmd).await.map(drop)
+        })
+    }
 
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        // A sliding entry lives its idle time, extended by every read (GETEX) and touch, up
+        // to `ttl`: its tag indexes keep it that long.
+        let set_millis = entry
+            .sliding()
+            .map_or(millis, |idle| millis.min(ms(idle)).max(1));
         if millis == 0 {
             return Box::pin(std::future::ready(Err(StoreError::new(
                 "refusing to store an entry with a TTL under a millisecond",
@@ -497,7 +525,7 @@ impl Store for RedisStore {
                 .arg(1)
                 .arg(&*key)
                 .arg(&value[..])
-                .arg(millis);
+                .arg(set_millis);
             match this.run(&cmd).await? {
                 Value::Int(1) => Ok(()),
                 Value::Int(_) => {

@@ -116,23 +116,23 @@ impl<S> TieredStore<S> {
             drop(self.l1.put(key, entry, ttl));
         }
     }
-}
 
-impl<S: Store> Store for TieredStore<S> {
-    fn health(&self) -> Health {
-        self.l2.health()
-    }
-
-    /// L1's entry while it is fresh; otherwise L2's, copied into L1. An expired L1 entry
-    /// (kept to be served stale) is returned when L2 has nothing newer or fails.
-    fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+    /// L1's entry while it is fresh, or what `l2` reads, copied into L1.
+    fn read(
+        &self,
+        key: Arc<str>,
+        l2: impl FnOnce(&S, Arc<str>) -> StoreFuture<Option<Arc<Entry>>>,
+    ) -> StoreFuture<Option<Arc<Entry>>>
+    where
+        S: Store,
+    {
         let local = self.l1.get_now(&key);
         if let Some(entry) = &local {
-            if SystemTime::now() < entry.expires_at() {
+            if SystemTime::now() < entry.fresh_until() {
                 return Box::pin(std::future::ready(Ok(local)));
             }
         }
-        let l2 = self.l2.get(key.clone());
+        let l2 = l2(&self.l2, key.clone());
         let this = self.clone();
         Box::pin(async move {
             let mut l2 = l2.await;
@@ -160,6 +160,28 @@ impl<S: Store> Store for TieredStore<S> {
                 (result, None) => result,
             }
         })
+    }
+}
+
+impl<S: Store> Store for TieredStore<S> {
+    fn health(&self) -> Health {
+        self.l2.health()
+    }
+
+    /// L1's entry while it is fresh; otherwise L2's, copied into L1. An expired L1 entry
+    /// (kept to be served stale) is returned when L2 has nothing newer or fails.
+    fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+        self.read(key, |l2, key| l2.get(key))
+    }
+
+    /// As [`get`](Self::get), L2 reading with [`Store::get_sliding`].
+    fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {
+        self.read(key, |l2, key| l2.get_sliding(key, idle))
+    }
+
+    /// Extends L2's copy (L1 keeps sliding entries until their cap).
+    fn touch(&self, key: Arc<str>, idle: Duration) -> StoreFuture<()> {
+        self.l2.touch(key, idle)
     }
 
     /// L1's entry when it has one; otherwise `None`, so that the cache asks [`get`](Self::get)
