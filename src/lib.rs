@@ -4,6 +4,8 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod cache;
+#[cfg(feature = "config")]
+pub mod config;
 pub mod entry;
 pub mod grpc;
 mod headers;

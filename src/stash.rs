@@ -736,6 +736,7 @@ impl Drop for Refreshing {
 
 /// Builds a [`Stash`].
 #[must_use]
+#[derive(Clone)]
 pub struct StashBuilder {
     store: Option<Arc<dyn Store>>,
     #[cfg(feature = "redis")]

@@ -115,7 +115,7 @@ where
             } => {
                 prefix.is_empty()
                     && error.is_none()
-                    && rest.as_ref().map_or(true, |r| r.is_end_stream())
+                    && rest.as_ref().is_none_or(|r| r.is_end_stream())
             }
         }
     }

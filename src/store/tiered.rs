@@ -151,7 +151,7 @@ impl<S> TieredStore<S> {
                 (Ok(Some(entry)), local)
                     if local
                         .as_ref()
-                        .map_or(true, |l| entry.stored_at() >= l.stored_at()) =>
+                        .is_none_or(|l| entry.stored_at() >= l.stored_at()) =>
                 {
                     this.fill_l1(key, entry.clone());
                     Ok(Some(entry))

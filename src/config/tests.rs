@@ -1,0 +1,151 @@
+//! Configuration files: what loads, and mistakes named by file, line and field.
+
+use super::Config;
+use std::time::Duration;
+
+fn err(text: &str) -> String {
+    Config::from_toml(text, "app.toml").unwrap_err().to_string()
+}
+
+#[test]
+fn a_file_builds_routes_rules_and_a_stash() {
+    let text = r#"
+[stash]
+namespace = "shop"
+memory = "1MiB"
+cache_status_detail = true
+
+[policies.product]
+ttl = "12h"
+
+[routes."GET /products/{id}"]
+policy = "product"
+key = "product:{id}"
+tags = ["products"]
+
+[routes."GET /prices/{symbol}"]
+ttl = "5m"
+stale_while_revalidate = "30s"
+vary_query = ["currency"]
+max_body_size = 65536
+
+[routes."GET /me"]
+sliding = "30m"
+max_lifetime = "12h"
+session_cookie = "session"
+
+[rules."PUT /products/{id}"]
+keys = ["product:{id}"]
+tags = ["products"]
+
+[rules."PUT /users/{id}"]
+write_through = { key = "user:{id}", ttl = "1h" }
+entry_tags = ["users"]
+"#;
+    let config = Config::from_toml(text, "shop.toml").unwrap();
+    assert_eq!(
+        config.policies["product"].get_ref().ttl.unwrap().0,
+        Duration::from_secs(12 * 3600)
+    );
+    let routes = config.routes().unwrap();
+    assert_eq!(
+        routes.named_policy("product").unwrap(),
+        &crate::Policy::ttl(Duration::from_secs(12 * 3600))
+    );
+    let stash = config.stash().unwrap().build().unwrap();
+    assert_eq!(stash.namespace(), "shop");
+    let layer = crate::CacheLayer::new(stash, routes);
+    let req = http::Request::get("/products/7").body(()).unwrap();
+    assert_eq!(layer.key_for(&req).unwrap(), "shop:v1:product:7");
+    config.rules().unwrap();
+}
+
+#[test]
+fn bad_values_name_the_file_line_and_field() {
+    let e = err("[routes.\"GET /x\"]\nkey = \"x\"\nttl = \"30 minuts\"\n");
+    assert!(
+        e.starts_with("app.toml:3: routes.\"GET /x\".ttl: invalid duration `30 minuts`"),
+        "{e}"
+    );
+    let e = err("[stash]\nmemory = \"lots\"\n");
+    assert!(
+        e.starts_with("app.toml:2: stash.memory: invalid size `lots`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_fields_are_refused_with_their_line() {
+    let e = err("[stash]\nnamespace = \"a\"\n\n[routes.\"GET /x\"]\nttl = \"1m\"\nttll = \"2m\"\n");
+    assert!(
+        e.starts_with("app.toml:6: routes.\"GET /x\".ttll: unknown field `ttll`"),
+        "{e}"
+    );
+    let e = err("[stahs]\nnamespace = \"a\"\n");
+    assert!(
+        e.starts_with("app.toml:1: stahs: unknown field `stahs`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let e = Config::load("/nonexistent/tower-stash.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("/nonexistent/tower-stash.toml: cannot read the file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rules_and_routes_naming_unknown_things_are_placed() {
+    // A route on a named policy that does not exist.
+    let text = "[routes.\"GET /a\"]\nttl = \"1m\"\n\n[routes.\"GET /users/{id}\"]\ntags = [\"users\"]\npolicy = \"user_profil\"\n";
+    let e = err(text);
+    assert!(
+        e.starts_with(
+            "app.toml:6: routes.\"GET /users/{id}\".policy: no named policy `user_profil`"
+        ),
+        "{e}"
+    );
+    // A template naming a parameter the path lacks: the line of `key`.
+    let text = "[routes.\"GET /users/{id}\"]\npolicy = \"user_profile\"\nkey = \"user:{uid}\"\n";
+    let e = err(text);
+    assert!(
+        e.starts_with("app.toml:3: routes.\"GET /users/{id}\".key: "),
+        "{e}"
+    );
+    // A rule's template, the same.
+    let text = "[rules.\"PUT /users/{id}\"]\nkeys = [\"user:{id}\"]\ntags = [\"team:{team}\"]\n";
+    let e = err(text);
+    assert!(
+        e.starts_with("app.toml:3: rules.\"PUT /users/{id}\".tags: "),
+        "{e}"
+    );
+    // A route that is not `METHOD /path`.
+    let e = err("[routes.\"/users\"]\nttl = \"1m\"\n");
+    assert!(e.starts_with("app.toml:1: routes.\"/users\": "), "{e}");
+    // A bad namespace, in `[stash]`.
+    let e = err(
+        "[routes.\"GET /a\"]\nttl = \"1m\"\n\n[stash]\nmax_key_len = 512\nnamespace = \"a b\"\n",
+    );
+    assert!(e.starts_with("app.toml:6: stash.namespace: "), "{e}");
+}
+
+#[test]
+fn every_mistake_is_reported_at_once() {
+    let text = "[routes.\"GET /a\"]\nkey = \"a:{nope}\"\nttl = \"1m\"\n\n[rules.\"GET /b\"]\nkeys = [\"b\"]\n";
+    let e = err(text);
+    assert_eq!(e.lines().count(), 2, "{e}");
+    assert!(e.contains("app.toml:2: routes.\"GET /a\".key"), "{e}");
+    assert!(e.contains("app.toml:5: rules.\"GET /b\": "), "{e}");
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn a_bad_redis_url_is_named() {
+    let e = err("[stash.redis]\ntimeout = \"10ms\"\nurl = \"http://nope\"\n");
+    assert!(e.starts_with("app.toml:3: stash.redis.url: "), "{e}");
+}
