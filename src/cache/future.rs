@@ -188,6 +188,7 @@ where
                     let value =
                         status_value(stash, &stash.inner.status.bypass, Some(reason), None, None);
                     parts.headers.insert(CACHE_STATUS, value);
+                    fresh_from_the_service(&mut parts.headers);
                     return Poll::Ready(Ok(Response::from_parts(parts, CacheBody::inner(body))));
                 }
                 StateProj::Hit { resp } => {
@@ -879,5 +880,14 @@ fn miss<B: Body<Data = Bytes>>(
         Err(_) => CacheBody::inner(body),
     };
     parts.headers.insert(CACHE_STATUS, status);
+    fresh_from_the_service(&mut parts.headers);
     Response::from_parts(parts, body)
+}
+
+/// Every answer on a cached route carries `Age`: zero for one fresh from the service (unless
+/// the service, itself behind a cache, says otherwise).
+fn fresh_from_the_service(headers: &mut HeaderMap) {
+    headers
+        .entry(header::AGE)
+        .or_insert(HeaderValue::from_static("0"));
 }

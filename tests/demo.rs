@@ -1,0 +1,418 @@
+//! The demo's router, driven in-process: one test per route behaviour, each checking what the
+//! client got and how many queries reached the database.
+
+#[path = "../examples/demo.rs"]
+mod demo;
+
+use axum::body::Body;
+use http::{header, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+use tower_stash::config::Config;
+use tower_stash::{ManualClock, Stash};
+
+const TOKEN: &str = "test-admin-token";
+const MIN: Duration = Duration::from_secs(60);
+
+struct App {
+    router: axum::Router,
+    db: Arc<demo::Db>,
+    stash: Stash,
+    clock: ManualClock,
+}
+
+struct Got {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Got {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&self.body));
+        })
+    }
+    fn cache_status(&self) -> &str {
+        self.headers
+            .get("cache-status")
+            .map_or("", |v| v.to_str().unwrap())
+    }
+    fn is_hit(&self) -> bool {
+        self.cache_status().contains("; hit")
+    }
+}
+
+fn config() -> Config {
+    Config::load(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.toml")).unwrap()
+}
+
+fn start() -> App {
+    let config = config();
+    let clock = ManualClock::default();
+    let stash = config
+        .stash()
+        .unwrap()
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let db = demo::Db::new(Duration::from_millis(5));
+    let state = demo::Demo::new(db.clone(), stash.clone(), TOKEN);
+    let router = demo::app(state, &config).unwrap();
+    App {
+        router,
+        db,
+        stash,
+        clock,
+    }
+}
+
+impl App {
+    async fn send(&self, req: Request<Body>) -> Got {
+        let resp = tokio::time::timeout(Duration::from_secs(20), self.router.clone().oneshot(req))
+            .await
+            .expect("an answer within 20 s")
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+
+    async fn get(&self, uri: &str) -> Got {
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+    }
+
+    async fn json(&self, method: &str, uri: &str, json: Value) -> Got {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json.to_string()))
+            .unwrap();
+        self.send(req).await
+    }
+
+    async fn admin(&self, query: &str, token: Option<&str>) -> Got {
+        let mut req = Request::post(format!("/admin/invalidate?{query}"));
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        self.send(req.body(Body::empty()).unwrap()).await
+    }
+
+    fn queries(&self) -> u64 {
+        self.db.queries()
+    }
+
+    /// Waits (bounded) until the database has served `n` queries: background refreshes.
+    async fn until_queries(&self, n: u64) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.queries() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "{} queries, not {n}", self.queries());
+    }
+}
+
+#[tokio::test]
+async fn a_user_is_read_from_the_database_once_then_from_the_cache() {
+    let app = start();
+    let miss = app.get("/users/1").await;
+    assert_eq!(miss.status, StatusCode::OK);
+    assert!(
+        miss.cache_status().contains("fwd=miss"),
+        "{}",
+        miss.cache_status()
+    );
+    assert_eq!(miss.json()["email"], "user1@example.com");
+    assert_eq!(miss.headers.get("age").unwrap(), "0");
+    app.clock.advance(Duration::from_secs(90));
+    let hit = app.get("/users/1").await;
+    assert!(hit.is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.headers.get("age").unwrap(), "90");
+    assert_eq!(hit.body, miss.body);
+    assert_eq!(app.queries(), 1);
+}
+
+#[tokio::test]
+async fn put_writes_through_and_a_failed_put_drops_the_entry() {
+    let app = start();
+    app.get("/users/2").await;
+    let put = app
+        .json(
+            "PUT",
+            "/users/2",
+            serde_json::json!({"name": "Ada", "email": "ada@example.com"}),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK);
+    assert_eq!(app.queries(), 2);
+    // The read is answered by the write's response, with no query.
+    let got = app.get("/users/2").await;
+    assert!(got.is_hit(), "{}", got.cache_status());
+    assert_eq!(got.json()["name"], "Ada");
+    assert_eq!(app.queries(), 2);
+    // A failed write: 503, and the entry is gone (the data may or may not have changed).
+    let failed = app
+        .json(
+            "PUT",
+            "/users/2?fail=1",
+            serde_json::json!({"name": "Bob", "email": "bob@example.com"}),
+        )
+        .await;
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+    let got = app.get("/users/2").await;
+    assert!(!got.is_hit(), "{}", got.cache_status());
+    assert_eq!(got.json()["name"], "Ada");
+    assert_eq!(app.queries(), 4);
+}
+
+#[tokio::test]
+async fn products_are_tagged_by_category_and_brand_from_their_data() {
+    let app = start();
+    for id in [1, 3, 4] {
+        app.get(&format!("/products/{id}")).await;
+    }
+    assert_eq!(app.queries(), 3);
+    let done = app.admin("tag=apple", Some(TOKEN)).await;
+    assert_eq!(done.status, StatusCode::OK);
+    assert!(
+        !app.get("/products/1").await.is_hit(),
+        "Apple's product went"
+    );
+    assert!(app.get("/products/3").await.is_hit(), "Samsung's stayed");
+    assert!(app.get("/products/4").await.is_hit(), "Philips' stayed");
+    assert_eq!(app.queries(), 4);
+    app.admin("tag=kitchen", Some(TOKEN)).await;
+    assert!(!app.get("/products/4").await.is_hit());
+}
+
+#[tokio::test]
+async fn a_product_update_drops_the_product_its_category_and_the_list() {
+    let app = start();
+    for uri in ["/products", "/products/1", "/products/2", "/products/4"] {
+        app.get(uri).await;
+    }
+    assert_eq!(app.queries(), 4);
+    let put = app
+        .json(
+            "PUT",
+            "/products/1",
+            serde_json::json!({"price_cents": 100}),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK);
+    assert_eq!(app.queries(), 5);
+    let product = app.get("/products/1").await;
+    assert!(!product.is_hit());
+    assert_eq!(product.json()["price_cents"], 100);
+    let list = app.get("/products").await;
+    assert!(!list.is_hit());
+    assert_eq!(list.json()[0]["price_cents"], 100);
+    assert!(
+        !app.get("/products/2").await.is_hit(),
+        "same category: dropped"
+    );
+    assert!(
+        app.get("/products/4").await.is_hit(),
+        "another category: kept"
+    );
+    assert_eq!(app.queries(), 8);
+}
+
+#[tokio::test]
+async fn prices_are_served_stale_while_one_refresh_runs() {
+    let app = start();
+    assert_eq!(app.get("/prices/ACME").await.json()["quote"], 1);
+    app.clock.advance(5 * MIN + Duration::from_secs(10));
+    // Expired 10 s ago, inside the 30 s window: the old price at once, marked stale, and one
+    // refresh behind it however many ask.
+    for _ in 0..5 {
+        let stale = app.get("/prices/ACME").await;
+        assert!(
+            stale.cache_status().contains("stale"),
+            "{}",
+            stale.cache_status()
+        );
+        assert_eq!(stale.json()["quote"], 1);
+    }
+    app.until_queries(2).await;
+    let fresh = loop {
+        let got = app.get("/prices/ACME").await;
+        if got.json()["quote"] == 2 {
+            break got;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert!(fresh.is_hit());
+    assert_eq!(app.queries(), 2);
+    // Past the window, a plain miss.
+    app.clock.advance(5 * MIN + 31 * Duration::from_secs(1));
+    let late = app.get("/prices/ACME").await;
+    assert!(!late.cache_status().contains("stale"));
+    assert_eq!(late.json()["quote"], 3);
+}
+
+#[tokio::test]
+async fn daily_stats_last_a_minute() {
+    let app = start();
+    let first = app.get("/stats/daily").await;
+    app.clock.advance(Duration::from_secs(59));
+    assert_eq!(app.get("/stats/daily").await.body, first.body);
+    app.clock.advance(Duration::from_secs(2));
+    assert_ne!(app.get("/stats/daily").await.body, first.body);
+    assert_eq!(app.queries(), 2);
+}
+
+fn session_cookie(login: &Got) -> String {
+    let set = login
+        .headers
+        .get(header::SET_COOKIE)
+        .unwrap()
+        .to_str()
+        .unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+async fn me(app: &App, cookie: Option<&str>) -> Got {
+    let mut req = Request::get("/me");
+    if let Some(c) = cookie {
+        req = req.header(header::COOKIE, c);
+    }
+    app.send(req.body(Body::empty()).unwrap()).await
+}
+
+#[tokio::test]
+async fn each_session_gets_its_own_sliding_entry_until_logout() {
+    let app = start();
+    let ada = session_cookie(
+        &app.json("POST", "/login", serde_json::json!({"user": 5}))
+            .await,
+    );
+    let bob = session_cookie(
+        &app.json("POST", "/login", serde_json::json!({"user": 6}))
+            .await,
+    );
+    assert_eq!(me(&app, Some(&ada)).await.json()["id"], 5);
+    assert_eq!(me(&app, Some(&bob)).await.json()["id"], 6);
+    assert_eq!(app.queries(), 2);
+    // Each session's own entry; no session, no cache (and no profile).
+    let again = me(&app, Some(&ada)).await;
+    assert!(again.is_hit());
+    assert_eq!(again.json()["id"], 5);
+    let anonymous = me(&app, None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert!(anonymous.cache_status().contains("fwd=bypass"));
+    // Activity keeps it (40 minutes, a hit every 20), inactivity ends it.
+    for _ in 0..2 {
+        app.clock.advance(20 * MIN);
+        assert!(me(&app, Some(&ada)).await.is_hit());
+    }
+    app.clock.advance(31 * MIN);
+    assert!(!me(&app, Some(&ada)).await.is_hit());
+    assert!(!me(&app, Some(&bob)).await.is_hit());
+    assert_eq!(app.queries(), 4);
+    // Logging out ends the session and its entry: the cached profile is never served again.
+    let bye = app
+        .send(
+            Request::post("/logout")
+                .header(header::COOKIE, &ada)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(bye.status, StatusCode::OK);
+    assert_eq!(me(&app, Some(&ada)).await.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        me(&app, Some(&bob)).await.is_hit(),
+        "the other session's entry stays"
+    );
+}
+
+#[tokio::test]
+async fn sessions_are_capped_at_twelve_hours_however_active() {
+    let app = start();
+    let ada = session_cookie(
+        &app.json("POST", "/login", serde_json::json!({"user": 5}))
+            .await,
+    );
+    me(&app, Some(&ada)).await;
+    for _ in 0..(12 * 60 / 25) {
+        app.clock.advance(25 * MIN);
+        assert!(me(&app, Some(&ada)).await.is_hit());
+    }
+    app.clock.advance(25 * MIN);
+    assert!(!me(&app, Some(&ada)).await.is_hit());
+    assert_eq!(app.queries(), 2);
+}
+
+#[tokio::test]
+async fn admin_invalidation_needs_the_token() {
+    let app = start();
+    app.get("/users/3").await;
+    for token in [None, Some("wrong"), Some("")] {
+        let refused = app.admin("key=user:3", token).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert!(app.get("/users/3").await.is_hit(), "nothing invalidated");
+    }
+    assert_eq!(
+        app.admin("", Some(TOKEN)).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let done = app.admin("key=user:3", Some(TOKEN)).await;
+    assert_eq!(done.status, StatusCode::OK);
+    assert!(!app.get("/users/3").await.is_hit());
+    // A tag: every user.
+    app.get("/users/4").await;
+    app.admin("tag=users", Some(TOKEN)).await;
+    assert!(!app.get("/users/3").await.is_hit());
+    assert!(!app.get("/users/4").await.is_hit());
+}
+
+#[tokio::test]
+async fn stats_report_the_cache_and_the_database() {
+    let app = start();
+    app.get("/users/1").await;
+    app.get("/users/1").await;
+    me(&app, None).await;
+    let stats = app.get("/stats").await.json();
+    assert_eq!(stats["hits"], 1);
+    assert_eq!(stats["misses"], 1);
+    assert_eq!(stats["bypasses"], 1);
+    assert_eq!(stats["db_queries"], 1);
+    assert_eq!(stats["hit_rate"], 0.5);
+    assert_eq!(stats["store_health"], "ok");
+    assert_eq!(stats["l1_entries"], 1);
+    assert!(stats["l1_bytes"].as_u64().unwrap() > 0);
+    for field in ["stale", "collapsed", "store_errors", "stores"] {
+        assert!(stats[field].is_u64(), "{field}");
+    }
+    assert_eq!(app.stash.stats().hits, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_for_one_cold_user_costs_one_query() {
+    let app = start();
+    let calls = (0..100).map(|_| app.get("/users/9"));
+    let got = futures_util::future::join_all(calls).await;
+    assert!(got
+        .iter()
+        .all(|g| g.status == StatusCode::OK && g.body == got[0].body));
+    assert_eq!(app.queries(), 1);
+}
+
+#[test]
+fn the_demo_config_loads() {
+    let config = config();
+    assert_eq!(config.stash.namespace.as_deref(), Some("demo"));
+    assert!(config.routes.contains_key("GET /me"));
+}
