@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use support::cluster::RedisCluster;
 use support::redis::{Proxy, RedisServer};
 use support::within;
 use tower::{ServiceBuilder, ServiceExt};
@@ -241,13 +242,98 @@ async fn raw_set(conn: &mut redis::aio::MultiplexedConnection, key: &str, value:
 }
 
 /// `INFO commandstats` as (command, calls) pairs.
-fn command_calls(redis: &RedisServer, command: &str) -> u64 {
-    let info = redis.cli(&["INFO", "commandstats"]);
+fn command_calls(redis: &impl Backend, command: &str) -> u64 {
     let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
+    redis
+        .cli_all(&["INFO", "commandstats"])
+        .iter()
+        .map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |n| n.parse::<u64>().unwrap())
+        })
+        .sum()
+}
+
+/// What the shared-store tests need of Redis: one server, or a cluster (three masters with a
+/// replica each). The tests written with [`both!`] run against each.
+trait Backend: Sync {
+    /// The URL a store is built from.
+    fn url(&self) -> String;
+    /// `redis-cli` on the node holding the keys named (following redirections).
+    fn cli(&self, args: &[&str]) -> String;
+    /// `redis-cli` on every node.
+    fn cli_all(&self, args: &[&str]) -> Vec<String>;
+    /// The raw bytes of `key`.
+    fn get_raw(&self, key: &str) -> impl Future<Output = Option<Vec<u8>>> + Send;
+}
+
+impl Backend for RedisServer {
+    fn url(&self) -> String {
+        RedisServer::url(self)
+    }
+    fn cli(&self, args: &[&str]) -> String {
+        RedisServer::cli(self, args)
+    }
+    fn cli_all(&self, args: &[&str]) -> Vec<String> {
+        vec![RedisServer::cli(self, args)]
+    }
+    async fn get_raw(&self, key: &str) -> Option<Vec<u8>> {
+        raw_get(&mut raw(self).await, key).await
+    }
+}
+
+impl Backend for RedisCluster {
+    fn url(&self) -> String {
+        RedisCluster::url(self)
+    }
+    fn cli(&self, args: &[&str]) -> String {
+        RedisCluster::cli(self, args)
+    }
+    fn cli_all(&self, args: &[&str]) -> Vec<String> {
+        RedisCluster::cli_all(self, args)
+    }
+    async fn get_raw(&self, key: &str) -> Option<Vec<u8>> {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port()))
+            .collect();
+        let client = redis::cluster::ClusterClient::new(nodes).unwrap();
+        let mut conn = within("a cluster connection", client.get_async_connection())
+            .await
+            .unwrap();
+        within(
+            "GET",
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<Vec<u8>>>(&mut conn),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// Runs the test `$name(redis: &impl Backend)` twice: on one Redis server, and on a cluster.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn single() {
+                let redis = blocking(RedisServer::start);
+                super::$name(&redis).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                let redis = blocking(RedisCluster::start);
+                super::$name(&redis).await;
+            }
+        }
+    };
 }
 
 // ---- Building ----
@@ -354,9 +440,8 @@ async fn password_and_database_index_come_from_the_url() {
 
 // ---- Two instances ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn instance_b_hits_what_instance_a_stored() {
-    let redis = RedisServer::start();
+both!(instance_b_hits_what_instance_a_stored);
+async fn instance_b_hits_what_instance_a_stored(redis: &impl Backend) {
     let a = Instance::new(&redis.url(), Duration::from_millis(250));
     let b = Instance::new(&redis.url(), Duration::from_millis(250));
 
@@ -374,7 +459,7 @@ async fn instance_b_hits_what_instance_a_stored() {
     redis.cli(&["CONFIG", "RESETSTAT"]);
     b.get_ok("/items/1").await;
     a.get_ok("/items/1").await;
-    assert_eq!(command_calls(&redis, "get"), 0);
+    assert_eq!(command_calls(redis, "get"), 0);
     assert_eq!((a.calls(), b.calls()), (1, 0));
     assert_eq!(b.stash.stats().hits, 2);
 
@@ -386,7 +471,7 @@ async fn instance_b_hits_what_instance_a_stored() {
         pttl <= TTL.as_millis() as u64 && pttl > TTL.as_millis() as u64 - 5_000,
         "PTTL {pttl}"
     );
-    let stored = raw_get(&mut raw(&redis).await, &key).await.unwrap();
+    let stored = redis.get_raw(&key).await.unwrap();
     let entry = Entry::decode(stored.into()).unwrap();
     assert_eq!(entry.body(), body_for("/items/1").as_bytes());
     assert_eq!(entry.key(), key);
@@ -754,9 +839,8 @@ fn flight_instance(
     (stash, sf, app)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_instances_with_250_cold_requests_each_make_one_call() {
-    let redis = RedisServer::start();
+both!(four_instances_with_250_cold_requests_each_make_one_call);
+async fn four_instances_with_250_cold_requests_each_make_one_call(redis: &impl Backend) {
     let calls = Arc::new(AtomicUsize::new(0));
     let instances: Vec<_> = (0..4)
         .map(|_| flight_instance(&redis.url(), calls.clone()))
@@ -824,9 +908,8 @@ async fn four_instances_with_250_cold_requests_each_make_one_call() {
     assert!(pttl > 0 && pttl <= 60_000, "{pttl}");
 }
 
-#[tokio::test]
-async fn leases_are_exclusive_released_by_their_holder_only_and_expire() {
-    let redis = RedisServer::start();
+both!(leases_are_exclusive_released_by_their_holder_only_and_expire);
+async fn leases_are_exclusive_released_by_their_holder_only_and_expire(redis: &impl Backend) {
     let store = store_on(&redis.url());
     let lease = |token: &str, ttl: u64| {
         store.try_lease("k".into(), token.into(), Duration::from_millis(ttl))
@@ -852,9 +935,8 @@ async fn leases_are_exclusive_released_by_their_holder_only_and_expire() {
     .await;
 }
 
-#[tokio::test]
-async fn a_late_fill_never_replaces_a_newer_entry() {
-    let redis = RedisServer::start();
+both!(a_late_fill_never_replaces_a_newer_entry);
+async fn a_late_fill_never_replaces_a_newer_entry(redis: &impl Backend) {
     let store = store_on(&redis.url());
     let t0 = SystemTime::now();
     let entry = |body: &'static str, at: SystemTime| {
@@ -888,10 +970,9 @@ async fn a_late_fill_never_replaces_a_newer_entry() {
     assert_eq!(memory.get_now("k").unwrap().body(), "newer");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_while_revalidate_refreshes_once_across_instances() {
+both!(stale_while_revalidate_refreshes_once_across_instances);
+async fn stale_while_revalidate_refreshes_once_across_instances(redis: &impl Backend) {
     use axum::routing::get;
-    let redis = RedisServer::start();
     let calls = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(tokio::sync::Semaphore::new(1));
     let instance = || {
@@ -1123,24 +1204,25 @@ fn fastrand_f64() -> f64 {
 }
 
 /// Until `n` instances are subscribed to the invalidation bus.
-async fn subscribed(redis: &RedisServer, n: usize) {
+async fn subscribed(redis: &impl Backend, n: usize) {
+    // On a cluster, each node counts its own subscribers.
     eventually("the subscriptions", || {
-        let out = redis.cli(&["PUBSUB", "NUMSUB", "tower-stash:bus"]);
-        out.lines()
-            .last()
-            .and_then(|l| l.trim().parse::<usize>().ok())
-            >= Some(n)
+        let subscribed: usize = redis
+            .cli_all(&["PUBSUB", "NUMSUB", "tower-stash:bus"])
+            .iter()
+            .filter_map(|out| out.lines().last()?.trim().parse::<usize>().ok())
+            .sum();
+        subscribed >= n
     })
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_update_on_a_is_seen_on_b_never_b_s_old_copy() {
-    let redis = RedisServer::start();
+both!(an_update_on_a_is_seen_on_b_never_b_s_old_copy);
+async fn an_update_on_a_is_seen_on_b_never_b_s_old_copy(redis: &impl Backend) {
     let db = UserDb::default();
     let a = Users::new(&redis.url(), &db, Duration::ZERO);
     let b = Users::new(&redis.url(), &db, Duration::ZERO);
-    subscribed(&redis, 2).await;
+    subscribed(redis, 2).await;
     for round in 0..20 {
         let id = format!("{round}");
         db.names.lock().unwrap().insert(id.clone(), "old".into());
@@ -1167,13 +1249,12 @@ async fn an_update_on_a_is_seen_on_b_never_b_s_old_copy() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tags_drop_exactly_their_entries_across_instances() {
-    let redis = RedisServer::start();
+both!(tags_drop_exactly_their_entries_across_instances);
+async fn tags_drop_exactly_their_entries_across_instances(redis: &impl Backend) {
     let db = UserDb::default();
     let a = Users::new(&redis.url(), &db, Duration::ZERO);
     let b = Users::new(&redis.url(), &db, Duration::ZERO);
-    subscribed(&redis, 2).await;
+    subscribed(redis, 2).await;
     for id in ["1", "2", "3"] {
         a.get(id).await;
     }
@@ -1205,13 +1286,12 @@ async fn tags_drop_exactly_their_entries_across_instances() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_write_on_a_leaves_the_key_gone_on_b() {
-    let redis = RedisServer::start();
+both!(a_failing_write_on_a_leaves_the_key_gone_on_b);
+async fn a_failing_write_on_a_leaves_the_key_gone_on_b(redis: &impl Backend) {
     let db = UserDb::default();
     let a = Users::new(&redis.url(), &db, Duration::ZERO);
     let b = Users::new(&redis.url(), &db, Duration::ZERO);
-    subscribed(&redis, 2).await;
+    subscribed(redis, 2).await;
     db.names.lock().unwrap().insert("5".into(), "old".into());
     a.get("5").await;
     eventually("A's fill", || a.stash.stats().stores == 1).await;
@@ -1230,15 +1310,14 @@ async fn a_failing_write_on_a_leaves_the_key_gone_on_b() {
     assert_eq!(body, "user 5: half-written");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fills_racing_invalidations_never_leave_the_old_value() {
-    let redis = RedisServer::start();
+both!(fills_racing_invalidations_never_leave_the_old_value);
+async fn fills_racing_invalidations_never_leave_the_old_value(redis: &impl Backend) {
     let db = UserDb::default();
     // Reads take up to 5 ms after reading the database: their fills land after the
     // invalidation that follows the write.
     let a = Arc::new(Users::new(&redis.url(), &db, Duration::from_millis(5)));
     let b = Arc::new(Users::new(&redis.url(), &db, Duration::from_millis(5)));
-    subscribed(&redis, 2).await;
+    subscribed(redis, 2).await;
     for round in 0..40u32 {
         // A cold key each round: at the invalidation, its fills have not reached Redis or the
         // tag's index yet.
@@ -1272,9 +1351,8 @@ async fn fills_racing_invalidations_never_leave_the_old_value() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tag_indexes_stay_bounded_under_many_expiring_fills() {
-    let redis = RedisServer::start();
+both!(tag_indexes_stay_bounded_under_many_expiring_fills);
+async fn tag_indexes_stay_bounded_under_many_expiring_fills(redis: &impl Backend) {
     let store = Arc::new(
         RedisStore::builder(redis.url())
             .pool_size(4)
@@ -1310,18 +1388,19 @@ async fn tag_indexes_stay_bounded_under_many_expiring_fills() {
     assert!(pttl <= 20, "{pttl}");
     // And once every entry has expired, the indexes are gone.
     eventually("the indexes to expire", || {
-        redis.cli(&["EXISTS", "bound:t:all", "bound:t:tag0", "bound:t:tag3"]) == "0"
+        ["bound:t:all", "bound:t:tag0", "bound:t:tag3"]
+            .iter()
+            .all(|k| redis.cli(&["EXISTS", k]) == "0")
     })
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn propagation_from_a_to_b() {
-    let redis = RedisServer::start();
+both!(propagation_from_a_to_b);
+async fn propagation_from_a_to_b(redis: &impl Backend) {
     let db = UserDb::default();
     let a = Users::new(&redis.url(), &db, Duration::ZERO);
     let b = Users::new(&redis.url(), &db, Duration::ZERO);
-    subscribed(&redis, 2).await;
+    subscribed(redis, 2).await;
     db.names.lock().unwrap().insert("1".into(), "v0".into());
     let mut calls = Vec::new();
     let mut stale_after = Vec::new();
@@ -1521,16 +1600,8 @@ async fn a_lost_subscription_flushes_the_memory_tier_once_it_is_back() {
     .await;
 }
 
-/// Milliseconds `key` has left in Redis (-2: gone).
-async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
-    within("PTTL", redis::cmd("PTTL").arg(key).query_async::<i64>(conn))
-        .await
-        .unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sliding_entries_live_while_used_in_both_tiers_and_stop_at_their_cap() {
-    let redis = RedisServer::start();
+both!(sliding_entries_live_while_used_in_both_tiers_and_stop_at_their_cap);
+async fn sliding_entries_live_while_used_in_both_tiers_and_stop_at_their_cap(redis: &impl Backend) {
     let idle = Duration::from_millis(1000);
     let cap = Duration::from_millis(3000);
     let routes = || {
@@ -1544,13 +1615,13 @@ async fn sliding_entries_live_while_used_in_both_tiers_and_stop_at_their_cap() {
     };
     let a = Instance::with_routes(store_on(&redis.url()), Duration::from_secs(1), routes());
     let b = Instance::with_routes(store_on(&redis.url()), Duration::from_secs(1), routes());
-    let mut conn = raw(&redis).await;
     let key = a.key("/items/1");
+    let pttl = |key: &str| -> i64 { redis.cli(&["PTTL", key]).parse().unwrap() };
 
     a.get_ok("/items/1").await;
     a.stored(1).await;
     // Redis keeps it for its idle time, not its cap.
-    let left = pttl(&mut conn, &key).await;
+    let left = pttl(&key);
     assert!(left > 0 && left <= 1000, "{left}");
     // Hits from A's memory tier, twice the idle time in all, keep Redis's copy alive.
     for _ in 0..4 {
@@ -1558,27 +1629,20 @@ async fn sliding_entries_live_while_used_in_both_tiers_and_stop_at_their_cap() {
         a.get_ok("/items/1").await;
     }
     assert_eq!(a.calls(), 1);
-    assert!(
-        pttl(&mut conn, &key).await > 0,
-        "Redis's copy expired while A used it"
-    );
+    assert!(pttl(&key) > 0, "Redis's copy expired while A used it");
     // B reads it from Redis and extends it in the same round trip (GETEX).
-    let getex = command_calls(&redis, "getex");
+    let getex = command_calls(redis, "getex");
     b.get_ok("/items/1").await;
     assert_eq!(b.calls(), 0);
-    assert_eq!(command_calls(&redis, "getex"), getex + 1);
+    assert_eq!(command_calls(redis, "getex"), getex + 1);
     assert_eq!(
-        command_calls(&redis, "get"),
+        command_calls(redis, "get"),
         0,
         "no plain GET for a sliding route"
     );
 
     // Idle: gone from Redis, and a miss in A's memory tier too.
-    eventually_async("the idle entry leaves Redis", || {
-        let (mut conn, key) = (conn.clone(), key.clone());
-        async move { pttl(&mut conn, &key).await == -2 }
-    })
-    .await;
+    eventually("the idle entry leaves Redis", || pttl(&key) == -2).await;
     a.get_ok("/items/1").await;
     assert_eq!(a.calls(), 2);
     a.stored(2).await;

@@ -139,22 +139,85 @@ const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string
 /// [bb8]: https://docs.rs/bb8
 #[derive(Clone)]
 pub struct RedisStore {
-    pool: bb8::Pool<Manager>,
-    /// Shared with the manager: connections opened before it are discarded.
-    epoch: Arc<AtomicU64>,
+    backend: Backend,
     checkout_timeout: Duration,
-    /// For the pub/sub connection, which cannot be pooled.
-    client: redis::Client,
+    /// For the pub/sub connection, which cannot be pooled: one server, or each seed node of a
+    /// cluster in turn (a message published on any node reaches every node's subscribers).
+    clients: Arc<Vec<redis::Client>>,
     connect_timeout: Duration,
+}
+
+/// One server through a pool, or a cluster through one multiplexed cluster connection.
+#[derive(Clone)]
+enum Backend {
+    Single {
+        pool: bb8::Pool<Manager>,
+        /// Shared with the manager: connections opened before it are discarded.
+        epoch: Arc<AtomicU64>,
+    },
+    Cluster(Arc<Cluster>),
+}
+
+/// A Redis Cluster: the redis crate's cluster connection (slots, `MOVED` and `ASK`
+/// redirections, topology refreshes), opened in the background.
+struct Cluster {
+    client: redis::cluster::ClusterClient,
+    conn: tokio::sync::watch::Sender<Option<redis::cluster_async::ClusterConnection>>,
+    connecting: std::sync::atomic::AtomicBool,
+    connect_timeout: Duration,
+}
+
+impl Cluster {
+    /// The cluster connection, opened in the background on first use (a call waits for it at
+    /// most `wait`; the opening goes on without it).
+    async fn connection(
+        self: &Arc<Self>,
+        wait: Duration,
+    ) -> Result<redis::cluster_async::ClusterConnection, StoreError> {
+        if let Some(conn) = self.conn.borrow().as_ref() {
+            return Ok(conn.clone());
+        }
+        if !self.connecting.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let opened =
+                    tokio::time::timeout(this.connect_timeout, this.client.get_async_connection())
+                        .await;
+                match opened {
+                    Ok(Ok(conn)) => {
+                        this.conn.send_replace(Some(conn));
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "redis cluster: connecting failed"),
+                    Err(_) => tracing::debug!("redis cluster: connecting timed out"),
+                }
+                this.connecting.store(false, Ordering::Release);
+            });
+        }
+        let mut rx = self.conn.subscribe();
+        let waited = tokio::time::timeout(wait, async {
+            rx.wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|conn| conn.as_ref().cloned())
+        })
+        .await;
+        match waited {
+            Ok(Some(conn)) => Ok(conn),
+            _ => Err(StoreError::new(format!(
+                "redis cluster: no connection within {wait:?}"
+            ))),
+        }
+    }
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the URL: it may hold a password.
-        let state = self.pool.state();
+        let (connections, idle) = self.connections();
         f.debug_struct("RedisStore")
-            .field("connections", &state.connections)
-            .field("idle", &state.idle_connections)
+            .field("cluster", &matches!(self.backend, Backend::Cluster(_)))
+            .field("connections", &connections)
+            .field("idle", &idle)
             .field("checkout_timeout", &self.checkout_timeout)
             .finish_non_exhaustive()
     }
@@ -162,7 +225,9 @@ impl fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// A builder for a store on the Redis at `url`: `redis://[:password@]host[:port][/db]`
-    /// (or `rediss://`, `redis+unix://`, as the [redis] crate reads them).
+    /// (or `rediss://`, `redis+unix://`, as the [redis] crate reads them), or on a Redis
+    /// Cluster (or Valkey in cluster mode) with `redis+cluster://[:password@]host:port,host:port`
+    /// listing seed nodes (see [`cluster`](Self::cluster)).
     ///
     /// [redis]: https://docs.rs/redis
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
@@ -179,10 +244,35 @@ impl RedisStore {
         Self::builder(url).build()
     }
 
-    /// Connections open now, and how many of them are idle.
+    /// A builder for a store on a Redis Cluster whose seed nodes are `nodes` (`host:port` or
+    /// `redis://[:password@]host:port` each). Every command names one key (or keys of one
+    /// slot), so each goes to the node that owns it; redirections and topology changes (a
+    /// failover) are followed by the redis crate's cluster connection. One multiplexed
+    /// connection per node serves every call: the pool size does not apply.
+    pub fn cluster<I, T>(nodes: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        Self::builder(format!("redis+cluster://{}", nodes.join(",")))
+    }
+
+    /// Connections open now, and how many of them are idle (a cluster: its one connection,
+    /// counted once, never idle).
     pub fn connections(&self) -> (u32, u32) {
-        let state = self.pool.state();
-        (state.connections, state.idle_connections)
+        match &self.backend {
+            Backend::Single { pool, .. } => {
+                let state = pool.state();
+                (state.connections, state.idle_connections)
+            }
+            Backend::Cluster(c) => (u32::from(c.conn.borrow().is_some()), 0),
+        }
+    }
+
+    /// Whether the store is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
     }
 }
 
@@ -234,6 +324,9 @@ impl RedisStoreBuilder {
     ///
     /// Needs a tokio runtime (the pool runs background tasks on it).
     pub fn build(self) -> Result<RedisStore, StoreError> {
+        if let Some(nodes) = cluster_nodes(&self.url) {
+            return self.build_cluster(nodes?);
+        }
         let mut errors = Vec::new();
         let manager = match RedisConnectionManager::new(self.url.as_str()) {
             Ok(manager) => Some(manager),
@@ -276,12 +369,123 @@ impl RedisStoreBuilder {
             .min_idle(Some(1))
             .build_unchecked(manager);
         Ok(RedisStore {
-            pool,
-            epoch,
+            backend: Backend::Single { pool, epoch },
             checkout_timeout: self.checkout_timeout,
-            client,
+            clients: Arc::new(vec![client]),
             connect_timeout: self.connect_timeout,
         })
+    }
+
+    fn build_cluster(self, nodes: Vec<String>) -> Result<RedisStore, StoreError> {
+        let mut errors = Vec::new();
+        let mut clients = Vec::new();
+        for node in &nodes {
+            match redis::Client::open(node.as_str()) {
+                Ok(c) => clients.push(c),
+                Err(e) => errors.push(format!("redis.url: node `{}`: {e}", redact(node))),
+            }
+        }
+        if nodes.is_empty() {
+            errors.push("redis.url: a cluster needs at least one seed node".to_string());
+        }
+        if self.connect_timeout.is_zero() {
+            errors.push("redis.connect_timeout: must be more than zero".to_string());
+        }
+        if self.checkout_timeout.is_zero() {
+            errors.push("redis.checkout_timeout: must be more than zero".to_string());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            errors.push("redis: build() must run inside a tokio runtime".to_string());
+        }
+        let client = if errors.is_empty() {
+            redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+                .connection_timeout(self.connect_timeout)
+                // Failovers and resharding are followed by a few quick retries; a caller that
+                // cannot wait is cut short by its own timeout (`Guarded`).
+                .retries(4)
+                .min_retry_wait(10)
+                .max_retry_wait(200)
+                .build()
+                .map_err(|e| errors.push(format!("redis.url: {e}")))
+                .ok()
+        } else {
+            None
+        };
+        let Some(client) = client.filter(|_| errors.is_empty()) else {
+            return Err(StoreError::new(errors.join("; ")));
+        };
+        Ok(RedisStore {
+            backend: Backend::Cluster(Arc::new(Cluster {
+                client,
+                conn: tokio::sync::watch::channel(None).0,
+                connecting: std::sync::atomic::AtomicBool::new(false),
+                connect_timeout: self.connect_timeout,
+            })),
+            checkout_timeout: self.checkout_timeout,
+            clients: Arc::new(clients),
+            connect_timeout: self.connect_timeout,
+        })
+    }
+}
+
+/// The seed nodes of a `redis+cluster://` (or `rediss+cluster://`) URL, as node URLs
+/// carrying its credentials; `None` for any other URL.
+fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, StoreError>> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        ("redis", rest)
+    } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+        ("rediss", rest)
+    } else {
+        return None;
+    };
+    let rest = rest.trim_end_matches('/');
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (Some(auth), hosts),
+        None => (None, rest),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            // A node may be written as a full URL of its own.
+            let h = h
+                .strip_prefix("redis://")
+                .or_else(|| h.strip_prefix("rediss://"))
+                .unwrap_or(h);
+            match auth {
+                Some(a) => format!("{scheme}://{a}@{h}"),
+                None => format!("{scheme}://{h}"),
+            }
+        })
+        .collect();
+    if nodes.is_empty() {
+        return Some(Err(StoreError::new(
+            "redis.url: a cluster needs at least one seed node (redis+cluster://host:port,...)",
+        )));
+    }
+    Some(Ok(nodes))
+}
+
+/// The subscriber count in a `PUBSUB NUMSUB` reply (`[channel, count]`, or a map of them,
+/// as the cluster connection combines the nodes' replies).
+fn count_in(reply: &Value) -> u64 {
+    match reply {
+        Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+        Value::Array(items) => items.iter().map(count_in).sum(),
+        Value::Map(pairs) => pairs.iter().map(|(_, v)| count_in(v)).sum(),
+        _ => 0,
+    }
+}
+
+/// A node URL without its password, for errors.
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((head, host)) => {
+            let scheme = head.split("://").next().unwrap_or("redis");
+            format!("{scheme}://***@{host}")
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -338,16 +542,20 @@ type Pooled = bb8::PooledConnection<'static, Manager>;
 
 impl RedisStore {
     /// Checks out a live connection: stale ones (opened before a drop was seen) are discarded.
-    async fn checkout(&self) -> Result<Pooled, StoreError> {
+    async fn checkout(
+        &self,
+        pool: &bb8::Pool<Manager>,
+        epoch: &AtomicU64,
+    ) -> Result<Pooled, StoreError> {
         loop {
-            let mut conn = self.pool.get_owned().await.map_err(|e| match e {
+            let mut conn = pool.get_owned().await.map_err(|e| match e {
                 bb8::RunError::User(e) => StoreError::new(format!("redis: {e}")),
                 bb8::RunError::TimedOut => StoreError::new(format!(
                     "redis: no connection free within {:?}",
                     self.checkout_timeout
                 )),
             })?;
-            if conn.epoch < self.epoch.load(Ordering::Acquire) {
+            if conn.epoch < epoch.load(Ordering::Acquire) {
                 conn.broken = true;
                 continue;
             }
@@ -363,30 +571,46 @@ impl RedisStore {
     /// pipelined (one write and one read for many GETs), instead of each request holding a
     /// connection for its round trip.
     async fn query(&self, cmd: &redis::Cmd) -> Result<Result<Value, RedisError>, StoreError> {
+        let (pool, shared_epoch) = match &self.backend {
+            Backend::Single { pool, epoch } => (pool, epoch),
+            Backend::Cluster(cluster) => {
+                let mut conn = cluster.connection(self.checkout_timeout).await?;
+                return Ok(cmd.query_async::<Value>(&mut conn).await);
+            }
+        };
         let (mut mux, epoch) = {
-            let conn = self.checkout().await?;
+            let conn = self.checkout(pool, shared_epoch).await?;
             (conn.mux.clone(), conn.epoch)
         };
         let reply = cmd.query_async::<Value>(&mut mux).await;
         if let Err(e) = &reply {
             if e.is_connection_dropped() || e.is_unrecoverable_error() {
                 // Discards this connection and every one opened before it.
-                self.epoch.fetch_max(epoch + 1, Ordering::AcqRel);
+                shared_epoch.fetch_max(epoch + 1, Ordering::AcqRel);
             }
         }
         Ok(reply)
     }
 
-    /// Runs a pipeline in one round trip; any error is a [`StoreError`].
+    /// Runs a pipeline in one round trip (on a cluster, each command on its own, all at once:
+    /// their keys may live on different nodes); any error is a [`StoreError`].
     async fn run_pipe(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
+        let (pool, shared_epoch) = match &self.backend {
+            Backend::Single { pool, epoch } => (pool, epoch),
+            Backend::Cluster(_) => {
+                let replies =
+                    futures_util::future::join_all(pipe.cmd_iter().map(|cmd| self.run(cmd))).await;
+                return replies.into_iter().collect();
+            }
+        };
         let (mut mux, epoch) = {
-            let conn = self.checkout().await?;
+            let conn = self.checkout(pool, shared_epoch).await?;
             (conn.mux.clone(), conn.epoch)
         };
         let reply = pipe.query_async::<Vec<Value>>(&mut mux).await;
         if let Err(e) = &reply {
             if e.is_connection_dropped() || e.is_unrecoverable_error() {
-                self.epoch.fetch_max(epoch + 1, Ordering::AcqRel);
+                shared_epoch.fetch_max(epoch + 1, Ordering::AcqRel);
             }
         }
         reply.map_err(|e| StoreError::new(format!("redis: {e}")))
@@ -653,6 +877,16 @@ impl Store for RedisStore {
         Box::pin(async move {
             let mut cmd = redis::cmd("PUBLISH");
             cmd.arg(BUS).arg(&message[..]);
+            if this.is_cluster() {
+                // A cluster forwards the message to every node, but PUBLISH counts only the
+                // subscribers of the node it ran on: ask every node how many it has.
+                let mut numsub = redis::cmd("PUBSUB");
+                numsub.arg("NUMSUB").arg(BUS);
+                let (published, subscribers) =
+                    futures_util::join!(this.run(&cmd), this.run(&numsub));
+                published?;
+                return Ok(count_in(&subscribers?));
+            }
             match this.run(&cmd).await? {
                 Value::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
                 other => Err(StoreError::new(format!(
@@ -701,7 +935,7 @@ impl Store for RedisStore {
             tracing::warn!("redis: no tokio runtime to subscribe on: invalidations from other instances are not heard");
             return false;
         };
-        let client = self.client.clone();
+        let clients = self.clients.clone();
         let connect_timeout = self.connect_timeout;
         rt.spawn(async move {
             use futures_util::StreamExt;
@@ -715,7 +949,11 @@ impl Store for RedisStore {
             };
             let mut pause = Duration::from_millis(100);
             let mut resubscribed = false;
+            // A cluster's nodes in turn: when one goes, the next.
+            let mut next = 0;
             loop {
+                let client = &clients[next % clients.len()];
+                next += 1;
                 let subscribed = async {
                     let mut pubsub = client.get_async_pubsub().await?;
                     pubsub.subscribe(BUS).await?;

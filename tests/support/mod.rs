@@ -1,6 +1,7 @@
 //! Test support: servers on free loopback ports and a plain HTTP/1.1 client.
 #![allow(dead_code)] // each test file uses a part
 
+pub mod cluster;
 pub mod redis;
 
 use bytes::Bytes;
