@@ -66,6 +66,8 @@ pub struct Entry {
     /// Sliding expiry: the entry also expires this long after its last hit.
     sliding: Option<Duration>,
     touched: Touched,
+    /// When the shared store last heard of a use (sliding expiry), ms since the epoch.
+    extended: Touched,
 }
 
 /// When a sliding entry was last used (ms since the epoch): not part of the encoding, and not
@@ -128,6 +130,7 @@ impl Entry {
             tombstone: false,
             sliding: None,
             touched: Touched(AtomicU64::new(millis(now))),
+            extended: Touched(AtomicU64::new(millis(now))),
         }
     }
 
@@ -153,6 +156,7 @@ impl Entry {
         self.ttl = ttl.min(MAX_TTL);
         self.expires_at = stored_at.checked_add(self.ttl).unwrap_or(stored_at);
         self.touched = Touched(AtomicU64::new(millis(stored_at)));
+        self.extended = Touched(AtomicU64::new(millis(stored_at)));
         self
     }
 
@@ -173,6 +177,20 @@ impl Entry {
     pub fn touch(&self, now: SystemTime) -> SystemTime {
         let prev = self.touched.0.fetch_max(millis(now), Ordering::Relaxed);
         UNIX_EPOCH + Duration::from_millis(prev)
+    }
+
+    /// Whether the shared store should hear of a use at `now` (sliding expiry): true, and
+    /// recorded, when it last heard of one `every` ago or more. One caller wins a race.
+    pub fn extend_due(&self, now: SystemTime, every: Duration) -> bool {
+        let now = millis(now);
+        let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        let last = self.extended.0.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= every
+            && self
+                .extended
+                .0
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// When the entry stops being fresh: [`expires_at`](Self::expires_at), or for a sliding
@@ -389,8 +407,10 @@ impl Entry {
             tags,
             tombstone,
             sliding,
-            // Read just now: the store vouches that it was used within its idle time.
+            // Read just now: the store vouches that it was used within its idle time (and it
+            // was just extended, if read with `get_sliding`).
             touched: Touched(AtomicU64::new(millis(SystemTime::now()))),
+            extended: Touched(AtomicU64::new(millis(SystemTime::now()))),
         })
     }
 }

@@ -416,3 +416,50 @@ fn the_demo_config_loads() {
     assert_eq!(config.stash.namespace.as_deref(), Some("demo"));
     assert!(config.routes.contains_key("GET /me"));
 }
+
+#[tokio::test]
+async fn every_cached_route_carries_age_and_cache_status() {
+    let app = start();
+    let ada = session_cookie(
+        &app.json("POST", "/login", serde_json::json!({"user": 5}))
+            .await,
+    );
+    for round in ["miss", "hit"] {
+        let mut answers = Vec::new();
+        for uri in [
+            "/users/1",
+            "/products",
+            "/products/2",
+            "/prices/ACME",
+            "/stats/daily",
+        ] {
+            answers.push((uri, app.get(uri).await));
+        }
+        answers.push(("/me", me(&app, Some(&ada)).await));
+        for (uri, got) in answers {
+            assert_eq!(got.status, StatusCode::OK, "{uri}");
+            assert!(got.headers.contains_key("age"), "{uri} ({round}): no Age");
+            let status = got.cache_status();
+            let want = if round == "hit" { "; hit" } else { "fwd=miss" };
+            assert!(status.contains(want), "{uri} ({round}): {status}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_product_list_is_tagged_by_every_category_and_brand_in_it() {
+    let app = start();
+    app.get("/products").await;
+    app.admin("tag=philips", Some(TOKEN)).await;
+    // (A fill dated at the invalidation's instant is refused: the test clock moves on.)
+    app.clock.advance(Duration::from_secs(1));
+    let refill = app.get("/products").await;
+    assert!(!refill.is_hit(), "the list holds Philips products");
+    app.admin("tag=nokia", Some(TOKEN)).await;
+    let after = app.get("/products").await;
+    assert!(
+        after.is_hit(),
+        "no Nokia in the list: {}",
+        after.cache_status()
+    );
+}

@@ -352,15 +352,15 @@ pub(crate) fn fresh_age(entry: &Entry, remaining: Duration, now: SystemTime) -> 
 }
 
 /// Records a hit on a sliding entry: its idle time starts again. A store shared with other
-/// instances (Redis behind the memory tier) hears of it at most every eighth of the idle
-/// time, in the background.
+/// instances (Redis behind the memory tier) hears of it once every eighth of the idle time
+/// while hits go on, in the background.
 pub(crate) fn touch(stash: &Stash, key: &str, entry: &Entry, now: SystemTime) {
     let Some(idle) = entry.sliding() else {
         return;
     };
-    let prev = entry.touch(now);
+    entry.touch(now);
     let store = stash.store();
-    if !store.is_shared() || now.duration_since(prev).unwrap_or_default() < idle / 8 {
+    if !store.is_shared() || !entry.extend_due(now, idle / 8) {
         return;
     }
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -736,7 +736,13 @@ fn decide<B: Body>(
     if parts.headers.contains_key(header::SET_COOKIE) {
         return Err("set-cookie");
     }
-    if headers::has_directive(&parts.headers, &["no-store", "private", "no-cache"]) {
+    // A session-scoped entry is that session's own: `private` is what it should say.
+    let refused: &[&str] = if policy.session.is_some() {
+        &["no-store", "no-cache"]
+    } else {
+        &["no-store", "private", "no-cache"]
+    };
+    if headers::has_directive(&parts.headers, refused) {
         return Err("cache-control");
     }
     if !vary_is_keyed(&parts.headers, policy) {
@@ -770,6 +776,7 @@ pub(crate) fn vary_is_keyed(headers: &HeaderMap, policy: &CompiledPolicy) -> boo
                         .vary_headers
                         .iter()
                         .any(|h| h.as_str().eq_ignore_ascii_case(name))
+                        || policy.session.as_ref().is_some_and(|s| s.varies_on(name))
                 })
         })
     })

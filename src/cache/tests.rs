@@ -1299,3 +1299,35 @@ fn sliding_settings_are_checked() {
     .contains("routes[GET /s].sliding"));
     assert!(check(Policy::ttl(HOUR).session_cookie("a b")).contains("session_cookie"));
 }
+
+#[tokio::test]
+async fn session_entries_may_be_private_and_vary_on_the_cookie() {
+    let policy = Policy::ttl(HOUR).session_cookie("sid");
+    let handler = Handler::new(|req, n| {
+        let mut resp = Response::new(full(format!("{} #{n}", req.uri())));
+        resp.headers_mut().insert(
+            "cache-control",
+            HeaderValue::from_static("private, max-age=60"),
+        );
+        resp.headers_mut()
+            .insert("vary", HeaderValue::from_static("Cookie"));
+        resp
+    });
+    let f = Fixture::new(one_route("/me", policy), handler);
+    let a = f.send(with_cookie("/me", "sid=a")).await;
+    assert_eq!(f.send(with_cookie("/me", "sid=a")).await.body, a.body);
+    assert_eq!(f.handler.calls(), 1);
+    // Not on a route without a session: `private` is for one client.
+    let f = Fixture::new(
+        one_route("/p", Policy::ttl(HOUR)),
+        Handler::new(|_, n| {
+            let mut resp = Response::new(full(format!("#{n}")));
+            resp.headers_mut()
+                .insert("cache-control", HeaderValue::from_static("private"));
+            resp
+        }),
+    );
+    f.get("/p").await;
+    f.get("/p").await;
+    assert_eq!(f.handler.calls(), 2);
+}

@@ -443,6 +443,45 @@ impl Config {
     /// The stash settings, checked without building a store (which needs a runtime).
     fn check_stash(&self) -> Result<(), ConfigFileError> {
         let mut errors = Vec::new();
+        let mut bad = |table: &str, field: &str, message: &str| {
+            errors.push(self.error_at(
+                self.find(table, Some(field)),
+                Some(format!("{table}.{field}")),
+                message.to_owned(),
+            ));
+        };
+        let s = &self.stash;
+        for (field, d) in [
+            ("lease_ttl", s.lease_ttl),
+            ("invalidation_margin", s.invalidation_margin),
+            ("tombstone_ttl", s.tombstone_ttl),
+        ] {
+            if d.is_some_and(|d| d.0 > crate::entry::MAX_TTL) {
+                bad("stash", field, "must be at most 10 years");
+            }
+        }
+        if let Some(r) = &s.redis {
+            if r.pool_size == Some(0) {
+                bad("stash.redis", "pool_size", "must be at least 1");
+            }
+            if r.failures == Some(0) {
+                bad("stash.redis", "failures", "must be at least 1");
+            }
+            for (field, d) in [
+                ("connect_timeout", r.connect_timeout),
+                ("checkout_timeout", r.checkout_timeout),
+                ("timeout", r.timeout),
+                ("cool_down", r.cool_down),
+            ] {
+                match d {
+                    Some(d) if d.0.is_zero() => bad("stash.redis", field, "must be more than zero"),
+                    Some(d) if d.0 > crate::entry::MAX_TTL => {
+                        bad("stash.redis", field, "must be at most 10 years")
+                    }
+                    _ => {}
+                }
+            }
+        }
         if let Some(r) = &self.stash.redis {
             #[cfg(feature = "redis")]
             let bad = redis::Client::open(r.url.as_str())

@@ -149,3 +149,22 @@ fn a_bad_redis_url_is_named() {
     let e = err("[stash.redis]\ntimeout = \"10ms\"\nurl = \"http://nope\"\n");
     assert!(e.starts_with("app.toml:3: stash.redis.url: "), "{e}");
 }
+
+#[test]
+fn redis_settings_are_checked_with_their_lines() {
+    let e =
+        err("[stash.redis]\nurl = \"redis://127.0.0.1:6379\"\npool_size = 0\ntimeout = \"0s\"\n");
+    assert!(
+        e.contains("app.toml:3: stash.redis.pool_size: must be at least 1"),
+        "{e}"
+    );
+    assert!(
+        e.contains("app.toml:4: stash.redis.timeout: must be more than zero"),
+        "{e}"
+    );
+    let e = err("[stash]\ninvalidation_margin = \"100000y\"\n");
+    assert!(
+        e.contains("app.toml:2: stash.invalidation_margin: must be at most 10 years"),
+        "{e}"
+    );
+}

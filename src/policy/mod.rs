@@ -239,7 +239,7 @@ impl Policy {
 
     /// Sliding expiry: an entry expires after `idle` without a hit, and at the latest
     /// [`max_lifetime`](Self::max_lifetime) after it was stored (required with this). Every
-    /// hit extends it, in memory and in Redis (in the read's round trip, `GETEX`; a hit from
+    /// hit extends it, in memory and in Redis (in the read's round trip, one script; a hit from
     /// the memory tier extends Redis's copy in the background, at most every `idle / 8`).
     /// The policy's `ttl` is not used. Not combined with stale serving or early refresh.
     pub fn sliding(mut self, idle: Duration) -> Self {

@@ -411,6 +411,15 @@ pub(crate) enum SessionKey {
 }
 
 impl SessionKey {
+    /// Whether `Vary: name` is answered by keying the session: the session's header, or
+    /// `Cookie` for a session cookie.
+    pub(crate) fn varies_on(&self, name: &str) -> bool {
+        match self {
+            SessionKey::Cookie(_) => name.eq_ignore_ascii_case("cookie"),
+            SessionKey::Header(h) => name.eq_ignore_ascii_case(h.as_str()),
+        }
+    }
+
     /// The session id of a request: `None` when it has none, or several different ones.
     pub(crate) fn value<'h>(&self, headers: &'h http::HeaderMap) -> Option<&'h [u8]> {
         let mut found: Option<&[u8]> = None;

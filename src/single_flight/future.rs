@@ -392,5 +392,6 @@ async fn lease_or_entry(
 
 async fn fresh_entry(shared: &Shared, key: &Arc<str>, full: &str) -> Option<Arc<Entry>> {
     let entry = shared.stash.store().get(key.clone()).await.ok()??;
-    (entry.key() == full && shared.stash.now() < entry.expires_at()).then_some(entry)
+    // Fresh by its idle time too (sliding expiry), not only its cap.
+    (entry.key() == full && shared.stash.now() < entry.fresh_until()).then_some(entry)
 }

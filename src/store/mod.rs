@@ -57,7 +57,7 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Looks up `key` and, when found, keeps it at least `idle` longer (sliding expiry), in
-    /// the same round trip where the store can (Redis: `GETEX`). The default is
+    /// the same round trip where the store can (Redis: `GET` and `PEXPIRE` in one script). The default is
     /// [`get`](Self::get): a store that keeps entries until their absolute cap needs no more,
     /// as the cache checks the idle time itself.
     fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {

@@ -33,6 +33,17 @@ const SET_UNLESS_NEWER: &str = "local cur = redis.pcall('GETRANGE', KEYS[1], 0, 
     if newer == true or (newer == nil and math.floor(string.byte(cur, 4) / 2) % 2 == 1) then return 0 end \
     end \
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
+/// `GET KEYS[1]`, extending its TTL to `ARGV[1]` ms (sliding expiry) unless it is a tombstone
+/// (whose time is its own): one round trip, on any Redis version. A key of another type is
+/// the `WRONGTYPE` error, as a `GET`.
+const GET_SLIDING: &str = "local v = redis.pcall('GET', KEYS[1]) \
+    if type(v) == 'string' and string.len(v) >= 4 \
+    and math.floor(string.byte(v, 4) / 2) % 2 == 0 then \
+    redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return v";
+/// Extends `KEYS[1]` to `ARGV[1]` ms unless it is a tombstone.
+const TOUCH: &str = "local f = redis.pcall('GETRANGE', KEYS[1], 3, 3) \
+    if type(f) == 'string' and f ~= '' and math.floor(string.byte(f) / 2) % 2 == 0 then \
+    return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0";
 /// Deletes the lease `KEYS[1]` only while `ARGV[1]` holds it.
 const RELEASE_LEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -644,7 +655,7 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// Runs `cmd` (a `GET` or `GETEX` of `key`) and reads the entry it returns.
+    /// Runs `cmd` (a `GET`, or the sliding read script, of `key`) and reads the entry it returns.
     fn read(&self, key: Arc<str>, cmd: redis::Cmd) -> StoreFuture<Option<Arc<Entry>>> {
         let this = self.clone();
         Box::pin(async move {
@@ -687,23 +698,23 @@ impl Store for RedisStore {
 
     fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {
         // Read and extended in one round trip.
-        let mut cmd = redis::cmd("GETEX");
-        cmd.arg(&*key).arg("PX").arg(ms(idle).max(1));
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(GET_SLIDING).arg(1).arg(&*key).arg(ms(idle));
         self.read(key, cmd)
     }
 
     fn touch(&self, key: Arc<str>, idle: Duration) -> StoreFuture<()> {
         let this = self.clone();
         Box::pin(async move {
-            let mut cmd = redis::cmd("PEXPIRE");
-            cmd.arg(&*key).arg(ms(idle).max(1));
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(TOUCH).arg(1).arg(&*key).arg(ms(idle));
             this.run(&cmd).await.map(drop)
         })
     }
 
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        // A sliding entry lives its idle time, extended by every read (GETEX) and touch, up
+        // A sliding entry lives its idle time, extended by every sliding read and touch, up
         // to `ttl`: its tag indexes keep it that long.
         let set_millis = entry
             .sliding()

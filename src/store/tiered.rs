@@ -156,7 +156,15 @@ impl<S> TieredStore<S> {
                     this.fill_l1(key, entry.clone());
                     Ok(Some(entry))
                 }
-                (Ok(_), Some(local)) | (Err(_), Some(local)) => Ok(Some(local)),
+                // An expired copy kept for stale answers; never a sliding entry past its idle
+                // time (Redis, which saw every use, has let it go).
+                (Ok(_), Some(local)) | (Err(_), Some(local))
+                    if local.sliding().is_none() || SystemTime::now() < local.fresh_until() =>
+                {
+                    Ok(Some(local))
+                }
+                (Ok(_), Some(_)) => Ok(None),
+                (Err(e), Some(_)) => Err(e),
                 (result, None) => result,
             }
         })
