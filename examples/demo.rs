@@ -452,7 +452,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(url) = std::env::var("REDIS_URL") {
         if !url.is_empty() {
             let mut redis = config.stash.redis.take().unwrap_or_default();
-            redis.url = url;
+            redis.url = Some(url);
+            redis.cluster = None;
             config.stash.redis = Some(redis);
         }
     }

@@ -1654,3 +1654,127 @@ async fn sliding_entries_live_while_used_in_both_tiers_and_stop_at_their_cap(red
         a.get_ok("/items/1").await;
     }
 }
+
+// ---- Redis Cluster: a failover under load ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_under_load_costs_no_errors_and_hits_resume_after_failover() {
+    let mut cluster = blocking(RedisCluster::start);
+    // No memory tier: every hit comes from the cluster, so its failure shows.
+    let store = Guarded::new(store_on(&cluster.url()))
+        .timeout(Duration::from_millis(50))
+        .cool_down(Duration::from_millis(200));
+    let stash = Stash::builder()
+        .store(store)
+        .namespace("fo")
+        .build()
+        .unwrap();
+    let layer = CacheLayer::new(
+        stash.clone(),
+        Routes::new().get("/items/{id}", Policy::ttl(TTL).key("item:{id}")),
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let get = |id: usize| {
+        let calls = calls.clone();
+        let handler = tower::service_fn(move |req: Request<Empty<Bytes>>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let body = body_for(req.uri().path());
+            async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+        });
+        let svc = ServiceBuilder::new().layer(layer.clone()).service(handler);
+        let path = format!("/items/{id}");
+        async move {
+            let resp = within(&path, svc.oneshot(request(&path))).await.unwrap();
+            let (parts, body) = resp.into_parts();
+            let body = within("the body", body.collect()).await.unwrap().to_bytes();
+            let hit = parts
+                .headers
+                .get("cache-status")
+                .is_some_and(|v| v.to_str().unwrap().contains("; hit"));
+            (parts.status, body == body_for(&path), hit)
+        }
+    };
+    const KEYS: usize = 30;
+    for id in 0..KEYS {
+        get(id).await;
+    }
+    eventually("the fills", || stash.stats().stores >= KEYS as u64).await;
+    // The shard of one key is killed; the keys it holds are the ones to watch.
+    let victim = cluster.master_of("fo:v1:item:0");
+    let watched: Vec<usize> = (0..KEYS)
+        .filter(|id| cluster.master_of(&format!("fo:v1:item:{id}")) == victim)
+        .collect();
+
+    let started = Instant::now();
+    let mut killed_at = None;
+    let mut log: Vec<(Duration, usize, bool)> = Vec::new();
+    let mut errors = Vec::new();
+    let mut recovered_at = None;
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(30) {
+        if killed_at.is_none() && started.elapsed() > Duration::from_millis(500) {
+            blocking(|| cluster.nodes[victim].kill());
+            killed_at = Some(started.elapsed());
+        }
+        let id = watched[i % watched.len()];
+        i += 1;
+        let (status, right, hit) = get(id).await;
+        if status != StatusCode::OK || !right {
+            errors.push((started.elapsed(), status));
+        }
+        let now = started.elapsed();
+        log.push((now, id, hit));
+        // Recovered: every watched key hit in a row since the kill.
+        if let Some(at) = killed_at {
+            let recent: Vec<_> = log.iter().rev().take(watched.len() * 3).collect();
+            if now > at
+                && recent.len() == watched.len() * 3
+                && recent.iter().all(|(t, _, hit)| *hit && *t > at)
+            {
+                recovered_at = Some(now);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(errors.is_empty(), "clients got errors: {errors:?}");
+    let killed_at = killed_at.unwrap();
+    if recovered_at.is_none() {
+        eprintln!(
+            "nodes:\n{}\nstats {:?}",
+            cluster.cli(&["CLUSTER", "NODES"]),
+            stash.stats()
+        );
+        for n in &cluster.nodes {
+            let log = n.log();
+            let tail: Vec<_> = log.lines().rev().take(12).collect();
+            eprintln!(
+                "--- node {} ---\n{}",
+                n.port(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+    let recovered_at = recovered_at.expect("hits never resumed within 30 s");
+    // The window: from the kill to the last request that was not a hit.
+    let last_miss = log
+        .iter()
+        .filter(|(t, _, hit)| *t > killed_at && !hit)
+        .map(|(t, _, _)| *t)
+        .max()
+        .unwrap_or(killed_at);
+    let served = log.iter().filter(|(t, _, _)| *t > killed_at).count();
+    let misses = log
+        .iter()
+        .filter(|(t, _, hit)| *t > killed_at && !hit)
+        .count();
+    println!(
+        "failover: {} of {KEYS} keys on the killed master; {served} requests after the kill, \
+         {misses} of them not hits, 0 errors; degraded for {:?} (hits resumed for good at +{:?})",
+        watched.len(),
+        last_miss - killed_at,
+        recovered_at - killed_at,
+    );
+    // The replica took over the slots.
+    assert_ne!(cluster.master_of("fo:v1:item:0"), victim);
+}

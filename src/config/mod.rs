@@ -114,8 +114,12 @@ pub struct StashConfig {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`.
-    pub url: String,
+    /// `redis://[user:password@]host:port[/db]`, or `redis+cluster://host:port,host:port`
+    /// for a cluster's seed nodes.
+    pub url: Option<String>,
+    /// A Redis Cluster's seed nodes (`host:port` or `redis://[:password@]host:port`), instead
+    /// of a `url`.
+    pub cluster: Option<Vec<String>>,
     /// Connections in the pool.
     pub pool_size: Option<u32>,
     /// How long connecting may take.
@@ -424,11 +428,18 @@ impl Config {
             None => b = b.store(memory),
             Some(redis) => match self.redis_store(redis, memory) {
                 Ok(with_redis) => b = with_redis(b),
-                Err(message) => errors.push(self.error_at(
-                    self.find("stash.redis", Some("url")),
-                    Some("stash.redis.url".into()),
-                    message,
-                )),
+                Err(message) => {
+                    let field = if redis.cluster.is_some() {
+                        "cluster"
+                    } else {
+                        "url"
+                    };
+                    errors.push(self.error_at(
+                        self.find("stash.redis", Some(field)),
+                        Some(format!("stash.redis.{field}")),
+                        message,
+                    ))
+                }
             },
         }
         // The builder's own checks (namespace, lengths), now, with their lines.
@@ -483,19 +494,58 @@ impl Config {
             }
         }
         if let Some(r) = &self.stash.redis {
+            let (field, urls): (&str, Vec<String>) = match (&r.url, &r.cluster) {
+                (Some(url), None) => match url.strip_prefix("redis+cluster://") {
+                    Some(nodes) => (
+                        "url",
+                        nodes
+                            .trim_end_matches('/')
+                            .split(',')
+                            .map(|n| format!("redis://{}", n.trim()))
+                            .collect(),
+                    ),
+                    None => ("url", vec![url.clone()]),
+                },
+                (None, Some(nodes)) => (
+                    "cluster",
+                    nodes
+                        .iter()
+                        .map(|n| {
+                            if n.contains("://") {
+                                n.clone()
+                            } else {
+                                format!("redis://{n}")
+                            }
+                        })
+                        .collect(),
+                ),
+                _ => ("url", vec![]),
+            };
+            let mut bad: Option<String> = match (&r.url, &r.cluster) {
+                (Some(_), Some(_)) => Some("set either `url` or `cluster`, not both".into()),
+                (None, None) => Some("missing: set `url` or `cluster`".into()),
+                (None, Some(n)) if n.is_empty() => Some("lists no seed node".into()),
+                _ => None,
+            };
             #[cfg(feature = "redis")]
-            let bad = redis::Client::open(r.url.as_str())
-                .err()
-                .map(|e| e.to_string());
+            if bad.is_none() {
+                bad = urls
+                    .iter()
+                    .find_map(|u| redis::Client::open(u.as_str()).err())
+                    .map(|e| e.to_string());
+            }
             #[cfg(not(feature = "redis"))]
-            let bad = Some("tower-stash was built without its `redis` feature".to_owned());
+            if bad.is_none() {
+                let _ = &urls;
+                bad = Some("tower-stash was built without its `redis` feature".to_owned());
+            }
             if let Some(message) = bad {
-                let _ = r;
-                errors.push(self.error_at(
-                    self.find("stash.redis", Some("url")),
-                    Some("stash.redis.url".into()),
-                    message,
-                ));
+                let at = if r.url.is_none() && r.cluster.is_none() {
+                    self.find("stash.redis", None)
+                } else {
+                    self.find("stash.redis", Some(field))
+                };
+                errors.push(self.error_at(at, Some(format!("stash.redis.{field}")), message));
             }
         }
         let mut without_redis = self.clone();
@@ -513,7 +563,11 @@ impl Config {
         r: &RedisConfig,
         memory: crate::MemoryStore,
     ) -> Result<Box<dyn FnOnce(StashBuilder) -> StashBuilder>, String> {
-        let mut rb = crate::RedisStore::builder(r.url.clone());
+        let mut rb = match (&r.url, &r.cluster) {
+            (Some(url), None) => crate::RedisStore::builder(url.clone()),
+            (None, Some(nodes)) => crate::RedisStore::cluster(nodes.clone()),
+            _ => return Err("set either `url` or `cluster`".into()),
+        };
         if let Some(n) = r.pool_size {
             rb = rb.pool_size(n);
         }

@@ -168,3 +168,19 @@ fn redis_settings_are_checked_with_their_lines() {
         "{e}"
     );
 }
+
+#[cfg(feature = "redis")]
+#[test]
+fn a_cluster_is_a_list_of_seed_nodes() {
+    let text =
+        "[stash.redis]\ncluster = [\"127.0.0.1:7000\", \"127.0.0.1:7001\"]\ntimeout = \"20ms\"\n";
+    let config = Config::from_toml(text, "app.toml").unwrap();
+    assert_eq!(config.stash.redis.unwrap().cluster.unwrap().len(), 2);
+    let e = err("[stash.redis]\nurl = \"redis://a\"\ncluster = [\"b:1\"]\n");
+    assert!(
+        e.contains("stash.redis.url: set either `url` or `cluster`, not both"),
+        "{e}"
+    );
+    let e = err("[stash.redis]\ntimeout = \"20ms\"\n");
+    assert!(e.starts_with("app.toml:1: stash.redis.url: missing"), "{e}");
+}

@@ -28,6 +28,9 @@ impl RedisCluster {
                     // Slots of healthy masters keep serving while one fails over.
                     "--cluster-require-full-coverage",
                     "no",
+                    // Replicas get their first copy at once, not after 5 s.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ])
             })
             .collect();
@@ -85,6 +88,11 @@ impl RedisCluster {
             .collect()
     }
 
+    /// How many nodes are running.
+    pub fn running(&self) -> usize {
+        self.nodes.iter().filter(|n| n.pid().is_some()).count()
+    }
+
     /// The index of the node that is master of `key`'s slot now.
     pub fn master_of(&self, key: &str) -> usize {
         let slot: u16 = self.cli(&["CLUSTER", "KEYSLOT", key]).parse().unwrap();
@@ -120,7 +128,8 @@ impl RedisCluster {
     }
 
     /// Waits until every running node reports `cluster_state:ok` with all 16384 slots
-    /// assigned and served.
+    /// assigned and served, and every replica is in sync with its master (a replica that
+    /// never synced cannot take over).
     pub fn wait_until_ok(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
@@ -130,7 +139,16 @@ impl RedisCluster {
                     && info.contains("cluster_slots_assigned:16384")
                     && info.contains("cluster_slots_ok:16384")
             });
-            if ok {
+            let synced = self
+                .cli_all(&["INFO", "replication"])
+                .iter()
+                .all(|r| !r.contains("role:slave") || r.contains("master_link_status:up"));
+            let replicas = self
+                .cli_all(&["INFO", "replication"])
+                .iter()
+                .filter(|r| r.contains("role:slave"))
+                .count();
+            if ok && synced && replicas * 2 >= self.running() {
                 return;
             }
             assert!(
