@@ -18,7 +18,19 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free port at most 55535: a cluster node also listens on its port + 10000.
+free_port() {
+  python3 -c '
+import random, socket
+while True:
+    p = random.randint(20000, 55000)
+    with socket.socket() as s, socket.socket() as b:
+        try:
+            s.bind(("127.0.0.1", p)); b.bind(("127.0.0.1", p + 10000))
+        except OSError:
+            continue
+    print(p); break'
+}
 redis() { # port [extra args]
   local port=$1; shift
   mkdir -p "$dir/$port"

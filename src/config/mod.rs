@@ -109,8 +109,9 @@ pub struct StashConfig {
     pub redis: Option<RedisConfig>,
 }
 
-/// The `[stash.redis]` table.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The `[stash.redis]` table. Its `Debug` output never shows the URLs (they may hold
+/// passwords).
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RedisConfig {
@@ -132,6 +133,21 @@ pub struct RedisConfig {
     pub failures: Option<u32>,
     /// How long the open breaker skips Redis before probing it.
     pub cool_down: Option<Dur>,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("cluster", &self.cluster.as_ref().map(Vec::len))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("checkout_timeout", &self.checkout_timeout)
+            .field("timeout", &self.timeout)
+            .field("failures", &self.failures)
+            .field("cool_down", &self.cool_down)
+            .finish()
+    }
 }
 
 /// A route's or a named policy's table: the fields of [`Policy`].
@@ -495,15 +511,12 @@ impl Config {
         }
         if let Some(r) = &self.stash.redis {
             let (field, urls): (&str, Vec<String>) = match (&r.url, &r.cluster) {
-                (Some(url), None) => match url.strip_prefix("redis+cluster://") {
-                    Some(nodes) => (
-                        "url",
-                        nodes
-                            .trim_end_matches('/')
-                            .split(',')
-                            .map(|n| format!("redis://{}", n.trim()))
-                            .collect(),
-                    ),
+                (Some(url), None) => match url
+                    .strip_prefix("redis+cluster://")
+                    .or_else(|| url.strip_prefix("rediss+cluster://"))
+                {
+                    // Checked when the store is built (`RedisStore::builder`).
+                    Some(_) => ("url", vec![]),
                     None => ("url", vec![url.clone()]),
                 },
                 (None, Some(nodes)) => (

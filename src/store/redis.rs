@@ -83,6 +83,8 @@ const TAG_BATCH: usize = 500;
 fn ack_key(id: &str) -> String {
     format!("tower-stash:ack:{id}")
 }
+/// Counts an acknowledgement in `KEYS[1]`, kept `ARGV[1]` ms.
+const ACK: &str = "redis.call('INCR', KEYS[1]) redis.call('PEXPIRE', KEYS[1], ARGV[1]) return 1";
 /// The channel invalidations are published on.
 const BUS: &str = "tower-stash:bus";
 /// The index of the entries of namespace `ns` tagged `tag`: `{ns}:t:{tag, escaped}` (entry
@@ -191,9 +193,12 @@ impl Cluster {
         if !self.connecting.swap(true, Ordering::AcqRel) {
             let this = self.clone();
             tokio::spawn(async move {
-                let opened =
-                    tokio::time::timeout(this.connect_timeout, this.client.get_async_connection())
-                        .await;
+                // Each seed has `connect_timeout`; the whole opening (seeds, slots) a few.
+                let opened = tokio::time::timeout(
+                    this.connect_timeout * 4,
+                    this.client.get_async_connection(),
+                )
+                .await;
                 match opened {
                     Ok(Ok(conn)) => {
                         this.conn.send_replace(Some(conn));
@@ -411,6 +416,9 @@ impl RedisStoreBuilder {
         let client = if errors.is_empty() {
             redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
                 .connection_timeout(self.connect_timeout)
+                // A node that stops answering (paused, partitioned) fails its calls, so that
+                // the slot map is refreshed once a replica takes over.
+                .response_timeout(self.connect_timeout)
                 // Failovers and resharding are followed by a few quick retries; a caller that
                 // cannot wait is cut short by its own timeout (`Guarded`).
                 .retries(4)
@@ -439,8 +447,10 @@ impl RedisStoreBuilder {
     }
 }
 
-/// The seed nodes of a `redis+cluster://` (or `rediss+cluster://`) URL, as node URLs
-/// carrying its credentials; `None` for any other URL.
+/// The seed nodes of a `redis+cluster://` (or `rediss+cluster://`) URL, as node URLs; `None`
+/// for any other URL. Credentials before the first node (`redis+cluster://:pw@h1:1,h2:2`)
+/// apply to every node that has none of its own; a node may be a full URL of its own
+/// (`redis://:pw@h1:1`).
 fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, StoreError>> {
     let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
         ("redis", rest)
@@ -449,24 +459,30 @@ fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, StoreError>> {
     } else {
         return None;
     };
-    let rest = rest.trim_end_matches('/');
-    let (auth, hosts) = match rest.rsplit_once('@') {
-        Some((auth, hosts)) => (Some(auth), hosts),
-        None => (None, rest),
-    };
-    let nodes: Vec<String> = hosts
+    let parts: Vec<&str> = rest
+        .trim_end_matches('/')
         .split(',')
         .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .map(|h| {
-            // A node may be written as a full URL of its own.
-            let h = h
-                .strip_prefix("redis://")
-                .or_else(|| h.strip_prefix("rediss://"))
-                .unwrap_or(h);
+        .filter(|p| !p.is_empty())
+        .collect();
+    let shared_auth = parts
+        .first()
+        .filter(|p| !p.contains("://"))
+        .and_then(|p| p.rsplit_once('@'))
+        .map(|(auth, _)| auth);
+    let nodes: Vec<String> = parts
+        .iter()
+        .map(|part| {
+            if part.contains("://") {
+                return (*part).to_owned();
+            }
+            let (auth, host) = match part.rsplit_once('@') {
+                Some((auth, host)) => (Some(auth), host),
+                None => (shared_auth, *part),
+            };
             match auth {
-                Some(a) => format!("{scheme}://{a}@{h}"),
-                None => format!("{scheme}://{h}"),
+                Some(a) => format!("{scheme}://{a}@{host}"),
+                None => format!("{scheme}://{host}"),
             }
         })
         .collect();
@@ -491,7 +507,7 @@ fn count_in(reply: &Value) -> u64 {
 
 /// A node URL without its password, for errors.
 fn redact(url: &str) -> String {
-    match url.split_once('@') {
+    match url.rsplit_once('@') {
         Some((head, host)) => {
             let scheme = head.split("://").next().unwrap_or("redis");
             format!("{scheme}://***@{host}")
@@ -866,14 +882,15 @@ impl Store for RedisStore {
                         .arg(&stone[..])
                         .arg(ms(keep));
                 }
+                // Every tombstone first: a member leaves the index only once its entry is
+                // gone (on a cluster they run on several nodes, and one may fail).
+                this.run_pipe(&pipe).await?;
                 let mut remove = redis::cmd("EVAL");
                 remove.arg(TAG_REMOVE).arg(1).arg(&index);
                 for (member, score) in &pairs {
                     remove.arg(&member[..]).arg(&score[..]);
                 }
-                pipe.add_command(remove);
-                let replies = this.run_pipe(&pipe).await?;
-                let removed = matches!(replies.last(), Some(Value::Int(n)) if *n > 0);
+                let removed = matches!(this.run(&remove).await?, Value::Int(n) if n > 0);
                 // Done with a short batch, or when nothing left (members filled again since
                 // the epoch stay, and would come back in every batch).
                 if pairs.len() < TAG_BATCH || !removed {
@@ -895,8 +912,16 @@ impl Store for RedisStore {
                 numsub.arg("NUMSUB").arg(BUS);
                 let (published, subscribers) =
                     futures_util::join!(this.run(&cmd), this.run(&numsub));
-                published?;
-                return Ok(count_in(&subscribers?));
+                let published = published?;
+                // Counting is best effort: with a node down, the message still went out,
+                // and waiting for acknowledgements is skipped rather than the call failed.
+                return Ok(match subscribers {
+                    Ok(n) => count_in(&n),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "redis cluster: counting subscribers failed");
+                        count_in(&published)
+                    }
+                });
             }
             match this.run(&cmd).await? {
                 Value::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
@@ -911,10 +936,10 @@ impl Store for RedisStore {
     fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
         let this = self.clone();
         Box::pin(async move {
-            let mut pipe = redis::pipe();
-            pipe.cmd("INCR").arg(ack_key(&id)).ignore();
-            pipe.cmd("PEXPIRE").arg(ack_key(&id)).arg(10_000).ignore();
-            this.run_pipe(&pipe).await.map(drop)
+            // One script: the counter never lives without its expiry.
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(ACK).arg(1).arg(ack_key(&id)).arg(10_000);
+            this.run(&cmd).await.map(drop)
         })
     }
 
@@ -1044,5 +1069,44 @@ impl Store for RedisStore {
                 .arg(&*token);
             this.run(&cmd).await.map(drop)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_nodes;
+
+    fn nodes(url: &str) -> Vec<String> {
+        cluster_nodes(url).unwrap().unwrap()
+    }
+
+    #[test]
+    fn cluster_urls_name_their_seed_nodes() {
+        assert_eq!(
+            nodes("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/"),
+            ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+        );
+        // Shared credentials, and a node with its own.
+        assert_eq!(
+            nodes("redis+cluster://:pw@h1:1, h2:2,u:other@h3:3"),
+            [
+                "redis://:pw@h1:1",
+                "redis://:pw@h2:2",
+                "redis://u:other@h3:3"
+            ]
+        );
+        // Full node URLs, as `RedisStore::cluster` joins them.
+        assert_eq!(
+            nodes("redis+cluster://redis://:a@h1:1,redis://:b@h2:2"),
+            ["redis://:a@h1:1", "redis://:b@h2:2"]
+        );
+        assert_eq!(nodes("rediss+cluster://h1:1"), ["rediss://h1:1"]);
+        assert!(cluster_nodes("redis+cluster://").unwrap().is_err());
+        assert!(cluster_nodes("redis://h:1").is_none());
+    }
+
+    #[test]
+    fn passwords_never_reach_errors() {
+        assert_eq!(super::redact("redis://:p@ss@host:1"), "redis://***@host:1");
     }
 }
