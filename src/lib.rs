@@ -9,6 +9,7 @@ pub mod config;
 pub mod entry;
 pub mod grpc;
 mod headers;
+pub mod http;
 pub mod invalidate;
 pub mod key;
 pub mod policy;

@@ -35,6 +35,8 @@ pub(crate) struct Ctx {
     pub(crate) stale: Option<Arc<Entry>>,
     /// The lease a background refresh holds, released once the entry is stored.
     pub(crate) lease: Option<Lease>,
+    /// The request's `Cache-Control`, where the policy honours it.
+    pub(crate) directives: Option<Box<crate::http::RequestDirectives>>,
 }
 
 impl Ctx {
@@ -209,7 +211,11 @@ where
                     let (inner, req) = *call.take().expect("polled after completion");
                     let now = ctx.stash().now();
                     if let Some(entry) = found {
-                        match classify(&entry, &ctx.full, &ctx.policy, now) {
+                        let mut kind = classify(&entry, &ctx.full, &ctx.policy, now);
+                        if let Some(d) = &ctx.directives {
+                            kind = as_directed(d, &entry, &ctx.full, kind, now);
+                        }
+                        match kind {
                             Found::Fresh(remaining) => {
                                 ctx.stash().counters().hit();
                                 let hit_req = HitRequest {
@@ -235,6 +241,11 @@ where
                             Found::StaleIfError => ctx.stale = Some(entry),
                             Found::Unusable => {}
                         }
+                    }
+                    if ctx.directives.as_ref().is_some_and(|d| d.only_if_cached) {
+                        state.set(State::Done);
+                        let resp = gateway_timeout(&ctx);
+                        return Poll::Ready(Ok(resp.map(CacheBody::stored)));
                     }
                     ctx.stash().counters().miss();
                     forward(inner, req, ctx)
@@ -339,6 +350,53 @@ pub(crate) fn classify(
     } else {
         Found::Unusable
     }
+}
+
+/// What an entry is to a request with `Cache-Control` directives: still fresh only if they
+/// accept its age and freshness; an expired one is served (as a hit) within `max-stale`,
+/// unless the entry says it must be revalidated.
+pub(crate) fn as_directed(
+    d: &crate::http::RequestDirectives,
+    entry: &Entry,
+    full: &str,
+    kind: Found,
+    now: SystemTime,
+) -> Found {
+    let age = now.duration_since(entry.stored_at()).unwrap_or_default();
+    match kind {
+        Found::Fresh(remaining) if d.accepts(age, remaining, Duration::ZERO) => kind,
+        Found::Fresh(_) => Found::Unusable,
+        Found::Unusable if entry.key() == full && !entry.is_tombstone() => {
+            let past = now.duration_since(entry.fresh_until()).unwrap_or_default();
+            let revalidate = headers::has_directive(
+                entry.headers(),
+                &["must-revalidate", "proxy-revalidate", "no-cache"],
+            );
+            if !revalidate && d.accepts(age, Duration::ZERO, past) {
+                // Served as it is: the request said a stale answer will do.
+                Found::Fresh(Duration::from_millis(1))
+            } else {
+                Found::Unusable
+            }
+        }
+        other => other,
+    }
+}
+
+/// `504 Gateway Timeout`: an `only-if-cached` request the cache cannot answer.
+pub(crate) fn gateway_timeout(ctx: &Ctx) -> Response<Stored> {
+    let stash = ctx.stash();
+    let mut resp = Response::new(Stored::empty());
+    *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    let value = status_value(
+        stash,
+        &stash.inner.status.miss,
+        Some("only-if-cached"),
+        None,
+        Some(&ctx.full),
+    );
+    resp.headers_mut().insert(CACHE_STATUS, value);
+    resp
 }
 
 /// The `Age` of a fresh entry with `remaining` to live: its TTL minus that (no clock read),
@@ -703,13 +761,14 @@ fn age_value(secs: u64) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from(secs))
 }
 
-/// Why a response from the service cannot be stored, or for how long it can.
+/// Why a response from the service cannot be stored, or for how long it can (from when
+/// it was produced) and how old it was on arrival.
 fn decide<B: Body>(
     ctx: &Ctx,
     parts: &Parts,
     hint: &CacheHint,
     body: &B,
-) -> Result<Duration, &'static str> {
+) -> Result<(Duration, Duration), &'static str> {
     let policy = &ctx.policy;
     if ctx.head {
         return Err("head");
@@ -753,14 +812,31 @@ fn decide<B: Body>(
     if declared.is_some_and(|n| n > limit) || body.size_hint().lower() > limit {
         return Err("too-large");
     }
-    let mut ttl = hint.ttl.unwrap_or(policy.ttl).min(crate::entry::MAX_TTL);
+    let (mut ttl, age) = if policy.http {
+        // The origin decides (the policy's ttl caps it), counting the age it arrives with.
+        let now = ctx.stash().now();
+        let Some((lifetime, age)) = crate::http::freshness(parts.status, &parts.headers, now)
+        else {
+            return Err("no-freshness");
+        };
+        let lifetime = hint.ttl.unwrap_or(lifetime).min(policy.ttl);
+        if lifetime <= age {
+            return Err("stale-on-arrival");
+        }
+        (lifetime, age)
+    } else {
+        (
+            hint.ttl.unwrap_or(policy.ttl).min(crate::entry::MAX_TTL),
+            Duration::ZERO,
+        )
+    };
     if !policy.ttl_jitter.is_zero() && hint.ttl.is_none() {
         ttl = ttl.saturating_sub(policy.ttl_jitter.mul_f64(ctx.stash().random()));
     }
     if ttl.is_zero() {
         return Err("ttl");
     }
-    Ok(ttl)
+    Ok((ttl, age))
 }
 
 /// Whether every header the response varies on is keyed by the policy (`Vary: *` never is).
@@ -850,7 +926,7 @@ fn miss<B: Body<Data = Bytes>>(
         }
     };
     let body = match decision {
-        Ok(ttl) => {
+        Ok((ttl, age)) => {
             let mut stored = parts.headers.clone();
             headers::strip_hop_by_hop(&mut stored);
             let Ctx {
@@ -863,7 +939,8 @@ fn miss<B: Body<Data = Bytes>>(
             } = *ctx;
             tags.append(&mut hint.tags);
             let capture = Capture {
-                stored_at: started,
+                // Dated when the origin produced it: the age it arrived with counts.
+                stored_at: started.checked_sub(age).unwrap_or(started),
                 grace: policy.grace(),
                 stash,
                 key,

@@ -58,6 +58,18 @@ impl CacheLayer {
         &self.shared.stash
     }
 
+    /// What [`Stash::invalidate_key`] takes to drop every entry of `req`'s URL (each query,
+    /// header and session variant): its key before the variants, without the namespace; `None`
+    /// when no route matches it.
+    pub fn invalidation_key_for<B>(&self, req: &Request<B>) -> Option<String> {
+        let (policy, params) = self.shared.routes.find(req.method(), req.uri().path())?;
+        if policy.grpc || policy.fields.is_some() {
+            return None;
+        }
+        let params = key::Params::new(&params, None);
+        Some(base_key(policy, &params, req))
+    }
+
     /// The full cache key this layer would use for `req`, or `None` when no route matches it.
     pub fn key_for<B>(&self, req: &Request<B>) -> Option<String> {
         let (policy, params) = self.shared.routes.find(req.method(), req.uri().path())?;

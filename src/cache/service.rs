@@ -96,6 +96,7 @@ where
         let headers = req.headers();
         // One pass over the header names (cheap comparisons) instead of hashed lookups.
         let (mut authorization, mut cookie, mut conditional) = (false, false, false);
+        let mut directives_sent = false;
         let (mut body, mut rewrite) = (false, None);
         for name in headers.keys() {
             if name == header::AUTHORIZATION {
@@ -104,6 +105,8 @@ where
                 cookie = true;
             } else if name == header::IF_NONE_MATCH {
                 conditional = true;
+            } else if name == header::CACHE_CONTROL || name == header::PRAGMA {
+                directives_sent = true;
             } else if name == header::CONTENT_LENGTH {
                 body |= headers
                     .get_all(header::CONTENT_LENGTH)
@@ -116,7 +119,12 @@ where
             }
         }
         let mut fields = None;
-        let bypass = if authorization && !policy.vary_authorization {
+        // The request's own Cache-Control, where the policy honours it.
+        let directives = (directives_sent && policy.request_directives)
+            .then(|| crate::http::RequestDirectives::parse(headers));
+        let bypass = if directives.as_ref().is_some_and(|d| d.no_store) {
+            Some("request-no-store")
+        } else if authorization && !policy.vary_authorization {
             Some("authorization")
         } else if cookie && !policy.vary_cookie {
             Some("cookie")
@@ -165,7 +173,10 @@ where
         let mut found = None;
         if let Some(Some(entry)) = &local {
             let now = stash.now();
-            let kind = classify(entry, &full, policy, now);
+            let mut kind = classify(entry, &full, policy, now);
+            if let Some(d) = &directives {
+                kind = super::future::as_directed(d, entry, &full, kind, now);
+            }
             if let Found::Fresh(remaining) = kind {
                 stash.counters().hit();
                 let hit_req = HitRequest {
@@ -192,6 +203,21 @@ where
             found = Some(kind);
         }
         let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
+        if let Some(d) = directives {
+            if d.only_if_cached && !matches!(local, None) {
+                // Nothing usable here, and the origin must not be asked.
+                return ResponseFuture::hit(super::future::gateway_timeout(&ctx));
+            }
+            let forced = d.no_cache || found == Some(Found::Unusable);
+            ctx.directives = Some(Box::new(d));
+            if forced {
+                // The request refuses what the cache holds: straight to the service.
+                stash.counters().miss();
+                let mut req = req;
+                req.extensions_mut().insert(ctx.flight_key(false));
+                return ResponseFuture::miss(self.call_inner(req), ctx);
+            }
+        }
         match (local, found) {
             // A definite miss: straight to the service.
             (Some(None), _) => {
@@ -307,6 +333,7 @@ impl<S> CacheService<S> {
             started: self.shared.stash.now(),
             stale,
             lease: None,
+            directives: None,
         })
     }
 }

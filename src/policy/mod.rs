@@ -88,6 +88,8 @@ pub struct Policy {
     pub(crate) sliding: Option<Duration>,
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) session: Option<Session>,
+    pub(crate) http_mode: Option<bool>,
+    pub(crate) request_directives: Option<bool>,
     /// Set by [`Routes::grpc`], never inherited.
     pub(crate) grpc: bool,
 }
@@ -270,6 +272,24 @@ impl Policy {
         self
     }
 
+    /// HTTP mode: the origin's headers decide, as in a shared cache (RFC 9111; see
+    /// [`http`](crate::http)). Responses are stored only as long as their `Cache-Control`,
+    /// `Expires` or `Last-Modified` allow (the policy's `ttl`, if set, caps that), `Age` counts
+    /// the time before they arrived, and requests' `Cache-Control` is honoured. Default:
+    /// application mode, where the policy decides.
+    pub fn http_mode(mut self, on: bool) -> Self {
+        self.http_mode = Some(on);
+        self
+    }
+
+    /// Whether requests' `Cache-Control` (`no-cache`, `max-age`, `only-if-cached`, ...) is
+    /// honoured. Default: in HTTP mode yes; in application mode no, so that no client can
+    /// force misses onto the service.
+    pub fn request_directives(mut self, honour: bool) -> Self {
+        self.request_directives = Some(honour);
+        self
+    }
+
     /// This policy's settings over `base`'s.
     fn over(&self, base: &Policy) -> Policy {
         Policy {
@@ -295,6 +315,8 @@ impl Policy {
             sliding: self.sliding.or(base.sliding),
             max_lifetime: self.max_lifetime.or(base.max_lifetime),
             session: self.session.clone().or_else(|| base.session.clone()),
+            http_mode: self.http_mode.or(base.http_mode),
+            request_directives: self.request_directives.or(base.request_directives),
             grpc: self.grpc,
         }
     }

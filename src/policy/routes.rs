@@ -215,6 +215,7 @@ impl Routes {
             }
             (None, None) => None,
         };
+        let http = resolved.http_mode.unwrap_or(false);
         let ttl = match lifetime.or(resolved.ttl) {
             Some(ttl) if ttl > crate::entry::MAX_TTL => {
                 errors.push(format!("{place}.ttl: must be at most 10 years"));
@@ -225,6 +226,8 @@ impl Routes {
                 errors.push(format!("{place}.ttl: must be greater than zero"));
                 Duration::ZERO
             }
+            // In HTTP mode the origin decides; a ttl only caps it.
+            None if http => crate::entry::MAX_TTL,
             None => {
                 errors.push(format!(
                     "{place}.ttl: missing (set one, or use a named policy)"
@@ -281,6 +284,9 @@ impl Routes {
         let statuses = resolved.statuses.unwrap_or_else(|| {
             if resolved.grpc {
                 vec![200]
+            } else if http {
+                // Any status the origin gives freshness to (never 206 or 304, nor a 5xx).
+                (200..500).filter(|s| *s != 206 && *s != 304).collect()
             } else {
                 DEFAULT_STATUSES.to_vec()
             }
@@ -359,7 +365,8 @@ impl Routes {
             statuses,
             max_body_size,
             tags,
-            etag: resolved.etag.unwrap_or(!resolved.grpc),
+            // A shared cache does not invent validators the origin did not give.
+            etag: resolved.etag.unwrap_or(!resolved.grpc && !http),
             stale_while_revalidate: swr,
             stale_if_error: sie,
             beta: if sliding.is_some() { 0.0 } else { beta },
@@ -369,6 +376,8 @@ impl Routes {
             grpc: resolved.grpc,
             sliding,
             session,
+            http,
+            request_directives: resolved.request_directives.unwrap_or(http),
         })
     }
 }
@@ -401,6 +410,10 @@ pub(crate) struct CompiledPolicy {
     pub(crate) sliding: Option<Duration>,
     /// Where the session id the key holds comes from.
     pub(crate) session: Option<SessionKey>,
+    /// HTTP mode: the origin's headers decide (RFC 9111).
+    pub(crate) http: bool,
+    /// Whether requests' `Cache-Control` is honoured.
+    pub(crate) request_directives: bool,
 }
 
 /// A compiled [`Session`](super::Session).

@@ -1,0 +1,198 @@
+//! A caching reverse proxy built from the layers and a hyper-util client: HTTP mode (RFC 9111
+//! decides what is stored and for how long), the Host keyed, everything else forwarded
+//! untouched (methods, headers other than hop-by-hop ones, bodies streaming both ways).
+//!
+//! ```text
+//! cargo run --release --example proxy -- --listen 127.0.0.1:8080 --upstream http://127.0.0.1:8000 \
+//!     [--redis redis://127.0.0.1:6379] [--config proxy.toml]
+//! ```
+//!
+//! With `--config`, the file's `[stash]` settings apply, and its routes replace the default
+//! one (every path, HTTP mode, keyed by Host). After a successful unsafe request (POST, PUT,
+//! DELETE, ...), the target URL and a same-origin `Location` / `Content-Location` are
+//! invalidated. `scripts/cache-tests.sh` runs the public HTTP cache test suite against it.
+
+use axum::body::Body;
+use http::{header, HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use tower::ServiceBuilder;
+use tower_stash::config::Config;
+use tower_stash::{CacheLayer, Policy, Routes, SingleFlightLayer, Stash};
+
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
+/// The proxy's default routes: every path, in HTTP mode, keyed by Host.
+pub fn default_routes() -> Routes {
+    let policy = || Policy::new().http_mode(true).vary_headers(["host"]);
+    Routes::new().get("/", policy()).get("/{*path}", policy())
+}
+
+/// Headers that concern one connection only (RFC 9110 section 7.6.1), and those the
+/// `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// What the proxy needs to forward and invalidate.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    base: Uri,
+    stash: Stash,
+    cache: CacheLayer,
+}
+
+impl Upstream {
+    pub fn new(base: Uri, stash: Stash, cache: CacheLayer) -> Self {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Self {
+            client,
+            base,
+            stash,
+            cache,
+        }
+    }
+
+    /// Sends `req` upstream; a failure to reach it is a 502.
+    async fn forward(self, req: Request<Body>) -> Result<Response<Body>, Infallible> {
+        let (mut parts, body) = req.into_parts();
+        let unsafe_method = !matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        );
+        let target = parts.uri.clone();
+        let host = parts.headers.get(header::HOST).cloned();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let mut uri = self.base.clone().into_parts();
+        uri.path_and_query = path.parse().ok();
+        parts.uri = Uri::from_parts(uri).expect("the upstream URL and a path");
+        strip_hop_by_hop(&mut parts.headers);
+        let resp = match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let mut resp = Response::new(Body::from(format!("upstream failed: {e}\n")));
+                *resp.status_mut() = StatusCode::BAD_GATEWAY;
+                return Ok(resp);
+            }
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if unsafe_method && (parts.status.is_success() || parts.status.is_redirection()) {
+            // RFC 9111 section 4.4: the target, and same-origin Location / Content-Location.
+            let mut urls = vec![target.path().to_owned()];
+            for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                if let Some(url) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
+                    if let Some(path) = same_origin(url, host.as_ref()) {
+                        urls.push(path);
+                    }
+                }
+            }
+            for path in urls {
+                let probe = Request::get(path.as_str()).body(()).expect("a path");
+                if let Some(key) = self.cache.invalidation_key_for(&probe) {
+                    let _ = self.stash.invalidate_key(&key).await;
+                }
+            }
+        }
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+/// The path of `url` if it is relative or on `host`.
+fn same_origin(url: &str, host: Option<&http::HeaderValue>) -> Option<String> {
+    let uri: Uri = url.parse().ok()?;
+    match uri.authority() {
+        None => Some(uri.path().to_owned()).filter(|p| p.starts_with('/')),
+        Some(authority) => {
+            let host = host?.to_str().ok()?;
+            authority
+                .as_str()
+                .eq_ignore_ascii_case(host)
+                .then(|| uri.path().to_owned())
+        }
+    }
+}
+
+/// The proxy's router: the cache (and single flight) over the forwarding client.
+pub fn app(upstream: Upstream) -> axum::Router {
+    let cache = upstream.cache.clone();
+    let stash = upstream.stash.clone();
+    let forward = tower::service_fn(move |req| upstream.clone().forward(req));
+    axum::Router::new().fallback_service(
+        ServiceBuilder::new()
+            .layer(cache)
+            .layer(SingleFlightLayer::new(stash))
+            .service(forward),
+    )
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let listen: SocketAddr = arg("--listen")
+        .unwrap_or_else(|| "127.0.0.1:8080".into())
+        .parse()
+        .map_err(|e| format!("--listen: {e}"))?;
+    let upstream: Uri = arg("--upstream")
+        .unwrap_or_else(|| "http://127.0.0.1:8000".into())
+        .parse()
+        .map_err(|e| format!("--upstream: {e}"))?;
+    if upstream.scheme_str() != Some("http") || upstream.authority().is_none() {
+        return Err("--upstream: an http:// URL with a host, such as http://127.0.0.1:8000".into());
+    }
+    let mut config = match arg("--config") {
+        Some(path) => Config::load(&path)?,
+        None => Config::default(),
+    };
+    if let Some(url) = arg("--redis") {
+        let mut redis = config.stash.redis.take().unwrap_or_default();
+        redis.url = Some(url);
+        redis.cluster = None;
+        config.stash.redis = Some(redis);
+    }
+    let routes = if config.routes.is_empty() {
+        default_routes()
+    } else {
+        config.routes()?
+    };
+    let stash = config.stash()?.build()?;
+    let cache = CacheLayer::try_new(stash.clone(), routes)?;
+    let router = app(Upstream::new(upstream.clone(), stash, cache));
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!(
+        "caching proxy on http://{} for {upstream}",
+        listener.local_addr()?
+    );
+    axum::serve(listener, router).await?;
+    Ok(())
+}

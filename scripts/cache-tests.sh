@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The public test suite for HTTP caches (npm package http-cache-tests, the suite behind
+# cache-tests.fyi) against examples/proxy.rs: its origin server on one loopback port, the proxy
+# in front on another. Prints the required and optional counts; the full results go to
+# target/cache-tests/results.json.
+# Usage: scripts/cache-tests.sh   (needs node and npm; builds the proxy in debug mode)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+version=0.4.5
+dir=target/cache-tests
+suite=$dir/node_modules/http-cache-tests
+if [ ! -f "$suite/package.json" ] || ! grep -q "\"version\": \"$version\"" "$suite/package.json"; then
+  mkdir -p "$dir"
+  for attempt in 1 2 3; do
+    npm install --prefix "$dir" --no-audit --no-fund --silent "http-cache-tests@$version" && break
+    [ "$attempt" = 3 ] && { echo "npm install http-cache-tests failed" >&2; exit 1; }
+    sleep 5
+  done
+fi
+cargo build --quiet --example proxy
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+origin=$(free_port)
+proxy=$(free_port)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; }
+trap cleanup EXIT
+(cd "$suite" && npm_config_port=$origin npm_config_protocol=http npm_config_pidfile="$PWD/../../server.pid" \
+  exec node --no-warnings server/server.mjs) >"$dir/origin.log" 2>&1 &
+pids+=($!)
+./target/debug/examples/proxy --listen "127.0.0.1:$proxy" --upstream "http://127.0.0.1:$origin" \
+  >"$dir/proxy.log" 2>&1 &
+pids+=($!)
+for port in $origin $proxy; do
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+done
+(cd "$suite" && npm_config_base="http://127.0.0.1:$proxy" npm_config_id= npm_package_config_id= \
+  timeout 600 node --no-warnings cli.mjs) >"$dir/results.json"
+cat >"$dir/count.mjs" <<'JS'
+import fs from 'fs'
+const suite = process.argv[2]
+const results = JSON.parse(fs.readFileSync(process.argv[3], 'utf8'))
+const { default: tests } = await import(`${suite}/tests/index.mjs`)
+const counts = { required: [0, 0], optional: [0, 0], check: [0, 0] }
+const failed = []
+for (const s of tests) {
+  for (const t of s.tests) {
+    if (t.browser_only) continue
+    const kind = t.kind === 'optimal' ? 'optional' : (t.kind === 'check' ? 'check' : 'required')
+    counts[kind][1]++
+    if (results[t.id] === true) counts[kind][0]++
+    else if (kind === 'required') failed.push(t.id)
+  }
+}
+console.log(`http-cache-tests: required ${counts.required[0]} of ${counts.required[1]} passed, ` +
+  `optional ${counts.optional[0]} of ${counts.optional[1]}, checks ${counts.check[0]} of ${counts.check[1]}`)
+console.log(`required tests failed: ${failed.join(' ')}`)
+JS
+node "$dir/count.mjs" "$(cd "$suite" && pwd)" "$dir/results.json"

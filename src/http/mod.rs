@@ -1,0 +1,251 @@
+//! HTTP caching semantics (RFC 9111) for policies in HTTP mode ([`Policy::http_mode`]), where
+//! the origin's headers decide what is stored and for how long, as a shared cache must.
+//!
+//! What HTTP mode does today:
+//!
+//! - Freshness from `s-maxage`, then `max-age`, then `Expires` minus `Date`; heuristic
+//!   freshness (10 % of the time since `Last-Modified`, at most a day) for the statuses RFC
+//!   9110 calls heuristically cacheable. A response with none of these is not stored.
+//! - `Age`: the age a response arrives with (its `Age` header, or how far its `Date` lies in
+//!   the past) counts toward its freshness and is sent on every hit.
+//! - Response directives: `no-store` and `private` are not stored; `no-cache`,
+//!   `must-revalidate` and `proxy-revalidate` entries are never served stale.
+//! - Request directives (`no-store`, `no-cache`, `max-age`, `min-fresh`, `max-stale`,
+//!   `only-if-cached`, and `Pragma: no-cache`): see [`RequestDirectives`]. In application mode
+//!   they are ignored unless the policy opts in ([`Policy::request_directives`]): no client can
+//!   force misses onto the database.
+//! - A 206 is never stored, nor a 304.
+//!
+//! Not yet: secondary keys from an arbitrary `Vary` (a response varying on a header the policy
+//! does not key is not stored), revalidation of stale entries with conditional requests,
+//! invalidation after unsafe methods, the `Authorization` exception of section 3.5, and the
+//! response's own `stale-while-revalidate` / `stale-if-error`.
+//!
+//! [`Policy::http_mode`]: crate::Policy::http_mode
+//! [`Policy::request_directives`]: crate::Policy::request_directives
+
+use http::header::{self, HeaderMap};
+use http::StatusCode;
+use std::time::{Duration, SystemTime};
+
+/// The directives of a response's `Cache-Control` that HTTP mode reads.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct ResponseDirectives {
+    pub(crate) no_store: bool,
+    pub(crate) no_cache: bool,
+    pub(crate) private: bool,
+    pub(crate) public: bool,
+    pub(crate) must_revalidate: bool,
+    pub(crate) max_age: Option<u64>,
+    pub(crate) s_maxage: Option<u64>,
+}
+
+/// The directives of a request's `Cache-Control` (and `Pragma: no-cache`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RequestDirectives {
+    /// Store nothing of this exchange.
+    pub no_store: bool,
+    /// Do not answer from the cache without asking the origin.
+    pub no_cache: bool,
+    /// Only an entry at most this old (seconds).
+    pub max_age: Option<u64>,
+    /// Only an entry fresh for at least this long still (seconds).
+    pub min_fresh: Option<u64>,
+    /// A stale entry will do: up to this long past expiry (`None` inside: any).
+    pub max_stale: Option<Option<u64>>,
+    /// Answer from the cache or with 504, never from the origin.
+    pub only_if_cached: bool,
+}
+
+/// `name` or `name=value` items of every `Cache-Control` header value, lowercased names.
+fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|item| {
+            let item = item.trim();
+            if item.is_empty() {
+                return None;
+            }
+            Some(match item.split_once('=') {
+                Some((name, value)) => (
+                    name.trim().to_ascii_lowercase(),
+                    Some(value.trim().trim_matches('"').to_owned()),
+                ),
+                None => (item.to_ascii_lowercase(), None),
+            })
+        })
+}
+
+/// A delta-seconds value; an invalid one is `None` (the directive is then treated as absent
+/// for freshness, or as zero where that is safer: see the callers).
+fn seconds(value: &Option<String>) -> Option<u64> {
+    let v = value.as_deref()?;
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Overflowing values mean "a very long time" (RFC 9111 section 1.2.2).
+    Some(v.parse().unwrap_or(u64::from(u32::MAX)))
+}
+
+impl ResponseDirectives {
+    pub(crate) fn parse(headers: &HeaderMap) -> Self {
+        let mut d = Self::default();
+        for (name, value) in directives(headers) {
+            match name.as_str() {
+                "no-store" => d.no_store = true,
+                // `no-cache="field"` names fields; a cache may treat it as plain no-cache.
+                "no-cache" => d.no_cache = true,
+                "private" => d.private = true,
+                "public" => d.public = true,
+                "must-revalidate" | "proxy-revalidate" => d.must_revalidate = true,
+                // A duplicate or an invalid value: the most restrictive reading (zero).
+                "max-age" => {
+                    d.max_age = Some(match (d.max_age, seconds(&value)) {
+                        (None, Some(s)) => s,
+                        _ => 0,
+                    })
+                }
+                "s-maxage" => {
+                    d.s_maxage = Some(match (d.s_maxage, seconds(&value)) {
+                        (None, Some(s)) => s,
+                        _ => 0,
+                    })
+                }
+                _ => {}
+            }
+        }
+        d
+    }
+}
+
+impl RequestDirectives {
+    /// The request's directives; `Pragma: no-cache` counts as `no-cache` when the request has
+    /// no `Cache-Control`.
+    pub fn parse(headers: &HeaderMap) -> Self {
+        let mut d = Self::default();
+        for (name, value) in directives(headers) {
+            match name.as_str() {
+                "no-store" => d.no_store = true,
+                "no-cache" => d.no_cache = true,
+                "max-age" => d.max_age = Some(seconds(&value).unwrap_or(0)),
+                "min-fresh" => d.min_fresh = Some(seconds(&value).unwrap_or(u64::MAX)),
+                "max-stale" => {
+                    d.max_stale = Some(match value {
+                        None => None,
+                        Some(_) => Some(seconds(&value).unwrap_or(0)),
+                    })
+                }
+                "only-if-cached" => d.only_if_cached = true,
+                _ => {}
+            }
+        }
+        if !headers.contains_key(header::CACHE_CONTROL)
+            && headers.get_all(header::PRAGMA).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.to_ascii_lowercase().contains("no-cache"))
+            })
+        {
+            d.no_cache = true;
+        }
+        d
+    }
+
+    /// Whether a request with these directives may be answered by an entry `age` old with
+    /// `remaining` freshness (zero when expired, `past` beyond expiry).
+    pub(crate) fn accepts(&self, age: Duration, remaining: Duration, past: Duration) -> bool {
+        if self.no_cache {
+            return false;
+        }
+        if self.max_age.is_some_and(|m| age.as_secs() > m) {
+            return false;
+        }
+        if let Some(min) = self.min_fresh {
+            if remaining.as_secs() < min || (remaining.is_zero() && min > 0) {
+                return false;
+            }
+        }
+        if remaining.is_zero() {
+            return match self.max_stale {
+                None => false,
+                Some(None) => true,
+                Some(Some(limit)) => past.as_secs() <= limit,
+            };
+        }
+        true
+    }
+}
+
+/// Whether RFC 9110 lets a cache give `status` a heuristic freshness.
+fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
+    httpdate::parse_http_date(headers.get(name)?.to_str().ok()?).ok()
+}
+
+/// The `Age` header's value: zero when absent, an error when it is not one plain number.
+fn age(headers: &HeaderMap) -> Result<Duration, ()> {
+    let mut values = headers.get_all(header::AGE).iter();
+    let Some(first) = values.next() else {
+        return Ok(Duration::ZERO);
+    };
+    if values.next().is_some() {
+        return Err(());
+    }
+    let v = first.to_str().map_err(drop)?.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    Ok(Duration::from_secs(
+        v.parse().unwrap_or(u64::from(u32::MAX)),
+    ))
+}
+
+/// How long a response is fresh from when the origin produced it, and how old it already
+/// is on arrival at `now`, or `None` when it gives no freshness at all.
+pub(crate) fn freshness(
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Option<(Duration, Duration)> {
+    let cc = ResponseDirectives::parse(headers);
+    let date = http_date(headers, header::DATE);
+    let lifetime = if let Some(s) = cc.s_maxage {
+        Duration::from_secs(s)
+    } else if let Some(s) = cc.max_age {
+        Duration::from_secs(s)
+    } else if headers.contains_key(header::EXPIRES) {
+        // An invalid Expires means already expired.
+        match (http_date(headers, header::EXPIRES), date.or(Some(now))) {
+            (Some(expires), Some(base)) => expires.duration_since(base).unwrap_or_default(),
+            _ => Duration::ZERO,
+        }
+    } else if heuristically_cacheable(status) || cc.public {
+        let modified = http_date(headers, header::LAST_MODIFIED)?;
+        let since = date.unwrap_or(now).duration_since(modified).ok()?;
+        (since / 10).min(Duration::from_secs(24 * 3600))
+    } else {
+        return None;
+    };
+    // The age on arrival: the `Age` header, or how far `Date` lies in the past. An `Age`
+    // that is not one plain number (several, negative, a fraction, with parameters) makes
+    // the response stale: its age cannot be known.
+    let age_value = match age(headers) {
+        Ok(age) => age,
+        Err(()) => return Some((lifetime, lifetime)),
+    };
+    let apparent = date
+        .and_then(|d| now.duration_since(d).ok())
+        .unwrap_or_default();
+    Some((lifetime, age_value.max(apparent)))
+}
+
+#[cfg(test)]
+mod tests;
