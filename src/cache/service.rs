@@ -204,7 +204,7 @@ where
         }
         let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
         if let Some(d) = directives {
-            if d.only_if_cached && !matches!(local, None) {
+            if d.only_if_cached && local.is_some() {
                 // Nothing usable here, and the origin must not be asked.
                 return ResponseFuture::hit(super::future::gateway_timeout(&ctx));
             }

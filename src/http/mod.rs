@@ -133,10 +133,7 @@ impl RequestDirectives {
                 "max-age" => d.max_age = Some(seconds(&value).unwrap_or(0)),
                 "min-fresh" => d.min_fresh = Some(seconds(&value).unwrap_or(u64::MAX)),
                 "max-stale" => {
-                    d.max_stale = Some(match value {
-                        None => None,
-                        Some(_) => Some(seconds(&value).unwrap_or(0)),
-                    })
+                    d.max_stale = Some(value.as_ref().map(|_| seconds(&value).unwrap_or(0)))
                 }
                 "only-if-cached" => d.only_if_cached = true,
                 _ => {}
