@@ -37,6 +37,8 @@ pub(crate) struct Ctx {
     pub(crate) lease: Option<Lease>,
     /// The request's `Cache-Control`, where the policy honours it.
     pub(crate) directives: Option<Box<crate::http::RequestDirectives>>,
+    /// HTTP mode: the expired entry being revalidated with a conditional request.
+    pub(crate) revalidate: Option<Arc<Entry>>,
 }
 
 impl Ctx {
@@ -238,8 +240,17 @@ where
                                 state.set(State::Done);
                                 return Poll::Ready(Ok(resp.map(CacheBody::stored)));
                             }
-                            Found::StaleIfError => ctx.stale = Some(entry),
-                            Found::Unusable => {}
+                            Found::StaleIfError => {
+                                if revalidatable(&ctx.policy, &entry, &ctx.full, now) {
+                                    ctx.revalidate = Some(entry.clone());
+                                }
+                                ctx.stale = Some(entry)
+                            }
+                            Found::Unusable => {
+                                if revalidatable(&ctx.policy, &entry, &ctx.full, now) {
+                                    ctx.revalidate = Some(entry);
+                                }
+                            }
                         }
                     }
                     if ctx.directives.as_ref().is_some_and(|d| d.only_if_cached) {
@@ -288,8 +299,47 @@ fn forward<S, ReqB>(mut inner: S, mut req: Request<ReqB>, ctx: Box<Ctx>) -> Stat
 where
     S: Service<Request<ReqB>>,
 {
+    if let Some(entry) = &ctx.revalidate {
+        conditional(&mut req, entry);
+    }
     req.extensions_mut().insert(ctx.flight_key(false));
     State::miss(inner.call(req), ctx)
+}
+
+/// Makes `req` a conditional request on `entry`'s validators (its own conditions are
+/// answered by the cache, from the entry, once the origin has spoken).
+pub(crate) fn conditional<B>(req: &mut Request<B>, entry: &Entry) {
+    let h = req.headers_mut();
+    for name in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+    ] {
+        h.remove(name);
+    }
+    if let Some(etag) = entry.headers().get(header::ETAG) {
+        h.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(modified) = entry.headers().get(header::LAST_MODIFIED) {
+        h.insert(header::IF_MODIFIED_SINCE, modified.clone());
+    }
+}
+
+/// Whether HTTP mode can revalidate `entry` for this request: expired, kept, with a
+/// validator.
+pub(crate) fn revalidatable(
+    ctx_policy: &CompiledPolicy,
+    entry: &Entry,
+    full: &str,
+    now: SystemTime,
+) -> bool {
+    ctx_policy.http
+        && entry.key() == full
+        && !entry.is_tombstone()
+        && now < entry.stale_until()
+        && crate::http::has_validator(entry.headers())
 }
 
 /// The service's answer, or the stale entry when the service failed and one is in hand.
@@ -301,6 +351,13 @@ fn fallback<B, E>(
 where
     B: Body<Data = Bytes>,
 {
+    if let (Ok(resp), Some(entry)) = (&result, &ctx.revalidate) {
+        if resp.status() == StatusCode::NOT_MODIFIED {
+            let entry = entry.clone();
+            let (parts, _) = result.ok().expect("matched Ok").into_parts();
+            return Ok(revalidated(&ctx, &entry, &parts.headers).map(CacheBody::stored));
+        }
+    }
     match (result, ctx.stale.clone()) {
         (Ok(resp), Some(entry)) if resp.status().is_server_error() => {
             let status = resp.status();
@@ -313,6 +370,60 @@ where
         (Ok(resp), _) => Ok(miss(ctx, resp, cx)),
         (Err(e), None) => Err(e),
     }
+}
+
+/// The stored entry, confirmed by the origin's `304`: its headers freshened, stored again for
+/// its new freshness, and answered (200, or 304 to a matching `If-None-Match`).
+fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) -> Response<Stored> {
+    let stash = ctx.stash().clone();
+    let now = stash.now();
+    let headers = crate::http::freshen(entry.headers(), not_modified);
+    let (lifetime, age) = crate::http::freshness(entry.status(), &headers, now)
+        .unwrap_or((Duration::ZERO, Duration::ZERO));
+    let lifetime = lifetime.min(ctx.policy.ttl);
+    let stored_at = ctx.started.checked_sub(age).unwrap_or(ctx.started);
+    // Still no freshness (no-cache, max-age=0): kept to be revalidated again.
+    let ttl = lifetime.max(Duration::from_millis(1));
+    let fresh = Entry::new(entry.key(), entry.status(), headers, entry.body().clone())
+        .with_times(stored_at, ttl)
+        .with_grace(ctx.policy.grace())
+        .with_recompute_time(entry.recompute_time())
+        .with_trailers(entry.trailers().cloned())
+        .with_tags(entry.tags().to_vec());
+    let fresh = Arc::new(fresh);
+    let keep = ttl
+        .saturating_add(ctx.policy.grace())
+        .min(crate::entry::MAX_TTL);
+    let put = stash.store().put(ctx.key.clone(), fresh.clone(), keep);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let key = ctx.key.clone();
+        let stash = stash.clone();
+        rt.spawn(async move {
+            match put.await {
+                Ok(()) => stash.stored(),
+                Err(e) => {
+                    stash.counters().store_error();
+                    tracing::warn!(%key, error = %e, "storing the revalidated entry failed");
+                }
+            }
+        });
+    }
+    let req = HitRequest {
+        full: &ctx.full,
+        head: ctx.head,
+        if_none_match: ctx.if_none_match.as_ref(),
+    };
+    let remaining = fresh.remaining(now);
+    let mut resp = hit(&stash, req, &fresh, remaining, fresh.age(now));
+    let status = status_value(
+        &stash,
+        &stash.inner.status.stale,
+        Some("revalidated"),
+        None,
+        Some(&ctx.full),
+    );
+    resp.headers_mut().insert(CACHE_STATUS, status);
+    resp
 }
 
 /// What an entry found for a request is good for.
@@ -796,8 +907,12 @@ fn decide<B: Body>(
         return Err("set-cookie");
     }
     // A session-scoped entry is that session's own: `private` is what it should say.
+    let validator = crate::http::has_validator(&parts.headers);
     let refused: &[&str] = if policy.session.is_some() {
         &["no-store", "no-cache"]
+    } else if policy.http && validator {
+        // `no-cache`: stored, and revalidated before every use.
+        &["no-store", "private"]
     } else {
         &["no-store", "private", "no-cache"]
     };
@@ -819,11 +934,19 @@ fn decide<B: Body>(
         else {
             return Err("no-freshness");
         };
-        let lifetime = hint.ttl.unwrap_or(lifetime).min(policy.ttl);
-        if lifetime <= age {
-            return Err("stale-on-arrival");
+        let mut lifetime = hint.ttl.unwrap_or(lifetime).min(policy.ttl);
+        if headers::has_directive(&parts.headers, &["no-cache"]) {
+            lifetime = Duration::ZERO;
         }
-        (lifetime, age)
+        if lifetime <= age {
+            if !validator {
+                return Err("stale-on-arrival");
+            }
+            // Kept expired, to be revalidated with a conditional request.
+            (age + Duration::from_millis(1), age)
+        } else {
+            (lifetime, age)
+        }
     } else {
         (
             hint.ttl.unwrap_or(policy.ttl).min(crate::entry::MAX_TTL),

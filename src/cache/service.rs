@@ -203,6 +203,14 @@ where
             found = Some(kind);
         }
         let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
+        if let (Some(Some(entry)), Some(kind)) = (&local, found) {
+            // HTTP mode: an expired entry with a validator is revalidated, not refetched.
+            if kind != Found::StaleWhileRevalidate
+                && super::future::revalidatable(policy, entry, &ctx.full, stash.now())
+            {
+                ctx.revalidate = Some(entry.clone());
+            }
+        }
         if let Some(d) = directives {
             if d.only_if_cached && local.is_some() {
                 // Nothing usable here, and the origin must not be asked.
@@ -211,9 +219,13 @@ where
             let forced = d.no_cache || found == Some(Found::Unusable);
             ctx.directives = Some(Box::new(d));
             if forced {
-                // The request refuses what the cache holds: straight to the service.
+                // The request refuses what the cache holds: straight to the service (asking
+                // whether the entry is still good, when it can be revalidated).
                 stash.counters().miss();
                 let mut req = req;
+                if let Some(entry) = &ctx.revalidate {
+                    super::future::conditional(&mut req, entry);
+                }
                 req.extensions_mut().insert(ctx.flight_key(false));
                 return ResponseFuture::miss(self.call_inner(req), ctx);
             }
@@ -334,6 +346,7 @@ impl<S> CacheService<S> {
             stale,
             lease: None,
             directives: None,
+            revalidate: None,
         })
     }
 }

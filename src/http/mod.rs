@@ -28,6 +28,39 @@ use http::header::{self, HeaderMap};
 use http::StatusCode;
 use std::time::{Duration, SystemTime};
 
+/// How long HTTP mode keeps an expired entry that has a validator (`ETag`, `Last-Modified`),
+/// to revalidate it with a conditional request instead of fetching it whole.
+pub(crate) const REVALIDATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Whether a response has a validator a conditional request can use.
+pub(crate) fn has_validator(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
+}
+
+/// The headers a `304 Not Modified` brings to a stored response (RFC 9111 section 3.2): all
+/// of them, but those that describe the stored body itself, and the cache's own.
+pub(crate) fn freshen(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut headers = stored.clone();
+    let keep = [
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::CONTENT_RANGE,
+        header::TRANSFER_ENCODING,
+        header::AGE,
+    ];
+    let mut replaced = std::collections::HashSet::new();
+    for (name, value) in not_modified {
+        if keep.contains(name) || name.as_str() == "cache-status" {
+            continue;
+        }
+        if replaced.insert(name.clone()) {
+            headers.remove(name);
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers
+}
+
 /// The directives of a response's `Cache-Control` that HTTP mode reads.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct ResponseDirectives {

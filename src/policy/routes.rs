@@ -470,7 +470,14 @@ impl SessionKey {
 impl CompiledPolicy {
     /// How long past expiry entries are kept, to be served stale.
     pub(crate) fn grace(&self) -> Duration {
-        self.stale_while_revalidate.max(self.stale_if_error)
+        let keep = if self.http {
+            crate::http::REVALIDATE_WINDOW
+        } else {
+            Duration::ZERO
+        };
+        self.stale_while_revalidate
+            .max(self.stale_if_error)
+            .max(keep)
     }
 }
 
