@@ -28,6 +28,8 @@ pub(crate) struct Ctx {
     pub(crate) key: Arc<str>,
     pub(crate) head: bool,
     pub(crate) if_none_match: Option<HeaderValue>,
+    /// The client's `If-Modified-Since` (HTTP mode answers it from the entry).
+    pub(crate) if_modified_since: Option<HeaderValue>,
     pub(crate) tags: Vec<String>,
     /// When the request went to the service: the entry's `stored_at`.
     pub(crate) started: SystemTime,
@@ -37,6 +39,9 @@ pub(crate) struct Ctx {
     pub(crate) lease: Option<Lease>,
     /// The request's `Cache-Control`, where the policy honours it.
     pub(crate) directives: Option<Box<crate::http::RequestDirectives>>,
+    /// The request carried `Authorization` (HTTP mode stores its answer only if the origin
+    /// says it may be shared: RFC 9111 section 3.5).
+    pub(crate) authorized: bool,
     /// HTTP mode: the expired entry being revalidated with a conditional request.
     pub(crate) revalidate: Option<Arc<Entry>>,
 }
@@ -224,6 +229,7 @@ where
                                     full: &ctx.full,
                                     head: ctx.head,
                                     if_none_match: ctx.if_none_match.as_ref(),
+                                    if_modified_since: ctx.if_modified_since.as_ref(),
                                 };
                                 let age = fresh_age(&entry, remaining, now);
                                 let resp = hit(ctx.stash(), hit_req, &entry, remaining, age);
@@ -412,6 +418,7 @@ fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) -> Response<S
         full: &ctx.full,
         head: ctx.head,
         if_none_match: ctx.if_none_match.as_ref(),
+        if_modified_since: ctx.if_modified_since.as_ref(),
     };
     let remaining = fresh.remaining(now);
     let mut resp = hit(&stash, req, &fresh, remaining, fresh.age(now));
@@ -577,6 +584,7 @@ pub(crate) fn stale_hit(ctx: &Ctx, entry: &Entry, now: SystemTime) -> Response<S
         full: &ctx.full,
         head: ctx.head,
         if_none_match: ctx.if_none_match.as_ref(),
+        if_modified_since: ctx.if_modified_since.as_ref(),
     };
     let mut resp = hit(stash, req, entry, Duration::ZERO, entry.age(now));
     let status = status_value(
@@ -605,6 +613,7 @@ fn stale_if_error(
         full: &ctx.full,
         head: ctx.head,
         if_none_match: ctx.if_none_match.as_ref(),
+        if_modified_since: ctx.if_modified_since.as_ref(),
     };
     let mut resp = hit(stash, req, entry, Duration::ZERO, entry.age(now));
     let name = &stash.inner.status.name;
@@ -679,6 +688,7 @@ where
         ctx.stale = None;
         ctx.head = false;
         ctx.if_none_match = None;
+        ctx.if_modified_since = None;
         // Released once the fresh entry is stored, or at once if nothing is.
         ctx.lease = Some(lease);
         let statuses_ok = |s: StatusCode| ctx.policy.statuses.contains(&s.as_u16());
@@ -785,6 +795,7 @@ pub(crate) struct HitRequest<'a> {
     pub(crate) full: &'a str,
     pub(crate) head: bool,
     pub(crate) if_none_match: Option<&'a HeaderValue>,
+    pub(crate) if_modified_since: Option<&'a HeaderValue>,
 }
 
 /// The response for a fresh entry: its status, headers and body (a slice, no copy), with
@@ -808,13 +819,18 @@ pub(crate) fn hit(
         )
     };
     let age = age_value(age);
-    let not_modified = req.if_none_match.is_some_and(|inm| {
-        headers::is_wildcard(inm)
-            || entry
-                .headers()
-                .get(header::ETAG)
-                .is_some_and(|etag| headers::none_match(inm, etag))
-    });
+    let not_modified = match (req.if_none_match, req.if_modified_since) {
+        (Some(inm), _) => {
+            headers::is_wildcard(inm)
+                || entry
+                    .headers()
+                    .get(header::ETAG)
+                    .is_some_and(|etag| headers::none_match(inm, etag))
+        }
+        // Only without If-None-Match (RFC 9110 section 13.2.2): not modified since.
+        (None, Some(ims)) => crate::http::not_modified_since(entry.headers(), ims),
+        (None, None) => false,
+    };
     if not_modified {
         let mut resp = Response::new(Stored::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
@@ -894,7 +910,10 @@ fn decide<B: Body>(
         // A copy of another request's response: that request stores it.
         return Err("collapsed");
     }
-    if !policy.statuses.contains(&parts.status.as_u16()) || parts.status.is_server_error() {
+    // HTTP mode stores what the origin gives freshness to, errors included.
+    if !policy.statuses.contains(&parts.status.as_u16())
+        || (parts.status.is_server_error() && !policy.http)
+    {
         return Err("status");
     }
     if policy.grpc
@@ -908,8 +927,23 @@ fn decide<B: Body>(
     }
     // A session-scoped entry is that session's own: `private` is what it should say.
     let validator = crate::http::has_validator(&parts.headers);
+    if policy.http
+        && ctx.authorized
+        && !headers::has_directive(&parts.headers, &["public", "must-revalidate", "s-maxage"])
+    {
+        return Err("authorization");
+    }
+    // `must-understand`: stored only with a status this cache knows, and then despite
+    // `no-store` (RFC 9111 section 5.2.2.3).
+    let must_understand =
+        policy.http && headers::has_directive(&parts.headers, &["must-understand"]);
+    if must_understand && !crate::http::understood(parts.status) {
+        return Err("must-understand");
+    }
     let refused: &[&str] = if policy.session.is_some() {
         &["no-store", "no-cache"]
+    } else if must_understand {
+        &["private"]
     } else if policy.http && validator {
         // `no-cache`: stored, and revalidated before every use.
         &["no-store", "private"]

@@ -96,7 +96,7 @@ where
         let headers = req.headers();
         // One pass over the header names (cheap comparisons) instead of hashed lookups.
         let (mut authorization, mut cookie, mut conditional) = (false, false, false);
-        let mut directives_sent = false;
+        let (mut directives_sent, mut modified_since) = (false, false);
         let (mut body, mut rewrite) = (false, None);
         for name in headers.keys() {
             if name == header::AUTHORIZATION {
@@ -105,6 +105,8 @@ where
                 cookie = true;
             } else if name == header::IF_NONE_MATCH {
                 conditional = true;
+            } else if name == header::IF_MODIFIED_SINCE {
+                modified_since = true;
             } else if name == header::CACHE_CONTROL || name == header::PRAGMA {
                 directives_sent = true;
             } else if name == header::CONTENT_LENGTH {
@@ -124,7 +126,7 @@ where
             .then(|| crate::http::RequestDirectives::parse(headers));
         let bypass = if directives.as_ref().is_some_and(|d| d.no_store) {
             Some("request-no-store")
-        } else if authorization && !policy.vary_authorization {
+        } else if authorization && !policy.vary_authorization && !policy.http {
             Some("authorization")
         } else if cookie && !policy.vary_cookie {
             Some("cookie")
@@ -158,6 +160,11 @@ where
         } else {
             None
         };
+        let if_modified_since = if modified_since && policy.http {
+            headers.get(header::IF_MODIFIED_SINCE)
+        } else {
+            None
+        };
         if let Some(reason) = bypass {
             stash.counters().bypass();
             tracing::trace!(route = %policy.route, reason, "cache bypassed");
@@ -183,6 +190,7 @@ where
                     full: &full,
                     head,
                     if_none_match,
+                    if_modified_since,
                 };
                 let resp = hit(
                     stash,
@@ -334,11 +342,17 @@ impl<S> CacheService<S> {
         let full: Arc<str> = full.into();
         let key: Arc<str> = stored.map_or_else(|| full.clone(), Into::into);
         let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
+        let if_modified_since = req
+            .headers()
+            .get(header::IF_MODIFIED_SINCE)
+            .filter(|_| policy.http)
+            .cloned();
         Box::new(Ctx {
             shared: self.shared.clone(),
             policy: policy.clone(),
             head: req.method() == Method::HEAD,
             if_none_match,
+            if_modified_since,
             full,
             key,
             tags,
@@ -347,6 +361,8 @@ impl<S> CacheService<S> {
             lease: None,
             directives: None,
             revalidate: None,
+            authorized: req.headers().contains_key(header::AUTHORIZATION)
+                && !policy.vary_authorization,
         })
     }
 }

@@ -61,6 +61,21 @@ pub(crate) fn freshen(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap
     headers
 }
 
+/// Whether a stored response was not modified since `ims` (its `Last-Modified`, or else its
+/// `Date`, at or before it).
+pub(crate) fn not_modified_since(headers: &HeaderMap, ims: &http::HeaderValue) -> bool {
+    let Some(since) = ims
+        .to_str()
+        .ok()
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        return false;
+    };
+    http_date(headers, header::LAST_MODIFIED)
+        .or_else(|| http_date(headers, header::DATE))
+        .is_some_and(|modified| modified <= since)
+}
+
 /// The directives of a response's `Cache-Control` that HTTP mode reads.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct ResponseDirectives {
@@ -206,6 +221,16 @@ impl RequestDirectives {
         }
         true
     }
+}
+
+/// Whether `status` is one this cache knows the meaning of (registered by RFC 9110 and its
+/// companions).
+pub(crate) fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=208 | 226 | 300..=308 | 400..=418 | 421..=426 | 428 | 429 | 431 | 451 | 500..=508
+            | 510 | 511
+    )
 }
 
 /// Whether RFC 9110 lets a cache give `status` a heuristic freshness.

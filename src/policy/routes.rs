@@ -285,14 +285,15 @@ impl Routes {
             if resolved.grpc {
                 vec![200]
             } else if http {
-                // Any status the origin gives freshness to (never 206 or 304, nor a 5xx).
-                (200..500).filter(|s| *s != 206 && *s != 304).collect()
+                // Any status the origin gives freshness to (never 206 or 304).
+                (200..600).filter(|s| *s != 206 && *s != 304).collect()
             } else {
                 DEFAULT_STATUSES.to_vec()
             }
         });
         for s in &statuses {
-            if !(200..500).contains(s) || *s == 206 || *s == 304 {
+            let range = if http { 200..600 } else { 200..500 };
+            if !range.contains(s) || *s == 206 || *s == 304 {
                 errors.push(format!(
                     "{place}.statuses: {s} is never stored (only 2xx to 4xx, and not 206 or 304)"
                 ));
