@@ -247,16 +247,10 @@ where
                                 return Poll::Ready(Ok(resp.map(CacheBody::stored)));
                             }
                             Found::StaleIfError => {
-                                if revalidatable(&ctx.policy, &entry, &ctx.full, now) {
-                                    ctx.revalidate = Some(entry.clone());
-                                }
+                                http_fallbacks(&mut ctx, &entry, now);
                                 ctx.stale = Some(entry)
                             }
-                            Found::Unusable => {
-                                if revalidatable(&ctx.policy, &entry, &ctx.full, now) {
-                                    ctx.revalidate = Some(entry);
-                                }
-                            }
+                            Found::Unusable => http_fallbacks(&mut ctx, &entry, now),
                         }
                     }
                     if ctx.directives.as_ref().is_some_and(|d| d.only_if_cached) {
@@ -333,19 +327,22 @@ pub(crate) fn conditional<B>(req: &mut Request<B>, entry: &Entry) {
     }
 }
 
-/// Whether HTTP mode can revalidate `entry` for this request: expired, kept, with a
-/// validator.
-pub(crate) fn revalidatable(
-    ctx_policy: &CompiledPolicy,
-    entry: &Entry,
-    full: &str,
-    now: SystemTime,
-) -> bool {
-    ctx_policy.http
-        && entry.key() == full
-        && !entry.is_tombstone()
-        && now < entry.stale_until()
-        && crate::http::has_validator(entry.headers())
+/// HTTP mode, with an expired entry still kept: revalidate it when it has a validator, and
+/// answer with it if the origin cannot be reached or fails, unless it forbids stale use.
+pub(crate) fn http_fallbacks(ctx: &mut Ctx, entry: &Arc<Entry>, now: SystemTime) {
+    if !ctx.policy.http
+        || entry.key() != &*ctx.full
+        || entry.is_tombstone()
+        || now >= entry.stale_until()
+    {
+        return;
+    }
+    if crate::http::has_validator(entry.headers()) {
+        ctx.revalidate = Some(entry.clone());
+    }
+    if crate::http::may_serve_stale(entry.headers()) {
+        ctx.stale = Some(entry.clone());
+    }
 }
 
 /// The service's answer, or the stale entry when the service failed and one is in hand.

@@ -212,11 +212,8 @@ where
         }
         let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
         if let (Some(Some(entry)), Some(kind)) = (&local, found) {
-            // HTTP mode: an expired entry with a validator is revalidated, not refetched.
-            if kind != Found::StaleWhileRevalidate
-                && super::future::revalidatable(policy, entry, &ctx.full, stash.now())
-            {
-                ctx.revalidate = Some(entry.clone());
+            if kind != Found::StaleWhileRevalidate {
+                super::future::http_fallbacks(&mut ctx, entry, stash.now());
             }
         }
         if let Some(d) = directives {
@@ -255,7 +252,9 @@ where
             (local, _) => {
                 if let Some(Some(entry)) = local {
                     // Kept in case the store has nothing better.
-                    ctx.stale = Some(entry).filter(|_| found == Some(Found::StaleIfError));
+                    if found == Some(Found::StaleIfError) {
+                        ctx.stale = Some(entry);
+                    }
                 }
                 let lookup = match policy.sliding {
                     // Read and extended in one round trip.

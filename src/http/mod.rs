@@ -32,13 +32,29 @@ use std::time::{Duration, SystemTime};
 /// to revalidate it with a conditional request instead of fetching it whole.
 pub(crate) const REVALIDATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
+/// Whether a shared cache may answer with this stored response once stale, when the origin
+/// cannot be reached or fails (RFC 9111 section 4.2.4): not with `must-revalidate`,
+/// `proxy-revalidate`, `s-maxage` or `no-cache`.
+pub(crate) fn may_serve_stale(headers: &HeaderMap) -> bool {
+    !crate::headers::has_directive(
+        headers,
+        &[
+            "must-revalidate",
+            "proxy-revalidate",
+            "s-maxage",
+            "no-cache",
+        ],
+    )
+}
+
 /// Whether a response has a validator a conditional request can use.
 pub(crate) fn has_validator(headers: &HeaderMap) -> bool {
     headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
 }
 
 /// The headers a `304 Not Modified` brings to a stored response (RFC 9111 section 3.2): all
-/// of them, but those that describe the stored body itself, and the cache's own.
+/// of them, but those that describe the stored body itself (its length, encoding, range,
+/// digest and entity tag), and the cache's own.
 pub(crate) fn freshen(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
     let mut headers = stored.clone();
     let keep = [
@@ -47,6 +63,9 @@ pub(crate) fn freshen(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap
         header::CONTENT_RANGE,
         header::TRANSFER_ENCODING,
         header::AGE,
+        // The validator the entry was confirmed with, and a digest of its body.
+        header::ETAG,
+        http::HeaderName::from_static("content-md5"),
     ];
     let mut replaced = std::collections::HashSet::new();
     for (name, value) in not_modified {
