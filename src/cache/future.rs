@@ -42,6 +42,10 @@ pub(crate) struct Ctx {
     /// The request carried `Authorization` (HTTP mode stores its answer only if the origin
     /// says it may be shared: RFC 9111 section 3.5).
     pub(crate) authorized: bool,
+    /// HTTP mode: the request's headers (a response's `Vary` picks its secondary key from
+    /// them), and the URL's keys (full, stored) when `full` and `key` are a variant's.
+    pub(crate) request_headers: Option<Box<HeaderMap>>,
+    pub(crate) primary: Option<(Arc<str>, Arc<str>)>,
     /// HTTP mode: the expired entry being revalidated with a conditional request.
     pub(crate) revalidate: Option<Arc<Entry>>,
 }
@@ -325,6 +329,43 @@ pub(crate) fn conditional<B>(req: &mut Request<B>, entry: &Entry) {
     if let Some(modified) = entry.headers().get(header::LAST_MODIFIED) {
         h.insert(header::IF_MODIFIED_SINCE, modified.clone());
     }
+}
+
+/// HTTP mode, a response with `Vary`: its variant's full and stored keys, and the record to
+/// store under the URL's key.
+fn variant_keys(ctx: &Ctx, headers: &HeaderMap) -> Option<(Arc<str>, Arc<str>, Arc<Entry>)> {
+    let request = ctx.request_headers.as_ref()?;
+    let names = crate::http::vary_names(headers)?;
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|n| !ctx.policy.vary_headers.iter().any(|h| h.as_str() == n))
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let (pfull, _) = ctx
+        .primary
+        .clone()
+        .unwrap_or_else(|| (ctx.full.clone(), ctx.key.clone()));
+    let mut vfull = pfull.to_string();
+    crate::http::push_variant(&mut vfull, &names, request);
+    let inner = &ctx.stash().inner;
+    let vkey: Arc<str> = crate::key::storage_key(&vfull, inner.prefix.len(), inner.max_key_len)
+        .map_or_else(|| vfull.as_str().into(), Into::into);
+    let mut record_headers = HeaderMap::new();
+    record_headers.insert(
+        crate::http::VARY_RECORD,
+        HeaderValue::from_str(&names.join(", ")).ok()?,
+    );
+    let now = ctx.stash().now();
+    let record = Entry::new(
+        crate::http::record_key(&pfull),
+        StatusCode::OK,
+        record_headers,
+        Bytes::new(),
+    )
+    .with_times(now, ctx.policy.ttl.min(crate::http::REVALIDATE_WINDOW));
+    Some((vfull.into(), vkey, Arc::new(record)))
 }
 
 /// HTTP mode, with an expired entry still kept: revalidate it when it has a validator, and
@@ -950,7 +991,12 @@ fn decide<B: Body>(
     if headers::has_directive(&parts.headers, refused) {
         return Err("cache-control");
     }
-    if !vary_is_keyed(&parts.headers, policy) {
+    if policy.http {
+        // Variants get keys of their own; `Vary: *` can never be matched.
+        if crate::http::vary_names(&parts.headers).is_none() {
+            return Err("vary");
+        }
+    } else if !vary_is_keyed(&parts.headers, policy) {
         return Err("vary");
     }
     let declared = headers::content_length(&parts.headers);
@@ -1083,14 +1129,25 @@ fn miss<B: Body<Data = Bytes>>(
         Ok((ttl, age)) => {
             let mut stored = parts.headers.clone();
             headers::strip_hop_by_hop(&mut stored);
+            let variant = variant_keys(&ctx, &parts.headers);
             let Ctx {
-                key,
-                full,
+                mut key,
+                mut full,
                 mut tags,
                 policy,
                 started,
                 ..
             } = *ctx;
+            if let Some((vfull, vkey, record)) = variant {
+                // The URL's key holds the record of what its responses vary on; the response
+                // goes under its variant's key.
+                let keep = ttl
+                    .saturating_add(policy.grace())
+                    .min(crate::entry::MAX_TTL);
+                drop(stash.store().put(key.clone(), record, keep));
+                full = vfull;
+                key = vkey;
+            }
             tags.append(&mut hint.tags);
             let capture = Capture {
                 // Dated when the origin produced it: the age it arrived with counts.

@@ -172,11 +172,32 @@ where
             return ResponseFuture::bypass(self.call_inner(req), stash, reason);
         }
         let params = crate::key::Params::new(&params, fields.as_ref());
-        let (full, stored) = self.shared.key_strings(policy, &params, &req);
+        let (mut full, mut stored) = self.shared.key_strings(policy, &params, &req);
         let head = req.method() == Method::HEAD;
 
         // The fast path: a store that answers at once (memory) needs no future and no Ctx.
-        let local = stash.store().get_local(stored.as_deref().unwrap_or(&full));
+        let mut local = stash.store().get_local(stored.as_deref().unwrap_or(&full));
+        let mut primary = None;
+        if policy.http {
+            // A URL whose responses vary: its key holds their record, the variant its own.
+            if let Some(Some(record)) = &local {
+                if let Some(names) = vary_record(record, &full) {
+                    let mut vfull = full.clone();
+                    crate::http::push_variant(&mut vfull, &names, headers);
+                    let prefix = stash.inner.prefix.len();
+                    let vstored = crate::key::storage_key(&vfull, prefix, stash.inner.max_key_len);
+                    local = stash
+                        .store()
+                        .get_local(vstored.as_deref().unwrap_or(&vfull));
+                    let (pfull, pstored) = (
+                        std::mem::replace(&mut full, vfull),
+                        std::mem::replace(&mut stored, vstored),
+                    );
+                    let pkey: Arc<str> = pstored.map_or_else(|| pfull.as_str().into(), Into::into);
+                    primary = Some((Arc::<str>::from(pfull), pkey));
+                }
+            }
+        }
         let mut found = None;
         if let Some(Some(entry)) = &local {
             let now = stash.now();
@@ -211,6 +232,7 @@ where
             found = Some(kind);
         }
         let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
+        ctx.primary = primary;
         if let (Some(Some(entry)), Some(kind)) = (&local, found) {
             if kind != Found::StaleWhileRevalidate {
                 super::future::http_fallbacks(&mut ctx, entry, stash.now());
@@ -265,6 +287,16 @@ where
             }
         }
     }
+}
+
+/// The header names of a variant record stored under the URL key `full`, if `entry` is one.
+fn vary_record(entry: &crate::Entry, full: &str) -> Option<Vec<String>> {
+    let value = entry.headers().get(crate::http::VARY_RECORD)?;
+    if entry.key() != crate::http::record_key(full) {
+        return None;
+    }
+    let names = value.to_str().ok()?;
+    Some(names.split(',').map(|n| n.trim().to_owned()).collect())
 }
 
 /// The clone-and-swap of tower middleware: the service that `poll_ready` made ready goes to
@@ -360,6 +392,8 @@ impl<S> CacheService<S> {
             lease: None,
             directives: None,
             revalidate: None,
+            request_headers: policy.http.then(|| Box::new(req.headers().clone())),
+            primary: None,
             authorized: req.headers().contains_key(header::AUTHORIZATION)
                 && !policy.vary_authorization,
         })

@@ -32,6 +32,56 @@ use std::time::{Duration, SystemTime};
 /// to revalidate it with a conditional request instead of fetching it whole.
 pub(crate) const REVALIDATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
+/// The internal header of a variant record: the request headers a URL's responses vary on.
+pub(crate) const VARY_RECORD: &str = "tower-stash-vary";
+
+/// The key of the variant record stored under a URL's key (it never equals an entry's key).
+pub(crate) fn record_key(full: &str) -> String {
+    format!("{full}|#vary")
+}
+
+/// The header names of a `Vary` (lowercased, sorted, deduplicated); `None` for `Vary: *`,
+/// and an empty list when there is no `Vary`.
+pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    for v in headers.get_all(header::VARY) {
+        let v = v.to_str().ok()?;
+        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "*" {
+                return None;
+            }
+            names.push(name.to_ascii_lowercase());
+        }
+    }
+    names.sort();
+    names.dedup();
+    Some(names)
+}
+
+/// Appends a variant's secondary key: each named request header's values, normalised
+/// (lines combined, spaces around commas dropped), escaped.
+pub(crate) fn push_variant(out: &mut String, names: &[String], request: &HeaderMap) {
+    for name in names {
+        out.push_str("|~");
+        crate::key::escape_into(out, name.as_bytes());
+        let values: Vec<String> = request
+            .get_all(name.as_str())
+            .iter()
+            .flat_map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .split(',')
+                    .map(|item| item.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|v| !v.is_empty())
+            .collect();
+        if request.contains_key(name.as_str()) {
+            out.push('=');
+            crate::key::escape_into(out, values.join(",").as_bytes());
+        }
+    }
+}
+
 /// Whether a shared cache may answer with this stored response once stale, when the origin
 /// cannot be reached or fails (RFC 9111 section 4.2.4): not with `must-revalidate`,
 /// `proxy-revalidate`, `s-maxage` or `no-cache`.
