@@ -30,6 +30,8 @@ pub(crate) struct Ctx {
     pub(crate) if_none_match: Option<HeaderValue>,
     /// The client's `If-Modified-Since` (HTTP mode answers it from the entry).
     pub(crate) if_modified_since: Option<HeaderValue>,
+    /// The client's `Range` (HTTP mode answers it from a complete entry).
+    pub(crate) range: Option<HeaderValue>,
     pub(crate) tags: Vec<String>,
     /// When the request went to the service: the entry's `stored_at`.
     pub(crate) started: SystemTime,
@@ -234,6 +236,7 @@ where
                                     head: ctx.head,
                                     if_none_match: ctx.if_none_match.as_ref(),
                                     if_modified_since: ctx.if_modified_since.as_ref(),
+                                    range: ctx.range.as_ref(),
                                 };
                                 let age = fresh_age(&entry, remaining, now);
                                 let resp = hit(ctx.stash(), hit_req, &entry, remaining, age);
@@ -457,6 +460,7 @@ fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) -> Response<S
         head: ctx.head,
         if_none_match: ctx.if_none_match.as_ref(),
         if_modified_since: ctx.if_modified_since.as_ref(),
+        range: ctx.range.as_ref(),
     };
     let remaining = fresh.remaining(now);
     let mut resp = hit(&stash, req, &fresh, remaining, fresh.age(now));
@@ -623,6 +627,7 @@ pub(crate) fn stale_hit(ctx: &Ctx, entry: &Entry, now: SystemTime) -> Response<S
         head: ctx.head,
         if_none_match: ctx.if_none_match.as_ref(),
         if_modified_since: ctx.if_modified_since.as_ref(),
+        range: ctx.range.as_ref(),
     };
     let mut resp = hit(stash, req, entry, Duration::ZERO, entry.age(now));
     let status = status_value(
@@ -652,6 +657,7 @@ fn stale_if_error(
         head: ctx.head,
         if_none_match: ctx.if_none_match.as_ref(),
         if_modified_since: ctx.if_modified_since.as_ref(),
+        range: ctx.range.as_ref(),
     };
     let mut resp = hit(stash, req, entry, Duration::ZERO, entry.age(now));
     let name = &stash.inner.status.name;
@@ -727,6 +733,7 @@ where
         ctx.head = false;
         ctx.if_none_match = None;
         ctx.if_modified_since = None;
+        ctx.range = None;
         // Released once the fresh entry is stored, or at once if nothing is.
         ctx.lease = Some(lease);
         let statuses_ok = |s: StatusCode| ctx.policy.statuses.contains(&s.as_u16());
@@ -834,6 +841,8 @@ pub(crate) struct HitRequest<'a> {
     pub(crate) head: bool,
     pub(crate) if_none_match: Option<&'a HeaderValue>,
     pub(crate) if_modified_since: Option<&'a HeaderValue>,
+    /// HTTP mode: a `Range` to answer with `206` from a complete stored `200`.
+    pub(crate) range: Option<&'a HeaderValue>,
 }
 
 /// The response for a fresh entry: its status, headers and body (a slice, no copy), with
@@ -890,8 +899,15 @@ pub(crate) fn hit(
         h.insert(CACHE_STATUS, status);
         return resp;
     }
+    let len = entry.body().len() as u64;
+    let range = req
+        .range
+        .filter(|_| entry.status() == StatusCode::OK)
+        .and_then(|r| crate::http::byte_range(r, len));
     let body = if req.head {
         Stored::empty()
+    } else if let Some((start, end)) = range {
+        Stored::new(entry.body().slice(start as usize..=end as usize), None)
     } else {
         Stored::new(entry.body().clone(), entry.trailers().cloned())
     };
@@ -900,6 +916,14 @@ pub(crate) fn hit(
     set(&mut headers, CACHE_STATUS, status);
     let mut resp = Response::new(body);
     *resp.status_mut() = entry.status();
+    if let Some((start, end)) = range {
+        // The part asked for, of the complete stored response.
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+            headers.insert(header::CONTENT_RANGE, v);
+        }
+    }
     *resp.headers_mut() = headers;
     resp
 }
@@ -1007,12 +1031,15 @@ fn decide<B: Body>(
     let (mut ttl, age) = if policy.http {
         // The origin decides (the policy's ttl caps it), counting the age it arrives with.
         let now = ctx.stash().now();
+        let no_cache = headers::has_directive(&parts.headers, &["no-cache"]);
         let Some((lifetime, age)) = crate::http::freshness(parts.status, &parts.headers, now)
+            // `no-cache` with a validator: stored to be revalidated on every use.
+            .or((no_cache && validator).then_some((Duration::ZERO, Duration::ZERO)))
         else {
             return Err("no-freshness");
         };
         let mut lifetime = hint.ttl.unwrap_or(lifetime).min(policy.ttl);
-        if headers::has_directive(&parts.headers, &["no-cache"]) {
+        if no_cache {
             lifetime = Duration::ZERO;
         }
         if lifetime <= age {

@@ -212,6 +212,7 @@ where
                     head,
                     if_none_match,
                     if_modified_since,
+                    range: headers.get(header::RANGE).filter(|_| policy.http),
                 };
                 let resp = hit(
                     stash,
@@ -378,12 +379,18 @@ impl<S> CacheService<S> {
             .get(header::IF_MODIFIED_SINCE)
             .filter(|_| policy.http)
             .cloned();
+        let range = req
+            .headers()
+            .get(header::RANGE)
+            .filter(|_| policy.http)
+            .cloned();
         Box::new(Ctx {
             shared: self.shared.clone(),
             policy: policy.clone(),
             head: req.method() == Method::HEAD,
             if_none_match,
             if_modified_since,
+            range,
             full,
             key,
             tags,

@@ -59,7 +59,8 @@ pub(crate) fn vary_names(headers: &HeaderMap) -> Option<Vec<String>> {
 }
 
 /// Appends a variant's secondary key: each named request header's values, normalised
-/// (lines combined, spaces around commas dropped), escaped.
+/// (lines combined, spaces around commas dropped; `Accept-Language`, `Accept-Encoding` and
+/// `Accept-Charset` items lowercased and sorted), escaped.
 pub(crate) fn push_variant(out: &mut String, names: &[String], request: &HeaderMap) {
     for name in names {
         out.push_str("|~");
@@ -75,6 +76,18 @@ pub(crate) fn push_variant(out: &mut String, names: &[String], request: &HeaderM
             })
             .filter(|v| !v.is_empty())
             .collect();
+        // Language tags and codings are case-insensitive lists (of equal preference unless
+        // weighted): one order, one case.
+        let mut values = values;
+        if matches!(
+            name.as_str(),
+            "accept-language" | "accept-encoding" | "accept-charset"
+        ) {
+            for v in &mut values {
+                v.make_ascii_lowercase();
+            }
+            values.sort();
+        }
         if request.contains_key(name.as_str()) {
             out.push('=');
             crate::key::escape_into(out, values.join(",").as_bytes());
@@ -143,6 +156,34 @@ pub(crate) fn not_modified_since(headers: &HeaderMap, ims: &http::HeaderValue) -
     http_date(headers, header::LAST_MODIFIED)
         .or_else(|| http_date(headers, header::DATE))
         .is_some_and(|modified| modified <= since)
+}
+
+/// The byte range a `Range: bytes=...` header asks of a body `len` long: one range only
+/// (`a-b`, `a-`, `-n`), clamped to the body; `None` for anything else (several ranges, other
+/// units, unsatisfiable), which is answered with the whole body.
+pub(crate) fn byte_range(range: &http::HeaderValue, len: u64) -> Option<(u64, u64)> {
+    let spec = range.to_str().ok()?.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') || len == 0 {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let (first, last) = (first.trim(), last.trim());
+    let (start, end) = if first.is_empty() {
+        let n: u64 = last.parse().ok()?;
+        if n == 0 {
+            return None;
+        }
+        (len.saturating_sub(n), len - 1)
+    } else {
+        let start: u64 = first.parse().ok()?;
+        let end = if last.is_empty() {
+            len - 1
+        } else {
+            last.parse::<u64>().ok()?.min(len - 1)
+        };
+        (start, end)
+    };
+    (start <= end && start < len).then_some((start, end))
 }
 
 /// The directives of a response's `Cache-Control` that HTTP mode reads.
