@@ -41,6 +41,9 @@ pub(crate) struct Ctx {
     pub(crate) lease: Option<Lease>,
     /// The request's `Cache-Control`, where the policy honours it.
     pub(crate) directives: Option<Box<crate::http::RequestDirectives>>,
+    /// The request has query parameters the key leaves out: its answer is not stored (it
+    /// may reflect them, and would then poison the entry every request shares).
+    pub(crate) unkeyed_query: bool,
     /// The request carried `Authorization` (HTTP mode stores its answer only if the origin
     /// says it may be shared: RFC 9111 section 3.5).
     pub(crate) authorized: bool,
@@ -972,6 +975,9 @@ fn decide<B: Body>(
         // A copy of another request's response: that request stores it.
         return Err("collapsed");
     }
+    if ctx.unkeyed_query {
+        return Err("unkeyed-query");
+    }
     // HTTP mode stores what the origin gives freshness to, errors included.
     if !policy.statuses.contains(&parts.status.as_u16())
         || (parts.status.is_server_error() && !policy.http)
@@ -1046,8 +1052,10 @@ fn decide<B: Body>(
             if !validator {
                 return Err("stale-on-arrival");
             }
-            // Kept expired, to be revalidated with a conditional request.
-            (age + Duration::from_millis(1), age)
+            // Kept already expired (dated a millisecond early), to be revalidated with a
+            // conditional request before any use.
+            let age = age + Duration::from_millis(1);
+            (age, age)
         } else {
             (lifetime, age)
         }

@@ -401,6 +401,7 @@ impl<S> CacheService<S> {
             revalidate: None,
             request_headers: policy.http.then(|| Box::new(req.headers().clone())),
             primary: None,
+            unkeyed_query: crate::key::has_unkeyed_query(req.uri().query(), &policy.query),
             authorized: req.headers().contains_key(header::AUTHORIZATION)
                 && !policy.vary_authorization,
         })

@@ -302,12 +302,61 @@ async fn query_is_normalised() {
         one_route("/s", Policy::ttl(HOUR).vary_query(["q"])),
         Handler::echo(),
     );
-    only.get("/s?q=1&utm=a").await;
+    only.get("/s?q=1").await;
     assert_eq!(
         only.get("/s?utm=b&q=1").await.cache_status(),
         "tower-stash; hit"
     );
     assert_eq!(only.handler.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_reflected_query_parameter_outside_the_key_cannot_poison() {
+    // The handler reflects every parameter; only `q` is keyed.
+    let f = Fixture::new(
+        one_route("/s", Policy::ttl(HOUR).vary_query(["q"])),
+        Handler::echo(),
+    );
+    let poisoned = f.get("/s?q=1&utm=%3Cscript%3E").await;
+    assert!(poisoned.text().contains("script"));
+    assert!(poisoned.cache_status().contains("fwd=miss"));
+    // The clean request after it never gets the poison: the poisoned answer was not stored.
+    let clean = f.get("/s?q=1").await;
+    assert!(!clean.text().contains("script"), "{}", clean.text());
+    // Once a clean answer is stored, requests with extra parameters are served from it.
+    let again = f.get("/s?q=1&utm=%3Cscript%3E").await;
+    assert_eq!(again.body, clean.body);
+    assert_eq!(f.handler.calls(), 2);
+}
+
+#[tokio::test]
+async fn cacheability_never_comes_from_a_file_extension() {
+    // A route for static files; an account page answers any path under /account, private.
+    let routes = Routes::new()
+        .get("/static/{*path}", Policy::ttl(HOUR))
+        .get("/{*path}", Policy::new().http_mode(true));
+    let f = Fixture::new(
+        routes,
+        Handler::new(|req, n| {
+            let mut resp = Response::new(full(format!("account page #{n} for {}", req.uri())));
+            if req.uri().path().starts_with("/account") {
+                resp.headers_mut()
+                    .insert("cache-control", HeaderValue::from_static("private"));
+            }
+            resp
+        }),
+    );
+    for path in [
+        "/account/x.css",
+        "/account;x.css",
+        "/account%2Fx.css",
+        "/account/.css",
+    ] {
+        f.get(path).await;
+        let again = f.get(path).await;
+        assert!(!again.cache_status().contains("hit"), "{path} was cached");
+    }
+    assert_eq!(f.handler.calls(), 8);
 }
 
 #[tokio::test]

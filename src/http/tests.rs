@@ -1,1 +1,451 @@
+//! HTTP mode through the layer, with a counting upstream: each rule checked on what the client
+//! got and how often the origin was asked.
 
+use super::{byte_range, freshen, freshness, RequestDirectives};
+use crate::{CacheLayer, ManualClock, Policy, Routes, Stash};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tower::{Service, ServiceExt};
+
+type Answer = (StatusCode, Vec<(&'static str, String)>, &'static str);
+
+/// An origin that answers with what the test sets, counts its calls and records the
+/// requests' conditional headers.
+#[derive(Clone)]
+struct Origin {
+    answer: Arc<Mutex<Answer>>,
+    calls: Arc<Mutex<Vec<HeaderMap>>>,
+}
+
+impl Origin {
+    fn new(status: u16, headers: &[(&'static str, &str)], body: &'static str) -> Self {
+        let o = Self {
+            answer: Arc::new(Mutex::new((StatusCode::OK, vec![], ""))),
+            calls: Arc::default(),
+        };
+        o.set(status, headers, body);
+        o
+    }
+    fn set(&self, status: u16, headers: &[(&'static str, &str)], body: &'static str) {
+        *self.answer.lock().unwrap() = (
+            StatusCode::from_u16(status).unwrap(),
+            headers.iter().map(|(n, v)| (*n, v.to_string())).collect(),
+            body,
+        );
+    }
+    fn calls(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+    fn last_request(&self) -> HeaderMap {
+        self.calls.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+impl Service<Request<Empty<Bytes>>> for Origin {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Empty<Bytes>>) -> Self::Future {
+        self.calls.lock().unwrap().push(req.headers().clone());
+        let (status, headers, body) = self.answer.lock().unwrap().clone();
+        let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *resp.status_mut() = status;
+        for (n, v) in headers {
+            resp.headers_mut()
+                .append(n, HeaderValue::from_str(&v).unwrap());
+        }
+        std::future::ready(Ok(resp))
+    }
+}
+
+struct Cache {
+    layer: CacheLayer,
+    origin: Origin,
+    clock: ManualClock,
+}
+
+struct Got {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Got {
+    fn hit(&self) -> bool {
+        self.headers
+            .get("cache-status")
+            .is_some_and(|v| v.to_str().unwrap().contains("; hit"))
+    }
+}
+
+fn cache(policy: Policy, origin: Origin) -> Cache {
+    // The origin's Date headers come from the real clock: the cache's starts there too.
+    let clock = ManualClock::new(SystemTime::now());
+    let stash = Stash::builder().clock(clock.clone()).build().unwrap();
+    let layer = CacheLayer::new(stash, Routes::new().get("/{*path}", policy));
+    Cache {
+        layer,
+        origin,
+        clock,
+    }
+}
+
+fn http() -> Policy {
+    Policy::new().http_mode(true).vary_headers(["host"])
+}
+
+impl Cache {
+    async fn send(&self, req: Request<Empty<Bytes>>) -> Got {
+        let svc = tower::ServiceBuilder::new()
+            .layer(self.layer.clone())
+            .service(self.origin.clone());
+        let resp = svc.oneshot(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+    async fn get(&self, headers: &[(&str, &str)]) -> Got {
+        let mut req = Request::get("/r").header("host", "a.example");
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        self.send(req.body(Empty::new()).unwrap()).await
+    }
+}
+
+fn now_date() -> String {
+    httpdate::fmt_http_date(SystemTime::now())
+}
+
+#[tokio::test]
+async fn freshness_comes_from_the_origin() {
+    // max-age, and s-maxage over it.
+    for (cc, fresh_for) in [("max-age=60", 60), ("max-age=5, s-maxage=60", 60)] {
+        let c = cache(http(), Origin::new(200, &[("cache-control", cc)], "x"));
+        c.get(&[]).await;
+        c.clock.advance(Duration::from_secs(fresh_for - 1));
+        assert!(c.get(&[]).await.hit(), "{cc}");
+        c.clock.advance(Duration::from_secs(2));
+        assert!(!c.get(&[]).await.hit(), "{cc}");
+        assert_eq!(c.origin.calls(), 2, "{cc}");
+    }
+    // Expires, against Date.
+    let expires = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+    let c = cache(
+        http(),
+        Origin::new(200, &[("expires", &expires), ("date", &now_date())], "x"),
+    );
+    c.get(&[]).await;
+    assert!(c.get(&[]).await.hit());
+    // No freshness at all: not stored.
+    let c = cache(http(), Origin::new(200, &[], "x"));
+    c.get(&[]).await;
+    c.get(&[]).await;
+    assert_eq!(c.origin.calls(), 2);
+    // Heuristic: a tenth of the time since Last-Modified.
+    let lm = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(1000));
+    let c = cache(
+        http(),
+        Origin::new(200, &[("last-modified", &lm), ("date", &now_date())], "x"),
+    );
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(90));
+    assert!(c.get(&[]).await.hit());
+    c.clock.advance(Duration::from_secs(20));
+    assert!(!c.get(&[]).await.hit());
+}
+
+#[tokio::test]
+async fn the_age_a_response_arrives_with_counts_and_a_bad_one_makes_it_stale() {
+    let c = cache(
+        http(),
+        Origin::new(200, &[("cache-control", "max-age=60"), ("age", "50")], "x"),
+    );
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(5));
+    let hit = c.get(&[]).await;
+    assert!(hit.hit());
+    assert_eq!(hit.headers["age"], "55");
+    c.clock.advance(Duration::from_secs(6));
+    assert!(!c.get(&[]).await.hit());
+    for bad in ["abc", "-1", "1.5", "5, 5"] {
+        let c = cache(
+            http(),
+            Origin::new(200, &[("cache-control", "max-age=60"), ("age", bad)], "x"),
+        );
+        c.get(&[]).await;
+        c.get(&[]).await;
+        assert_eq!(c.origin.calls(), 2, "Age: {bad}");
+    }
+}
+
+#[tokio::test]
+async fn no_store_and_private_are_not_stored_and_no_cache_is_revalidated() {
+    for cc in ["no-store, max-age=60", "private, max-age=60"] {
+        let c = cache(http(), Origin::new(200, &[("cache-control", cc)], "x"));
+        c.get(&[]).await;
+        c.get(&[]).await;
+        assert_eq!(c.origin.calls(), 2, "{cc}");
+    }
+    let c = cache(
+        http(),
+        Origin::new(
+            200,
+            &[("cache-control", "no-cache"), ("etag", "\"v1\"")],
+            "body",
+        ),
+    );
+    c.get(&[]).await;
+    c.origin.set(304, &[("etag", "\"v1\"")], "");
+    let got = c.get(&[]).await;
+    assert_eq!(c.origin.last_request()["if-none-match"], "\"v1\"");
+    assert_eq!((got.status, &got.body[..]), (StatusCode::OK, &b"body"[..]));
+}
+
+#[tokio::test]
+async fn a_304_freshens_the_stored_headers() {
+    let c = cache(
+        http(),
+        Origin::new(
+            200,
+            &[
+                ("cache-control", "max-age=1"),
+                ("etag", "\"a\""),
+                ("x-v", "1"),
+            ],
+            "body",
+        ),
+    );
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(2));
+    c.origin.set(
+        304,
+        &[
+            ("cache-control", "max-age=100"),
+            ("etag", "\"b\""),
+            ("x-v", "2"),
+        ],
+        "",
+    );
+    let got = c.get(&[]).await;
+    assert_eq!(c.origin.last_request()["if-none-match"], "\"a\"");
+    assert_eq!(&got.body[..], b"body");
+    assert_eq!(got.headers["x-v"], "2", "updated from the 304");
+    assert_eq!(got.headers["etag"], "\"a\"", "never the validator itself");
+    // Fresh again for the 304's max-age.
+    c.clock.advance(Duration::from_secs(50));
+    assert!(c.get(&[]).await.hit());
+    assert_eq!(c.origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn stale_entries_answer_for_a_failing_origin_unless_they_must_be_revalidated() {
+    for (cc, stale_ok) in [("max-age=1", true), ("max-age=1, must-revalidate", false)] {
+        let c = cache(http(), Origin::new(200, &[("cache-control", cc)], "old"));
+        c.get(&[]).await;
+        c.clock.advance(Duration::from_secs(5));
+        c.origin.set(503, &[], "down");
+        let got = c.get(&[]).await;
+        assert_eq!(&got.body[..] == b"old", stale_ok, "{cc}");
+    }
+}
+
+#[tokio::test]
+async fn request_directives_are_honoured_in_http_mode() {
+    // Each against an entry 30 s into its 100 s (a miss stores a fresh one).
+    for (cc, hit) in [
+        ("no-cache", false),
+        ("max-age=10", false),
+        ("max-age=60", true),
+        ("min-fresh=90", false),
+        ("min-fresh=10", true),
+    ] {
+        let c = cache(
+            http(),
+            Origin::new(200, &[("cache-control", "max-age=100")], "x"),
+        );
+        c.get(&[]).await;
+        c.clock.advance(Duration::from_secs(30));
+        let got = c.get(&[("cache-control", cc)]).await;
+        assert_eq!(got.hit(), hit, "{cc}");
+    }
+    let c = cache(
+        http(),
+        Origin::new(200, &[("cache-control", "max-age=100")], "x"),
+    );
+    c.get(&[]).await;
+    assert!(!c.get(&[("pragma", "no-cache")]).await.hit());
+    // no-store: nothing of the exchange is stored.
+    let c = cache(
+        http(),
+        Origin::new(200, &[("cache-control", "max-age=100")], "x"),
+    );
+    c.get(&[("cache-control", "no-store")]).await;
+    assert!(!c.get(&[]).await.hit());
+    // max-stale: an expired entry will do.
+    c.clock.advance(Duration::from_secs(110));
+    assert!(c.get(&[("cache-control", "max-stale=60")]).await.hit());
+    assert!(!c.get(&[("cache-control", "max-stale=5")]).await.hit());
+    // only-if-cached: never the origin; 504 when nothing is stored.
+    let c = cache(
+        http(),
+        Origin::new(200, &[("cache-control", "max-age=100")], "x"),
+    );
+    let got = c.get(&[("cache-control", "only-if-cached")]).await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(c.origin.calls(), 0);
+}
+
+#[tokio::test]
+async fn application_mode_ignores_request_directives_unless_asked() {
+    let app = Policy::ttl(Duration::from_secs(100));
+    let c = cache(app.clone(), Origin::new(200, &[], "x"));
+    c.get(&[]).await;
+    assert!(c.get(&[("cache-control", "no-cache")]).await.hit());
+    let c = cache(app.request_directives(true), Origin::new(200, &[], "x"));
+    c.get(&[]).await;
+    assert!(!c.get(&[("cache-control", "no-cache")]).await.hit());
+}
+
+#[tokio::test]
+async fn each_variant_has_an_entry_and_vary_star_none() {
+    let c = cache(
+        http(),
+        Origin::new(
+            200,
+            &[
+                ("cache-control", "max-age=100"),
+                ("vary", "Accept-Language"),
+            ],
+            "x",
+        ),
+    );
+    c.get(&[("accept-language", "en")]).await;
+    c.get(&[("accept-language", "fr")]).await;
+    assert_eq!(c.origin.calls(), 2);
+    assert!(c.get(&[("accept-language", "en")]).await.hit());
+    assert!(c.get(&[("accept-language", "fr")]).await.hit());
+    assert!(
+        c.get(&[("accept-language", "EN")]).await.hit(),
+        "case-insensitive tags"
+    );
+    assert!(!c.get(&[]).await.hit(), "no header is a variant of its own");
+    let c = cache(
+        http(),
+        Origin::new(200, &[("cache-control", "max-age=100"), ("vary", "*")], "x"),
+    );
+    c.get(&[]).await;
+    c.get(&[]).await;
+    assert_eq!(c.origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn two_hosts_never_share_an_entry() {
+    let c = cache(
+        http(),
+        Origin::new(200, &[("cache-control", "max-age=100")], "x"),
+    );
+    for host in ["a.example", "b.example", "a.example", "b.example"] {
+        let req = Request::get("/r").header("host", host);
+        c.send(req.body(Empty::new()).unwrap()).await;
+    }
+    assert_eq!(c.origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn authorized_requests_are_stored_only_when_the_origin_says_they_may_be_shared() {
+    for (cc, stored) in [
+        ("max-age=100", false),
+        ("max-age=100, public", true),
+        ("s-maxage=100", true),
+        ("max-age=100, must-revalidate", true),
+    ] {
+        let c = cache(http(), Origin::new(200, &[("cache-control", cc)], "x"));
+        c.get(&[("authorization", "Bearer a")]).await;
+        assert_eq!(c.get(&[]).await.hit(), stored, "{cc}");
+    }
+}
+
+#[tokio::test]
+async fn partial_answers_are_never_stored_but_ranges_are_served_from_whole_ones() {
+    let c = cache(
+        http(),
+        Origin::new(
+            206,
+            &[
+                ("cache-control", "max-age=100"),
+                ("content-range", "bytes 0-1/10"),
+            ],
+            "ab",
+        ),
+    );
+    c.get(&[("range", "bytes=0-1")]).await;
+    c.get(&[("range", "bytes=0-1")]).await;
+    assert_eq!(c.origin.calls(), 2);
+    let c = cache(
+        http(),
+        Origin::new(200, &[("cache-control", "max-age=100")], "0123456789"),
+    );
+    c.get(&[]).await;
+    let got = c.get(&[("range", "bytes=5-")]).await;
+    assert_eq!(got.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&got.body[..], b"56789");
+    assert_eq!(got.headers["content-range"], "bytes 5-9/10");
+    // HEAD is answered from the GET entry.
+    let req = Request::head("/r").header("host", "a.example");
+    let got = c.send(req.body(Empty::new()).unwrap()).await;
+    assert!(got.hit() && got.body.is_empty());
+    assert_eq!(c.origin.calls(), 1);
+}
+
+#[test]
+fn helpers() {
+    let mut h = HeaderMap::new();
+    h.insert("cache-control", "max-age=10".parse().unwrap());
+    assert_eq!(
+        freshness(StatusCode::OK, &h, SystemTime::now()).unwrap().0,
+        Duration::from_secs(10)
+    );
+    let d = RequestDirectives::parse(&{
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cache-control",
+            "max-stale, only-if-cached".parse().unwrap(),
+        );
+        h
+    });
+    assert_eq!(d.max_stale, Some(None));
+    assert!(d.only_if_cached);
+    let r = |s: &str| byte_range(&HeaderValue::from_str(s).unwrap(), 10);
+    assert_eq!(r("bytes=0-4"), Some((0, 4)));
+    assert_eq!(r("bytes=-3"), Some((7, 9)));
+    assert_eq!(r("bytes=8-100"), Some((8, 9)));
+    assert_eq!(r("bytes=0-1,3-4"), None);
+    assert_eq!(r("bytes=20-"), None);
+    let mut stored = HeaderMap::new();
+    stored.insert("etag", "\"a\"".parse().unwrap());
+    stored.insert("content-length", "4".parse().unwrap());
+    let mut nm = HeaderMap::new();
+    nm.insert("etag", "\"b\"".parse().unwrap());
+    nm.insert("content-length", "0".parse().unwrap());
+    nm.insert("x-new", "1".parse().unwrap());
+    let merged = freshen(&stored, &nm);
+    assert_eq!(merged["etag"], "\"a\"");
+    assert_eq!(merged["content-length"], "4");
+    assert_eq!(merged["x-new"], "1");
+}

@@ -141,6 +141,23 @@ fn decoded_name(raw: &str) -> Vec<u8> {
 
 /// Appends `?k=v&..` for the keyed parameters of `query`, sorted by raw name with duplicates in
 /// their order, or nothing when no parameter is keyed.
+/// Whether `query` has parameters the key leaves out: a response to it may reflect them, so
+/// it is served from the cache but never fills it.
+pub(crate) fn has_unkeyed_query(query: Option<&str>, which: &QueryKey) -> bool {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return false;
+    };
+    match which {
+        QueryKey::All => false,
+        QueryKey::Ignore => query.split('&').any(|p| !p.is_empty()),
+        QueryKey::Only(names) => query.split('&').filter(|p| !p.is_empty()).any(|p| {
+            let k = p.split_once('=').map_or(p, |(k, _)| k);
+            let name = decoded_name(k);
+            !names.iter().any(|n| n.as_bytes() == name.as_slice())
+        }),
+    }
+}
+
 pub(crate) fn push_query(out: &mut String, query: Option<&str>, which: &QueryKey) {
     let Some(query) = query.filter(|q| !q.is_empty()) else {
         return;
