@@ -7,8 +7,9 @@
 //!     [--redis redis://127.0.0.1:6379] [--config proxy.toml]
 //! ```
 //!
-//! With `--config`, the file's `[stash]` settings apply, and its routes replace the default
-//! one (every path, HTTP mode, keyed by Host). After a successful unsafe request (POST, PUT,
+//! With `--config`, the file's `[stash]` settings apply, and its routes, if it has any, replace
+//! the default one (every path, HTTP mode, keyed by Host). Routes from a file are in
+//! application mode, where the policy's TTL decides: key `host` there too (`vary_headers`). After a successful unsafe request (POST, PUT,
 //! DELETE, ...), the target URL and a same-origin `Location` / `Content-Location` are
 //! invalidated. `scripts/cache-tests.sh` runs the public HTTP cache test suite against it.
 
@@ -21,6 +22,9 @@ use std::net::SocketAddr;
 use tower::ServiceBuilder;
 use tower_stash::config::Config;
 use tower_stash::{CacheLayer, Policy, Routes, SingleFlightLayer, Stash};
+
+/// How long the origin may take to start answering.
+const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn arg(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
@@ -98,11 +102,17 @@ impl Upstream {
         uri.path_and_query = path.parse().ok();
         parts.uri = Uri::from_parts(uri).expect("the upstream URL and a path");
         strip_hop_by_hop(&mut parts.headers);
-        let resp = match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(resp) => resp,
-            Err(e) => {
+        let sent = self.client.request(Request::from_parts(parts, body));
+        let resp = match tokio::time::timeout(UPSTREAM_TIMEOUT, sent).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
                 let mut resp = Response::new(Body::from(format!("upstream failed: {e}\n")));
                 *resp.status_mut() = StatusCode::BAD_GATEWAY;
+                return Ok(resp);
+            }
+            Err(_) => {
+                let mut resp = Response::new(Body::from("upstream timed out\n"));
+                *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
                 return Ok(resp);
             }
         };
@@ -151,6 +161,12 @@ pub fn app(upstream: Upstream) -> axum::Router {
     let forward = tower::service_fn(move |req| upstream.clone().forward(req));
     axum::Router::new().fallback_service(
         ServiceBuilder::new()
+            // Before the cache builds its key: a header `Connection` names never reaches the
+            // origin, so it must not choose the entry either.
+            .map_request(|mut req: Request<Body>| {
+                strip_hop_by_hop(req.headers_mut());
+                req
+            })
             .layer(cache)
             .layer(SingleFlightLayer::new(stash))
             .service(forward),

@@ -60,6 +60,15 @@ impl Ctx {
         &self.shared.stash
     }
 
+    /// Tells a [`SingleFlightLayer`](crate::SingleFlightLayer) below which key this request
+    /// fills, unless its answer may be its own: one that reflects parameters the key leaves
+    /// out, or answers an `Authorization` the key does not hold, is never shared.
+    pub(crate) fn attach_flight<B>(&self, req: &mut Request<B>, leased: bool) {
+        if !self.authorized && !self.unkeyed_query {
+            req.extensions_mut().insert(self.flight_key(leased));
+        }
+    }
+
     /// The request extension that tells a [`SingleFlightLayer`](crate::SingleFlightLayer)
     /// below which key this request fills.
     pub(crate) fn flight_key(&self, leased: bool) -> FlightKey {
@@ -312,7 +321,7 @@ where
     if let Some(entry) = &ctx.revalidate {
         conditional(&mut req, entry);
     }
-    req.extensions_mut().insert(ctx.flight_key(false));
+    ctx.attach_flight(&mut req, false);
     State::miss(inner.call(req), ctx)
 }
 
@@ -428,6 +437,11 @@ fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) -> Response<S
     let stash = ctx.stash().clone();
     let now = stash.now();
     let headers = crate::http::freshen(entry.headers(), not_modified);
+    // The merged answer is stored only under the rules a full answer would meet.
+    let storable = !ctx.authorized
+        && !ctx.unkeyed_query
+        && !headers.contains_key(header::SET_COOKIE)
+        && !headers::has_directive(&headers, &["no-store", "private"]);
     let (lifetime, age) = crate::http::freshness(entry.status(), &headers, now)
         .unwrap_or((Duration::ZERO, Duration::ZERO));
     let lifetime = lifetime.min(ctx.policy.ttl);
@@ -444,8 +458,12 @@ fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) -> Response<S
     let keep = ttl
         .saturating_add(ctx.policy.grace())
         .min(crate::entry::MAX_TTL);
-    let put = stash.store().put(ctx.key.clone(), fresh.clone(), keep);
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+    // (The memory store inserts when `put` is called: only then.)
+    let runtime = tokio::runtime::Handle::try_current()
+        .ok()
+        .filter(|_| storable);
+    if let Some(rt) = runtime {
+        let put = stash.store().put(ctx.key.clone(), fresh.clone(), keep);
         let key = ctx.key.clone();
         let stash = stash.clone();
         rt.spawn(async move {
@@ -533,7 +551,12 @@ pub(crate) fn as_directed(
             let past = now.duration_since(entry.fresh_until()).unwrap_or_default();
             let revalidate = headers::has_directive(
                 entry.headers(),
-                &["must-revalidate", "proxy-revalidate", "no-cache"],
+                &[
+                    "must-revalidate",
+                    "proxy-revalidate",
+                    "no-cache",
+                    "s-maxage",
+                ],
             );
             if !revalidate && d.accepts(age, Duration::ZERO, past) {
                 // Served as it is: the request said a stale answer will do.
@@ -725,12 +748,33 @@ where
         if req.method() == http::Method::HEAD {
             *req.method_mut() = http::Method::GET;
         }
-        for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+        for name in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::RANGE,
+            header::IF_RANGE,
+        ] {
             req.headers_mut().remove(name);
         }
-        req.extensions_mut().insert(ctx.flight_key(true));
-        let mut inner = inner;
         let mut ctx = ctx;
+        if ctx.unkeyed_query {
+            // The refresh asks with the keyed parameters only: its answer can then be stored.
+            let query = crate::key::keyed_query(req.uri().query(), &ctx.policy.query);
+            let path = req.uri().path().to_owned();
+            let pq = if query.is_empty() {
+                path
+            } else {
+                format!("{path}?{query}")
+            };
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = pq.parse().ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+                ctx.unkeyed_query = false;
+            }
+        }
+        ctx.attach_flight(&mut req, true);
+        let mut inner = inner;
         ctx.started = stash.now();
         ctx.stale = None;
         ctx.head = false;
@@ -1179,7 +1223,13 @@ fn miss<B: Body<Data = Bytes>>(
                 let keep = ttl
                     .saturating_add(policy.grace())
                     .min(crate::entry::MAX_TTL);
-                drop(stash.store().put(key.clone(), record, keep));
+                let put = stash.store().put(key.clone(), record, keep);
+                // Memory stores on the call; a shared store needs its future run.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let _ = put.await;
+                    });
+                }
                 full = vfull;
                 key = vkey;
             }

@@ -212,7 +212,9 @@ where
                     head,
                     if_none_match,
                     if_modified_since,
-                    range: headers.get(header::RANGE).filter(|_| policy.http),
+                    range: headers
+                        .get(header::RANGE)
+                        .filter(|_| policy.http && !headers.contains_key(header::IF_RANGE)),
                 };
                 let resp = hit(
                     stash,
@@ -254,7 +256,7 @@ where
                 if let Some(entry) = &ctx.revalidate {
                     super::future::conditional(&mut req, entry);
                 }
-                req.extensions_mut().insert(ctx.flight_key(false));
+                ctx.attach_flight(&mut req, false);
                 return ResponseFuture::miss(self.call_inner(req), ctx);
             }
         }
@@ -263,7 +265,7 @@ where
             (Some(None), _) => {
                 stash.counters().miss();
                 let mut req = req;
-                req.extensions_mut().insert(ctx.flight_key(false));
+                ctx.attach_flight(&mut req, false);
                 ResponseFuture::miss(self.call_inner(req), ctx)
             }
             (Some(Some(entry)), Some(Found::StaleWhileRevalidate)) => {
@@ -379,10 +381,11 @@ impl<S> CacheService<S> {
             .get(header::IF_MODIFIED_SINCE)
             .filter(|_| policy.http)
             .cloned();
+        // A `Range` with `If-Range` is for one version: the origin answers it.
         let range = req
             .headers()
             .get(header::RANGE)
-            .filter(|_| policy.http)
+            .filter(|_| policy.http && !req.headers().contains_key(header::IF_RANGE))
             .cloned();
         Box::new(Ctx {
             shared: self.shared.clone(),

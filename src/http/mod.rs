@@ -90,7 +90,17 @@ pub(crate) fn push_variant(out: &mut String, names: &[String], request: &HeaderM
         }
         if request.contains_key(name.as_str()) {
             out.push('=');
-            crate::key::escape_into(out, values.join(",").as_bytes());
+            let joined = values.join(",");
+            if matches!(
+                name.as_str(),
+                "authorization" | "cookie" | "proxy-authorization"
+            ) {
+                // Never a secret in a key: its 128-bit hash.
+                out.push('#');
+                crate::key::push_hex(out, &blake3::hash(joined.as_bytes()).as_bytes()[..16]);
+            } else {
+                crate::key::escape_into(out, joined.as_bytes());
+            }
         }
     }
 }

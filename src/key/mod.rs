@@ -139,8 +139,27 @@ fn decoded_name(raw: &str) -> Vec<u8> {
     percent_decode_str(&plus).collect()
 }
 
-/// Appends `?k=v&..` for the keyed parameters of `query`, sorted by raw name with duplicates in
-/// their order, or nothing when no parameter is keyed.
+/// The parameters of `query` the key holds, as they came (for a refresh that may be stored).
+pub(crate) fn keyed_query(query: Option<&str>, which: &QueryKey) -> String {
+    let Some(query) = query else {
+        return String::new();
+    };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| match which {
+            QueryKey::All => true,
+            QueryKey::Ignore => false,
+            QueryKey::Only(names) => {
+                let k = p.split_once('=').map_or(*p, |(k, _)| k);
+                let name = decoded_name(k);
+                names.iter().any(|n| n.as_bytes() == name.as_slice())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// Whether `query` has parameters the key leaves out: a response to it may reflect them, so
 /// it is served from the cache but never fills it.
 pub(crate) fn has_unkeyed_query(query: Option<&str>, which: &QueryKey) -> bool {
@@ -158,6 +177,8 @@ pub(crate) fn has_unkeyed_query(query: Option<&str>, which: &QueryKey) -> bool {
     }
 }
 
+/// Appends `?k=v&..` for the keyed parameters of `query`, sorted by raw name with duplicates in
+/// their order, or nothing when no parameter is keyed.
 pub(crate) fn push_query(out: &mut String, query: Option<&str>, which: &QueryKey) {
     let Some(query) = query.filter(|q| !q.is_empty()) else {
         return;

@@ -370,7 +370,13 @@ impl Routes {
             etag: resolved.etag.unwrap_or(!resolved.grpc && !http),
             stale_while_revalidate: swr,
             stale_if_error: sie,
-            beta: if sliding.is_some() { 0.0 } else { beta },
+            // Sliding entries do not expire while used; in HTTP mode the origin's Age and
+            // clock would skew the recompute time.
+            beta: if sliding.is_some() || (http && resolved.early_refresh.is_none()) {
+                0.0
+            } else {
+                beta
+            },
             ttl_jitter: jitter,
             upstream_timeout: resolved.upstream_timeout,
             fields: resolved.fields,

@@ -290,8 +290,10 @@ where
                         && !crate::headers::has_directive(&parts.headers, &["no-store", "private"])
                         && crate::cache::vary_is_keyed(&parts.headers, policy)
                         && body.size_hint().lower() <= limit as u64
+                        // A 304 or a 206 answers one client's conditions or range.
+                        && !matches!(parts.status.as_u16(), 304 | 206)
                         // A gRPC error may be this call's own (its deadline, its quota).
-                        && !(policy.grpc && crate::grpc::status(&parts.headers).is_some());
+                        && (!policy.grpc || crate::grpc::status(&parts.headers).is_none());
                     let body = if shareable {
                         let tee = Tee {
                             leader: Some(leader),
