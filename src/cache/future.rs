@@ -1215,15 +1215,18 @@ fn miss<B: Body<Data = Bytes>>(
                 mut tags,
                 policy,
                 started,
+                primary,
                 ..
             } = *ctx;
             if let Some((vfull, vkey, record)) = variant {
-                // The URL's key holds the record of what its responses vary on; the response
-                // goes under its variant's key.
+                // The URL's key holds the record of what its responses vary on (this
+                // request's key may already be a variant's); the response goes under its
+                // variant's key.
                 let keep = ttl
                     .saturating_add(policy.grace())
                     .min(crate::entry::MAX_TTL);
-                let put = stash.store().put(key.clone(), record, keep);
+                let url_key = primary.map_or_else(|| key.clone(), |(_, k)| k);
+                let put = stash.store().put(url_key, record, keep);
                 // Memory stores on the call; a shared store needs its future run.
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     rt.spawn(async move {

@@ -1,0 +1,158 @@
+//! The caching reverse proxy of `examples/proxy.rs` in front of a counting origin, both on
+//! loopback ports: HTTP mode, Host keyed, unsafe methods invalidating, hop-by-hop headers.
+
+#[path = "../examples/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
+
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tower_stash::{CacheLayer, Stash};
+
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// An origin that counts its requests and answers with what it saw: GETs cacheable for a
+/// minute, in the language asked for; POSTs redirect to `/after`.
+async fn origin(calls: Arc<AtomicUsize>) -> SocketAddr {
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let calls = calls.clone();
+        async move {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let lang = req
+                .headers()
+                .get("accept-language")
+                .map_or("default", |v| v.to_str().unwrap())
+                .to_owned();
+            let host = req
+                .headers()
+                .get("host")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let body = format!("{} {} for {host} in {lang} #{n}", req.method(), req.uri());
+            if req.method() == http::Method::POST {
+                return ([("location", "/after")], body).into_response();
+            }
+            (
+                [("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+                body,
+            )
+                .into_response()
+        }
+    });
+    serve(app).await
+}
+
+struct Setup {
+    proxy: SocketAddr,
+    calls: Arc<AtomicUsize>,
+}
+
+async fn setup() -> Setup {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = origin(calls.clone()).await;
+    let stash = Stash::builder().build().unwrap();
+    let cache = CacheLayer::new(stash.clone(), proxy::default_routes());
+    let upstream = format!("http://{origin}").parse().unwrap();
+    let app = proxy::app(proxy::Upstream::new(upstream, stash, cache));
+    Setup {
+        proxy: serve(app).await,
+        calls,
+    }
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(n, _)| *n == "host") {
+        req = req.header("host", "shop.example");
+    }
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn gets_are_cached_per_host_and_variant() {
+    let s = setup().await;
+    let (status, first) = send(s.proxy, "GET", "/p", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(send(s.proxy, "GET", "/p", &[]).await.1, first);
+    assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+    // Another Host, another entry.
+    let (_, other) = send(s.proxy, "GET", "/p", &[("host", "evil.example")]).await;
+    assert!(other.contains("evil.example"));
+    assert_eq!(send(s.proxy, "GET", "/p", &[]).await.1, first);
+    // Another language (the origin varies on it), another entry.
+    let (_, fr) = send(s.proxy, "GET", "/p", &[("accept-language", "fr")]).await;
+    assert!(fr.contains("in fr"));
+    assert_eq!(
+        send(s.proxy, "GET", "/p", &[("accept-language", "fr")])
+            .await
+            .1,
+        fr
+    );
+    assert_eq!(s.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_successful_post_invalidates_the_target_and_its_location() {
+    let s = setup().await;
+    send(s.proxy, "GET", "/p", &[]).await;
+    send(s.proxy, "GET", "/after", &[]).await;
+    assert_eq!(s.calls.load(Ordering::SeqCst), 2);
+    let (status, _) = send(s.proxy, "POST", "/p", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, again) = send(s.proxy, "GET", "/p", &[]).await;
+    assert!(again.ends_with("#4"), "{again}");
+    let (_, after) = send(s.proxy, "GET", "/after", &[]).await;
+    assert!(after.ends_with("#5"), "the Location went too: {after}");
+}
+
+#[tokio::test]
+async fn a_header_named_by_connection_cannot_choose_the_entry() {
+    let s = setup().await;
+    // `Connection` drops Accept-Language on its way to the origin, which then answers in
+    // its default language: that answer must not become the French entry.
+    let (_, poisoned) = send(
+        s.proxy,
+        "GET",
+        "/p",
+        &[("accept-language", "fr"), ("connection", "accept-language")],
+    )
+    .await;
+    assert!(poisoned.contains("in default"), "{poisoned}");
+    let (_, fr) = send(s.proxy, "GET", "/p", &[("accept-language", "fr")]).await;
+    assert!(fr.contains("in fr"), "{fr}");
+}
