@@ -418,7 +418,9 @@ where
         }
     }
     match (result, ctx.stale.clone()) {
-        (Ok(resp), Some(entry)) if resp.status().is_server_error() => {
+        (Ok(resp), Some(entry))
+            if resp.status().is_server_error() && stale_for_status(&ctx, &entry, resp.status()) =>
+        {
             let status = resp.status();
             drop(resp);
             Ok(stale_if_error(&ctx, &entry, Some(status), "server-error").map(CacheBody::stored))
@@ -496,6 +498,24 @@ fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) -> Response<S
     resp
 }
 
+/// Whether an origin's 5xx may be answered with the stale `entry`. In application mode the
+/// policy decided when it kept the entry; in HTTP mode only inside the origin's
+/// `stale-if-error` window, or when the origin could not be reached at all (502, 504).
+fn stale_for_status(ctx: &Ctx, entry: &Entry, status: StatusCode) -> bool {
+    if !ctx.policy.http || matches!(status.as_u16(), 502 | 504) {
+        return true;
+    }
+    let past = ctx
+        .stash()
+        .now()
+        .duration_since(entry.fresh_until())
+        .unwrap_or_default();
+    let sie = crate::http::stale_windows(entry.headers())
+        .1
+        .max(ctx.policy.stale_if_error);
+    past < sie
+}
+
 /// What an entry found for a request is good for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Found {
@@ -524,9 +544,19 @@ pub(crate) fn classify(
         Ok(_) => Duration::ZERO,
         Err(e) => e.duration(),
     };
-    if past < policy.stale_while_revalidate {
+    let (swr, sie) = if policy.http {
+        // HTTP mode: the origin's own windows too (RFC 5861), unless it forbids stale use.
+        let (swr, sie) = crate::http::stale_windows(entry.headers());
+        (
+            swr.max(policy.stale_while_revalidate),
+            sie.max(policy.stale_if_error),
+        )
+    } else {
+        (policy.stale_while_revalidate, policy.stale_if_error)
+    };
+    if past < swr {
         Found::StaleWhileRevalidate
-    } else if past < policy.stale_if_error {
+    } else if past < sie {
         Found::StaleIfError
     } else {
         Found::Unusable

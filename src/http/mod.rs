@@ -1,25 +1,40 @@
 //! HTTP caching semantics (RFC 9111) for policies in HTTP mode ([`Policy::http_mode`]), where
 //! the origin's headers decide what is stored and for how long, as a shared cache must.
 //!
-//! What HTTP mode does today:
+//! What HTTP mode does:
 //!
 //! - Freshness from `s-maxage`, then `max-age`, then `Expires` minus `Date`; heuristic
 //!   freshness (10 % of the time since `Last-Modified`, at most a day) for the statuses RFC
 //!   9110 calls heuristically cacheable. A response with none of these is not stored.
 //! - `Age`: the age a response arrives with (its `Age` header, or how far its `Date` lies in
-//!   the past) counts toward its freshness and is sent on every hit.
-//! - Response directives: `no-store` and `private` are not stored; `no-cache`,
-//!   `must-revalidate` and `proxy-revalidate` entries are never served stale.
-//! - Request directives (`no-store`, `no-cache`, `max-age`, `min-fresh`, `max-stale`,
-//!   `only-if-cached`, and `Pragma: no-cache`): see [`RequestDirectives`]. In application mode
-//!   they are ignored unless the policy opts in ([`Policy::request_directives`]): no client can
-//!   force misses onto the database.
-//! - A 206 is never stored, nor a 304.
+//!   the past) counts toward its freshness and is sent on every hit; an `Age` that is not one
+//!   plain number makes the response stale.
+//! - Response directives: `no-store` and `private` are not stored; `no-cache` answers with a
+//!   validator are stored and revalidated before every use; `must-revalidate`,
+//!   `proxy-revalidate`, `s-maxage` and `no-cache` entries are never served stale;
+//!   `stale-while-revalidate=N` and `stale-if-error=N` (RFC 5861) are honoured;
+//!   `must-understand` stores only known statuses (and then despite `no-store`).
+//! - Validation: expired entries with an `ETag` or `Last-Modified` are kept a day and
+//!   revalidated with `If-None-Match` / `If-Modified-Since`; a `304` freshens the stored
+//!   headers (never the validator or `Content-Length`), and is stored only under the rules a
+//!   full answer meets.
+//! - When the origin cannot be reached (an error, 502, 504), an expired entry that allows it
+//!   is answered stale; other 5xx only inside `stale-if-error`.
+//! - `Vary`: each variant has a key of its own (a record under the URL's key names the
+//!   headers; credentials hashed; `Accept-Language`, `-Encoding`, `-Charset` normalised);
+//!   `Vary: *` is never stored.
+//! - Requests: `If-Modified-Since` and one byte `Range` (without `If-Range`) are answered from
+//!   stored responses; the `Authorization` rule of RFC 9111 section 3.5; request directives
+//!   (`no-store`, `no-cache`, `max-age`, `min-fresh`, `max-stale`, `only-if-cached`, and
+//!   `Pragma: no-cache`): see [`RequestDirectives`]. In application mode they are ignored
+//!   unless the policy opts in ([`Policy::request_directives`]): no client can force misses
+//!   onto the database.
+//! - A 206 is never stored, nor a 304; `Set-Cookie` answers are not stored either (a shared
+//!   cache that stores them hands one client's cookie to others).
 //!
-//! Not yet: secondary keys from an arbitrary `Vary` (a response varying on a header the policy
-//! does not key is not stored), revalidation of stale entries with conditional requests,
-//! invalidation after unsafe methods, the `Authorization` exception of section 3.5, and the
-//! response's own `stale-while-revalidate` / `stale-if-error`.
+//! Not yet: a bound on variants per URL, following a variant record found in Redis (such
+//! lookups miss and refill), `immutable`, storing POST answers by `Content-Location`, and
+//! partial content.
 //!
 //! [`Policy::http_mode`]: crate::Policy::http_mode
 //! [`Policy::request_directives`]: crate::Policy::request_directives
@@ -118,6 +133,30 @@ pub(crate) fn may_serve_stale(headers: &HeaderMap) -> bool {
             "no-cache",
         ],
     )
+}
+
+/// The stale windows a stored response grants itself: `stale-while-revalidate=N` and
+/// `stale-if-error=N` (RFC 5861), none when it may not be served stale at all.
+pub(crate) fn stale_windows(headers: &HeaderMap) -> (Duration, Duration) {
+    if !may_serve_stale(headers) {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let (mut swr, mut sie) = (Duration::ZERO, Duration::ZERO);
+    for (name, value) in directives(headers) {
+        let secs = || {
+            Duration::from_secs(
+                seconds(&value)
+                    .unwrap_or(0)
+                    .min(REVALIDATE_WINDOW.as_secs()),
+            )
+        };
+        match name.as_str() {
+            "stale-while-revalidate" => swr = secs(),
+            "stale-if-error" => sie = secs(),
+            _ => {}
+        }
+    }
+    (swr, sie)
 }
 
 /// Whether a response has a validator a conditional request can use.

@@ -254,14 +254,22 @@ async fn a_304_freshens_the_stored_headers() {
 }
 
 #[tokio::test]
-async fn stale_entries_answer_for_a_failing_origin_unless_they_must_be_revalidated() {
-    for (cc, stale_ok) in [("max-age=1", true), ("max-age=1, must-revalidate", false)] {
+async fn stale_entries_answer_for_an_unreachable_origin_unless_they_must_be_revalidated() {
+    // 502/504: the origin could not be reached (a proxy's answer); a 503 is the origin's
+    // own, served as it is without `stale-if-error`.
+    for (cc, status, stale_ok) in [
+        ("max-age=1", 502, true),
+        ("max-age=1", 504, true),
+        ("max-age=1", 503, false),
+        ("max-age=1, must-revalidate", 502, false),
+        ("max-age=1, s-maxage=1", 502, false),
+    ] {
         let c = cache(http(), Origin::new(200, &[("cache-control", cc)], "old"));
         c.get(&[]).await;
         c.clock.advance(Duration::from_secs(5));
-        c.origin.set(503, &[], "down");
+        c.origin.set(status, &[], "down");
         let got = c.get(&[]).await;
-        assert_eq!(&got.body[..] == b"old", stale_ok, "{cc}");
+        assert_eq!(&got.body[..] == b"old", stale_ok, "{cc}, {status}");
     }
 }
 
@@ -534,4 +542,40 @@ async fn a_range_with_if_range_gets_the_whole_body() {
         .await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(&got.body[..], b"0123456789");
+}
+
+#[tokio::test]
+async fn the_origin_s_own_stale_windows_are_honoured() {
+    // stale-while-revalidate: answered stale at once, refreshed in the background.
+    let c = cache(
+        http(),
+        Origin::new(
+            200,
+            &[("cache-control", "max-age=10, stale-while-revalidate=30")],
+            "old",
+        ),
+    );
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(20));
+    c.origin.set(200, &[("cache-control", "max-age=10")], "new");
+    let got = c.get(&[]).await;
+    assert_eq!(&got.body[..], b"old");
+    assert!(got.hit());
+    crate::test_util::until("the refresh", || c.origin.calls() == 2).await;
+    // stale-if-error: answered stale when the origin fails, inside the window only.
+    let c = cache(
+        http(),
+        Origin::new(
+            200,
+            &[("cache-control", "max-age=10, stale-if-error=30")],
+            "old",
+        ),
+    );
+    c.get(&[]).await;
+    c.origin.set(500, &[], "down");
+    c.clock.advance(Duration::from_secs(20));
+    assert_eq!(&c.get(&[]).await.body[..], b"old");
+    c.clock.advance(Duration::from_secs(30));
+    let got = c.get(&[]).await;
+    assert_eq!(got.status, StatusCode::INTERNAL_SERVER_ERROR);
 }
