@@ -483,3 +483,47 @@ async fn invalidate_key_drops_the_entry_and_its_variants_and_refuses_late_fills(
     let before = calls.load(Ordering::SeqCst);
     assert_eq!(get_body("/users/2").await, format!("call {}", before + 1));
 }
+
+#[tokio::test]
+async fn a_refresh_triggered_with_unkeyed_parameters_asks_with_the_keyed_ones_only() {
+    let clock = ManualClock::default();
+    let stash = Stash::builder().clock(clock.clone()).build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let router = Router::new()
+        .route(
+            "/r",
+            get(move |uri: http::Uri| {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { format!("call {n} for {uri}") }
+            }),
+        )
+        .layer(CacheLayer::new(
+            stash.clone(),
+            Routes::new().get(
+                "/r",
+                Policy::ttl(MINUTE)
+                    .vary_query(["q"])
+                    .stale_while_revalidate(Duration::from_secs(30)),
+            ),
+        ));
+    let get = |uri: &'static str| {
+        let router = router.clone();
+        async move {
+            let resp = router
+                .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes()
+        }
+    };
+    get("/r?q=1").await;
+    clock.advance(MINUTE + Duration::from_secs(10));
+    // Stale at once; the refresh behind it leaves `utm` out, so its answer can be stored.
+    let stale = get("/r?q=1&utm=%3Cx%3E").await;
+    assert_eq!(&stale[..], b"call 1 for /r?q=1");
+    until("the refresh to be stored", || stash.stats().stores >= 2).await;
+    let fresh = get("/r?q=1").await;
+    assert_eq!(&fresh[..], b"call 2 for /r?q=1");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
