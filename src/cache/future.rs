@@ -232,6 +232,14 @@ where
                             None
                         }
                     };
+                    // HTTP mode: the URL's key held the record of what its responses vary on;
+                    // the variant is looked up next.
+                    if let (Some(entry), Some(c)) = (&found, ctx.as_mut()) {
+                        if let Some(next) = follow_variant(c, entry) {
+                            *lookup = next;
+                            continue;
+                        }
+                    }
                     let mut ctx = ctx.take().expect("polled after completion");
                     let (inner, req) = *call.take().expect("polled after completion");
                     let now = ctx.stash().now();
@@ -344,6 +352,27 @@ pub(crate) fn conditional<B>(req: &mut Request<B>, entry: &Entry) {
     if let Some(modified) = entry.headers().get(header::LAST_MODIFIED) {
         h.insert(header::IF_MODIFIED_SINCE, modified.clone());
     }
+}
+
+/// HTTP mode: when `entry` is the variant record of the URL being looked up, points `ctx` at
+/// the request's variant and returns its lookup.
+fn follow_variant(ctx: &mut Ctx, entry: &Entry) -> Option<StoreFuture<Option<Arc<Entry>>>> {
+    if !ctx.policy.http || ctx.primary.is_some() {
+        return None;
+    }
+    let names = crate::http::record_names(entry, &ctx.full)?;
+    let request = ctx.request_headers.as_ref()?;
+    let mut vfull = ctx.full.to_string();
+    crate::http::push_variant(&mut vfull, &names, request);
+    let inner = &ctx.stash().inner;
+    let vkey: Arc<str> = crate::key::storage_key(&vfull, inner.prefix.len(), inner.max_key_len)
+        .map_or_else(|| vfull.as_str().into(), Into::into);
+    let primary = (
+        std::mem::replace(&mut ctx.full, vfull.into()),
+        std::mem::replace(&mut ctx.key, vkey.clone()),
+    );
+    ctx.primary = Some(primary);
+    Some(ctx.stash().store().get(vkey))
 }
 
 /// HTTP mode, a response with `Vary`: its variant's full and stored keys, and the record to

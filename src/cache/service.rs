@@ -181,7 +181,7 @@ where
         if policy.http {
             // A URL whose responses vary: its key holds their record, the variant its own.
             if let Some(Some(record)) = &local {
-                if let Some(names) = vary_record(record, &full) {
+                if let Some(names) = crate::http::record_names(record, &full) {
                     let mut vfull = full.clone();
                     crate::http::push_variant(&mut vfull, &names, headers);
                     let prefix = stash.inner.prefix.len();
@@ -290,16 +290,6 @@ where
             }
         }
     }
-}
-
-/// The header names of a variant record stored under the URL key `full`, if `entry` is one.
-fn vary_record(entry: &crate::Entry, full: &str) -> Option<Vec<String>> {
-    let value = entry.headers().get(crate::http::VARY_RECORD)?;
-    if entry.key() != crate::http::record_key(full) {
-        return None;
-    }
-    let names = value.to_str().ok()?;
-    Some(names.split(',').map(|n| n.trim().to_owned()).collect())
 }
 
 /// The clone-and-swap of tower middleware: the service that `poll_ready` made ready goes to

@@ -50,6 +50,17 @@ pub(crate) const REVALIDATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// The internal header of a variant record: the request headers a URL's responses vary on.
 pub(crate) const VARY_RECORD: &str = "tower-stash-vary";
 
+/// The header names a variant record stored under the URL key `full` lists, if `entry` is
+/// one.
+pub(crate) fn record_names(entry: &crate::Entry, full: &str) -> Option<Vec<String>> {
+    let value = entry.headers().get(VARY_RECORD)?;
+    if entry.key() != record_key(full) {
+        return None;
+    }
+    let names = value.to_str().ok()?;
+    Some(names.split(',').map(|n| n.trim().to_owned()).collect())
+}
+
 /// The key of the variant record stored under a URL's key (it never equals an entry's key).
 pub(crate) fn record_key(full: &str) -> String {
     format!("{full}|#vary")

@@ -579,3 +579,48 @@ async fn the_origin_s_own_stale_windows_are_honoured() {
     let got = c.get(&[]).await;
     assert_eq!(got.status, StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+/// A store that always answers later (as Redis does): every lookup takes the slow path.
+struct Remote(crate::MemoryStore);
+
+impl crate::Store for Remote {
+    fn get(&self, key: Arc<str>) -> crate::StoreFuture<Option<Arc<crate::Entry>>> {
+        self.0.get(key)
+    }
+    fn put(
+        &self,
+        key: Arc<str>,
+        entry: Arc<crate::Entry>,
+        ttl: Duration,
+    ) -> crate::StoreFuture<()> {
+        self.0.put(key, entry, ttl)
+    }
+    fn delete(&self, key: Arc<str>) -> crate::StoreFuture<()> {
+        self.0.delete(key)
+    }
+}
+
+#[tokio::test]
+async fn variants_are_found_through_a_shared_store_too() {
+    let stash = Stash::builder()
+        .store(Remote(crate::MemoryStore::new(1 << 20)))
+        .build()
+        .unwrap();
+    let c = Cache {
+        layer: CacheLayer::new(stash, Routes::new().get("/{*path}", http())),
+        origin: Origin::new(
+            200,
+            &[
+                ("cache-control", "max-age=100"),
+                ("vary", "Accept-Language"),
+            ],
+            "x",
+        ),
+        clock: ManualClock::default(),
+    };
+    c.get(&[("accept-language", "en")]).await;
+    c.get(&[("accept-language", "fr")]).await;
+    assert!(c.get(&[("accept-language", "en")]).await.hit());
+    assert!(c.get(&[("accept-language", "fr")]).await.hit());
+    assert_eq!(c.origin.calls(), 2);
+}
