@@ -8,8 +8,8 @@
 //! ```
 //!
 //! With `--config`, the file's `[stash]` settings apply, and its routes, if it has any, replace
-//! the default one (every path, HTTP mode, keyed by Host). Routes from a file are in
-//! application mode, where the policy's TTL decides: key `host` there too (`vary_headers`). After a successful unsafe request (POST, PUT,
+//! the default one (every path, HTTP mode, keyed by Host). Give them `http_mode = true` and
+//! `vary_headers = ["host"]` to keep those, or a TTL to let the policy decide. After a successful unsafe request (POST, PUT,
 //! DELETE, ...), the target URL and a same-origin `Location` / `Content-Location` are
 //! invalidated. `scripts/cache-tests.sh` runs the public HTTP cache test suite against it.
 

@@ -195,6 +195,10 @@ pub struct PolicyConfig {
     pub session_cookie: Option<String>,
     /// The header holding the session id.
     pub session_header: Option<String>,
+    /// HTTP mode: the origin's headers decide (RFC 9111).
+    pub http_mode: Option<bool>,
+    /// Whether requests' `Cache-Control` is honoured.
+    pub request_directives: Option<bool>,
 }
 
 /// A rule's table: the fields of [`Invalidate`].
@@ -805,6 +809,12 @@ impl PolicyConfig {
         }
         if let Some(h) = &self.session_header {
             p = p.session_header(h.clone());
+        }
+        if let Some(on) = self.http_mode {
+            p = p.http_mode(on);
+        }
+        if let Some(on) = self.request_directives {
+            p = p.request_directives(on);
         }
         p
     }

@@ -184,3 +184,15 @@ fn a_cluster_is_a_list_of_seed_nodes() {
     let e = err("[stash.redis]\ntimeout = \"20ms\"\n");
     assert!(e.starts_with("app.toml:1: stash.redis.url: missing"), "{e}");
 }
+
+#[test]
+fn http_mode_routes_can_come_from_a_file() {
+    let text = "[routes.\"GET /{*path}\"]\nhttp_mode = true\nvary_headers = [\"host\"]\n";
+    let config = Config::from_toml(text, "proxy.toml").unwrap();
+    // No ttl needed: the origin decides.
+    config.routes().unwrap();
+    assert_eq!(
+        config.routes["GET /{*path}"].get_ref().http_mode,
+        Some(true)
+    );
+}
