@@ -2,21 +2,24 @@
 # Stampede run: 1000 concurrent requests for one cold key (a 200 ms simulated database), each
 # round a new key, against the quickstart with single flight, without it, and (as the
 # machine's reference) the same burst on warm keys, which are all hits.
+# As in scripts/load.sh, each server runs on one core with one worker thread and the load
+# client on the other, so that the client does not take the server's CPU in the burst.
 # Usage: scripts/stampede.sh [concurrency] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 concurrency=${1:-1000}
 rounds=${2:-5}
 cargo build --release --example quickstart --example stampede >/dev/null 2>&1
-./target/release/examples/quickstart --listen 127.0.0.1:3210 >/dev/null &
+export TOKIO_WORKER_THREADS=1
+taskset -c 1 ./target/release/examples/quickstart --listen 127.0.0.1:3210 >/dev/null &
 with=$!
-./target/release/examples/quickstart --listen 127.0.0.1:3211 --no-single-flight >/dev/null &
+taskset -c 1 ./target/release/examples/quickstart --listen 127.0.0.1:3211 --no-single-flight >/dev/null &
 without=$!
 trap 'kill $with $without 2>/dev/null' EXIT
 for port in 3210 3211; do
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/stats" >/dev/null && break; sleep 0.1; done
 done
-client=./target/release/examples/stampede
+client="taskset -c 0 ./target/release/examples/stampede"
 echo "== single flight (cold keys)"
 $client --url http://127.0.0.1:3210 --concurrency "$concurrency" --rounds "$rounds" --first-id 1000 | tail -1
 echo "== the same keys again: all hits (what a burst of $concurrency costs this machine)"
