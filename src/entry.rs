@@ -376,6 +376,7 @@ impl Entry {
         let ttl = Duration::from_millis(r.u64()?).min(MAX_TTL);
         let grace = Duration::from_millis(r.u64()?).min(MAX_TTL);
         let recompute = Duration::from_millis(r.u64()?).min(MAX_TTL);
+        let read_at = millis(SystemTime::now());
         let sliding = if flags & 4 != 0 {
             Some(Duration::from_millis(r.u64()?).min(MAX_TTL))
         } else {
@@ -409,8 +410,8 @@ impl Entry {
             sliding,
             // Read just now: the store vouches that it was used within its idle time (and it
             // was just extended, if read with `get_sliding`).
-            touched: Touched(AtomicU64::new(millis(SystemTime::now()))),
-            extended: Touched(AtomicU64::new(millis(SystemTime::now()))),
+            touched: Touched(AtomicU64::new(read_at)),
+            extended: Touched(AtomicU64::new(read_at)),
         })
     }
 }

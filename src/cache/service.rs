@@ -96,7 +96,7 @@ where
         let headers = req.headers();
         // One pass over the header names (cheap comparisons) instead of hashed lookups.
         let (mut authorization, mut cookie, mut conditional) = (false, false, false);
-        let (mut directives_sent, mut modified_since) = (false, false);
+        let (mut directives_sent, mut modified_since, mut ranged) = (false, false, false);
         let (mut body, mut rewrite) = (false, None);
         for name in headers.keys() {
             if name == header::AUTHORIZATION {
@@ -107,6 +107,8 @@ where
                 conditional = true;
             } else if name == header::IF_MODIFIED_SINCE {
                 modified_since = true;
+            } else if name == header::RANGE {
+                ranged = true;
             } else if name == header::CACHE_CONTROL || name == header::PRAGMA {
                 directives_sent = true;
             } else if name == header::CONTENT_LENGTH {
@@ -165,6 +167,12 @@ where
         } else {
             None
         };
+        // A `Range` with `If-Range` is for one version: the origin answers it.
+        let range = if ranged && policy.http && !headers.contains_key(header::IF_RANGE) {
+            headers.get(header::RANGE)
+        } else {
+            None
+        };
         if let Some(reason) = bypass {
             stash.counters().bypass();
             tracing::trace!(route = %policy.route, reason, "cache bypassed");
@@ -212,9 +220,7 @@ where
                     head,
                     if_none_match,
                     if_modified_since,
-                    range: headers
-                        .get(header::RANGE)
-                        .filter(|_| policy.http && !headers.contains_key(header::IF_RANGE)),
+                    range,
                 };
                 let resp = hit(
                     stash,
@@ -371,7 +377,6 @@ impl<S> CacheService<S> {
             .get(header::IF_MODIFIED_SINCE)
             .filter(|_| policy.http)
             .cloned();
-        // A `Range` with `If-Range` is for one version: the origin answers it.
         let range = req
             .headers()
             .get(header::RANGE)
