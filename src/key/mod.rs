@@ -139,23 +139,30 @@ fn decoded_name(raw: &str) -> Vec<u8> {
     percent_decode_str(&plus).collect()
 }
 
-/// The parameters of `query` the key holds, as they came (for a refresh that may be stored).
-pub(crate) fn keyed_query(query: Option<&str>, which: &QueryKey) -> String {
-    let Some(query) = query else {
-        return String::new();
-    };
+/// Whether the key holds the query parameter `pair` (`name=value`, or `name`).
+fn is_keyed(pair: &str, which: &QueryKey) -> bool {
+    match which {
+        QueryKey::All => true,
+        QueryKey::Ignore => false,
+        QueryKey::Only(names) => {
+            let name = decoded_name(pair.split_once('=').map_or(pair, |(k, _)| k));
+            names.iter().any(|n| n.as_bytes() == name.as_slice())
+        }
+    }
+}
+
+/// The parameters of `query`, as they came.
+fn params(query: Option<&str>) -> impl Iterator<Item = &str> {
     query
+        .unwrap_or_default()
         .split('&')
         .filter(|p| !p.is_empty())
-        .filter(|p| match which {
-            QueryKey::All => true,
-            QueryKey::Ignore => false,
-            QueryKey::Only(names) => {
-                let k = p.split_once('=').map_or(*p, |(k, _)| k);
-                let name = decoded_name(k);
-                names.iter().any(|n| n.as_bytes() == name.as_slice())
-            }
-        })
+}
+
+/// The parameters of `query` the key holds, as they came (for a refresh that may be stored).
+pub(crate) fn keyed_query(query: Option<&str>, which: &QueryKey) -> String {
+    params(query)
+        .filter(|p| is_keyed(p, which))
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -163,18 +170,7 @@ pub(crate) fn keyed_query(query: Option<&str>, which: &QueryKey) -> String {
 /// Whether `query` has parameters the key leaves out: a response to it may reflect them, so
 /// it is served from the cache but never fills it.
 pub(crate) fn has_unkeyed_query(query: Option<&str>, which: &QueryKey) -> bool {
-    let Some(query) = query.filter(|q| !q.is_empty()) else {
-        return false;
-    };
-    match which {
-        QueryKey::All => false,
-        QueryKey::Ignore => query.split('&').any(|p| !p.is_empty()),
-        QueryKey::Only(names) => query.split('&').filter(|p| !p.is_empty()).any(|p| {
-            let k = p.split_once('=').map_or(p, |(k, _)| k);
-            let name = decoded_name(k);
-            !names.iter().any(|n| n.as_bytes() == name.as_slice())
-        }),
-    }
+    params(query).any(|p| !is_keyed(p, which))
 }
 
 /// Appends `?k=v&..` for the keyed parameters of `query`, sorted by raw name with duplicates in
@@ -186,20 +182,11 @@ pub(crate) fn push_query(out: &mut String, query: Option<&str>, which: &QueryKey
     if matches!(which, QueryKey::Ignore) {
         return;
     }
-    let mut pairs: Vec<(&str, Option<&str>)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
+    let mut pairs: Vec<(&str, Option<&str>)> = params(Some(query))
+        .filter(|p| is_keyed(p, which))
         .map(|p| match p.split_once('=') {
             Some((k, v)) => (k, Some(v)),
             None => (p, None),
-        })
-        .filter(|(k, _)| match which {
-            QueryKey::All => true,
-            QueryKey::Only(names) => {
-                let name = decoded_name(k);
-                names.iter().any(|n| n.as_bytes() == name.as_slice())
-            }
-            QueryKey::Ignore => false,
         })
         .collect();
     if pairs.is_empty() {
