@@ -469,10 +469,7 @@ fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) -> Response<S
     let now = stash.now();
     let headers = crate::http::freshen(entry.headers(), not_modified);
     // The merged answer is stored only under the rules a full answer would meet.
-    let storable = !ctx.authorized
-        && !ctx.unkeyed_query
-        && !headers.contains_key(header::SET_COOKIE)
-        && !headers::has_directive(&headers, &["no-store", "private"]);
+    let storable = shared_by_headers(ctx, entry.status(), &headers).is_ok();
     let (lifetime, age) = crate::http::freshness(entry.status(), &headers, now)
         .unwrap_or((Duration::ZERO, Duration::ZERO));
     let lifetime = lifetime.min(ctx.policy.ttl);
@@ -1056,6 +1053,53 @@ fn age_value(secs: u64) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from(secs))
 }
 
+/// Why answers with these headers, to this request, may not be stored for others: the rules
+/// that hold for a full answer and for the headers a `304` freshens alike.
+fn shared_by_headers(ctx: &Ctx, status: StatusCode, h: &HeaderMap) -> Result<(), &'static str> {
+    let policy = &ctx.policy;
+    if ctx.unkeyed_query {
+        return Err("unkeyed-query");
+    }
+    if h.contains_key(header::SET_COOKIE) {
+        return Err("set-cookie");
+    }
+    if policy.http
+        && ctx.authorized
+        && !headers::has_directive(h, &["public", "must-revalidate", "s-maxage"])
+    {
+        return Err("authorization");
+    }
+    // `must-understand`: stored only with a status this cache knows, and then despite
+    // `no-store` (RFC 9111 section 5.2.2.3).
+    let must_understand = policy.http && headers::has_directive(h, &["must-understand"]);
+    if must_understand && !crate::http::understood(status) {
+        return Err("must-understand");
+    }
+    let refused: &[&str] = if policy.session.is_some() {
+        // A session-scoped entry is that session's own: `private` is what it should say.
+        &["no-store", "no-cache"]
+    } else if must_understand {
+        &["private"]
+    } else if policy.http && crate::http::has_validator(h) {
+        // `no-cache`: stored, and revalidated before every use.
+        &["no-store", "private"]
+    } else {
+        &["no-store", "private", "no-cache"]
+    };
+    if headers::has_directive(h, refused) {
+        return Err("cache-control");
+    }
+    if policy.http {
+        // Variants get keys of their own; `Vary: *` can never be matched.
+        if crate::http::vary_names(h).is_none() {
+            return Err("vary");
+        }
+    } else if !vary_is_keyed(h, policy) {
+        return Err("vary");
+    }
+    Ok(())
+}
+
 /// Why a response from the service cannot be stored, or for how long it can (from when
 /// it was produced) and how old it was on arrival.
 fn decide<B: Body>(
@@ -1078,9 +1122,6 @@ fn decide<B: Body>(
         // A copy of another request's response: that request stores it.
         return Err("collapsed");
     }
-    if ctx.unkeyed_query {
-        return Err("unkeyed-query");
-    }
     // HTTP mode stores what the origin gives freshness to, errors included.
     if !policy.statuses.contains(&parts.status.as_u16())
         || (parts.status.is_server_error() && !policy.http)
@@ -1093,45 +1134,8 @@ fn decide<B: Body>(
         // A trailers-only answer is an error (or empty); a non-gRPC answer is not the call's.
         return Err("grpc-status");
     }
-    if parts.headers.contains_key(header::SET_COOKIE) {
-        return Err("set-cookie");
-    }
-    // A session-scoped entry is that session's own: `private` is what it should say.
+    shared_by_headers(ctx, parts.status, &parts.headers)?;
     let validator = crate::http::has_validator(&parts.headers);
-    if policy.http
-        && ctx.authorized
-        && !headers::has_directive(&parts.headers, &["public", "must-revalidate", "s-maxage"])
-    {
-        return Err("authorization");
-    }
-    // `must-understand`: stored only with a status this cache knows, and then despite
-    // `no-store` (RFC 9111 section 5.2.2.3).
-    let must_understand =
-        policy.http && headers::has_directive(&parts.headers, &["must-understand"]);
-    if must_understand && !crate::http::understood(parts.status) {
-        return Err("must-understand");
-    }
-    let refused: &[&str] = if policy.session.is_some() {
-        &["no-store", "no-cache"]
-    } else if must_understand {
-        &["private"]
-    } else if policy.http && validator {
-        // `no-cache`: stored, and revalidated before every use.
-        &["no-store", "private"]
-    } else {
-        &["no-store", "private", "no-cache"]
-    };
-    if headers::has_directive(&parts.headers, refused) {
-        return Err("cache-control");
-    }
-    if policy.http {
-        // Variants get keys of their own; `Vary: *` can never be matched.
-        if crate::http::vary_names(&parts.headers).is_none() {
-            return Err("vary");
-        }
-    } else if !vary_is_keyed(&parts.headers, policy) {
-        return Err("vary");
-    }
     let declared = headers::content_length(&parts.headers);
     let limit = policy.max_body_size as u64;
     if declared.is_some_and(|n| n > limit) || body.size_hint().lower() > limit {
