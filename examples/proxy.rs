@@ -14,13 +14,14 @@
 //! invalidated. `scripts/cache-tests.sh` runs the public HTTP cache test suite against it.
 
 use axum::body::Body;
-use http::{header, HeaderMap, HeaderName, Method, Request, Response, StatusCode, Uri};
+use http::{header, Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use tower::ServiceBuilder;
 use tower_stash::config::Config;
+use tower_stash::http::strip_hop_by_hop;
 use tower_stash::{CacheLayer, Policy, Routes, SingleFlightLayer, Stash};
 
 /// How long the origin may take to start answering.
@@ -34,34 +35,6 @@ fn arg(name: &str) -> Option<String> {
 pub fn default_routes() -> Routes {
     let policy = || Policy::new().http_mode(true).vary_headers(["host"]);
     Routes::new().get("/", policy()).get("/{*path}", policy())
-}
-
-/// Headers that concern one connection only (RFC 9110 section 7.6.1), and those the
-/// `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(name);
-    }
 }
 
 /// What the proxy needs to forward and invalidate.
@@ -100,8 +73,8 @@ impl Upstream {
             .to_owned();
         let mut uri = self.base.clone().into_parts();
         uri.path_and_query = path.parse().ok();
+        // (Its hop-by-hop headers went before the cache: see `app`.)
         parts.uri = Uri::from_parts(uri).expect("the upstream URL and a path");
-        strip_hop_by_hop(&mut parts.headers);
         let sent = self.client.request(Request::from_parts(parts, body));
         let resp = match tokio::time::timeout(UPSTREAM_TIMEOUT, sent).await {
             Ok(Ok(resp)) => resp,

@@ -72,8 +72,9 @@ pub(crate) fn derived_etag(body: &[u8]) -> HeaderValue {
     HeaderValue::try_from(s).expect("hex is a valid header value")
 }
 
-/// Removes the hop-by-hop headers (RFC 9110 section 7.6.1) that must not be stored.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the hop-by-hop headers (RFC 9110 section 7.6.1), and those `Connection` names:
+/// they concern one connection, and are neither stored nor forwarded by a proxy.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -39,6 +39,8 @@
 //! [`Policy::http_mode`]: crate::Policy::http_mode
 //! [`Policy::request_directives`]: crate::Policy::request_directives
 
+pub use crate::headers::strip_hop_by_hop;
+
 use http::header::{self, HeaderMap};
 use http::StatusCode;
 use std::time::{Duration, SystemTime};

@@ -354,15 +354,7 @@ impl RedisStoreBuilder {
         if self.pool_size == 0 {
             errors.push("redis.pool_size: must be at least 1".to_string());
         }
-        if self.connect_timeout.is_zero() {
-            errors.push("redis.connect_timeout: must be more than zero".to_string());
-        }
-        if self.checkout_timeout.is_zero() {
-            errors.push("redis.checkout_timeout: must be more than zero".to_string());
-        }
-        if tokio::runtime::Handle::try_current().is_err() {
-            errors.push("redis: build() must run inside a tokio runtime".to_string());
-        }
+        errors.extend(self.shared_errors());
         let Some(manager) = manager.filter(|_| errors.is_empty()) else {
             return Err(StoreError::new(errors.join("; ")));
         };
@@ -392,6 +384,21 @@ impl RedisStoreBuilder {
         })
     }
 
+    /// What is wrong with the settings one server and a cluster share.
+    fn shared_errors(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.connect_timeout.is_zero() {
+            errors.push("redis.connect_timeout: must be more than zero".to_string());
+        }
+        if self.checkout_timeout.is_zero() {
+            errors.push("redis.checkout_timeout: must be more than zero".to_string());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            errors.push("redis: build() must run inside a tokio runtime".to_string());
+        }
+        errors
+    }
+
     fn build_cluster(self, nodes: Vec<String>) -> Result<RedisStore, StoreError> {
         let mut errors = Vec::new();
         let mut clients = Vec::new();
@@ -404,15 +411,7 @@ impl RedisStoreBuilder {
         if nodes.is_empty() {
             errors.push("redis.url: a cluster needs at least one seed node".to_string());
         }
-        if self.connect_timeout.is_zero() {
-            errors.push("redis.connect_timeout: must be more than zero".to_string());
-        }
-        if self.checkout_timeout.is_zero() {
-            errors.push("redis.checkout_timeout: must be more than zero".to_string());
-        }
-        if tokio::runtime::Handle::try_current().is_err() {
-            errors.push("redis: build() must run inside a tokio runtime".to_string());
-        }
+        errors.extend(self.shared_errors());
         let client = if errors.is_empty() {
             redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
                 .connection_timeout(self.connect_timeout)
