@@ -246,13 +246,18 @@ async fn prices_are_served_stale_while_one_refresh_runs() {
         assert_eq!(stale.json()["quote"], 1);
     }
     app.until_queries(2).await;
-    let fresh = loop {
-        let got = app.get("/prices/ACME").await;
-        if got.json()["quote"] == 2 {
-            break got;
+    // The refreshed entry is stored just after the refresh's query: a bounded wait for it.
+    let fresh = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let got = app.get("/prices/ACME").await;
+            if got.json()["quote"] == 2 {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::task::yield_now().await;
-    };
+    })
+    .await
+    .expect("the refreshed price stored within 10 s");
     assert!(fresh.is_hit());
     assert_eq!(app.queries(), 2);
     // Past the window, a plain miss.
