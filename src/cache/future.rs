@@ -60,6 +60,17 @@ impl Ctx {
         &self.shared.stash
     }
 
+    /// What a hit answering this request needs of it.
+    fn hit_request(&self) -> HitRequest<'_> {
+        HitRequest {
+            full: &self.full,
+            head: self.head,
+            if_none_match: self.if_none_match.as_ref(),
+            if_modified_since: self.if_modified_since.as_ref(),
+            range: self.range.as_ref(),
+        }
+    }
+
     /// Tells a [`SingleFlightLayer`](crate::SingleFlightLayer) below which key this request
     /// fills, unless its answer may be its own: one that reflects parameters the key leaves
     /// out, or answers an `Authorization` the key does not hold, is never shared.
@@ -251,13 +262,7 @@ where
                         match kind {
                             Found::Fresh(remaining) => {
                                 ctx.stash().counters().hit();
-                                let hit_req = HitRequest {
-                                    full: &ctx.full,
-                                    head: ctx.head,
-                                    if_none_match: ctx.if_none_match.as_ref(),
-                                    if_modified_since: ctx.if_modified_since.as_ref(),
-                                    range: ctx.range.as_ref(),
-                                };
+                                let hit_req = ctx.hit_request();
                                 let age = fresh_age(&entry, remaining, now);
                                 let resp = hit(ctx.stash(), hit_req, &entry, remaining, age);
                                 touch(ctx.stash(), &ctx.key, &entry, now);
@@ -504,23 +509,10 @@ fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) -> Response<S
             }
         });
     }
-    let req = HitRequest {
-        full: &ctx.full,
-        head: ctx.head,
-        if_none_match: ctx.if_none_match.as_ref(),
-        if_modified_since: ctx.if_modified_since.as_ref(),
-        range: ctx.range.as_ref(),
-    };
+    let req = ctx.hit_request();
     let remaining = fresh.remaining(now);
     let mut resp = hit(&stash, req, &fresh, remaining, fresh.age(now));
-    let status = status_value(
-        &stash,
-        &stash.inner.status.stale,
-        Some("revalidated"),
-        None,
-        Some(&ctx.full),
-    );
-    resp.headers_mut().insert(CACHE_STATUS, status);
+    mark(ctx, &mut resp, &stash.inner.status.stale, "revalidated");
     resp
 }
 
@@ -625,19 +617,18 @@ pub(crate) fn as_directed(
     }
 }
 
+/// Sets `resp`'s `Cache-Status` to `plain` with `detail` (shown when the stash says so).
+fn mark(ctx: &Ctx, resp: &mut Response<Stored>, plain: &HeaderValue, detail: &str) {
+    let value = status_value(ctx.stash(), plain, Some(detail), None, Some(&ctx.full));
+    resp.headers_mut().insert(CACHE_STATUS, value);
+}
+
 /// `504 Gateway Timeout`: an `only-if-cached` request the cache cannot answer.
 pub(crate) fn gateway_timeout(ctx: &Ctx) -> Response<Stored> {
     let stash = ctx.stash();
     let mut resp = Response::new(Stored::empty());
     *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-    let value = status_value(
-        stash,
-        &stash.inner.status.miss,
-        Some("only-if-cached"),
-        None,
-        Some(&ctx.full),
-    );
-    resp.headers_mut().insert(CACHE_STATUS, value);
+    mark(ctx, &mut resp, &stash.inner.status.miss, "only-if-cached");
     resp
 }
 
@@ -704,22 +695,14 @@ pub(crate) fn xfetch(remaining: f64, delta: f64, beta: f64, r: f64) -> bool {
 pub(crate) fn stale_hit(ctx: &Ctx, entry: &Entry, now: SystemTime) -> Response<Stored> {
     let stash = ctx.stash();
     stash.counters().stale();
-    let req = HitRequest {
-        full: &ctx.full,
-        head: ctx.head,
-        if_none_match: ctx.if_none_match.as_ref(),
-        if_modified_since: ctx.if_modified_since.as_ref(),
-        range: ctx.range.as_ref(),
-    };
+    let req = ctx.hit_request();
     let mut resp = hit(stash, req, entry, Duration::ZERO, entry.age(now));
-    let status = status_value(
-        stash,
+    mark(
+        ctx,
+        &mut resp,
         &stash.inner.status.stale,
-        Some("stale-while-revalidate"),
-        None,
-        Some(&ctx.full),
+        "stale-while-revalidate",
     );
-    resp.headers_mut().insert(CACHE_STATUS, status);
     resp
 }
 
@@ -734,13 +717,7 @@ fn stale_if_error(
     stash.counters().stale();
     tracing::debug!(key = %ctx.full, why, "the service failed: answering with the stale entry");
     let now = stash.now();
-    let req = HitRequest {
-        full: &ctx.full,
-        head: ctx.head,
-        if_none_match: ctx.if_none_match.as_ref(),
-        if_modified_since: ctx.if_modified_since.as_ref(),
-        range: ctx.range.as_ref(),
-    };
+    let req = ctx.hit_request();
     let mut resp = hit(stash, req, entry, Duration::ZERO, entry.age(now));
     let name = &stash.inner.status.name;
     let mut s = format!("{name}; fwd=stale");
