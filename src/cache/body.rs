@@ -23,7 +23,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<B> {
-        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        Full { stored: Stored },
         Stream { #[pin] body: B, capture: Option<Box<Capture>> },
     }
 }
@@ -31,9 +31,9 @@ pin_project! {
 impl<B> std::fmt::Debug for CacheBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
-            Kind::Full { data, .. } => f
+            Kind::Full { stored } => f
                 .debug_struct("CacheBody::Full")
-                .field("len", &data.as_ref().map_or(0, Bytes::len))
+                .field("len", &stored.data.as_ref().map_or(0, Bytes::len))
                 .finish(),
             Kind::Stream { capture, .. } => f
                 .debug_struct("CacheBody::Stream")
@@ -63,16 +63,29 @@ impl Stored {
     pub(crate) fn empty() -> Self {
         Self::default()
     }
+
+    /// The next frame: the data, then the trailers, then the end.
+    pub(crate) fn next_frame<E>(&mut self) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+        if let Some(d) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
 }
 
 impl<B> CacheBody<B> {
     /// A body from the cache.
     pub(crate) fn stored(stored: Stored) -> Self {
         Self {
-            kind: Kind::Full {
-                data: stored.data,
-                trailers: stored.trailers,
-            },
+            kind: Kind::Full { stored },
         }
     }
 
@@ -116,12 +129,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
-            KindProj::Full { data, trailers } => {
-                if let Some(d) = data.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(d))));
-                }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
-            }
+            KindProj::Full { stored } => stored.next_frame(),
             KindProj::Stream { mut body, capture } => {
                 let frame = ready!(body.as_mut().poll_frame(cx));
                 match &frame {
@@ -167,16 +175,14 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
+            Kind::Full { stored } => stored.is_end_stream(),
             Kind::Stream { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            Kind::Full { stored } => stored.size_hint(),
             Kind::Stream { body, .. } => body.size_hint(),
         }
     }

@@ -1,4 +1,5 @@
-use bytes::{Buf, Bytes};
+use crate::cache::Stored;
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -22,7 +23,7 @@ pin_project! {
         // Not read: the client's body.
         Plain { #[pin] body: B },
         // Read whole.
-        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        Full { stored: Stored },
         // Read in part (over the limit, or failed): what was read, then the rest.
         Prefixed { prefix: VecDeque<Bytes>, rest: Option<Pin<Box<B>>>, error: Option<B::Error> },
     }
@@ -38,8 +39,7 @@ impl<B: Body> GrpcRequestBody<B> {
     pub(crate) fn full(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
             kind: Kind::Full {
-                data: Some(data).filter(|d| !d.is_empty()),
-                trailers,
+                stored: Stored::new(data, trailers),
             },
         }
     }
@@ -79,12 +79,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Plain { body } => body.poll_frame(cx),
-            KindProj::Full { data, trailers } => {
-                if let Some(d) = data.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(d))));
-                }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
-            }
+            KindProj::Full { stored } => stored.next_frame(),
             KindProj::Prefixed {
                 prefix,
                 rest,
@@ -107,7 +102,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Plain { body } => body.is_end_stream(),
-            Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
+            Kind::Full { stored } => stored.is_end_stream(),
             Kind::Prefixed {
                 prefix,
                 rest,
@@ -123,9 +118,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Plain { body } => body.size_hint(),
-            Kind::Full { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.remaining() as u64))
-            }
+            Kind::Full { stored } => stored.size_hint(),
             Kind::Prefixed { prefix, rest, .. } => {
                 let read: u64 = prefix.iter().map(|d| d.len() as u64).sum();
                 let mut hint = rest.as_ref().map(|r| r.size_hint()).unwrap_or_default();

@@ -1,3 +1,4 @@
+use crate::cache::Stored;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -18,7 +19,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B: Body> {
         Inner { #[pin] body: B },
-        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        Full { stored: Stored },
         Failed { error: Option<B::Error> },
     }
 }
@@ -39,8 +40,7 @@ impl<B: Body> InvalidateBody<B> {
     pub(crate) fn full(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
             kind: Kind::Full {
-                data: Some(data).filter(|d| !d.is_empty()),
-                trailers,
+                stored: Stored::new(data, trailers),
             },
         }
     }
@@ -63,12 +63,7 @@ impl<B: Body<Data = Bytes>> Body for InvalidateBody<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Full { data, trailers } => {
-                if let Some(d) = data.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(d))));
-                }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
-            }
+            KindProj::Full { stored } => stored.next_frame(),
             KindProj::Failed { error } => Poll::Ready(error.take().map(Err)),
         }
     }
@@ -76,7 +71,7 @@ impl<B: Body<Data = Bytes>> Body for InvalidateBody<B> {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
-            Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
+            Kind::Full { stored } => stored.is_end_stream(),
             Kind::Failed { error } => error.is_none(),
         }
     }
@@ -84,9 +79,7 @@ impl<B: Body<Data = Bytes>> Body for InvalidateBody<B> {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Full { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            Kind::Full { stored } => stored.size_hint(),
             Kind::Failed { .. } => SizeHint::default(),
         }
     }

@@ -1,4 +1,5 @@
 use super::flight::{Copy, Leader, Outcome};
+use crate::cache::Stored;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -19,7 +20,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<B> {
-        Copy { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        Copy { stored: Stored },
         Inner { #[pin] body: B, tee: Option<Box<Tee>> },
     }
 }
@@ -85,8 +86,7 @@ impl<B> FlightBody<B> {
     pub(crate) fn copy(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
             kind: Kind::Copy {
-                data: Some(data).filter(|d| !d.is_empty()),
-                trailers,
+                stored: Stored::new(data, trailers),
             },
         }
     }
@@ -124,12 +124,7 @@ impl<B: Body<Data = Bytes>> Body for FlightBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
-            KindProj::Copy { data, trailers } => {
-                if let Some(d) = data.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(d))));
-                }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
-            }
+            KindProj::Copy { stored } => stored.next_frame(),
             KindProj::Inner { mut body, tee } => {
                 let frame = ready!(body.as_mut().poll_frame(cx));
                 match &frame {
@@ -175,16 +170,14 @@ impl<B: Body<Data = Bytes>> Body for FlightBody<B> {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Copy { data, trailers } => data.is_none() && trailers.is_none(),
+            Kind::Copy { stored } => stored.is_end_stream(),
             Kind::Inner { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Copy { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            Kind::Copy { stored } => stored.size_hint(),
             Kind::Inner { body, .. } => body.size_hint(),
         }
     }
