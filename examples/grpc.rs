@@ -8,7 +8,7 @@
 //! With `--demo`, it also plays a client against itself and prints what it saw: a miss, then
 //! a hit with the same message and trailers, one database query for a burst of 100 identical
 //! calls, and an update invalidating the entry. The stash is in memory, or tiered on Redis
-//! when `REDIS_URL` is set (with the `redis` feature).
+//! when `REDIS_URL` is set.
 //!
 //! The service, its database and its layers are also what `tests/grpc.rs` drives.
 
