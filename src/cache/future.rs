@@ -475,7 +475,8 @@ fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) -> Response<S
     let headers = crate::http::freshen(entry.headers(), not_modified);
     // The merged answer is stored only under the rules a full answer would meet.
     let storable = shared_by_headers(ctx, entry.status(), &headers).is_ok();
-    let (lifetime, age) = crate::http::freshness(entry.status(), &headers, now)
+    let fallback = ctx.policy.status_ttl(entry.status());
+    let (lifetime, age) = crate::http::freshness(entry.status(), &headers, now, fallback)
         .unwrap_or((Duration::ZERO, Duration::ZERO));
     let lifetime = lifetime.min(ctx.policy.ttl);
     let stored_at = ctx.started.checked_sub(age).unwrap_or(ctx.started);
@@ -1122,9 +1123,11 @@ fn decide<B: Body>(
         // The origin decides (the policy's ttl caps it), counting the age it arrives with.
         let now = ctx.stash().now();
         let no_cache = headers::has_directive(&parts.headers, &["no-cache"]);
-        let Some((lifetime, age)) = crate::http::freshness(parts.status, &parts.headers, now)
-            // `no-cache` with a validator: stored to be revalidated on every use.
-            .or((no_cache && validator).then_some((Duration::ZERO, Duration::ZERO)))
+        let fallback = policy.status_ttl(parts.status);
+        let Some((lifetime, age)) =
+            crate::http::freshness(parts.status, &parts.headers, now, fallback)
+                // `no-cache` with a validator: stored to be revalidated on every use.
+                .or((no_cache && validator).then_some((Duration::ZERO, Duration::ZERO)))
         else {
             return Err("no-freshness");
         };
@@ -1144,8 +1147,9 @@ fn decide<B: Body>(
             (lifetime, age)
         }
     } else {
+        let ttl = hint.ttl.or_else(|| policy.status_ttl(parts.status));
         (
-            hint.ttl.unwrap_or(policy.ttl).min(crate::entry::MAX_TTL),
+            ttl.unwrap_or(policy.ttl).min(crate::entry::MAX_TTL),
             Duration::ZERO,
         )
     };

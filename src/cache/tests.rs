@@ -788,6 +788,62 @@ async fn hits_slice_the_stored_body_without_copying() {
 }
 
 #[tokio::test]
+async fn a_status_ttl_stores_a_client_error_for_its_own_lifetime() {
+    // 404 lives a minute on a route whose 200s live an hour; a 429 is stored only because the
+    // policy names it, for a second.
+    let routes = Routes::new()
+        .get(
+            "/users/{id}",
+            Policy::ttl(HOUR).status_ttl(404, Duration::from_secs(60)),
+        )
+        .get(
+            "/limited",
+            Policy::ttl(HOUR).status_ttl(429, Duration::from_secs(1)),
+        );
+    let f = Fixture::new(
+        routes,
+        Handler::new(|req, n| match req.uri().path() {
+            "/users/1" => Response::new(full(format!("user #{n}"))),
+            "/limited" => with_status(429),
+            _ => with_status(404),
+        }),
+    );
+    for uri in ["/users/1", "/users/2", "/limited"] {
+        f.get(uri).await;
+        let hit = f.get(uri).await;
+        assert_eq!(hit.cache_status(), "tower-stash; hit", "{uri}");
+    }
+    assert_eq!(f.handler.calls(), 3);
+    f.clock.advance(Duration::from_secs(2));
+    assert_eq!(f.get("/limited").await.status.as_u16(), 429);
+    assert_eq!(f.handler.calls(), 4, "the 429 lived one second");
+    f.clock.advance(Duration::from_secs(59));
+    let missing = f.get("/users/2").await;
+    assert_eq!(missing.status.as_u16(), 404);
+    assert_eq!(missing.cache_status(), "tower-stash; fwd=miss; stored");
+    let user = f.get("/users/1").await;
+    assert_eq!(user.text(), "user #1", "the 200 lives its hour");
+    assert_eq!(f.handler.calls(), 5);
+    // Out-of-range statuses and zero TTLs are refused, naming the field.
+    let err = CacheLayer::try_new(
+        Stash::new(),
+        one_route(
+            "/x",
+            Policy::ttl(HOUR)
+                .status_ttl(500, Duration::from_secs(1))
+                .status_ttl(404, Duration::ZERO),
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("status_ttls: 500 is never stored"), "{err}");
+    assert!(
+        err.contains("status_ttls: 404: the TTL must be above zero"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn hits_carry_age_and_expire_after_the_ttl() {
     let f = Fixture::new(
         one_route("/r", Policy::ttl(Duration::from_secs(60))),

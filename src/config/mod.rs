@@ -169,6 +169,9 @@ pub struct PolicyConfig {
     pub vary_headers: Option<Vec<String>>,
     /// Statuses stored.
     pub statuses: Option<Vec<u16>>,
+    /// Statuses stored for a lifetime of their own: `status_ttls = { 404 = "1m" }` (see
+    /// [`Policy::status_ttl`]).
+    pub status_ttls: Option<BTreeMap<Status, Dur>>,
     /// The largest body stored: `"1MiB"` or bytes.
     pub max_body_size: Option<Size>,
     /// Tags (templates).
@@ -239,6 +242,29 @@ impl<'de> Deserialize<'de> for Dur {
         humantime::parse_duration(&s)
             .map(Dur)
             .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e}")))
+    }
+}
+
+/// An HTTP status code, as a table key (`404`) or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Status(pub u16);
+
+impl<'de> Deserialize<'de> for Status {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        let n = match Raw::deserialize(d)? {
+            Raw::Number(n) => Some(n),
+            Raw::Text(s) => s.trim().parse().ok(),
+        };
+        n.and_then(|n| u16::try_from(n).ok())
+            .filter(|n| (100..600).contains(n))
+            .map(Status)
+            .ok_or_else(|| serde::de::Error::custom("a status code from 100 to 599, such as 404"))
     }
 }
 
@@ -770,6 +796,9 @@ impl PolicyConfig {
         }
         if let Some(s) = &self.statuses {
             p = p.statuses(s.clone());
+        }
+        for (status, ttl) in self.status_ttls.iter().flatten() {
+            p = p.status_ttl(status.0, ttl.0);
         }
         if let Some(n) = self.max_body_size {
             p = p.max_body_size(usize::try_from(n.0).unwrap_or(usize::MAX));

@@ -196,3 +196,25 @@ fn http_mode_routes_can_come_from_a_file() {
         Some(true)
     );
 }
+
+#[test]
+fn status_ttls_are_a_table_of_statuses() {
+    let text = "[routes.\"GET /users/{id}\"]\nttl = \"1h\"\nstatus_ttls = { 404 = \"1m\", 429 = \"1s\" }\n";
+    let config = Config::from_toml(text, "app.toml").unwrap();
+    let policy = config.routes["GET /users/{id}"].get_ref().to_policy();
+    assert_eq!(
+        policy,
+        crate::Policy::ttl(Duration::from_secs(3600))
+            .status_ttl(404, Duration::from_secs(60))
+            .status_ttl(429, Duration::from_secs(1))
+    );
+    config.routes().unwrap();
+    let e = err("[routes.\"GET /x\"]\nttl = \"1h\"\nstatus_ttls = { nope = \"1m\" }\n");
+    assert!(
+        e.starts_with("app.toml:3: routes.\"GET /x\".status_ttls"),
+        "{e}"
+    );
+    assert!(e.contains("a status code from 100 to 599"), "{e}");
+    let e = err("[routes.\"GET /x\"]\nttl = \"1h\"\nstatus_ttls = { 503 = \"1m\" }\n");
+    assert!(e.contains("status_ttls: 503 is never stored"), "{e}");
+}

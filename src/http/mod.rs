@@ -3,9 +3,12 @@
 //!
 //! What HTTP mode does:
 //!
-//! - Freshness from `s-maxage`, then `max-age`, then `Expires` minus `Date`; heuristic
-//!   freshness (10 % of the time since `Last-Modified`, at most a day) for the statuses RFC
-//!   9110 calls heuristically cacheable. A response with none of these is not stored.
+//! - Freshness from `s-maxage`, then `max-age`, then `Expires` minus `Date`; then the
+//!   policy's [`status_ttl`](crate::Policy::status_ttl) for the status, if any; then
+//!   heuristic freshness (10 % of the time since `Last-Modified`, at most a day) for the
+//!   statuses RFC 9110 calls heuristically cacheable, except client errors: a 4xx (which an
+//!   attacker may provoke) is stored only with an explicit lifetime, from the origin or the
+//!   policy. A response with none of these is not stored.
 //! - `Age`: the age a response arrives with (its `Age` header, or how far its `Date` lies in
 //!   the past) counts toward its freshness and is sent on every hit; an `Age` that is not one
 //!   plain number makes the response stale.
@@ -437,10 +440,17 @@ fn age(headers: &HeaderMap) -> Result<Duration, ()> {
 
 /// How long a response is fresh from when the origin produced it, and how old it already
 /// is on arrival at `now`, or `None` when it gives no freshness at all.
+///
+/// `fallback` (a policy's [`status_ttl`](crate::Policy::status_ttl)) is the lifetime of a
+/// response without explicit freshness (`s-maxage`, `max-age`, `Expires`), in place of a
+/// heuristic one. A 4xx never gets heuristic freshness: an error an attacker can provoke
+/// (an oversized header, a method override the origin honours) is stored only when the
+/// origin or the policy gives it an explicit lifetime.
 pub(crate) fn freshness(
     status: StatusCode,
     headers: &HeaderMap,
     now: SystemTime,
+    fallback: Option<Duration>,
 ) -> Option<(Duration, Duration)> {
     let cc = ResponseDirectives::parse(headers);
     let date = http_date(headers, header::DATE);
@@ -454,7 +464,9 @@ pub(crate) fn freshness(
             (Some(expires), Some(base)) => expires.duration_since(base).unwrap_or_default(),
             _ => Duration::ZERO,
         }
-    } else if heuristically_cacheable(status) || cc.public {
+    } else if let Some(ttl) = fallback {
+        ttl
+    } else if !status.is_client_error() && (heuristically_cacheable(status) || cc.public) {
         let modified = http_date(headers, header::LAST_MODIFIED)?;
         let since = date.unwrap_or(now).duration_since(modified).ok()?;
         (since / 10).min(Duration::from_secs(24 * 3600))

@@ -171,6 +171,59 @@ async fn freshness_comes_from_the_origin() {
 }
 
 #[tokio::test]
+async fn client_errors_need_explicit_freshness_or_a_status_ttl() {
+    let lm = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(100_000));
+    let date = now_date();
+    // Heuristically cacheable by RFC 9110, but an error an attacker may provoke: not
+    // stored on a heuristic lifetime.
+    for status in [404, 405, 410, 414] {
+        let c = cache(
+            http(),
+            Origin::new(status, &[("last-modified", &lm), ("date", &date)], "x"),
+        );
+        c.get(&[]).await;
+        c.get(&[]).await;
+        assert_eq!(c.origin.calls(), 2, "{status}");
+    }
+    // A 200 with the same headers is.
+    let c = cache(
+        http(),
+        Origin::new(200, &[("last-modified", &lm), ("date", &date)], "x"),
+    );
+    c.get(&[]).await;
+    assert!(c.get(&[]).await.hit());
+    // With explicit freshness from the origin, a 4xx is stored.
+    for status in [400, 404, 499] {
+        let c = cache(
+            http(),
+            Origin::new(status, &[("cache-control", "max-age=60")], "x"),
+        );
+        c.get(&[]).await;
+        let hit = c.get(&[]).await;
+        assert!(hit.hit(), "{status}");
+        assert_eq!(hit.status.as_u16(), status);
+    }
+    // Or with the policy's own TTL for that status, used when the origin gives none.
+    let c = cache(
+        http().status_ttl(404, Duration::from_secs(30)),
+        Origin::new(404, &[("date", &date)], "x"),
+    );
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(29));
+    assert!(c.get(&[]).await.hit());
+    c.clock.advance(Duration::from_secs(2));
+    assert!(!c.get(&[]).await.hit());
+    // The origin's no-store still wins over the policy.
+    let c = cache(
+        http().status_ttl(404, Duration::from_secs(30)),
+        Origin::new(404, &[("cache-control", "no-store")], "x"),
+    );
+    c.get(&[]).await;
+    c.get(&[]).await;
+    assert_eq!(c.origin.calls(), 2);
+}
+
+#[tokio::test]
 async fn the_age_a_response_arrives_with_counts_and_a_bad_one_makes_it_stale() {
     let c = cache(
         http(),
@@ -426,7 +479,9 @@ fn helpers() {
     let mut h = HeaderMap::new();
     h.insert("cache-control", "max-age=10".parse().unwrap());
     assert_eq!(
-        freshness(StatusCode::OK, &h, SystemTime::now()).unwrap().0,
+        freshness(StatusCode::OK, &h, SystemTime::now(), None)
+            .unwrap()
+            .0,
         Duration::from_secs(10)
     );
     let d = RequestDirectives::parse(&{

@@ -75,6 +75,7 @@ pub struct Policy {
     pub(crate) query: Option<QueryKey>,
     pub(crate) vary_headers: Option<Vec<String>>,
     pub(crate) statuses: Option<Vec<u16>>,
+    pub(crate) status_ttls: Option<Vec<(u16, Duration)>>,
     pub(crate) max_body_size: Option<usize>,
     pub(crate) tags: Option<Vec<String>>,
     pub(crate) unsafe_methods: Option<bool>,
@@ -157,6 +158,34 @@ impl Policy {
     /// Sets the statuses that are stored (2xx to 4xx only, never 206 or 304).
     pub fn statuses<I: IntoIterator<Item = u16>>(mut self, statuses: I) -> Self {
         self.statuses = Some(statuses.into_iter().collect());
+        self
+    }
+
+    /// Stores answers of `status` for `ttl`, a lifetime of their own (such as a minute for a
+    /// 404 on a route whose 200s live an hour), like nginx's `proxy_cache_valid 404 1m`.
+    ///
+    /// The status joins the stored ones. In application mode `ttl` replaces the policy's TTL
+    /// for that status (a handler's [`CacheHint`](crate::CacheHint) TTL still wins); in HTTP
+    /// mode it is the lifetime of an answer to which the origin gives no explicit freshness
+    /// (`s-maxage`, `max-age`, `Expires`), in place of a heuristic one.
+    ///
+    /// This is how a policy asks for client errors other than the default 404 and 410 (a
+    /// 400, 403, 429): without it, they are never stored. In HTTP mode, a 4xx without a
+    /// status TTL is stored only with explicit freshness from the origin, never heuristic.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_stash::Policy;
+    ///
+    /// let policy = Policy::ttl(Duration::from_secs(3600))
+    ///     .status_ttl(404, Duration::from_secs(60))
+    ///     .status_ttl(429, Duration::from_secs(1));
+    /// # let _ = policy;
+    /// ```
+    pub fn status_ttl(mut self, status: u16, ttl: Duration) -> Self {
+        let list = self.status_ttls.get_or_insert_with(Vec::new);
+        list.retain(|(s, _)| *s != status);
+        list.push((status, ttl));
         self
     }
 
@@ -302,6 +331,10 @@ impl Policy {
                 .clone()
                 .or_else(|| base.vary_headers.clone()),
             statuses: self.statuses.clone().or_else(|| base.statuses.clone()),
+            status_ttls: self
+                .status_ttls
+                .clone()
+                .or_else(|| base.status_ttls.clone()),
             max_body_size: self.max_body_size.or(base.max_body_size),
             tags: self.tags.clone().or_else(|| base.tags.clone()),
             unsafe_methods: self.unsafe_methods.or(base.unsafe_methods),

@@ -281,7 +281,7 @@ impl Routes {
                 )),
             }
         }
-        let statuses = resolved.statuses.unwrap_or_else(|| {
+        let mut statuses = resolved.statuses.unwrap_or_else(|| {
             if resolved.grpc {
                 vec![200]
             } else if http {
@@ -297,6 +297,23 @@ impl Routes {
                 errors.push(format!(
                     "{place}.statuses: {s} is never stored (only 2xx to 4xx, and not 206 or 304)"
                 ));
+            }
+        }
+        let status_ttls = resolved.status_ttls.unwrap_or_default();
+        for (s, ttl) in &status_ttls {
+            let range = if http { 200..600 } else { 200..500 };
+            if !range.contains(s) || *s == 206 || *s == 304 {
+                errors.push(format!(
+                    "{place}.status_ttls: {s} is never stored (only 2xx to 4xx, and not 206 or 304)"
+                ));
+            }
+            if ttl.is_zero() || *ttl > crate::entry::MAX_TTL {
+                errors.push(format!(
+                    "{place}.status_ttls: {s}: the TTL must be above zero and at most 10 years"
+                ));
+            }
+            if !statuses.contains(s) {
+                statuses.push(*s);
             }
         }
         let max_body_size = resolved.max_body_size.unwrap_or(DEFAULT_MAX_BODY_SIZE);
@@ -364,6 +381,7 @@ impl Routes {
             query: resolved.query.unwrap_or_default(),
             vary_headers,
             statuses,
+            status_ttls,
             max_body_size,
             tags,
             // A shared cache does not invent validators the origin did not give.
@@ -389,6 +407,16 @@ impl Routes {
     }
 }
 
+impl CompiledPolicy {
+    /// The lifetime the policy gives answers of `status`, if it names one.
+    pub(crate) fn status_ttl(&self, status: http::StatusCode) -> Option<Duration> {
+        let status = status.as_u16();
+        self.status_ttls
+            .iter()
+            .find_map(|(s, ttl)| (*s == status).then_some(*ttl))
+    }
+}
+
 /// A policy resolved against its base and checked.
 #[derive(Debug)]
 pub(crate) struct CompiledPolicy {
@@ -400,6 +428,8 @@ pub(crate) struct CompiledPolicy {
     pub(crate) vary_authorization: bool,
     pub(crate) vary_cookie: bool,
     pub(crate) statuses: Vec<u16>,
+    /// Statuses stored for a lifetime of their own ([`Policy::status_ttl`]).
+    pub(crate) status_ttls: Vec<(u16, Duration)>,
     pub(crate) max_body_size: usize,
     pub(crate) tags: Vec<Template>,
     pub(crate) etag: bool,
