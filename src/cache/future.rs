@@ -595,6 +595,14 @@ pub(crate) fn as_directed(
     let age = now.duration_since(entry.stored_at()).unwrap_or_default();
     match kind {
         Found::Fresh(remaining) if d.accepts(age, remaining, Duration::ZERO) => kind,
+        // `immutable` (RFC 8246): the origin promised this body will not change while fresh,
+        // so a reload's `no-cache` or `max-age` need not reach it; `min-fresh` still counts.
+        Found::Fresh(remaining)
+            if headers::has_directive(entry.headers(), &["immutable"])
+                && d.min_fresh.is_none_or(|min| remaining.as_secs() >= min) =>
+        {
+            kind
+        }
         Found::Fresh(_) => Found::Unusable,
         Found::Unusable if entry.key() == full && !entry.is_tombstone() => {
             let past = now.duration_since(entry.fresh_until()).unwrap_or_default();

@@ -29,15 +29,18 @@
 //! - Requests: `If-Modified-Since` and one byte `Range` (without `If-Range`) are answered from
 //!   stored responses; the `Authorization` rule of RFC 9111 section 3.5; request directives
 //!   (`no-store`, `no-cache`, `max-age`, `min-fresh`, `max-stale`, `only-if-cached`, and
-//!   `Pragma: no-cache`): see [`RequestDirectives`]. In application mode they are ignored
+//!   `Pragma: no-cache`): see [`RequestDirectives`]. A fresh entry whose response said
+//!   `immutable` (RFC 8246) is served despite a reload's `no-cache` or `max-age` (not
+//!   despite `min-fresh`): the origin promised it will not change while fresh. (Only an
+//!   entry this instance holds in memory; with an empty memory tier such a request goes to
+//!   the origin.) In application mode they are ignored
 //!   unless the policy opts in ([`Policy::request_directives`]): no client can force misses
 //!   onto the database.
 //! - A 206 is never stored, nor a 304; `Set-Cookie` answers are not stored either (a shared
 //!   cache that stores them hands one client's cookie to others).
 //!
 //! Not yet: a bound on variants per URL, following a variant record found in Redis (such
-//! lookups miss and refill), `immutable`, storing POST answers by `Content-Location`, and
-//! partial content.
+//! lookups miss and refill), storing POST answers by `Content-Location`, and partial content.
 //!
 //! [`Policy::http_mode`]: crate::Policy::http_mode
 //! [`Policy::request_directives`]: crate::Policy::request_directives

@@ -373,6 +373,31 @@ async fn request_directives_are_honoured_in_http_mode() {
 }
 
 #[tokio::test]
+async fn immutable_fresh_entries_survive_a_reload() {
+    // A reload (`no-cache`, `max-age=0`, `Pragma: no-cache`) of a fresh immutable entry is
+    // answered from the cache; `min-fresh` still counts, and once stale it is fetched again.
+    let c = cache(
+        http(),
+        Origin::new(200, &[("cache-control", "max-age=100, immutable")], "x"),
+    );
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(30));
+    for (name, value) in [
+        ("cache-control", "no-cache"),
+        ("cache-control", "max-age=0"),
+        ("pragma", "no-cache"),
+    ] {
+        assert!(c.get(&[(name, value)]).await.hit(), "{name}: {value}");
+    }
+    assert!(!c.get(&[("cache-control", "min-fresh=90")]).await.hit());
+    assert_eq!(c.origin.calls(), 2);
+    // (That miss stored a new entry, fresh for 100 s.)
+    c.clock.advance(Duration::from_secs(101));
+    assert!(!c.get(&[("cache-control", "no-cache")]).await.hit());
+    assert_eq!(c.origin.calls(), 3);
+}
+
+#[tokio::test]
 async fn application_mode_ignores_request_directives_unless_asked() {
     let app = Policy::ttl(Duration::from_secs(100));
     let c = cache(app.clone(), Origin::new(200, &[], "x"));
