@@ -51,6 +51,9 @@ pub(crate) struct Ctx {
     /// them), and the URL's keys (full, stored) when `full` and `key` are a variant's.
     pub(crate) request_headers: Option<Box<HeaderMap>>,
     pub(crate) primary: Option<(Arc<str>, Arc<str>)>,
+    /// HTTP mode: the stored keys of the URL's variants, oldest first, one per line, as the
+    /// record found said.
+    pub(crate) variants: Option<Bytes>,
     /// HTTP mode: the expired entry being revalidated with a conditional request.
     pub(crate) revalidate: Option<Arc<Entry>>,
 }
@@ -377,12 +380,18 @@ fn follow_variant(ctx: &mut Ctx, entry: &Entry) -> Option<StoreFuture<Option<Arc
         std::mem::replace(&mut ctx.key, vkey.clone()),
     );
     ctx.primary = Some(primary);
+    ctx.variants = Some(entry.body().clone());
     Some(ctx.stash().store().get(vkey))
 }
 
-/// HTTP mode, a response with `Vary`: its variant's full and stored keys, and the record to
-/// store under the URL's key.
-fn variant_keys(ctx: &Ctx, headers: &HeaderMap) -> Option<(Arc<str>, Arc<str>, Arc<Entry>)> {
+/// HTTP mode, a response with `Vary`: its variant's full and stored keys, the record to
+/// store under the URL's key, and the stored keys of the variants it pushes out of the
+/// policy's bound (the oldest).
+#[allow(clippy::type_complexity)]
+fn variant_keys(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+) -> Option<(Arc<str>, Arc<str>, Arc<Entry>, Vec<String>)> {
     let request = ctx.request_headers.as_ref()?;
     let names = crate::http::vary_names(headers)?;
     let names: Vec<String> = names
@@ -406,15 +415,28 @@ fn variant_keys(ctx: &Ctx, headers: &HeaderMap) -> Option<(Arc<str>, Arc<str>, A
         crate::http::VARY_RECORD,
         HeaderValue::from_str(&names.join(", ")).ok()?,
     );
+    // The variants kept, oldest first: this one moves to the end; past the bound, the oldest
+    // go. (Instances storing variants of one URL at once may each write their own list: the
+    // bound then holds per list, and the dropped variants expire with their TTLs.)
+    let seen = ctx.variants.as_deref().unwrap_or_default();
+    let mut kept: Vec<&str> = std::str::from_utf8(seen)
+        .unwrap_or_default()
+        .lines()
+        .filter(|k| !k.is_empty() && *k != &*vkey)
+        .collect();
+    let excess = (kept.len() + 1).saturating_sub(ctx.policy.max_variants);
+    let evicted: Vec<String> = kept.drain(..excess).map(str::to_owned).collect();
+    kept.push(&vkey);
+    let body = Bytes::from(kept.join("\n"));
     let now = ctx.stash().now();
     let record = Entry::new(
         crate::http::record_key(&pfull),
         StatusCode::OK,
         record_headers,
-        Bytes::new(),
+        body,
     )
     .with_times(now, ctx.policy.ttl.min(crate::http::REVALIDATE_WINDOW));
-    Some((vfull.into(), vkey, Arc::new(record)))
+    Some((vfull.into(), vkey, Arc::new(record), evicted))
 }
 
 /// HTTP mode, with an expired entry still kept: revalidate it when it has a validator, and
@@ -1270,7 +1292,7 @@ fn miss<B: Body<Data = Bytes>>(
                 primary,
                 ..
             } = *ctx;
-            if let Some((vfull, vkey, record)) = variant {
+            if let Some((vfull, vkey, record, evicted)) = variant {
                 // The URL's key holds the record of what its responses vary on (this
                 // request's key may already be a variant's); the response goes under its
                 // variant's key.
@@ -1279,10 +1301,17 @@ fn miss<B: Body<Data = Bytes>>(
                     .min(crate::entry::MAX_TTL);
                 let url_key = primary.map_or_else(|| key.clone(), |(_, k)| k);
                 let put = stash.store().put(url_key, record, keep);
+                let drops: Vec<_> = evicted
+                    .into_iter()
+                    .map(|k| stash.store().delete(k.into()))
+                    .collect();
                 // Memory stores on the call; a shared store needs its future run.
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     rt.spawn(async move {
                         let _ = put.await;
+                        for drop in drops {
+                            let _ = drop.await;
+                        }
                     });
                 }
                 full = vfull;

@@ -185,11 +185,12 @@ where
 
         // The fast path: a store that answers at once (memory) needs no future and no Ctx.
         let mut local = stash.store().get_local(stored.as_deref().unwrap_or(&full));
-        let mut primary = None;
+        let (mut primary, mut variants) = (None, None);
         if policy.http {
             // A URL whose responses vary: its key holds their record, the variant its own.
             if let Some(Some(record)) = &local {
                 if let Some(names) = crate::http::record_names(record, &full) {
+                    let seen = record.body().clone();
                     let mut vfull = full.clone();
                     crate::http::push_variant(&mut vfull, &names, headers);
                     let prefix = stash.inner.prefix.len();
@@ -203,6 +204,7 @@ where
                     );
                     let pkey: Arc<str> = pstored.map_or_else(|| pfull.as_str().into(), Into::into);
                     primary = Some((Arc::<str>::from(pfull), pkey));
+                    variants = Some(seen);
                 }
             }
         }
@@ -242,6 +244,7 @@ where
         }
         let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
         ctx.primary = primary;
+        ctx.variants = variants;
         if let (Some(Some(entry)), Some(kind)) = (&local, found) {
             if kind != Found::StaleWhileRevalidate {
                 super::future::http_fallbacks(&mut ctx, entry, stash.now());
@@ -399,6 +402,7 @@ impl<S> CacheService<S> {
             revalidate: None,
             request_headers: policy.http.then(|| Box::new(req.headers().clone())),
             primary: None,
+            variants: None,
             unkeyed_query: crate::key::has_unkeyed_query(req.uri().query(), &policy.query),
             authorized: req.headers().contains_key(header::AUTHORIZATION)
                 && !policy.vary_authorization,

@@ -202,6 +202,8 @@ pub struct PolicyConfig {
     pub http_mode: Option<bool>,
     /// Whether requests' `Cache-Control` is honoured.
     pub request_directives: Option<bool>,
+    /// HTTP mode: the `Vary` variants of one URL kept at most.
+    pub max_variants: Option<usize>,
 }
 
 /// A rule's table: the fields of [`Invalidate`].
@@ -844,6 +846,9 @@ impl PolicyConfig {
         }
         if let Some(on) = self.request_directives {
             p = p.request_directives(on);
+        }
+        if let Some(n) = self.max_variants {
+            p = p.max_variants(n);
         }
         p
     }

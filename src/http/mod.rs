@@ -25,7 +25,8 @@
 //!   is answered stale; other 5xx only inside `stale-if-error`.
 //! - `Vary`: each variant has a key of its own (a record under the URL's key names the
 //!   headers; credentials hashed; `Accept-Language`, `-Encoding`, `-Charset` normalised);
-//!   `Vary: *` is never stored.
+//!   `Vary: *` is never stored. At most [`max_variants`](crate::Policy::max_variants) variants
+//!   of one URL are kept (32 by default): storing one more drops the one stored longest ago.
 //! - Requests: `If-Modified-Since` and one byte `Range` (without `If-Range`) are answered from
 //!   stored responses; the `Authorization` rule of RFC 9111 section 3.5; request directives
 //!   (`no-store`, `no-cache`, `max-age`, `min-fresh`, `max-stale`, `only-if-cached`, and
@@ -39,8 +40,8 @@
 //! - A 206 is never stored, nor a 304; `Set-Cookie` answers are not stored either (a shared
 //!   cache that stores them hands one client's cookie to others).
 //!
-//! Not yet: a bound on variants per URL, following a variant record found in Redis (such
-//! lookups miss and refill), storing POST answers by `Content-Location`, and partial content.
+//! Not done: storing POST answers by `Content-Location`, and partial content (a 206 is
+//! passed on, never stored).
 //!
 //! [`Policy::http_mode`]: crate::Policy::http_mode
 //! [`Policy::request_directives`]: crate::Policy::request_directives

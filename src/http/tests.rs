@@ -441,6 +441,42 @@ async fn each_variant_has_an_entry_and_vary_star_none() {
 }
 
 #[tokio::test]
+async fn variants_per_url_are_bounded_dropping_the_oldest() {
+    let c = cache(
+        http().max_variants(2),
+        Origin::new(
+            200,
+            &[
+                ("cache-control", "max-age=100"),
+                ("vary", "Accept-Language"),
+            ],
+            "x",
+        ),
+    );
+    for lang in ["en", "fr", "de"] {
+        c.get(&[("accept-language", lang)]).await;
+    }
+    assert_eq!(c.origin.calls(), 3);
+    assert!(c.get(&[("accept-language", "fr")]).await.hit());
+    assert!(c.get(&[("accept-language", "de")]).await.hit());
+    // The third variant pushed out the first.
+    assert!(!c.get(&[("accept-language", "en")]).await.hit());
+    assert_eq!(c.origin.calls(), 4);
+    // And storing it again pushed out the next oldest.
+    assert!(!c.get(&[("accept-language", "fr")]).await.hit());
+    assert!(c.get(&[("accept-language", "en")]).await.hit());
+    assert_eq!(c.origin.calls(), 5);
+    // A bound of zero is refused, naming the field.
+    let err = CacheLayer::try_new(
+        Stash::new(),
+        Routes::new().get("/{*path}", http().max_variants(0)),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("max_variants: must be at least 1"), "{err}");
+}
+
+#[tokio::test]
 async fn two_hosts_never_share_an_entry() {
     let c = cache(
         http(),

@@ -51,6 +51,9 @@ pub const DEFAULT_STATUSES: [u16; 8] = [200, 203, 204, 300, 301, 308, 404, 410];
 /// the client; they are just not stored.
 pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
 
+/// How many `Vary` variants of one URL HTTP mode keeps when a policy sets no bound.
+pub const DEFAULT_MAX_VARIANTS: usize = 32;
+
 /// The guide's TTL map: the named policies every [`Routes::new`] starts with.
 pub const GUIDE_POLICIES: [(&str, Duration); 6] = [
     ("user_profile", Duration::from_secs(3600)),
@@ -91,6 +94,7 @@ pub struct Policy {
     pub(crate) session: Option<Session>,
     pub(crate) http_mode: Option<bool>,
     pub(crate) request_directives: Option<bool>,
+    pub(crate) max_variants: Option<usize>,
     /// Set by [`Routes::grpc`], never inherited.
     pub(crate) grpc: bool,
 }
@@ -319,6 +323,15 @@ impl Policy {
         self
     }
 
+    /// HTTP mode: how many `Vary` variants of one URL are kept (default
+    /// [`DEFAULT_MAX_VARIANTS`]). Storing one more drops the variant stored longest ago, so
+    /// that a `Vary` on a header with endless values (`User-Agent`, `Cookie`) cannot fill the
+    /// cache with copies of one URL.
+    pub fn max_variants(mut self, n: usize) -> Self {
+        self.max_variants = Some(n);
+        self
+    }
+
     /// This policy's settings over `base`'s.
     fn over(&self, base: &Policy) -> Policy {
         Policy {
@@ -350,6 +363,7 @@ impl Policy {
             session: self.session.clone().or_else(|| base.session.clone()),
             http_mode: self.http_mode.or(base.http_mode),
             request_directives: self.request_directives.or(base.request_directives),
+            max_variants: self.max_variants.or(base.max_variants),
             grpc: self.grpc,
         }
     }

@@ -317,6 +317,10 @@ impl Routes {
             }
         }
         let max_body_size = resolved.max_body_size.unwrap_or(DEFAULT_MAX_BODY_SIZE);
+        let max_variants = resolved.max_variants.unwrap_or(super::DEFAULT_MAX_VARIANTS);
+        if max_variants == 0 {
+            errors.push(format!("{place}.max_variants: must be at least 1"));
+        }
         let swr = resolved.stale_while_revalidate.unwrap_or_default();
         let sie = resolved.stale_if_error.unwrap_or_default();
         for (field, d) in [("stale_while_revalidate", swr), ("stale_if_error", sie)] {
@@ -403,6 +407,7 @@ impl Routes {
             session,
             http,
             request_directives: resolved.request_directives.unwrap_or(http),
+            max_variants,
         })
     }
 }
@@ -451,6 +456,8 @@ pub(crate) struct CompiledPolicy {
     pub(crate) http: bool,
     /// Whether requests' `Cache-Control` is honoured.
     pub(crate) request_directives: bool,
+    /// HTTP mode: the `Vary` variants of one URL kept at most.
+    pub(crate) max_variants: usize,
 }
 
 /// A compiled [`Session`](super::Session).
