@@ -9,12 +9,12 @@
 //!
 //! With `--config`, the file's `[stash]` settings apply, and its routes, if it has any, replace
 //! the default one (every path, HTTP mode, keyed by Host). Give them `http_mode = true` and
-//! `vary_headers = ["host"]` to keep those, or a TTL to let the policy decide. After a successful unsafe request (POST, PUT,
-//! DELETE, ...), the target URL and a same-origin `Location` / `Content-Location` are
-//! invalidated. `scripts/cache-tests.sh` runs the public HTTP cache test suite against it.
+//! `vary_headers = ["host"]` to keep those, or a TTL to let the policy decide. After a
+//! successful unsafe request (POST, PUT, DELETE, ...), the cache drops the target URL and a
+//! same-origin `Location` / `Content-Location` (HTTP mode does that). `scripts/cache-tests.sh` runs the public HTTP cache test suite against it.
 
 use axum::body::Body;
-use http::{header, Method, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::convert::Infallible;
@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use tower::ServiceBuilder;
 use tower_stash::config::Config;
 use tower_stash::http::strip_hop_by_hop;
-use tower_stash::{CacheLayer, Policy, Routes, SingleFlightLayer, Stash};
+use tower_stash::{CacheLayer, Policy, Routes, SingleFlightLayer};
 
 /// How long the origin may take to start answering.
 const UPSTREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -37,35 +37,22 @@ pub fn default_routes() -> Routes {
     Routes::new().get("/", policy()).get("/{*path}", policy())
 }
 
-/// What the proxy needs to forward and invalidate.
+/// What the proxy needs to forward.
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<HttpConnector, Body>,
     base: Uri,
-    stash: Stash,
-    cache: CacheLayer,
 }
 
 impl Upstream {
-    pub fn new(base: Uri, stash: Stash, cache: CacheLayer) -> Self {
+    pub fn new(base: Uri) -> Self {
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Self {
-            client,
-            base,
-            stash,
-            cache,
-        }
+        Self { client, base }
     }
 
     /// Sends `req` upstream; a failure to reach it is a 502.
     async fn forward(self, req: Request<Body>) -> Result<Response<Body>, Infallible> {
         let (mut parts, body) = req.into_parts();
-        let unsafe_method = !matches!(
-            parts.method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-        );
-        let target = parts.uri.clone();
-        let host = parts.headers.get(header::HOST).cloned();
         let path = parts
             .uri
             .path_and_query()
@@ -91,46 +78,15 @@ impl Upstream {
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if unsafe_method && (parts.status.is_success() || parts.status.is_redirection()) {
-            // RFC 9111 section 4.4: the target, and same-origin Location / Content-Location.
-            let mut urls = vec![target.path().to_owned()];
-            for name in [header::LOCATION, header::CONTENT_LOCATION] {
-                if let Some(url) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
-                    if let Some(path) = same_origin(url, host.as_ref()) {
-                        urls.push(path);
-                    }
-                }
-            }
-            for path in urls {
-                let probe = Request::get(path.as_str()).body(()).expect("a path");
-                if let Some(key) = self.cache.invalidation_key_for(&probe) {
-                    let _ = self.stash.invalidate_key(&key).await;
-                }
-            }
-        }
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 }
 
-/// The path of `url` if it is relative or on `host`.
-fn same_origin(url: &str, host: Option<&http::HeaderValue>) -> Option<String> {
-    let uri: Uri = url.parse().ok()?;
-    match uri.authority() {
-        None => Some(uri.path().to_owned()).filter(|p| p.starts_with('/')),
-        Some(authority) => {
-            let host = host?.to_str().ok()?;
-            authority
-                .as_str()
-                .eq_ignore_ascii_case(host)
-                .then(|| uri.path().to_owned())
-        }
-    }
-}
-
-/// The proxy's router: the cache (and single flight) over the forwarding client.
-pub fn app(upstream: Upstream) -> axum::Router {
-    let cache = upstream.cache.clone();
-    let stash = upstream.stash.clone();
+/// The proxy's router: the cache (and single flight) over the forwarding client. The cache
+/// also drops what it holds for the target (and a same-origin `Location` or
+/// `Content-Location`) of every successful unsafe request: HTTP mode does that.
+pub fn app(upstream: Upstream, cache: CacheLayer) -> axum::Router {
+    let stash = cache.stash().clone();
     let forward = tower::service_fn(move |req| upstream.clone().forward(req));
     axum::Router::new().fallback_service(
         ServiceBuilder::new()
@@ -176,7 +132,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let stash = config.stash()?.build()?;
     let cache = CacheLayer::try_new(stash.clone(), routes)?;
-    let router = app(Upstream::new(upstream.clone(), stash, cache));
+    let router = app(Upstream::new(upstream.clone()), cache);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!(
         "caching proxy on http://{} for {upstream}",

@@ -24,7 +24,9 @@ async fn serve(app: axum::Router) -> SocketAddr {
 }
 
 /// An origin that counts its requests and answers with what it saw: GETs cacheable for a
-/// minute, in the language asked for; POSTs redirect to `/after`.
+/// minute, in the language asked for. POSTs: `/cl` answers with `Content-Location: /after`,
+/// `/cross` with a `Location` on another origin, `/fail` with a 500, the others with
+/// `Location: /after`.
 async fn origin(calls: Arc<AtomicUsize>) -> SocketAddr {
     let app = axum::Router::new().fallback(move |req: Request| {
         let calls = calls.clone();
@@ -44,7 +46,12 @@ async fn origin(calls: Arc<AtomicUsize>) -> SocketAddr {
                 .to_owned();
             let body = format!("{} {} for {host} in {lang} #{n}", req.method(), req.uri());
             if req.method() == http::Method::POST {
-                return ([("location", "/after")], body).into_response();
+                return match req.uri().path() {
+                    "/cl" => ([("content-location", "/after")], body).into_response(),
+                    "/cross" => ([("location", "http://other.example/q")], body).into_response(),
+                    "/fail" => (StatusCode::INTERNAL_SERVER_ERROR, body).into_response(),
+                    _ => ([("location", "/after")], body).into_response(),
+                };
             }
             (
                 [("cache-control", "max-age=60"), ("vary", "Accept-Language")],
@@ -67,7 +74,7 @@ async fn setup() -> Setup {
     let stash = Stash::builder().build().unwrap();
     let cache = CacheLayer::new(stash.clone(), proxy::default_routes());
     let upstream = format!("http://{origin}").parse().unwrap();
-    let app = proxy::app(proxy::Upstream::new(upstream, stash, cache));
+    let app = proxy::app(proxy::Upstream::new(upstream), cache);
     Setup {
         proxy: serve(app).await,
         calls,
@@ -157,4 +164,36 @@ async fn a_header_named_by_connection_cannot_choose_the_entry() {
     assert!(poisoned.contains("in default"), "{poisoned}");
     let (_, fr) = send(s.proxy, "GET", "/p", &[("accept-language", "fr")]).await;
     assert!(fr.contains("in fr"), "{fr}");
+}
+
+#[tokio::test]
+async fn content_location_is_invalidated_but_not_another_origin_nor_after_a_failure() {
+    let s = setup().await;
+    let count = || s.calls.load(Ordering::SeqCst);
+    send(s.proxy, "GET", "/after", &[]).await;
+    send(s.proxy, "GET", "/q", &[("host", "other.example")]).await;
+    send(s.proxy, "GET", "/fail", &[]).await;
+    assert_eq!(count(), 3);
+    // A failed write changes nothing: its target stays cached.
+    let (status, _) = send(s.proxy, "POST", "/fail", &[]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    send(s.proxy, "GET", "/fail", &[]).await;
+    assert_eq!(count(), 4, "only the POST reached the origin");
+    // A Location on another origin drops nothing there.
+    send(s.proxy, "POST", "/cross", &[]).await;
+    let (_, q) = send(s.proxy, "GET", "/q", &[("host", "other.example")]).await;
+    assert!(q.ends_with("#2"), "still the cached answer: {q}");
+    assert_eq!(count(), 5);
+    // A same-origin Content-Location is dropped.
+    send(s.proxy, "POST", "/cl", &[]).await;
+    let (_, after) = send(s.proxy, "GET", "/after", &[]).await;
+    assert!(after.ends_with("#7"), "fetched again: {after}");
+    // PUT and DELETE invalidate their target too.
+    for method in ["PUT", "DELETE"] {
+        send(s.proxy, "GET", "/after", &[]).await;
+        let before = count();
+        send(s.proxy, method, "/after", &[]).await;
+        send(s.proxy, "GET", "/after", &[]).await;
+        assert_eq!(count(), before + 2, "{method}");
+    }
 }

@@ -113,6 +113,12 @@ pin_project! {
         S: Service<Request<ReqB>>,
     {
         Passthrough { #[pin] fut: S::Future },
+        // HTTP mode, an unsafe request: its answer waits for the invalidations it causes.
+        Write { #[pin] fut: S::Future, write: Option<Box<super::writes::Write>> },
+        Invalidating {
+            resp: Option<S::Response>,
+            wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+        },
         Bypass { #[pin] fut: S::Future, stash: Stash, reason: &'static str },
         Hit { resp: Option<Response<Stored>> },
         Lookup {
@@ -138,6 +144,15 @@ where
     pub(crate) fn passthrough(fut: S::Future) -> Self {
         Self {
             state: State::Passthrough { fut },
+        }
+    }
+
+    pub(crate) fn write(fut: S::Future, write: Box<super::writes::Write>) -> Self {
+        Self {
+            state: State::Write {
+                fut,
+                write: Some(write),
+            },
         }
     }
 
@@ -222,6 +237,26 @@ where
             let next = match state.as_mut().project() {
                 StateProj::Passthrough { fut } => {
                     return fut.poll(cx).map_ok(|r| r.map(CacheBody::inner));
+                }
+                StateProj::Write { fut, write } => {
+                    let resp = ready!(fut.poll(cx))?;
+                    let write = write.take().expect("polled after completion");
+                    match write.invalidations(resp.status(), resp.headers()) {
+                        Some(wait) => State::Invalidating {
+                            resp: Some(resp),
+                            wait,
+                        },
+                        None => {
+                            state.set(State::Done);
+                            return Poll::Ready(Ok(resp.map(CacheBody::inner)));
+                        }
+                    }
+                }
+                StateProj::Invalidating { resp, wait } => {
+                    ready!(wait.as_mut().poll(cx));
+                    let resp = resp.take().expect("polled after completion");
+                    state.set(State::Done);
+                    return Poll::Ready(Ok(resp.map(CacheBody::inner)));
                 }
                 StateProj::Bypass { fut, stash, reason } => {
                     let (mut parts, body) = ready!(fut.poll(cx))?.into_parts();

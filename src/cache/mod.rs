@@ -109,6 +109,7 @@ mod future;
 mod hint;
 mod layer;
 mod service;
+mod writes;
 
 pub use body::CacheBody;
 pub use future::ResponseFuture;

@@ -90,6 +90,12 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let Some((policy, params)) = self.shared.routes.find(req.method(), req.uri().path()) else {
+            // HTTP mode: a write to a URL the cache holds drops what it holds once it succeeds.
+            if super::writes::is_unsafe(req.method()) {
+                if let Some(write) = super::writes::Write::of(&self.shared, &req) {
+                    return ResponseFuture::write(self.call_inner(req), write);
+                }
+            }
             return ResponseFuture::passthrough(self.call_inner(req));
         };
         let stash = &self.shared.stash;

@@ -37,6 +37,11 @@
 //!   the origin.) In application mode they are ignored
 //!   unless the policy opts in ([`Policy::request_directives`]): no client can force misses
 //!   onto the database.
+//! - Writes (RFC 9111 section 4.4): a successful (2xx, 3xx) unsafe request (POST, PUT,
+//!   DELETE, PATCH, ...) to a URL an HTTP-mode GET route covers drops every entry of that
+//!   URL, and of a same-origin `Location` or `Content-Location` in its answer, before the
+//!   answer goes on (waiting at most 2 s; a store that cannot be reached retries in the
+//!   background). A failed write, or a location on another host, drops nothing.
 //! - A 206 is never stored, nor a 304; `Set-Cookie` answers are not stored either (a shared
 //!   cache that stores them hands one client's cookie to others).
 //!

@@ -315,6 +315,7 @@ async fn stale_entries_answer_for_an_unreachable_origin_unless_they_must_be_reva
         ("max-age=1", 504, true),
         ("max-age=1", 503, false),
         ("max-age=1, must-revalidate", 502, false),
+        ("max-age=1, proxy-revalidate", 502, false),
         ("max-age=1, s-maxage=1", 502, false),
     ] {
         let c = cache(http(), Origin::new(200, &[("cache-control", cc)], "old"));
@@ -738,5 +739,32 @@ async fn variants_are_found_through_a_shared_store_too() {
     c.get(&[("accept-language", "fr")]).await;
     assert!(c.get(&[("accept-language", "en")]).await.hit());
     assert!(c.get(&[("accept-language", "fr")]).await.hit());
+    assert_eq!(c.origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn head_is_answered_from_the_get_entry_and_never_stores_an_empty_body() {
+    let c = cache(
+        http(),
+        Origin::new(200, &[("cache-control", "max-age=100")], "body"),
+    );
+    let head = || {
+        Request::head("/r")
+            .header("host", "a.example")
+            .body(Empty::new())
+            .unwrap()
+    };
+    // A HEAD miss: forwarded, nothing stored for GET.
+    let got = c.send(head()).await;
+    assert!(!got.hit());
+    let get = c.get(&[]).await;
+    assert!(!get.hit());
+    assert_eq!(&get.body[..], b"body");
+    assert_eq!(c.origin.calls(), 2);
+    // Now HEAD is a hit on the GET entry, without a body.
+    let got = c.send(head()).await;
+    assert!(got.hit());
+    assert!(got.body.is_empty());
+    assert_eq!(got.headers["cache-control"], "max-age=100");
     assert_eq!(c.origin.calls(), 2);
 }
