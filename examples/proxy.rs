@@ -31,9 +31,22 @@ fn arg(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
 }
 
-/// The proxy's default routes: every path, in HTTP mode, keyed by Host.
+/// How long the default routes keep a 404, 410 or 414 the origin gives no explicit
+/// freshness: Varnish's default TTL, for the statuses it caches by default.
+const NEGATIVE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The proxy's default routes: every path, in HTTP mode, keyed by Host. Client errors are
+/// stored only with explicit freshness from the origin, except 404, 410 and 414, which these
+/// routes ask for: two minutes when the origin says nothing.
 pub fn default_routes() -> Routes {
-    let policy = || Policy::new().http_mode(true).vary_headers(["host"]);
+    let policy = || {
+        Policy::new()
+            .http_mode(true)
+            .vary_headers(["host"])
+            .status_ttl(404, NEGATIVE_TTL)
+            .status_ttl(410, NEGATIVE_TTL)
+            .status_ttl(414, NEGATIVE_TTL)
+    };
     Routes::new().get("/", policy()).get("/{*path}", policy())
 }
 

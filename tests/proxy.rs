@@ -24,7 +24,8 @@ async fn serve(app: axum::Router) -> SocketAddr {
 }
 
 /// An origin that counts its requests and answers with what it saw: GETs cacheable for a
-/// minute, in the language asked for. POSTs: `/cl` answers with `Content-Location: /after`,
+/// minute, in the language asked for, but `/missing` (a 404) and `/bad` (a 400), which say
+/// nothing of their freshness. POSTs: `/cl` answers with `Content-Location: /after`,
 /// `/cross` with a `Location` on another origin, `/fail` with a 500, the others with
 /// `Location: /after`.
 async fn origin(calls: Arc<AtomicUsize>) -> SocketAddr {
@@ -53,11 +54,16 @@ async fn origin(calls: Arc<AtomicUsize>) -> SocketAddr {
                     _ => ([("location", "/after")], body).into_response(),
                 };
             }
-            (
-                [("cache-control", "max-age=60"), ("vary", "Accept-Language")],
-                body,
-            )
-                .into_response()
+            match req.uri().path() {
+                // Errors with nothing said of their freshness.
+                "/missing" => (StatusCode::NOT_FOUND, body).into_response(),
+                "/bad" => (StatusCode::BAD_REQUEST, body).into_response(),
+                _ => (
+                    [("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+                    body,
+                )
+                    .into_response(),
+            }
         }
     });
     serve(app).await
@@ -196,4 +202,23 @@ async fn content_location_is_invalidated_but_not_another_origin_nor_after_a_fail
         send(s.proxy, "GET", "/after", &[]).await;
         assert_eq!(count(), before + 2, "{method}");
     }
+}
+
+#[tokio::test]
+async fn a_404_is_kept_two_minutes_by_the_default_routes_and_a_400_never() {
+    let s = setup().await;
+    for _ in 0..2 {
+        assert_eq!(
+            send(s.proxy, "GET", "/missing", &[]).await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+    for _ in 0..2 {
+        assert_eq!(
+            send(s.proxy, "GET", "/bad", &[]).await.0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+    assert_eq!(s.calls.load(Ordering::SeqCst), 3);
 }

@@ -1045,15 +1045,24 @@ pub(crate) fn hit(
         h.insert(CACHE_STATUS, status);
         return resp;
     }
-    let len = entry.body().len() as u64;
-    let range = req
-        .range
-        .filter(|_| entry.status() == StatusCode::OK)
-        .and_then(|r| crate::http::byte_range(r, len));
+    let mut len = entry.body().len() as u64;
+    // Where the stored body starts in the complete one (a stored partial response's first
+    // byte).
+    let mut offset = 0;
+    let range = match req.range {
+        Some(r) if entry.status() == StatusCode::OK => crate::http::byte_range(r, len),
+        Some(r) => crate::http::partial_covers(entry, r).map(|(start, end, complete)| {
+            offset = crate::http::content_range(entry.headers()).map_or(0, |c| c.0);
+            len = complete;
+            (start, end)
+        }),
+        None => None,
+    };
     let body = if req.head {
         Stored::empty()
     } else if let Some((start, end)) = range {
-        Stored::new(entry.body().slice(start as usize..=end as usize), None)
+        let (start, end) = ((start - offset) as usize, (end - offset) as usize);
+        Stored::new(entry.body().slice(start..=end), None)
     } else {
         Stored::new(entry.body().clone(), entry.trailers().cloned())
     };
@@ -1063,7 +1072,7 @@ pub(crate) fn hit(
     let mut resp = Response::new(body);
     *resp.status_mut() = entry.status();
     if let Some((start, end)) = range {
-        // The part asked for, of the complete stored response.
+        // The part asked for, of the stored response (complete, or partial and holding it).
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
         if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
@@ -1165,8 +1174,20 @@ fn decide<B: Body>(
         // A copy of another request's response: that request stores it.
         return Err("collapsed");
     }
+    // A 206 to a `Range` is stored in HTTP mode, under a key of its own (never the complete
+    // response's), when it is one range of a known length and varies on nothing.
+    let partial = parts.status == StatusCode::PARTIAL_CONTENT;
+    if partial
+        && !(policy.http
+            && ctx.range.is_some()
+            && ctx.primary.is_none()
+            && crate::http::content_range(&parts.headers).is_some()
+            && crate::http::vary_names(&parts.headers).is_some_and(|v| v.is_empty()))
+    {
+        return Err("status");
+    }
     // HTTP mode stores what the origin gives freshness to, errors included.
-    if !policy.statuses.contains(&parts.status.as_u16())
+    if (!partial && !policy.statuses.contains(&parts.status.as_u16()))
         || (parts.status.is_server_error() && !policy.http)
     {
         return Err("status");
@@ -1317,7 +1338,12 @@ fn miss<B: Body<Data = Bytes>>(
         Ok((ttl, age)) => {
             let mut stored = parts.headers.clone();
             headers::strip_hop_by_hop(&mut stored);
-            let variant = variant_keys(&ctx, &parts.headers);
+            let partial = parts.status == StatusCode::PARTIAL_CONTENT;
+            let variant = if partial {
+                None
+            } else {
+                variant_keys(&ctx, &parts.headers)
+            };
             let Ctx {
                 mut key,
                 mut full,
@@ -1351,6 +1377,14 @@ fn miss<B: Body<Data = Bytes>>(
                 }
                 full = vfull;
                 key = vkey;
+            }
+            if partial {
+                // Its own key, which only a `Range` request looks up.
+                let inner = &stash.inner;
+                let pfull = crate::http::partial_key(&full);
+                key = crate::key::storage_key(&pfull, inner.prefix.len(), inner.max_key_len)
+                    .map_or_else(|| pfull.as_str().into(), Into::into);
+                full = pfull.into();
             }
             tags.append(&mut hint.tags);
             let capture = Capture {

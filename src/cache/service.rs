@@ -248,6 +248,36 @@ where
             }
             found = Some(kind);
         }
+        if let Some(range) = range {
+            // A part of a response: a stored partial one may hold it.
+            let pfull = crate::http::partial_key(&full);
+            let prefix = stash.inner.prefix.len();
+            let pstored = crate::key::storage_key(&pfull, prefix, stash.inner.max_key_len);
+            let partial = stash
+                .store()
+                .get_local(pstored.as_deref().unwrap_or(&pfull));
+            if let Some(Some(entry)) = partial {
+                let now = stash.now();
+                let mut kind = classify(&entry, &pfull, policy, now);
+                if let Some(d) = &directives {
+                    kind = super::future::as_directed(d, &entry, &pfull, kind, now);
+                }
+                if let (Found::Fresh(remaining), Some(_)) =
+                    (kind, crate::http::partial_covers(&entry, range))
+                {
+                    stash.counters().hit();
+                    let hit_req = HitRequest {
+                        full: &pfull,
+                        head,
+                        if_none_match,
+                        if_modified_since,
+                        range: Some(range),
+                    };
+                    let age = fresh_age(&entry, remaining, now);
+                    return ResponseFuture::hit(hit(stash, hit_req, &entry, remaining, age));
+                }
+            }
+        }
         let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
         ctx.primary = primary;
         ctx.variants = variants;
@@ -375,7 +405,9 @@ impl<S> CacheService<S> {
         // invalidating the key drops every variant.
         let prefix = self.shared.stash.inner.prefix.len();
         let base = super::layer::base_key(policy, params, req);
-        if full.len() > prefix + base.len() {
+        // (A partial response a `Range` may store lives under a key of its own: tagged too.)
+        let partial = policy.http && req.headers().contains_key(header::RANGE);
+        if full.len() > prefix + base.len() || partial {
             tags.push(crate::stash::family_tag(&base));
         }
         let full: Arc<str> = full.into();

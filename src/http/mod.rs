@@ -28,7 +28,8 @@
 //!   `Vary: *` is never stored. At most [`max_variants`](crate::Policy::max_variants) variants
 //!   of one URL are kept (32 by default): storing one more drops the one stored longest ago.
 //! - Requests: `If-Modified-Since` and one byte `Range` (without `If-Range`) are answered from
-//!   stored responses; the `Authorization` rule of RFC 9111 section 3.5; request directives
+//!   stored responses: a complete one, or a stored partial one that holds the bytes asked
+//!   for; the `Authorization` rule of RFC 9111 section 3.5; request directives
 //!   (`no-store`, `no-cache`, `max-age`, `min-fresh`, `max-stale`, `only-if-cached`, and
 //!   `Pragma: no-cache`): see [`RequestDirectives`]. A fresh entry whose response said
 //!   `immutable` (RFC 8246) is served despite a reload's `no-cache` or `max-age` (not
@@ -42,11 +43,16 @@
 //!   URL, and of a same-origin `Location` or `Content-Location` in its answer, before the
 //!   answer goes on (waiting at most 2 s; a store that cannot be reached retries in the
 //!   background). A failed write, or a location on another host, drops nothing.
-//! - A 206 is never stored, nor a 304; `Set-Cookie` answers are not stored either (a shared
+//! - Partial content: a `206` answering a `Range` request, of one range with a known
+//!   complete length (`Content-Range: bytes 4-8/10`) and no `Vary`, is stored under a key
+//!   of its own, which only `Range` requests covered by it look up (in this instance's
+//!   memory tier: other instances forward such requests). It is never the complete
+//!   response; invalidating the URL drops it too. A 304 is never stored; `Set-Cookie` answers are not stored either (a shared
 //!   cache that stores them hands one client's cookie to others).
 //!
-//! Not done: storing POST answers by `Content-Location`, and partial content (a 206 is
-//! passed on, never stored).
+//! Not done: storing POST answers by `Content-Location`; combining stored partial responses
+//! (or completing one with a request for the rest); choosing a variant by `Accept-Language`
+//! quality values.
 //!
 //! [`Policy::http_mode`]: crate::Policy::http_mode
 //! [`Policy::request_directives`]: crate::Policy::request_directives
@@ -230,6 +236,47 @@ pub(crate) fn not_modified_since(headers: &HeaderMap, ims: &http::HeaderValue) -
     http_date(headers, header::LAST_MODIFIED)
         .or_else(|| http_date(headers, header::DATE))
         .is_some_and(|modified| modified <= since)
+}
+
+/// The key a URL's stored partial response (a `206`) lives under: never a complete
+/// response's.
+pub(crate) fn partial_key(full: &str) -> String {
+    format!("{full}|#partial")
+}
+
+/// A `Content-Range: bytes first-last/complete` of one range (a known complete length).
+pub(crate) fn content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
+    let mut values = headers.get_all(header::CONTENT_RANGE).iter();
+    let v = values.next()?.to_str().ok()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let (range, complete) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last, complete): (u64, u64, u64) = (
+        first.trim().parse().ok()?,
+        last.trim().parse().ok()?,
+        complete.trim().parse().ok()?,
+    );
+    (first <= last && last < complete).then_some((first, last, complete))
+}
+
+/// The part of a stored partial response (its status `206`, its `Content-Range`, its body)
+/// that answers `range`: the bytes asked for, and the complete length, when it holds all of
+/// them.
+pub(crate) fn partial_covers(
+    entry: &crate::Entry,
+    range: &http::HeaderValue,
+) -> Option<(u64, u64, u64)> {
+    if entry.status() != StatusCode::PARTIAL_CONTENT {
+        return None;
+    }
+    let (first, last, complete) = content_range(entry.headers())?;
+    if entry.body().len() as u64 != last - first + 1 {
+        return None;
+    }
+    let (start, end) = byte_range(range, complete)?;
+    (first <= start && end <= last).then_some((start, end, complete))
 }
 
 /// The byte range a `Range: bytes=...` header asks of a body `len` long: one range only

@@ -505,21 +505,78 @@ async fn authorized_requests_are_stored_only_when_the_origin_says_they_may_be_sh
 }
 
 #[tokio::test]
-async fn partial_answers_are_never_stored_but_ranges_are_served_from_whole_ones() {
+async fn partial_answers_serve_only_the_ranges_they_hold_and_never_a_whole_request() {
+    // The origin holds "0123456789"; a 206 of bytes 4-8 is stored apart.
     let c = cache(
         http(),
         Origin::new(
             206,
             &[
                 ("cache-control", "max-age=100"),
-                ("content-range", "bytes 0-1/10"),
+                ("content-range", "bytes 4-8/10"),
             ],
-            "ab",
+            "45678",
         ),
+    );
+    c.get(&[("range", "bytes=4-8")]).await;
+    for (range, body, content_range) in [
+        ("bytes=4-8", "45678", "bytes 4-8/10"),
+        ("bytes=5-7", "567", "bytes 5-7/10"),
+        ("bytes=6-8", "678", "bytes 6-8/10"),
+    ] {
+        let got = c.get(&[("range", range)]).await;
+        assert!(got.hit(), "{range}");
+        assert_eq!(got.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(&got.body[..], body.as_bytes(), "{range}");
+        assert_eq!(got.headers["content-range"], content_range);
+        assert_eq!(got.headers["content-length"], body.len().to_string());
+    }
+    assert_eq!(c.origin.calls(), 1);
+    // Bytes it does not hold, and a request for the whole body, go to the origin.
+    for range in ["bytes=0-4", "bytes=-1", "bytes=4-"] {
+        assert!(!c.get(&[("range", range)]).await.hit(), "{range}");
+    }
+    assert!(!c.get(&[]).await.hit(), "never the whole response");
+    assert_eq!(c.origin.calls(), 5);
+    // A 206 that varies, or whose range is unknown (several, or no complete length), is not
+    // stored.
+    for headers in [
+        vec![("content-range", "bytes 0-1/10"), ("vary", "accept")],
+        vec![("content-range", "bytes 0-1/*")],
+        vec![("content-type", "multipart/byteranges; boundary=x")],
+    ] {
+        let mut all = vec![("cache-control", "max-age=100")];
+        all.extend(headers);
+        let c = cache(http(), Origin::new(206, &all, "ab"));
+        c.get(&[("range", "bytes=0-1")]).await;
+        c.get(&[("range", "bytes=0-1")]).await;
+        assert_eq!(c.origin.calls(), 2, "{all:?}");
+    }
+    // Nor in application mode.
+    let c = cache(
+        Policy::ttl(Duration::from_secs(100)).statuses([200]),
+        Origin::new(206, &[("content-range", "bytes 0-1/10")], "ab"),
     );
     c.get(&[("range", "bytes=0-1")]).await;
     c.get(&[("range", "bytes=0-1")]).await;
     assert_eq!(c.origin.calls(), 2);
+    // Invalidating the URL drops its partial response too.
+    let c = cache(
+        http(),
+        Origin::new(
+            206,
+            &[
+                ("cache-control", "max-age=100"),
+                ("content-range", "bytes 4-8/10"),
+            ],
+            "45678",
+        ),
+    );
+    c.get(&[("range", "bytes=4-8")]).await;
+    let stash = c.layer.stash().clone();
+    stash.invalidate_key("GET /r").await.unwrap();
+    assert!(!c.get(&[("range", "bytes=4-8")]).await.hit());
+    // Ranges are served from a whole response.
     let c = cache(
         http(),
         Origin::new(200, &[("cache-control", "max-age=100")], "0123456789"),
