@@ -6,6 +6,9 @@
 //! cargo run --release --example baseline -- --listen 127.0.0.1:3001 --cache-headers
 //! ```
 //!
+//! It is served as the quickstart is (the same `axum::serve` with a graceful shutdown on
+//! Ctrl-C, a `/stats` route beside it), so that the servers differ by the cache alone.
+//!
 //! With `--cache-headers`, responses also carry the headers a cache hit adds (`etag`, `age`,
 //! `cache-status`), so that only the cache's own work differs between the two servers.
 
@@ -53,9 +56,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let app = Router::new()
         .route("/users/{id}", get(get_user))
-        .with_state(users);
+        .with_state(users)
+        .route("/stats", get(|| async { "{}" }));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("baseline listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
     Ok(())
 }

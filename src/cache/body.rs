@@ -332,6 +332,20 @@ pub(crate) fn complete_headers(
     if status != StatusCode::NO_CONTENT && !headers.contains_key(header::CONTENT_LENGTH) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
-    headers.insert(header::AGE, HeaderValue::from_static("0"));
-    headers.insert(headers::CACHE_STATUS, stash.inner.status.hit.clone());
+    // `Age` and `Cache-Status` first: a hit finds their slots without hashing their names
+    // (see `cache::future::hit`).
+    let mut ordered = HeaderMap::with_capacity(headers.len() + 2);
+    ordered.insert(header::AGE, HeaderValue::from_static("0"));
+    ordered.insert(headers::CACHE_STATUS, stash.inner.status.hit.clone());
+    let mut current = None;
+    for (name, value) in headers.drain() {
+        if let Some(name) = name {
+            current = Some(name);
+        }
+        let Some(name) = &current else { continue };
+        if name != header::AGE && name != headers::CACHE_STATUS {
+            ordered.append(name.clone(), value);
+        }
+    }
+    *headers = ordered;
 }

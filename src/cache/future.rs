@@ -1067,8 +1067,7 @@ pub(crate) fn hit(
         Stored::new(entry.body().clone(), entry.trailers().cloned())
     };
     let mut headers = entry.headers().clone();
-    set(&mut headers, header::AGE, age);
-    set(&mut headers, CACHE_STATUS, status);
+    set_age_and_status(&mut headers, age, status);
     let mut resp = Response::new(body);
     *resp.status_mut() = entry.status();
     if let Some((start, end)) = range {
@@ -1081,6 +1080,21 @@ pub(crate) fn hit(
     }
     *resp.headers_mut() = headers;
     resp
+}
+
+/// Sets `Age` and `Cache-Status`: in their slots when they come first (as entries this crate
+/// stores have them), found without hashing a name; as [`set`] does otherwise.
+fn set_age_and_status(headers: &mut HeaderMap, age: HeaderValue, status: HeaderValue) {
+    let mut slots = headers.iter_mut();
+    if let (Some((first, a)), Some((second, s))) = (slots.next(), slots.next()) {
+        if first == header::AGE && second == CACHE_STATUS {
+            *a = age;
+            *s = status;
+            return;
+        }
+    }
+    set(headers, header::AGE, age);
+    set(headers, CACHE_STATUS, status);
 }
 
 /// Sets `name` to `value`: in place when the stored headers have the slot (entries stored by

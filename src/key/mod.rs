@@ -92,13 +92,15 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// As [`COMPONENT`], but `/` is kept: for raw paths, whose `/` are real separators.
 const PATH: &AsciiSet = &COMPONENT.remove(b'/');
 
+/// A byte a key holds as it is (RFC 3986's unreserved characters).
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
 /// Appends `bytes`, escaped, to `out`.
 pub(crate) fn escape_into(out: &mut String, bytes: &[u8]) {
     // Most values (ids, slugs) need no escaping: copy them in one go.
-    if bytes
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-    {
+    if bytes.iter().copied().all(unreserved) {
         if let Ok(plain) = std::str::from_utf8(bytes) {
             out.push_str(plain);
             return;
@@ -113,6 +115,11 @@ pub(crate) fn escape_path_into(out: &mut String, path: &str) {
 
 /// Appends a path parameter, percent-decoded (as axum's `Path` does) then escaped.
 pub(crate) fn escape_param_into(out: &mut String, raw: &str) {
+    // Most parameters (ids, slugs) have nothing to decode nor escape.
+    if raw.bytes().all(unreserved) {
+        out.push_str(raw);
+        return;
+    }
     let decoded: std::borrow::Cow<'_, [u8]> = percent_decode_str(raw).into();
     escape_into(out, &decoded);
 }
