@@ -222,3 +222,20 @@ async fn a_404_is_kept_two_minutes_by_the_default_routes_and_a_400_never() {
     }
     assert_eq!(s.calls.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn a_write_on_one_host_never_drops_another_hosts_entry() {
+    let s = setup().await;
+    send(s.proxy, "GET", "/p", &[("host", "other.example")]).await;
+    send(s.proxy, "GET", "/p", &[]).await;
+    assert_eq!(s.calls.load(Ordering::SeqCst), 2);
+    // A POST to shop.example's /p (the default Host) drops that entry only.
+    send(s.proxy, "POST", "/p", &[]).await;
+    let (_, other) = send(s.proxy, "GET", "/p", &[("host", "other.example")]).await;
+    assert!(
+        other.ends_with("#1"),
+        "other.example's entry stays: {other}"
+    );
+    let (_, shop) = send(s.proxy, "GET", "/p", &[]).await;
+    assert!(shop.ends_with("#4"), "shop.example's entry went: {shop}");
+}

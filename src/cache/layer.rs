@@ -110,8 +110,29 @@ pub(crate) fn base_key<B>(
     k
 }
 
-/// Appends the template, filled from the path parameters, or the default `METHOD path`.
+/// Appends the template, filled from the path parameters, or the default `METHOD path`; and
+/// the host, when the policy keys it (the `Host` header, or an HTTP/2 request's authority).
 fn push_base<B>(
+    k: &mut String,
+    policy: &crate::policy::CompiledPolicy,
+    params: &key::Params<'_, '_, '_>,
+    req: &Request<B>,
+) {
+    push_route(k, policy, params, req);
+    if policy.host_keyed {
+        let headers = req.headers();
+        if headers.contains_key(http::header::HOST) {
+            key::push_headers(k, headers, std::slice::from_ref(&http::header::HOST));
+        } else if let Some(authority) = req.uri().authority() {
+            k.push_str("|host=");
+            key::escape_into(k, authority.as_str().as_bytes());
+        } else {
+            k.push_str("|host");
+        }
+    }
+}
+
+fn push_route<B>(
     k: &mut String,
     policy: &crate::policy::CompiledPolicy,
     params: &key::Params<'_, '_, '_>,
@@ -143,7 +164,7 @@ pub(crate) fn key_strings<B>(
     k.push_str(&inner.prefix);
     push_base(&mut k, policy, params, req);
     key::push_query(&mut k, req.uri().query(), &policy.query);
-    key::push_headers(&mut k, req.headers(), &policy.vary_headers);
+    key::push_headers(&mut k, req.headers(), &policy.key_headers);
     if let Some(session) = &policy.session {
         // A hash, never the secret: keys show in logs, headers and Redis.
         if let Some(id) = session.value(req.headers()) {

@@ -488,6 +488,15 @@ async fn two_hosts_never_share_an_entry() {
         c.send(req.body(Empty::new()).unwrap()).await;
     }
     assert_eq!(c.origin.calls(), 2);
+    // HTTP/2 requests carry the authority in the URI, not in a Host header.
+    for uri in [
+        "http://c.example/r",
+        "http://d.example/r",
+        "http://c.example/r",
+    ] {
+        c.send(Request::get(uri).body(Empty::new()).unwrap()).await;
+    }
+    assert_eq!(c.origin.calls(), 4);
 }
 
 #[tokio::test]
@@ -573,8 +582,16 @@ async fn partial_answers_serve_only_the_ranges_they_hold_and_never_a_whole_reque
         ),
     );
     c.get(&[("range", "bytes=4-8")]).await;
-    let stash = c.layer.stash().clone();
-    stash.invalidate_key("GET /r").await.unwrap();
+    let probe = Request::get("/r")
+        .header("host", "a.example")
+        .body(())
+        .unwrap();
+    let key = c.layer.invalidation_key_for(&probe).unwrap();
+    assert_eq!(
+        key, "GET /r|host=a.example",
+        "the host is part of the URL's key"
+    );
+    c.layer.stash().invalidate_key(&key).await.unwrap();
     assert!(!c.get(&[("range", "bytes=4-8")]).await.hit());
     // Ranges are served from a whole response.
     let c = cache(

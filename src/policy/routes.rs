@@ -383,6 +383,12 @@ impl Routes {
                 || matches!(session, Some(SessionKey::Cookie(_))),
             key,
             query: resolved.query.unwrap_or_default(),
+            host_keyed: vary_headers.contains(&http::header::HOST),
+            key_headers: vary_headers
+                .iter()
+                .filter(|h| **h != http::header::HOST)
+                .cloned()
+                .collect(),
             vary_headers,
             statuses,
             status_ttls,
@@ -430,6 +436,11 @@ pub(crate) struct CompiledPolicy {
     pub(crate) key: Option<Template>,
     pub(crate) query: QueryKey,
     pub(crate) vary_headers: Vec<HeaderName>,
+    /// `Host` is keyed: it goes in the base key (next to the path), so that invalidating a
+    /// URL on one host never drops another's.
+    pub(crate) host_keyed: bool,
+    /// The keyed headers but `Host`, appended after the query.
+    pub(crate) key_headers: Vec<HeaderName>,
     pub(crate) vary_authorization: bool,
     pub(crate) vary_cookie: bool,
     pub(crate) statuses: Vec<u16>,
