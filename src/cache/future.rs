@@ -642,6 +642,14 @@ pub(crate) fn classify(
 /// What an entry is to a request with `Cache-Control` directives: still fresh only if they
 /// accept its age and freshness; an expired one is served (as a hit) within `max-stale`,
 /// unless the entry says it must be revalidated.
+/// The freshness left of a fresh entry (zero otherwise).
+fn remaining_of(kind: Found) -> Duration {
+    match kind {
+        Found::Fresh(remaining) => remaining,
+        _ => Duration::ZERO,
+    }
+}
+
 pub(crate) fn as_directed(
     d: &crate::http::RequestDirectives,
     entry: &Entry,
@@ -653,10 +661,16 @@ pub(crate) fn as_directed(
     match kind {
         Found::Fresh(remaining) if d.accepts(age, remaining, Duration::ZERO) => kind,
         // `immutable` (RFC 8246): the origin promised this body will not change while fresh,
-        // so a reload's `no-cache` or `max-age` need not reach it; `min-fresh` still counts.
-        Found::Fresh(remaining)
-            if headers::has_directive(entry.headers(), &["immutable"])
-                && d.min_fresh.is_none_or(|min| remaining.as_secs() >= min) =>
+        // so a reload's `max-age` need not reach it. A forced reload (`no-cache`) still does,
+        // and `min-fresh` still counts.
+        Found::Fresh(_)
+            if !d.no_cache
+                && headers::has_directive(entry.headers(), &["immutable"])
+                && crate::http::RequestDirectives {
+                    max_age: None,
+                    ..d.clone()
+                }
+                .accepts(age, remaining_of(kind), Duration::ZERO) =>
         {
             kind
         }
@@ -1253,7 +1267,11 @@ fn decide<B: Body>(
             Duration::ZERO,
         )
     };
-    if !policy.ttl_jitter.is_zero() && hint.ttl.is_none() {
+    // Jitter spreads the policy's own TTL, never one the handler or a status TTL set.
+    if !policy.ttl_jitter.is_zero()
+        && hint.ttl.is_none()
+        && policy.status_ttl(parts.status).is_none()
+    {
         ttl = ttl.saturating_sub(policy.ttl_jitter.mul_f64(ctx.stash().random()));
     }
     if ttl.is_zero() {

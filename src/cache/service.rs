@@ -173,8 +173,13 @@ where
         } else {
             None
         };
-        // A `Range` with `If-Range` is for one version: the origin answers it.
-        let range = if ranged && policy.http && !headers.contains_key(header::IF_RANGE) {
+        // A `Range` with `If-Range` is for one version: the origin answers it. HEAD ignores
+        // `Range` (RFC 9110 section 14.2).
+        let range = if ranged
+            && policy.http
+            && req.method() != Method::HEAD
+            && !headers.contains_key(header::IF_RANGE)
+        {
             headers.get(header::RANGE)
         } else {
             None
@@ -239,7 +244,10 @@ where
                 );
                 touch(stash, stored.as_deref().unwrap_or(&full), entry, now);
                 if refresh_early(stash, policy, entry, remaining) {
-                    let ctx = self.ctx(policy, &params, &req, full, stored, None);
+                    let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
+                    // (A variant's refresh stores under the variant's key, the record kept.)
+                    ctx.primary = primary;
+                    ctx.variants = variants;
                     let entry = entry.clone();
                     refresh(self.take_inner(), req, ctx, &entry);
                 }
@@ -421,7 +429,11 @@ impl<S> CacheService<S> {
         let range = req
             .headers()
             .get(header::RANGE)
-            .filter(|_| policy.http && !req.headers().contains_key(header::IF_RANGE))
+            .filter(|_| {
+                policy.http
+                    && req.method() != Method::HEAD
+                    && !req.headers().contains_key(header::IF_RANGE)
+            })
             .cloned();
         Box::new(Ctx {
             shared: self.shared.clone(),

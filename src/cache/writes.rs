@@ -113,11 +113,16 @@ pub(crate) fn same_origin(url: &str, host: Option<&HeaderValue>) -> Option<Strin
     match uri.authority() {
         None => Some(uri.path().to_owned()).filter(|p| p.starts_with('/')),
         Some(authority) => {
+            // Port 80 is the default: `a.example` and `a.example:80` are one host. The scheme
+            // is not compared: behind a TLS terminator, an `https` location is this host's
+            // (and dropping an entry never serves a wrong answer; dropping another host's
+            // would let one host purge another's).
+            let plain = |a: &str| a.strip_suffix(":80").unwrap_or(a).to_ascii_lowercase();
             let host = host?.to_str().ok()?;
-            authority
-                .as_str()
-                .eq_ignore_ascii_case(host)
-                .then(|| uri.path().to_owned())
+            let web = uri
+                .scheme_str()
+                .is_none_or(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
+            (web && plain(authority.as_str()) == plain(host)).then(|| uri.path().to_owned())
         }
     }
 }
@@ -134,6 +139,9 @@ mod tests {
         assert_eq!(same("/after?x=1").as_deref(), Some("/after"));
         assert_eq!(same("http://shop.example/a").as_deref(), Some("/a"));
         assert_eq!(same("http://SHOP.example/a").as_deref(), Some("/a"));
+        assert_eq!(same("http://shop.example:80/a").as_deref(), Some("/a"));
+        assert_eq!(same("https://shop.example/a").as_deref(), Some("/a"));
+        assert_eq!(same("ftp://shop.example/a"), None);
         assert_eq!(same("http://other.example/a"), None);
         assert_eq!(same("http://shop.example.evil/a"), None);
         assert_eq!(same("relative/path"), None);

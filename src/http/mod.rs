@@ -32,10 +32,9 @@
 //!   for; the `Authorization` rule of RFC 9111 section 3.5; request directives
 //!   (`no-store`, `no-cache`, `max-age`, `min-fresh`, `max-stale`, `only-if-cached`, and
 //!   `Pragma: no-cache`): see [`RequestDirectives`]. A fresh entry whose response said
-//!   `immutable` (RFC 8246) is served despite a reload's `no-cache` or `max-age` (not
-//!   despite `min-fresh`): the origin promised it will not change while fresh. (Only an
-//!   entry this instance holds in memory; with an empty memory tier such a request goes to
-//!   the origin.) In application mode they are ignored
+//!   `immutable` (RFC 8246) is served despite a reload's `max-age` (`max-age=0`): the origin
+//!   promised it will not change while fresh. A forced reload (`no-cache`, `Pragma:
+//!   no-cache`) and `min-fresh` are still honoured. In application mode they are ignored
 //!   unless the policy opts in ([`Policy::request_directives`]): no client can force misses
 //!   onto the database.
 //! - Writes (RFC 9111 section 4.4): a successful (2xx, 3xx) unsafe request (POST, PUT,

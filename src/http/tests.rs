@@ -375,27 +375,31 @@ async fn request_directives_are_honoured_in_http_mode() {
 
 #[tokio::test]
 async fn immutable_fresh_entries_survive_a_reload() {
-    // A reload (`no-cache`, `max-age=0`, `Pragma: no-cache`) of a fresh immutable entry is
-    // answered from the cache; `min-fresh` still counts, and once stale it is fetched again.
+    // A reload (`max-age=0`, or any `max-age`) of a fresh immutable entry is answered from
+    // the cache; a forced reload (`no-cache`, `Pragma: no-cache`) and `min-fresh` still go to
+    // the origin, and once stale it is fetched again.
     let c = cache(
         http(),
         Origin::new(200, &[("cache-control", "max-age=100, immutable")], "x"),
     );
     c.get(&[]).await;
     c.clock.advance(Duration::from_secs(30));
-    for (name, value) in [
-        ("cache-control", "no-cache"),
-        ("cache-control", "max-age=0"),
-        ("pragma", "no-cache"),
-    ] {
-        assert!(c.get(&[(name, value)]).await.hit(), "{name}: {value}");
+    for cc in ["max-age=0", "max-age=10"] {
+        assert!(c.get(&[("cache-control", cc)]).await.hit(), "{cc}");
     }
+    assert_eq!(c.origin.calls(), 1);
+    for (name, value) in [("cache-control", "no-cache"), ("pragma", "no-cache")] {
+        assert!(!c.get(&[(name, value)]).await.hit(), "{name}: {value}");
+    }
+    assert_eq!(c.origin.calls(), 3);
+    c.clock.advance(Duration::from_secs(30));
+    // (Fresh since the last fetch for 70 s more.)
     assert!(!c.get(&[("cache-control", "min-fresh=90")]).await.hit());
-    assert_eq!(c.origin.calls(), 2);
+    assert_eq!(c.origin.calls(), 4);
     // (That miss stored a new entry, fresh for 100 s.)
     c.clock.advance(Duration::from_secs(101));
-    assert!(!c.get(&[("cache-control", "no-cache")]).await.hit());
-    assert_eq!(c.origin.calls(), 3);
+    assert!(!c.get(&[("cache-control", "max-age=0")]).await.hit());
+    assert_eq!(c.origin.calls(), 5);
 }
 
 #[tokio::test]
@@ -840,5 +844,14 @@ async fn head_is_answered_from_the_get_entry_and_never_stores_an_empty_body() {
     assert!(got.hit());
     assert!(got.body.is_empty());
     assert_eq!(got.headers["cache-control"], "max-age=100");
+    // HEAD ignores Range: the whole response's headers.
+    let mut ranged = head();
+    ranged
+        .headers_mut()
+        .insert("range", HeaderValue::from_static("bytes=0-1"));
+    let got = c.send(ranged).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.headers["content-length"], "4");
+    assert!(!got.headers.contains_key("content-range"));
     assert_eq!(c.origin.calls(), 2);
 }

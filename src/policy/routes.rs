@@ -304,7 +304,8 @@ impl Routes {
             let range = if http { 200..600 } else { 200..500 };
             if !range.contains(s) || *s == 206 || *s == 304 {
                 errors.push(format!(
-                    "{place}.status_ttls: {s} is never stored (only 2xx to 4xx, and not 206 or 304)"
+                    "{place}.status_ttls: {s} is never stored (only {}, and not 206 or 304)",
+                    if http { "2xx to 5xx" } else { "2xx to 4xx" }
                 ));
             }
             if ttl.is_zero() || *ttl > crate::entry::MAX_TTL {
