@@ -205,6 +205,8 @@ pub(crate) struct Capture {
     pub(crate) grpc: bool,
     /// Sliding expiry's idle time.
     pub(crate) sliding: Option<Duration>,
+    /// Stored in this instance's memory tier only (a partial response).
+    pub(crate) local: bool,
     /// The lease on the key, released once the entry is stored.
     pub(crate) lease: Option<crate::single_flight::Lease>,
     /// When the request went to the service.
@@ -250,6 +252,7 @@ impl Capture {
             lease,
             grpc,
             sliding,
+            local,
             ..
         } = self;
         if grpc && !crate::grpc::trailers_ok(trailers.as_ref()) {
@@ -279,7 +282,16 @@ impl Capture {
             .with_sliding(sliding)
             .with_tags(tags);
         let keep = ttl.saturating_add(grace).min(crate::entry::MAX_TTL);
-        let mut put = stash.store().put(key.clone(), Arc::new(entry), keep);
+        let entry = Arc::new(entry);
+        let mut put = if local {
+            // Read from this instance's memory only: kept there only.
+            match stash.store().put_local(key.clone(), entry, keep) {
+                Some(put) => put,
+                None => return,
+            }
+        } else {
+            stash.store().put(key.clone(), entry, keep)
+        };
         match put.as_mut().poll(cx) {
             Poll::Ready(result) => {
                 record(&stash, &key, result);

@@ -1207,15 +1207,18 @@ fn decide<B: Body>(
     let partial = parts.status == StatusCode::PARTIAL_CONTENT;
     if partial
         && !(policy.http
+            && policy.statuses.contains(&206)
             && ctx.range.is_some()
             && ctx.primary.is_none()
             && crate::http::content_range(&parts.headers).is_some()
+            // Read from memory only: a store without a memory tier keeps none.
+            && ctx.stash().store().get_local(&ctx.key).is_some()
             && crate::http::vary_names(&parts.headers).is_some_and(|v| v.is_empty()))
     {
         return Err("status");
     }
     // HTTP mode stores what the origin gives freshness to, errors included.
-    if (!partial && !policy.statuses.contains(&parts.status.as_u16()))
+    if !policy.statuses.contains(&parts.status.as_u16())
         || (parts.status.is_server_error() && !policy.http)
     {
         return Err("status");
@@ -1435,6 +1438,7 @@ fn miss<B: Body<Data = Bytes>>(
                 etag: policy.etag,
                 grpc: policy.grpc,
                 sliding: policy.sliding,
+                local: partial,
                 lease,
                 size: 0,
                 chunks: Vec::new(),

@@ -44,8 +44,10 @@
 //!   background). A failed write, or a location on another host, drops nothing.
 //! - Partial content: a `206` answering a `Range` request, of one range with a known
 //!   complete length (`Content-Range: bytes 4-8/10`) and no `Vary`, is stored under a key
-//!   of its own, which only `Range` requests covered by it look up (in this instance's
-//!   memory tier: other instances forward such requests). It is never the complete
+//!   of its own, which only `Range` requests covered by it look up. It is kept in this
+//!   instance's memory tier only ([`Store::put_local`](crate::Store::put_local)): other
+//!   instances, and stores without a memory tier, forward such requests. The policy's
+//!   statuses must include 206 (HTTP mode's default does). It is never the complete
 //!   response; invalidating the URL drops it too. A 304 is never stored; `Set-Cookie` answers are not stored either (a shared
 //!   cache that stores them hands one client's cookie to others).
 //!

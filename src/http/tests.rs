@@ -565,6 +565,21 @@ async fn partial_answers_serve_only_the_ranges_they_hold_and_never_a_whole_reque
         c.get(&[("range", "bytes=0-1")]).await;
         assert_eq!(c.origin.calls(), 2, "{all:?}");
     }
+    // Nor when the policy's statuses leave 206 out.
+    let c = cache(
+        http().statuses([200]),
+        Origin::new(
+            206,
+            &[
+                ("cache-control", "max-age=100"),
+                ("content-range", "bytes 0-1/10"),
+            ],
+            "ab",
+        ),
+    );
+    c.get(&[("range", "bytes=0-1")]).await;
+    c.get(&[("range", "bytes=0-1")]).await;
+    assert_eq!(c.origin.calls(), 2);
     // Nor in application mode.
     let c = cache(
         Policy::ttl(Duration::from_secs(100)).statuses([200]),

@@ -285,17 +285,24 @@ impl Routes {
             if resolved.grpc {
                 vec![200]
             } else if http {
-                // Any status the origin gives freshness to (never 206 or 304).
-                (200..600).filter(|s| *s != 206 && *s != 304).collect()
+                // Any status the origin gives freshness to (never a 304; a 206 apart from the
+                // complete response).
+                (200..600).filter(|s| *s != 304).collect()
             } else {
                 DEFAULT_STATUSES.to_vec()
             }
         });
         for s in &statuses {
             let range = if http { 200..600 } else { 200..500 };
-            if !range.contains(s) || *s == 206 || *s == 304 {
+            // HTTP mode stores a 206 apart, as a partial response; application mode never.
+            if !range.contains(s) || (*s == 206 && !http) || *s == 304 {
                 errors.push(format!(
-                    "{place}.statuses: {s} is never stored (only 2xx to 4xx, and not 206 or 304)"
+                    "{place}.statuses: {s} is never stored (only {})",
+                    if http {
+                        "2xx to 5xx, and not 304"
+                    } else {
+                        "2xx to 4xx, and not 206 or 304"
+                    }
                 ));
             }
         }

@@ -293,6 +293,15 @@ impl Store for MemoryStore {
         Some(self.get_now(key))
     }
 
+    fn put_local(
+        &self,
+        key: Arc<str>,
+        entry: Arc<Entry>,
+        ttl: Duration,
+    ) -> Option<StoreFuture<()>> {
+        Some(self.put(key, entry, ttl))
+    }
+
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
         if ttl.is_zero() {
             return Box::pin(std::future::ready(Err(StoreError::new(

@@ -77,6 +77,19 @@ pub trait Store: Send + Sync + 'static {
     /// extends it on every [`get_sliding`](Self::get_sliding) and [`touch`](Self::touch).
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()>;
 
+    /// Stores `entry` under `key` for `ttl` in this instance's own tier only (memory), for
+    /// what only [`get_local`](Self::get_local) reads (partial responses); `None` when the
+    /// store has no such tier. The default says `None`.
+    fn put_local(
+        &self,
+        key: Arc<str>,
+        entry: Arc<Entry>,
+        ttl: Duration,
+    ) -> Option<StoreFuture<()>> {
+        let _ = (key, entry, ttl);
+        None
+    }
+
     /// Removes `key`, if present.
     fn delete(&self, key: Arc<str>) -> StoreFuture<()>;
 

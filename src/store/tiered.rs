@@ -198,6 +198,16 @@ impl<S: Store> Store for TieredStore<S> {
         self.l1.get_now(key).map(Some)
     }
 
+    fn put_local(
+        &self,
+        key: Arc<str>,
+        entry: Arc<Entry>,
+        ttl: Duration,
+    ) -> Option<StoreFuture<()>> {
+        let ttl = ttl.min(self.l1_max_ttl);
+        (!ttl.is_zero()).then(|| self.l1.put(key, entry, ttl))
+    }
+
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
         let l1_ttl = ttl.min(self.l1_max_ttl);
         if !l1_ttl.is_zero() {
