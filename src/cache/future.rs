@@ -419,14 +419,19 @@ fn follow_variant(ctx: &mut Ctx, entry: &Entry) -> Option<StoreFuture<Option<Arc
     Some(ctx.stash().store().get(vkey))
 }
 
-/// HTTP mode, a response with `Vary`: its variant's full and stored keys, the record to
-/// store under the URL's key, and the stored keys of the variants it pushes out of the
+/// What storing a variant takes: its full and stored keys, the record to store under the
+/// URL's key and for how long, and the stored keys of the variants it pushes out of the
 /// policy's bound (the oldest).
-#[allow(clippy::type_complexity)]
-fn variant_keys(
-    ctx: &Ctx,
-    headers: &HeaderMap,
-) -> Option<(Arc<str>, Arc<str>, Arc<Entry>, Vec<String>)> {
+struct Variant {
+    full: Arc<str>,
+    key: Arc<str>,
+    record: Arc<Entry>,
+    record_keep: Duration,
+    evicted: Vec<String>,
+}
+
+/// HTTP mode, a response with `Vary` to be kept `keep`: see [`Variant`].
+fn variant_keys(ctx: &Ctx, headers: &HeaderMap, keep: Duration) -> Option<Variant> {
     let request = ctx.request_headers.as_ref()?;
     let names = crate::http::vary_names(headers)?;
     let names: Vec<String> = names
@@ -436,7 +441,7 @@ fn variant_keys(
     if names.is_empty() {
         return None;
     }
-    let (pfull, _) = ctx
+    let (pfull, pkey) = ctx
         .primary
         .clone()
         .unwrap_or_else(|| (ctx.full.clone(), ctx.key.clone()));
@@ -451,9 +456,27 @@ fn variant_keys(
         HeaderValue::from_str(&names.join(", ")).ok()?,
     );
     // The variants kept, oldest first: this one moves to the end; past the bound, the oldest
-    // go. (Instances storing variants of one URL at once may each write their own list: the
-    // bound then holds per list, and the dropped variants expire with their TTLs.)
-    let seen = ctx.variants.as_deref().unwrap_or_default();
+    // go. The list is the record's as it is now, in this instance's memory (read and written
+    // back with no wait between: concurrent answers for other variants add to it instead of
+    // replacing it), or else as the request found it. (Instances storing variants of one URL
+    // at once may each write their own list: the bound then holds per instance, and a
+    // variant left out of the list expires with its TTL.)
+    let now = ctx.stash().now();
+    let current = ctx
+        .stash()
+        .store()
+        .get_local(&pkey)
+        .flatten()
+        .filter(|r| crate::http::record_names(r, &pfull).is_some());
+    // The record outlives every variant it lists.
+    let record_keep = current
+        .as_ref()
+        .and_then(|r| r.fresh_until().duration_since(now).ok())
+        .map_or(keep, |left| left.max(keep));
+    let seen = match &current {
+        Some(record) => record.body().as_ref(),
+        None => ctx.variants.as_deref().unwrap_or_default(),
+    };
     let mut kept: Vec<&str> = std::str::from_utf8(seen)
         .unwrap_or_default()
         .lines()
@@ -463,15 +486,20 @@ fn variant_keys(
     let evicted: Vec<String> = kept.drain(..excess).map(str::to_owned).collect();
     kept.push(&vkey);
     let body = Bytes::from(kept.join("\n"));
-    let now = ctx.stash().now();
     let record = Entry::new(
         crate::http::record_key(&pfull),
         StatusCode::OK,
         record_headers,
         body,
     )
-    .with_times(now, ctx.policy.ttl.min(crate::http::REVALIDATE_WINDOW));
-    Some((vfull.into(), vkey, Arc::new(record), evicted))
+    .with_times(now, record_keep);
+    Some(Variant {
+        full: vfull.into(),
+        key: vkey,
+        record: Arc::new(record),
+        record_keep,
+        evicted,
+    })
 }
 
 /// HTTP mode, with an expired entry still kept: revalidate it when it has a validator, and
@@ -1374,10 +1402,13 @@ fn miss<B: Body<Data = Bytes>>(
             let mut stored = parts.headers.clone();
             headers::strip_hop_by_hop(&mut stored);
             let partial = parts.status == StatusCode::PARTIAL_CONTENT;
+            let keep = ttl
+                .saturating_add(ctx.policy.grace())
+                .min(crate::entry::MAX_TTL);
             let variant = if partial {
                 None
             } else {
-                variant_keys(&ctx, &parts.headers)
+                variant_keys(&ctx, &parts.headers, keep)
             };
             let Ctx {
                 mut key,
@@ -1388,16 +1419,16 @@ fn miss<B: Body<Data = Bytes>>(
                 primary,
                 ..
             } = *ctx;
-            if let Some((vfull, vkey, record, evicted)) = variant {
+            if let Some(variant) = variant {
                 // The URL's key holds the record of what its responses vary on (this
                 // request's key may already be a variant's); the response goes under its
                 // variant's key.
-                let keep = ttl
-                    .saturating_add(policy.grace())
-                    .min(crate::entry::MAX_TTL);
                 let url_key = primary.map_or_else(|| key.clone(), |(_, k)| k);
-                let put = stash.store().put(url_key, record, keep);
-                let drops: Vec<_> = evicted
+                let put = stash
+                    .store()
+                    .put(url_key, variant.record, variant.record_keep);
+                let drops: Vec<_> = variant
+                    .evicted
                     .into_iter()
                     .map(|k| stash.store().delete(k.into()))
                     .collect();
@@ -1410,8 +1441,8 @@ fn miss<B: Body<Data = Bytes>>(
                         }
                     });
                 }
-                full = vfull;
-                key = vkey;
+                full = variant.full;
+                key = variant.key;
             }
             if partial {
                 // Its own key, which only a `Range` request looks up.

@@ -31,13 +31,13 @@ pub(crate) struct Write {
 }
 
 impl Write {
-    /// The write `req` is, when its target's GET route is in HTTP mode.
+    /// The write `req` is, when some GET route is in HTTP mode (its target's, or one a
+    /// `Location` of the answer may name).
     pub(crate) fn of<B>(shared: &Arc<Shared>, req: &Request<B>) -> Option<Box<Self>> {
-        let path = req.uri().path();
-        let (policy, _) = shared.routes.find(&Method::GET, path)?;
-        if !policy.http {
+        if !shared.routes.has_http() {
             return None;
         }
+        let path = req.uri().path();
         let host = req
             .headers()
             .get(header::HOST)

@@ -38,10 +38,12 @@
 //!   unless the policy opts in ([`Policy::request_directives`]): no client can force misses
 //!   onto the database.
 //! - Writes (RFC 9111 section 4.4): a successful (2xx, 3xx) unsafe request (POST, PUT,
-//!   DELETE, PATCH, ...) to a URL an HTTP-mode GET route covers drops every entry of that
-//!   URL, and of a same-origin `Location` or `Content-Location` in its answer, before the
-//!   answer goes on (waiting at most 2 s; a store that cannot be reached retries in the
-//!   background). A failed write, or a location on another host, drops nothing.
+//!   DELETE, PATCH, ...) drops every entry of its target URL, and of a same-origin
+//!   `Location` or `Content-Location` in its answer, that an HTTP-mode GET route caches,
+//!   before the answer goes on (waiting at most 2 s; a store that cannot be reached retries
+//!   in the background). A failed write, or a location on another host, drops nothing.
+//!   Entries of application-mode routes are left to [`Rules`](crate::Rules), and a write
+//!   whose method has a cached route of its own invalidates nothing.
 //! - Partial content: a `206` answering a `Range` request, of one range with a known
 //!   complete length (`Content-Range: bytes 4-8/10`) and no `Vary`, is stored under a key
 //!   of its own, which only `Range` requests covered by it look up. It is kept in this

@@ -471,6 +471,42 @@ async fn variants_per_url_are_bounded_dropping_the_oldest() {
     assert!(!c.get(&[("accept-language", "fr")]).await.hit());
     assert!(c.get(&[("accept-language", "en")]).await.hit());
     assert_eq!(c.origin.calls(), 5);
+    // Concurrent answers for new variants (all asked before any is stored) each add to the
+    // list as it is when they are stored: the bound still holds.
+    let c = cache(
+        http().max_variants(2),
+        Origin::new(
+            200,
+            &[
+                ("cache-control", "max-age=100"),
+                ("vary", "Accept-Language"),
+            ],
+            "x",
+        ),
+    );
+    let svc = tower::ServiceBuilder::new()
+        .layer(c.layer.clone())
+        .service(c.origin.clone());
+    let mut pending = Vec::new();
+    for lang in ["a", "b", "c", "d", "e"] {
+        let req = Request::get("/r")
+            .header("host", "a.example")
+            .header("accept-language", lang)
+            .body(Empty::new())
+            .unwrap();
+        let mut svc = svc.clone();
+        pending.push(svc.ready().await.unwrap().call(req));
+    }
+    for resp in pending {
+        resp.await.unwrap().into_body().collect().await.unwrap();
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(c.origin.calls(), 5);
+    // (Hits first: a miss stores its variant, which pushes out another.)
+    let kept: Vec<bool> = futures_hits(&c, &["d", "e", "c"]).await;
+    assert_eq!(kept, [true, true, false], "the two last stored are kept");
     // A bound of zero is refused, naming the field.
     let err = CacheLayer::try_new(
         Stash::new(),
@@ -869,4 +905,52 @@ async fn head_is_answered_from_the_get_entry_and_never_stores_an_empty_body() {
     assert_eq!(got.headers["content-length"], "4");
     assert!(!got.headers.contains_key("content-range"));
     assert_eq!(c.origin.calls(), 2);
+}
+
+/// Whether each `Accept-Language` variant is answered from the cache, in order.
+async fn futures_hits(c: &Cache, langs: &[&str]) -> Vec<bool> {
+    let mut hits = Vec::new();
+    for lang in langs {
+        hits.push(c.get(&[("accept-language", lang)]).await.hit());
+    }
+    hits
+}
+
+#[tokio::test]
+async fn a_write_elsewhere_invalidates_the_cached_url_its_location_names() {
+    // POST /orders has no cached route; its answer's Location names a cached item.
+    let clock = ManualClock::new(SystemTime::now());
+    let stash = Stash::builder().clock(clock.clone()).build().unwrap();
+    let layer = CacheLayer::new(stash, Routes::new().get("/items/{id}", http()));
+    let c = Cache {
+        layer,
+        origin: Origin::new(
+            201,
+            &[("cache-control", "max-age=100"), ("location", "/items/5")],
+            "x",
+        ),
+        clock,
+    };
+    let send = |method: &str, uri: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "a.example")
+            .body(Empty::new())
+            .unwrap()
+    };
+    c.origin
+        .set(200, &[("cache-control", "max-age=100")], "item");
+    c.send(send("GET", "/items/5")).await;
+    c.send(send("GET", "/items/6")).await;
+    assert!(c.send(send("GET", "/items/5")).await.hit());
+    c.origin.set(201, &[("location", "/items/5")], "created");
+    c.send(send("POST", "/orders")).await;
+    c.origin
+        .set(200, &[("cache-control", "max-age=100")], "item");
+    assert!(
+        !c.send(send("GET", "/items/5")).await.hit(),
+        "named by Location"
+    );
+    assert!(c.send(send("GET", "/items/6")).await.hit(), "not named");
 }

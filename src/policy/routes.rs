@@ -139,7 +139,15 @@ impl Routes {
             }
         }
         if errors.is_empty() {
-            Ok(RouteTable { router, slots })
+            let http = slots
+                .iter()
+                .flat_map(|s| &s.methods)
+                .any(|(m, p)| *m == Method::GET && p.http);
+            Ok(RouteTable {
+                router,
+                slots,
+                http,
+            })
         } else {
             Err(ConfigError::new(errors))
         }
@@ -554,9 +562,16 @@ struct Slot {
 pub(crate) struct RouteTable {
     router: matchit::Router<usize>,
     slots: Vec<Slot>,
+    /// Some GET route is in HTTP mode: writes may invalidate.
+    http: bool,
 }
 
 impl RouteTable {
+    /// Whether some GET route is in HTTP mode.
+    pub(crate) fn has_http(&self) -> bool {
+        self.http
+    }
+
     /// The policy for `method` on `path`, with the path parameters. HEAD uses GET's policy.
     pub(crate) fn find<'p>(
         &self,
