@@ -10,6 +10,9 @@
 //! With `REDIS_URL`, entries are shared through Redis behind a memory tier; `--no-l1` keeps
 //! them in Redis only (every hit is a Redis round trip: for measuring the Redis tier).
 //!
+//! The cache stands in front of the router: a hit is answered before any routing, and other
+//! requests go on to the router untouched.
+//!
 //! Concurrent misses for one user are coalesced ([`SingleFlightLayer`]): a thousand requests
 //! for a cold key cost one database query. `--no-single-flight` turns that off, to compare
 //! (`cargo run --release --example stampede` measures both).
@@ -87,22 +90,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .tags(["users"]), // 1 hour
     );
     let single_flight = !std::env::args().any(|a| a == "--no-single-flight");
-    let users = Router::new()
+    let router = Router::new()
         .route("/users/{id}", get(get_user))
-        .with_state(db.clone());
-    // One `layer` call for both layers: each `Router::layer` call boxes the route again, and
-    // every request clones the boxes.
-    let users = if single_flight {
-        users.layer(
+        .with_state(db.clone())
+        .route("/stats", get(stats).with_state((db, stash.clone())));
+    // The cache in front of the router: a hit is answered before any routing, and requests
+    // for other routes pass through to the router untouched. (`Router::layer` works too, at
+    // the cost of the router's own work on every hit.)
+    let app = ServiceBuilder::new()
+        .map_response(|r: http::Response<_>| r.map(axum::body::Body::new))
+        .layer(CacheLayer::new(stash.clone(), routes))
+        // Inside the cache: it coalesces the cache's misses, by the cache's key.
+        .option_layer(single_flight.then(|| {
             ServiceBuilder::new()
-                .layer(CacheLayer::new(stash.clone(), routes))
-                // Inside the cache: it coalesces the cache's misses, by the cache's key.
-                .layer(SingleFlightLayer::new(stash.clone())),
-        )
-    } else {
-        users.layer(CacheLayer::new(stash.clone(), routes))
-    };
-    let app = users.route("/stats", get(stats).with_state((db, stash)));
+                .map_response(|r: http::Response<_>| r.map(axum::body::Body::new))
+                .layer(SingleFlightLayer::new(stash.clone()))
+        }))
+        .service(router);
 
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
@@ -123,10 +127,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -s http://{addr}/stats       # database queries, hits, misses");
     println!();
     println!("Ctrl-C to stop.");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    axum::serve(
+        listener,
+        axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(())
 }
