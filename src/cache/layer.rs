@@ -120,14 +120,21 @@ fn push_base<B>(
 ) {
     push_route(k, policy, params, req);
     if policy.host_keyed {
-        let headers = req.headers();
-        if headers.contains_key(http::header::HOST) {
-            key::push_headers(k, headers, std::slice::from_ref(&http::header::HOST));
-        } else if let Some(authority) = req.uri().authority() {
-            k.push_str("|host=");
-            key::escape_into(k, authority.as_str().as_bytes());
-        } else {
-            k.push_str("|host");
+        push_keyed_headers(k, req, std::slice::from_ref(&http::header::HOST));
+    }
+}
+
+/// Appends the keyed request headers; `Host` from an HTTP/2 request's authority when the
+/// request has no `Host` header.
+fn push_keyed_headers<B>(k: &mut String, req: &Request<B>, names: &[http::HeaderName]) {
+    let headers = req.headers();
+    for name in names {
+        match req.uri().authority() {
+            Some(authority) if name == http::header::HOST && !headers.contains_key(name) => {
+                k.push_str("|host=");
+                key::escape_into(k, authority.as_str().as_bytes());
+            }
+            _ => key::push_headers(k, headers, std::slice::from_ref(name)),
         }
     }
 }
@@ -164,7 +171,7 @@ pub(crate) fn key_strings<B>(
     k.push_str(&inner.prefix);
     push_base(&mut k, policy, params, req);
     key::push_query(&mut k, req.uri().query(), &policy.query);
-    key::push_headers(&mut k, req.headers(), &policy.key_headers);
+    push_keyed_headers(&mut k, req, &policy.key_headers);
     if let Some(session) = &policy.session {
         // A hash, never the secret: keys show in logs, headers and Redis.
         if let Some(id) = session.value(req.headers()) {

@@ -1436,3 +1436,36 @@ async fn session_entries_may_be_private_and_vary_on_the_cookie() {
     f.get("/p").await;
     assert_eq!(f.handler.calls(), 2);
 }
+
+#[tokio::test]
+async fn a_keyed_host_is_a_variant_that_invalidating_the_key_drops() {
+    // Application mode: the rules invalidate `user:{id}`, whatever the host.
+    let f = Fixture::new(
+        one_route(
+            "/users/{id}",
+            Policy::ttl(HOUR).key("user:{id}").vary_headers(["host"]),
+        ),
+        Handler::echo(),
+    );
+    let on = |host: &str| {
+        Request::get("/users/1")
+            .header("host", host)
+            .body(Empty::new())
+            .unwrap()
+    };
+    f.send(on("a.example")).await;
+    f.send(on("b.example")).await;
+    // HTTP/2: the authority, not a Host header.
+    for uri in ["http://c.example/users/1", "http://d.example/users/1"] {
+        f.send(Request::get(uri).body(Empty::new()).unwrap()).await;
+    }
+    assert_eq!(f.handler.calls(), 4, "four hosts, four entries");
+    assert_eq!(
+        f.send(on("a.example")).await.cache_status(),
+        "tower-stash; hit"
+    );
+    f.stash.invalidate_key("user:1").await.unwrap();
+    f.send(on("a.example")).await;
+    f.send(on("b.example")).await;
+    assert_eq!(f.handler.calls(), 6, "every host's entry went");
+}

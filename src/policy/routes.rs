@@ -399,10 +399,12 @@ impl Routes {
                 || matches!(session, Some(SessionKey::Cookie(_))),
             key,
             query: resolved.query.unwrap_or_default(),
-            host_keyed: vary_headers.contains(&http::header::HOST),
+            // HTTP mode invalidates by URL, and a URL has a host; application mode invalidates
+            // by key template, which covers every host.
+            host_keyed: http && vary_headers.contains(&http::header::HOST),
             key_headers: vary_headers
                 .iter()
-                .filter(|h| **h != http::header::HOST)
+                .filter(|h| !(http && **h == http::header::HOST))
                 .cloned()
                 .collect(),
             vary_headers,
@@ -452,8 +454,9 @@ pub(crate) struct CompiledPolicy {
     pub(crate) key: Option<Template>,
     pub(crate) query: QueryKey,
     pub(crate) vary_headers: Vec<HeaderName>,
-    /// `Host` is keyed: it goes in the base key (next to the path), so that invalidating a
-    /// URL on one host never drops another's.
+    /// HTTP mode with `Host` keyed: it goes in the base key (next to the path), so that
+    /// invalidating a URL on one host never drops another's. (In application mode a keyed
+    /// `Host` is a variant, which invalidating the key template drops with the others.)
     pub(crate) host_keyed: bool,
     /// The keyed headers but `Host`, appended after the query.
     pub(crate) key_headers: Vec<HeaderName>,
