@@ -139,6 +139,17 @@ fn push_keyed_headers<B>(k: &mut String, req: &Request<B>, names: &[http::Header
     }
 }
 
+/// The key template, filled, or the default `METHOD path`: the base key without a host.
+pub(crate) fn route_key<B>(
+    policy: &crate::policy::CompiledPolicy,
+    params: &key::Params<'_, '_, '_>,
+    req: &Request<B>,
+) -> String {
+    let mut k = String::new();
+    push_route(&mut k, policy, params, req);
+    k
+}
+
 fn push_route<B>(
     k: &mut String,
     policy: &crate::policy::CompiledPolicy,

@@ -418,6 +418,13 @@ impl<S> CacheService<S> {
         if full.len() > prefix + base.len() || partial {
             tags.push(crate::stash::family_tag(&base));
         }
+        if policy.host_keyed {
+            // Also under the key without its host: invalidating the key template (a rule's
+            // `user:{id}`) drops every host's entry, as a URL (with its host) drops one.
+            tags.push(crate::stash::family_tag(&super::layer::route_key(
+                policy, params, req,
+            )));
+        }
         let full: Arc<str> = full.into();
         let key: Arc<str> = stored.map_or_else(|| full.clone(), Into::into);
         let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();

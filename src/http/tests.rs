@@ -537,6 +537,21 @@ async fn two_hosts_never_share_an_entry() {
         c.send(Request::get(uri).body(Empty::new()).unwrap()).await;
     }
     assert_eq!(c.origin.calls(), 4);
+    // Invalidating the URL on one host drops that host's entry; the key without a host (a
+    // rule's template) drops them all.
+    let stash = c.layer.stash().clone();
+    stash.invalidate_key("GET /r|host=a.example").await.unwrap();
+    let on = |host: &str| {
+        Request::get("/r")
+            .header("host", host)
+            .body(Empty::new())
+            .unwrap()
+    };
+    assert!(!c.send(on("a.example")).await.hit());
+    assert!(c.send(on("b.example")).await.hit());
+    stash.invalidate_key("GET /r").await.unwrap();
+    assert!(!c.send(on("a.example")).await.hit());
+    assert!(!c.send(on("b.example")).await.hit());
 }
 
 #[tokio::test]
