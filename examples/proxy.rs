@@ -15,7 +15,7 @@
 //! instead, in application mode, are not invalidated by writes). `scripts/cache-tests.sh` runs the public HTTP cache test suite against it.
 
 use axum::body::Body;
-use http::{Request, Response, StatusCode, Uri};
+use http::{header, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::convert::Infallible;
@@ -67,6 +67,18 @@ impl Upstream {
     /// Sends `req` upstream; a failure to reach it is a 502.
     async fn forward(self, req: Request<Body>) -> Result<Response<Body>, Infallible> {
         let (mut parts, body) = req.into_parts();
+        // The origin is spoken to in HTTP/1.1, with the host the client asked for (an HTTP/2
+        // request names it in its authority, which the cache keyed on).
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(host) = parts
+                .uri
+                .authority()
+                .and_then(|a| header::HeaderValue::from_str(a.as_str().rsplit('@').next()?).ok())
+            {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        parts.version = http::Version::HTTP_11;
         let path = parts
             .uri
             .path_and_query()

@@ -239,3 +239,42 @@ async fn a_write_on_one_host_never_drops_another_hosts_entry() {
     let (_, shop) = send(s.proxy, "GET", "/p", &[]).await;
     assert!(shop.ends_with("#4"), "shop.example's entry went: {shop}");
 }
+
+#[tokio::test]
+async fn http2_requests_reach_the_origin_with_their_authority_and_are_cached_per_host() {
+    let s = setup().await;
+    let get = |authority: &'static str| async move {
+        let stream = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{authority}/h2"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    };
+    let exchange = async {
+        let (status, first) = get("shop.example").await;
+        assert_eq!(status, StatusCode::OK, "{first}");
+        assert!(
+            first.contains("for shop.example"),
+            "the origin saw the authority: {first}"
+        );
+        assert_eq!(get("shop.example").await.1, first, "cached");
+        let (_, other) = get("other.example").await;
+        assert!(other.contains("for other.example"), "{other}");
+        // The same entry as an HTTP/1.1 request with that Host.
+        assert_eq!(send(s.proxy, "GET", "/h2", &[]).await.1, first);
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("answers within 10 s");
+    assert_eq!(s.calls.load(Ordering::SeqCst), 2);
+}

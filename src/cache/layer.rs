@@ -127,16 +127,43 @@ fn push_base<B>(
 /// Appends the keyed request headers; `Host` from an HTTP/2 request's authority when the
 /// request has no `Host` header.
 fn push_keyed_headers<B>(k: &mut String, req: &Request<B>, names: &[http::HeaderName]) {
-    let headers = req.headers();
     for name in names {
-        match req.uri().authority() {
-            Some(authority) if name == http::header::HOST && !headers.contains_key(name) => {
-                k.push_str("|host=");
-                key::escape_into(k, authority.as_str().as_bytes());
+        if name == http::header::HOST {
+            k.push_str("|host");
+            if let Some(host) = request_host(req) {
+                k.push('=');
+                key::escape_into(k, host.as_bytes());
             }
-            _ => key::push_headers(k, headers, std::slice::from_ref(name)),
+        } else {
+            key::push_headers(k, req.headers(), std::slice::from_ref(name));
         }
     }
+}
+
+/// The host a request is for, as keys hold it: its `Host` header, or else (HTTP/2) its URI's
+/// authority without user information; lowercased, without a default port (`:80`, `:443`).
+/// Several `Host` headers give all of them, comma-separated (such a key matches no other).
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let normal = |h: &str| {
+        let h = h.trim().to_ascii_lowercase();
+        match h.strip_suffix(":80").or_else(|| h.strip_suffix(":443")) {
+            Some(plain) => plain.to_owned(),
+            None => h,
+        }
+    };
+    let mut values = req.headers().get_all(http::header::HOST).iter().peekable();
+    if values.peek().is_some() {
+        let all: Vec<String> = values
+            .map(|v| normal(&String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        return Some(all.join(","));
+    }
+    let uri = req.uri();
+    let host = uri.host()?;
+    Some(match uri.port_u16() {
+        Some(port) => normal(&format!("{host}:{port}")),
+        None => normal(host),
+    })
 }
 
 /// The key template, filled, or the default `METHOD path`: the base key without a host.

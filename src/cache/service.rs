@@ -413,9 +413,9 @@ impl<S> CacheService<S> {
         // invalidating the key drops every variant.
         let prefix = self.shared.stash.inner.prefix.len();
         let base = super::layer::base_key(policy, params, req);
-        // (A partial response a `Range` may store lives under a key of its own: tagged too.)
-        let partial = policy.http && req.headers().contains_key(header::RANGE);
-        if full.len() > prefix + base.len() || partial {
+        // HTTP mode: any answer may turn out to vary (its `Vary` gives it a variant's key), or
+        // be a partial one under a key of its own: tagged too.
+        if full.len() > prefix + base.len() || policy.http {
             tags.push(crate::stash::family_tag(&base));
         }
         if policy.host_keyed {

@@ -38,11 +38,7 @@ impl Write {
             return None;
         }
         let path = req.uri().path();
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| HeaderValue::from_str(req.uri().authority()?.as_str()).ok());
+        let host = super::layer::request_host(req).and_then(|h| HeaderValue::from_str(&h).ok());
         Some(Box::new(Self {
             shared: shared.clone(),
             path: path.to_owned(),
@@ -113,11 +109,17 @@ pub(crate) fn same_origin(url: &str, host: Option<&HeaderValue>) -> Option<Strin
     match uri.authority() {
         None => Some(uri.path().to_owned()).filter(|p| p.starts_with('/')),
         Some(authority) => {
-            // Port 80 is the default: `a.example` and `a.example:80` are one host. The scheme
+            // Default ports (80, 443) are dropped: `a.example:80` is `a.example`. The scheme
             // is not compared: behind a TLS terminator, an `https` location is this host's
             // (and dropping an entry never serves a wrong answer; dropping another host's
             // would let one host purge another's).
-            let plain = |a: &str| a.strip_suffix(":80").unwrap_or(a).to_ascii_lowercase();
+            let plain = |a: &str| {
+                let a = a.to_ascii_lowercase();
+                match a.strip_suffix(":80").or_else(|| a.strip_suffix(":443")) {
+                    Some(p) => p.to_owned(),
+                    None => a,
+                }
+            };
             let host = host?.to_str().ok()?;
             let web = uri
                 .scheme_str()

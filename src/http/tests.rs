@@ -969,3 +969,68 @@ async fn a_write_elsewhere_invalidates_the_cached_url_its_location_names() {
     );
     assert!(c.send(send("GET", "/items/6")).await.hit(), "not named");
 }
+
+#[tokio::test]
+async fn invalidating_a_url_drops_the_variants_its_first_answers_became() {
+    let c = cache(
+        http(),
+        Origin::new(
+            200,
+            &[
+                ("cache-control", "max-age=100"),
+                ("vary", "Accept-Encoding"),
+            ],
+            "x",
+        ),
+    );
+    // The first answer for the URL becomes a variant: it must still be tagged with the URL.
+    c.get(&[("accept-encoding", "gzip")]).await;
+    assert!(c.get(&[("accept-encoding", "gzip")]).await.hit());
+    let probe = Request::get("/r")
+        .header("host", "a.example")
+        .body(())
+        .unwrap();
+    let key = c.layer.invalidation_key_for(&probe).unwrap();
+    c.layer.stash().invalidate_key(&key).await.unwrap();
+    c.clock.advance(Duration::from_secs(1));
+    // Another variant writes a new record; the old variant must not come back with it.
+    c.get(&[("accept-encoding", "br")]).await;
+    assert!(!c.get(&[("accept-encoding", "gzip")]).await.hit());
+    assert_eq!(c.origin.calls(), 3);
+}
+
+#[tokio::test]
+async fn one_host_written_several_ways_is_one_key_without_credentials() {
+    let c = cache(
+        http(),
+        Origin::new(200, &[("cache-control", "max-age=100")], "x"),
+    );
+    let key = |req: Request<()>| c.layer.key_for(&req).unwrap();
+    let plain = key(Request::get("/r")
+        .header("host", "a.example")
+        .body(())
+        .unwrap());
+    for req in [
+        Request::get("/r")
+            .header("host", "A.Example")
+            .body(())
+            .unwrap(),
+        Request::get("/r")
+            .header("host", "a.example:80")
+            .body(())
+            .unwrap(),
+        Request::get("http://a.example:443/r").body(()).unwrap(),
+        Request::get("http://user:secret@a.example/r")
+            .body(())
+            .unwrap(),
+    ] {
+        let k = key(req);
+        assert_eq!(k, plain);
+        assert!(!k.contains("secret"));
+    }
+    let other_port = key(Request::get("/r")
+        .header("host", "a.example:8080")
+        .body(())
+        .unwrap());
+    assert_ne!(other_port, plain);
+}
