@@ -314,6 +314,18 @@ impl Stash {
         }
     }
 
+    /// The hashed key `full` (a full key, namespace included) is stored under when it is too
+    /// long; `None` when it is stored as it is.
+    pub(crate) fn hashed_key(&self, full: &str) -> Option<String> {
+        key::storage_key(full, self.inner.prefix.len(), self.inner.max_key_len)
+    }
+
+    /// The key `full` is stored under.
+    pub(crate) fn stored_key(&self, full: &str) -> Arc<str> {
+        self.hashed_key(full)
+            .map_or_else(|| full.into(), Into::into)
+    }
+
     pub(crate) fn now(&self) -> SystemTime {
         self.inner.clock.now()
     }
@@ -363,8 +375,7 @@ impl Stash {
         let at = self.now() + self.inner.invalidation_margin;
         let keep = self.inner.tombstone_ttl;
         let full = format!("{}{key}", self.inner.prefix);
-        let stored = key::storage_key(&full, self.inner.prefix.len(), self.inner.max_key_len)
-            .unwrap_or_else(|| full.clone());
+        let stored = self.hashed_key(&full).unwrap_or_else(|| full.clone());
         let mut headers = parts.headers.clone();
         crate::headers::strip_hop_by_hop(&mut headers);
         for name in [
@@ -445,9 +456,7 @@ impl Stash {
         let message = match what {
             Invalidation::Key(key) => {
                 let full = format!("{}{key}", self.inner.prefix);
-                let stored =
-                    key::storage_key(&full, self.inner.prefix.len(), self.inner.max_key_len)
-                        .unwrap_or_else(|| full.clone());
+                let stored = self.hashed_key(&full).unwrap_or_else(|| full.clone());
                 let family: Arc<str> = family_tag(key).into();
                 let one = store.invalidate(stored.as_str().into(), at, keep);
                 let all = store.invalidate_tag(ns.clone(), family.clone(), at, keep);

@@ -293,11 +293,8 @@ where
                     let (inner, req) = *call.take().expect("polled after completion");
                     let now = ctx.stash().now();
                     if let Some(entry) = found {
-                        let mut kind = classify(&entry, &ctx.full, &ctx.policy, now);
-                        if let Some(d) = &ctx.directives {
-                            kind = as_directed(d, &entry, &ctx.full, kind, now);
-                        }
-                        match kind {
+                        let directives = ctx.directives.as_deref();
+                        match usable(&entry, &ctx.full, &ctx.policy, directives, now) {
                             Found::Fresh(remaining) => {
                                 ctx.stash().counters().hit();
                                 let hit_req = ctx.hit_request();
@@ -407,9 +404,7 @@ fn follow_variant(ctx: &mut Ctx, entry: &Entry) -> Option<StoreFuture<Option<Arc
     let request = ctx.request_headers.as_ref()?;
     let mut vfull = ctx.full.to_string();
     crate::http::push_variant(&mut vfull, &names, request);
-    let inner = &ctx.stash().inner;
-    let vkey: Arc<str> = crate::key::storage_key(&vfull, inner.prefix.len(), inner.max_key_len)
-        .map_or_else(|| vfull.as_str().into(), Into::into);
+    let vkey = ctx.stash().stored_key(&vfull);
     let primary = (
         std::mem::replace(&mut ctx.full, vfull.into()),
         std::mem::replace(&mut ctx.key, vkey.clone()),
@@ -447,9 +442,7 @@ fn variant_keys(ctx: &Ctx, headers: &HeaderMap, keep: Duration) -> Option<Varian
         .unwrap_or_else(|| (ctx.full.clone(), ctx.key.clone()));
     let mut vfull = pfull.to_string();
     crate::http::push_variant(&mut vfull, &names, request);
-    let inner = &ctx.stash().inner;
-    let vkey: Arc<str> = crate::key::storage_key(&vfull, inner.prefix.len(), inner.max_key_len)
-        .map_or_else(|| vfull.as_str().into(), Into::into);
+    let vkey = ctx.stash().stored_key(&vfull);
     let mut record_headers = HeaderMap::new();
     record_headers.insert(
         crate::http::VARY_RECORD,
@@ -667,18 +660,26 @@ pub(crate) fn classify(
     }
 }
 
-/// What an entry is to a request with `Cache-Control` directives: still fresh only if they
-/// accept its age and freshness; an expired one is served (as a hit) within `max-stale`,
-/// unless the entry says it must be revalidated.
-/// The freshness left of a fresh entry (zero otherwise).
-fn remaining_of(kind: Found) -> Duration {
-    match kind {
-        Found::Fresh(remaining) => remaining,
-        _ => Duration::ZERO,
+/// What `entry` is to a request for `full`: [`classify`], then [`as_directed`] by the
+/// request's directives, if the policy honours them.
+pub(crate) fn usable(
+    entry: &Entry,
+    full: &str,
+    policy: &CompiledPolicy,
+    directives: Option<&crate::http::RequestDirectives>,
+    now: SystemTime,
+) -> Found {
+    let kind = classify(entry, full, policy, now);
+    match directives {
+        Some(d) => as_directed(d, entry, full, kind, now),
+        None => kind,
     }
 }
 
-pub(crate) fn as_directed(
+/// What an entry is to a request with `Cache-Control` directives: still fresh only if they
+/// accept its age and freshness; an expired one is served (as a hit) within `max-stale`,
+/// unless the entry says it must be revalidated.
+fn as_directed(
     d: &crate::http::RequestDirectives,
     entry: &Entry,
     full: &str,
@@ -691,14 +692,14 @@ pub(crate) fn as_directed(
         // `immutable` (RFC 8246): the origin promised this body will not change while fresh,
         // so a reload's `max-age` need not reach it. A forced reload (`no-cache`) still does,
         // and `min-fresh` still counts.
-        Found::Fresh(_)
+        Found::Fresh(remaining)
             if !d.no_cache
                 && headers::has_directive(entry.headers(), &["immutable"])
                 && crate::http::RequestDirectives {
                     max_age: None,
                     ..d.clone()
                 }
-                .accepts(age, remaining_of(kind), Duration::ZERO) =>
+                .accepts(age, remaining, Duration::ZERO) =>
         {
             kind
         }
@@ -1093,10 +1094,9 @@ pub(crate) fn hit(
     let mut offset = 0;
     let range = match req.range {
         Some(r) if entry.status() == StatusCode::OK => crate::http::byte_range(r, len),
-        Some(r) => crate::http::partial_covers(entry, r).map(|(start, end, complete)| {
-            offset = crate::http::content_range(entry.headers()).map_or(0, |c| c.0);
-            len = complete;
-            (start, end)
+        Some(r) => crate::http::partial_covers(entry, r).map(|part| {
+            (offset, len) = (part.first, part.complete);
+            (part.start, part.end)
         }),
         None => None,
     };
@@ -1446,10 +1446,8 @@ fn miss<B: Body<Data = Bytes>>(
             }
             if partial {
                 // Its own key, which only a `Range` request looks up.
-                let inner = &stash.inner;
                 let pfull = crate::http::partial_key(&full);
-                key = crate::key::storage_key(&pfull, inner.prefix.len(), inner.max_key_len)
-                    .map_or_else(|| pfull.as_str().into(), Into::into);
+                key = stash.stored_key(&pfull);
                 full = pfull.into();
             }
             tags.append(&mut hint.tags);

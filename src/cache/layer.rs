@@ -2,7 +2,8 @@ use super::service::CacheService;
 use crate::key;
 use crate::policy::{ConfigError, RouteTable, Routes};
 use crate::Stash;
-use http::{Method, Request};
+use http::{HeaderValue, Method, Request};
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use tower_layer::Layer;
@@ -105,23 +106,37 @@ pub(crate) fn base_key<B>(
     params: &key::Params<'_, '_, '_>,
     req: &Request<B>,
 ) -> String {
+    base_key_parts(policy, params, req).0
+}
+
+/// [`base_key`], and the length of its route part (the template or `METHOD path`, without
+/// the host an HTTP-mode policy keys).
+pub(crate) fn base_key_parts<B>(
+    policy: &crate::policy::CompiledPolicy,
+    params: &key::Params<'_, '_, '_>,
+    req: &Request<B>,
+) -> (String, usize) {
     let mut k = String::new();
-    push_base(&mut k, policy, params, req);
-    k
+    let route = push_base(&mut k, policy, params, req);
+    (k, route)
 }
 
 /// Appends the template, filled from the path parameters, or the default `METHOD path`; and
 /// the host, when the policy keys it (the `Host` header, or an HTTP/2 request's authority).
+/// Returns how long the route part is.
 fn push_base<B>(
     k: &mut String,
     policy: &crate::policy::CompiledPolicy,
     params: &key::Params<'_, '_, '_>,
     req: &Request<B>,
-) {
+) -> usize {
+    let start = k.len();
     push_route(k, policy, params, req);
+    let route = k.len() - start;
     if policy.host_keyed {
         push_keyed_headers(k, req, std::slice::from_ref(&http::header::HOST));
     }
+    route
 }
 
 /// Appends the keyed request headers; `Host` from an HTTP/2 request's authority when the
@@ -140,41 +155,29 @@ fn push_keyed_headers<B>(k: &mut String, req: &Request<B>, names: &[http::Header
     }
 }
 
-/// The host a request is for, as keys hold it: its `Host` header, or else (HTTP/2) its URI's
-/// authority without user information; lowercased, without a default port (`:80`, `:443`).
-/// Several `Host` headers give all of them, comma-separated (such a key matches no other).
-pub(crate) fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let normal = |h: &str| {
-        let h = h.trim().to_ascii_lowercase();
-        match h.strip_suffix(":80").or_else(|| h.strip_suffix(":443")) {
-            Some(plain) => plain.to_owned(),
-            None => h,
-        }
-    };
-    let mut values = req.headers().get_all(http::header::HOST).iter().peekable();
-    if values.peek().is_some() {
-        let all: Vec<String> = values
-            .map(|v| normal(&String::from_utf8_lossy(v.as_bytes())))
-            .collect();
-        return Some(all.join(","));
+/// The host a request is for, as keys hold it ([`key::normal_host`]): its `Host` header, or
+/// else (HTTP/2) its URI's authority without user information. Several `Host` headers give
+/// all of them, comma-separated (such a key matches no other).
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
+    let mut values = req.headers().get_all(http::header::HOST).iter();
+    fn lossy(v: &HeaderValue) -> Cow<'_, str> {
+        key::normal_host(String::from_utf8_lossy(v.as_bytes()))
     }
-    let uri = req.uri();
-    let host = uri.host()?;
-    Some(match uri.port_u16() {
-        Some(port) => normal(&format!("{host}:{port}")),
-        None => normal(host),
-    })
-}
-
-/// The key template, filled, or the default `METHOD path`: the base key without a host.
-pub(crate) fn route_key<B>(
-    policy: &crate::policy::CompiledPolicy,
-    params: &key::Params<'_, '_, '_>,
-    req: &Request<B>,
-) -> String {
-    let mut k = String::new();
-    push_route(&mut k, policy, params, req);
-    k
+    match (values.next(), values.next()) {
+        (Some(one), None) => Some(lossy(one)),
+        (Some(first), Some(second)) => {
+            let all: Vec<Cow<'_, str>> = [first, second]
+                .into_iter()
+                .chain(values)
+                .map(lossy)
+                .collect();
+            Some(all.join(",").into())
+        }
+        (None, _) => {
+            let authority = req.uri().authority()?.as_str();
+            Some(key::normal_host(authority.rsplit('@').next()?.into()))
+        }
+    }
 }
 
 fn push_route<B>(

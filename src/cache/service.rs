@@ -1,6 +1,6 @@
 use super::body::CacheBody;
 use super::future::{
-    classify, fresh_age, hit, refresh, refresh_early, stale_hit, touch, Ctx, Found, HitRequest,
+    fresh_age, hit, refresh, refresh_early, stale_hit, touch, usable, Ctx, Found, HitRequest,
     ResponseFuture,
 };
 use super::layer::{CacheLayer, Shared};
@@ -8,7 +8,7 @@ use crate::entry::Entry;
 use crate::policy::{CompiledPolicy, ConfigError, Routes};
 use crate::Stash;
 use bytes::Bytes;
-use http::{header, Method, Request, Response};
+use http::{header, HeaderValue, Method, Request, Response};
 use http_body::Body;
 use std::fmt;
 use std::sync::Arc;
@@ -173,14 +173,8 @@ where
         } else {
             None
         };
-        // A `Range` with `If-Range` is for one version: the origin answers it. HEAD ignores
-        // `Range` (RFC 9110 section 14.2).
-        let range = if ranged
-            && policy.http
-            && req.method() != Method::HEAD
-            && !headers.contains_key(header::IF_RANGE)
-        {
-            headers.get(header::RANGE)
+        let range = if ranged {
+            served_range(policy, &req)
         } else {
             None
         };
@@ -196,16 +190,14 @@ where
 
         // The fast path: a store that answers at once (memory) needs no future and no Ctx.
         let mut local = stash.store().get_local(stored.as_deref().unwrap_or(&full));
-        let (mut primary, mut variants) = (None, None);
+        let mut primary = None;
         if policy.http {
             // A URL whose responses vary: its key holds their record, the variant its own.
             if let Some(Some(record)) = &local {
                 if let Some(names) = crate::http::record_names(record, &full) {
-                    let seen = record.body().clone();
                     let mut vfull = full.clone();
                     crate::http::push_variant(&mut vfull, &names, headers);
-                    let prefix = stash.inner.prefix.len();
-                    let vstored = crate::key::storage_key(&vfull, prefix, stash.inner.max_key_len);
+                    let vstored = stash.hashed_key(&vfull);
                     local = stash
                         .store()
                         .get_local(vstored.as_deref().unwrap_or(&vfull));
@@ -215,17 +207,13 @@ where
                     );
                     let pkey: Arc<str> = pstored.map_or_else(|| pfull.as_str().into(), Into::into);
                     primary = Some((Arc::<str>::from(pfull), pkey));
-                    variants = Some(seen);
                 }
             }
         }
         let mut found = None;
         if let Some(Some(entry)) = &local {
             let now = stash.now();
-            let mut kind = classify(entry, &full, policy, now);
-            if let Some(d) = &directives {
-                kind = super::future::as_directed(d, entry, &full, kind, now);
-            }
+            let kind = usable(entry, &full, policy, directives.as_ref(), now);
             if let Found::Fresh(remaining) = kind {
                 stash.counters().hit();
                 let hit_req = HitRequest {
@@ -247,7 +235,6 @@ where
                     let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
                     // (A variant's refresh stores under the variant's key, the record kept.)
                     ctx.primary = primary;
-                    ctx.variants = variants;
                     let entry = entry.clone();
                     refresh(self.take_inner(), req, ctx, &entry);
                 }
@@ -259,17 +246,10 @@ where
         if let Some(range) = range {
             // A part of a response: a stored partial one may hold it.
             let pfull = crate::http::partial_key(&full);
-            let prefix = stash.inner.prefix.len();
-            let pstored = crate::key::storage_key(&pfull, prefix, stash.inner.max_key_len);
-            let partial = stash
-                .store()
-                .get_local(pstored.as_deref().unwrap_or(&pfull));
+            let partial = stash.store().get_local(&stash.stored_key(&pfull));
             if let Some(Some(entry)) = partial {
                 let now = stash.now();
-                let mut kind = classify(&entry, &pfull, policy, now);
-                if let Some(d) = &directives {
-                    kind = super::future::as_directed(d, &entry, &pfull, kind, now);
-                }
+                let kind = usable(&entry, &pfull, policy, directives.as_ref(), now);
                 if let (Found::Fresh(remaining), Some(_)) =
                     (kind, crate::http::partial_covers(&entry, range))
                 {
@@ -288,7 +268,6 @@ where
         }
         let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
         ctx.primary = primary;
-        ctx.variants = variants;
         if let (Some(Some(entry)), Some(kind)) = (&local, found) {
             if kind != Found::StaleWhileRevalidate {
                 super::future::http_fallbacks(&mut ctx, entry, stash.now());
@@ -343,6 +322,17 @@ where
             }
         }
     }
+}
+
+/// HTTP mode: the `Range` a request asks to be answered from stored responses. HEAD ignores
+/// `Range` (RFC 9110 section 14.2), and one with `If-Range` is for one version, which the
+/// origin answers.
+fn served_range<'r, B>(policy: &CompiledPolicy, req: &'r Request<B>) -> Option<&'r HeaderValue> {
+    let headers = req.headers();
+    if !policy.http || req.method() == Method::HEAD || headers.contains_key(header::IF_RANGE) {
+        return None;
+    }
+    headers.get(header::RANGE)
 }
 
 /// The clone-and-swap of tower middleware: the service that `poll_ready` made ready goes to
@@ -412,7 +402,7 @@ impl<S> CacheService<S> {
         // A variant (a query or header keyed) is tagged with its base key, so that
         // invalidating the key drops every variant.
         let prefix = self.shared.stash.inner.prefix.len();
-        let base = super::layer::base_key(policy, params, req);
+        let (base, route) = super::layer::base_key_parts(policy, params, req);
         // HTTP mode: any answer may turn out to vary (its `Vary` gives it a variant's key), or
         // be a partial one under a key of its own: tagged too.
         if full.len() > prefix + base.len() || policy.http {
@@ -421,9 +411,7 @@ impl<S> CacheService<S> {
         if policy.host_keyed {
             // Also under the key without its host: invalidating the key template (a rule's
             // `user:{id}`) drops every host's entry, as a URL (with its host) drops one.
-            tags.push(crate::stash::family_tag(&super::layer::route_key(
-                policy, params, req,
-            )));
+            tags.push(crate::stash::family_tag(&base[..route]));
         }
         let full: Arc<str> = full.into();
         let key: Arc<str> = stored.map_or_else(|| full.clone(), Into::into);
@@ -433,15 +421,7 @@ impl<S> CacheService<S> {
             .get(header::IF_MODIFIED_SINCE)
             .filter(|_| policy.http)
             .cloned();
-        let range = req
-            .headers()
-            .get(header::RANGE)
-            .filter(|_| {
-                policy.http
-                    && req.method() != Method::HEAD
-                    && !req.headers().contains_key(header::IF_RANGE)
-            })
-            .cloned();
+        let range = served_range(policy, req).cloned();
         Box::new(Ctx {
             shared: self.shared.clone(),
             policy: policy.clone(),

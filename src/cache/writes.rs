@@ -113,18 +113,13 @@ pub(crate) fn same_origin(url: &str, host: Option<&HeaderValue>) -> Option<Strin
             // is not compared: behind a TLS terminator, an `https` location is this host's
             // (and dropping an entry never serves a wrong answer; dropping another host's
             // would let one host purge another's).
-            let plain = |a: &str| {
-                let a = a.to_ascii_lowercase();
-                match a.strip_suffix(":80").or_else(|| a.strip_suffix(":443")) {
-                    Some(p) => p.to_owned(),
-                    None => a,
-                }
-            };
+            let plain = |a: &str| crate::key::normal_host(a.into()).into_owned();
             let host = host?.to_str().ok()?;
             let web = uri
                 .scheme_str()
                 .is_none_or(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
-            (web && plain(authority.as_str()) == plain(host)).then(|| uri.path().to_owned())
+            let on_host = authority.as_str().rsplit('@').next().map(plain) == Some(plain(host));
+            (web && on_host).then(|| uri.path().to_owned())
         }
     }
 }

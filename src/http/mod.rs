@@ -264,13 +264,20 @@ pub(crate) fn content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
     (first <= last && last < complete).then_some((first, last, complete))
 }
 
+/// The bytes a `Range` asks of a stored partial response, which holds them all.
+pub(crate) struct Part {
+    /// The first and last byte asked for, in the complete response.
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    /// The complete response's length.
+    pub(crate) complete: u64,
+    /// Where the stored body starts in the complete response.
+    pub(crate) first: u64,
+}
+
 /// The part of a stored partial response (its status `206`, its `Content-Range`, its body)
-/// that answers `range`: the bytes asked for, and the complete length, when it holds all of
-/// them.
-pub(crate) fn partial_covers(
-    entry: &crate::Entry,
-    range: &http::HeaderValue,
-) -> Option<(u64, u64, u64)> {
+/// that answers `range`, when it holds all of it.
+pub(crate) fn partial_covers(entry: &crate::Entry, range: &http::HeaderValue) -> Option<Part> {
     if entry.status() != StatusCode::PARTIAL_CONTENT {
         return None;
     }
@@ -279,7 +286,12 @@ pub(crate) fn partial_covers(
         return None;
     }
     let (start, end) = byte_range(range, complete)?;
-    (first <= start && end <= last).then_some((start, end, complete))
+    (first <= start && end <= last).then_some(Part {
+        start,
+        end,
+        complete,
+        first,
+    })
 }
 
 /// The byte range a `Range: bytes=...` header asks of a body `len` long: one range only

@@ -97,6 +97,21 @@ fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// A host as keys and origins compare it: trimmed, lowercase, without a default port (`:80`,
+/// `:443`). Borrowed when it already is.
+pub(crate) fn normal_host(host: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let trimmed = host.trim();
+    let plain = trimmed
+        .strip_suffix(":80")
+        .or_else(|| trimmed.strip_suffix(":443"))
+        .unwrap_or(trimmed);
+    if plain.len() == host.len() && !plain.bytes().any(|b| b.is_ascii_uppercase()) {
+        return host;
+    }
+    Cow::Owned(plain.to_ascii_lowercase())
+}
+
 /// Appends `bytes`, escaped, to `out`.
 pub(crate) fn escape_into(out: &mut String, bytes: &[u8]) {
     // Most values (ids, slugs) need no escaping: copy them in one go.

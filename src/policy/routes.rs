@@ -300,28 +300,31 @@ impl Routes {
                 DEFAULT_STATUSES.to_vec()
             }
         });
+        // HTTP mode stores a 5xx the origin gives freshness to, and a 206 apart (a partial
+        // response); application mode neither. Never a 304.
+        let storable = |s: u16| {
+            let top = if http { 600 } else { 500 };
+            (200..top).contains(&s) && s != 304 && (http || s != 206)
+        };
+        let never = |field: &str, s: u16| {
+            format!(
+                "{place}.{field}: {s} is never stored (only {})",
+                if http {
+                    "2xx to 5xx, and not 304"
+                } else {
+                    "2xx to 4xx, and not 206 or 304"
+                }
+            )
+        };
         for s in &statuses {
-            let range = if http { 200..600 } else { 200..500 };
-            // HTTP mode stores a 206 apart, as a partial response; application mode never.
-            if !range.contains(s) || (*s == 206 && !http) || *s == 304 {
-                errors.push(format!(
-                    "{place}.statuses: {s} is never stored (only {})",
-                    if http {
-                        "2xx to 5xx, and not 304"
-                    } else {
-                        "2xx to 4xx, and not 206 or 304"
-                    }
-                ));
+            if !storable(*s) {
+                errors.push(never("statuses", *s));
             }
         }
         let status_ttls = resolved.status_ttls.unwrap_or_default();
         for (s, ttl) in &status_ttls {
-            let range = if http { 200..600 } else { 200..500 };
-            if !range.contains(s) || *s == 206 || *s == 304 {
-                errors.push(format!(
-                    "{place}.status_ttls: {s} is never stored (only {}, and not 206 or 304)",
-                    if http { "2xx to 5xx" } else { "2xx to 4xx" }
-                ));
+            if !storable(*s) {
+                errors.push(never("status_ttls", *s));
             }
             if ttl.is_zero() || *ttl > crate::entry::MAX_TTL {
                 errors.push(format!(
