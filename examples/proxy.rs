@@ -12,7 +12,8 @@
 //! `vary_headers = ["host"]` to keep those, or a TTL to let the policy decide. After a
 //! successful unsafe request (POST, PUT, DELETE, ...), the cache drops the target URL and a
 //! same-origin `Location` / `Content-Location` (HTTP mode does that: routes given a TTL
-//! instead, in application mode, are not invalidated by writes). `scripts/cache-tests.sh` runs the public HTTP cache test suite against it.
+//! instead, in application mode, are not invalidated by writes). `scripts/cache-tests.sh`
+//! runs the public HTTP cache test suite against it.
 
 use axum::body::Body;
 use http::{header, Request, Response, StatusCode, Uri};

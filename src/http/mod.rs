@@ -50,8 +50,9 @@
 //!   instance's memory tier only ([`Store::put_local`](crate::Store::put_local)): other
 //!   instances, and stores without a memory tier, forward such requests. The policy's
 //!   statuses must include 206 (HTTP mode's default does). It is never the complete
-//!   response; invalidating the URL drops it too. A 304 is never stored; `Set-Cookie` answers are not stored either (a shared
-//!   cache that stores them hands one client's cookie to others).
+//!   response; invalidating the URL drops it too.
+//! - A 304 is never stored; `Set-Cookie` answers are not stored either (a shared cache that
+//!   stores them hands one client's cookie to others).
 //!
 //! Not done: storing POST answers by `Content-Location`; combining stored partial responses
 //! (or completing one with a request for the rest); choosing a variant by `Accept-Language`
