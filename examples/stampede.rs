@@ -1,6 +1,8 @@
 //! A load client for stampedes: `concurrency` requests for one cold key, all at once, over
 //! connections opened beforehand; repeated for `rounds` fresh keys. Prints the latency
-//! percentiles and how many database queries the server made (its `/stats`).
+//! percentiles, how many database queries the server made (its `/stats`), and the mean latency
+//! of each tenth of the requests in the order they were sent (with a fair fan-out, the first
+//! sent are not the last answered).
 //!
 //! ```sh
 //! cargo run --release --example quickstart -- --listen 127.0.0.1:3200 &
@@ -81,11 +83,14 @@ fn db_queries(stats: &[u8]) -> u64 {
     v["db_queries"].as_u64().expect("db_queries")
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let url: String = arg("--url", "http://127.0.0.1:3000".to_string());
     let concurrency: usize = arg("--concurrency", 1000);
-    let rounds: usize = arg("--rounds", 5);
+    let rounds: usize = arg("--rounds", 5).max(1);
+    // The handler's time (the quickstart's database takes 200 ms): a round is within bound
+    // when its p99 is at most 10% over it.
+    let bound = Duration::from_millis(arg("--handler-ms", 200u64)).mul_f64(1.1);
     let first_id: u64 = arg(
         "--first-id",
         1_000_000 + u64::from(std::process::id()) * 1000,
@@ -101,6 +106,7 @@ async fn main() {
         senders.push(connect(&host).await);
     }
     let mut all = Vec::new();
+    let mut round_p99s = Vec::with_capacity(rounds);
     let mut queries = 0;
     for round in 0..rounds {
         let path = format!("/users/{}", first_id + round as u64);
@@ -114,39 +120,54 @@ async fn main() {
                     barrier.wait().await;
                     let start = Instant::now();
                     let (status, body) = get(&mut sender, &host, &path).await;
-                    (sender, start.elapsed(), status, body)
+                    (sender, start, start.elapsed(), status, body)
                 })
             })
             .collect();
-        let mut times = Vec::with_capacity(concurrency);
+        let mut sent = Vec::with_capacity(concurrency);
         let mut bodies = std::collections::HashSet::new();
         for t in tasks {
-            let (sender, took, status, body) = t.await.expect("task");
+            let (sender, start, took, status, body) = t.await.expect("task");
             assert_eq!(status, 200, "a request failed");
             bodies.insert(body);
-            times.push(took);
+            sent.push((start, took));
             senders.push(sender);
         }
         let after = db_queries(&get(&mut control, &host, "/stats").await.1);
+        // By the order they were sent: the mean latency of each tenth, first to last.
+        sent.sort();
+        let tenths: Vec<_> = sent
+            .chunks(concurrency.div_ceil(10))
+            .map(|c| {
+                let mean = c.iter().map(|(_, t)| *t).sum::<Duration>() / c.len() as u32;
+                format!("{:.0}", mean.as_secs_f64() * 1e3)
+            })
+            .collect();
+        let mut times: Vec<_> = sent.into_iter().map(|(_, t)| t).collect();
         times.sort();
         let pct =
             |p: f64| times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1];
         println!(
-            "round {round}: {concurrency} requests for {path}: p50 {:?}, p99 {:?}, max {:?}; db queries {}; distinct bodies {}",
-            pct(0.50), pct(0.99), times[times.len() - 1], after - before, bodies.len()
+            "round {round}: {concurrency} requests for {path}: p50 {:?}, p99 {:?}, max {:?}; db queries {}; distinct bodies {}; mean ms by tenth sent: {}",
+            pct(0.50), pct(0.99), times[times.len() - 1], after - before, bodies.len(), tenths.join(" ")
         );
+        round_p99s.push(pct(0.99));
         queries += after - before;
         all.extend(times);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     all.sort();
+    round_p99s.sort();
     let pct = |p: f64| all[((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1];
+    let within = round_p99s.iter().filter(|t| **t <= bound).count();
     println!(
-        "overall: {} requests: p50 {:?}, p99 {:?}, max {:?}; db queries {queries} ({} per cold key)",
+        "overall: {} requests: p50 {:?}, p99 {:?}, max {:?}; p99 of a round: median {:?}, worst {:?}, {within} of {rounds} within {bound:?}; db queries {queries} ({} per cold key)",
         all.len(),
         pct(0.50),
         pct(0.99),
         all[all.len() - 1],
+        round_p99s[rounds / 2],
+        round_p99s[rounds - 1],
         queries as f64 / rounds as f64
     );
 }

@@ -4,11 +4,13 @@
 # machine's reference) the same burst on warm keys, which are all hits.
 # As in scripts/load.sh, each server runs on one core with one worker thread and the load
 # client on the other, so that the client does not take the server's CPU in the burst.
+# Each line of the single-flight run shows a round (with the mean latency of each tenth of the
+# burst, in the order it was sent); the last line sums up the rounds.
 # Usage: scripts/stampede.sh [concurrency] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 concurrency=${1:-1000}
-rounds=${2:-5}
+rounds=${2:-10}
 cargo build --release --example quickstart --example stampede >/dev/null 2>&1
 export TOKIO_WORKER_THREADS=1
 taskset -c 1 ./target/release/examples/quickstart --listen 127.0.0.1:3210 >/dev/null &
@@ -21,7 +23,7 @@ for port in 3210 3211; do
 done
 client="taskset -c 0 ./target/release/examples/stampede"
 echo "== single flight (cold keys)"
-$client --url http://127.0.0.1:3210 --concurrency "$concurrency" --rounds "$rounds" --first-id 1000 | tail -1
+$client --url http://127.0.0.1:3210 --concurrency "$concurrency" --rounds "$rounds" --first-id 1000
 echo "== the same keys again: all hits (what a burst of $concurrency costs this machine)"
 $client --url http://127.0.0.1:3210 --concurrency "$concurrency" --rounds "$rounds" --first-id 1000 | tail -1
 echo "== no single flight (cold keys)"

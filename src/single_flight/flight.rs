@@ -3,11 +3,12 @@
 use crate::entry::Entry;
 use bytes::Bytes;
 use http::{header, HeaderMap, Response, StatusCode, Version};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::SystemTime;
-use tokio::sync::watch;
 
 /// A whole response, shared by a leader with its waiters.
 #[derive(Debug)]
@@ -60,20 +61,132 @@ pub(crate) enum Outcome {
     Release,
 }
 
+/// How many waiters a finished flight wakes at once. Each waiter that takes its copy wakes
+/// the next, in the order they came, so that the earliest request, which waited longest, is
+/// answered first. Woken all at once, they would run in the order of the runtime's queues
+/// (tokio runs the last woken first and spills a long local queue to the global one): the
+/// first to come would often be answered last, and a burst's slowest requests would wait for
+/// the whole fan-out on top of the handler. Several at a time keep a multi-threaded runtime's
+/// workers busy.
+const WAKE_AHEAD: usize = 32;
+
 pub(crate) struct Flight {
     key: Arc<str>,
-    tx: watch::Sender<Outcome>,
+    board: Mutex<Board>,
     waiters: AtomicUsize,
     /// The generation of the current leader; a claim moves it on by one.
     generation: AtomicU64,
 }
 
+/// A flight's outcome and its waiters, in the order they came.
+struct Board {
+    outcome: Outcome,
+    /// How many outcomes were published.
+    published: u64,
+    /// The waiters by ticket (their order of arrival), from the earliest still there.
+    slots: VecDeque<Slot>,
+    /// The ticket of the first slot.
+    base: u64,
+    /// The ticket the next wake of an ending flight looks from.
+    next: u64,
+}
+
+enum Slot {
+    /// Joined, not waiting just now (not polled yet, or woken).
+    Idle,
+    Parked(Waker),
+    Gone,
+}
+
+impl Board {
+    fn new() -> Self {
+        Self {
+            outcome: Outcome::Running,
+            published: 0,
+            slots: VecDeque::new(),
+            base: 0,
+            next: 0,
+        }
+    }
+
+    /// A new waiter's ticket.
+    fn join(&mut self) -> u64 {
+        self.slots.push_back(Slot::Idle);
+        self.base + self.slots.len() as u64 - 1
+    }
+
+    fn slot(&mut self, ticket: u64) -> &mut Slot {
+        &mut self.slots[(ticket - self.base) as usize]
+    }
+
+    /// A waiter is gone: the slots of those gone at the front are dropped, so a long flight
+    /// holds no more than the waiters of its wait.
+    fn leave(&mut self, ticket: u64) {
+        *self.slot(ticket) = Slot::Gone;
+        while matches!(self.slots.front(), Some(Slot::Gone)) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Takes the waker of the earliest waiter not yet woken since the last outcome.
+    fn next_parked(&mut self) -> Option<Waker> {
+        let mut i = self.next.saturating_sub(self.base) as usize;
+        while let Some(slot) = self.slots.get_mut(i) {
+            i += 1;
+            if matches!(slot, Slot::Parked(_)) {
+                let Slot::Parked(waker) = std::mem::replace(slot, Slot::Idle) else {
+                    unreachable!()
+                };
+                self.next = self.base + i as u64;
+                return Some(waker);
+            }
+        }
+        self.next = self.base + i as u64;
+        None
+    }
+}
+
+fn is_final(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Done(_) | Outcome::Release)
+}
+
 impl Flight {
+    fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.board.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Claims the lead after the leader of generation `gen` is gone: true for one claimant.
     fn claim(&self, gen: u64) -> bool {
         self.generation
             .compare_exchange(gen, gen + 1, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    /// The generation of a flight whose leader is gone and that no waiter claimed yet.
+    fn orphan(&self) -> Option<u64> {
+        match self.board().outcome {
+            Outcome::Retry(gen) => Some(gen),
+            _ => None,
+        }
+    }
+
+    /// Publishes `outcome`, giving the waiters to wake: for a final one the first few (the
+    /// others are woken in turn), for a hand-over all of them, for one to claim it.
+    #[must_use]
+    fn publish(&self, outcome: Outcome) -> Vec<Waker> {
+        let mut board = self.board();
+        let ahead = if is_final(&outcome) {
+            WAKE_AHEAD
+        } else {
+            usize::MAX
+        };
+        board.outcome = outcome;
+        board.published += 1;
+        board.next = board.base;
+        std::iter::from_fn(|| board.next_parked())
+            .take(ahead)
+            .collect()
     }
 }
 
@@ -99,12 +212,7 @@ impl Flights {
     pub(crate) fn join(self: &Arc<Self>, key: &Arc<str>, max_waiters: usize) -> Join {
         let mut map = self.map();
         if let Some(flight) = map.get(key) {
-            // A flight whose leader is gone and that no waiter claimed yet.
-            let orphan = match &*flight.tx.borrow() {
-                Outcome::Retry(gen) => Some(*gen),
-                _ => None,
-            };
-            if let Some(gen) = orphan {
+            if let Some(gen) = flight.orphan() {
                 if flight.claim(gen) {
                     return Join::Lead(Leader::new(self, flight, gen + 1));
                 }
@@ -113,16 +221,20 @@ impl Flights {
                 return Join::Full;
             }
             flight.waiters.fetch_add(1, Ordering::Relaxed);
+            let (ticket, seen) = {
+                let mut board = flight.board();
+                (board.join(), board.published)
+            };
             return Join::Wait(Waiter {
                 flights: self.clone(),
-                rx: flight.tx.subscribe(),
                 flight: flight.clone(),
-                skip: None,
+                ticket,
+                seen,
             });
         }
         let flight = Arc::new(Flight {
             key: key.clone(),
-            tx: watch::channel(Outcome::Running).0,
+            board: Mutex::new(Board::new()),
             waiters: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
         });
@@ -185,7 +297,9 @@ impl Leader {
                 map.remove(key);
             }
         }
-        self.flight.tx.send_replace(outcome);
+        let wake = self.flight.publish(outcome);
+        drop(map);
+        wake.into_iter().for_each(Waker::wake);
     }
 
     pub(crate) fn key(&self) -> &Arc<str> {
@@ -202,31 +316,44 @@ impl Drop for Leader {
 /// A request waiting on another's flight.
 pub(crate) struct Waiter {
     flights: Arc<Flights>,
-    rx: watch::Receiver<Outcome>,
     flight: Arc<Flight>,
-    /// A hand-over this waiter lost the claim of.
-    skip: Option<u64>,
+    /// Its place in the flight's order of arrival.
+    ticket: u64,
+    /// How many outcomes it has seen (those before it joined count as seen).
+    seen: u64,
 }
 
 impl Waiter {
     /// The flight's next outcome: `Done`, `Release`, or a hand-over not yet seen.
-    pub(crate) async fn outcome(&mut self) -> Outcome {
-        let skip = self.skip;
-        let seen = self.rx.wait_for(|o| match o {
-            Outcome::Running => false,
-            Outcome::Retry(gen) => Some(*gen) != skip,
-            _ => true,
-        });
-        match seen.await {
-            Ok(o) => o.clone(),
-            Err(_) => Outcome::Release,
-        }
+    pub(crate) fn outcome(&mut self) -> impl Future<Output = Outcome> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut board = self.flight.board();
+            if board.published == self.seen {
+                match board.slot(self.ticket) {
+                    Slot::Parked(waker) => waker.clone_from(cx.waker()),
+                    slot => *slot = Slot::Parked(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+            self.seen = board.published;
+            let outcome = board.outcome.clone();
+            if !is_final(&outcome) {
+                return Poll::Ready(outcome);
+            }
+            // Its turn came (or it came by itself): the next in line is woken.
+            *board.slot(self.ticket) = Slot::Idle;
+            let next = board.next_parked();
+            drop(board);
+            if let Some(waker) = next {
+                waker.wake();
+            }
+            Poll::Ready(outcome)
+        })
     }
 
     /// Claims the lead after the hand-over of generation `gen`; `None` when another waiter
     /// got it (this one waits on).
     pub(crate) fn claim(&mut self, gen: u64) -> Option<Leader> {
-        self.skip = Some(gen);
         if self.flight.claim(gen) {
             Some(Leader::new(&self.flights, &self.flight, gen + 1))
         } else {
@@ -238,17 +365,22 @@ impl Waiter {
 impl Drop for Waiter {
     fn drop(&mut self) {
         let left = self.flight.waiters.fetch_sub(1, Ordering::AcqRel) - 1;
-        if left > 0 {
-            return;
-        }
+        let mut map = (left == 0).then(|| self.flights.map());
+        let mut board = self.flight.board();
+        board.leave(self.ticket);
+        // Woken for an outcome it never took (its client went away, its wait timed out just
+        // then): its turn passes to the next in line.
+        let next = (is_final(&board.outcome) && board.published != self.seen)
+            .then(|| board.next_parked())
+            .flatten();
         // The last waiter of a flight whose leader is gone and that nobody claimed: the flight
         // ends here, or it would stay in the map with no one to finish it.
-        let mut map = self.flights.map();
-        let orphan = match &*self.flight.tx.borrow() {
-            Outcome::Retry(gen) => Some(*gen),
+        let orphan = match board.outcome {
+            Outcome::Retry(gen) => Some(gen),
             _ => None,
         };
-        if let Some(gen) = orphan {
+        drop(board);
+        if let (Some(map), Some(gen)) = (map.as_mut(), orphan) {
             let key = &self.flight.key;
             if self.flight.waiters.load(Ordering::Acquire) == 0
                 && self.flight.generation.load(Ordering::Acquire) == gen
@@ -256,6 +388,10 @@ impl Drop for Waiter {
             {
                 map.remove(key);
             }
+        }
+        drop(map);
+        if let Some(waker) = next {
+            waker.wake();
         }
     }
 }

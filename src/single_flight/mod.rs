@@ -26,6 +26,9 @@
 //!   asks the service itself.
 //! - Waiters get their copy when the leader's body has ended: a leader whose client reads
 //!   slowly holds them up (to [`max_wait`](SingleFlightLayer::max_wait) at most).
+//! - Waiters get their copies in the order they came: the flight wakes its first 32 waiters,
+//!   and each that takes its copy (or goes away) wakes the next. The requests of a burst that
+//!   waited longest are answered first, rather than in the order of the runtime's queues.
 //! - A response for one client (`Set-Cookie`, `Cache-Control: private` or `no-store`), or one
 //!   with a body over [`max_body_size`](SingleFlightLayer::max_body_size), is not shared:
 //!   each waiter asks the service itself.

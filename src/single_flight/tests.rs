@@ -133,8 +133,12 @@ fn standalone(h: &Gated) -> (SingleFlightLayer, Router) {
         Stash::new(),
         Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
     );
+    (sf.clone(), standalone_with(h, sf))
+}
+
+fn standalone_with(h: &Gated, sf: SingleFlightLayer) -> Router {
     let h2 = h.clone();
-    let app = Router::new()
+    Router::new()
         .route(
             "/items/{id}",
             get(move || {
@@ -153,8 +157,7 @@ fn standalone(h: &Gated) -> (SingleFlightLayer, Router) {
                 }
             }),
         )
-        .layer(sf.clone());
-    (sf, app)
+        .layer(sf)
 }
 
 fn spawn_get(app: &Router, uri: &'static str) -> tokio::task::JoinHandle<Got> {
@@ -184,6 +187,55 @@ async fn alone_it_deduplicates_requests_in_flight_with_body_and_trailers() {
         got(app.oneshot(req("/items/1")).await.unwrap()).await.body,
         "call 3"
     );
+}
+
+/// Waiters are answered in the order they came, so that the burst's first requests, which
+/// waited longest, do not also wait for the whole fan-out; each waiter woken hands on to the
+/// next, even when it is dropped instead of taking its copy.
+#[tokio::test]
+async fn waiters_are_answered_in_the_order_they_came() {
+    let h = Gated::new();
+    let sf = SingleFlightLayer::for_routes(
+        Stash::new(),
+        Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
+    )
+    .max_wait(HOUR);
+    let app = standalone_with(&h, sf.clone());
+    let leader = spawn_get(&app, "/items/1");
+    until("the leader in the handler", || h.calls() == 1).await;
+    // The first waiters: futures this test polls once, then drops once the flight is over,
+    // without taking their copies. More than a flight wakes at once.
+    let mut dropped = Vec::new();
+    for _ in 0..40 {
+        let mut fut = Box::pin(app.clone().oneshot(req("/items/1")));
+        assert!(futures_util::poll!(&mut fut).is_pending());
+        dropped.push(fut);
+    }
+    assert_eq!(sf.waiting(), 40);
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..100 {
+        let (app, order) = (app.clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let g = got(app.oneshot(req("/items/1")).await.unwrap()).await;
+            order.lock().unwrap().push(i);
+            g
+        }));
+        until("the waiter in line", || sf.waiting() == 41 + i).await;
+    }
+    // One leaves the line before the end: the others pass it by.
+    waiters.remove(50).abort();
+    until("the waiter gone", || sf.waiting() == 139).await;
+    h.open();
+    assert_eq!(within("the leader", leader).await.unwrap().body, "call 1");
+    drop(dropped);
+    for w in waiters {
+        assert_eq!(within("a waiter", w).await.unwrap().body, "call 1");
+    }
+    let expected: Vec<_> = (0..100).filter(|&i| i != 50).collect();
+    assert_eq!(*order.lock().unwrap(), expected);
+    assert_eq!(h.calls(), 1);
+    assert_eq!(sf.in_flight(), 0);
 }
 
 #[tokio::test]
