@@ -68,7 +68,7 @@ pub(crate) enum Outcome {
 /// first to come would often be answered last, and a burst's slowest requests would wait for
 /// the whole fan-out on top of the handler. Several at a time keep a multi-threaded runtime's
 /// workers busy.
-const WAKE_AHEAD: usize = 32;
+pub(crate) const WAKE_AHEAD: usize = 32;
 
 pub(crate) struct Flight {
     key: Arc<str>,

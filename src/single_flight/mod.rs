@@ -29,6 +29,9 @@
 //! - Waiters get their copies in the order they came: the flight wakes its first 32 waiters,
 //!   and each that takes its copy (or goes away) wakes the next. The requests of a burst that
 //!   waited longest are answered first, rather than in the order of the runtime's queues.
+//!   A waiter woken whose task does not run for a while holds up no one while other wakes are
+//!   under way; only with all 32 stalled do the waiters behind them wait, to their
+//!   [`max_wait`](SingleFlightLayer::max_wait) at most, and then still get their copies.
 //! - A response for one client (`Set-Cookie`, `Cache-Control: private` or `no-store`), or one
 //!   with a body over [`max_body_size`](SingleFlightLayer::max_body_size), is not shared:
 //!   each waiter asks the service itself.
