@@ -189,20 +189,41 @@ async fn alone_it_deduplicates_requests_in_flight_with_body_and_trailers() {
     );
 }
 
+/// A flight on a gated handler with its leader in the handler, whose waiters wait as long as
+/// it takes.
+async fn waiting_line(h: &Gated) -> (SingleFlightLayer, Router, tokio::task::JoinHandle<Got>) {
+    let sf = SingleFlightLayer::for_routes(
+        Stash::new(),
+        Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
+    )
+    .max_wait(HOUR);
+    let app = standalone_with(h, sf.clone());
+    let leader = spawn_get(&app, "/items/1");
+    until("the leader in the handler", || h.calls() == 1).await;
+    (sf, app, leader)
+}
+
+/// A request that notes its number in `answered` once it has its whole response.
+fn spawn_in_line(
+    app: &Router,
+    i: usize,
+    answered: &Arc<std::sync::Mutex<Vec<usize>>>,
+) -> tokio::task::JoinHandle<Got> {
+    let (app, answered) = (app.clone(), answered.clone());
+    tokio::spawn(async move {
+        let g = got(app.oneshot(req("/items/1")).await.unwrap()).await;
+        answered.lock().unwrap().push(i);
+        g
+    })
+}
+
 /// Waiters are answered in the order they came, so that the burst's first requests, which
 /// waited longest, do not also wait for the whole fan-out; each waiter woken hands on to the
 /// next, even when it is dropped instead of taking its copy.
 #[tokio::test]
 async fn waiters_are_answered_in_the_order_they_came() {
     let h = Gated::new();
-    let sf = SingleFlightLayer::for_routes(
-        Stash::new(),
-        Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
-    )
-    .max_wait(HOUR);
-    let app = standalone_with(&h, sf.clone());
-    let leader = spawn_get(&app, "/items/1");
-    until("the leader in the handler", || h.calls() == 1).await;
+    let (sf, app, leader) = waiting_line(&h).await;
     // The first waiters: futures this test polls once. Once the flight is over, the first 32
     // (those the flight wakes) are dropped without taking their copies, and the others take
     // theirs unwoken.
@@ -216,12 +237,7 @@ async fn waiters_are_answered_in_the_order_they_came() {
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut waiters = Vec::new();
     for i in 0..100 {
-        let (app, order) = (app.clone(), order.clone());
-        waiters.push(tokio::spawn(async move {
-            let g = got(app.oneshot(req("/items/1")).await.unwrap()).await;
-            order.lock().unwrap().push(i);
-            g
-        }));
+        waiters.push(spawn_in_line(&app, i, &order));
         until("the waiter in line", || sf.waiting() == 41 + i).await;
     }
     // One leaves the line before the end: the others pass it by.
@@ -251,23 +267,11 @@ async fn waiters_are_answered_in_the_order_they_came() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn on_a_worker_thread_the_first_waiters_are_answered_first() {
     let h = Gated::new();
-    let sf = SingleFlightLayer::for_routes(
-        Stash::new(),
-        Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
-    )
-    .max_wait(HOUR);
-    let app = standalone_with(&h, sf.clone());
-    let leader = spawn_get(&app, "/items/1");
-    until("the leader in the handler", || h.calls() == 1).await;
+    let (sf, app, leader) = waiting_line(&h).await;
     let answered = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut waiters = Vec::new();
     for i in 0..1000 {
-        let (app, answered) = (app.clone(), answered.clone());
-        waiters.push(tokio::spawn(async move {
-            let g = got(app.oneshot(req("/items/1")).await.unwrap()).await;
-            answered.lock().unwrap().push(i);
-            g
-        }));
+        waiters.push(spawn_in_line(&app, i, &answered));
         until("the waiter in line", || sf.waiting() == i + 1).await;
     }
     h.open();
