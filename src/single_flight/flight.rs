@@ -83,19 +83,13 @@ struct Board {
     outcome: Outcome,
     /// How many outcomes were published.
     published: u64,
-    /// The waiters by ticket (their order of arrival), from the earliest still there.
-    slots: VecDeque<Slot>,
-    /// The ticket of the first slot.
-    base: u64,
+    /// The waiters still there, by ticket (their order of arrival), with their wakers while
+    /// they wait: no more than the flight's waiters, however many came and went.
+    slots: VecDeque<(u64, Option<Waker>)>,
+    /// The next waiter's ticket.
+    tickets: u64,
     /// The ticket the next wake of an ending flight looks from.
     next: u64,
-}
-
-enum Slot {
-    /// Joined, not waiting just now (not polled yet, or woken).
-    Idle,
-    Parked(Waker),
-    Gone,
 }
 
 impl Board {
@@ -104,45 +98,47 @@ impl Board {
             outcome: Outcome::Running,
             published: 0,
             slots: VecDeque::new(),
-            base: 0,
+            tickets: 0,
             next: 0,
         }
     }
 
     /// A new waiter's ticket.
     fn join(&mut self) -> u64 {
-        self.slots.push_back(Slot::Idle);
-        self.base + self.slots.len() as u64 - 1
+        let ticket = self.tickets;
+        self.tickets += 1;
+        self.slots.push_back((ticket, None));
+        ticket
     }
 
-    fn slot(&mut self, ticket: u64) -> &mut Slot {
-        &mut self.slots[(ticket - self.base) as usize]
+    /// Where the first waiter with `ticket` or a later one is.
+    fn position(&self, ticket: u64) -> usize {
+        self.slots.partition_point(|(t, _)| *t < ticket)
     }
 
-    /// A waiter is gone: the slots of those gone at the front are dropped, so a long flight
-    /// holds no more than the waiters of its wait.
+    fn slot(&mut self, ticket: u64) -> &mut Option<Waker> {
+        let i = self.position(ticket);
+        debug_assert_eq!(self.slots[i].0, ticket, "a waiter's place");
+        &mut self.slots[i].1
+    }
+
     fn leave(&mut self, ticket: u64) {
-        *self.slot(ticket) = Slot::Gone;
-        while matches!(self.slots.front(), Some(Slot::Gone)) {
-            self.slots.pop_front();
-            self.base += 1;
-        }
+        let i = self.position(ticket);
+        debug_assert_eq!(self.slots[i].0, ticket, "a waiter's place");
+        self.slots.remove(i);
     }
 
     /// Takes the waker of the earliest waiter not yet woken since the last outcome.
     fn next_parked(&mut self) -> Option<Waker> {
-        let mut i = self.next.saturating_sub(self.base) as usize;
-        while let Some(slot) = self.slots.get_mut(i) {
+        let mut i = self.position(self.next);
+        while let Some((ticket, slot)) = self.slots.get_mut(i) {
             i += 1;
-            if matches!(slot, Slot::Parked(_)) {
-                let Slot::Parked(waker) = std::mem::replace(slot, Slot::Idle) else {
-                    unreachable!()
-                };
-                self.next = self.base + i as u64;
+            if let Some(waker) = slot.take() {
+                self.next = *ticket + 1;
                 return Some(waker);
             }
         }
-        self.next = self.base + i as u64;
+        self.next = self.tickets;
         None
     }
 }
@@ -183,7 +179,7 @@ impl Flight {
         };
         board.outcome = outcome;
         board.published += 1;
-        board.next = board.base;
+        board.next = 0;
         std::iter::from_fn(|| board.next_parked())
             .take(ahead)
             .collect()
@@ -245,6 +241,12 @@ impl Flights {
     /// How many keys are in flight.
     pub(crate) fn len(&self) -> usize {
         self.map().len()
+    }
+
+    /// How many waiters the flights keep a place for, over all keys.
+    #[cfg(test)]
+    pub(crate) fn places(&self) -> usize {
+        self.map().values().map(|f| f.board().slots.len()).sum()
     }
 
     /// How many requests wait, over all keys.
@@ -330,8 +332,8 @@ impl Waiter {
             let mut board = self.flight.board();
             if board.published == self.seen {
                 match board.slot(self.ticket) {
-                    Slot::Parked(waker) => waker.clone_from(cx.waker()),
-                    slot => *slot = Slot::Parked(cx.waker().clone()),
+                    Some(waker) => waker.clone_from(cx.waker()),
+                    slot => *slot = Some(cx.waker().clone()),
                 }
                 return Poll::Pending;
             }
@@ -341,7 +343,7 @@ impl Waiter {
                 return Poll::Ready(outcome);
             }
             // Its turn came (or it came by itself): the next in line is woken.
-            *board.slot(self.ticket) = Slot::Idle;
+            *board.slot(self.ticket) = None;
             let next = board.next_parked();
             drop(board);
             if let Some(waker) = next {

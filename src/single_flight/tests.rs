@@ -240,9 +240,10 @@ async fn waiters_are_answered_in_the_order_they_came() {
         waiters.push(spawn_in_line(&app, i, &order));
         until("the waiter in line", || sf.waiting() == 41 + i).await;
     }
-    // One leaves the line before the end: the others pass it by.
+    // One leaves the line before the end: the others pass it by, and its place goes.
     waiters.remove(50).abort();
     until("the waiter gone", || sf.waiting() == 139).await;
+    assert_eq!(sf.places(), 139);
     h.open();
     assert_eq!(within("the leader", leader).await.unwrap().body, "call 1");
     for fut in held.drain(32..) {
