@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, Response, StatusCode, Version};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::SystemTime;
@@ -73,7 +73,6 @@ pub(crate) const WAKE_AHEAD: usize = 32;
 pub(crate) struct Flight {
     key: Arc<str>,
     board: Mutex<Board>,
-    waiters: AtomicUsize,
     /// The generation of the current leader; a claim moves it on by one.
     generation: AtomicU64,
 }
@@ -84,7 +83,7 @@ struct Board {
     /// How many outcomes were published.
     published: u64,
     /// The waiters still there, by ticket (their order of arrival), with their wakers while
-    /// they wait: no more than the flight's waiters, however many came and went.
+    /// they wait: one place per waiter, however many came and went.
     slots: VecDeque<(u64, Option<Waker>)>,
     /// The next waiter's ticket.
     tickets: u64,
@@ -159,18 +158,11 @@ impl Flight {
             .is_ok()
     }
 
-    /// The generation of a flight whose leader is gone and that no waiter claimed yet.
-    fn orphan(&self) -> Option<u64> {
-        match self.board().outcome {
-            Outcome::Retry(gen) => Some(gen),
-            _ => None,
-        }
-    }
-
     /// Publishes `outcome`, giving the waiters to wake: for a final one the first few (the
-    /// others are woken in turn), for a hand-over all of them, for one to claim it.
+    /// others are woken in turn), for a hand-over all of them, for one to claim it; and
+    /// whether anyone waits (woken or not, a waiter not polled yet has no waker).
     #[must_use]
-    fn publish(&self, outcome: Outcome) -> Vec<Waker> {
+    fn publish(&self, outcome: Outcome) -> (Vec<Waker>, bool) {
         let mut board = self.board();
         let ahead = if is_final(&outcome) {
             WAKE_AHEAD
@@ -180,9 +172,10 @@ impl Flight {
         board.outcome = outcome;
         board.published += 1;
         board.next = 0;
-        std::iter::from_fn(|| board.next_parked())
+        let wake = std::iter::from_fn(|| board.next_parked())
             .take(ahead)
-            .collect()
+            .collect();
+        (wake, !board.slots.is_empty())
     }
 }
 
@@ -208,30 +201,26 @@ impl Flights {
     pub(crate) fn join(self: &Arc<Self>, key: &Arc<str>, max_waiters: usize) -> Join {
         let mut map = self.map();
         if let Some(flight) = map.get(key) {
-            if let Some(gen) = flight.orphan() {
+            let mut board = flight.board();
+            // A flight whose leader is gone and that no waiter claimed yet.
+            if let Outcome::Retry(gen) = board.outcome {
                 if flight.claim(gen) {
                     return Join::Lead(Leader::new(self, flight, gen + 1));
                 }
             }
-            if flight.waiters.load(Ordering::Relaxed) >= max_waiters {
+            if board.slots.len() >= max_waiters {
                 return Join::Full;
             }
-            flight.waiters.fetch_add(1, Ordering::Relaxed);
-            let (ticket, seen) = {
-                let mut board = flight.board();
-                (board.join(), board.published)
-            };
             return Join::Wait(Waiter {
                 flights: self.clone(),
                 flight: flight.clone(),
-                ticket,
-                seen,
+                ticket: board.join(),
+                seen: board.published,
             });
         }
         let flight = Arc::new(Flight {
             key: key.clone(),
             board: Mutex::new(Board::new()),
-            waiters: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
         });
         map.insert(key.clone(), flight.clone());
@@ -243,19 +232,17 @@ impl Flights {
         self.map().len()
     }
 
-    /// How many waiters the flights keep a place for, over all keys.
-    #[cfg(test)]
-    pub(crate) fn places(&self) -> usize {
-        self.map().values().map(|f| f.board().slots.len()).sum()
-    }
-
     /// How many requests wait, over all keys.
     #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
-        self.map()
-            .values()
-            .map(|f| f.waiters.load(Ordering::Relaxed))
-            .sum()
+        self.map().values().map(|f| f.board().slots.len()).sum()
+    }
+}
+
+/// Takes `flight` out of the map, unless a newer flight for its key took its place.
+fn forget(map: &mut HashMap<Arc<str>, Arc<Flight>>, flight: &Arc<Flight>) {
+    if map.get(&flight.key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+        map.remove(&flight.key);
     }
 }
 
@@ -291,15 +278,12 @@ impl Leader {
         self.published = true;
         let mut map = self.flights.map();
         let retry = matches!(outcome, Outcome::Retry(_));
+        let (wake, waited) = self.flight.publish(outcome);
         // A flight handed over stays, for a waiter (or a newcomer) to claim; with nobody
         // waiting, it ends.
-        if !retry || self.flight.waiters.load(Ordering::Relaxed) == 0 {
-            let key = &self.flight.key;
-            if map.get(key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
-                map.remove(key);
-            }
+        if !retry || !waited {
+            forget(&mut map, &self.flight);
         }
-        let wake = self.flight.publish(outcome);
         drop(map);
         wake.into_iter().for_each(Waker::wake);
     }
@@ -366,32 +350,34 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        let left = self.flight.waiters.fetch_sub(1, Ordering::AcqRel) - 1;
-        let mut map = (left == 0).then(|| self.flights.map());
-        let mut board = self.flight.board();
-        board.leave(self.ticket);
-        // Woken for an outcome it never took (its client went away, its wait timed out just
-        // then): its turn passes to the next in line.
-        let next = (is_final(&board.outcome) && board.published != self.seen)
-            .then(|| board.next_parked())
-            .flatten();
-        // The last waiter of a flight whose leader is gone and that nobody claimed: the flight
-        // ends here, or it would stay in the map with no one to finish it.
-        let orphan = match board.outcome {
-            Outcome::Retry(gen) => Some(gen),
-            _ => None,
+        let (next, orphan) = {
+            let mut board = self.flight.board();
+            board.leave(self.ticket);
+            // Woken for an outcome it never took (its client went away, its wait timed out
+            // just then): its turn passes to the next in line.
+            let next = (is_final(&board.outcome) && board.published != self.seen)
+                .then(|| board.next_parked())
+                .flatten();
+            let orphan = match board.outcome {
+                Outcome::Retry(gen) if board.slots.is_empty() => Some(gen),
+                _ => None,
+            };
+            (next, orphan)
         };
-        drop(board);
-        if let (Some(map), Some(gen)) = (map.as_mut(), orphan) {
-            let key = &self.flight.key;
-            if self.flight.waiters.load(Ordering::Acquire) == 0
+        // The last waiter of a flight whose leader is gone and that nobody claimed: the flight
+        // ends here, or it would stay in the map with no one to finish it. Checked again under
+        // the map's lock, which a newcomer joins under.
+        if let Some(gen) = orphan {
+            let mut map = self.flights.map();
+            let board = self.flight.board();
+            if board.slots.is_empty()
+                && matches!(board.outcome, Outcome::Retry(g) if g == gen)
                 && self.flight.generation.load(Ordering::Acquire) == gen
-                && map.get(key).is_some_and(|f| Arc::ptr_eq(f, &self.flight))
             {
-                map.remove(key);
+                drop(board);
+                forget(&mut map, &self.flight);
             }
         }
-        drop(map);
         if let Some(waker) = next {
             waker.wake();
         }

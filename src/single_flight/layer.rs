@@ -107,12 +107,6 @@ impl SingleFlightLayer {
     pub(crate) fn waiting(&self) -> usize {
         self.flights.waiting()
     }
-
-    /// How many waiters the flights keep a place for.
-    #[cfg(test)]
-    pub(crate) fn places(&self) -> usize {
-        self.flights.places()
-    }
 }
 
 impl<S> Layer<S> for SingleFlightLayer {

@@ -137,27 +137,28 @@ fn standalone(h: &Gated) -> (SingleFlightLayer, Router) {
 }
 
 fn standalone_with(h: &Gated, sf: SingleFlightLayer) -> Router {
+    gated(h).layer(sf)
+}
+
+/// The gated handler's router: each call answers `call N` with an `x-checksum: N` trailer.
+fn gated(h: &Gated) -> Router {
     let h2 = h.clone();
-    Router::new()
-        .route(
-            "/items/{id}",
-            get(move || {
-                let h = h2.clone();
-                async move {
-                    let n = h.enter().await;
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("x-checksum", n.to_string().parse().unwrap());
-                    let frames = futures_util::stream::iter([
-                        Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(format!(
-                            "call {n}"
-                        )))),
-                        Ok(http_body::Frame::trailers(trailers)),
-                    ]);
-                    Response::new(Body::new(http_body_util::StreamBody::new(frames)))
-                }
-            }),
-        )
-        .layer(sf)
+    Router::new().route(
+        "/items/{id}",
+        get(move || {
+            let h = h2.clone();
+            async move {
+                let n = h.enter().await;
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("x-checksum", n.to_string().parse().unwrap());
+                let frames = futures_util::stream::iter([
+                    Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(format!("call {n}")))),
+                    Ok(http_body::Frame::trailers(trailers)),
+                ]);
+                Response::new(Body::new(http_body_util::StreamBody::new(frames)))
+            }
+        }),
+    )
 }
 
 fn spawn_get(app: &Router, uri: &'static str) -> tokio::task::JoinHandle<Got> {
@@ -242,8 +243,10 @@ async fn waiters_are_answered_in_the_order_they_came() {
     }
     // One leaves the line before the end: the others pass it by, and its place goes.
     waiters.remove(50).abort();
-    until("the waiter gone", || sf.waiting() == 139).await;
-    assert_eq!(sf.places(), 139);
+    until("the waiter gone and its place with it", || {
+        sf.waiting() == 139
+    })
+    .await;
     h.open();
     assert_eq!(within("the leader", leader).await.unwrap().body, "call 1");
     for fut in held.drain(32..) {
@@ -291,6 +294,45 @@ async fn on_a_worker_thread_the_first_waiters_are_answered_first() {
     let bound = 4 * super::flight::WAKE_AHEAD;
     assert!(late < Some(bound), "a waiter answered {late:?} places late");
     assert_eq!(h.calls(), 1);
+}
+
+/// A waiter joins on its call, before its future is first polled: a leader gone in between
+/// still leaves the flight to it, and a newcomer waits on it rather than call a second time.
+#[tokio::test]
+async fn a_hand_over_before_a_waiter_is_polled_keeps_the_flight_for_it() {
+    let h = Gated::new();
+    let sf = SingleFlightLayer::for_routes(
+        Stash::new(),
+        Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
+    )
+    .max_wait(HOUR);
+    let mut svc = tower::Layer::layer(&sf, gated(&h));
+    let call = |svc: &mut crate::SingleFlightService<Router>| {
+        let fut = svc.call(req("/items/1"));
+        tokio::spawn(async move { got(fut.await.unwrap()).await })
+    };
+    ServiceExt::<Request<Body>>::ready(&mut svc).await.unwrap();
+    let leader = call(&mut svc);
+    until("the leader in the handler", || h.calls() == 1).await;
+    let unpolled = svc.call(req("/items/1"));
+    assert_eq!(sf.waiting(), 1);
+    leader.abort();
+    assert!(within("the leader gone", leader).await.is_err());
+    let taker = tokio::spawn(async move { got(unpolled.await.unwrap()).await });
+    until("the waiter leading", || h.calls() == 2).await;
+    let newcomer = call(&mut svc);
+    until("the newcomer waiting", || sf.waiting() == 1).await;
+    h.open();
+    assert_eq!(
+        within("the new leader", taker).await.unwrap().body,
+        "call 2"
+    );
+    assert_eq!(
+        within("the newcomer", newcomer).await.unwrap().body,
+        "call 2"
+    );
+    assert_eq!(h.calls(), 2);
+    assert_eq!(sf.in_flight(), 0);
 }
 
 #[tokio::test]
