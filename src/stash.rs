@@ -23,7 +23,7 @@
 
 use crate::key;
 use crate::policy::ConfigError;
-use crate::store::{MemoryStore, Store};
+use crate::store::{MemoryStore, Store, WriteTicket};
 use crate::StoreError;
 use http::HeaderValue;
 use std::fmt;
@@ -359,13 +359,46 @@ impl Stash {
         self.invalidate(Invalidation::Tag(tag.into())).await
     }
 
-    /// Stores a write's response as the entry of `key` (a base key, without the namespace):
-    /// dated now plus the invalidation margin, so that a read that began before the write
-    /// cannot replace it with what it read; the key's variants are invalidated, and the
-    /// other instances drop their memory copy.
+    /// Begins a write-through of `key` (a base key, without the namespace): the store
+    /// follows the writes in progress on it (across instances on a shared store), so that
+    /// [`write_through`](Self::write_through) knows whether this write overlapped another.
+    /// A store that fails leaves the write untracked: it ends as an invalidation.
+    pub(crate) async fn begin_write(&self, key: &str) -> WriteTicket {
+        let stored = self.stored_key(&format!("{}{key}", self.inner.prefix));
+        match self
+            .store()
+            .begin_write(stored, self.inner.tombstone_ttl)
+            .await
+        {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                self.counters().store_error();
+                tracing::debug!(%key, error = %e, "a write could not be followed: it will invalidate");
+                WriteTicket::untracked()
+            }
+        }
+    }
+
+    /// Ends a write-through that failed (or whose outcome is unknown): the key is
+    /// invalidated, as the data may or may not have changed.
+    pub(crate) async fn abandon_write(&self, key: &str, ticket: WriteTicket) {
+        let stored = self.stored_key(&format!("{}{key}", self.inner.prefix));
+        let _ = self.store().end_write(stored, ticket, None).await;
+        let _ = self.invalidate(Invalidation::Key(key.into())).await;
+    }
+
+    /// Stores a write's response as the entry of `key` (a base key, without the namespace)
+    /// when the write overlapped no other write of `key` and no invalidation of it (see
+    /// [`begin_write`](Self::begin_write)); otherwise, since the order in which overlapping
+    /// writes reached the data is unknown, invalidates `key` instead. The entry is dated
+    /// now plus the invalidation margin, so that a read that began before the write cannot
+    /// replace it with what it read; the key's variants are invalidated, and the other
+    /// instances drop their memory copy.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn write_through(
         &self,
         key: &str,
+        ticket: WriteTicket,
         parts: &http::response::Parts,
         body: bytes::Bytes,
         trailers: Option<http::HeaderMap>,
@@ -400,9 +433,12 @@ impl Stash {
         let store = self.store();
         let id = message_id_new();
         let result = async {
-            store
-                .put(stored.as_str().into(), Arc::new(entry), ttl)
+            let stored_it = store
+                .end_write(stored.as_str().into(), ticket, Some((Arc::new(entry), ttl)))
                 .await?;
+            if !stored_it {
+                return Ok(false);
+            }
             store
                 .invalidate_tag(ns.clone(), family.clone(), older, keep)
                 .await?;
@@ -416,19 +452,26 @@ impl Stash {
                 ))
                 .await?;
             self.await_acks(&id, sent).await;
-            Ok(())
+            Ok(true)
         }
         .await;
-        match &result {
-            Ok(()) => self.stored(),
+        match result {
+            Ok(true) => {
+                self.stored();
+                Ok(())
+            }
+            Ok(false) => {
+                tracing::debug!(%key, "the write overlapped another write or an invalidation: invalidating the key");
+                self.invalidate(Invalidation::Key(key.into())).await
+            }
             Err(e) => {
                 tracing::warn!(%key, error = %e, "write-through failed: invalidating the key");
                 self.counters().store_error();
                 // No old value may outlive the write: the key goes (retried until it does).
                 let _ = self.invalidate(Invalidation::Key(key.into())).await;
+                Err(e)
             }
         }
-        result
     }
 
     pub(crate) async fn invalidate(&self, what: Invalidation) -> Result<(), StoreError> {

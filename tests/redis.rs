@@ -1132,6 +1132,16 @@ impl Users {
                      axum::extract::RawQuery(q): axum::extract::RawQuery,
                      name: String| async move {
                         db.names.lock().unwrap().insert(id.clone(), name.clone());
+                        // `?delay=N`: the write is committed, then the answer takes N ms.
+                        let delay = q.as_deref().and_then(|q| {
+                            q.split('&')
+                                .find_map(|p| p.strip_prefix("delay="))?
+                                .parse()
+                                .ok()
+                        });
+                        if let Some(ms) = delay {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                        }
                         if q.is_some_and(|q| q.contains("fail")) {
                             // The write reached the database, then the service failed.
                             return (
@@ -1308,6 +1318,54 @@ async fn a_failing_write_on_a_leaves_the_key_gone_on_b(redis: &impl Backend) {
     let (body, cache) = b.get("5").await;
     assert!(cache.starts_with("tower-stash; fwd=miss"), "{cache}");
     assert_eq!(body, "user 5: half-written");
+}
+
+both!(overlapping_write_throughs_leave_the_database_s_value_on_every_instance);
+async fn overlapping_write_throughs_leave_the_database_s_value_on_every_instance(
+    redis: &impl Backend,
+) {
+    let db = UserDb::default();
+    let a = Arc::new(Users::new(&redis.url(), &db, Duration::ZERO));
+    let b = Arc::new(Users::new(&redis.url(), &db, Duration::ZERO));
+    subscribed(redis, 2).await;
+    let mut wrong = Vec::new();
+    for round in 0..40u32 {
+        let id = format!("{}", 2000 + round);
+        // Eight writes at once over the two instances. Each commits at once and answers
+        // later: the first to commit answers last, so the order in which they finish is
+        // not the order in which the database took them.
+        let writers: Vec<_> = (0..8u64)
+            .map(|i| {
+                let inst = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let req =
+                        axum::http::Request::put(format!("/users/{id}?delay={}", (8 - i) * 3))
+                            .body(axum::body::Body::from(format!("w{i}")))
+                            .unwrap();
+                    inst.send(req).await
+                })
+            })
+            .collect();
+        for w in writers {
+            within("a writer", w).await.unwrap();
+        }
+        // Every write has returned: both instances serve exactly what the database holds.
+        let want = format!("user {id}: {}", db.names.lock().unwrap()[&id]);
+        for (name, inst) in [("A", &a), ("B", &b)] {
+            let (body, cache) = inst.get(&id).await;
+            if body != want {
+                wrong.push(format!(
+                    "round {round}, {name}: {body} ({cache}), database: {want}"
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of 80 reads served an old write: {wrong:#?}",
+        wrong.len()
+    );
 }
 
 both!(fills_racing_invalidations_never_leave_the_old_value);

@@ -2,7 +2,7 @@ use super::body::InvalidateBody;
 use super::future::ResponseFuture;
 use super::layer::Shared;
 use super::rules::Work;
-use crate::Stash;
+use crate::{Stash, WriteTicket};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
@@ -84,20 +84,61 @@ where
         let fut = self.call_inner(req);
         let stash = self.shared.stash.clone();
         ResponseFuture::boxed(async move {
+            // A write-through is followed from before the service sees the request: a write
+            // that overlaps another ends as an invalidation.
+            let ticket = match &work.write_through {
+                Some((key, _)) => stash.begin_write(key).await,
+                None => WriteTicket::untracked(),
+            };
+            let mut pending = Unfinished {
+                stash: stash.clone(),
+                work: Some((work, ticket)),
+            };
             let result = fut.await;
+            let (work, ticket) = pending.work.take().expect("taken once");
             // Once the service has answered, the invalidations run to their end even if the
             // client goes away meanwhile (its response future dropped).
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => match rt
-                    .spawn(async move { after(&stash, work, result).await })
+                    .spawn(async move { after(&stash, work, ticket, result).await })
                     .await
                 {
                     Ok(done) => done,
                     Err(e) => std::panic::resume_unwind(e.into_panic()),
                 },
-                Err(_) => after(&stash, work, result).await,
+                Err(_) => after(&stash, work, ticket, result).await,
             }
         })
+    }
+}
+
+/// A write whose request was dropped before the service answered (the client went away):
+/// the data may or may not have changed, so everything its rule names is invalidated.
+struct Unfinished {
+    stash: Stash,
+    work: Option<(Work, WriteTicket)>,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Some((work, ticket)) = self.work.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let stash = self.stash.clone();
+        rt.spawn(async move {
+            if let Some((key, _)) = &work.write_through {
+                stash.abandon_write(key, ticket).await;
+            }
+            for key in &work.keys {
+                let _ = stash.invalidate_key(key).await;
+            }
+            for tag in &work.tags {
+                let _ = stash.invalidate_tag(tag).await;
+            }
+        });
     }
 }
 
@@ -117,6 +158,7 @@ const WRITE_THROUGH_LIMIT: usize = 1024 * 1024;
 async fn after<B, E>(
     stash: &Stash,
     work: Work,
+    ticket: WriteTicket,
     result: Result<Response<B>, E>,
 ) -> Result<Response<InvalidateBody<B>>, E>
 where
@@ -136,7 +178,7 @@ where
         // not have changed (the guide's rollback).
         failed => {
             if let Some((key, _)) = &work.write_through {
-                let _ = stash.invalidate_key(key).await;
+                stash.abandon_write(key, ticket).await;
             }
             return failed.map(|r| r.map(InvalidateBody::inner));
         }
@@ -171,7 +213,7 @@ where
             let (parts, body) = resp.into_parts();
             match body.collect().await {
                 Err(e) => {
-                    let _ = stash.invalidate_key(key).await;
+                    stash.abandon_write(key, ticket).await;
                     Response::from_parts(parts, InvalidateBody::failed(e))
                 }
                 Ok(collected) => {
@@ -180,7 +222,7 @@ where
                     // Only a full response is what the read answers: a 201, 202 or 204 is not.
                     let grpc_ok = !work.grpc || crate::grpc::trailers_ok(trailers.as_ref());
                     if !grpc_ok {
-                        let _ = stash.invalidate_key(key).await;
+                        stash.abandon_write(key, ticket).await;
                         return Ok(Response::from_parts(
                             parts,
                             InvalidateBody::full(data, trailers),
@@ -194,6 +236,7 @@ where
                         let _ = stash
                             .write_through(
                                 key,
+                                ticket,
                                 &parts,
                                 data.clone(),
                                 trailers.clone(),
@@ -202,7 +245,7 @@ where
                             )
                             .await;
                     } else {
-                        let _ = stash.invalidate_key(key).await;
+                        stash.abandon_write(key, ticket).await;
                     }
                     Response::from_parts(parts, InvalidateBody::full(data, trailers))
                 }

@@ -242,3 +242,123 @@ fn bad_rules_name_their_field() {
         assert!(err.contains(want), "{want} not in {err}");
     }
 }
+
+/// A service whose PUT commits its body to the database at once, then answers only when its
+/// gate (named by the body) opens: the test decides in which order overlapping writes finish.
+fn gated_app(
+    stash: &Stash,
+    db: &Db,
+    gates: &Arc<Mutex<HashMap<String, Arc<tokio::sync::Notify>>>>,
+) -> Router {
+    let gates = gates.clone();
+    let put = move |State(db): State<Db>, Path(id): Path<String>, name: String| {
+        let gate = gates
+            .lock()
+            .unwrap()
+            .entry(name.clone())
+            .or_default()
+            .clone();
+        async move {
+            db.users.lock().unwrap().insert(id.clone(), name.clone());
+            gate.notified().await;
+            (StatusCode::OK, format!("user {id}: {name}"))
+        }
+    };
+    Router::new()
+        .route("/users/{id}", get(get_user).put(put))
+        .with_state(db.clone())
+        .layer(
+            ServiceBuilder::new()
+                .layer(CacheLayer::new(
+                    stash.clone(),
+                    Routes::new().get("/users/{id}", Policy::ttl(HOUR).key("user:{id}")),
+                ))
+                .layer(InvalidateLayer::new(
+                    stash.clone(),
+                    Rules::new().put("/users/{id}", Invalidate::write_through("user:{id}", HOUR)),
+                )),
+        )
+}
+
+/// Until the database holds `name` for user 1 (the write with that body committed).
+async fn committed(db: &Db, name: &str) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while db.users.lock().unwrap().get("1").map(String::as_str) != Some(name) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the write of {name} never committed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_write_throughs_invalidate_instead_of_storing_the_last_to_finish() {
+    let (stash, db) = (Stash::new(), Db::default());
+    let gates = Arc::default();
+    let app = gated_app(&stash, &db, &gates);
+    let gate = |name: &str| -> Arc<tokio::sync::Notify> {
+        gates
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    };
+    db.users.lock().unwrap().insert("1".into(), "old".into());
+    send(&app, get_req("/users/1")).await;
+    // `first` commits first, `second` after it (the database holds `second`), but `first`
+    // answers last.
+    let spawn_put = |name: &'static str| {
+        let app = app.clone();
+        tokio::spawn(async move { send(&app, put_req("/users/1", name)).await })
+    };
+    let first = spawn_put("first");
+    committed(&db, "first").await;
+    let second = spawn_put("second");
+    committed(&db, "second").await;
+    gate("second").notify_one();
+    assert_eq!(second.await.unwrap().1, "user 1: second");
+    gate("first").notify_one();
+    assert_eq!(first.await.unwrap().1, "user 1: first");
+    // Neither answer became the entry: the read asks the database.
+    let reads = db.reads();
+    let (_, body, cache) = send(&app, get_req("/users/1")).await;
+    assert_eq!(body, "user 1: second", "{cache}");
+    assert_eq!(db.reads(), reads + 1);
+
+    // A write alone still becomes the entry, with no read.
+    gate("third").notify_one();
+    send(&app, put_req("/users/1", "third")).await;
+    let (_, body, cache) = send(&app, get_req("/users/1")).await;
+    assert_eq!(
+        (body.as_str(), cache.as_str()),
+        ("user 1: third", "tower-stash; hit")
+    );
+    assert_eq!(db.reads(), reads + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_dropped_before_it_answers_invalidates_its_key() {
+    let (stash, db) = (Stash::new(), Db::default());
+    let gates = Arc::default();
+    let app = gated_app(&stash, &db, &gates);
+    db.users.lock().unwrap().insert("1".into(), "old".into());
+    send(&app, get_req("/users/1")).await;
+    assert_eq!(send(&app, get_req("/users/1")).await.2, "tower-stash; hit");
+    // The client goes away after the write committed, before the service answered.
+    let write = {
+        let app = app.clone();
+        tokio::spawn(async move { send(&app, put_req("/users/1", "new")).await })
+    };
+    committed(&db, "new").await;
+    write.abort();
+    assert!(write.await.unwrap_err().is_cancelled());
+    // The old entry goes (in the background, bounded), and the next read sees the database.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while send(&app, get_req("/users/1")).await.1 != "user 1: new" {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the old value outlived a dropped write");
+}

@@ -1,6 +1,6 @@
 //! [`Guarded`]: a per-call timeout and a circuit breaker around any store.
 
-use super::{BusEvent, Health, Store, StoreError, StoreFuture, StoreUsage};
+use super::{BusEvent, Health, Store, StoreError, StoreFuture, StoreUsage, WriteTicket};
 use crate::Entry;
 use bytes::Bytes;
 use std::fmt;
@@ -187,6 +187,19 @@ impl<S: Store> Store for Guarded<S> {
 
     fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
         self.guard(|s| s.delete(key))
+    }
+
+    fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
+        self.guard(|s| s.begin_write(key, keep))
+    }
+
+    fn end_write(
+        &self,
+        key: Arc<str>,
+        ticket: WriteTicket,
+        entry: Option<(Arc<Entry>, Duration)>,
+    ) -> StoreFuture<bool> {
+        self.guard(|s| s.end_write(key, ticket, entry))
     }
 
     fn is_shared(&self) -> bool {

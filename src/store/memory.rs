@@ -1,4 +1,4 @@
-use super::{Store, StoreError, StoreFuture, StoreUsage};
+use super::{Store, StoreError, StoreFuture, StoreUsage, WriteTicket};
 use crate::Entry;
 use dashmap::DashMap;
 use moka::notification::RemovalCause;
@@ -71,6 +71,16 @@ pub struct MemoryStore {
     /// Serialise the check-then-insert of writes to one key (reads never take them).
     stripes: Arc<[std::sync::Mutex<()>; 16]>,
     stripes_hasher: foldhash::fast::FixedState,
+    /// The writes in progress per key (write-through): see [`Store::begin_write`].
+    writes: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, Writes>>>,
+}
+
+/// The writes in progress on one key.
+struct Writes {
+    /// How many.
+    running: u32,
+    /// The id of the last to begin; 0 once an invalidation of the key came since.
+    last: u64,
 }
 
 type TagEpochs = std::collections::HashMap<(String, String), (SystemTime, Instant)>;
@@ -125,6 +135,7 @@ impl MemoryStore {
             epochs: Arc::default(),
             stripes: Arc::new(std::array::from_fn(|_| std::sync::Mutex::new(()))),
             stripes_hasher: foldhash::fast::FixedState::default(),
+            writes: Arc::default(),
         }
     }
 
@@ -203,6 +214,15 @@ impl MemoryStore {
     }
 
     fn tombstone(&self, key: Arc<str>, at: SystemTime, keep: Duration) {
+        // A write in progress on the key overlapped an invalidation: it must not store.
+        if let Some(w) = self
+            .writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&key)
+        {
+            w.last = 0;
+        }
         if keep.is_zero() {
             self.index.remove(&key);
             self.cache.invalidate(&key);
@@ -313,6 +333,53 @@ impl Store for MemoryStore {
         }
         self.insert_unless_newer(key, entry, ttl);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn begin_write(&self, key: Arc<str>, _keep: Duration) -> StoreFuture<WriteTicket> {
+        let id = fastrand::u64(1..);
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let w = writes.entry(key).or_insert(Writes {
+            running: 0,
+            last: 0,
+        });
+        let alone = w.running == 0;
+        w.running += 1;
+        w.last = id;
+        Box::pin(std::future::ready(Ok(WriteTicket::new(id, alone))))
+    }
+
+    /// Ends the write at once (the future only reports), so that a write dropped midway can
+    /// end from `Drop`.
+    fn end_write(
+        &self,
+        key: Arc<str>,
+        ticket: WriteTicket,
+        entry: Option<(Arc<Entry>, Duration)>,
+    ) -> StoreFuture<bool> {
+        let clean = {
+            let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+            let clean = match writes.get_mut(&key) {
+                Some(w) if ticket.id() != 0 => {
+                    w.running = w.running.saturating_sub(1);
+                    let clean = ticket.alone() && w.last == ticket.id();
+                    if w.running == 0 {
+                        writes.remove(&key);
+                    }
+                    clean
+                }
+                _ => false,
+            };
+            // Stored under the lock: an invalidation cannot come between the check and
+            // the insert and be overwritten.
+            match entry {
+                Some((entry, ttl)) if clean && !ttl.is_zero() => {
+                    self.insert_unless_newer(key, entry, ttl);
+                    true
+                }
+                _ => false,
+            }
+        };
+        Box::pin(std::future::ready(Ok(clean)))
     }
 
     fn delete(&self, key: Arc<str>) -> StoreFuture<()> {

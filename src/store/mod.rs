@@ -115,6 +115,28 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// Registers the start of a write to `key` (a write-through): the ticket says whether
+    /// another write to `key` was in progress then. Tracking lasts at most `keep`. The
+    /// default tracks nothing: every write-through ends as an invalidation.
+    fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
+        let _ = (key, keep);
+        Box::pin(std::future::ready(Ok(WriteTicket::untracked())))
+    }
+
+    /// Ends the write `ticket` began, and stores `entry` for its TTL under `key` only if the
+    /// write overlapped no other write and no [invalidation](Self::invalidate) of `key`:
+    /// `Ok(true)` when stored. On `Ok(false)` the caller invalidates `key`, since the order
+    /// in which overlapping writes reached the data is unknown. The default stores nothing.
+    fn end_write(
+        &self,
+        key: Arc<str>,
+        ticket: WriteTicket,
+        entry: Option<(Arc<Entry>, Duration)>,
+    ) -> StoreFuture<bool> {
+        let _ = (key, ticket, entry);
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
     /// Sends `message` to every instance subscribed to this store (Redis pub/sub), and says
     /// how many subscribers got it. The default sends nothing: no one else shares the store.
     fn publish(&self, message: Bytes) -> StoreFuture<u64> {
@@ -175,6 +197,43 @@ pub trait Store: Send + Sync + 'static {
     /// and now and then after a store, never on the hit path. The default knows nothing.
     fn usage(&self) -> StoreUsage {
         StoreUsage::default()
+    }
+}
+
+/// A write in progress on one key: see [`Store::begin_write`] and [`Store::end_write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteTicket {
+    id: u64,
+    alone: bool,
+}
+
+impl WriteTicket {
+    /// The ticket of write `id` (never 0), `alone` when no other write to its key was in
+    /// progress as it began.
+    pub fn new(id: u64, alone: bool) -> Self {
+        Self {
+            id: id.max(1),
+            alone,
+        }
+    }
+
+    /// A write the store does not follow (it failed, or cannot): it ends as an invalidation.
+    pub fn untracked() -> Self {
+        Self {
+            id: 0,
+            alone: false,
+        }
+    }
+
+    /// The write's id; 0 for an untracked write.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether no other write to the key was in progress as this one began (always false
+    /// for an untracked write).
+    pub fn alone(&self) -> bool {
+        self.alone && self.id != 0
     }
 }
 

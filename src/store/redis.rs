@@ -1,6 +1,6 @@
 //! [`RedisStore`]: entries in Redis, shared by every instance of a service.
 
-use super::{BusEvent, Store, StoreError, StoreFuture};
+use super::{BusEvent, Store, StoreError, StoreFuture, WriteTicket};
 use crate::Entry;
 use bb8_redis::RedisConnectionManager;
 use bytes::Bytes;
@@ -22,7 +22,10 @@ const DELETE_IF_SAME: &str =
 /// request began before the stored entry's) never replaces a newer entry. A key of another
 /// type is replaced (GETRANGE fails on it: `pcall` makes that an empty string). A tombstone
 /// (flags byte 4 has bit 1; bit 2 marks sliding expiry) also refuses a fill of the same millisecond.
-const SET_UNLESS_NEWER: &str = "local cur = redis.pcall('GETRANGE', KEYS[1], 0, 13) \
+/// An invalidation passes the key's last writer (`{K}!ws`, see [`WRITE_END`]) as `KEYS[2]`:
+/// set to `0` if present, so that no write in progress may store after it.
+const SET_UNLESS_NEWER: &str = "if #KEYS > 1 then redis.call('SET', KEYS[2], '0', 'XX', 'PX', ARGV[2]) end \
+    local cur = redis.pcall('GETRANGE', KEYS[1], 0, 13) \
     if type(cur) ~= 'string' then cur = '' end \
     if string.len(cur) == 14 and string.sub(cur, 1, 3) == string.sub(ARGV[1], 1, 3) then \
     local newer = nil \
@@ -77,6 +80,35 @@ const TAG_REMOVE: &str = "local n = 0 \
     local cur = redis.call('ZSCORE', KEYS[1], ARGV[i]) \
     if cur and tonumber(cur) == tonumber(ARGV[i + 1]) then \
     n = n + redis.call('ZREM', KEYS[1], ARGV[i]) end end return n";
+/// The writes in progress on key `K`: a sorted set `{K}!w` of their ids, scored by when
+/// each stops counting (ms, Redis's clock), and `{K}!ws`, the id of the last to begin (`0`
+/// once the key was invalidated since). Both hash-tagged with `K` (keys never hold braces),
+/// so that on a cluster they live in the key's slot and one script sees all three.
+fn writes_key(key: &str) -> String {
+    format!("{{{key}}}!w")
+}
+fn last_writer_key(key: &str) -> String {
+    format!("{{{key}}}!ws")
+}
+/// Begins write `ARGV[1]`, tracked `ARGV[2]` ms: returns how many other writes of the key
+/// are in progress.
+const WRITE_BEGIN: &str = "local t = redis.call('TIME') \
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) \
+    local others = redis.call('ZCARD', KEYS[1]) \
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) \
+    redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) \
+    return others";
+/// Ends write `ARGV[1]`; when it began alone (`ARGV[2]` is `1`), is still the last to have
+/// begun and no invalidation came since, sets `KEYS[3]` to `ARGV[3]` for `ARGV[4]` ms and
+/// returns 1. An empty `ARGV[3]` only ends the write.
+const WRITE_END: &str = "redis.call('ZREM', KEYS[1], ARGV[1]) \
+    local clean = ARGV[2] == '1' and redis.call('GET', KEYS[2]) == ARGV[1] \
+    if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[2]) end \
+    if clean and ARGV[3] ~= '' then \
+    redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) return 1 end \
+    return 0";
 /// Members a tag invalidation handles per round trip.
 const TAG_BATCH: usize = 500;
 /// The counter of the instances that applied message `id`.
@@ -702,6 +734,36 @@ impl RedisStore {
             }
         })
     }
+
+    /// Adds `key` to the indexes of its entry's tags, kept `millis` ms: true when one of
+    /// them was invalidated at or after the entry's request began (it must not be stored).
+    async fn add_to_tags(&self, key: &str, entry: &Entry, millis: u64) -> Result<bool, StoreError> {
+        if entry.tags().is_empty() {
+            return Ok(false);
+        }
+        // The tag indexes first: a tag invalidation that reads an index after this sees the
+        // key; one that set its epoch before this is seen here.
+        let now = millis_at(SystemTime::now());
+        let leaves = now.saturating_add(millis);
+        let ns = namespace(key);
+        let mut pipe = redis::pipe();
+        for tag in entry.tags() {
+            pipe.cmd("EVAL")
+                .arg(TAG_ADD)
+                .arg(1)
+                .arg(tag_key(ns, tag))
+                .arg(leaves)
+                .arg(key)
+                .arg(now)
+                .arg(millis);
+        }
+        let started = millis_at(entry.stored_at());
+        let epochs = self.run_pipe(&pipe).await?;
+        Ok(epochs.iter().any(|e| match e {
+            Value::Int(at) => u64::try_from(*at).unwrap_or(0) >= started,
+            _ => false,
+        }))
+    }
 }
 
 impl Store for RedisStore {
@@ -742,33 +804,9 @@ impl Store for RedisStore {
         let this = self.clone();
         Box::pin(async move {
             let value = entry.encode();
-            let now = SystemTime::now();
-            if !entry.tags().is_empty() {
-                // The tag indexes first: a tag invalidation that reads an index after this
-                // sees the key; one that set its epoch before this is seen here.
-                let leaves = millis_at(now).saturating_add(millis);
-                let ns = namespace(&key);
-                let mut pipe = redis::pipe();
-                for tag in entry.tags() {
-                    pipe.cmd("EVAL")
-                        .arg(TAG_ADD)
-                        .arg(1)
-                        .arg(tag_key(ns, tag))
-                        .arg(leaves)
-                        .arg(&*key)
-                        .arg(millis_at(now))
-                        .arg(millis);
-                }
-                let started = millis_at(entry.stored_at());
-                let epochs = this.run_pipe(&pipe).await?;
-                let invalidated = epochs.iter().any(|e| match e {
-                    Value::Int(at) => u64::try_from(*at).unwrap_or(0) >= started,
-                    _ => false,
-                });
-                if invalidated {
-                    tracing::debug!(%key, "a tag of this fill was invalidated after its request began: not stored");
-                    return Ok(());
-                }
+            if this.add_to_tags(&key, &entry, millis).await? {
+                tracing::debug!(%key, "a tag of this fill was invalidated after its request began: not stored");
+                return Ok(());
             }
             let mut cmd = redis::cmd("EVAL");
             cmd.arg(SET_UNLESS_NEWER)
@@ -809,11 +847,73 @@ impl Store for RedisStore {
             let stone = Entry::tombstone(&*key, at).encode();
             let mut cmd = redis::cmd("EVAL");
             cmd.arg(SET_UNLESS_NEWER)
-                .arg(1)
+                .arg(2)
                 .arg(&*key)
+                .arg(last_writer_key(&key))
                 .arg(&stone[..])
                 .arg(ms(keep));
             this.run(&cmd).await.map(drop)
+        })
+    }
+
+    fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
+        let this = self.clone();
+        Box::pin(async move {
+            let id = fastrand::u64(1..);
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(WRITE_BEGIN)
+                .arg(2)
+                .arg(writes_key(&key))
+                .arg(last_writer_key(&key))
+                .arg(id)
+                .arg(ms(keep));
+            match this.run(&cmd).await? {
+                Value::Int(others) => Ok(WriteTicket::new(id, others == 0)),
+                other => Err(StoreError::new(format!(
+                    "redis: unexpected reply to a write's start: {other:?}"
+                ))),
+            }
+        })
+    }
+
+    /// Adds the entry to its tags' indexes, then ends the write and stores the entry in one
+    /// script: no invalidation or other write can come between the check and the `SET`.
+    fn end_write(
+        &self,
+        key: Arc<str>,
+        ticket: WriteTicket,
+        entry: Option<(Arc<Entry>, Duration)>,
+    ) -> StoreFuture<bool> {
+        let this = self.clone();
+        Box::pin(async move {
+            if ticket.id() == 0 {
+                return Ok(false);
+            }
+            let mut value = Bytes::new();
+            let mut millis = 1;
+            if let Some((entry, ttl)) = entry.filter(|_| ticket.alone()) {
+                millis = ms(ttl);
+                // A tag invalidated since the write began: ended, not stored.
+                if !this.add_to_tags(&key, &entry, millis).await? {
+                    value = entry.encode();
+                }
+            }
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(WRITE_END)
+                .arg(3)
+                .arg(writes_key(&key))
+                .arg(last_writer_key(&key))
+                .arg(&*key)
+                .arg(ticket.id())
+                .arg(if ticket.alone() { "1" } else { "0" })
+                .arg(&value[..])
+                .arg(millis);
+            match this.run(&cmd).await? {
+                Value::Int(stored) => Ok(stored == 1),
+                other => Err(StoreError::new(format!(
+                    "redis: unexpected reply to a write's end: {other:?}"
+                ))),
+            }
         })
     }
 

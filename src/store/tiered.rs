@@ -1,6 +1,6 @@
 //! [`TieredStore`]: a [`MemoryStore`] in front of a shared store.
 
-use super::{BusEvent, Health, MemoryStore, Store, StoreFuture, StoreUsage};
+use super::{BusEvent, Health, MemoryStore, Store, StoreFuture, StoreUsage, WriteTicket};
 use crate::Entry;
 use bytes::Bytes;
 use std::fmt;
@@ -214,6 +214,33 @@ impl<S: Store> Store for TieredStore<S> {
             drop(self.l1.put(key.clone(), entry.clone(), l1_ttl));
         }
         self.l2.put(key, entry, ttl)
+    }
+
+    /// Writes are followed in L2, which every instance shares.
+    fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
+        self.l2.begin_write(key, keep)
+    }
+
+    /// L2 decides; L1 takes the entry only when L2 stored it.
+    fn end_write(
+        &self,
+        key: Arc<str>,
+        ticket: WriteTicket,
+        entry: Option<(Arc<Entry>, Duration)>,
+    ) -> StoreFuture<bool> {
+        let local = entry.clone();
+        let l2 = self.l2.end_write(key.clone(), ticket, entry);
+        let this = self.clone();
+        Box::pin(async move {
+            let stored = l2.await?;
+            if let Some((entry, ttl)) = local.filter(|_| stored) {
+                let ttl = ttl.min(this.l1_max_ttl);
+                if !ttl.is_zero() {
+                    drop(this.l1.put(key, entry, ttl));
+                }
+            }
+            Ok(stored)
+        })
     }
 
     fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
