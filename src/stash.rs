@@ -205,7 +205,9 @@ pub(crate) struct Inner {
     /// How long a tombstone refuses late fills.
     pub(crate) tombstone_ttl: Duration,
     /// Invalidations that failed (the store was unreachable), retried until they succeed.
-    pub(crate) pending: Mutex<Vec<Invalidation>>,
+    pub(crate) pending: Mutex<Pending>,
+    /// Whether a publish was refused for lack of permission (said once).
+    pub(crate) publish_refused: std::sync::atomic::AtomicBool,
     /// Whether a task is retrying the pending invalidations.
     pub(crate) retrying: std::sync::atomic::AtomicBool,
     /// When refreshing each key last failed.
@@ -465,6 +467,7 @@ impl Stash {
                 self.invalidate(Invalidation::Key(key.into())).await
             }
             Err(e) => {
+                self.publish_failed(&e);
                 tracing::warn!(%key, error = %e, "write-through failed: invalidating the key");
                 self.counters().store_error();
                 // No old value may outlive the write: the key goes (retried until it does).
@@ -479,11 +482,7 @@ impl Stash {
         if let Err(e) = &result {
             self.counters().store_error();
             tracing::warn!(?what, error = %e, "invalidation failed: retrying in the background");
-            let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if !pending.contains(&what) {
-                pending.push(what);
-            }
-            drop(pending);
+            self.queue(std::iter::once(what));
             self.retry_pending();
         }
         result
@@ -514,9 +513,28 @@ impl Stash {
                 bus_message(b't', at, keep, &id, &[&ns, tag])
             }
         };
-        let sent = store.publish(message).await?;
+        let sent = match store.publish(message).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                self.publish_failed(&e);
+                return Err(e);
+            }
+        };
         self.await_acks(&id, sent).await;
         Ok(())
+    }
+
+    /// Says once, at error level, that the store refuses the bus for lack of permission: a
+    /// setting to fix, not an outage to wait out (every invalidation keeps failing).
+    fn publish_failed(&self, e: &StoreError) {
+        if e.to_string().contains("NOPERM")
+            && !self.inner.publish_refused.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(
+                error = %e,
+                "the store refuses to publish invalidations: other instances keep their memory copies of what is invalidated; grant the Redis user the channel `tower-stash:bus` (ACL `&tower-stash:bus`)"
+            );
+        }
     }
 
     /// Waits until the `sent` subscribers of message `id` have applied it (every instance
@@ -548,6 +566,25 @@ impl Stash {
         }
     }
 
+    /// Queues invalidations to retry, each once. Past [`PENDING_MAX`] the oldest are
+    /// dropped, and this instance's memory tier is flushed in their place (its copies of
+    /// what they named go; the shared store's may stay until they expire): said at error
+    /// level.
+    fn queue(&self, what: impl IntoIterator<Item = Invalidation>) {
+        let dropped = {
+            let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+            what.into_iter().map(|w| pending.push(w)).sum::<usize>()
+        };
+        if dropped > 0 {
+            tracing::error!(
+                dropped,
+                bound = PENDING_MAX,
+                "too many invalidations wait for the store: the oldest are given up and the memory tier is flushed in their place; the store may serve what they named until it expires"
+            );
+            self.store().clear_local();
+        }
+    }
+
     /// Retries the pending invalidations in the background until every one succeeds.
     fn retry_pending(&self) {
         if self.inner.retrying.swap(true, Ordering::AcqRel) {
@@ -565,29 +602,24 @@ impl Stash {
                 tokio::time::sleep(pause).await;
                 let Some(inner) = weak.upgrade() else { return };
                 let stash = Stash { inner };
-                let batch = std::mem::take(
-                    &mut *stash
-                        .inner
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()),
-                );
+                let batch = stash
+                    .inner
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
                 let mut failed = Vec::new();
                 for what in batch {
                     if stash.apply(&what).await.is_err() {
                         failed.push(what);
                     }
                 }
-                let mut pending = stash
+                stash.queue(failed);
+                let pending = stash
                     .inner
                     .pending
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                for what in failed {
-                    if !pending.contains(&what) {
-                        pending.push(what);
-                    }
-                }
                 if pending.is_empty() {
                     stash.inner.retrying.store(false, Ordering::Release);
                     return;
@@ -679,10 +711,53 @@ impl Stash {
 pub(crate) const REFRESH_BACKOFF: Duration = Duration::from_secs(1);
 
 /// An invalidation to apply (and to retry when the store fails).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Invalidation {
     Key(String),
     Tag(String),
+}
+
+/// The most invalidations that wait to be retried: past it, the oldest are given up.
+pub(crate) const PENDING_MAX: usize = 10_000;
+
+/// Invalidations that failed, in the order they came, each at most once.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    order: std::collections::VecDeque<Invalidation>,
+    queued: std::collections::HashSet<Invalidation>,
+}
+
+impl Pending {
+    /// Queues `what` unless it is queued already; returns how many of the oldest were given
+    /// up to stay within [`PENDING_MAX`].
+    fn push(&mut self, what: Invalidation) -> usize {
+        if !self.queued.insert(what.clone()) {
+            return 0;
+        }
+        self.order.push_back(what);
+        let mut dropped = 0;
+        while self.order.len() > PENDING_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.queued.remove(&old);
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Takes every queued invalidation, oldest first.
+    fn take(&mut self) -> Vec<Invalidation> {
+        self.queued.clear();
+        self.order.drain(..).collect()
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
 }
 
 /// What bus message fields escape: controls (tabs) and `%` itself.
@@ -1013,10 +1088,78 @@ impl StashBuilder {
                 invalidation_margin: self.invalidation_margin,
                 tombstone_ttl: self.tombstone_ttl,
                 pending: Mutex::default(),
+                publish_refused: std::sync::atomic::AtomicBool::new(false),
                 retrying: std::sync::atomic::AtomicBool::new(false),
                 lease_ttl: self.lease_ttl,
                 rng: self.seed.map(|s| Mutex::new(fastrand::Rng::with_seed(s))),
             }),
         })
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::*;
+    use crate::{Entry, StoreFuture, TieredStore};
+
+    /// A shared store that is always down.
+    struct Down;
+
+    impl Store for Down {
+        fn get(&self, _: Arc<str>) -> StoreFuture<Option<Arc<crate::Entry>>> {
+            Box::pin(async { Err(StoreError::new("down")) })
+        }
+        fn put(&self, _: Arc<str>, _: Arc<crate::Entry>, _: Duration) -> StoreFuture<()> {
+            Box::pin(async { Err(StoreError::new("down")) })
+        }
+        fn delete(&self, _: Arc<str>) -> StoreFuture<()> {
+            Box::pin(async { Err(StoreError::new("down")) })
+        }
+        fn invalidate_tag(
+            &self,
+            _: Arc<str>,
+            _: Arc<str>,
+            _: SystemTime,
+            _: Duration,
+        ) -> StoreFuture<()> {
+            Box::pin(async { Err(StoreError::new("down")) })
+        }
+    }
+
+    #[tokio::test]
+    async fn pending_invalidations_are_kept_once_each_and_bounded() {
+        let stash = Stash::builder()
+            .store(TieredStore::new(MemoryStore::default(), Down))
+            .build()
+            .unwrap();
+        let kept: Arc<str> = "stash:v1:kept".into();
+        let entry = Entry::new(&*kept, http::StatusCode::OK, Default::default(), "x".into())
+            .with_times(SystemTime::now(), Duration::from_secs(60));
+        assert!(stash
+            .store()
+            .put(kept.clone(), Arc::new(entry), Duration::from_secs(60))
+            .await
+            .is_err());
+        assert!(
+            stash.store().get_local(&kept).unwrap().is_some(),
+            "the memory tier keeps it"
+        );
+
+        // The same invalidation twice waits once.
+        assert!(stash.invalidate_key("a").await.is_err());
+        assert!(stash.invalidate_key("a").await.is_err());
+        assert!(stash.invalidate_tag("a").await.is_err());
+        assert_eq!(stash.pending_invalidations(), 2);
+
+        // Up to the bound, nothing is given up.
+        for i in 2..PENDING_MAX {
+            let _ = stash.invalidate_key(&format!("k{i}")).await;
+        }
+        assert_eq!(stash.pending_invalidations(), PENDING_MAX);
+        assert!(stash.store().get_local(&kept).unwrap().is_some());
+        // One more: the oldest is given up, and the memory tier flushed in its place.
+        let _ = stash.invalidate_key("one-more").await;
+        assert_eq!(stash.pending_invalidations(), PENDING_MAX);
+        assert_eq!(stash.store().get_local(&kept), None);
     }
 }

@@ -247,6 +247,10 @@ impl<S: Store> Store for Guarded<S> {
     fn usage(&self) -> StoreUsage {
         self.inner.usage()
     }
+
+    fn clear_local(&self) {
+        self.inner.clear_local();
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -193,6 +193,10 @@ pub trait Store: Send + Sync + 'static {
         Health::Ok
     }
 
+    /// Drops what this instance keeps of the shared store's entries (a memory tier in front
+    /// of it), for when invalidations may have been lost. The default does nothing.
+    fn clear_local(&self) {}
+
     /// Counts of what the store holds, for [`Stats`](crate::Stats): called when stats are read
     /// and now and then after a store, never on the hit path. The default knows nothing.
     fn usage(&self) -> StoreUsage {

@@ -252,6 +252,11 @@ impl<S: Store> Store for TieredStore<S> {
         self.l1.usage()
     }
 
+    /// Drops L1's entries (its tombstones stay).
+    fn clear_local(&self) {
+        self.l1.clear_entries();
+    }
+
     fn is_shared(&self) -> bool {
         self.l2.is_shared()
     }
