@@ -176,7 +176,7 @@ impl Entry {
     /// Records a use at `now` (sliding expiry), and returns the previous one.
     pub fn touch(&self, now: SystemTime) -> SystemTime {
         let prev = self.touched.0.fetch_max(millis(now), Ordering::Relaxed);
-        UNIX_EPOCH + Duration::from_millis(prev)
+        at_millis(prev).unwrap_or(now)
     }
 
     /// Whether the shared store should hear of a use at `now` (sliding expiry): true, and
@@ -198,12 +198,9 @@ impl Entry {
     pub fn fresh_until(&self) -> SystemTime {
         match self.sliding {
             None => self.expires_at,
-            Some(idle) => {
-                let last =
-                    UNIX_EPOCH + Duration::from_millis(self.touched.0.load(Ordering::Relaxed));
-                last.checked_add(idle)
-                    .map_or(self.expires_at, |t| t.min(self.expires_at))
-            }
+            Some(idle) => at_millis(self.touched.0.load(Ordering::Relaxed))
+                .and_then(|last| last.checked_add(idle))
+                .map_or(self.expires_at, |t| t.min(self.expires_at)),
         }
     }
 
@@ -372,7 +369,7 @@ impl Entry {
         let has_trailers = flags & 1 != 0;
         let tombstone = flags & 2 != 0;
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| EntryError::Corrupt("status"))?;
-        let stored_at = UNIX_EPOCH + Duration::from_millis(r.u64()?);
+        let stored_at = at_millis(r.u64()?).ok_or(EntryError::Corrupt("stored time"))?;
         let ttl = Duration::from_millis(r.u64()?).min(MAX_TTL);
         let grace = Duration::from_millis(r.u64()?).min(MAX_TTL);
         let recompute = Duration::from_millis(r.u64()?).min(MAX_TTL);
@@ -420,6 +417,12 @@ fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// The time `ms` milliseconds after the epoch, if this platform's `SystemTime` holds it (the
+/// range is the platform's: Linux holds every `u64` of milliseconds, Windows does not).
+fn at_millis(ms: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
 
 fn len32(n: usize) -> u32 {
@@ -486,7 +489,9 @@ impl Reader {
                 .map_err(|_| EntryError::Corrupt("header name"))?;
             let value = HeaderValue::from_maybe_shared(self.bytes()?)
                 .map_err(|_| EntryError::Corrupt("header value"))?;
-            map.append(name, value);
+            // `append` panics past the map's limit of distinct names.
+            map.try_append(name, value)
+                .map_err(|_| EntryError::Corrupt("too many headers"))?;
         }
         Ok(map)
     }
@@ -579,6 +584,94 @@ mod tests {
         let mut v1 = bytes.to_vec();
         v1[2] = 1;
         assert_eq!(Entry::decode(v1.into()), Err(EntryError::Version(1)));
+    }
+
+    /// An envelope written field by field, as a hostile or broken writer could: `stored_ms`
+    /// as the stored time, `headers` as they are (any count, any names), no trailers, tags or
+    /// body.
+    fn envelope(stored_ms: u64, headers: &[(Vec<u8>, Vec<u8>)]) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_slice(MAGIC);
+        out.put_u8(VERSION);
+        out.put_u8(0);
+        out.put_u16(200);
+        out.put_u64(stored_ms);
+        out.put_u64(30_000);
+        out.put_u64(0);
+        out.put_u64(0);
+        put_bytes(&mut out, b"k");
+        out.put_u32(len32(headers.len()));
+        for (name, value) in headers {
+            put_bytes(&mut out, name);
+            put_bytes(&mut out, value);
+        }
+        out.put_u32(0);
+        out.put_u64(0);
+        out.freeze()
+    }
+
+    #[test]
+    fn an_envelope_written_by_hand_decodes() {
+        let headers = [(b"x-a".to_vec(), b"1".to_vec())];
+        let e = Entry::decode(envelope(1_700_000_000_000, &headers)).unwrap();
+        assert_eq!(e.headers()["x-a"], "1");
+        assert_eq!(
+            e.stored_at(),
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+        );
+    }
+
+    #[test]
+    fn more_header_names_than_a_header_map_holds_is_an_error() {
+        // `HeaderMap` holds at most 24 576 distinct names; `append` panics past that.
+        let headers: Vec<_> = (0..40_000)
+            .map(|i| (format!("x{i}").into_bytes(), Vec::new()))
+            .collect();
+        assert_eq!(
+            Entry::decode(envelope(0, &headers)),
+            Err(EntryError::Corrupt("too many headers"))
+        );
+        // Values of one name are not bounded by the map (only by the bytes read).
+        let headers = vec![(b"x-a".to_vec(), b"1".to_vec()); 40_000];
+        let e = Entry::decode(envelope(0, &headers)).unwrap();
+        assert_eq!(e.headers().get_all("x-a").iter().count(), 40_000);
+    }
+
+    #[test]
+    fn any_stored_time_decodes_or_is_an_error() {
+        for ms in [u64::MAX, u64::MAX - 1, i64::MAX as u64, 1 << 62] {
+            let decoded = Entry::decode(envelope(ms, &[]));
+            // `SystemTime`'s range depends on the platform: past it, an error, never a panic.
+            match UNIX_EPOCH.checked_add(Duration::from_millis(ms)) {
+                Some(at) => {
+                    let e = decoded.unwrap();
+                    assert_eq!(e.stored_at(), at, "{ms}");
+                    assert!(e.expires_at() >= e.stored_at(), "{ms}");
+                    assert!(e.stale_until() >= e.expires_at(), "{ms}");
+                    assert_eq!(Entry::decode(e.encode()).unwrap(), e, "{ms}");
+                }
+                None => assert_eq!(decoded, Err(EntryError::Corrupt("stored time")), "{ms}"),
+            }
+        }
+    }
+
+    #[test]
+    fn touch_and_fresh_until_take_any_time() {
+        // Past what this platform's `SystemTime` holds, the furthest time it does hold.
+        let far = [u64::MAX / 1000 * 4, u64::MAX / 1000, 1 << 50, 1 << 40]
+            .into_iter()
+            .find_map(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+            .unwrap();
+        let e = sample().with_sliding(Some(MAX_TTL));
+        assert_eq!(
+            e.touch(far),
+            UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)
+        );
+        // Times past what milliseconds since the epoch hold in a u64 are cut to it.
+        let last = e.touch(UNIX_EPOCH);
+        assert!(last <= far);
+        assert_eq!(millis(last), millis(far));
+        assert_eq!(e.fresh_until(), e.expires_at());
     }
 
     #[test]

@@ -7,6 +7,8 @@ pub mod cache;
 #[cfg(feature = "config")]
 pub mod config;
 pub mod entry;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod grpc;
 mod headers;
 pub mod http;

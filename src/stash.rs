@@ -786,7 +786,7 @@ pub(crate) fn family_tag(base: &str) -> String {
 
 /// A message on the store's bus: `kind`, the date and keep time in ms, and fields, separated
 /// by tabs (the last field may hold anything).
-fn bus_message(
+pub(crate) fn bus_message(
     kind: u8,
     at: SystemTime,
     keep: Duration,
@@ -821,26 +821,81 @@ pub(crate) fn apply_to_l1(l1: &MemoryStore, event: crate::store::BusEvent) -> Op
         }
         BusEvent::Message(m) => m,
     };
-    let text = std::str::from_utf8(&message).ok()?;
-    let mut parts = text.splitn(7, '\t');
-    let kind = parts.next()?;
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(parts.next()?.parse().ok()?);
-    let keep = Duration::from_millis(parts.next()?.parse().ok()?).min(Duration::from_secs(60));
-    let id = parts.next()?.to_owned();
-    let fields: Vec<String> = parts.map(field).collect();
-    match (kind, fields.as_slice()) {
+    let BusMessage { at, keep, id, what } = parse_bus_message(&message)?;
+    match what {
         // A key (and its variants, by their family tag); a write-through's new entry is
         // dated after `at`, so only older copies go.
-        ("k", [key, ns, family]) => {
-            drop(l1.invalidate(key.as_str().into(), at, keep));
-            drop(l1.invalidate_tag(ns.as_str().into(), family.as_str().into(), at, keep));
+        BusWhat::Key { key, ns, family } => {
+            drop(l1.invalidate(key.into(), at, keep));
+            drop(l1.invalidate_tag(ns.into(), family.into(), at, keep));
         }
-        ("t", [ns, tag]) => {
-            drop(l1.invalidate_tag(ns.as_str().into(), tag.as_str().into(), at, keep));
+        BusWhat::Tag { ns, tag } => {
+            drop(l1.invalidate_tag(ns.into(), tag.into(), at, keep));
         }
-        _ => tracing::debug!(message = text, "unknown bus message ignored"),
+        BusWhat::Unknown => tracing::debug!(
+            message = &*String::from_utf8_lossy(&message),
+            "unknown bus message ignored"
+        ),
     }
     Some(id)
+}
+
+/// A bus message read by [`parse_bus_message`].
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BusMessage {
+    /// When the invalidation was made: older copies go.
+    pub(crate) at: SystemTime,
+    /// How long tombstones are kept (at most a minute).
+    pub(crate) keep: Duration,
+    /// The message's id, to acknowledge.
+    pub(crate) id: String,
+    /// What it invalidates.
+    pub(crate) what: BusWhat,
+}
+
+/// What a bus message invalidates, its fields unescaped.
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum BusWhat {
+    /// `k`: a stored key, its namespace and its family tag.
+    Key {
+        key: String,
+        ns: String,
+        family: String,
+    },
+    /// `t`: a namespace and a tag.
+    Tag { ns: String, tag: String },
+    /// Another kind, or the wrong number of fields: ignored, but acknowledged.
+    Unknown,
+}
+
+/// Reads a message written by [`bus_message`]; `None` when it is not one (not UTF-8, too few
+/// parts, a time that is not a number or that this platform's `SystemTime` does not hold).
+/// Never panics, whatever the bytes.
+#[cfg(feature = "redis")]
+pub(crate) fn parse_bus_message(message: &[u8]) -> Option<BusMessage> {
+    let text = std::str::from_utf8(message).ok()?;
+    let mut parts = text.splitn(7, '\t');
+    let kind = parts.next()?;
+    let at =
+        std::time::UNIX_EPOCH.checked_add(Duration::from_millis(parts.next()?.parse().ok()?))?;
+    let keep = Duration::from_millis(parts.next()?.parse().ok()?).min(Duration::from_secs(60));
+    let id = parts.next()?.to_owned();
+    let mut fields: Vec<String> = parts.map(field).collect();
+    let what = match (kind, fields.as_mut_slice()) {
+        ("k", [key, ns, family]) => BusWhat::Key {
+            key: std::mem::take(key),
+            ns: std::mem::take(ns),
+            family: std::mem::take(family),
+        },
+        ("t", [ns, tag]) => BusWhat::Tag {
+            ns: std::mem::take(ns),
+            tag: std::mem::take(tag),
+        },
+        _ => BusWhat::Unknown,
+    };
+    Some(BusMessage { at, keep, id, what })
 }
 
 /// A background refresh in progress; unmarks its key when dropped (also on a panic).
