@@ -206,6 +206,9 @@ pub(crate) struct Inner {
     pub(crate) tombstone_ttl: Duration,
     /// Invalidations that failed (the store was unreachable), retried until they succeed.
     pub(crate) pending: Mutex<Pending>,
+    /// Invalidations and write-throughs begun here (with the store's count of those it
+    /// applied, the single-flight epoch).
+    pub(crate) invalidations: AtomicU64,
     /// Whether a publish was refused for lack of permission (said once).
     pub(crate) publish_refused: std::sync::atomic::AtomicBool,
     /// Whether a task is retrying the pending invalidations.
@@ -328,6 +331,12 @@ impl Stash {
             .map_or_else(|| full.into(), Into::into)
     }
 
+    /// A count that moves with every invalidation this instance begins or applies (heard
+    /// on the bus too): a call that began at another count may predate an invalidation.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.inner.invalidations.load(Ordering::Acquire) + self.inner.store.invalidations()
+    }
+
     pub(crate) fn now(&self) -> SystemTime {
         self.inner.clock.now()
     }
@@ -407,6 +416,7 @@ impl Stash {
         ttl: Duration,
         tags: &[String],
     ) -> Result<(), StoreError> {
+        self.inner.invalidations.fetch_add(1, Ordering::Release);
         let at = self.now() + self.inner.invalidation_margin;
         let keep = self.inner.tombstone_ttl;
         let full = format!("{}{key}", self.inner.prefix);
@@ -478,6 +488,7 @@ impl Stash {
     }
 
     pub(crate) async fn invalidate(&self, what: Invalidation) -> Result<(), StoreError> {
+        self.inner.invalidations.fetch_add(1, Ordering::Release);
         let result = self.apply(&what).await;
         if let Err(e) = &result {
             self.counters().store_error();
@@ -1144,6 +1155,7 @@ impl StashBuilder {
                 tombstone_ttl: self.tombstone_ttl,
                 pending: Mutex::default(),
                 publish_refused: std::sync::atomic::AtomicBool::new(false),
+                invalidations: AtomicU64::new(0),
                 retrying: std::sync::atomic::AtomicBool::new(false),
                 lease_ttl: self.lease_ttl,
                 rng: self.seed.map(|s| Mutex::new(fastrand::Rng::with_seed(s))),

@@ -1,4 +1,4 @@
-use super::flight::{Copy, Leader, Outcome};
+use super::flight::{Copy, Held, Leader, Outcome};
 use crate::cache::Stored;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode, Version};
@@ -21,7 +21,8 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Copy { stored: Stored },
-        Inner { #[pin] body: B, tee: Option<Box<Tee>> },
+        // `held` keeps a finished flight joinable until the body is dropped.
+        Inner { #[pin] body: B, tee: Option<Box<Tee>>, held: Option<Held> },
     }
 }
 
@@ -53,10 +54,11 @@ pub(crate) struct Tee {
 }
 
 impl Tee {
-    fn finish(mut self: Box<Self>) {
+    fn finish(mut self: Box<Self>) -> Option<Held> {
         if self.grpc && !crate::grpc::trailers_ok(self.trailers.as_ref()) {
             // The call failed, maybe for reasons of its own: each waiter asks for itself.
-            return self.release();
+            self.release();
+            return None;
         }
         let mut buf = BytesMut::with_capacity(self.size);
         for c in &self.chunks {
@@ -70,9 +72,8 @@ impl Tee {
             trailers: self.trailers.take(),
             from_entry: false,
         };
-        if let Some(leader) = self.leader.take() {
-            leader.publish(Outcome::Done(Arc::new(copy)));
-        }
+        let leader = self.leader.take()?;
+        Some(leader.publish_held(Outcome::Done(Arc::new(copy))))
     }
 
     fn release(mut self: Box<Self>) {
@@ -93,7 +94,11 @@ impl<B> FlightBody<B> {
 
     pub(crate) fn inner(body: B) -> Self {
         Self {
-            kind: Kind::Inner { body, tee: None },
+            kind: Kind::Inner {
+                body,
+                tee: None,
+                held: None,
+            },
         }
     }
 }
@@ -103,13 +108,19 @@ impl<B: Body<Data = Bytes>> FlightBody<B> {
     pub(crate) fn tee(body: B, tee: Tee) -> Self {
         let tee = Box::new(tee);
         if body.is_end_stream() {
-            tee.finish();
-            return Self::inner(body);
+            return Self {
+                kind: Kind::Inner {
+                    body,
+                    tee: None,
+                    held: tee.finish(),
+                },
+            };
         }
         Self {
             kind: Kind::Inner {
                 body,
                 tee: Some(tee),
+                held: None,
             },
         }
     }
@@ -125,7 +136,11 @@ impl<B: Body<Data = Bytes>> Body for FlightBody<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Copy { stored } => stored.next_frame(),
-            KindProj::Inner { mut body, tee } => {
+            KindProj::Inner {
+                mut body,
+                tee,
+                held,
+            } => {
                 let frame = ready!(body.as_mut().poll_frame(cx));
                 match &frame {
                     Some(Ok(f)) => {
@@ -151,7 +166,7 @@ impl<B: Body<Data = Bytes>> Body for FlightBody<B> {
                                 .is_some_and(|t| !t.grpc && t.declared == Some(t.size as u64));
                         if body.is_end_stream() || complete {
                             if let Some(t) = tee.take() {
-                                t.finish();
+                                *held = t.finish();
                             }
                         }
                     }
@@ -159,7 +174,7 @@ impl<B: Body<Data = Bytes>> Body for FlightBody<B> {
                     Some(Err(_)) => *tee = None,
                     None => {
                         if let Some(t) = tee.take() {
-                            t.finish();
+                            *held = t.finish();
                         }
                     }
                 }

@@ -72,6 +72,9 @@ pub(crate) const WAKE_AHEAD: usize = 32;
 
 pub(crate) struct Flight {
     key: Arc<str>,
+    /// The stash's invalidation epoch when the flight began: a request that comes after the
+    /// epoch moved (an invalidation) never joins it, as its call may predate the change.
+    epoch: u64,
     board: Mutex<Board>,
     /// The generation of the current leader; a claim moves it on by one.
     generation: AtomicU64,
@@ -197,10 +200,12 @@ impl Flights {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Leads the flight for `key`, or waits on the one in progress.
-    pub(crate) fn join(self: &Arc<Self>, key: &Arc<str>, max_waiters: usize) -> Join {
+    /// Leads the flight for `key`, or waits on the one in progress unless it began at
+    /// another invalidation `epoch` (then this request leads a new flight, which takes the
+    /// key: the old one ends with the waiters it has).
+    pub(crate) fn join(self: &Arc<Self>, key: &Arc<str>, max_waiters: usize, epoch: u64) -> Join {
         let mut map = self.map();
-        if let Some(flight) = map.get(key) {
+        if let Some(flight) = map.get(key).filter(|f| f.epoch == epoch) {
             let mut board = flight.board();
             // A flight whose leader is gone and that no waiter claimed yet.
             if let Outcome::Retry(gen) = board.outcome {
@@ -211,15 +216,19 @@ impl Flights {
             if board.slots.len() >= max_waiters {
                 return Join::Full;
             }
+            // A finished flight still held (see `Leader::publish_held`): its answer is this
+            // waiter's to take.
+            let seen = board.published - u64::from(is_final(&board.outcome));
             return Join::Wait(Waiter {
                 flights: self.clone(),
                 flight: flight.clone(),
                 ticket: board.join(),
-                seen: board.published,
+                seen,
             });
         }
         let flight = Arc::new(Flight {
             key: key.clone(),
+            epoch,
             board: Mutex::new(Board::new()),
             generation: AtomicU64::new(0),
         });
@@ -271,6 +280,20 @@ impl Leader {
         self.end(outcome);
     }
 
+    /// Publishes the leader's answer and keeps the flight in the map until the returned
+    /// guard is dropped: a request that comes meanwhile takes a copy at once. The leader's
+    /// body holds it until it is dropped, by when a cache above has stored the answer, so
+    /// that no request falls between the flight's end and the entry.
+    pub(crate) fn publish_held(mut self, outcome: Outcome) -> Held {
+        self.published = true;
+        let (wake, _) = self.flight.publish(outcome);
+        wake.into_iter().for_each(Waker::wake);
+        Held {
+            flights: self.flights.clone(),
+            flight: self.flight.clone(),
+        }
+    }
+
     fn end(&mut self, outcome: Outcome) {
         if self.published {
             return;
@@ -290,6 +313,18 @@ impl Leader {
 
     pub(crate) fn key(&self) -> &Arc<str> {
         &self.flight.key
+    }
+}
+
+/// A finished flight kept in the map: see [`Leader::publish_held`].
+pub(crate) struct Held {
+    flights: Arc<Flights>,
+    flight: Arc<Flight>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        forget(&mut self.flights.map(), &self.flight);
     }
 }
 

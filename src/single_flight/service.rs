@@ -115,7 +115,10 @@ where
             );
         };
         let shared = self.shared.clone();
-        match shared.flights.join(&key.key, shared.max_waiters) {
+        match shared
+            .flights
+            .join(&key.key, shared.max_waiters, shared.stash.epoch())
+        {
             Join::Lead(leader) => ResponseFuture::lead(
                 shared,
                 key,

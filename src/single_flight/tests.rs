@@ -734,3 +734,69 @@ async fn after_three_failed_leaders_the_waiters_stop_queueing() {
     );
     assert_eq!(sf.in_flight(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_an_invalidation_never_gets_a_call_that_began_before_it() {
+    let gated = Gated::new();
+    let g = gated.clone();
+    let stash = Stash::new();
+    let sf = SingleFlightLayer::new(stash.clone());
+    let app = cached(
+        &stash,
+        sf.clone(),
+        Router::new().route(
+            "/items/{id}",
+            get(move || {
+                let g = g.clone();
+                async move { format!("item from call {}", g.enter().await) }
+            }),
+        ),
+    );
+    let spawn = |app: &Router| {
+        let app = app.clone();
+        tokio::spawn(async move { got(app.oneshot(req("/items/1")).await.unwrap()).await })
+    };
+    // A call in flight, and a request waiting on it.
+    let before = spawn(&app);
+    until("the first call", || gated.calls() == 1).await;
+    let waiting = spawn(&app);
+    until("a waiter", || sf.waiting() == 1).await;
+    // The data changes and the key is invalidated: a request that comes now must not get the
+    // answer of a call that began before.
+    stash.invalidate_key("GET /items/1").await.unwrap();
+    let after = spawn(&app);
+    until("a second call", || gated.calls() == 2).await;
+    gated.open();
+    let (before, waiting, after) = (
+        within("a response", before).await.unwrap(),
+        within("a response", waiting).await.unwrap(),
+        within("a response", after).await.unwrap(),
+    );
+    assert_eq!(before.body, "item from call 1");
+    assert_eq!(
+        waiting.body, "item from call 1",
+        "it came before the invalidation"
+    );
+    assert_eq!(after.body, "item from call 2", "{}", after.cache_status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_flight_serves_newcomers_until_the_leader_s_body_is_dropped() {
+    let h = Gated::new();
+    let (_sf, app) = standalone(&h);
+    h.open();
+    // The leader's whole body is read, but the body is not dropped yet: a cache above would
+    // store the answer only now, so a request that comes meanwhile takes a copy.
+    let resp = app.clone().oneshot(req("/items/1")).await.unwrap();
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        frame.unwrap();
+    }
+    let late = got(app.clone().oneshot(req("/items/1")).await.unwrap()).await;
+    assert_eq!(late.body, "call 1");
+    assert_eq!(h.calls(), 1);
+    // Once dropped, the flight ends: the next request calls the service.
+    drop(body);
+    let next = got(app.clone().oneshot(req("/items/1")).await.unwrap()).await;
+    assert_eq!(next.body, "call 2");
+}

@@ -251,6 +251,10 @@ impl<S: Store> Store for Guarded<S> {
     fn clear_local(&self) {
         self.inner.clear_local();
     }
+
+    fn invalidations(&self) -> u64 {
+        self.inner.invalidations()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -71,6 +71,8 @@ pub struct MemoryStore {
     /// Serialise the check-then-insert of writes to one key (reads never take them).
     stripes: Arc<[std::sync::Mutex<()>; 16]>,
     stripes_hasher: foldhash::fast::FixedState,
+    /// Invalidations applied: see [`Store::invalidations`].
+    invalidations: Arc<AtomicU64>,
     /// The writes in progress per key (write-through): see [`Store::begin_write`].
     writes: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, Writes>>>,
 }
@@ -136,6 +138,7 @@ impl MemoryStore {
             stripes: Arc::new(std::array::from_fn(|_| std::sync::Mutex::new(()))),
             stripes_hasher: foldhash::fast::FixedState::default(),
             writes: Arc::default(),
+            invalidations: Arc::default(),
         }
     }
 
@@ -184,6 +187,7 @@ impl MemoryStore {
     /// Invalidates every entry of namespace `ns` tagged `tag` (a scan of the entries held),
     /// and refuses later fills with that tag whose request began before `at`.
     fn tombstone_tagged(&self, ns: &str, tag: &str, at: SystemTime, keep: Duration) {
+        self.invalidations.fetch_add(1, Ordering::Release);
         {
             let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
@@ -214,6 +218,7 @@ impl MemoryStore {
     }
 
     fn tombstone(&self, key: Arc<str>, at: SystemTime, keep: Duration) {
+        self.invalidations.fetch_add(1, Ordering::Release);
         // A write in progress on the key overlapped an invalidation: it must not store.
         if let Some(w) = self
             .writes
@@ -272,6 +277,7 @@ impl MemoryStore {
     /// Removes every entry but the tombstones (which keep refusing late fills).
     #[cfg(feature = "redis")]
     pub(crate) fn clear_entries(&self) {
+        self.invalidations.fetch_add(1, Ordering::Release);
         let live: Vec<Arc<str>> = self
             .index
             .iter()
@@ -286,6 +292,7 @@ impl MemoryStore {
 
     /// Removes every entry.
     pub fn clear(&self) {
+        self.invalidations.fetch_add(1, Ordering::Release);
         self.index.clear();
         self.cache.invalidate_all();
     }
@@ -402,6 +409,10 @@ impl Store for MemoryStore {
     ) -> StoreFuture<()> {
         self.tombstone_tagged(&ns, &tag, at, keep);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn invalidations(&self) -> u64 {
+        self.invalidations.load(Ordering::Acquire)
     }
 
     /// Exact counts: runs moka's pending maintenance first.

@@ -193,6 +193,14 @@ pub trait Store: Send + Sync + 'static {
         Health::Ok
     }
 
+    /// A count that moves whenever this instance applies an invalidation (its own, or one
+    /// heard on the bus) or flushes: single flight never lets a request join a call that
+    /// began before the count last moved. The default is 0 (the [`Stash`](crate::Stash)
+    /// counts its own invalidations too).
+    fn invalidations(&self) -> u64 {
+        0
+    }
+
     /// Drops what this instance keeps of the shared store's entries (a memory tier in front
     /// of it), for when invalidations may have been lost. The default does nothing.
     fn clear_local(&self) {}

@@ -252,6 +252,11 @@ impl<S: Store> Store for TieredStore<S> {
         self.l1.usage()
     }
 
+    /// L1's: every invalidation, local or heard on the bus, reaches it.
+    fn invalidations(&self) -> u64 {
+        self.l1.invalidations()
+    }
+
     /// Drops L1's entries (its tombstones stay).
     fn clear_local(&self) {
         self.l1.clear_entries();
