@@ -1395,6 +1395,75 @@ async fn tag_indexes_stay_bounded_under_many_expiring_fills(redis: &impl Backend
     .await;
 }
 
+/// A tagged entry for the store-level tag tests: `key` in namespace `ns`, stored as of `at`.
+fn tagged(key: &str, at: SystemTime, tags: &[&str]) -> Arc<Entry> {
+    Arc::new(
+        Entry::new(key, StatusCode::OK, Default::default(), "x".into())
+            .with_times(at, TTL)
+            .with_tags(tags.iter().map(|t| t.to_string()).collect()),
+    )
+}
+
+both!(a_member_refilled_during_a_tag_invalidation_is_found_by_the_next);
+async fn a_member_refilled_during_a_tag_invalidation_is_found_by_the_next(redis: &impl Backend) {
+    let store = store_on(&redis.url());
+    let t0 = SystemTime::now();
+    let keep = Duration::from_secs(10);
+    // `old` was stored before the invalidation; `refilled` by a request that began after it
+    // (as a refill racing a long invalidation does): its tombstone is refused.
+    within(
+        "put",
+        store.put("rf:v1:old".into(), tagged("rf:v1:old", t0, &["t"]), TTL),
+    )
+    .await
+    .unwrap();
+    let later = t0 + Duration::from_secs(5);
+    within(
+        "put",
+        store.put(
+            "rf:v1:refilled".into(),
+            tagged("rf:v1:refilled", later, &["t"]),
+            TTL,
+        ),
+    )
+    .await
+    .unwrap();
+    let at = t0 + Duration::from_secs(1);
+    within(
+        "invalidate_tag",
+        store.invalidate_tag("rf".into(), "t".into(), at, keep),
+    )
+    .await
+    .unwrap();
+    assert!(within("get", store.get("rf:v1:old".into()))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(within("get", store.get("rf:v1:refilled".into()))
+        .await
+        .unwrap()
+        .is_some());
+    // The refilled entry is still in the tag's index: the next invalidation drops it.
+    let members = redis.cli(&["ZRANGEBYSCORE", "rf:t:t", "-inf", "(1e15"]);
+    assert_eq!(members, "rf:v1:refilled");
+    let at = t0 + Duration::from_secs(9);
+    within(
+        "invalidate_tag",
+        store.invalidate_tag("rf".into(), "t".into(), at, keep),
+    )
+    .await
+    .unwrap();
+    assert!(
+        within("get", store.get("rf:v1:refilled".into()))
+            .await
+            .unwrap()
+            .is_none(),
+        "an entry of the tag outlived its invalidation"
+    );
+    let members = redis.cli(&["ZRANGEBYSCORE", "rf:t:t", "-inf", "(1e15"]);
+    assert!(members.is_empty(), "{members}");
+}
+
 both!(propagation_from_a_to_b);
 async fn propagation_from_a_to_b(redis: &impl Backend) {
     let db = UserDb::default();

@@ -838,6 +838,9 @@ impl Store for RedisStore {
                 .arg(millis_at(at))
                 .arg(ms(keep));
             this.run(&cmd).await?;
+            // Members read whose tombstone was refused (refilled since the epoch): they stay
+            // in the index, ahead of the members not read yet.
+            let mut kept = 0;
             loop {
                 let mut cmd = redis::cmd("ZRANGEBYSCORE");
                 cmd.arg(&index)
@@ -845,7 +848,7 @@ impl Store for RedisStore {
                     .arg("(1e15")
                     .arg("WITHSCORES")
                     .arg("LIMIT")
-                    .arg(0)
+                    .arg(kept)
                     .arg(TAG_BATCH);
                 let items = match this.run(&cmd).await? {
                     Value::Array(items) => items,
@@ -883,16 +886,32 @@ impl Store for RedisStore {
                 }
                 // Every tombstone first: a member leaves the index only once its entry is
                 // gone (on a cluster they run on several nodes, and one may fail).
-                this.run_pipe(&pipe).await?;
-                let mut remove = redis::cmd("EVAL");
-                remove.arg(TAG_REMOVE).arg(1).arg(&index);
-                for (member, score) in &pairs {
-                    remove.arg(&member[..]).arg(&score[..]);
+                let stones = this.run_pipe(&pipe).await?;
+                if stones.len() != pairs.len() {
+                    return Err(StoreError::new(format!(
+                        "redis: {} replies to {} tombstones",
+                        stones.len(),
+                        pairs.len()
+                    )));
                 }
-                let removed = matches!(this.run(&remove).await?, Value::Int(n) if n > 0);
-                // Done with a short batch, or when nothing left (members filled again since
-                // the epoch stay, and would come back in every batch).
-                if pairs.len() < TAG_BATCH || !removed {
+                // Only the members whose tombstone landed leave the index: one refused holds
+                // an entry stored after `at`, which the next invalidation must still find.
+                let landed: Vec<&(Vec<u8>, Vec<u8>)> = pairs
+                    .iter()
+                    .zip(&stones)
+                    .filter(|(_, stone)| matches!(stone, Value::Int(1)))
+                    .map(|(pair, _)| pair)
+                    .collect();
+                kept += pairs.len() - landed.len();
+                if !landed.is_empty() {
+                    let mut remove = redis::cmd("EVAL");
+                    remove.arg(TAG_REMOVE).arg(1).arg(&index);
+                    for (member, score) in landed {
+                        remove.arg(&member[..]).arg(&score[..]);
+                    }
+                    this.run(&remove).await?;
+                }
+                if pairs.len() < TAG_BATCH {
                     return Ok(());
                 }
             }
