@@ -1286,6 +1286,56 @@ async fn tags_drop_exactly_their_entries_across_instances(redis: &impl Backend) 
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_urls_invalidate_tags_and_carry_the_bus() {
+    let redis = blocking(RedisServer::start);
+    let url = format!("{}?protocol=resp3", redis.url());
+    let store = store_on(&url);
+    let t0 = SystemTime::now();
+    within(
+        "put",
+        store.put("r3:v1:k".into(), tagged("r3:v1:k", t0, &["t"]), TTL),
+    )
+    .await
+    .unwrap();
+    // The store's connections speak RESP3 (the URL's setting is not ignored).
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    assert!(clients.contains("resp=3"), "{clients}");
+    let at = t0 + Duration::from_secs(1);
+    let keep = Duration::from_secs(10);
+    within(
+        "invalidate_tag",
+        store.invalidate_tag("r3".into(), "t".into(), at, keep),
+    )
+    .await
+    .unwrap();
+    assert!(
+        within("get", store.get("r3:v1:k".into()))
+            .await
+            .unwrap()
+            .is_none(),
+        "a tagged entry outlived its tag's invalidation over RESP3"
+    );
+
+    // Two instances: A's tag invalidation reaches B's memory tier through the bus.
+    let db = UserDb::default();
+    let a = Users::new(&url, &db, Duration::ZERO);
+    let b = Users::new(&url, &db, Duration::ZERO);
+    subscribed(&redis, 2).await;
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    let subscribers: Vec<&str> = clients.lines().filter(|l| l.contains(" sub=1 ")).collect();
+    assert!(
+        subscribers.len() == 2 && subscribers.iter().all(|l| l.contains(" resp=3")),
+        "{clients}"
+    );
+    a.get("1").await;
+    eventually("A's fill", || a.stash.stats().stores == 1).await;
+    assert_eq!(b.get("1").await.1, "tower-stash; hit");
+    a.stash.invalidate_tag("odd").await.unwrap();
+    let cache = b.get("1").await.1;
+    assert!(cache.starts_with("tower-stash; fwd=miss"), "{cache}");
+}
+
 both!(a_failing_write_on_a_leaves_the_key_gone_on_b);
 async fn a_failing_write_on_a_leaves_the_key_gone_on_b(redis: &impl Backend) {
     let db = UserDb::default();

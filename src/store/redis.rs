@@ -504,6 +504,37 @@ fn count_in(reply: &Value) -> u64 {
     }
 }
 
+/// The (member, score) pairs of a `WITHSCORES` reply, in either protocol's shape: a flat
+/// `[member, score, member, score, ...]` (RESP2, scores as strings) or `[[member, score], ...]`
+/// (RESP3, scores as doubles). Scores are kept as text, to be handed back to Redis. Any other
+/// shape is an error, never an empty list (which would end an invalidation as done).
+fn scored_members(items: Vec<Value>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    let unexpected = |what: &dyn fmt::Debug| {
+        StoreError::new(format!(
+            "redis: unexpected member and score in a reply: {what:?}"
+        ))
+    };
+    let mut pairs = Vec::with_capacity(items.len());
+    let mut items = items.into_iter();
+    while let Some(item) = items.next() {
+        let pair = match item {
+            Value::Array(pair) => <[Value; 2]>::try_from(pair).map_err(|p| unexpected(&p))?,
+            member => {
+                let score = items.next().ok_or_else(|| unexpected(&member))?;
+                [member, score]
+            }
+        };
+        match pair {
+            [Value::BulkString(m), Value::BulkString(s)] => pairs.push((m, s)),
+            [Value::BulkString(m), Value::Double(d)] if d.is_finite() => {
+                pairs.push((m, d.to_string().into_bytes()));
+            }
+            other => return Err(unexpected(&other)),
+        }
+    }
+    Ok(pairs)
+}
+
 /// A node URL without its password, for errors.
 fn redact(url: &str) -> String {
     match url.rsplit_once('@') {
@@ -858,18 +889,7 @@ impl Store for RedisStore {
                         )))
                     }
                 };
-                let pairs: Vec<(Vec<u8>, Vec<u8>)> = items
-                    .chunks(2)
-                    .filter_map(|pair| match pair {
-                        [Value::BulkString(m), Value::BulkString(s)] => {
-                            Some((m.clone(), s.clone()))
-                        }
-                        [Value::BulkString(m), Value::Double(d)] => {
-                            Some((m.clone(), d.to_string().into_bytes()))
-                        }
-                        _ => None,
-                    })
-                    .collect();
+                let pairs = scored_members(items)?;
                 if pairs.is_empty() {
                     return Ok(());
                 }
@@ -1121,6 +1141,32 @@ mod tests {
         assert_eq!(nodes("rediss+cluster://h1:1"), ["rediss://h1:1"]);
         assert!(cluster_nodes("redis+cluster://").unwrap().is_err());
         assert!(cluster_nodes("redis://h:1").is_none());
+    }
+
+    #[test]
+    fn scored_members_read_both_protocols_and_refuse_other_shapes() {
+        use super::scored_members;
+        use redis::Value::{Array, BulkString, Double, Int};
+        let b = |s: &str| BulkString(s.as_bytes().to_vec());
+        let want = vec![
+            (b"a".to_vec(), b"1712345678901".to_vec()),
+            (b"b".to_vec(), b"1712345678902".to_vec()),
+        ];
+        // RESP2: flat, scores as strings.
+        let flat = vec![b("a"), b("1712345678901"), b("b"), b("1712345678902")];
+        assert_eq!(scored_members(flat).unwrap(), want);
+        // RESP3: a pair per member, scores as doubles.
+        let nested = vec![
+            Array(vec![b("a"), Double(1712345678901.0)]),
+            Array(vec![b("b"), Double(1712345678902.0)]),
+        ];
+        assert_eq!(scored_members(nested).unwrap(), want);
+        assert_eq!(scored_members(vec![]).unwrap(), vec![]);
+        // Anything else is an error, not "no members".
+        assert!(scored_members(vec![b("a")]).is_err());
+        assert!(scored_members(vec![b("a"), Int(1)]).is_err());
+        assert!(scored_members(vec![Array(vec![b("a")])]).is_err());
+        assert!(scored_members(vec![Array(vec![b("a"), Double(f64::NAN)])]).is_err());
     }
 
     #[test]
