@@ -1514,6 +1514,106 @@ async fn a_member_refilled_during_a_tag_invalidation_is_found_by_the_next(redis:
     assert!(members.is_empty(), "{members}");
 }
 
+/// Whether each of `keys` holds a tombstone (not an entry, not nothing), in one pipeline.
+async fn tombstoned(redis: &RedisServer, keys: &[String]) -> Vec<bool> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("GET").arg(key);
+    }
+    let values: Vec<Option<Vec<u8>>> = within("GETs", pipe.query_async(&mut raw(redis).await))
+        .await
+        .unwrap();
+    values
+        .into_iter()
+        .map(|v| v.is_some_and(|v| Entry::decode(v.into()).unwrap().is_tombstone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_tag_is_invalidated_whole_in_bounded_steps_over_a_slow_link() {
+    const MEMBERS: usize = 5_000;
+    let redis = blocking(RedisServer::start);
+    let fill = Arc::new(store_on(&redis.url()));
+    let t0 = SystemTime::now();
+    let keys: Vec<String> = (0..MEMBERS).map(|i| format!("big:v1:k{i}")).collect();
+    // Every tenth member is stored by a request that began after the first invalidation (a
+    // refill), with a shorter TTL: its index score is lower, so these come first in score
+    // order. Their tombstones are refused and they stay in the index.
+    let refilled = |i: usize| i % 10 == 0;
+    let tasks: Vec<_> = (0..10)
+        .map(|t| {
+            let (fill, keys) = (fill.clone(), keys.clone());
+            tokio::spawn(async move {
+                for i in (t..MEMBERS).step_by(10) {
+                    let (at, ttl) = if refilled(i) {
+                        (t0 + Duration::from_secs(5), TTL - Duration::from_secs(10))
+                    } else {
+                        (t0, TTL)
+                    };
+                    let entry =
+                        Entry::new(&*keys[i], StatusCode::OK, Default::default(), "x".into())
+                            .with_times(at, ttl)
+                            .with_tags(vec!["all".into()]);
+                    fill.put(keys[i].as_str().into(), Arc::new(entry), ttl)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        within("the fills", t).await.unwrap();
+    }
+    assert_eq!(redis.cli(&["ZCARD", "big:t:all"]), MEMBERS.to_string());
+
+    // Invalidated through a link whose every round trip takes at least 50 ms, behind the
+    // guard's 1 s for invalidations: 5 000 members take more round trips than fit in 1 s.
+    let proxy = Proxy::start(redis.addr()).await;
+    proxy.set_latency(Duration::from_millis(25));
+    let slow = Guarded::new(store_on(&proxy.url()));
+    let keep = Duration::from_secs(30);
+    let invalidate = |at: SystemTime| {
+        let slow = slow.clone();
+        async move {
+            let started = Instant::now();
+            let done = tokio::time::timeout(
+                Duration::from_secs(60),
+                slow.invalidate_tag("big".into(), "all".into(), at, keep),
+            )
+            .await
+            .expect("the invalidation never ended");
+            (done, started.elapsed())
+        }
+    };
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    let (done, took) = invalidate(t0 + Duration::from_secs(1)).await;
+    done.unwrap_or_else(|e| panic!("after {took:?}: {e}"));
+    // In steps: a cursor's pages, each a bounded batch.
+    let pages = command_calls(&redis, "zscan");
+    eprintln!("{MEMBERS} members invalidated in {took:?}, {pages} pages");
+    assert!(pages >= 5, "{pages} pages");
+    let stones = tombstoned(&redis, &keys).await;
+    for (i, stone) in stones.iter().enumerate() {
+        assert_eq!(*stone, !refilled(i), "{}", keys[i]);
+    }
+    // The refilled members, and only they, are left in the index.
+    let left = redis.cli(&["ZRANGEBYSCORE", "big:t:all", "-inf", "(1e15"]);
+    let mut left: Vec<&str> = left.lines().collect();
+    left.sort_unstable();
+    let mut want: Vec<&str> = (0..MEMBERS)
+        .filter(|i| refilled(*i))
+        .map(|i| keys[i].as_str())
+        .collect();
+    want.sort_unstable();
+    assert_eq!(left, want);
+    // The next invalidation finds them.
+    let (done, took) = invalidate(t0 + Duration::from_secs(9)).await;
+    done.unwrap_or_else(|e| panic!("after {took:?}: {e}"));
+    assert!(tombstoned(&redis, &keys).await.into_iter().all(|t| t));
+    let left = redis.cli(&["ZRANGEBYSCORE", "big:t:all", "-inf", "(1e15"]);
+    assert!(left.is_empty(), "{left}");
+}
+
 both!(propagation_from_a_to_b);
 async fn propagation_from_a_to_b(redis: &impl Backend) {
     let db = UserDb::default();

@@ -1,5 +1,6 @@
 //! [`RedisStore`]: entries in Redis, shared by every instance of a service.
 
+use super::guard::step_done;
 use super::{BusEvent, Store, StoreError, StoreFuture};
 use crate::Entry;
 use bb8_redis::RedisConnectionManager;
@@ -77,7 +78,8 @@ const TAG_REMOVE: &str = "local n = 0 \
     local cur = redis.call('ZSCORE', KEYS[1], ARGV[i]) \
     if cur and tonumber(cur) == tonumber(ARGV[i + 1]) then \
     n = n + redis.call('ZREM', KEYS[1], ARGV[i]) end end return n";
-/// Members a tag invalidation handles per round trip.
+/// Members a tag invalidation asks for per step (`ZSCAN`'s `COUNT`, a hint: a small index,
+/// stored as a listpack, comes whole).
 const TAG_BATCH: usize = 500;
 /// The counter of the instances that applied message `id`.
 fn ack_key(id: &str) -> String {
@@ -504,11 +506,36 @@ fn count_in(reply: &Value) -> u64 {
     }
 }
 
-/// The (member, score) pairs of a `WITHSCORES` reply, in either protocol's shape: a flat
-/// `[member, score, member, score, ...]` (RESP2, scores as strings) or `[[member, score], ...]`
-/// (RESP3, scores as doubles). Scores are kept as text, to be handed back to Redis. Any other
-/// shape is an error, never an empty list (which would end an invalidation as done).
-fn scored_members(items: Vec<Value>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+/// A member of a tag index and its score, as Redis wrote them.
+type Scored = (Vec<u8>, Vec<u8>);
+
+/// A page of a `ZSCAN` reply: the next cursor (0 when done) and the flat items.
+fn scan_page(reply: Value) -> Result<(u64, Vec<Value>), StoreError> {
+    let unexpected = |what: &dyn fmt::Debug| {
+        StoreError::new(format!("redis: unexpected reply to ZSCAN: {what:?}"))
+    };
+    let Value::Array(reply) = reply else {
+        return Err(unexpected(&reply));
+    };
+    match <[Value; 2]>::try_from(reply) {
+        Ok([Value::BulkString(cursor), Value::Array(items)]) => {
+            let next = std::str::from_utf8(&cursor)
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| unexpected(&String::from_utf8_lossy(&cursor)))?;
+            Ok((next, items))
+        }
+        Ok(other) => Err(unexpected(&other)),
+        Err(other) => Err(unexpected(&other)),
+    }
+}
+
+/// The (member, score) pairs of a `ZSCAN` page or a `WITHSCORES` reply, in either protocol's
+/// shape: a flat `[member, score, member, score, ...]` (RESP2, and `ZSCAN` in both; scores as
+/// strings) or `[[member, score], ...]` (`WITHSCORES` in RESP3; scores as doubles). Scores are
+/// kept as text, to be handed back to Redis. Any other shape is an error, never an empty list
+/// (which would end an invalidation as done).
+fn scored_members(items: Vec<Value>) -> Result<Vec<Scored>, StoreError> {
     let unexpected = |what: &dyn fmt::Debug| {
         StoreError::new(format!(
             "redis: unexpected member and score in a reply: {what:?}"
@@ -735,6 +762,58 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Leaves a tombstone dated `at` in the place of each of `pairs` (member, score read),
+    /// then removes from `index` the members whose tombstone landed, each only while its
+    /// score is still the one read. Two round trips, two steps.
+    async fn tombstone_members(
+        &self,
+        index: &str,
+        pairs: Vec<Scored>,
+        at: SystemTime,
+        keep: Duration,
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for (member, _) in &pairs {
+            let key = String::from_utf8_lossy(member);
+            let stone = Entry::tombstone(&*key, at).encode();
+            pipe.cmd("EVAL")
+                .arg(SET_UNLESS_NEWER)
+                .arg(1)
+                .arg(&member[..])
+                .arg(&stone[..])
+                .arg(ms(keep));
+        }
+        // Every tombstone first: a member leaves the index only once its entry is gone (on
+        // a cluster they run on several nodes, and one may fail).
+        let stones = self.run_pipe(&pipe).await?;
+        step_done();
+        if stones.len() != pairs.len() {
+            return Err(StoreError::new(format!(
+                "redis: {} replies to {} tombstones",
+                stones.len(),
+                pairs.len()
+            )));
+        }
+        // A refused tombstone: the member holds an entry stored after `at`, which the next
+        // invalidation must still find in the index.
+        let mut remove = redis::cmd("EVAL");
+        remove.arg(TAG_REMOVE).arg(1).arg(index);
+        let mut landed = 0;
+        for ((member, score), stone) in pairs.iter().zip(&stones) {
+            if matches!(stone, Value::Int(1)) {
+                remove.arg(&member[..]).arg(&score[..]);
+                landed += 1;
+            }
+        }
+        if landed > 0 {
+            self.run(&remove).await?;
+            step_done();
+        }
+        Ok(())
+    }
+}
+
 impl Store for RedisStore {
     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
         let mut cmd = redis::cmd("GET");
@@ -848,10 +927,14 @@ impl Store for RedisStore {
         })
     }
 
-    /// Sets the tag's epoch (a fill whose request began before it is not stored), then reads
-    /// the tag's index (live members only) in batches, leaves a tombstone in each member's
-    /// place and removes it from the index: single-key commands only, so it works on a
-    /// cluster.
+    /// Sets the tag's epoch (a fill whose request began before it is not stored), then walks
+    /// the tag's index with a cursor (`ZSCAN`), about [`TAG_BATCH`] members a step: leaves a
+    /// tombstone in each live member's place, and removes from the index the members whose
+    /// tombstone landed. A member whose tombstone was refused holds an entry stored after
+    /// `at` (refilled meanwhile): it stays, for the next invalidation to find. Every member
+    /// in the index for the whole walk is seen; the walk ends when the cursor does, whatever
+    /// stays behind. Single-key commands only, so it works on a cluster. Each round trip is a
+    /// step for [`Guarded`](super::Guarded)'s timeout.
     fn invalidate_tag(
         &self,
         ns: Arc<str>,
@@ -869,71 +952,37 @@ impl Store for RedisStore {
                 .arg(millis_at(at))
                 .arg(ms(keep));
             this.run(&cmd).await?;
-            // Members read whose tombstone was refused (refilled since the epoch): they stay
-            // in the index, ahead of the members not read yet.
-            let mut kept = 0;
+            step_done();
+            let mut cursor = 0;
             loop {
-                let mut cmd = redis::cmd("ZRANGEBYSCORE");
-                cmd.arg(&index)
-                    .arg(millis_at(SystemTime::now()))
-                    .arg("(1e15")
-                    .arg("WITHSCORES")
-                    .arg("LIMIT")
-                    .arg(kept)
-                    .arg(TAG_BATCH);
-                let items = match this.run(&cmd).await? {
-                    Value::Array(items) => items,
-                    other => {
-                        return Err(StoreError::new(format!(
-                            "redis: unexpected reply to ZRANGEBYSCORE: {other:?}"
-                        )))
+                let mut scan = redis::cmd("ZSCAN");
+                scan.arg(&index).arg(cursor).arg("COUNT").arg(TAG_BATCH);
+                let (next, items) = scan_page(this.run(&scan).await?)?;
+                step_done();
+                // Live members only: not the epoch, nor entries gone by their score.
+                let now = millis_at(SystemTime::now()) as f64;
+                let mut pairs = Vec::with_capacity(items.len());
+                for (member, score) in scored_members(items)? {
+                    let s = std::str::from_utf8(&score)
+                        .ok()
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .ok_or_else(|| {
+                            StoreError::new(format!(
+                                "redis: a tag index score that is no number: {:?}",
+                                String::from_utf8_lossy(&score)
+                            ))
+                        })?;
+                    if s >= now && s < 1e15 {
+                        pairs.push((member, score));
                     }
-                };
-                let pairs = scored_members(items)?;
-                if pairs.is_empty() {
+                }
+                if !pairs.is_empty() {
+                    this.tombstone_members(&index, pairs, at, keep).await?;
+                }
+                if next == 0 {
                     return Ok(());
                 }
-                let mut pipe = redis::pipe();
-                for (member, _) in &pairs {
-                    let key = String::from_utf8_lossy(member);
-                    let stone = Entry::tombstone(&*key, at).encode();
-                    pipe.cmd("EVAL")
-                        .arg(SET_UNLESS_NEWER)
-                        .arg(1)
-                        .arg(&member[..])
-                        .arg(&stone[..])
-                        .arg(ms(keep));
-                }
-                // Every tombstone first: a member leaves the index only once its entry is
-                // gone (on a cluster they run on several nodes, and one may fail).
-                let stones = this.run_pipe(&pipe).await?;
-                if stones.len() != pairs.len() {
-                    return Err(StoreError::new(format!(
-                        "redis: {} replies to {} tombstones",
-                        stones.len(),
-                        pairs.len()
-                    )));
-                }
-                // Only the members whose tombstone landed leave the index: one refused holds
-                // an entry stored after `at`, which the next invalidation must still find.
-                let landed: Vec<&(Vec<u8>, Vec<u8>)> = pairs
-                    .iter()
-                    .zip(&stones)
-                    .filter(|(_, stone)| matches!(stone, Value::Int(1)))
-                    .map(|(pair, _)| pair)
-                    .collect();
-                kept += pairs.len() - landed.len();
-                if !landed.is_empty() {
-                    let mut remove = redis::cmd("EVAL");
-                    remove.arg(TAG_REMOVE).arg(1).arg(&index);
-                    for (member, score) in landed {
-                        remove.arg(&member[..]).arg(&score[..]);
-                    }
-                    this.run(&remove).await?;
-                }
-                if pairs.len() < TAG_BATCH {
-                    return Ok(());
-                }
+                cursor = next;
             }
         })
     }
