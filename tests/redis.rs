@@ -1316,6 +1316,10 @@ async fn resp3_urls_invalidate_tags_and_carry_the_bus() {
             .is_none(),
         "a tagged entry outlived its tag's invalidation over RESP3"
     );
+    // Leases: `OK`, and RESP3's null for a lease held.
+    let lease = |token: &str| store.try_lease("r3:l".into(), token.into(), TTL);
+    assert!(within("lease", lease("a")).await.unwrap());
+    assert!(!within("lease", lease("b")).await.unwrap());
 
     // Two instances: A's tag invalidation reaches B's memory tier through the bus.
     let db = UserDb::default();
