@@ -1296,6 +1296,60 @@ async fn tags_drop_exactly_their_entries_across_instances(redis: &impl Backend) 
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_urls_invalidate_tags_and_carry_the_bus() {
+    let redis = blocking(RedisServer::start);
+    let url = format!("{}?protocol=resp3", redis.url());
+    let store = store_on(&url);
+    let t0 = SystemTime::now();
+    within(
+        "put",
+        store.put("r3:v1:k".into(), tagged("r3:v1:k", t0, &["t"]), TTL),
+    )
+    .await
+    .unwrap();
+    // The store's connections speak RESP3 (the URL's setting is not ignored).
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    assert!(clients.contains("resp=3"), "{clients}");
+    let at = t0 + Duration::from_secs(1);
+    let keep = Duration::from_secs(10);
+    within(
+        "invalidate_tag",
+        store.invalidate_tag("r3".into(), "t".into(), at, keep),
+    )
+    .await
+    .unwrap();
+    assert!(
+        within("get", store.get("r3:v1:k".into()))
+            .await
+            .unwrap()
+            .is_none(),
+        "a tagged entry outlived its tag's invalidation over RESP3"
+    );
+    // Leases: `OK`, and RESP3's null for a lease held.
+    let lease = |token: &str| store.try_lease("r3:l".into(), token.into(), TTL);
+    assert!(within("lease", lease("a")).await.unwrap());
+    assert!(!within("lease", lease("b")).await.unwrap());
+
+    // Two instances: A's tag invalidation reaches B's memory tier through the bus.
+    let db = UserDb::default();
+    let a = Users::new(&url, &db, Duration::ZERO);
+    let b = Users::new(&url, &db, Duration::ZERO);
+    subscribed(&redis, 2).await;
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    let subscribers: Vec<&str> = clients.lines().filter(|l| l.contains(" sub=1 ")).collect();
+    assert!(
+        subscribers.len() == 2 && subscribers.iter().all(|l| l.contains(" resp=3")),
+        "{clients}"
+    );
+    a.get("1").await;
+    eventually("A's fill", || a.stash.stats().stores == 1).await;
+    assert_eq!(b.get("1").await.1, "tower-stash; hit");
+    a.stash.invalidate_tag("odd").await.unwrap();
+    let cache = b.get("1").await.1;
+    assert!(cache.starts_with("tower-stash; fwd=miss"), "{cache}");
+}
+
 both!(a_failing_write_on_a_leaves_the_key_gone_on_b);
 async fn a_failing_write_on_a_leaves_the_key_gone_on_b(redis: &impl Backend) {
     let db = UserDb::default();
@@ -1451,6 +1505,175 @@ async fn tag_indexes_stay_bounded_under_many_expiring_fills(redis: &impl Backend
             .all(|k| redis.cli(&["EXISTS", k]) == "0")
     })
     .await;
+}
+
+/// A tagged entry for the store-level tag tests: `key` in namespace `ns`, stored as of `at`.
+fn tagged(key: &str, at: SystemTime, tags: &[&str]) -> Arc<Entry> {
+    Arc::new(
+        Entry::new(key, StatusCode::OK, Default::default(), "x".into())
+            .with_times(at, TTL)
+            .with_tags(tags.iter().map(|t| t.to_string()).collect()),
+    )
+}
+
+both!(a_member_refilled_during_a_tag_invalidation_is_found_by_the_next);
+async fn a_member_refilled_during_a_tag_invalidation_is_found_by_the_next(redis: &impl Backend) {
+    let store = store_on(&redis.url());
+    let t0 = SystemTime::now();
+    let keep = Duration::from_secs(10);
+    // `old` was stored before the invalidation; `refilled` by a request that began after it
+    // (as a refill racing a long invalidation does): its tombstone is refused.
+    within(
+        "put",
+        store.put("rf:v1:old".into(), tagged("rf:v1:old", t0, &["t"]), TTL),
+    )
+    .await
+    .unwrap();
+    let later = t0 + Duration::from_secs(5);
+    within(
+        "put",
+        store.put(
+            "rf:v1:refilled".into(),
+            tagged("rf:v1:refilled", later, &["t"]),
+            TTL,
+        ),
+    )
+    .await
+    .unwrap();
+    let at = t0 + Duration::from_secs(1);
+    within(
+        "invalidate_tag",
+        store.invalidate_tag("rf".into(), "t".into(), at, keep),
+    )
+    .await
+    .unwrap();
+    assert!(within("get", store.get("rf:v1:old".into()))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(within("get", store.get("rf:v1:refilled".into()))
+        .await
+        .unwrap()
+        .is_some());
+    // The refilled entry is still in the tag's index: the next invalidation drops it.
+    let members = redis.cli(&["ZRANGEBYSCORE", "rf:t:t", "-inf", "(1e15"]);
+    assert_eq!(members, "rf:v1:refilled");
+    let at = t0 + Duration::from_secs(9);
+    within(
+        "invalidate_tag",
+        store.invalidate_tag("rf".into(), "t".into(), at, keep),
+    )
+    .await
+    .unwrap();
+    assert!(
+        within("get", store.get("rf:v1:refilled".into()))
+            .await
+            .unwrap()
+            .is_none(),
+        "an entry of the tag outlived its invalidation"
+    );
+    let members = redis.cli(&["ZRANGEBYSCORE", "rf:t:t", "-inf", "(1e15"]);
+    assert!(members.is_empty(), "{members}");
+}
+
+/// Whether each of `keys` holds a tombstone (not an entry, not nothing), in one pipeline.
+async fn tombstoned(redis: &RedisServer, keys: &[String]) -> Vec<bool> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("GET").arg(key);
+    }
+    let values: Vec<Option<Vec<u8>>> = within("GETs", pipe.query_async(&mut raw(redis).await))
+        .await
+        .unwrap();
+    values
+        .into_iter()
+        .map(|v| v.is_some_and(|v| Entry::decode(v.into()).unwrap().is_tombstone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_tag_is_invalidated_whole_in_bounded_steps_over_a_slow_link() {
+    const MEMBERS: usize = 5_000;
+    let redis = blocking(RedisServer::start);
+    let fill = Arc::new(store_on(&redis.url()));
+    let t0 = SystemTime::now();
+    let keys: Vec<String> = (0..MEMBERS).map(|i| format!("big:v1:k{i}")).collect();
+    // Every tenth member is stored by a request that began after the first invalidation (a
+    // refill), with a shorter TTL: its index score is lower, so these come first in score
+    // order. Their tombstones are refused and they stay in the index.
+    let refilled = |i: usize| i % 10 == 0;
+    let tasks: Vec<_> = (0..10)
+        .map(|t| {
+            let (fill, keys) = (fill.clone(), keys.clone());
+            tokio::spawn(async move {
+                for i in (t..MEMBERS).step_by(10) {
+                    let (at, ttl) = if refilled(i) {
+                        (t0 + Duration::from_secs(5), TTL - Duration::from_secs(10))
+                    } else {
+                        (t0, TTL)
+                    };
+                    let entry =
+                        Entry::new(&*keys[i], StatusCode::OK, Default::default(), "x".into())
+                            .with_times(at, ttl)
+                            .with_tags(vec!["all".into()]);
+                    fill.put(keys[i].as_str().into(), Arc::new(entry), ttl)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        within("the fills", t).await.unwrap();
+    }
+    assert_eq!(redis.cli(&["ZCARD", "big:t:all"]), MEMBERS.to_string());
+
+    // Invalidated through a link whose every round trip takes at least 50 ms, behind the
+    // guard's 1 s for invalidations: 5 000 members take more round trips than fit in 1 s.
+    let proxy = Proxy::start(redis.addr()).await;
+    proxy.set_latency(Duration::from_millis(25));
+    let slow = Guarded::new(store_on(&proxy.url()));
+    let keep = Duration::from_secs(30);
+    let invalidate = |at: SystemTime| {
+        let slow = slow.clone();
+        async move {
+            let started = Instant::now();
+            let done = tokio::time::timeout(
+                Duration::from_secs(60),
+                slow.invalidate_tag("big".into(), "all".into(), at, keep),
+            )
+            .await
+            .expect("the invalidation never ended");
+            (done, started.elapsed())
+        }
+    };
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    let (done, took) = invalidate(t0 + Duration::from_secs(1)).await;
+    done.unwrap_or_else(|e| panic!("after {took:?}: {e}"));
+    // In steps: a cursor's pages, each a bounded batch.
+    let pages = command_calls(&redis, "zscan");
+    eprintln!("{MEMBERS} members invalidated in {took:?}, {pages} pages");
+    assert!(pages >= 5, "{pages} pages");
+    let stones = tombstoned(&redis, &keys).await;
+    for (i, stone) in stones.iter().enumerate() {
+        assert_eq!(*stone, !refilled(i), "{}", keys[i]);
+    }
+    // The refilled members, and only they, are left in the index.
+    let left = redis.cli(&["ZRANGEBYSCORE", "big:t:all", "-inf", "(1e15"]);
+    let mut left: Vec<&str> = left.lines().collect();
+    left.sort_unstable();
+    let mut want: Vec<&str> = (0..MEMBERS)
+        .filter(|i| refilled(*i))
+        .map(|i| keys[i].as_str())
+        .collect();
+    want.sort_unstable();
+    assert_eq!(left, want);
+    // The next invalidation finds them.
+    let (done, took) = invalidate(t0 + Duration::from_secs(9)).await;
+    done.unwrap_or_else(|e| panic!("after {took:?}: {e}"));
+    assert!(tombstoned(&redis, &keys).await.into_iter().all(|t| t));
+    let left = redis.cli(&["ZRANGEBYSCORE", "big:t:all", "-inf", "(1e15"]);
+    assert!(left.is_empty(), "{left}");
 }
 
 both!(propagation_from_a_to_b);

@@ -8,11 +8,27 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
+tokio::task_local! {
+    /// Set while a call of many steps runs under [`Guarded`]: told of each step finished.
+    static STEPS: Arc<tokio::sync::Notify>;
+}
+
+/// Reports that a call of many steps (a tag invalidation walking its index in batches) has
+/// finished one: under [`Guarded`], the call's timeout starts again, so that it bounds each
+/// step rather than the whole call. Does nothing anywhere else.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn step_done() {
+    let _ = STEPS.try_with(|steps| steps.notify_one());
+}
+
 /// A store behind a per-call timeout and a circuit breaker, so that a slow or absent store
 /// costs a request at most the timeout, and then nothing at all.
 ///
 /// - Every call is bounded by [`timeout`](Self::timeout) (default 10 ms); a call that takes
-///   longer fails with a [`StoreError`].
+///   longer fails with a [`StoreError`]. Invalidations get at least 1 s; a tag invalidation,
+///   which walks the tag's entries in batches, gets it for each batch (each round trip), so
+///   that a tag of any size can be invalidated while a store that stops answering is still
+///   given up on within the timeout.
 /// - After [`failures`](Self::failures) failures or timeouts in a row (default 5), the breaker
 ///   opens: [`health`](Self::health) is [`Health::Degraded`] and every call fails at once,
 ///   without touching the store.
@@ -125,12 +141,49 @@ impl<S> Guarded<S> {
         self.guard_for(self.timeout, call)
     }
 
-    /// Invalidations are not on a hit's path and may touch many keys: they get at least 1 s.
+    /// The timeout of invalidations, which are not on a hit's path: at least 1 s.
+    fn slow_timeout(&self) -> Duration {
+        self.timeout.max(Duration::from_secs(1))
+    }
+
+    /// A call off a hit's path (an invalidation, a message): [`slow_timeout`](Self::slow_timeout).
     fn guard_slow<T: Send + 'static>(
         &self,
         call: impl FnOnce(&S) -> StoreFuture<T>,
     ) -> StoreFuture<T> {
-        self.guard_for(self.timeout.max(Duration::from_secs(1)), call)
+        self.guard_for(self.slow_timeout(), call)
+    }
+
+    /// A call of many steps (see [`step_done`]): the [slow timeout](Self::slow_timeout)
+    /// bounds each step, not the whole call, which takes as many steps as it needs.
+    fn guard_steps<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&S) -> StoreFuture<T>,
+    ) -> StoreFuture<T> {
+        let timeout = self.slow_timeout();
+        let permit = match self.breaker.admit() {
+            Ok(permit) => permit,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let steps = Arc::new(tokio::sync::Notify::new());
+        let fut = STEPS.scope(steps.clone(), call(&self.inner));
+        Box::pin(async move {
+            tokio::pin!(fut);
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    result = &mut fut => break result,
+                    () = steps.notified() => {}
+                    () = tokio::time::sleep(timeout) => {
+                        break Err(StoreError::new(format!(
+                            "no answer within {timeout:?} (in a call of many steps)"
+                        )));
+                    }
+                }
+            };
+            permit.finish(result.is_ok());
+            result
+        })
     }
 
     fn guard_for<T: Send + 'static>(
@@ -217,7 +270,7 @@ impl<S: Store> Store for Guarded<S> {
         at: SystemTime,
         keep: Duration,
     ) -> StoreFuture<()> {
-        self.guard_slow(|s| s.invalidate_tag(ns, tag, at, keep))
+        self.guard_steps(|s| s.invalidate_tag(ns, tag, at, keep))
     }
 
     fn publish(&self, message: Bytes) -> StoreFuture<u64> {
@@ -496,6 +549,71 @@ mod tests {
         g.get_ref().fail.store(false, Ordering::SeqCst);
         assert!(g.get("k".into()).await.is_ok());
         assert_eq!(g.health(), Health::Ok);
+    }
+
+    /// A store whose tag invalidation takes `steps` steps of `each`, reporting each, and then
+    /// hangs if `hang` (a store that stopped answering midway).
+    struct Walker {
+        steps: u32,
+        each: Duration,
+        hang: bool,
+    }
+
+    impl Store for Walker {
+        fn get(&self, _: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+            Box::pin(std::future::ready(Ok(None)))
+        }
+        fn put(&self, _: Arc<str>, _: Arc<Entry>, _: Duration) -> StoreFuture<()> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn delete(&self, _: Arc<str>) -> StoreFuture<()> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+        fn invalidate_tag(
+            &self,
+            _: Arc<str>,
+            _: Arc<str>,
+            _: SystemTime,
+            _: Duration,
+        ) -> StoreFuture<()> {
+            let (steps, each, hang) = (self.steps, self.each, self.hang);
+            Box::pin(async move {
+                for _ in 0..steps {
+                    tokio::time::sleep(each).await;
+                    step_done();
+                }
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tag_invalidation_is_timed_per_step_not_as_one_call() {
+        let walk = |steps, each, hang| async move {
+            let g = Guarded::new(Walker { steps, each, hang });
+            let started = Instant::now();
+            let done = g
+                .invalidate_tag("ns".into(), "t".into(), SystemTime::now(), Duration::ZERO)
+                .await;
+            (done, started.elapsed(), g.health())
+        };
+        let step = Duration::from_millis(900);
+        // Ten steps of 0.9 s each: 9 s in all, under a timeout of 1 s.
+        let (done, took, health) = walk(10, step, false).await;
+        assert!(done.is_ok(), "{done:?}");
+        assert_eq!((took, health), (step * 10, Health::Ok));
+        // A store that stops answering after three steps: given up 1 s after the last one.
+        let (done, took, _) = walk(3, step, true).await;
+        let err = done.unwrap_err();
+        assert!(err.to_string().contains("no answer within 1s"), "{err}");
+        assert_eq!(took, step * 3 + Duration::from_secs(1));
+        // One step longer than the timeout.
+        let (done, took, _) = walk(1, Duration::from_millis(1500), false).await;
+        assert!(done.is_err());
+        assert_eq!(took, Duration::from_secs(1));
     }
 
     fn entry() -> Arc<Entry> {

@@ -1,5 +1,6 @@
 //! [`RedisStore`]: entries in Redis, shared by every instance of a service.
 
+use super::guard::step_done;
 use super::{BusEvent, Store, StoreError, StoreFuture, WriteTicket};
 use crate::Entry;
 use bb8_redis::RedisConnectionManager;
@@ -109,7 +110,8 @@ const WRITE_END: &str = "redis.call('ZREM', KEYS[1], ARGV[1]) \
     if clean and ARGV[3] ~= '' then \
     redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) return 1 end \
     return 0";
-/// Members a tag invalidation handles per round trip.
+/// Members a tag invalidation asks for per step (`ZSCAN`'s `COUNT`, a hint: a small index,
+/// stored as a listpack, comes whole).
 const TAG_BATCH: usize = 500;
 /// The counter of the instances that applied message `id`.
 fn ack_key(id: &str) -> String {
@@ -536,6 +538,62 @@ fn count_in(reply: &Value) -> u64 {
     }
 }
 
+/// A member of a tag index and its score, as Redis wrote them.
+type Scored = (Vec<u8>, Vec<u8>);
+
+/// A page of a `ZSCAN` reply: the next cursor (0 when done) and the flat items.
+fn scan_page(reply: Value) -> Result<(u64, Vec<Value>), StoreError> {
+    let unexpected = |what: &dyn fmt::Debug| {
+        StoreError::new(format!("redis: unexpected reply to ZSCAN: {what:?}"))
+    };
+    let Value::Array(reply) = reply else {
+        return Err(unexpected(&reply));
+    };
+    match <[Value; 2]>::try_from(reply) {
+        Ok([Value::BulkString(cursor), Value::Array(items)]) => {
+            let next = std::str::from_utf8(&cursor)
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| unexpected(&String::from_utf8_lossy(&cursor)))?;
+            Ok((next, items))
+        }
+        Ok(other) => Err(unexpected(&other)),
+        Err(other) => Err(unexpected(&other)),
+    }
+}
+
+/// The (member, score) pairs of a `ZSCAN` page or a `WITHSCORES` reply, in either protocol's
+/// shape: a flat `[member, score, member, score, ...]` (RESP2, and `ZSCAN` in both; scores as
+/// strings) or `[[member, score], ...]` (`WITHSCORES` in RESP3; scores as doubles). Scores are
+/// kept as text, to be handed back to Redis. Any other shape is an error, never an empty list
+/// (which would end an invalidation as done).
+fn scored_members(items: Vec<Value>) -> Result<Vec<Scored>, StoreError> {
+    let unexpected = |what: &dyn fmt::Debug| {
+        StoreError::new(format!(
+            "redis: unexpected member and score in a reply: {what:?}"
+        ))
+    };
+    let mut pairs = Vec::with_capacity(items.len());
+    let mut items = items.into_iter();
+    while let Some(item) = items.next() {
+        let pair = match item {
+            Value::Array(pair) => <[Value; 2]>::try_from(pair).map_err(|p| unexpected(&p))?,
+            member => {
+                let score = items.next().ok_or_else(|| unexpected(&member))?;
+                [member, score]
+            }
+        };
+        match pair {
+            [Value::BulkString(m), Value::BulkString(s)] => pairs.push((m, s)),
+            [Value::BulkString(m), Value::Double(d)] if d.is_finite() => {
+                pairs.push((m, d.to_string().into_bytes()));
+            }
+            other => return Err(unexpected(&other)),
+        }
+    }
+    Ok(pairs)
+}
+
 /// A node URL without its password, for errors.
 fn redact(url: &str) -> String {
     match url.rsplit_once('@') {
@@ -766,6 +824,59 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Leaves a tombstone dated `at` in the place of each of `pairs` (member, score read),
+    /// then removes from `index` the members whose tombstone landed, each only while its
+    /// score is still the one read. Two round trips, two steps.
+    async fn tombstone_members(
+        &self,
+        index: &str,
+        pairs: Vec<Scored>,
+        at: SystemTime,
+        keep: Duration,
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for (member, _) in &pairs {
+            let key = String::from_utf8_lossy(member);
+            let stone = Entry::tombstone(&*key, at).encode();
+            pipe.cmd("EVAL")
+                .arg(SET_UNLESS_NEWER)
+                .arg(2)
+                .arg(&member[..])
+                .arg(last_writer_key(&key))
+                .arg(&stone[..])
+                .arg(ms(keep));
+        }
+        // Every tombstone first: a member leaves the index only once its entry is gone (on
+        // a cluster they run on several nodes, and one may fail).
+        let stones = self.run_pipe(&pipe).await?;
+        step_done();
+        if stones.len() != pairs.len() {
+            return Err(StoreError::new(format!(
+                "redis: {} replies to {} tombstones",
+                stones.len(),
+                pairs.len()
+            )));
+        }
+        // A refused tombstone: the member holds an entry stored after `at`, which the next
+        // invalidation must still find in the index.
+        let mut remove = redis::cmd("EVAL");
+        remove.arg(TAG_REMOVE).arg(1).arg(index);
+        let mut landed = 0;
+        for ((member, score), stone) in pairs.iter().zip(&stones) {
+            if matches!(stone, Value::Int(1)) {
+                remove.arg(&member[..]).arg(&score[..]);
+                landed += 1;
+            }
+        }
+        if landed > 0 {
+            self.run(&remove).await?;
+            step_done();
+        }
+        Ok(())
+    }
+}
+
 impl Store for RedisStore {
     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
         let mut cmd = redis::cmd("GET");
@@ -917,10 +1028,14 @@ impl Store for RedisStore {
         })
     }
 
-    /// Sets the tag's epoch (a fill whose request began before it is not stored), then reads
-    /// the tag's index (live members only) in batches, leaves a tombstone in each member's
-    /// place and removes it from the index: single-key commands only, so it works on a
-    /// cluster.
+    /// Sets the tag's epoch (a fill whose request began before it is not stored), then walks
+    /// the tag's index with a cursor (`ZSCAN`), about [`TAG_BATCH`] members a step: leaves a
+    /// tombstone in each live member's place, and removes from the index the members whose
+    /// tombstone landed. A member whose tombstone was refused holds an entry stored after
+    /// `at` (refilled meanwhile): it stays, for the next invalidation to find. Every member
+    /// in the index for the whole walk is seen; the walk ends when the cursor does, whatever
+    /// stays behind. Single-key commands only, so it works on a cluster. Each round trip is a
+    /// step for [`Guarded`](super::Guarded)'s timeout.
     fn invalidate_tag(
         &self,
         ns: Arc<str>,
@@ -938,63 +1053,37 @@ impl Store for RedisStore {
                 .arg(millis_at(at))
                 .arg(ms(keep));
             this.run(&cmd).await?;
+            step_done();
+            let mut cursor = 0;
             loop {
-                let mut cmd = redis::cmd("ZRANGEBYSCORE");
-                cmd.arg(&index)
-                    .arg(millis_at(SystemTime::now()))
-                    .arg("(1e15")
-                    .arg("WITHSCORES")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(TAG_BATCH);
-                let items = match this.run(&cmd).await? {
-                    Value::Array(items) => items,
-                    other => {
-                        return Err(StoreError::new(format!(
-                            "redis: unexpected reply to ZRANGEBYSCORE: {other:?}"
-                        )))
+                let mut scan = redis::cmd("ZSCAN");
+                scan.arg(&index).arg(cursor).arg("COUNT").arg(TAG_BATCH);
+                let (next, items) = scan_page(this.run(&scan).await?)?;
+                step_done();
+                // Live members only: not the epoch, nor entries gone by their score.
+                let now = millis_at(SystemTime::now()) as f64;
+                let mut pairs = Vec::with_capacity(items.len());
+                for (member, score) in scored_members(items)? {
+                    let s = std::str::from_utf8(&score)
+                        .ok()
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .ok_or_else(|| {
+                            StoreError::new(format!(
+                                "redis: a tag index score that is no number: {:?}",
+                                String::from_utf8_lossy(&score)
+                            ))
+                        })?;
+                    if s >= now && s < 1e15 {
+                        pairs.push((member, score));
                     }
-                };
-                let pairs: Vec<(Vec<u8>, Vec<u8>)> = items
-                    .chunks(2)
-                    .filter_map(|pair| match pair {
-                        [Value::BulkString(m), Value::BulkString(s)] => {
-                            Some((m.clone(), s.clone()))
-                        }
-                        [Value::BulkString(m), Value::Double(d)] => {
-                            Some((m.clone(), d.to_string().into_bytes()))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                if pairs.is_empty() {
+                }
+                if !pairs.is_empty() {
+                    this.tombstone_members(&index, pairs, at, keep).await?;
+                }
+                if next == 0 {
                     return Ok(());
                 }
-                let mut pipe = redis::pipe();
-                for (member, _) in &pairs {
-                    let key = String::from_utf8_lossy(member);
-                    let stone = Entry::tombstone(&*key, at).encode();
-                    pipe.cmd("EVAL")
-                        .arg(SET_UNLESS_NEWER)
-                        .arg(1)
-                        .arg(&member[..])
-                        .arg(&stone[..])
-                        .arg(ms(keep));
-                }
-                // Every tombstone first: a member leaves the index only once its entry is
-                // gone (on a cluster they run on several nodes, and one may fail).
-                this.run_pipe(&pipe).await?;
-                let mut remove = redis::cmd("EVAL");
-                remove.arg(TAG_REMOVE).arg(1).arg(&index);
-                for (member, score) in &pairs {
-                    remove.arg(&member[..]).arg(&score[..]);
-                }
-                let removed = matches!(this.run(&remove).await?, Value::Int(n) if n > 0);
-                // Done with a short batch, or when nothing left (members filled again since
-                // the epoch stay, and would come back in every batch).
-                if pairs.len() < TAG_BATCH || !removed {
-                    return Ok(());
-                }
+                cursor = next;
             }
         })
     }
@@ -1202,6 +1291,32 @@ mod tests {
         assert_eq!(nodes("rediss+cluster://h1:1"), ["rediss://h1:1"]);
         assert!(cluster_nodes("redis+cluster://").unwrap().is_err());
         assert!(cluster_nodes("redis://h:1").is_none());
+    }
+
+    #[test]
+    fn scored_members_read_both_protocols_and_refuse_other_shapes() {
+        use super::scored_members;
+        use redis::Value::{Array, BulkString, Double, Int};
+        let b = |s: &str| BulkString(s.as_bytes().to_vec());
+        let want = vec![
+            (b"a".to_vec(), b"1712345678901".to_vec()),
+            (b"b".to_vec(), b"1712345678902".to_vec()),
+        ];
+        // RESP2: flat, scores as strings.
+        let flat = vec![b("a"), b("1712345678901"), b("b"), b("1712345678902")];
+        assert_eq!(scored_members(flat).unwrap(), want);
+        // RESP3: a pair per member, scores as doubles.
+        let nested = vec![
+            Array(vec![b("a"), Double(1712345678901.0)]),
+            Array(vec![b("b"), Double(1712345678902.0)]),
+        ];
+        assert_eq!(scored_members(nested).unwrap(), want);
+        assert_eq!(scored_members(vec![]).unwrap(), vec![]);
+        // Anything else is an error, not "no members".
+        assert!(scored_members(vec![b("a")]).is_err());
+        assert!(scored_members(vec![b("a"), Int(1)]).is_err());
+        assert!(scored_members(vec![Array(vec![b("a")])]).is_err());
+        assert!(scored_members(vec![Array(vec![b("a"), Double(f64::NAN)])]).is_err());
     }
 
     #[test]
