@@ -2079,3 +2079,77 @@ async fn a_master_killed_under_load_costs_no_errors_and_hits_resume_after_failov
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_entries_are_not_served_from_memory_while_the_bus_is_down() {
+    use axum::routing::get;
+    let mut redis = blocking(RedisServer::start);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let stash = Stash::builder()
+        .store(TieredStore::new(
+            MemoryStore::new(16 << 20),
+            Guarded::new(store_on(&redis.url())).timeout(Duration::from_secs(1)),
+        ))
+        .build()
+        .unwrap();
+    let c = calls.clone();
+    let app = axum::Router::new()
+        .route(
+            "/me",
+            get(move || {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { format!("me, call {n}") }
+            }),
+        )
+        .route("/public", get(|| async { "public" }))
+        .layer(CacheLayer::new(
+            stash.clone(),
+            Routes::new()
+                .get("/me", Policy::ttl(TTL).key("me").session_cookie("session"))
+                .get("/public", Policy::ttl(TTL)),
+        ));
+    let get = |path: &'static str| {
+        let app = app.clone();
+        async move {
+            let mut req = axum::http::Request::get(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            if path == "/me" {
+                req.headers_mut()
+                    .insert("cookie", "session=abc".parse().unwrap());
+            }
+            let resp = within("a response", app.oneshot(req)).await.unwrap();
+            let status = resp.headers()["cache-status"].to_str().unwrap().to_string();
+            resp.into_body().collect().await.unwrap();
+            status
+        }
+    };
+    subscribed(&redis, 1).await;
+    eventually("the bus", || stash.store().bus_live()).await;
+    for path in ["/me", "/public"] {
+        assert!(get(path).await.contains("fwd=miss"));
+        assert_eq!(get(path).await, "tower-stash; hit", "{path}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // Redis goes: another instance's logout could no longer reach this one.
+    blocking(|| redis.kill());
+    eventually("the bus to be seen down", || !stash.store().bus_live()).await;
+    let status = get("/me").await;
+    assert!(
+        !status.contains("hit"),
+        "a session's entry served from memory: {status}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the service answered");
+    // Entries of no session are still served from memory.
+    assert_eq!(get("/public").await, "tower-stash; hit");
+
+    // Back (the memory tier flushed on resubscribing; what Redis holds was filled by the
+    // service during the outage, or is filled again): hits again.
+    blocking(|| redis.restart());
+    eventually("the bus to be back", || stash.store().bus_live()).await;
+    eventually_async("a session hit again", || async move {
+        get("/me").await == "tower-stash; hit"
+    })
+    .await;
+}

@@ -882,6 +882,7 @@ where
                 }
             }
         }
+        let lease = lease.kept();
         stash.counters().refresh();
         tracing::debug!(key = %ctx.full, "refreshing in the background");
         let mut req = req;

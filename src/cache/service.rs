@@ -188,8 +188,15 @@ where
         let (mut full, mut stored) = self.shared.key_strings(policy, &params, &req);
         let head = req.method() == Method::HEAD;
 
+        // A session's entry is never served from memory while invalidations from other
+        // instances may be missed (a logout there must end it here): the shared store alone.
+        let shared_only = policy.session.is_some() && !stash.store().bus_live();
         // The fast path: a store that answers at once (memory) needs no future and no Ctx.
-        let mut local = stash.store().get_local(stored.as_deref().unwrap_or(&full));
+        let mut local = if shared_only {
+            None
+        } else {
+            stash.store().get_local(stored.as_deref().unwrap_or(&full))
+        };
         let mut primary = None;
         if policy.http {
             // A URL whose responses vary: its key holds their record, the variant its own.
@@ -314,6 +321,7 @@ where
                     }
                 }
                 let lookup = match policy.sliding {
+                    _ if shared_only => stash.store().get_shared(ctx.key.clone(), policy.sliding),
                     // Read and extended in one round trip.
                     Some(idle) => stash.store().get_sliding(ctx.key.clone(), idle),
                     None => stash.store().get(ctx.key.clone()),

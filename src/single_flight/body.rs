@@ -20,7 +20,7 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<B> {
-        Copy { stored: Stored },
+        Copy { stored: Stored, held: Option<Held> },
         // `held` keeps a finished flight joinable until the body is dropped.
         Inner { #[pin] body: B, tee: Option<Box<Tee>>, held: Option<Held> },
     }
@@ -88,8 +88,17 @@ impl<B> FlightBody<B> {
         Self {
             kind: Kind::Copy {
                 stored: Stored::new(data, trailers),
+                held: None,
             },
         }
+    }
+
+    /// Keeps a finished flight joinable until this body is dropped (see
+    /// `Leader::publish_held`).
+    pub(crate) fn hold(mut self, flight: Held) -> Self {
+        let (Kind::Copy { held, .. } | Kind::Inner { held, .. }) = &mut self.kind;
+        *held = Some(flight);
+        self
     }
 
     pub(crate) fn inner(body: B) -> Self {
@@ -135,7 +144,7 @@ impl<B: Body<Data = Bytes>> Body for FlightBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
-            KindProj::Copy { stored } => stored.next_frame(),
+            KindProj::Copy { stored, .. } => stored.next_frame(),
             KindProj::Inner {
                 mut body,
                 tee,
@@ -185,14 +194,14 @@ impl<B: Body<Data = Bytes>> Body for FlightBody<B> {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Copy { stored } => stored.is_end_stream(),
+            Kind::Copy { stored, .. } => stored.is_end_stream(),
             Kind::Inner { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Copy { stored } => stored.size_hint(),
+            Kind::Copy { stored, .. } => stored.size_hint(),
             Kind::Inner { body, .. } => body.size_hint(),
         }
     }

@@ -237,8 +237,9 @@ where
                     match leased {
                         Leased::Entry(entry) => {
                             let copy = Arc::new(Copy::of_entry(&entry, shared.stash.now()));
-                            leader.publish(Outcome::Done(copy.clone()));
-                            let resp = copied(shared, &copy);
+                            // Joinable until this copy is stored by the cache above.
+                            let held = leader.publish_held(Outcome::Done(copy.clone()));
+                            let resp = copied(shared, &copy).map(|b| b.hold(held));
                             state.set(State::Done);
                             return Poll::Ready(Ok(resp));
                         }
@@ -378,7 +379,7 @@ async fn lease_or_entry(
                 lease.release().await;
                 return Leased::Entry(entry);
             }
-            return Leased::Lease(lease);
+            return Leased::Lease(lease.kept());
         }
         if Instant::now() + pause > deadline {
             tracing::debug!(key = %full, "another instance kept the lease too long: going on");

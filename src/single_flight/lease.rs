@@ -34,10 +34,7 @@ impl Lease {
             .try_lease(key.clone(), token, stash.inner.lease_ttl)
             .await
         {
-            Ok(true) => {
-                stash.counters().lease();
-                Some(pending)
-            }
+            Ok(true) => Some(pending),
             Ok(false) => {
                 pending.token = None;
                 None
@@ -49,6 +46,16 @@ impl Lease {
                 Some(Self::local(stash, key))
             }
         }
+    }
+
+    /// Counts the lease in [`Stats::leases`](crate::Stats::leases), when one was taken in a
+    /// shared store and is kept to call the service (not one given back at once because the
+    /// holder before had just stored the entry).
+    pub(crate) fn kept(self) -> Self {
+        if self.token.is_some() {
+            self.stash.counters().lease();
+        }
+        self
     }
 
     fn local(stash: &Stash, key: &Arc<str>) -> Lease {

@@ -308,6 +308,14 @@ impl<S: Store> Store for Guarded<S> {
     fn invalidations(&self) -> u64 {
         self.inner.invalidations()
     }
+
+    fn get_shared(&self, key: Arc<str>, idle: Option<Duration>) -> StoreFuture<Option<Arc<Entry>>> {
+        self.guard(|s| s.get_shared(key, idle))
+    }
+
+    fn bus_live(&self) -> bool {
+        self.inner.bus_live()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -72,6 +72,25 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// Looks up `key` in the shared store alone, past any memory tier in front of it (for
+    /// entries that must not be served from memory while invalidations may be missed: see
+    /// [`bus_live`](Self::bus_live)); reading as [`get_sliding`](Self::get_sliding) when
+    /// `idle` is given. The default is [`get`](Self::get) or `get_sliding`.
+    fn get_shared(&self, key: Arc<str>, idle: Option<Duration>) -> StoreFuture<Option<Arc<Entry>>> {
+        match idle {
+            Some(idle) => self.get_sliding(key, idle),
+            None => self.get(key),
+        }
+    }
+
+    /// Whether invalidations made by other instances reach this one now (its bus
+    /// subscription is up). While it is down, a memory tier may hold what another instance
+    /// invalidated: the cache serves session-scoped entries from the shared store only. The
+    /// default is `true`: a store no other instance shares misses nothing.
+    fn bus_live(&self) -> bool {
+        true
+    }
+
     /// Stores `entry` under `key` for `ttl`. Every stored key must expire. An entry with
     /// [sliding expiry](Entry::sliding) may be kept for less, its idle time, if the store
     /// extends it on every [`get_sliding`](Self::get_sliding) and [`touch`](Self::touch).

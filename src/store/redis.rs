@@ -191,6 +191,8 @@ pub struct RedisStore {
     /// For the pub/sub connection, which cannot be pooled: one server, or each seed node of a
     /// cluster in turn (a message published on any node reaches every node's subscribers).
     clients: Arc<Vec<redis::Client>>,
+    /// Whether the pub/sub subscription is up (and the memory tier flushed after a gap).
+    bus_live: Arc<std::sync::atomic::AtomicBool>,
     connect_timeout: Duration,
 }
 
@@ -414,6 +416,7 @@ impl RedisStoreBuilder {
             backend: Backend::Single { pool, epoch },
             checkout_timeout: self.checkout_timeout,
             clients: Arc::new(vec![client]),
+            bus_live: Arc::default(),
             connect_timeout: self.connect_timeout,
         })
     }
@@ -475,6 +478,7 @@ impl RedisStoreBuilder {
             })),
             checkout_timeout: self.checkout_timeout,
             clients: Arc::new(clients),
+            bus_live: Arc::default(),
             connect_timeout: self.connect_timeout,
         })
     }
@@ -951,6 +955,10 @@ impl Store for RedisStore {
         true
     }
 
+    fn bus_live(&self) -> bool {
+        self.bus_live.load(Ordering::Acquire)
+    }
+
     /// Replaces the entry with a tombstone, unless an entry stored after `at` is there.
     fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
         let this = self.clone();
@@ -1161,6 +1169,7 @@ impl Store for RedisStore {
         };
         let clients = self.clients.clone();
         let connect_timeout = self.connect_timeout;
+        let live = self.bus_live.clone();
         rt.spawn(async move {
             use futures_util::StreamExt;
             // Delivers `event`; false once the sink is gone (the store was dropped).
@@ -1191,6 +1200,8 @@ impl Store for RedisStore {
                         if resubscribed && !deliver(BusEvent::Lost) {
                             return;
                         }
+                        // Live only now that what may have been missed is flushed.
+                        live.store(true, Ordering::Release);
                         let mut messages = pubsub.into_on_message();
                         loop {
                             tokio::select! {
@@ -1208,6 +1219,7 @@ impl Store for RedisStore {
                                 }
                             }
                         }
+                        live.store(false, Ordering::Release);
                         tracing::warn!("redis: the invalidation subscription dropped");
                     }
                     Ok(Err(e)) => tracing::debug!(error = %e, "redis: subscribing failed"),

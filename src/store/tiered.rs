@@ -216,6 +216,15 @@ impl<S: Store> Store for TieredStore<S> {
         self.l2.put(key, entry, ttl)
     }
 
+    /// L2 alone, not copied into L1.
+    fn get_shared(&self, key: Arc<str>, idle: Option<Duration>) -> StoreFuture<Option<Arc<Entry>>> {
+        self.l2.get_shared(key, idle)
+    }
+
+    fn bus_live(&self) -> bool {
+        self.l2.bus_live()
+    }
+
     /// Writes are followed in L2, which every instance shares.
     fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
         self.l2.begin_write(key, keep)
