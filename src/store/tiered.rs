@@ -17,9 +17,10 @@ use std::time::{Duration, SystemTime};
 ///   it) but L1 keeps the entry. A delete removes the key from both.
 /// - [`usage`](Store::usage) is L1's.
 ///
-/// L1 keeps an entry at most [`l1_max_ttl`](Self::l1_max_ttl) (default 60 s) because a delete
-/// made by another instance reaches only L2: that bounds how long this instance may serve an
-/// entry the others dropped.
+/// L1 keeps an entry at most [`l1_max_ttl`](Self::l1_max_ttl) (default 60 s). Invalidations
+/// made by other instances reach it through L2's bus ([`Store::bus_live`]); while the bus is
+/// down, L2 answers every lookup and L1 serves only when L2 fails too (Redis unreachable: an
+/// outage costs hit rate, not the tier), and L1 is flushed when the bus is back.
 ///
 /// # Example
 ///
@@ -127,8 +128,11 @@ impl<S> TieredStore<S> {
         S: Store,
     {
         let local = self.l1.get_now(&key);
+        // While the bus is down, L1 may hold what another instance invalidated: L2 answers,
+        // and L1 only stands in when L2 fails too (an outage costs hit rate, not the tier).
+        let heard = self.l2.bus_live();
         if let Some(entry) = &local {
-            if SystemTime::now() < entry.fresh_until() {
+            if heard && SystemTime::now() < entry.fresh_until() {
                 return Box::pin(std::future::ready(Ok(local)));
             }
         }
@@ -149,13 +153,15 @@ impl<S> TieredStore<S> {
             }
             match (l2, local) {
                 (Ok(Some(entry)), local)
-                    if local
-                        .as_ref()
-                        .is_none_or(|l| entry.stored_at() >= l.stored_at()) =>
+                    if !heard
+                        || local
+                            .as_ref()
+                            .is_none_or(|l| entry.stored_at() >= l.stored_at()) =>
                 {
                     this.fill_l1(key, entry.clone());
                     Ok(Some(entry))
                 }
+                (Ok(None), _) if !heard => Ok(None),
                 // An expired copy kept for stale answers; never a sliding entry past its idle
                 // time (Redis, which saw every use, has let it go).
                 (Ok(_), Some(local)) | (Err(_), Some(local))
@@ -195,6 +201,10 @@ impl<S: Store> Store for TieredStore<S> {
     /// L1's entry when it has one; otherwise `None`, so that the cache asks [`get`](Self::get)
     /// (which asks L2).
     fn get_local(&self, key: &str) -> Option<Option<Arc<Entry>>> {
+        // Nothing at once while the bus is down: `get` asks L2 first then.
+        if !self.l2.bus_live() {
+            return None;
+        }
         self.l1.get_now(key).map(Some)
     }
 
