@@ -209,8 +209,10 @@ pub(crate) struct Capture {
     pub(crate) local: bool,
     /// The lease on the key, released once the entry is stored.
     pub(crate) lease: Option<crate::single_flight::Lease>,
-    /// When the request went to the service.
+    /// When the request went to the service, less the age the answer arrived with.
     pub(crate) stored_at: SystemTime,
+    /// When the request went to the service.
+    pub(crate) started: SystemTime,
     /// How long past its TTL the entry is kept to be served stale.
     pub(crate) grace: Duration,
     pub(crate) size: usize,
@@ -245,6 +247,7 @@ impl Capture {
             tags,
             etag,
             stored_at,
+            started,
             grace,
             size,
             chunks,
@@ -255,6 +258,13 @@ impl Capture {
             local,
             ..
         } = self;
+        // A tombstone refuses a fill whose request began before its invalidation only while
+        // it lasts: a fill older than that (a slow service or client) may predate one.
+        let took = stash.now().duration_since(started).unwrap_or_default();
+        if took >= stash.inner.tombstone_ttl {
+            tracing::debug!(%key, ?took, "the request began longer ago than a tombstone lasts: not stored");
+            return;
+        }
         if grpc && !crate::grpc::trailers_ok(trailers.as_ref()) {
             tracing::debug!(%key, "gRPC call failed (grpc-status in its trailers): not stored");
             // The lease goes with it: another request may try.

@@ -1455,6 +1455,7 @@ fn miss<B: Body<Data = Bytes>>(
             let capture = Capture {
                 // Dated when the origin produced it: the age it arrived with counts.
                 stored_at: started.checked_sub(age).unwrap_or(started),
+                started,
                 grace: policy.grace(),
                 stash,
                 key,

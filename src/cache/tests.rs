@@ -1469,3 +1469,25 @@ async fn a_keyed_host_is_a_variant_that_invalidating_the_key_drops() {
     f.send(on("b.example")).await;
     assert_eq!(f.handler.calls(), 6, "every host's entry went");
 }
+
+#[tokio::test]
+async fn a_fill_older_than_a_tombstone_lasts_is_not_stored() {
+    let f = Fixture::with(
+        Stash::builder().tombstone_ttl(Duration::from_secs(60)),
+        one_route("/slow", Policy::ttl(HOUR)),
+        Handler::echo(),
+    );
+    let svc = ServiceBuilder::new()
+        .layer(f.layer.clone())
+        .service(f.handler.clone());
+    let resp = svc.oneshot(get("/slow")).await.unwrap();
+    // The client reads the body for longer than a tombstone lasts: an invalidation made
+    // meanwhile may have left no trace by the time the copy would be stored.
+    f.clock.advance(Duration::from_secs(61));
+    resp.into_body().collect().await.unwrap();
+    f.get("/slow").await;
+    assert_eq!(f.handler.calls(), 2, "the slow fill was not stored");
+    // A fill within the tombstone's life is.
+    f.get("/slow").await;
+    assert_eq!(f.handler.calls(), 2);
+}
