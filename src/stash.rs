@@ -1167,31 +1167,8 @@ impl StashBuilder {
 #[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
-    use crate::{Entry, StoreFuture, TieredStore};
-
-    /// A shared store that is always down.
-    struct Down;
-
-    impl Store for Down {
-        fn get(&self, _: Arc<str>) -> StoreFuture<Option<Arc<crate::Entry>>> {
-            Box::pin(async { Err(StoreError::new("down")) })
-        }
-        fn put(&self, _: Arc<str>, _: Arc<crate::Entry>, _: Duration) -> StoreFuture<()> {
-            Box::pin(async { Err(StoreError::new("down")) })
-        }
-        fn delete(&self, _: Arc<str>) -> StoreFuture<()> {
-            Box::pin(async { Err(StoreError::new("down")) })
-        }
-        fn invalidate_tag(
-            &self,
-            _: Arc<str>,
-            _: Arc<str>,
-            _: SystemTime,
-            _: Duration,
-        ) -> StoreFuture<()> {
-            Box::pin(async { Err(StoreError::new("down")) })
-        }
-    }
+    use crate::test_util::Down;
+    use crate::{Entry, TieredStore};
 
     #[tokio::test]
     async fn pending_invalidations_are_kept_once_each_and_bounded() {

@@ -1,10 +1,7 @@
 //! The rules of the cache, each checked on what the client gets and how often the handler runs.
 
 use crate::test_util::within;
-use crate::{
-    CacheHint, CacheLayer, ManualClock, MemoryStore, Policy, Routes, Stash, Store, StoreError,
-    StoreFuture,
-};
+use crate::{CacheHint, CacheLayer, ManualClock, MemoryStore, Policy, Routes, Stash};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -1094,24 +1091,10 @@ async fn an_unreadable_ttl_header_stores_nothing() {
 
 // ---- Store failures and bounds ----
 
-struct BrokenStore;
-
-impl Store for BrokenStore {
-    fn get(&self, _: Arc<str>) -> StoreFuture<Option<Arc<crate::Entry>>> {
-        Box::pin(async { Err(StoreError::new("down")) })
-    }
-    fn put(&self, _: Arc<str>, _: Arc<crate::Entry>, _: Duration) -> StoreFuture<()> {
-        Box::pin(async { Err(StoreError::new("down")) })
-    }
-    fn delete(&self, _: Arc<str>) -> StoreFuture<()> {
-        Box::pin(async { Err(StoreError::new("down")) })
-    }
-}
-
 #[tokio::test]
 async fn a_failing_store_never_fails_a_request() {
     let f = Fixture::with(
-        Stash::builder().store(BrokenStore),
+        Stash::builder().store(crate::test_util::Down),
         one_route("/r", Policy::ttl(HOUR)),
         Handler::echo(),
     );

@@ -335,23 +335,8 @@ impl<S: Store> Store for TieredStore<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::StoreError;
+    use crate::test_util::Down;
     use http::StatusCode;
-
-    /// An L2 that always fails.
-    struct Down;
-
-    impl Store for Down {
-        fn get(&self, _: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
-            Box::pin(async { Err(StoreError::new("down")) })
-        }
-        fn put(&self, _: Arc<str>, _: Arc<Entry>, _: Duration) -> StoreFuture<()> {
-            Box::pin(async { Err(StoreError::new("down")) })
-        }
-        fn delete(&self, _: Arc<str>) -> StoreFuture<()> {
-            Box::pin(async { Err(StoreError::new("down")) })
-        }
-    }
 
     fn entry(ttl: Duration) -> Arc<Entry> {
         Arc::new(
