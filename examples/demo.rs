@@ -426,10 +426,24 @@ async fn stats(State(demo): State<Arc<Demo>>) -> Response {
         "hit_rate": s.hit_rate(),
         "db_queries": demo.db.queries(),
         "store_health": s.health.as_str(),
+        // Null in memory: no breaker. Redis is pinged every second while idle.
+        "breaker": s.breaker.map(|b| b.as_str()),
+        "last_success_ms_ago": s.since_last_success.map(|d| d.as_millis() as u64),
         "l1_entries": s.entries,
         "l1_bytes": s.bytes,
     }))
     .into_response()
+}
+
+/// Puts the stash on the Redis at `url` (`REDIS_URL`), in place of the file's `[stash.redis]`
+/// address; an empty `url` leaves the file's choice.
+pub fn use_redis(config: &mut Config, url: String) {
+    if !url.is_empty() {
+        let mut redis = config.stash.redis.take().unwrap_or_default();
+        redis.url = Some(url);
+        redis.cluster = None;
+        config.stash.redis = Some(redis);
+    }
 }
 
 fn arg(name: &str) -> Option<String> {
@@ -450,12 +464,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.toml").into());
     let mut config = Config::load(&path)?;
     if let Ok(url) = std::env::var("REDIS_URL") {
-        if !url.is_empty() {
-            let mut redis = config.stash.redis.take().unwrap_or_default();
-            redis.url = Some(url);
-            redis.cluster = None;
-            config.stash.redis = Some(redis);
-        }
+        use_redis(&mut config, url);
     }
     let stash = config.stash()?.build()?;
     let admin_token = match std::env::var("ADMIN_TOKEN") {

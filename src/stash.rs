@@ -117,6 +117,11 @@ pub struct Stats {
     pub bytes: u64,
     /// Whether the store is in use or skipped after failures.
     pub health: crate::Health,
+    /// The store's circuit breaker; `None` for a store without one (memory).
+    pub breaker: Option<crate::BreakerState>,
+    /// How long ago the store last answered a call or a ping; `None` for a store without a
+    /// breaker, or before its first answer.
+    pub since_last_success: Option<Duration>,
 }
 
 impl Stats {
@@ -301,6 +306,7 @@ impl Stash {
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;
         let usage = self.usage();
+        let report = self.inner.store.health_report();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Stats {
             hits: get(&c.hits),
@@ -315,7 +321,10 @@ impl Stash {
             evictions: usage.evictions,
             entries: usage.entries,
             bytes: usage.bytes,
-            health: self.inner.store.health(),
+            // One reading of the breaker, so that the fields agree.
+            health: report.map_or_else(|| self.inner.store.health(), |r| r.health()),
+            breaker: report.map(|r| r.breaker),
+            since_last_success: report.and_then(|r| r.since_last_success),
         }
     }
 

@@ -3,6 +3,8 @@
 
 #[path = "../examples/demo.rs"]
 mod demo;
+#[cfg(feature = "redis")]
+mod support;
 
 use axum::body::Body;
 use http::{header, Request, StatusCode};
@@ -396,6 +398,9 @@ async fn stats_report_the_cache_and_the_database() {
     assert_eq!(stats["db_queries"], 1);
     assert_eq!(stats["hit_rate"], 0.5);
     assert_eq!(stats["store_health"], "ok");
+    // In memory: no breaker, nothing to ping.
+    assert!(stats["breaker"].is_null());
+    assert!(stats["last_success_ms_ago"].is_null());
     assert_eq!(stats["l1_entries"], 1);
     assert!(stats["l1_bytes"].as_u64().unwrap() > 0);
     for field in ["stale", "collapsed", "store_errors", "stores"] {
@@ -467,4 +472,75 @@ async fn the_product_list_is_tagged_by_every_category_and_brand_in_it() {
         "no Nokia in the list: {}",
         after.cache_status()
     );
+}
+
+/// The demo on a Redis that is killed while no request comes: `/stats` says so within 2 s, and
+/// says it is back within 3 s of its return. (`/stats` itself never calls Redis.)
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_show_a_killed_redis_within_2_s_with_no_traffic_and_its_return_within_3_s() {
+    use std::time::Instant;
+    use support::redis::RedisServer;
+
+    let mut redis = tokio::task::block_in_place(RedisServer::start);
+    // As `REDIS_URL=... cargo run --example demo` does.
+    let mut config = config();
+    demo::use_redis(&mut config, redis.url());
+    let stash = config.stash().unwrap().build().unwrap();
+    let db = demo::Db::new(Duration::from_millis(5));
+    let router = demo::app(demo::Demo::new(db.clone(), stash.clone(), TOKEN), &config).unwrap();
+    let app = App {
+        router,
+        db,
+        stash,
+        clock: ManualClock::default(),
+    };
+    let stats = || async { app.get("/stats").await.json() };
+    // Polls `/stats` (every 10 ms, for at most 10 s) until `store_health` is `want`.
+    let until_health = |want: &'static str, since: Instant| async move {
+        loop {
+            let s = stats().await;
+            if s["store_health"] == want {
+                return (since.elapsed(), s);
+            }
+            assert!(since.elapsed() < Duration::from_secs(10), "still {s}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+
+    // Healthy: the probe's pings reach Redis.
+    let (_, s) = until_health("ok", Instant::now()).await;
+    assert_eq!(s["breaker"], "closed");
+    let started = Instant::now();
+    while stats().await["last_success_ms_ago"].is_null() {
+        assert!(started.elapsed() < Duration::from_secs(10), "never pinged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let killed = Instant::now();
+    tokio::task::block_in_place(|| redis.kill());
+    let (down, s) = until_health("degraded", killed).await;
+    println!("degraded {down:?} after the kill: {s}");
+    assert!(
+        down <= Duration::from_secs(2),
+        "degraded only after {down:?}"
+    );
+    assert!(s["breaker"] == "open" || s["breaker"] == "half-open", "{s}");
+    // The last answer came a second or more before the first failed ping.
+    assert!(s["last_success_ms_ago"].as_u64().unwrap() >= 1_000, "{s}");
+
+    let restarted = Instant::now();
+    tokio::task::block_in_place(|| redis.restart());
+    let (up, s) = until_health("ok", restarted).await;
+    println!("ok {up:?} after the restart began: {s}");
+    assert!(up <= Duration::from_secs(3), "ok only after {up:?}");
+    assert_eq!(s["breaker"], "closed");
+    assert!(s["last_success_ms_ago"].as_u64().unwrap() < 1_000, "{s}");
+    // No request reached the cache or the database meanwhile.
+    assert_eq!(
+        (s["hits"].as_u64(), s["misses"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(s["store_errors"], 0);
+    assert_eq!(app.queries(), 0);
 }

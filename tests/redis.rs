@@ -17,8 +17,8 @@ use support::redis::{Proxy, RedisServer};
 use support::within;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stash::{
-    CacheLayer, Entry, Guarded, Health, MemoryStore, Policy, RedisStore, Routes, Stash, Store,
-    TieredStore,
+    BreakerState, CacheLayer, Entry, Guarded, Health, MemoryStore, Policy, RedisStore, Routes,
+    Stash, Store, TieredStore,
 };
 
 const TTL: Duration = Duration::from_secs(60);
@@ -546,6 +546,48 @@ async fn killed_redis_costs_hit_rate_never_errors_and_comes_back_by_itself() {
     assert_eq!(a.l2.health(), Health::Ok);
     assert_eq!(b.l2.health(), Health::Ok);
     assert_eq!(a.stash.health(), Health::Ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_traffic_a_killed_redis_is_degraded_within_2_s_and_ok_within_3_s_of_its_return() {
+    let mut redis = blocking(RedisServer::start);
+    // The defaults: a 10 ms timeout, 5 failures, a 1 s cool-down, a ping a second while idle.
+    let stash = Stash::builder().redis(redis.url()).build().unwrap();
+    eventually("a first answer to the probe", || {
+        stash.stats().since_last_success.is_some()
+    })
+    .await;
+    let stats = stash.stats();
+    assert_eq!(
+        (stats.health, stats.breaker),
+        (Health::Ok, Some(BreakerState::Closed))
+    );
+
+    let killed = Instant::now();
+    blocking(|| redis.kill());
+    eventually("degraded", || stash.stats().health == Health::Degraded).await;
+    let down = killed.elapsed();
+    let stats = stash.stats();
+    println!("degraded {down:?} after the kill: {stats:?}");
+    assert!(
+        down <= Duration::from_secs(2),
+        "degraded only after {down:?}"
+    );
+    assert_ne!(stats.breaker, Some(BreakerState::Closed));
+    // The last answer came a second or more before the first failed ping.
+    assert!(stats.since_last_success.unwrap() >= Duration::from_secs(1));
+
+    let restarted = Instant::now();
+    blocking(|| redis.restart());
+    eventually("ok", || stash.stats().health == Health::Ok).await;
+    let up = restarted.elapsed();
+    let stats = stash.stats();
+    println!("ok {up:?} after the restart began: {stats:?}");
+    assert!(up <= Duration::from_secs(3), "ok only after {up:?}");
+    assert_eq!(stats.breaker, Some(BreakerState::Closed));
+    assert!(stats.since_last_success.unwrap() < Duration::from_secs(1));
+    // Nothing but the probe: no request, no store error counted.
+    assert_eq!((stats.hits, stats.misses, stats.store_errors), (0, 0, 0));
 }
 
 // ---- Redis paused: no answer, no RST ----

@@ -133,6 +133,9 @@ pub struct RedisConfig {
     pub failures: Option<u32>,
     /// How long the open breaker skips Redis before probing it.
     pub cool_down: Option<Dur>,
+    /// How long Redis may go without a call before it is pinged, and how often it is pinged
+    /// then; `"0s"` turns the pings off.
+    pub probe_interval: Option<Dur>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -146,6 +149,7 @@ impl fmt::Debug for RedisConfig {
             .field("timeout", &self.timeout)
             .field("failures", &self.failures)
             .field("cool_down", &self.cool_down)
+            .field("probe_interval", &self.probe_interval)
             .finish()
     }
 }
@@ -540,6 +544,11 @@ impl Config {
                     _ => {}
                 }
             }
+            if r.probe_interval
+                .is_some_and(|d| d.0 > crate::entry::MAX_TTL)
+            {
+                bad("stash.redis", "probe_interval", "must be at most 10 years");
+            }
         }
         if let Some(r) = &self.stash.redis {
             let (field, urls): (&str, Vec<String>) = match (&r.url, &r.cluster) {
@@ -632,6 +641,9 @@ impl Config {
         }
         if let Some(d) = r.cool_down {
             guarded = guarded.cool_down(d.0);
+        }
+        if let Some(d) = r.probe_interval {
+            guarded = guarded.probe_interval(d.0);
         }
         let store = crate::TieredStore::new(memory, guarded);
         Ok(Box::new(move |b: StashBuilder| b.store(store)))

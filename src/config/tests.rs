@@ -162,6 +162,19 @@ fn redis_settings_are_checked_with_their_lines() {
         e.contains("app.toml:4: stash.redis.timeout: must be more than zero"),
         "{e}"
     );
+    let e = err("[stash.redis]\nurl = \"redis://127.0.0.1:6379\"\nprobe_interval = \"100000y\"\n");
+    assert!(
+        e.contains("app.toml:3: stash.redis.probe_interval: must be at most 10 years"),
+        "{e}"
+    );
+    // Zero turns the probe off.
+    let text = "[stash.redis]\nurl = \"redis://127.0.0.1:6379\"\nprobe_interval = \"0s\"\n";
+    let redis = Config::from_toml(text, "app.toml")
+        .unwrap()
+        .stash
+        .redis
+        .unwrap();
+    assert_eq!(redis.probe_interval.unwrap().0, Duration::ZERO);
     let e = err("[stash]\ninvalidation_margin = \"100000y\"\n");
     assert!(
         e.contains("app.toml:2: stash.invalidation_margin: must be at most 10 years"),

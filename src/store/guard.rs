@@ -1,16 +1,31 @@
-//! [`Guarded`]: a per-call timeout and a circuit breaker around any store.
+//! [`Guarded`]: a per-call timeout, a circuit breaker and a background probe around any store.
 
-use super::{BusEvent, Health, Store, StoreError, StoreFuture, StoreUsage, WriteTicket};
+use super::{
+    BreakerState, BusEvent, Health, HealthReport, Store, StoreError, StoreFuture, StoreUsage,
+    WriteTicket,
+};
 use crate::Entry;
 use bytes::Bytes;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// After a failure, the probe pings again after this fraction of its interval, so that a dead
+/// store reaches the failure threshold in a fraction of a second, not `failures` seconds.
+const CONFIRM: u32 = 10;
+/// The least the probe waits after a ping, whatever the settings (a zero cool-down, a tiny
+/// interval), so that it never spins on a store that answers at once.
+const MIN_GAP: Duration = Duration::from_millis(1);
+
+/// The least time a call off a hit's path (an invalidation, a message) is given.
+const SLOW: Duration = Duration::from_secs(1);
 
 tokio::task_local! {
     /// Set while a call of many steps runs under [`Guarded`]: told of each step finished.
-    static STEPS: Arc<tokio::sync::Notify>;
+    static STEPS: Arc<Notify>;
 }
 
 /// Reports that a call of many steps (a tag invalidation walking its index in batches) has
@@ -22,38 +37,48 @@ pub(crate) fn step_done() {
 }
 
 /// A store behind a per-call timeout and a circuit breaker, so that a slow or absent store
-/// costs a request at most the timeout, and then nothing at all.
+/// costs a request at most the timeout, and then nothing at all; and a background probe, so
+/// that [`health`](Self::health) is true even when no request comes.
 ///
 /// - Every call is bounded by [`timeout`](Self::timeout) (default 10 ms); a call that takes
-///   longer fails with a [`StoreError`]. Invalidations get at least 1 s; a tag invalidation,
-///   which walks the tag's entries in batches, gets it for each batch (each round trip), so
-///   that a tag of any size can be invalidated while a store that stops answering is still
-///   given up on within the timeout.
+///   longer fails with a [`StoreError`].
 /// - After [`failures`](Self::failures) failures or timeouts in a row (default 5), the breaker
 ///   opens: [`health`](Self::health) is [`Health::Degraded`] and every call fails at once,
 ///   without touching the store.
-/// - After [`cool_down`](Self::cool_down) (default 1 s), one call is let through as a probe
-///   while the others still fail at once: its success closes the breaker, its failure opens it
-///   for another cool-down. A probe that is dropped before it ends lets the next call probe.
+/// - While no call has ended for [`probe_interval`](Self::probe_interval) (default 1 s), a
+///   background task pings the store ([`Store::ping`], under the same timeout) once per
+///   interval; after a failure, again after a tenth of the interval. A ping counts as a call:
+///   with the defaults, a store that dies while idle opens the breaker within about 1.5 s.
+/// - After [`cool_down`](Self::cool_down) (default 1 s) the probe pings the open breaker's
+///   store (half-open): success closes the breaker, failure opens it for another cool-down;
+///   calls meanwhile fail at once, so no request pays for the probe. Without a probe (an
+///   interval of zero, or no tokio runtime) the first call after the cool-down probes instead,
+///   while the others still fail at once; a probing call dropped before it ends lets the next
+///   call probe.
 ///
-/// Clones share the breaker, so a clone kept aside reads the health of the one in use.
+/// The probe starts with the guard inside a tokio runtime, or with its first call through
+/// [`Store`] in one, and ends when the last clone is dropped. Clones share the breaker and
+/// its probe, so a clone kept aside reads the health of the one in use; a setter called on a
+/// clone gives that clone a breaker of its own.
 ///
 /// # Example
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_stash::{Guarded, Health, MemoryStore};
+/// use tower_stash::{BreakerState, Guarded, Health, MemoryStore};
 ///
 /// let store = Guarded::new(MemoryStore::default())
 ///     .timeout(Duration::from_millis(5))
 ///     .failures(3)
-///     .cool_down(Duration::from_millis(500));
+///     .cool_down(Duration::from_millis(500))
+///     .probe_interval(Duration::from_secs(2));
 /// assert_eq!(store.health(), Health::Ok);
+/// assert_eq!(store.breaker(), BreakerState::Closed);
+/// assert_eq!(store.since_last_success(), None);
 /// ```
 pub struct Guarded<S> {
     inner: Arc<S>,
     breaker: Arc<Breaker>,
-    timeout: Duration,
 }
 
 impl<S> Clone for Guarded<S> {
@@ -61,111 +86,142 @@ impl<S> Clone for Guarded<S> {
         Self {
             inner: self.inner.clone(),
             breaker: self.breaker.clone(),
-            timeout: self.timeout,
         }
     }
 }
 
 impl<S: fmt::Debug> fmt::Debug for Guarded<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings = self.breaker.state().settings;
         f.debug_struct("Guarded")
             .field("inner", &self.inner)
-            .field("health", &self.health())
-            .field("timeout", &self.timeout)
+            .field("breaker", &self.breaker())
+            .field("timeout", &settings.timeout)
+            .field("probe_interval", &settings.probe_interval)
             .finish_non_exhaustive()
     }
 }
 
 impl<S> Guarded<S> {
-    /// Guards `inner` with the defaults: a 10 ms timeout, open after 5 failures in a row, a
-    /// probe after 1 s.
-    pub fn new(inner: S) -> Self {
-        Self {
-            inner: Arc::new(inner),
-            breaker: Arc::new(Breaker {
-                threshold: 5,
-                cool_down: Duration::from_secs(1),
-                phase: Mutex::new(Phase::Closed { failures: 0 }),
-            }),
-            timeout: Duration::from_millis(10),
-        }
-    }
-
-    /// How long one call may take (default 10 ms).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// How many failures or timeouts in a row open the breaker (default 5; at least 1).
-    pub fn failures(mut self, failures: u32) -> Self {
-        self.breaker_mut().threshold = failures.max(1);
-        self
-    }
-
-    /// How long the breaker stays open before a probe (default 1 s).
-    pub fn cool_down(mut self, cool_down: Duration) -> Self {
-        self.breaker_mut().cool_down = cool_down;
-        self
-    }
-
     /// [`Health::Ok`] while calls go to the store, [`Health::Degraded`] while the breaker is
-    /// open or probing.
+    /// open or half-open.
     pub fn health(&self) -> Health {
-        match *self.breaker.phase() {
-            Phase::Closed { .. } => Health::Ok,
-            Phase::Open { .. } | Phase::Probing => Health::Degraded,
-        }
+        self.breaker().health()
+    }
+
+    /// The breaker's state.
+    pub fn breaker(&self) -> BreakerState {
+        self.breaker.state().phase.into()
+    }
+
+    /// How long ago a call or a ping last succeeded; `None` before the first success.
+    pub fn since_last_success(&self) -> Option<Duration> {
+        self.breaker.report().since_last_success
     }
 
     /// The guarded store.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+}
 
-    /// The breaker, to set up: a fresh one if it is shared with a clone already.
-    fn breaker_mut(&mut self) -> &mut Breaker {
-        if Arc::get_mut(&mut self.breaker).is_none() {
-            let b = &*self.breaker;
-            self.breaker = Arc::new(Breaker {
-                threshold: b.threshold,
-                cool_down: b.cool_down,
-                phase: Mutex::new(Phase::Closed { failures: 0 }),
-            });
+impl<S: Store> Guarded<S> {
+    /// Guards `inner` with the defaults: a 10 ms timeout, open after 5 failures in a row, a
+    /// probe after 1 s, a ping every second while idle.
+    pub fn new(inner: S) -> Self {
+        let this = Self {
+            inner: Arc::new(inner),
+            breaker: Breaker::new(Settings {
+                timeout: Duration::from_millis(10),
+                threshold: 5,
+                cool_down: Duration::from_secs(1),
+                probe_interval: Duration::from_secs(1),
+            }),
+        };
+        this.start_probe();
+        this
+    }
+
+    /// How long one call (or ping) may take (default 10 ms).
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.set(|s| s.timeout = timeout)
+    }
+
+    /// How many failures or timeouts in a row open the breaker (default 5; at least 1).
+    pub fn failures(self, failures: u32) -> Self {
+        self.set(|s| s.threshold = failures.max(1))
+    }
+
+    /// How long the breaker stays open before a probe (default 1 s).
+    pub fn cool_down(self, cool_down: Duration) -> Self {
+        self.set(|s| s.cool_down = cool_down)
+    }
+
+    /// How long the store may go without a call before the background probe pings it, and
+    /// how often it pings then (default 1 s). [`Duration::ZERO`] turns the probe off: health
+    /// then changes only with calls.
+    pub fn probe_interval(self, interval: Duration) -> Self {
+        self.set(|s| s.probe_interval = interval)
+    }
+
+    /// Changes a setting: on a fresh breaker if this one is shared with a clone already.
+    fn set(mut self, change: impl FnOnce(&mut Settings)) -> Self {
+        if Arc::strong_count(&self.breaker) > 1 {
+            let settings = self.breaker.state().settings;
+            self.breaker = Breaker::new(settings);
         }
-        Arc::get_mut(&mut self.breaker).expect("just made unique")
+        change(&mut self.breaker.state().settings);
+        // The probe looks at its schedule again.
+        self.breaker.wake.notify_one();
+        self.start_probe();
+        self
+    }
+
+    /// Starts the background probe, once, if a tokio runtime is at hand.
+    fn start_probe(&self) {
+        let started = &self.breaker.probe_started;
+        if started.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        rt.spawn(probe(
+            Arc::downgrade(&self.inner),
+            Arc::downgrade(&self.breaker),
+            self.breaker.wake.clone(),
+        ));
     }
 
     /// Runs `call` under the breaker and the timeout.
     fn guard<T: Send + 'static>(&self, call: impl FnOnce(&S) -> StoreFuture<T>) -> StoreFuture<T> {
-        self.guard_for(self.timeout, call)
+        self.guard_for(Duration::ZERO, call)
     }
 
-    /// The timeout of invalidations, which are not on a hit's path: at least 1 s.
-    fn slow_timeout(&self) -> Duration {
-        self.timeout.max(Duration::from_secs(1))
-    }
-
-    /// A call off a hit's path (an invalidation, a message): [`slow_timeout`](Self::slow_timeout).
+    /// Invalidations are not on a hit's path and may touch many keys: they get at least 1 s.
     fn guard_slow<T: Send + 'static>(
         &self,
         call: impl FnOnce(&S) -> StoreFuture<T>,
     ) -> StoreFuture<T> {
-        self.guard_for(self.slow_timeout(), call)
+        self.guard_for(SLOW, call)
     }
 
-    /// A call of many steps (see [`step_done`]): the [slow timeout](Self::slow_timeout)
-    /// bounds each step, not the whole call, which takes as many steps as it needs.
+    /// A call of many steps (see [`step_done`]): the timeout, at least 1 s, bounds each
+    /// step, not the whole call, which takes as many steps as it needs.
     fn guard_steps<T: Send + 'static>(
         &self,
         call: impl FnOnce(&S) -> StoreFuture<T>,
     ) -> StoreFuture<T> {
-        let timeout = self.slow_timeout();
-        let permit = match self.breaker.admit() {
-            Ok(permit) => permit,
+        self.start_probe();
+        let (permit, timeout) = match self.breaker.admit() {
+            Ok(admitted) => admitted,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let steps = Arc::new(tokio::sync::Notify::new());
+        let timeout = timeout.max(SLOW);
+        let steps = Arc::new(Notify::new());
         let fut = STEPS.scope(steps.clone(), call(&self.inner));
         Box::pin(async move {
             tokio::pin!(fut);
@@ -186,17 +242,19 @@ impl<S> Guarded<S> {
         })
     }
 
+    /// Runs `call` under the breaker and the timeout, or `at_least`.
     fn guard_for<T: Send + 'static>(
         &self,
-        timeout: Duration,
+        at_least: Duration,
         call: impl FnOnce(&S) -> StoreFuture<T>,
     ) -> StoreFuture<T> {
-        let permit = match self.breaker.admit() {
-            Ok(permit) => permit,
+        self.start_probe();
+        let (permit, timeout) = match self.breaker.admit() {
+            Ok(admitted) => admitted,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         let fut = call(&self.inner);
-        Box::pin(guarded(fut, timeout, permit))
+        Box::pin(guarded(fut, timeout.max(at_least), permit))
     }
 }
 
@@ -211,6 +269,62 @@ async fn guarded<T>(
     };
     permit.finish(result.is_ok());
     result
+}
+
+/// The background probe of one breaker: pings the store while no call ends, until the
+/// breaker is dropped.
+async fn probe<S: Store>(store: Weak<S>, breaker: Weak<Breaker>, wake: Arc<Notify>) {
+    let _running = Running(breaker.clone());
+    loop {
+        let Some(next) = breaker.upgrade().map(|b| b.probe_next()) else {
+            return;
+        };
+        match next {
+            Next::Wait(due) => {
+                // Woken early by a failure, a changed setting, or the breaker's drop.
+                let woken = wake.notified();
+                match due {
+                    Some(due) => tokio::select! {
+                        () = tokio::time::sleep_until(due) => {}
+                        () = woken => {}
+                    },
+                    None => woken.await,
+                }
+            }
+            Next::Ping(permit, timeout) => {
+                let Some(store) = store.upgrade() else {
+                    return;
+                };
+                let ping = store.ping();
+                drop(store);
+                let ok = matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(())));
+                if !ok {
+                    tracing::debug!("cache store probe: no answer to a ping");
+                }
+                permit.finish(ok);
+            }
+        }
+    }
+}
+
+/// Marks the probe stopped if its task is dropped (its runtime shut down), so that the next
+/// call starts another.
+struct Running(Weak<Breaker>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.0.upgrade() {
+            breaker.probe_started.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// What the probe does next.
+enum Next {
+    /// Nothing until then (or, `None`, until woken: the probe is off).
+    Wait(Option<Instant>),
+    /// Ping the store, within the timeout.
+    Ping(Permit, Duration),
 }
 
 impl<S: Store> Store for Guarded<S> {
@@ -231,7 +345,17 @@ impl<S: Store> Store for Guarded<S> {
     }
 
     fn health(&self) -> Health {
+        self.start_probe();
         Guarded::health(self)
+    }
+
+    fn ping(&self) -> StoreFuture<()> {
+        self.guard(|s| s.ping())
+    }
+
+    fn health_report(&self) -> Option<HealthReport> {
+        self.start_probe();
+        Some(self.breaker.report())
     }
 
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
@@ -324,79 +448,186 @@ enum Phase {
     Closed { failures: u32 },
     /// Calls fail at once until `until`.
     Open { until: Instant },
-    /// One probe call is in flight; the others fail at once.
+    /// One probe (a ping or a call) is in flight; the calls fail at once.
     Probing,
+}
+
+impl From<Phase> for BreakerState {
+    fn from(phase: Phase) -> Self {
+        match phase {
+            Phase::Closed { .. } => Self::Closed,
+            Phase::Open { .. } => Self::Open,
+            Phase::Probing => Self::HalfOpen,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    timeout: Duration,
+    threshold: u32,
+    cool_down: Duration,
+    probe_interval: Duration,
+}
+
+#[derive(Debug)]
+struct State {
+    settings: Settings,
+    phase: Phase,
+    /// When a call or a ping last ended, failed or not.
+    last_end: Option<Instant>,
+    /// When one last succeeded.
+    last_success: Option<Instant>,
 }
 
 #[derive(Debug)]
 struct Breaker {
-    threshold: u32,
-    cool_down: Duration,
-    phase: Mutex<Phase>,
+    state: Mutex<State>,
+    /// Wakes the probe: a failure, a changed setting, the breaker's drop.
+    wake: Arc<Notify>,
+    /// Whether a probe task runs for this breaker.
+    probe_started: AtomicBool,
+}
+
+impl Drop for Breaker {
+    fn drop(&mut self) {
+        // The probe sees the breaker gone and ends.
+        self.wake.notify_one();
+    }
 }
 
 impl Breaker {
-    fn phase(&self) -> MutexGuard<'_, Phase> {
-        self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    fn new(settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                settings,
+                phase: Phase::Closed { failures: 0 },
+                last_end: None,
+                last_success: None,
+            }),
+            wake: Arc::new(Notify::new()),
+            probe_started: AtomicBool::new(false),
+        })
     }
 
-    /// Lets a call through, or fails it at once while open.
-    fn admit(self: &Arc<Self>) -> Result<Permit, StoreError> {
-        let mut phase = self.phase();
-        let probe = match *phase {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn report(&self) -> HealthReport {
+        let state = self.state();
+        let since = state
+            .last_success
+            .map(|at| Instant::now().saturating_duration_since(at));
+        HealthReport::new(state.phase.into(), since)
+    }
+
+    /// Whether the background probe, not a call, half-opens the breaker.
+    fn probe_on(&self, state: &State) -> bool {
+        !state.settings.probe_interval.is_zero() && self.probe_started.load(Ordering::Acquire)
+    }
+
+    /// Lets a call through (with its timeout), or fails it at once while open.
+    fn admit(self: &Arc<Self>) -> Result<(Permit, Duration), StoreError> {
+        let mut state = self.state();
+        let probe = match state.phase {
             Phase::Closed { .. } => false,
-            Phase::Open { until } if Instant::now() >= until => {
-                *phase = Phase::Probing;
+            Phase::Open { until } if Instant::now() >= until && !self.probe_on(&state) => {
+                state.phase = Phase::Probing;
                 true
             }
             Phase::Open { .. } | Phase::Probing => {
                 return Err(StoreError::new("circuit open: not calling the store"));
             }
         };
-        Ok(Permit {
+        let permit = Permit {
             breaker: Some(self.clone()),
             probe,
-        })
+        };
+        Ok((permit, state.settings.timeout))
+    }
+
+    /// The probe's next step: wait, or ping now (half-opening an open breaker).
+    fn probe_next(self: &Arc<Self>) -> Next {
+        let mut state = self.state();
+        let settings = state.settings;
+        let interval = settings.probe_interval;
+        if interval.is_zero() {
+            return Next::Wait(None);
+        }
+        let now = Instant::now();
+        let after_last = |wait: Duration| state.last_end.map_or(now, |at| at + wait.max(MIN_GAP));
+        let due = match state.phase {
+            Phase::Closed { failures: 0 } => after_last(interval),
+            Phase::Closed { .. } => after_last(interval / CONFIRM),
+            Phase::Open { until } => until.max(after_last(Duration::ZERO)),
+            // A call probes (it was let through before the probe started).
+            Phase::Probing => now + (interval / CONFIRM).max(MIN_GAP),
+        };
+        if now < due {
+            return Next::Wait(Some(due));
+        }
+        let probe = matches!(state.phase, Phase::Open { .. });
+        if probe {
+            state.phase = Phase::Probing;
+        }
+        let permit = Permit {
+            breaker: Some(self.clone()),
+            probe,
+        };
+        Next::Ping(permit, settings.timeout)
     }
 
     fn record(&self, probe: bool, ok: bool) {
-        let mut phase = self.phase();
-        match (*phase, ok) {
-            (Phase::Closed { .. }, true) => *phase = Phase::Closed { failures: 0 },
+        let mut state = self.state();
+        let now = Instant::now();
+        state.last_end = Some(now);
+        if ok {
+            state.last_success = Some(now);
+        }
+        let Settings {
+            threshold,
+            cool_down,
+            ..
+        } = state.settings;
+        let open = Phase::Open {
+            until: now + cool_down,
+        };
+        match (state.phase, ok) {
+            (Phase::Closed { .. }, true) => state.phase = Phase::Closed { failures: 0 },
             // Any success shows the store answers again.
             (Phase::Open { .. } | Phase::Probing, true) => {
                 tracing::info!("cache store answers again: circuit closed");
-                *phase = Phase::Closed { failures: 0 };
+                state.phase = Phase::Closed { failures: 0 };
             }
             (Phase::Closed { failures }, false) => {
                 let failures = failures + 1;
-                *phase = if failures >= self.threshold {
-                    tracing::warn!(failures, cool_down = ?self.cool_down, "cache store failing: circuit open");
-                    self.open()
+                state.phase = if failures >= threshold {
+                    tracing::warn!(failures, ?cool_down, "cache store failing: circuit open");
+                    open
                 } else {
                     Phase::Closed { failures }
                 };
             }
             (Phase::Probing, false) if probe => {
                 tracing::debug!("cache store probe failed: circuit open again");
-                *phase = self.open();
+                state.phase = open;
             }
             // A late failure of a call let through before the breaker opened.
             (Phase::Open { .. } | Phase::Probing, false) => {}
         }
-    }
-
-    fn open(&self) -> Phase {
-        Phase::Open {
-            until: Instant::now() + self.cool_down,
+        drop(state);
+        if !ok {
+            // The probe confirms a failure sooner, or waits for the cool-down.
+            self.wake.notify_one();
         }
     }
 
-    /// A probe dropped before it ended: the next call probes.
+    /// A probe dropped before it ended: the next call (or the probe) probes.
     fn abandon_probe(&self) {
-        let mut phase = self.phase();
-        if *phase == Phase::Probing {
-            *phase = Phase::Open {
+        let mut state = self.state();
+        if state.phase == Phase::Probing {
+            state.phase = Phase::Open {
                 until: Instant::now(),
             };
         }
@@ -432,17 +663,23 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    /// A store whose calls fail, hang or succeed, as told; counts its calls.
+    /// A store whose calls and pings fail, hang or succeed, as told; counts its calls and its
+    /// pings apart.
     #[derive(Default)]
     struct Flaky {
         fail: AtomicBool,
         hang: AtomicBool,
         calls: AtomicUsize,
+        pings: AtomicUsize,
     }
 
     impl Flaky {
         fn answer(&self) -> StoreFuture<()> {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            self.outcome()
+        }
+
+        fn outcome(&self) -> StoreFuture<()> {
             if self.hang.load(Ordering::SeqCst) {
                 Box::pin(std::future::pending())
             } else if self.fail.load(Ordering::SeqCst) {
@@ -464,14 +701,41 @@ mod tests {
         fn delete(&self, _: Arc<str>) -> StoreFuture<()> {
             self.answer()
         }
+        fn ping(&self) -> StoreFuture<()> {
+            self.pings.fetch_add(1, Ordering::SeqCst);
+            self.outcome()
+        }
     }
 
+    /// A guard whose breaker only calls move (no background probe).
     fn guarded() -> (Guarded<Flaky>, Guarded<Flaky>) {
         let g = Guarded::new(Flaky::default())
             .timeout(Duration::from_millis(10))
             .failures(3)
-            .cool_down(Duration::from_secs(1));
+            .cool_down(Duration::from_secs(1))
+            .probe_interval(Duration::ZERO);
         (g.clone(), g)
+    }
+
+    fn pings(g: &Guarded<Flaky>) -> usize {
+        g.get_ref().pings.load(Ordering::SeqCst)
+    }
+
+    fn set_down(g: &Guarded<Flaky>, down: bool) {
+        g.get_ref().fail.store(down, Ordering::SeqCst);
+    }
+
+    /// Moves paused time on in 1 ms steps (the probe runs between them) until `cond` holds,
+    /// and says how long that took; fails the test past `limit`. Timers fire on whole
+    /// milliseconds, rounded up: each wait of the probe can take a millisecond more.
+    async fn virtual_time_until(what: &str, limit: Duration, cond: impl Fn() -> bool) -> Duration {
+        let started = Instant::now();
+        while !cond() {
+            let took = started.elapsed();
+            assert!(took <= limit, "{what}: not within {limit:?}");
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        started.elapsed()
     }
 
     fn calls(g: &Guarded<Flaky>) -> usize {
@@ -559,6 +823,198 @@ mod tests {
         assert_eq!(g.health(), Health::Ok);
     }
 
+    /// `took` is `expected`, give or take the timers' rounding.
+    fn around(took: Duration, expected: Duration) -> bool {
+        took >= expected && took <= expected + Duration::from_millis(10)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_store_is_degraded_within_2_s_of_dying_and_ok_within_3_s_of_its_return() {
+        // The defaults, and no call at all: only the probe can tell. The store dies and comes
+        // back at several points of the probe's cycle.
+        let (mut worst_down, mut worst_up) = (Duration::ZERO, Duration::ZERO);
+        for offset_ms in [0, 1, 100, 250, 500, 750, 999] {
+            let offset = Duration::from_millis(offset_ms);
+            let g = Guarded::new(Flaky::default());
+            virtual_time_until("the first ping", Duration::ZERO, || pings(&g) == 1).await;
+            assert_eq!(g.since_last_success(), Some(Duration::ZERO));
+            tokio::time::advance(offset).await;
+
+            set_down(&g, true);
+            let down = virtual_time_until("degraded", Duration::from_secs(2), || {
+                g.health() == Health::Degraded
+            })
+            .await;
+            assert_eq!(g.breaker(), BreakerState::Open);
+            assert!(g.since_last_success().unwrap() >= down + offset);
+            worst_down = worst_down.max(down);
+
+            tokio::time::advance(offset).await;
+            set_down(&g, false);
+            let up =
+                virtual_time_until("ok", Duration::from_secs(3), || g.health() == Health::Ok).await;
+            assert_eq!(g.breaker(), BreakerState::Closed);
+            assert_eq!(g.since_last_success(), Some(Duration::ZERO));
+            worst_up = worst_up.max(up);
+            assert_eq!(calls(&g), 0, "no call: the probe pinged");
+        }
+        // Pinged 1 s after the last answer, then every 100 ms: open at the 5th failure.
+        assert!(
+            around(worst_down, Duration::from_millis(1400)),
+            "{worst_down:?}"
+        );
+        // Pinged once per cool-down while open.
+        assert!(worst_up <= Duration::from_millis(1010), "{worst_up:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_probe_pings_only_while_no_call_ends() {
+        let g = Guarded::new(Flaky::default());
+        virtual_time_until("the first ping", Duration::ZERO, || pings(&g) == 1).await;
+        // A call every 500 ms: the probe keeps quiet.
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            assert!(g.get("k".into()).await.is_ok());
+        }
+        assert_eq!(pings(&g), 1);
+        // Idle: a ping a second after the last call, then every second.
+        let quiet = Instant::now();
+        virtual_time_until("3 pings", Duration::from_millis(3010), || pings(&g) == 4).await;
+        assert!(around(quiet.elapsed(), Duration::from_secs(3)));
+        // A failed call is confirmed by a ping 100 ms later, and the next 100 ms after that.
+        set_down(&g, true);
+        assert!(g.get("k".into()).await.is_err());
+        let failed = Instant::now();
+        virtual_time_until("2 more pings", Duration::from_millis(210), || {
+            pings(&g) == 6
+        })
+        .await;
+        assert!(around(failed.elapsed(), Duration::from_millis(200)));
+        assert_eq!(g.breaker(), BreakerState::Closed, "3 failures of 5");
+        virtual_time_until("open", Duration::from_millis(210), || {
+            g.breaker() == BreakerState::Open
+        })
+        .await;
+        assert_eq!(calls(&g), 11);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_open_calls_fail_at_once_and_the_probe_half_opens_and_closes() {
+        let g = Guarded::new(Flaky::default()).failures(3);
+        set_down(&g, true);
+        for _ in 0..3 {
+            assert!(g.get("k".into()).await.is_err());
+        }
+        assert_eq!(g.breaker(), BreakerState::Open);
+        let opened = Instant::now();
+        // Past the cool-down a call still fails at once: the probe, not a request, finds out.
+        g.get_ref().hang.store(true, Ordering::SeqCst);
+        let before = pings(&g);
+        virtual_time_until("a ping", Duration::from_millis(1010), || pings(&g) > before).await;
+        assert!(around(opened.elapsed(), Duration::from_secs(1)));
+        assert_eq!(g.breaker(), BreakerState::HalfOpen, "the ping hangs");
+        assert_eq!(g.health(), Health::Degraded);
+        assert!(g.get("k".into()).await.is_err());
+        assert_eq!(calls(&g), 3);
+        // The hanging ping times out: open for another cool-down.
+        virtual_time_until("open again", Duration::from_millis(20), || {
+            g.breaker() == BreakerState::Open
+        })
+        .await;
+        g.get_ref().hang.store(false, Ordering::SeqCst);
+        set_down(&g, false);
+        let up = virtual_time_until("closed", Duration::from_millis(1010), || {
+            g.breaker() == BreakerState::Closed
+        })
+        .await;
+        assert!(around(up, Duration::from_secs(1)));
+        assert_eq!(calls(&g), 3);
+        assert!(g.get("k".into()).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_report_gives_the_breaker_and_the_time_since_the_last_success() {
+        let (g, _) = guarded();
+        let report = |g: &Guarded<Flaky>| Store::health_report(g).unwrap();
+        assert_eq!(report(&g), HealthReport::new(BreakerState::Closed, None));
+        assert!(g.get("k".into()).await.is_ok());
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(g.since_last_success(), Some(Duration::from_millis(300)));
+        set_down(&g, true);
+        for _ in 0..3 {
+            assert!(g.get("k".into()).await.is_err());
+        }
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let r = report(&g);
+        assert_eq!(r.breaker, BreakerState::Open);
+        assert_eq!(r.since_last_success, Some(Duration::from_millis(500)));
+        assert_eq!(r.health(), Health::Degraded);
+        // A memory store has no breaker to report.
+        assert_eq!(crate::MemoryStore::default().health_report(), None);
+    }
+
+    #[test]
+    fn the_probe_starts_with_the_first_call_in_a_runtime_and_ends_with_the_last_clone() {
+        // Built outside a runtime: no probe yet.
+        let g = Guarded::new(Flaky::default());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let alive = || {
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks()
+            };
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert_eq!((pings(&g), alive()), (0, 0));
+            // A health read through `Store` is a first use.
+            assert_eq!(Store::health(&g), Health::Ok);
+            virtual_time_until("the first ping", Duration::ZERO, || pings(&g) == 1).await;
+            assert_eq!(alive(), 1);
+            let clone = g.clone();
+            drop(g);
+            virtual_time_until("a ping", Duration::from_millis(1010), || pings(&clone) == 2).await;
+            drop(clone);
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(alive(), 0, "the probe ended with the last clone");
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_probe_waits_at_least_a_millisecond_after_each_ping() {
+        // The settings would have it ping again at once, for ever.
+        let breaker = Breaker::new(Settings {
+            timeout: Duration::from_millis(10),
+            threshold: 1,
+            cool_down: Duration::ZERO,
+            probe_interval: Duration::from_nanos(1),
+        });
+        for ok in [true, false, false, true] {
+            let Next::Ping(permit, _) = breaker.probe_next() else {
+                panic!("a ping is due");
+            };
+            permit.finish(ok);
+            let Next::Wait(Some(due)) = breaker.probe_next() else {
+                panic!("a ping again at once");
+            };
+            assert_eq!(due - Instant::now(), MIN_GAP);
+            tokio::time::advance(MIN_GAP).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_interval_turns_the_probe_off() {
+        let g = Guarded::new(Flaky::default()).probe_interval(Duration::ZERO);
+        set_down(&g, true);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!((pings(&g), g.health()), (0, Health::Ok));
+    }
+
     /// A store whose tag invalidation takes `steps` steps of `each`, reporting each, and then
     /// hangs if `hang` (a store that stopped answering midway).
     struct Walker {
@@ -601,7 +1057,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_tag_invalidation_is_timed_per_step_not_as_one_call() {
         let walk = |steps, each, hang| async move {
-            let g = Guarded::new(Walker { steps, each, hang });
+            let g = Guarded::new(Walker { steps, each, hang }).probe_interval(Duration::ZERO);
             let started = Instant::now();
             let done = g
                 .invalidate_tag("ns".into(), "t".into(), SystemTime::now(), Duration::ZERO)

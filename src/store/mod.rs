@@ -224,6 +224,19 @@ pub trait Store: Send + Sync + 'static {
     /// of it), for when invalidations may have been lost. The default does nothing.
     fn clear_local(&self) {}
 
+    /// Checks that the store answers (Redis: `PING`), for a background probe while no call
+    /// is made. The default answers `Ok` at once: a store with nothing to ping (memory).
+    fn ping(&self) -> StoreFuture<()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// The circuit breaker's state and the time since the last successful call, for a store
+    /// that has a breaker ([`Guarded`](crate::Guarded)); read with [`Stash::stats`](crate::Stash::stats).
+    /// The default is `None`: no breaker.
+    fn health_report(&self) -> Option<HealthReport> {
+        None
+    }
+
     /// Counts of what the store holds, for [`Stats`](crate::Stats): called when stats are read
     /// and now and then after a store, never on the hit path. The default knows nothing.
     fn usage(&self) -> StoreUsage {
@@ -303,6 +316,69 @@ impl Health {
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The state of a store's circuit breaker: see [`Store::health_report`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BreakerState {
+    /// Calls go to the store.
+    Closed,
+    /// Calls fail at once, without touching the store, until a probe.
+    Open,
+    /// One probe (a ping, or a call) is finding out whether the store answers again; the
+    /// other calls fail at once.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// `"closed"`, `"open"` or `"half-open"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half-open",
+        }
+    }
+
+    /// [`Health::Ok`] while closed, [`Health::Degraded`] otherwise.
+    pub fn health(self) -> Health {
+        match self {
+            Self::Closed => Health::Ok,
+            Self::Open | Self::HalfOpen => Health::Degraded,
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a store with a circuit breaker knows of its health: see [`Store::health_report`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// The breaker's state.
+    pub breaker: BreakerState,
+    /// How long ago a call (or a ping) last succeeded; `None` before the first success.
+    pub since_last_success: Option<Duration>,
+}
+
+impl HealthReport {
+    /// A report of `breaker`, whose store last answered `since_last_success` ago.
+    pub fn new(breaker: BreakerState, since_last_success: Option<Duration>) -> Self {
+        Self {
+            breaker,
+            since_last_success,
+        }
+    }
+
+    /// The health the breaker's state means.
+    pub fn health(&self) -> Health {
+        self.breaker.health()
     }
 }
 

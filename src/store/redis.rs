@@ -959,6 +959,38 @@ impl Store for RedisStore {
         self.bus_live.load(Ordering::Acquire)
     }
 
+    /// `PING`, as every call goes (a dropped connection is discarded). On a cluster, every
+    /// master is pinged and one answer is enough: one breaker serves the whole cluster, and
+    /// the masters that answer keep serving their keys.
+    fn ping(&self) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let cmd = redis::cmd("PING");
+            let reply = match &this.backend {
+                Backend::Single { .. } => this.run(&cmd).await?,
+                Backend::Cluster(cluster) => {
+                    use redis::cluster_routing::{
+                        MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo,
+                    };
+                    let mut conn = cluster.connection(this.checkout_timeout).await?;
+                    let any_master = RoutingInfo::MultiNode((
+                        MultipleNodeRoutingInfo::AllMasters,
+                        Some(ResponsePolicy::OneSucceeded),
+                    ));
+                    conn.route_command(cmd, any_master)
+                        .await
+                        .map_err(|e| StoreError::new(format!("redis: {e}")))?
+                }
+            };
+            match reply {
+                Value::SimpleString(pong) if pong == "PONG" => Ok(()),
+                other => Err(StoreError::new(format!(
+                    "redis: unexpected reply to PING: {other:?}"
+                ))),
+            }
+        })
+    }
+
     /// Replaces the entry with a tombstone, unless an entry stored after `at` is there.
     fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
         let this = self.clone();

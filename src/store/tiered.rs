@@ -1,6 +1,8 @@
 //! [`TieredStore`]: a [`MemoryStore`] in front of a shared store.
 
-use super::{BusEvent, Health, MemoryStore, Store, StoreFuture, StoreUsage, WriteTicket};
+use super::{
+    BusEvent, Health, HealthReport, MemoryStore, Store, StoreFuture, StoreUsage, WriteTicket,
+};
 use crate::Entry;
 use bytes::Bytes;
 use std::fmt;
@@ -180,6 +182,16 @@ impl<S> TieredStore<S> {
 impl<S: Store> Store for TieredStore<S> {
     fn health(&self) -> Health {
         self.l2.health()
+    }
+
+    /// Pings L2 (L1 is always there).
+    fn ping(&self) -> StoreFuture<()> {
+        self.l2.ping()
+    }
+
+    /// L2's report.
+    fn health_report(&self) -> Option<HealthReport> {
+        self.l2.health_report()
     }
 
     /// L1's entry while it is fresh; otherwise L2's, copied into L1. An expired L1 entry
