@@ -1713,6 +1713,45 @@ async fn sliding_entries_live_while_used_in_both_tiers_and_stop_at_their_cap(red
     }
 }
 
+// ---- Liveness: connections that stop answering without closing ----
+
+/// The client side of the established TCP connections to `port` (Linux' `/proc/net/tcp`),
+/// each with its timer: `2` is the keepalive timer, `0` none.
+#[cfg(target_os = "linux")]
+fn connections_to(port: u16) -> Vec<(String, u8)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote = f.get(2)?;
+            let rem_port = u16::from_str_radix(remote.rsplit(':').next()?, 16).ok()?;
+            // `01`: established; `tr:when`: the timer running.
+            let timer = f.get(5)?.split(':').next()?.parse().ok()?;
+            (rem_port == port && *f.get(3)? == "01").then(|| (f[1].to_string(), timer))
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_has_tcp_keepalive() {
+    let redis = blocking(RedisServer::start);
+    let store = TieredStore::new(MemoryStore::new(1 << 20), store_on(&redis.url()));
+    subscribed(&redis, 1).await;
+    let entry = Entry::new("k", StatusCode::OK, Default::default(), "v".into())
+        .with_times(SystemTime::now(), TTL);
+    store.put("k".into(), Arc::new(entry), TTL).await.unwrap();
+    // The subscription and the pool's connection, idle: each with its keepalive timer
+    // running (a connection without keepalive has none while idle).
+    eventually("keepalive on every connection", || {
+        let conns = connections_to(redis.port());
+        conns.len() >= 2 && conns.iter().all(|(_, timer)| *timer == 2)
+    })
+    .await;
+}
+
 // ---- Redis Cluster: a failover under load ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,8 @@ use crate::Entry;
 use bb8_redis::RedisConnectionManager;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
-use redis::{RedisError, Value};
+use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
+use redis::{ConnectionInfo, IntoConnectionInfo, RedisError, Value};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -138,6 +139,42 @@ fn millis_at(t: SystemTime) -> u64 {
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
+/// TCP keepalive on every connection (the pool's, the cluster's, the subscriber's): probes
+/// after 10 s without traffic, then every 5 s; 3 unanswered close the connection. A host that
+/// vanished without a FIN or an RST is found in about 25 s even on a connection nothing uses;
+/// on Linux, data unacknowledged for as long closes it too (`TCP_USER_TIMEOUT`).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// `base` with TCP keepalive (see [`KEEPALIVE_IDLE`]).
+fn with_keepalive(base: &TcpSettings) -> TcpSettings {
+    let keepalive = TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "windows"
+    ))]
+    let keepalive = keepalive
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    let settings = base.clone().set_keepalive(keepalive);
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    let settings =
+        settings.set_user_timeout(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES);
+    settings
+}
+
+/// The connection settings of `url`, with TCP keepalive.
+fn connection_info(url: &str) -> Result<ConnectionInfo, RedisError> {
+    let info = url.into_connection_info()?;
+    let tcp = with_keepalive(info.tcp_settings());
+    Ok(info.set_tcp_settings(tcp))
+}
+
 const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string' then \
      return redis.call('DEL', KEYS[1]) end return 0";
 
@@ -159,7 +196,8 @@ const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string
 /// A connection that fails with a dropped connection is discarded, and so is every connection
 /// opened before it (they went to the same server, which is likely gone or restarted); new
 /// connections are opened as calls need them, so the store recovers by itself when Redis
-/// returns.
+/// returns. Every connection has TCP keepalive (probes after 10 s idle, every 5 s, 3 missed
+/// close it), so that one to a host that vanished without closing it is found.
 ///
 /// # Example
 ///
@@ -376,7 +414,7 @@ impl RedisStoreBuilder {
             return self.build_cluster(nodes?);
         }
         let mut errors = Vec::new();
-        let manager = match RedisConnectionManager::new(self.url.as_str()) {
+        let manager = match connection_info(&self.url).and_then(RedisConnectionManager::new) {
             Ok(manager) => Some(manager),
             Err(e) => {
                 errors.push(format!("redis.url: {e}"));
@@ -390,7 +428,8 @@ impl RedisStoreBuilder {
         let Some(manager) = manager.filter(|_| errors.is_empty()) else {
             return Err(StoreError::new(errors.join("; ")));
         };
-        let client = redis::Client::open(self.url.as_str())
+        let client = connection_info(&self.url)
+            .and_then(redis::Client::open)
             .map_err(|e| StoreError::new(format!("redis.url: {e}")))?;
         let epoch = Arc::new(AtomicU64::new(0));
         let manager = Manager {
@@ -435,7 +474,7 @@ impl RedisStoreBuilder {
         let mut errors = Vec::new();
         let mut clients = Vec::new();
         for node in &nodes {
-            match redis::Client::open(node.as_str()) {
+            match connection_info(node).and_then(redis::Client::open) {
                 Ok(c) => clients.push(c),
                 Err(e) => errors.push(format!("redis.url: node `{}`: {e}", redact(node))),
             }
@@ -450,6 +489,7 @@ impl RedisStoreBuilder {
                 // A node that stops answering (paused, partitioned) fails its calls, so that
                 // the slot map is refreshed once a replica takes over.
                 .response_timeout(self.connect_timeout)
+                .tcp_settings(with_keepalive(&TcpSettings::default()))
                 // Failovers and resharding are followed by a few quick retries; a caller that
                 // cannot wait is cut short by its own timeout (`Guarded`).
                 .retries(4)
