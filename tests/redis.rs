@@ -1077,6 +1077,8 @@ async fn stale_while_revalidate_refreshes_once_across_instances(redis: &impl Bac
 struct Users {
     stash: Stash,
     app: axum::Router,
+    /// The stash's store: its memory tier is looked at directly.
+    store: TieredStore<Guarded<RedisStore>>,
 }
 
 #[derive(Clone, Default)]
@@ -1090,8 +1092,9 @@ impl Users {
         use axum::extract::{Path, State};
         use axum::routing::get;
         let l2 = Guarded::new(store_on(url)).timeout(Duration::from_secs(1));
+        let store = TieredStore::new(MemoryStore::new(16 << 20), l2);
         let stash = Stash::builder()
-            .store(TieredStore::new(MemoryStore::new(16 << 20), l2))
+            .store(store.clone())
             .namespace("users")
             // One machine, one clock: no skew to cover (the default margin of 50 ms would
             // keep fills right after an invalidation out of the cache).
@@ -1172,7 +1175,15 @@ impl Users {
                         ),
                     )),
             );
-        Self { stash, app }
+        Self { stash, app, store }
+    }
+
+    /// Whether the memory tier holds user `id`'s entry.
+    fn in_memory(&self, id: &str) -> bool {
+        matches!(
+            self.store.get_local(&format!("users:v1:user:{id}")),
+            Some(Some(_))
+        )
     }
 
     async fn send(&self, req: axum::http::Request<axum::body::Body>) -> (String, String) {
@@ -1714,6 +1725,62 @@ async fn sliding_entries_live_while_used_in_both_tiers_and_stop_at_their_cap(red
 }
 
 // ---- Liveness: connections that stop answering without closing ----
+
+/// How long a silent subscription may go unnoticed: a PING every second, a pong within 2 s
+/// (`src/store/redis.rs`), so at most 3 s.
+const SILENT_SUBSCRIPTION_NOTICED: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_subscription_is_noticed_the_memory_tier_flushed_and_resubscribed() {
+    let redis = RedisServer::start();
+    // B reaches Redis only through the proxy: when it goes half-open, B's host has, as far
+    // as B can tell, vanished without closing anything.
+    let proxy = Proxy::start(redis.addr()).await;
+    let db = UserDb::default();
+    let a = Users::new(&redis.url(), &db, Duration::ZERO);
+    let b = Users::new(&proxy.url(), &db, Duration::ZERO);
+    subscribed(&redis, 2).await;
+    db.names.lock().unwrap().insert("1".into(), "old".into());
+    b.get("1").await;
+    eventually("B's fill", || b.stash.stats().stores == 1).await;
+    assert_eq!(
+        b.get("1").await,
+        ("user 1: old".into(), "tower-stash; hit".into())
+    );
+    assert!(b.in_memory("1"));
+
+    proxy.half_open();
+    let silent = Instant::now();
+    // A writes: its invalidation is published, and B, deaf, misses it.
+    assert_eq!(a.put("1", "new").await.0, "user 1: new");
+    // B notices the silence within the bound and flushes its memory tier: the old value is
+    // never served again. (Before, B served it from memory for as long as L1 kept it.)
+    eventually("B's memory tier flushed", || !b.in_memory("1")).await;
+    let noticed = silent.elapsed();
+    eprintln!(
+        "the half-open subscription was noticed, and B's memory tier flushed, after {noticed:?}"
+    );
+    // (A margin for timers firing late on a loaded machine.)
+    assert!(
+        noticed < SILENT_SUBSCRIPTION_NOTICED + Duration::from_secs(1),
+        "noticed after {noticed:?}"
+    );
+    assert_eq!(b.get("1").await.0, "user 1: new");
+
+    // Once the proxy forwards again, B subscribes again (the silent subscription is still
+    // held open on Redis's side: three in all) and hears invalidations again.
+    proxy.restore();
+    subscribed(&redis, 3).await;
+    eventually_async("B's memory tier to hold the new value", || async {
+        b.get("1").await.1 == "tower-stash; hit"
+    })
+    .await;
+    assert_eq!(a.put("1", "newer").await.0, "user 1: newer");
+    eventually_async("B to hear the next invalidation", || async {
+        b.get("1").await.0 == "user 1: newer"
+    })
+    .await;
+}
 
 /// The client side of the established TCP connections to `port` (Linux' `/proc/net/tcp`),
 /// each with its timer: `2` is the keepalive timer, `0` none.

@@ -146,6 +146,10 @@ fn ms(d: Duration) -> u64 {
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_PROBES: u32 = 3;
+/// The subscriber connection is PINGed this often...
+const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(1);
+/// ...and its pong must come within this: a subscription silent for longer is lost.
+const SUBSCRIBER_PONG_WITHIN: Duration = Duration::from_secs(2);
 
 /// `base` with TCP keepalive (see [`KEEPALIVE_IDLE`]).
 fn with_keepalive(base: &TcpSettings) -> TcpSettings {
@@ -197,7 +201,9 @@ const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string
 /// opened before it (they went to the same server, which is likely gone or restarted); new
 /// connections are opened as calls need them, so the store recovers by itself when Redis
 /// returns. Every connection has TCP keepalive (probes after 10 s idle, every 5 s, 3 missed
-/// close it), so that one to a host that vanished without closing it is found.
+/// close it), so that one to a host that vanished without closing it is found. The
+/// subscription to other instances' invalidations is PINGed every second: see
+/// [`Store::subscribe`].
 ///
 /// # Example
 ///
@@ -741,6 +747,18 @@ impl RedisStore {
     }
 }
 
+/// Why a subscription ended.
+enum Ended {
+    /// The connection closed.
+    Dropped,
+    /// A PING failed.
+    Failed(RedisError),
+    /// A PING got no pong in time: the connection may be half-open.
+    Silent,
+    /// Nobody listens any more (the store was dropped).
+    Unsubscribed,
+}
+
 impl RedisStore {
     /// Runs `cmd` (a `GET`, or the sliding read script, of `key`) and reads the entry it returns.
     fn read(&self, key: Arc<str>, cmd: redis::Cmd) -> StoreFuture<Option<Arc<Entry>>> {
@@ -1105,6 +1123,12 @@ impl Store for RedisStore {
     /// the subscription is down, memory tiers keep serving (a Redis outage costs hit rate,
     /// not the memory tier); what they hold is dropped once it is back, since invalidations
     /// may have been missed meanwhile.
+    ///
+    /// The connection is PINGed every second: a pong that does not come within 2 s (a host
+    /// that vanished without closing the connection, a path gone half-open) counts as lost
+    /// at once, as no error would ever say so. Invalidations may have been missed since the
+    /// last pong, so [`BusEvent::Lost`] is reported then too (the memory tier is flushed
+    /// within 3 s of the silence), and the task subscribes again as after a drop.
     fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("redis: no tokio runtime to subscribe on: invalidations from other instances are not heard");
@@ -1142,24 +1166,56 @@ impl Store for RedisStore {
                         if resubscribed && !deliver(BusEvent::Lost) {
                             return;
                         }
-                        let mut messages = pubsub.into_on_message();
-                        loop {
+                        let (mut control, mut messages) = pubsub.split();
+                        // Ends when the sink is gone, or the connection does not answer.
+                        let alive = async {
+                            loop {
+                                tokio::time::sleep(SUBSCRIBER_PING_EVERY).await;
+                                if sink.strong_count() == 0 {
+                                    return Ended::Unsubscribed;
+                                }
+                                let pong = control.ping::<Value>();
+                                match tokio::time::timeout(SUBSCRIBER_PONG_WITHIN, pong).await {
+                                    Ok(Ok(_)) => {}
+                                    Ok(Err(e)) => return Ended::Failed(e),
+                                    Err(_) => return Ended::Silent,
+                                }
+                            }
+                        };
+                        tokio::pin!(alive);
+                        let ended = loop {
                             tokio::select! {
                                 msg = messages.next() => {
-                                    let Some(msg) = msg else { break };
+                                    let Some(msg) = msg else { break Ended::Dropped };
                                     let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
                                     if !deliver(BusEvent::Message(payload)) {
                                         return;
                                     }
                                 }
-                                _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                                    if sink.strong_count() == 0 {
-                                        return;
-                                    }
+                                ended = &mut alive => break ended,
+                            }
+                        };
+                        match ended {
+                            Ended::Unsubscribed => return,
+                            Ended::Dropped => {
+                                tracing::warn!("redis: the invalidation subscription dropped");
+                            }
+                            Ended::Failed(e) => tracing::warn!(
+                                error = %e,
+                                "redis: the invalidation subscription failed its PING"
+                            ),
+                            Ended::Silent => {
+                                tracing::warn!(
+                                    within = ?SUBSCRIBER_PONG_WITHIN,
+                                    "redis: the invalidation subscription went silent (no pong): \
+                                     flushing the memory tier and subscribing again"
+                                );
+                                // Invalidations may have been missed since the last pong.
+                                if !deliver(BusEvent::Lost) {
+                                    return;
                                 }
                             }
                         }
-                        tracing::warn!("redis: the invalidation subscription dropped");
                     }
                     Ok(Err(e)) => tracing::debug!(error = %e, "redis: subscribing failed"),
                     Err(_) => tracing::debug!("redis: subscribing timed out"),
