@@ -1782,6 +1782,61 @@ async fn a_half_open_subscription_is_noticed_the_memory_tier_flushed_and_resubsc
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_that_stops_answering_is_retired() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    // The breaker stays closed: every call reaches the pool.
+    let store = Guarded::new(store_on(&proxy.url()))
+        .timeout(Duration::from_millis(50))
+        .failures(1000);
+    let key: Arc<str> = "k".into();
+    let entry = Entry::new(&*key, StatusCode::OK, Default::default(), "v".into())
+        .with_times(SystemTime::now(), TTL);
+    store.put(key.clone(), Arc::new(entry), TTL).await.unwrap();
+    // Every connection the pool holds goes silent for good (as if its host vanished)...
+    proxy.half_open();
+    for _ in 0..3 {
+        let err = store.get(key.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("no answer within"), "{err}");
+    }
+    // ...and the host is reachable again at the same address: the silent connections are
+    // retired after their timeouts, and a new one answers. (Before, the pool kept the silent
+    // connection, and every call timed out for as long as it lived, 30 min.)
+    proxy.restore();
+    eventually_async("a call to succeed", || async {
+        matches!(store.get(key.clone()).await, Ok(Some(_)))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_master_s_connections_are_retired_at_its_first_readonly() {
+    let old = blocking(RedisServer::start);
+    let new = blocking(RedisServer::start);
+    // One address for the master (a DNS name, a virtual IP), the proxy's.
+    let proxy = Proxy::start(old.addr()).await;
+    let store = store_on(&proxy.url());
+    let put = |key: &str| {
+        let entry = Entry::new(key, StatusCode::OK, Default::default(), "v".into())
+            .with_times(SystemTime::now(), TTL);
+        store.put(key.into(), Arc::new(entry), TTL)
+    };
+    put("before").await.unwrap();
+    // A failover: the old master becomes a replica of the new one, and the address moves.
+    let port = new.port().to_string();
+    blocking(|| old.cli(&["REPLICAOF", "127.0.0.1", &port]));
+    proxy.set_upstream(new.addr());
+    // The first write meets the demoted master...
+    let err = put("first").await.unwrap_err();
+    assert!(err.to_string().contains("read only replica"), "{err}");
+    // ...which retires every connection to it at once: the next write opens a connection to
+    // the new master. (Before, every write failed READONLY until the pool recycled the
+    // connection, 30 min.)
+    put("second").await.unwrap();
+    assert_eq!(blocking(|| new.cli(&["EXISTS", "second"])), "1");
+}
+
 /// The client side of the established TCP connections to `port` (Linux' `/proc/net/tcp`),
 /// each with its timer: `2` is the keepalive timer, `0` none.
 #[cfg(target_os = "linux")]
