@@ -1119,6 +1119,8 @@ async fn stale_while_revalidate_refreshes_once_across_instances(redis: &impl Bac
 struct Users {
     stash: Stash,
     app: axum::Router,
+    /// The stash's store: its memory tier is looked at directly.
+    store: TieredStore<Guarded<RedisStore>>,
 }
 
 #[derive(Clone, Default)]
@@ -1146,13 +1148,10 @@ impl Users {
         use axum::extract::{Path, State};
         use axum::routing::get;
         let l2 = Guarded::new(store_on(url)).timeout(Duration::from_secs(1));
-        let stash = settings(
-            Stash::builder()
-                .store(TieredStore::new(MemoryStore::new(16 << 20), l2))
-                .namespace("users"),
-        )
-        .build()
-        .unwrap();
+        let store = TieredStore::new(MemoryStore::new(16 << 20), l2);
+        let stash = settings(Stash::builder().store(store.clone()).namespace("users"))
+            .build()
+            .unwrap();
         let app = axum::Router::new()
             .route(
                 "/users/{id}",
@@ -1241,7 +1240,15 @@ impl Users {
                         ),
                     )),
             );
-        Self { stash, app }
+        Self { stash, app, store }
+    }
+
+    /// Whether the memory tier holds user `id`'s entry.
+    fn in_memory(&self, id: &str) -> bool {
+        matches!(
+            self.store.get_local(&format!("users:v1:user:{id}")),
+            Some(Some(_))
+        )
     }
 
     async fn send(&self, req: axum::http::Request<axum::body::Body>) -> (String, String) {
@@ -2024,6 +2031,167 @@ async fn sliding_entries_live_while_used_in_both_tiers_and_stop_at_their_cap(red
         tokio::time::sleep(Duration::from_millis(300)).await;
         a.get_ok("/items/1").await;
     }
+}
+
+// ---- Liveness: connections that stop answering without closing ----
+
+/// How long a silent subscription may go unnoticed: a PING every second, a pong within 2 s
+/// (`src/store/redis.rs`), so at most 3 s.
+const SILENT_SUBSCRIPTION_NOTICED: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_subscription_is_noticed_the_memory_tier_flushed_and_resubscribed() {
+    let redis = RedisServer::start();
+    // B reaches Redis only through the proxy: when it goes half-open, B's host has, as far
+    // as B can tell, vanished without closing anything.
+    let proxy = Proxy::start(redis.addr()).await;
+    let db = UserDb::default();
+    let a = Users::new(&redis.url(), &db, Duration::ZERO);
+    let b = Users::new(&proxy.url(), &db, Duration::ZERO);
+    subscribed(&redis, 2).await;
+    db.names.lock().unwrap().insert("1".into(), "old".into());
+    b.get("1").await;
+    eventually("B's fill", || b.stash.stats().stores == 1).await;
+    assert_eq!(
+        b.get("1").await,
+        ("user 1: old".into(), "tower-stash; hit".into())
+    );
+    assert!(b.in_memory("1"));
+
+    proxy.half_open();
+    let silent = Instant::now();
+    // A writes: its invalidation is published, and B, deaf, misses it.
+    assert_eq!(a.put("1", "new").await.0, "user 1: new");
+    // B notices the silence within the bound and flushes its memory tier: the old value is
+    // never served again. (Before, B served it from memory for as long as L1 kept it.)
+    eventually("B's memory tier flushed", || !b.in_memory("1")).await;
+    let noticed = silent.elapsed();
+    eprintln!(
+        "the half-open subscription was noticed, and B's memory tier flushed, after {noticed:?}"
+    );
+    // (A margin for timers firing late on a loaded machine.)
+    assert!(
+        noticed < SILENT_SUBSCRIPTION_NOTICED + Duration::from_secs(1),
+        "noticed after {noticed:?}"
+    );
+    assert_eq!(b.get("1").await.0, "user 1: new");
+
+    // Once the proxy forwards again, B subscribes again (the silent subscription is still
+    // held open on Redis's side: three in all) and hears invalidations again.
+    proxy.restore();
+    subscribed(&redis, 3).await;
+    eventually_async("B's memory tier to hold the new value", || async {
+        b.get("1").await.1 == "tower-stash; hit"
+    })
+    .await;
+    assert_eq!(a.put("1", "newer").await.0, "user 1: newer");
+    eventually_async("B to hear the next invalidation", || async {
+        b.get("1").await.0 == "user 1: newer"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_that_stops_answering_is_retired() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    // One connection at most, so that a new one is opened only in place of the silent one;
+    // the breaker stays closed: every call reaches the pool.
+    let redis_store = RedisStore::builder(proxy.url())
+        .pool_size(1)
+        .checkout_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let store = Guarded::new(redis_store)
+        .timeout(Duration::from_millis(50))
+        .failures(1000);
+    let key: Arc<str> = "k".into();
+    let entry = Entry::new(&*key, StatusCode::OK, Default::default(), "v".into())
+        .with_times(SystemTime::now(), TTL);
+    store.put(key.clone(), Arc::new(entry), TTL).await.unwrap();
+    // The connection goes silent for good (as if its host vanished)...
+    proxy.half_open();
+    // Calls get no answer (Guarded's timeout, or the connection's own if the machine stalls).
+    for _ in 0..3 {
+        assert!(store.get(key.clone()).await.is_err());
+    }
+    // ...and the host is reachable again at the same address: the silent connection is
+    // retired after its calls' timeouts, and a new one answers. (Before, the pool kept the
+    // silent connection, and every call timed out for as long as it lived, 30 min.)
+    proxy.restore();
+    eventually_async("a call to succeed", || async {
+        matches!(store.get(key.clone()).await, Ok(Some(_)))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_master_s_connections_are_retired_at_its_first_readonly() {
+    let old = blocking(RedisServer::start);
+    let new = blocking(RedisServer::start);
+    // One address for the master (a DNS name, a virtual IP), the proxy's. One connection at
+    // most, so that a new one is opened only in place of the old one.
+    let proxy = Proxy::start(old.addr()).await;
+    let store = RedisStore::builder(proxy.url())
+        .pool_size(1)
+        .checkout_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let put = |key: &str| {
+        let entry = Entry::new(key, StatusCode::OK, Default::default(), "v".into())
+            .with_times(SystemTime::now(), TTL);
+        store.put(key.into(), Arc::new(entry), TTL)
+    };
+    put("before").await.unwrap();
+    // A failover: the old master becomes a replica of the new one, and the address moves.
+    let port = new.port().to_string();
+    blocking(|| old.cli(&["REPLICAOF", "127.0.0.1", &port]));
+    proxy.set_upstream(new.addr());
+    // The first write meets the demoted master...
+    let err = put("first").await.unwrap_err();
+    assert!(err.to_string().contains("read only replica"), "{err}");
+    // ...which retires every connection to it at once: the next write opens a connection to
+    // the new master. (Before, every write failed READONLY until the pool recycled the
+    // connection, 30 min.)
+    put("second").await.unwrap();
+    assert_eq!(blocking(|| new.cli(&["EXISTS", "second"])), "1");
+}
+
+/// The client side of the established TCP connections to `port` (Linux' `/proc/net/tcp`),
+/// each with its timer: `2` is the keepalive timer, `0` none.
+#[cfg(target_os = "linux")]
+fn connections_to(port: u16) -> Vec<(String, u8)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote = f.get(2)?;
+            let rem_port = u16::from_str_radix(remote.rsplit(':').next()?, 16).ok()?;
+            // `01`: established; `tr:when`: the timer running.
+            let timer = f.get(5)?.split(':').next()?.parse().ok()?;
+            (rem_port == port && *f.get(3)? == "01").then(|| (f[1].to_string(), timer))
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_has_tcp_keepalive() {
+    let redis = blocking(RedisServer::start);
+    let store = TieredStore::new(MemoryStore::new(1 << 20), store_on(&redis.url()));
+    subscribed(&redis, 1).await;
+    let entry = Entry::new("k", StatusCode::OK, Default::default(), "v".into())
+        .with_times(SystemTime::now(), TTL);
+    store.put("k".into(), Arc::new(entry), TTL).await.unwrap();
+    // The subscription and the pool's connection, idle: each with its keepalive timer
+    // running (a connection without keepalive has none while idle).
+    eventually("keepalive on every connection", || {
+        let conns = connections_to(redis.port());
+        conns.len() >= 2 && conns.iter().all(|(_, timer)| *timer == 2)
+    })
+    .await;
 }
 
 // ---- Redis Cluster: a failover under load ----

@@ -221,6 +221,81 @@ async fn proxy_cut_closes_connections_until_restore() {
     assert_eq!(ping(proxy.addr()).await, "+PONG\r\n");
 }
 
+/// Whether `stream` stays silent (no byte, no close) for `quiet`: a negative check, so it
+/// can only wait a fixed time.
+async fn silent_for(stream: &mut TcpStream, quiet: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    timeout(quiet, stream.read(&mut buf)).await.is_err()
+}
+
+/// The number of clients connected to `redis` (not counting redis-cli itself).
+fn clients(redis: &RedisServer) -> usize {
+    let info = redis.cli(&["INFO", "clients"]);
+    let n: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    n - 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_half_open_forwards_nothing_closes_nothing_until_restore() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    let mut old = connect(proxy.addr()).await;
+    assert_eq!(ping_on(&mut old).await, "+PONG\r\n");
+
+    proxy.half_open();
+    // A request goes nowhere, and no reply or close comes back.
+    old.write_all(PING).await.unwrap();
+    assert!(silent_for(&mut old, Duration::from_millis(300)).await);
+    // A new connection is accepted, and as silent.
+    let mut during = connect(proxy.addr()).await;
+    during.write_all(PING).await.unwrap();
+    assert!(silent_for(&mut during, Duration::from_millis(300)).await);
+    // The client's close does not reach the server either: its connections stay.
+    let before = tokio::task::block_in_place(|| clients(&redis));
+    assert_eq!(before, 2, "the old and the new proxied connection");
+    drop(during);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(tokio::task::block_in_place(|| clients(&redis)), before);
+
+    proxy.restore();
+    // New connections are forwarded again; the silenced one stays silent.
+    assert_eq!(ping(proxy.addr()).await, "+PONG\r\n");
+    assert!(silent_for(&mut old, Duration::from_millis(300)).await);
+    // Until the proxy goes: then every connection closes.
+    drop(proxy);
+    assert!(closed_promptly(&mut old).await, "dropping the proxy closes");
+}
+
+#[tokio::test]
+async fn proxy_set_upstream_moves_new_connections_only() {
+    let first = RedisServer::start();
+    let second = RedisServer::start();
+    let proxy = Proxy::start(first.addr()).await;
+    let mut old = connect(proxy.addr()).await;
+    assert_eq!(ping_on(&mut old).await, "+PONG\r\n");
+
+    proxy.set_upstream(second.addr());
+    assert_eq!(proxy.upstream(), second.addr());
+    let mut new = connect(proxy.addr()).await;
+    async fn set(stream: &mut TcpStream, value: &[u8]) -> Option<String> {
+        let mut cmd = b"*3\r\n$3\r\nSET\r\n$5\r\nwhere\r\n$1\r\n".to_vec();
+        cmd.extend_from_slice(value);
+        cmd.extend_from_slice(b"\r\n");
+        stream.write_all(&cmd).await.unwrap();
+        timeout(WAIT, read_line(stream)).await.unwrap()
+    }
+    assert_eq!(set(&mut old, b"1").await.as_deref(), Some("+OK\r\n"));
+    assert_eq!(set(&mut new, b"2").await.as_deref(), Some("+OK\r\n"));
+    assert_eq!(first.cli(&["GET", "where"]), "1");
+    assert_eq!(second.cli(&["GET", "where"]), "2");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_follows_the_server_through_kill_and_restart() {
     let mut redis = RedisServer::start();

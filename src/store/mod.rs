@@ -178,7 +178,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Calls `sink` with each message [published](Self::publish) by any instance, and with
     /// [`BusEvent::Lost`] whenever messages may have been missed (the subscription dropped and
-    /// is back), until the sink is dropped. Returns whether the store has a bus at all
+    /// is back, or was found silent), until the sink is dropped. Returns whether the store has a bus at all
     /// (the default has none).
     fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
         let _ = sink;
@@ -287,7 +287,8 @@ impl WriteTicket {
 pub enum BusEvent {
     /// A message another instance (or this one) published.
     Message(Bytes),
-    /// Messages may have been missed: the subscription was lost and is back.
+    /// Messages may have been missed: the subscription was lost and is back, or it was found
+    /// silent (a connection that stopped answering without closing) and is being replaced.
     Lost,
 }
 

@@ -3,13 +3,16 @@
 use super::guard::step_done;
 use super::{BusEvent, Store, StoreError, StoreFuture, WriteTicket};
 use crate::Entry;
-use bb8_redis::RedisConnectionManager;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
-use redis::{RedisError, Value};
+use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
+use redis::{AsyncConnectionConfig, ConnectionInfo, IntoConnectionInfo, RedisError, Value};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Deletes a key only while it still holds the given bytes.
@@ -140,6 +143,52 @@ fn millis_at(t: SystemTime) -> u64 {
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
+/// TCP keepalive on every connection (the pool's, the cluster's, the subscriber's): probes
+/// after 10 s without traffic, then every 5 s; 3 unanswered close the connection. A host that
+/// vanished without a FIN or an RST is found in about 25 s even on a connection nothing uses;
+/// on Linux, data unacknowledged for as long closes it too (`TCP_USER_TIMEOUT`).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+/// How long a pooled connection's call waits for its answer (the redis crate's default, made
+/// explicit): a call without an answer by then fails, and counts towards retiring it.
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Calls in a row without an answer within [`RESPONSE_TIMEOUT`] that retire a pooled
+/// connection (any answer, even an error, resets the count).
+const RETIRE_AFTER_TIMEOUTS: u32 = 3;
+/// The subscriber connection is PINGed this often...
+const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(1);
+/// ...and its pong must come within this: a subscription silent for longer is lost.
+const SUBSCRIBER_PONG_WITHIN: Duration = Duration::from_secs(2);
+
+/// `base` with TCP keepalive (see [`KEEPALIVE_IDLE`]).
+fn with_keepalive(base: &TcpSettings) -> TcpSettings {
+    let keepalive = TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "windows"
+    ))]
+    let keepalive = keepalive
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    let settings = base.clone().set_keepalive(keepalive);
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    let settings =
+        settings.set_user_timeout(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES);
+    settings
+}
+
+/// The connection settings of `url`, with TCP keepalive.
+fn connection_info(url: &str) -> Result<ConnectionInfo, RedisError> {
+    let info = url.into_connection_info()?;
+    let tcp = with_keepalive(info.tcp_settings());
+    Ok(info.set_tcp_settings(tcp))
+}
+
 const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string' then \
      return redis.call('DEL', KEYS[1]) end return 0";
 
@@ -161,7 +210,14 @@ const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string
 /// A connection that fails with a dropped connection is discarded, and so is every connection
 /// opened before it (they went to the same server, which is likely gone or restarted); new
 /// connections are opened as calls need them, so the store recovers by itself when Redis
-/// returns.
+/// returns. The same goes, at once, for a connection answering `READONLY` (a master demoted
+/// to a replica by a failover: a new connection finds the new master behind the same
+/// address), and for one whose calls go unanswered 3 times in a row for 500 ms each (a host
+/// that vanished without closing it, a path gone half-open), even when each caller gave up
+/// sooner (a call given up goes on in the background until it is answered or times out).
+/// Every connection has TCP keepalive (probes after 10 s idle, every 5 s, 3 missed close
+/// it). The subscription to other instances' invalidations is PINGed every second: see
+/// [`Store::subscribe`].
 ///
 /// # Example
 ///
@@ -380,8 +436,8 @@ impl RedisStoreBuilder {
             return self.build_cluster(nodes?);
         }
         let mut errors = Vec::new();
-        let manager = match RedisConnectionManager::new(self.url.as_str()) {
-            Ok(manager) => Some(manager),
+        let client = match connection_info(&self.url).and_then(redis::Client::open) {
+            Ok(client) => Some(client),
             Err(e) => {
                 errors.push(format!("redis.url: {e}"));
                 None
@@ -391,14 +447,15 @@ impl RedisStoreBuilder {
             errors.push("redis.pool_size: must be at least 1".to_string());
         }
         errors.extend(self.shared_errors());
-        let Some(manager) = manager.filter(|_| errors.is_empty()) else {
+        let Some(client) = client.filter(|_| errors.is_empty()) else {
             return Err(StoreError::new(errors.join("; ")));
         };
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| StoreError::new(format!("redis.url: {e}")))?;
         let epoch = Arc::new(AtomicU64::new(0));
         let manager = Manager {
-            inner: manager,
+            client: client.clone(),
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.connect_timeout))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT)),
             connect_timeout: self.connect_timeout,
             epoch: epoch.clone(),
         };
@@ -440,7 +497,7 @@ impl RedisStoreBuilder {
         let mut errors = Vec::new();
         let mut clients = Vec::new();
         for node in &nodes {
-            match redis::Client::open(node.as_str()) {
+            match connection_info(node).and_then(redis::Client::open) {
                 Ok(c) => clients.push(c),
                 Err(e) => errors.push(format!("redis.url: node `{}`: {e}", redact(node))),
             }
@@ -455,6 +512,7 @@ impl RedisStoreBuilder {
                 // A node that stops answering (paused, partitioned) fails its calls, so that
                 // the slot map is refreshed once a replica takes over.
                 .response_timeout(self.connect_timeout)
+                .tcp_settings(with_keepalive(&TcpSettings::default()))
                 // Failovers and resharding are followed by a few quick retries; a caller that
                 // cannot wait is cut short by its own timeout (`Guarded`).
                 .retries(4)
@@ -609,11 +667,14 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// bb8-redis's manager, plus a connect timeout and the detection of dropped connections, which
-/// its own `has_broken` (always `false`) does not do: without it, a connection to a Redis that
-/// was restarted would stay in the pool and fail every call until its lifetime ends.
+/// Opens the pool's connections (multiplexed, with a connect timeout, a response timeout and
+/// TCP keepalive), and retires the ones that no longer serve, which bb8-redis's manager
+/// (whose `has_broken` is always `false`) does not do: without it, a connection to a Redis
+/// that was restarted, that vanished, or that was demoted to a replica would stay in the pool
+/// and fail every call until its lifetime ends (30 min). See [`Hold::observe`].
 struct Manager {
-    inner: RedisConnectionManager,
+    client: redis::Client,
+    config: AsyncConnectionConfig,
     connect_timeout: Duration,
     /// Connections opened before this epoch are discarded.
     epoch: Arc<AtomicU64>,
@@ -624,8 +685,17 @@ struct Conn {
     mux: MultiplexedConnection,
     /// The manager's epoch when it was opened.
     epoch: u64,
-    /// Set when a call on it found the connection dropped.
+    /// Set when it was found opened before the manager's epoch.
     broken: bool,
+    /// What its calls have met so far.
+    liveness: Arc<Liveness>,
+}
+
+/// What a pooled connection's calls have met: shared by every call on it.
+#[derive(Debug, Default)]
+struct Liveness {
+    /// Calls in a row that got no answer within [`RESPONSE_TIMEOUT`].
+    unanswered: AtomicU32,
 }
 
 impl bb8::ManageConnection for Manager {
@@ -634,7 +704,10 @@ impl bb8::ManageConnection for Manager {
 
     async fn connect(&self) -> Result<Conn, RedisError> {
         let epoch = self.epoch.load(Ordering::Acquire);
-        let mux = tokio::time::timeout(self.connect_timeout, self.inner.connect())
+        let opening = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config);
+        let mux = tokio::time::timeout(self.connect_timeout, opening)
             .await
             .map_err(|_| {
                 RedisError::from(std::io::Error::new(
@@ -646,11 +719,12 @@ impl bb8::ManageConnection for Manager {
             mux,
             epoch,
             broken: false,
+            liveness: Arc::default(),
         })
     }
 
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
-        self.inner.is_valid(&mut conn.mux).await
+        redis::cmd("PING").query_async::<()>(&mut conn.mux).await
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
@@ -683,8 +757,27 @@ impl RedisStore {
         }
     }
 
+    /// Checks out a connection for one call: a clone of its multiplexed handle, and the
+    /// [`Hold`] that reads what the call's outcome says of it. The connection goes back to
+    /// the pool at once.
+    async fn hold(
+        &self,
+        pool: &bb8::Pool<Manager>,
+        epoch: &Arc<AtomicU64>,
+    ) -> Result<(MultiplexedConnection, Hold), StoreError> {
+        let conn = self.checkout(pool, epoch).await?;
+        let hold = Hold {
+            epoch: conn.epoch,
+            shared_epoch: epoch.clone(),
+            liveness: conn.liveness.clone(),
+        };
+        Ok((conn.mux.clone(), hold))
+    }
+
     /// Runs one command on a pooled connection: the outer error is the pool's, the inner one
-    /// Redis's. A dropped connection is discarded with every connection opened before it.
+    /// Redis's. What the outcome says of the connection retires it, with every connection
+    /// opened before it, when it dropped, stopped answering or reached a demoted master
+    /// (see [`Hold::observe`]).
     ///
     /// The connection goes back to the pool at once and the command runs on a clone of its
     /// multiplexed handle: concurrent requests share connections and their commands are
@@ -698,18 +791,11 @@ impl RedisStore {
                 return Ok(cmd.query_async::<Value>(&mut conn).await);
             }
         };
-        let (mut mux, epoch) = {
-            let conn = self.checkout(pool, shared_epoch).await?;
-            (conn.mux.clone(), conn.epoch)
-        };
-        let reply = cmd.query_async::<Value>(&mut mux).await;
-        if let Err(e) = &reply {
-            if e.is_connection_dropped() || e.is_unrecoverable_error() {
-                // Discards this connection and every one opened before it.
-                shared_epoch.fetch_max(epoch + 1, Ordering::AcqRel);
-            }
-        }
-        Ok(reply)
+        let (mut mux, hold) = self.hold(pool, shared_epoch).await?;
+        let cmd = cmd.clone();
+        Ok(hold
+            .watch(async move { cmd.query_async::<Value>(&mut mux).await })
+            .await)
     }
 
     /// Runs a pipeline in one round trip (on a cluster, each command on its own, all at once:
@@ -723,17 +809,11 @@ impl RedisStore {
                 return replies.into_iter().collect();
             }
         };
-        let (mut mux, epoch) = {
-            let conn = self.checkout(pool, shared_epoch).await?;
-            (conn.mux.clone(), conn.epoch)
-        };
-        let reply = pipe.query_async::<Vec<Value>>(&mut mux).await;
-        if let Err(e) = &reply {
-            if e.is_connection_dropped() || e.is_unrecoverable_error() {
-                shared_epoch.fetch_max(epoch + 1, Ordering::AcqRel);
-            }
-        }
-        reply.map_err(|e| StoreError::new(format!("redis: {e}")))
+        let (mut mux, hold) = self.hold(pool, shared_epoch).await?;
+        let pipe = pipe.clone();
+        hold.watch(async move { pipe.query_async::<Vec<Value>>(&mut mux).await })
+            .await
+            .map_err(|e| StoreError::new(format!("redis: {e}")))
     }
 
     /// Runs one command; any error is a [`StoreError`].
@@ -760,6 +840,124 @@ impl RedisStore {
                 tracing::debug!(%key, error = %e, "deleting an unreadable entry failed");
             }
         });
+    }
+}
+
+/// One call's hold on a pooled connection: what its outcome says of the connection.
+#[derive(Clone)]
+struct Hold {
+    /// The connection's epoch.
+    epoch: u64,
+    /// The manager's: raised past `epoch` to retire the connection.
+    shared_epoch: Arc<AtomicU64>,
+    liveness: Arc<Liveness>,
+}
+
+impl Hold {
+    /// Runs `call` and reads its outcome, even when the caller gives up first (see
+    /// [`Watched`]).
+    fn watch<T: Send + 'static, F>(self, call: F) -> Watched<T>
+    where
+        F: Future<Output = Result<T, RedisError>> + Send + 'static,
+    {
+        Watched {
+            call: Some(Box::pin(call)),
+            hold: self,
+        }
+    }
+
+    /// Retires the connection, with every connection opened before it (they went to the same
+    /// server), when `reply` shows that it no longer serves:
+    ///
+    /// - it dropped (a server restarted or killed);
+    /// - it reached a demoted master (`READONLY`): every write would fail until it recycled,
+    ///   while a new connection finds the new master behind the same address;
+    /// - [`RETIRE_AFTER_TIMEOUTS`] calls in a row got no answer within [`RESPONSE_TIMEOUT`]
+    ///   (a host that vanished, or a path that went half-open, which no error reports): once
+    ///   the server answers again, a new connection serves. A server that is only slow costs
+    ///   a reconnection.
+    ///
+    /// Any other answer, even an error, shows the connection serves, and resets the count.
+    fn observe<T>(&self, reply: &Result<T, RedisError>) {
+        let why = match reply {
+            Err(e) if e.is_timeout() => {
+                let unanswered = self.liveness.unanswered.fetch_add(1, Ordering::AcqRel) + 1;
+                if unanswered < RETIRE_AFTER_TIMEOUTS {
+                    return;
+                }
+                "calls in a row got no answer"
+            }
+            Err(e) if e.is_connection_dropped() || e.is_unrecoverable_error() => {
+                "the connection dropped"
+            }
+            Err(e) if e.code() == Some("READONLY") => "the server is a read-only replica now",
+            Ok(_) | Err(_) => {
+                self.liveness.unanswered.store(0, Ordering::Release);
+                return;
+            }
+        };
+        let before = self
+            .shared_epoch
+            .fetch_max(self.epoch + 1, Ordering::AcqRel);
+        if before <= self.epoch {
+            tracing::warn!(
+                reason = why,
+                "redis: retiring the connection and every one opened before it"
+            );
+        }
+    }
+}
+
+/// A call on a connection, boxed to be moved to another task.
+type Call<T> = Pin<Box<dyn Future<Output = Result<T, RedisError>> + Send>>;
+
+/// Why a subscription ended.
+enum Ended {
+    /// The connection closed.
+    Dropped,
+    /// A PING failed.
+    Failed(RedisError),
+    /// A PING got no pong in time: the connection may be half-open.
+    Silent,
+    /// Nobody listens any more (the store was dropped).
+    Unsubscribed,
+}
+
+/// A call on a pooled connection, whose outcome its [`Hold`] reads. Dropped unfinished (the
+/// caller gave up: [`Guarded`](crate::store::Guarded)'s timeout, a client gone away), the
+/// call is finished in the background, up to the connection's [`RESPONSE_TIMEOUT`]: a
+/// connection that no longer answers is found even when every caller gives up first.
+// The bounds are `Drop`'s, which finishes the call on another task.
+struct Watched<T: Send + 'static> {
+    call: Option<Call<T>>,
+    hold: Hold,
+}
+
+impl<T: Send + 'static> Future for Watched<T> {
+    type Output = Result<T, RedisError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let Some(call) = this.call.as_mut() else {
+            return Poll::Pending;
+        };
+        let reply = std::task::ready!(call.as_mut().poll(cx));
+        this.call = None;
+        this.hold.observe(&reply);
+        Poll::Ready(reply)
+    }
+}
+
+impl<T: Send + 'static> Drop for Watched<T> {
+    fn drop(&mut self) {
+        let Some(call) = self.call.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let hold = self.hold.clone();
+        rt.spawn(async move { hold.observe(&call.await) });
     }
 }
 
@@ -1194,6 +1392,12 @@ impl Store for RedisStore {
     /// the subscription is down, memory tiers keep serving (a Redis outage costs hit rate,
     /// not the memory tier); what they hold is dropped once it is back, since invalidations
     /// may have been missed meanwhile.
+    ///
+    /// The connection is PINGed every second: a pong that does not come within 2 s (a host
+    /// that vanished without closing the connection, a path gone half-open) counts as lost
+    /// at once, as no error would ever say so. Invalidations may have been missed since the
+    /// last pong, so [`BusEvent::Lost`] is reported then too (the memory tier is flushed
+    /// within 3 s of the silence), and the task subscribes again as after a drop.
     fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("redis: no tokio runtime to subscribe on: invalidations from other instances are not heard");
@@ -1234,25 +1438,57 @@ impl Store for RedisStore {
                         }
                         // Live only now that what may have been missed is flushed.
                         live.store(true, Ordering::Release);
-                        let mut messages = pubsub.into_on_message();
-                        loop {
+                        let (mut control, mut messages) = pubsub.split();
+                        // Ends when the sink is gone, or the connection does not answer.
+                        let alive = async {
+                            loop {
+                                tokio::time::sleep(SUBSCRIBER_PING_EVERY).await;
+                                if sink.strong_count() == 0 {
+                                    return Ended::Unsubscribed;
+                                }
+                                let pong = control.ping::<Value>();
+                                match tokio::time::timeout(SUBSCRIBER_PONG_WITHIN, pong).await {
+                                    Ok(Ok(_)) => {}
+                                    Ok(Err(e)) => return Ended::Failed(e),
+                                    Err(_) => return Ended::Silent,
+                                }
+                            }
+                        };
+                        tokio::pin!(alive);
+                        let ended = loop {
                             tokio::select! {
                                 msg = messages.next() => {
-                                    let Some(msg) = msg else { break };
+                                    let Some(msg) = msg else { break Ended::Dropped };
                                     let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
                                     if !deliver(BusEvent::Message(payload)) {
                                         return;
                                     }
                                 }
-                                _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                                    if sink.strong_count() == 0 {
-                                        return;
-                                    }
+                                ended = &mut alive => break ended,
+                            }
+                        };
+                        live.store(false, Ordering::Release);
+                        match ended {
+                            Ended::Unsubscribed => return,
+                            Ended::Dropped => {
+                                tracing::warn!("redis: the invalidation subscription dropped");
+                            }
+                            Ended::Failed(e) => tracing::warn!(
+                                error = %e,
+                                "redis: the invalidation subscription failed its PING"
+                            ),
+                            Ended::Silent => {
+                                tracing::warn!(
+                                    within = ?SUBSCRIBER_PONG_WITHIN,
+                                    "redis: the invalidation subscription went silent (no pong): \
+                                     flushing the memory tier and subscribing again"
+                                );
+                                // Invalidations may have been missed since the last pong.
+                                if !deliver(BusEvent::Lost) {
+                                    return;
                                 }
                             }
                         }
-                        live.store(false, Ordering::Release);
-                        tracing::warn!("redis: the invalidation subscription dropped");
                     }
                     Ok(Err(e)) => tracing::debug!(error = %e, "redis: subscribing failed"),
                     Err(_) => tracing::debug!("redis: subscribing timed out"),
@@ -1361,6 +1597,60 @@ mod tests {
         assert!(scored_members(vec![b("a"), Int(1)]).is_err());
         assert!(scored_members(vec![Array(vec![b("a")])]).is_err());
         assert!(scored_members(vec![Array(vec![b("a"), Double(f64::NAN)])]).is_err());
+    }
+
+    #[test]
+    fn timeouts_in_a_row_a_drop_or_readonly_retire_a_connection_and_every_older_one() {
+        use super::{Hold, Liveness, RETIRE_AFTER_TIMEOUTS};
+        use redis::{ErrorKind, RedisError, ServerErrorKind};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let timeout = || -> Result<(), RedisError> {
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer").into())
+        };
+        let shared = Arc::new(AtomicU64::new(4));
+        let hold = |epoch| Hold {
+            epoch,
+            shared_epoch: shared.clone(),
+            liveness: Arc::new(Liveness::default()),
+        };
+        let conn = hold(4);
+        // Timeouts retire only in a row: any answer, even an error, resets the count.
+        for _ in 0..3 {
+            for _ in 1..RETIRE_AFTER_TIMEOUTS {
+                conn.observe(&timeout());
+            }
+            conn.observe(&Err::<(), _>(RedisError::from((
+                ErrorKind::Server(ServerErrorKind::ResponseError),
+                "an error answer",
+            ))));
+            conn.observe(&timeout());
+            conn.observe(&Ok(()));
+        }
+        assert_eq!(shared.load(Ordering::SeqCst), 4);
+        for _ in 0..RETIRE_AFTER_TIMEOUTS {
+            conn.observe(&timeout());
+        }
+        assert_eq!(
+            shared.load(Ordering::SeqCst),
+            5,
+            "retired, with all before it"
+        );
+        // A demoted master: at once.
+        hold(5).observe(&Err::<(), _>(RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ))));
+        assert_eq!(shared.load(Ordering::SeqCst), 6);
+        // A dropped connection: at once. An older connection's failure retires no newer one.
+        hold(6).observe(&Err::<(), _>(
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset).into(),
+        ));
+        assert_eq!(shared.load(Ordering::SeqCst), 7);
+        hold(3).observe(&Err::<(), _>(
+            std::io::Error::from(std::io::ErrorKind::BrokenPipe).into(),
+        ));
+        assert_eq!(shared.load(Ordering::SeqCst), 7);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! * [`RedisServer`] runs `/usr/bin/redis-server` on `127.0.0.1:<free port>` with persistence off
 //!   and its own scratch directory; it can be killed, restarted on the same port, paused
 //!   (`SIGSTOP`) and resumed (`SIGCONT`), and inspected with [`RedisServer::cli`].
-//! * [`Proxy`] sits between a client and any TCP upstream and can add latency or cut every
-//!   connection at once.
+//! * [`Proxy`] sits between a client and any TCP upstream and can add latency, cut every
+//!   connection at once, leave every connection half-open (silent, never closed: a peer that
+//!   vanished without FIN or RST), or send new connections to another upstream.
 //!
 //! Nothing here ever talks to the system Redis on port 6379: every server gets a port the kernel
 //! just handed out, and its identity is checked (by process id) before it is used.
@@ -413,23 +414,46 @@ fn server_pid(port: u16) -> Option<u32> {
 /// What the proxy's tasks watch: live settings plus a cut generation.
 #[derive(Clone, Copy, Debug)]
 struct ProxyState {
+    /// Where new connections go.
+    upstream: SocketAddr,
     /// Added to every chunk in each direction.
     latency: Duration,
     /// While true, new connections are closed right after accept.
     cut: bool,
     /// Bumped by every `cut()`; a connection closes when it differs from its value at accept.
     epoch: u64,
+    /// While true, new connections are accepted and silent for good (see `half_open()`).
+    half_open: bool,
+    /// Bumped by every `half_open()`; a connection goes silent for good when it differs
+    /// from its value at accept.
+    silence: u64,
+}
+
+/// What a connection knew of the proxy's state when it was accepted.
+#[derive(Clone, Copy, Debug)]
+struct Accepted {
+    epoch: u64,
+    silence: u64,
+    half_open: bool,
+}
+
+impl Accepted {
+    /// Whether this connection forwards nothing any more (and never closes by itself).
+    fn silenced(&self, state: &ProxyState) -> bool {
+        self.half_open || state.silence != self.silence
+    }
 }
 
 /// A TCP proxy on a free `127.0.0.1` port in front of `upstream`, with injectable faults:
-/// latency ([`Proxy::set_latency`]) and outages ([`Proxy::cut`] / [`Proxy::restore`]).
+/// latency ([`Proxy::set_latency`]), outages ([`Proxy::cut`] / [`Proxy::restore`]), silent
+/// half-open connections ([`Proxy::half_open`] / [`Proxy::restore`]) and a move of the
+/// upstream for new connections ([`Proxy::set_upstream`], a failover behind one address).
 ///
 /// Each accepted connection opens its own upstream connection (if that fails, the client
 /// connection is closed). Half-closes are forwarded. Runs on the current tokio runtime;
 /// dropping the `Proxy` stops the listener and closes every connection.
 pub struct Proxy {
     addr: SocketAddr,
-    upstream: SocketAddr,
     state: watch::Sender<ProxyState>,
     task: JoinHandle<()>,
 }
@@ -442,17 +466,15 @@ impl Proxy {
             .expect("binding the proxy on 127.0.0.1:0");
         let addr = listener.local_addr().expect("proxy local address");
         let (state, rx) = watch::channel(ProxyState {
+            upstream,
             latency: Duration::ZERO,
             cut: false,
             epoch: 0,
+            half_open: false,
+            silence: 0,
         });
-        let task = tokio::spawn(accept_loop(listener, upstream, rx));
-        Proxy {
-            addr,
-            upstream,
-            state,
-            task,
-        }
+        let task = tokio::spawn(accept_loop(listener, rx));
+        Proxy { addr, state, task }
     }
 
     /// The proxy's listening address (`127.0.0.1:<port>`).
@@ -460,9 +482,15 @@ impl Proxy {
         self.addr
     }
 
-    /// The upstream it forwards to.
+    /// The upstream new connections go to.
     pub fn upstream(&self) -> SocketAddr {
-        self.upstream
+        self.state.borrow().upstream
+    }
+
+    /// Sends connections accepted from now on to `upstream`; open ones stay where they are
+    /// (as after a failover behind one address: a DNS name, a virtual IP, a TCP proxy).
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        self.state.send_modify(|s| s.upstream = upstream);
     }
 
     /// `redis://127.0.0.1:<proxy port>/`.
@@ -486,9 +514,25 @@ impl Proxy {
         });
     }
 
-    /// Ends a [`Proxy::cut`]: new connections are forwarded again.
+    /// Makes every current connection half-open for good: nothing is forwarded any more in
+    /// either direction, not even a close, and nothing is closed, as when the host at the
+    /// other end vanished without a FIN or an RST (powered off, partitioned). Connections
+    /// accepted until [`Proxy::restore`] are the same: accepted (by the kernel, as the
+    /// listener stays open), then silent. Only dropping the proxy or a [`Proxy::cut`] closes them.
+    pub fn half_open(&self) {
+        self.state.send_modify(|s| {
+            s.half_open = true;
+            s.silence += 1;
+        });
+    }
+
+    /// Ends a [`Proxy::cut`] or a [`Proxy::half_open`]: connections accepted from now on are
+    /// forwarded (the ones silenced stay silent).
     pub fn restore(&self) {
-        self.state.send_modify(|s| s.cut = false);
+        self.state.send_modify(|s| {
+            s.cut = false;
+            s.half_open = false;
+        });
     }
 }
 
@@ -499,11 +543,7 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    upstream: SocketAddr,
-    state: watch::Receiver<ProxyState>,
-) {
+async fn accept_loop(listener: tokio::net::TcpListener, state: watch::Receiver<ProxyState>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -516,12 +556,13 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let ProxyState { cut, epoch, .. } = *state.borrow();
+                let ProxyState { cut, epoch, upstream, half_open, silence, .. } = *state.borrow();
                 if cut {
                     drop(stream);
                     continue;
                 }
-                conns.spawn(relay(stream, upstream, state.clone(), epoch));
+                let accepted = Accepted { epoch, silence, half_open };
+                conns.spawn(relay(stream, upstream, state.clone(), accepted));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -533,12 +574,12 @@ async fn relay(
     client: tokio::net::TcpStream,
     upstream: SocketAddr,
     state: watch::Receiver<ProxyState>,
-    epoch: u64,
+    accepted: Accepted,
 ) {
     let mut cut_rx = state.clone();
     let cut = async move {
         // Checks the current value first, so a cut just before this point is not missed.
-        let _ = cut_rx.wait_for(|s| s.epoch != epoch).await;
+        let _ = cut_rx.wait_for(|s| s.epoch != accepted.epoch).await;
     };
     let work = async move {
         let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
@@ -549,8 +590,8 @@ async fn relay(
         let (client_read, client_write) = client.into_split();
         let (server_read, server_write) = server.into_split();
         tokio::join!(
-            pump(client_read, server_write, state.clone()),
-            pump(server_read, client_write, state),
+            pump(client_read, server_write, state.clone(), accepted),
+            pump(server_read, client_write, state, accepted),
         );
     };
     // Whichever ends first drops the other, closing both sockets.
@@ -560,9 +601,19 @@ async fn relay(
     }
 }
 
-/// Copies `from` to `to`, delivering each chunk `latency` after it was read.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: watch::Receiver<ProxyState>) {
+/// Copies `from` to `to`, delivering each chunk `latency` after it was read. Once the
+/// connection is silenced it neither reads, writes nor shuts down again (the sockets stay
+/// open until the relay is dropped).
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    state: watch::Receiver<ProxyState>,
+    accepted: Accepted,
+) {
     let (queue_tx, mut queue_rx) = mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(64);
+    let mut silence_rx = state.clone();
+    let writer_state = state.clone();
+    let silenced = move || accepted.silenced(&writer_state.borrow());
     let reader = async move {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -570,6 +621,11 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: watch::Rec
                 read = from.read(&mut buf) => read,
                 // The writer gave up (its peer is gone): stop reading too.
                 _ = queue_tx.closed() => break,
+                // Silent for good: neither this read nor an end of stream goes on.
+                _ = async { drop(silence_rx.wait_for(|s| accepted.silenced(s)).await) } => {
+                    std::future::pending::<()>().await;
+                    break;
+                }
             };
             match read {
                 Ok(0) | Err(_) => break,
@@ -586,9 +642,15 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, state: watch::Rec
     let writer = async move {
         while let Some((due, chunk)) = queue_rx.recv().await {
             tokio::time::sleep_until(due).await;
+            if silenced() {
+                std::future::pending::<()>().await;
+            }
             if to.write_all(&chunk).await.is_err() {
                 return;
             }
+        }
+        if silenced() {
+            std::future::pending::<()>().await;
         }
         let _ = to.shutdown().await;
     };
