@@ -1039,6 +1039,45 @@ async fn without_tombstones_past_maxmemory_invalidations_on_a_full_redis_delete(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maxmemory_policy_is_read_in_the_background_at_start() {
+    for policy in ["allkeys-lru", "volatile-ttl", "noeviction"] {
+        let redis = blocking(|| RedisServer::start_with(&["--maxmemory-policy", policy]));
+        let store = RedisStore::new(redis.url()).unwrap();
+        eventually("the policy", || {
+            store.maxmemory_policy().as_deref() == Some(policy)
+        })
+        .await;
+    }
+    // Redis down at build: read once a connection opens.
+    let mut redis = blocking(|| RedisServer::start_with(&["--maxmemory-policy", "allkeys-lfu"]));
+    blocking(|| redis.kill());
+    let store = store_on(&redis.url());
+    assert!(within("get", store.get("k".into())).await.is_err());
+    blocking(|| redis.restart());
+    eventually_async("the policy once Redis is up", || async {
+        let _ = store.get("k".into()).await;
+        store.maxmemory_policy().as_deref() == Some("allkeys-lfu")
+    })
+    .await;
+    // A Redis that refuses CONFIG (a managed one): nothing to read, and the store works.
+    let redis =
+        blocking(|| RedisServer::start_with(&["--rename-command", "CONFIG", "hidden-config"]));
+    let store = store_on(&redis.url());
+    let entry = Arc::new(
+        Entry::new("k", StatusCode::OK, Default::default(), "body".into())
+            .with_times(SystemTime::now(), TTL),
+    );
+    within("put", store.put("k".into(), entry, TTL))
+        .await
+        .unwrap();
+    assert!(within("get", store.get("k".into()))
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(store.maxmemory_policy(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_shortcut_builds_a_tiered_stash_that_reports_degraded() {
     let mut redis = RedisServer::start();
     let stash = Stash::builder()

@@ -9,11 +9,16 @@
 //!   out of memory ([`allow_oom`], Redis 7's `allow-oom` flag): each is a few dozen bytes, and a
 //!   tombstone takes the place of the entry it invalidates. Where Redis refuses that too (older
 //!   than 7), an invalidation deletes (`DEL`) instead.
+//! - Under an eviction policy, Redis evicts keys with a TTL, and every key the store writes
+//!   has one: tombstones and tag indexes may go like entries. The policy is read when the
+//!   first connection opens ([`MemoryWatch::check_policy`]) and a warning says so.
 //!
 //! Each outage is said once at warn level, and its end once at info level, never per call.
 
-use redis::RedisError;
-use std::sync::{Mutex, MutexGuard};
+use redis::aio::ConnectionLike;
+use redis::{RedisError, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -45,6 +50,10 @@ pub(super) struct MemoryWatch {
     past_maxmemory: bool,
     /// Set while Redis refuses writes for lack of memory.
     refusing: Mutex<Option<Refusing>>,
+    /// The server's `maxmemory-policy`, once read.
+    policy: OnceLock<String>,
+    /// Whether the policy is being read, or was.
+    checking: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -150,6 +159,97 @@ impl MemoryWatch {
         }
         first
     }
+
+    /// The server's `maxmemory-policy`, once read.
+    pub(super) fn policy(&self) -> Option<String> {
+        self.policy.get().cloned()
+    }
+
+    /// Reads the server's `maxmemory` settings on `conn` in the background, once (again on a
+    /// later connection if this one fails before Redis answers), and warns if its policy may
+    /// evict what the store relies on. A server that refuses `CONFIG` (a managed Redis) is
+    /// not checked, said at debug level only.
+    pub(super) fn check_policy<C>(self: &Arc<Self>, mut conn: C)
+    where
+        C: ConnectionLike + Send + 'static,
+    {
+        if self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.checking.store(false, Ordering::Release);
+            return;
+        };
+        let this = self.clone();
+        rt.spawn(async move {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("GET").arg("maxmemory*");
+            let reply =
+                tokio::time::timeout(Duration::from_secs(5), cmd.query_async::<Value>(&mut conn))
+                    .await;
+            match reply {
+                Ok(Ok(reply)) => {
+                    let policy = config_value(&reply, "maxmemory-policy");
+                    let limit = config_value(&reply, "maxmemory").unwrap_or_default();
+                    let Some(policy) = policy else {
+                        tracing::debug!(?reply, "redis: no maxmemory-policy in CONFIG GET's reply");
+                        return;
+                    };
+                    if let Some(warning) = policy_warning(&policy) {
+                        tracing::warn!(maxmemory_policy = %policy, maxmemory = %limit, "{warning}");
+                    }
+                    let _ = this.policy.set(policy);
+                }
+                Ok(Err(e)) if is_refusal(&e) => {
+                    tracing::debug!(error = %e, "redis refuses CONFIG GET: its maxmemory-policy is not checked");
+                }
+                // Not answered: the next connection asks.
+                _ => this.checking.store(false, Ordering::Release),
+            }
+        });
+    }
+}
+
+/// What is wrong with a `maxmemory-policy` for the store, if anything.
+pub(super) fn policy_warning(policy: &str) -> Option<&'static str> {
+    if policy.eq_ignore_ascii_case("noeviction") {
+        return None;
+    }
+    Some(
+        "redis may evict keys (maxmemory-policy): every key tower-stash writes has a TTL, so \
+         under `allkeys-*` and `volatile-*` policies alike tombstones and tag indexes can be \
+         evicted like entries, and then a fill that began before an invalidation may put the \
+         old value back, or a tag invalidation miss entries; set `maxmemory-policy noeviction` \
+         (when Redis is full, fills are refused and skipped for a while, invalidations still land)",
+    )
+}
+
+/// The value of `name` in a `CONFIG GET` reply: `[name, value, ...]` (RESP2), a map (RESP3),
+/// or either per node (a cluster).
+fn config_value(reply: &Value, name: &str) -> Option<String> {
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match reply {
+        Value::Array(items) => items
+            .chunks(2)
+            .find_map(|pair| match pair {
+                [k, v] if text(k).is_some_and(|k| k.eq_ignore_ascii_case(name)) => text(v),
+                _ => None,
+            })
+            .or_else(|| items.iter().find_map(|item| config_value(item, name))),
+        Value::Map(pairs) => pairs
+            .iter()
+            .find_map(|(k, v)| {
+                text(k)
+                    .filter(|k| k.eq_ignore_ascii_case(name))
+                    .and_then(|_| text(v))
+            })
+            .or_else(|| pairs.iter().find_map(|(_, v)| config_value(v, name))),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -191,6 +291,54 @@ mod tests {
         watch.accepted();
         watch.refused();
         assert!(watch.deleted_instead());
+    }
+
+    #[test]
+    fn only_noeviction_keeps_what_invalidation_relies_on() {
+        assert_eq!(policy_warning("noeviction"), None);
+        for policy in [
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+        ] {
+            assert!(policy_warning(policy).is_some(), "{policy}");
+        }
+    }
+
+    #[test]
+    fn config_replies_are_read_in_every_shape() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let resp2 = Value::Array(vec![
+            b("maxmemory"),
+            b("1048576"),
+            b("maxmemory-policy"),
+            b("allkeys-lru"),
+        ]);
+        assert_eq!(
+            config_value(&resp2, "maxmemory-policy").as_deref(),
+            Some("allkeys-lru")
+        );
+        assert_eq!(
+            config_value(&resp2, "maxmemory").as_deref(),
+            Some("1048576")
+        );
+        let resp3 = Value::Map(vec![(b("maxmemory-policy"), b("noeviction"))]);
+        assert_eq!(
+            config_value(&resp3, "maxmemory-policy").as_deref(),
+            Some("noeviction")
+        );
+        // A node's reply inside a cluster's.
+        let nodes = Value::Map(vec![(b("127.0.0.1:7000"), resp2)]);
+        assert_eq!(
+            config_value(&nodes, "maxmemory-policy").as_deref(),
+            Some("allkeys-lru")
+        );
+        assert_eq!(config_value(&Value::Nil, "maxmemory-policy"), None);
+        assert_eq!(config_value(&Value::Array(vec![]), "maxmemory"), None);
     }
 
     #[test]

@@ -184,6 +184,13 @@ const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string
 ///
 /// Each outage is said once at warn level, and its end at info level.
 ///
+/// Under an eviction policy, every key this store writes is a candidate: each has a TTL, so
+/// `volatile-*` policies evict them as readily as `allkeys-*`. Tombstones and tag indexes can
+/// then go like entries: a fill that began before an invalidation may be stored, and a tag
+/// invalidation may miss entries. The policy is read in the background when the first
+/// connection opens ([`maxmemory_policy`](RedisStore::maxmemory_policy)); any but
+/// `noeviction` is warned of once.
+///
 /// # Example
 ///
 /// ```no_run
@@ -213,7 +220,7 @@ pub struct RedisStore {
     /// cluster in turn (a message published on any node reaches every node's subscribers).
     clients: Arc<Vec<redis::Client>>,
     connect_timeout: Duration,
-    /// Whether Redis refuses writes for lack of memory.
+    /// Whether Redis refuses writes for lack of memory, and its `maxmemory-policy`.
     memory: Arc<MemoryWatch>,
 }
 
@@ -348,6 +355,14 @@ impl RedisStore {
     pub fn is_cluster(&self) -> bool {
         matches!(self.backend, Backend::Cluster(_))
     }
+
+    /// The server's `maxmemory-policy`, as read (`CONFIG GET`) in the background when the
+    /// first connection opened: `None` until then, or if Redis refuses `CONFIG` (a managed
+    /// Redis). Any policy but `noeviction` is warned of once: see the store's docs, "Out of
+    /// memory".
+    pub fn maxmemory_policy(&self) -> Option<String> {
+        self.memory.policy()
+    }
 }
 
 /// Builds a [`RedisStore`]; from [`RedisStore::builder`].
@@ -449,6 +464,8 @@ impl RedisStoreBuilder {
             // A failed connect is not retried in a loop: the next call asks again.
             .retry_connection(false)
             .min_idle(Some(1))
+            // The first connection reads the server's maxmemory-policy, in the background.
+            .connection_customizer(Box::new(PolicyCheck(memory.clone())))
             .build_unchecked(manager);
         Ok(RedisStore {
             backend: Backend::Single { pool, epoch },
@@ -514,6 +531,16 @@ impl RedisStoreBuilder {
             connect_timeout: self.connect_timeout,
         });
         let memory = Arc::new(MemoryWatch::new(self.tombstones_past_maxmemory));
+        // The first connection reads a node's maxmemory-policy, in the background (the wait
+        // ends when the store is dropped).
+        let (mut opened, watch) = (cluster.conn.subscribe(), memory.clone());
+        tokio::spawn(async move {
+            if let Ok(conn) = opened.wait_for(Option::is_some).await {
+                if let Some(conn) = conn.as_ref() {
+                    watch.check_policy(conn.clone());
+                }
+            }
+        });
         Ok(RedisStore {
             backend: Backend::Cluster(cluster),
             checkout_timeout: self.checkout_timeout,
@@ -699,6 +726,22 @@ impl bb8::ManageConnection for Manager {
 }
 
 type Pooled = bb8::PooledConnection<'static, Manager>;
+
+/// Hands each new pooled connection to [`MemoryWatch::check_policy`] (which reads the policy
+/// once), without waiting.
+#[derive(Debug)]
+struct PolicyCheck(Arc<MemoryWatch>);
+
+impl bb8::CustomizeConnection<Conn, RedisError> for PolicyCheck {
+    fn on_acquire<'a>(
+        &'a self,
+        conn: &'a mut Conn,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RedisError>> + Send + 'a>>
+    {
+        self.0.check_policy(conn.mux.clone());
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
 
 impl RedisStore {
     /// Checks out a live connection: stale ones (opened before a drop was seen) are discarded.
