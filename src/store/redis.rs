@@ -959,10 +959,10 @@ impl RedisStore {
     ///
     /// Out of memory (Redis at `maxmemory` under `noeviction`), the tombstones Redis refused
     /// are written again by a script allowed out of memory (Redis 7's `allow-oom`: a tombstone
-    /// is small, and takes the place of what it invalidates), so that the guarantee holds; a
-    /// Redis that refuses that too (older than 7) has the keys deleted instead (`DEL`,
-    /// allowed out of memory): gone, but without a tombstone, said once per outage. Each round
-    /// trip is a step.
+    /// is small, and takes the place of what it invalidates), so that the guarantee holds. A
+    /// Redis that refuses that too (older than 7), or a store that must not write past
+    /// `maxmemory`, has the keys deleted instead (`DEL`, allowed out of memory): gone, but
+    /// without a tombstone, said once per outage. Each round trip is a step.
     async fn tombstone_keys(
         &self,
         keys: &[&[u8]],
