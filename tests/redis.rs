@@ -256,6 +256,22 @@ fn command_calls(redis: &impl Backend, command: &str) -> u64 {
         .sum()
 }
 
+/// How many times Redis was asked to run `command`: run (`calls`, failures included) or
+/// refused before running (`rejected_calls`, as a plain write out of memory is).
+fn command_attempts(redis: &impl Backend, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:");
+    redis
+        .cli_all(&["INFO", "commandstats"])
+        .iter()
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix(&prefix)))
+        .flat_map(|fields| fields.split(','))
+        .filter_map(|field| {
+            let (name, n) = field.split_once('=')?;
+            matches!(name, "calls" | "rejected_calls").then(|| n.trim().parse::<u64>().unwrap())
+        })
+        .sum()
+}
+
 /// What the shared-store tests need of Redis: one server, or a cluster (three masters with a
 /// replica each). The tests written with [`both!`] run against each.
 trait Backend: Sync {
@@ -312,6 +328,81 @@ impl Backend for RedisCluster {
         )
         .await
         .unwrap()
+    }
+}
+
+/// Redis out of memory under `noeviction` (the default policy), and then not.
+trait FullRedis: Backend {
+    /// Fills Redis until it refuses writes.
+    fn fill(&self) -> impl Future<Output = ()> + Send;
+    /// Frees memory: writes are accepted again.
+    fn free(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// `used_memory` in `INFO memory`.
+fn used_memory(redis: &RedisServer) -> u64 {
+    let info = redis.cli(&["INFO", "memory"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+impl FullRedis for RedisServer {
+    /// Up to 4 MiB over what it holds, then values of 64 KiB (made by a script: no large
+    /// command lingers in a buffer) until one is refused; then the limit 1 MiB under what it
+    /// holds, so that buffers coming and going never let a write in.
+    async fn fill(&self) {
+        let limit = (used_memory(self) + (4 << 20)).to_string();
+        assert_eq!(self.cli(&["CONFIG", "SET", "maxmemory", &limit]), "OK");
+        for n in 0.. {
+            assert!(n < 1000, "Redis never refused a write");
+            let key = format!("filler:{n}");
+            let set = self.cli(&[
+                "EVAL",
+                "redis.call('SET', KEYS[1], string.rep('x', 65536)) return 1",
+                "1",
+                &key,
+            ]);
+            if set.starts_with("OOM") {
+                break;
+            }
+            assert_eq!(set, "1");
+        }
+        let limit = (used_memory(self) - (1 << 20)).to_string();
+        assert_eq!(self.cli(&["CONFIG", "SET", "maxmemory", &limit]), "OK");
+        let small = self.cli(&["SET", "probe", "1"]);
+        assert!(small.starts_with("OOM"), "{small}");
+    }
+
+    async fn free(&self) {
+        let fillers = self.cli(&["KEYS", "filler:*"]);
+        let mut del = vec!["DEL"];
+        del.extend(fillers.lines());
+        self.cli(&del);
+        assert_eq!(self.cli(&["SET", "probe", "1"]), "OK");
+        self.cli(&["DEL", "probe"]);
+    }
+}
+
+impl FullRedis for RedisCluster {
+    /// Every node at a `maxmemory` of one byte.
+    async fn fill(&self) {
+        for reply in self.cli_all(&["CONFIG", "SET", "maxmemory", "1"]) {
+            assert_eq!(reply, "OK");
+        }
+        let small = self.cli(&["SET", "probe", "1"]);
+        assert!(small.starts_with("OOM"), "{small}");
+    }
+
+    async fn free(&self) {
+        for reply in self.cli_all(&["CONFIG", "SET", "maxmemory", "0"]) {
+            assert_eq!(reply, "OK");
+        }
+        assert_eq!(self.cli(&["SET", "probe", "1"]), "OK");
+        self.cli(&["DEL", "probe"]);
     }
 }
 
@@ -789,6 +880,245 @@ async fn full_redis_still_serves_and_counts_the_errors() {
     assert_eq!(a.calls(), 11);
 }
 
+/// How many fills may reach Redis in `took` while it refuses them: the first, then one per
+/// pause (100 ms, doubling up to 5 s), each with the fills already under way when it ends.
+fn fills_allowed(took: Duration) -> u64 {
+    let (mut pause, mut ends, mut pauses) = (Duration::from_millis(100), Duration::ZERO, 1);
+    while ends + pause <= took {
+        ends += pause;
+        pauses += 1;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+    // A fill is sent after each request's response: a few overlap the next requests.
+    pauses * 4
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_back_off_while_redis_is_out_of_memory_and_resume_after() {
+    let redis = blocking(RedisServer::start);
+    let a = Instance::new(&redis.url(), Duration::from_millis(250));
+    a.get_ok("/items/warm").await;
+    a.stored(1).await;
+    redis.fill().await;
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    let started = Instant::now();
+    for i in 0..200 {
+        a.get_ok(&format!("/items/{i}")).await;
+    }
+    eventually("every fill to fail", || a.stash.stats().store_errors >= 200).await;
+    let took = started.elapsed();
+    let sent = command_attempts(&redis, "eval");
+    eprintln!("200 fills on a full Redis in {took:?}: {sent} reached it");
+    assert!(
+        sent <= fills_allowed(took),
+        "{sent} fills reached a full Redis in {took:?} (at most {} expected)",
+        fills_allowed(took)
+    );
+    // Reads went on all along (and kept the breaker closed): only the fills paused.
+    assert!(command_calls(&redis, "get") >= 200);
+    assert_eq!(a.l2.health(), Health::Ok);
+    assert_eq!(a.stash.stats().stores, 1);
+
+    // Memory again: a fill lands within the longest pause.
+    redis.free().await;
+    let mut n = 0;
+    eventually_async("a fill to land", || {
+        n += 1;
+        let path = format!("/items/again-{n}");
+        let a = &a;
+        async move {
+            let ended = |s: tower_stash::Stats| s.stores + s.store_errors;
+            let before = a.stash.stats();
+            a.get_ok(&path).await;
+            // Its fill ends: stored, or skipped while the pause lasts.
+            within("the fill to end", async {
+                while ended(a.stash.stats()) == ended(before) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            a.stash.stats().stores > before.stores
+        }
+    })
+    .await;
+}
+
+both!(invalidations_on_a_full_redis_drop_the_old_value_everywhere);
+async fn invalidations_on_a_full_redis_drop_the_old_value_everywhere(redis: &impl FullRedis) {
+    let db = UserDb::default();
+    let a = Users::new(&redis.url(), &db, Duration::ZERO);
+    let b = Users::new(&redis.url(), &db, Duration::ZERO);
+    // C only reads, slowly: its fills come after the invalidations, once memory is back.
+    let c = Arc::new(Users::new(&redis.url(), &db, Duration::ZERO));
+    subscribed(redis, 3).await;
+    let set = |id: &str, name: &str| {
+        db.names.lock().unwrap().insert(id.into(), name.into());
+    };
+    for id in ["1", "3", "5"] {
+        set(id, "old");
+        a.get(id).await;
+    }
+    eventually("A's fills", || a.stash.stats().stores == 3).await;
+    for id in ["1", "3", "5"] {
+        let (body, cache) = b.get(id).await;
+        assert_eq!(
+            (body, cache.as_str()),
+            (format!("user {id}: old"), "tower-stash; hit")
+        );
+    }
+    // Two reads on C that read the old value before the invalidations, and wait.
+    let gate = db.gate.clone().write_owned().await;
+    let reads = db.reads.load(Ordering::SeqCst);
+    let slow: Vec<_> = ["2", "7"]
+        .into_iter()
+        .map(|id| {
+            set(id, "old");
+            db.gated.lock().unwrap().insert(id.into());
+            let c = c.clone();
+            tokio::spawn(async move { c.get(id).await })
+        })
+        .collect();
+    eventually("C's reads of the database", || {
+        db.reads.load(Ordering::SeqCst) == reads + 2
+    })
+    .await;
+
+    redis.fill().await;
+    for id in ["1", "2", "3", "5", "7"] {
+        set(id, "new");
+    }
+    // By key, and by a tag the handler attached (7 is odd): done, and the old value is gone
+    // from every instance at once.
+    for key in ["user:1", "user:2"] {
+        let done = a.stash.invalidate_key(key).await;
+        assert!(done.is_ok(), "{key}: {done:?}");
+    }
+    let done = b.stash.invalidate_tag("odd").await;
+    assert!(done.is_ok(), "{done:?}");
+    assert_eq!(
+        a.stash.pending_invalidations() + b.stash.pending_invalidations(),
+        0
+    );
+    // Redis holds tombstones in their place (written past maxmemory), for fills to come.
+    for id in ["1", "2", "3", "5"] {
+        let key = format!("users:v1:user:{id}");
+        let stored = redis.get_raw(&key).await.expect(&key);
+        let stored = Entry::decode(Bytes::from(stored)).unwrap();
+        assert!(stored.is_tombstone(), "{key}");
+    }
+    for inst in [&a, &b] {
+        for id in ["1", "3", "5"] {
+            assert_eq!(inst.get(id).await.0, format!("user {id}: new"));
+        }
+    }
+
+    // Memory frees, and the slow reads end: their fills began before the invalidations.
+    redis.free().await;
+    drop(gate);
+    for read in slow {
+        within("a slow read", read).await.unwrap();
+    }
+    eventually("C's fills", || {
+        let stats = c.stash.stats();
+        stats.stores + stats.store_errors >= 2
+    })
+    .await;
+    // Never the old value again, on any instance: first on one that starts now, with nothing
+    // in memory, which reads what Redis holds (before any other refills it).
+    let d = Users::new(&redis.url(), &db, Duration::ZERO);
+    for id in ["1", "2", "3", "5", "7"] {
+        for (name, inst) in [("D", &d), ("A", &a), ("B", &b), ("C", &*c)] {
+            let (body, cache) = inst.get(id).await;
+            assert_eq!(body, format!("user {id}: new"), "{name}: {cache}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tombstones_past_maxmemory_invalidations_on_a_full_redis_delete() {
+    let redis = blocking(RedisServer::start);
+    let db = UserDb::default();
+    let store = || {
+        RedisStore::builder(redis.url())
+            .checkout_timeout(Duration::from_millis(500))
+            .tombstones_past_maxmemory(false)
+            .build()
+            .unwrap()
+    };
+    let a = Users::with(store(), &db, Duration::ZERO);
+    let b = Users::with(store(), &db, Duration::ZERO);
+    subscribed(&redis, 2).await;
+    for id in ["1", "3"] {
+        db.names.lock().unwrap().insert(id.into(), "old".into());
+        a.get(id).await;
+    }
+    eventually("A's fills", || a.stash.stats().stores == 2).await;
+    for id in ["1", "3"] {
+        assert_eq!(b.get(id).await.1, "tower-stash; hit");
+    }
+    redis.fill().await;
+    for id in ["1", "3"] {
+        db.names.lock().unwrap().insert(id.into(), "new".into());
+    }
+    let done = a.stash.invalidate_key("user:1").await;
+    assert!(done.is_ok(), "{done:?}");
+    let done = b.stash.invalidate_tag("odd").await;
+    assert!(done.is_ok(), "{done:?}");
+    for inst in [&a, &b] {
+        for id in ["1", "3"] {
+            assert_eq!(inst.get(id).await.0, format!("user {id}: new"));
+        }
+    }
+    // Deleted: no old entry in Redis, and no tombstone either.
+    for id in ["1", "3"] {
+        assert_eq!(redis.cli(&["EXISTS", &format!("users:v1:user:{id}")]), "0");
+    }
+    redis.free().await;
+    let c = Users::new(&redis.url(), &db, Duration::ZERO);
+    for id in ["1", "3"] {
+        assert_eq!(c.get(id).await.0, format!("user {id}: new"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maxmemory_policy_is_read_in_the_background_at_start() {
+    for policy in ["allkeys-lru", "volatile-ttl", "noeviction"] {
+        let redis = blocking(|| RedisServer::start_with(&["--maxmemory-policy", policy]));
+        let store = RedisStore::new(redis.url()).unwrap();
+        eventually("the policy", || {
+            store.maxmemory_policy().as_deref() == Some(policy)
+        })
+        .await;
+    }
+    // Redis down at build: read once a connection opens.
+    let mut redis = blocking(|| RedisServer::start_with(&["--maxmemory-policy", "allkeys-lfu"]));
+    blocking(|| redis.kill());
+    let store = store_on(&redis.url());
+    assert!(within("get", store.get("k".into())).await.is_err());
+    blocking(|| redis.restart());
+    eventually_async("the policy once Redis is up", || async {
+        let _ = store.get("k".into()).await;
+        store.maxmemory_policy().as_deref() == Some("allkeys-lfu")
+    })
+    .await;
+    // A Redis that refuses CONFIG (a managed one): nothing to read, and the store works.
+    let redis =
+        blocking(|| RedisServer::start_with(&["--rename-command", "CONFIG", "hidden-config"]));
+    let store = store_on(&redis.url());
+    let entry = Arc::new(
+        Entry::new("k", StatusCode::OK, Default::default(), "body".into())
+            .with_times(SystemTime::now(), TTL),
+    );
+    within("put", store.put("k".into(), entry, TTL))
+        .await
+        .unwrap();
+    assert!(within("get", store.get("k".into()))
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(store.maxmemory_policy(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_shortcut_builds_a_tiered_stash_that_reports_degraded() {
     let mut redis = RedisServer::start();
@@ -1127,27 +1457,41 @@ struct Users {
 struct UserDb {
     names: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
     reads: Arc<AtomicUsize>,
+    /// Held (written) by a test: reads of the `gated` users wait after reading the database
+    /// until it is released.
+    gate: Arc<tokio::sync::RwLock<()>>,
+    gated: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Users {
     fn new(url: &str, db: &UserDb, read_delay: Duration) -> Self {
-        // One machine, one clock: no skew to cover (the default margin of 50 ms would keep
-        // fills right after an invalidation out of the cache).
-        Self::with(url, db, read_delay, |b| {
-            b.invalidation_margin(Duration::from_millis(1))
-        })
+        Self::build(store_on(url), db, read_delay, one_clock)
     }
 
-    /// An instance whose stash builder `settings` finishes.
-    fn with(
+    /// An instance on `redis`, a store built for the test.
+    fn with(redis: RedisStore, db: &UserDb, read_delay: Duration) -> Self {
+        Self::build(redis, db, read_delay, one_clock)
+    }
+
+    /// An instance on the Redis at `url` whose stash builder `settings` finishes.
+    fn configured(
         url: &str,
+        db: &UserDb,
+        read_delay: Duration,
+        settings: impl FnOnce(tower_stash::StashBuilder) -> tower_stash::StashBuilder,
+    ) -> Self {
+        Self::build(store_on(url), db, read_delay, settings)
+    }
+
+    fn build(
+        redis: RedisStore,
         db: &UserDb,
         read_delay: Duration,
         settings: impl FnOnce(tower_stash::StashBuilder) -> tower_stash::StashBuilder,
     ) -> Self {
         use axum::extract::{Path, State};
         use axum::routing::get;
-        let l2 = Guarded::new(store_on(url)).timeout(Duration::from_secs(1));
+        let l2 = Guarded::new(redis).timeout(Duration::from_secs(1));
         let store = TieredStore::new(MemoryStore::new(16 << 20), l2);
         let stash = settings(Stash::builder().store(store.clone()).namespace("users"))
             .build()
@@ -1165,6 +1509,10 @@ impl Users {
                             .get(&id)
                             .cloned()
                             .unwrap_or_default();
+                        let gated = db.gated.lock().unwrap().contains(&id);
+                        if gated {
+                            drop(db.gate.read().await);
+                        }
                         if !read_delay.is_zero() {
                             tokio::time::sleep(read_delay.mul_f64(fastrand_f64())).await;
                         }
@@ -1280,6 +1628,12 @@ impl Users {
         )
         .await
     }
+}
+
+/// One machine, one clock: no skew to cover (the default margin of 50 ms would keep fills
+/// right after an invalidation out of the cache).
+fn one_clock(b: tower_stash::StashBuilder) -> tower_stash::StashBuilder {
+    b.invalidation_margin(Duration::from_millis(1))
 }
 
 /// The version in a user's name `v{n}` (0 for anything else).
@@ -2454,7 +2808,7 @@ async fn randomized_reads_writes_invalidations_and_pauses_never_serve_an_overwri
     let instances: Vec<Arc<Users>> = [0, skew, -skew]
         .into_iter()
         .map(|skew| {
-            Arc::new(Users::with(
+            Arc::new(Users::configured(
                 &redis.url(),
                 &db,
                 Duration::from_millis(4),

@@ -213,11 +213,14 @@ impl MemoryStore {
             .map(|r| r.key().clone())
             .collect();
         for key in tagged {
-            self.tombstone(key, at, keep);
+            self.tombstone(key, at, keep, false);
         }
     }
 
-    fn tombstone(&self, key: Arc<str>, at: SystemTime, keep: Duration) {
+    /// Leaves a tombstone dated `at` in `key`'s place: with `force`, whatever the key holds
+    /// (a key's invalidation: the last one applied wins), otherwise unless it holds an entry
+    /// stored after `at` (a tag's members).
+    fn tombstone(&self, key: Arc<str>, at: SystemTime, keep: Duration, force: bool) {
         self.invalidations.fetch_add(1, Ordering::Release);
         // A write in progress on the key overlapped an invalidation: it must not store.
         if let Some(w) = self
@@ -233,7 +236,7 @@ impl MemoryStore {
             self.cache.invalidate(&key);
         } else {
             let stone = Arc::new(Entry::tombstone(&*key, at));
-            self.insert_unless_newer(key, stone, keep);
+            self.insert_unless_newer(key, stone, keep, force);
         }
     }
 
@@ -241,16 +244,17 @@ impl MemoryStore {
     /// before the stored entry's never replaces it), or a tombstone of the same time. The
     /// check and the insert are one step for a key (a striped lock that reads never take):
     /// an invalidation cannot slip in between and be overwritten.
-    fn insert_unless_newer(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) {
+    fn insert_unless_newer(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration, force: bool) {
         use std::hash::BuildHasher;
         let stripe = (self.stripes_hasher.hash_one(&*key) as usize) % self.stripes.len();
         let _held = self.stripes[stripe]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let newer = self.index.get(&*key).is_some_and(|i| {
-            let (was, now) = (i.entry.stored_at(), entry.stored_at());
-            (was > now || (was == now && i.entry.is_tombstone())) && Instant::now() < i.deadline
-        });
+        let newer = !force
+            && self.index.get(&*key).is_some_and(|i| {
+                let (was, now) = (i.entry.stored_at(), entry.stored_at());
+                (was > now || (was == now && i.entry.is_tombstone())) && Instant::now() < i.deadline
+            });
         if !newer {
             self.insert(key, entry, ttl);
         }
@@ -338,7 +342,7 @@ impl Store for MemoryStore {
         if self.tag_invalidated_after(&key, &entry) {
             return Box::pin(std::future::ready(Ok(())));
         }
-        self.insert_unless_newer(key, entry, ttl);
+        self.insert_unless_newer(key, entry, ttl, false);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -380,7 +384,7 @@ impl Store for MemoryStore {
             // the insert and be overwritten.
             match entry {
                 Some((entry, ttl)) if clean && !ttl.is_zero() => {
-                    self.insert_unless_newer(key, entry, ttl);
+                    self.insert_unless_newer(key, entry, ttl, false);
                     true
                 }
                 _ => false,
@@ -396,7 +400,7 @@ impl Store for MemoryStore {
     }
 
     fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
-        self.tombstone(key, at, keep);
+        self.tombstone(key, at, keep, true);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -523,7 +527,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tombstones_refuse_older_and_same_time_fills_but_never_replace_newer_entries() {
+    async fn tombstones_refuse_older_and_same_time_fills_and_a_key_s_invalidation_always_lands() {
         use std::time::UNIX_EPOCH;
         let store = MemoryStore::new(1 << 20);
         let at = |s: u64| UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s);
@@ -542,9 +546,15 @@ mod tests {
             store.put("k".into(), dated(s, "late"), ttl).await.unwrap();
             assert!(store.get_now("k").is_none(), "a fill dated {s}");
         }
-        // Began after: stored; and an older invalidation does not replace it.
+        // Began after: stored.
         store.put("k".into(), dated(25, "v2"), ttl).await.unwrap();
-        store.invalidate("k".into(), at(22), ttl).await.unwrap();
         assert_eq!(store.get_now("k").unwrap().body(), "v2");
+        // An invalidation applied later lands even when dated earlier (its date came from
+        // another clock): what was applied last wins.
+        store.invalidate("k".into(), at(22), ttl).await.unwrap();
+        assert!(store.get_now("k").is_none());
+        // A fill that began after the invalidation's date still lands.
+        store.put("k".into(), dated(23, "v3"), ttl).await.unwrap();
+        assert_eq!(store.get_now("k").unwrap().body(), "v3");
     }
 }

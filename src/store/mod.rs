@@ -421,6 +421,8 @@ impl std::error::Error for StoreError {}
 #[cfg(feature = "redis")]
 mod guard;
 #[cfg(feature = "redis")]
+mod oom;
+#[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
 mod tiered;

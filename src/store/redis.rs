@@ -1,6 +1,7 @@
 //! [`RedisStore`]: entries in Redis, shared by every instance of a service.
 
 use super::guard::step_done;
+use super::oom::{self, MemoryWatch};
 use super::{BusEvent, Store, StoreError, StoreFuture, WriteTicket};
 use crate::Entry;
 use bytes::Bytes;
@@ -28,7 +29,11 @@ const DELETE_IF_SAME: &str =
 /// (flags byte 4 has bit 1; bit 2 marks sliding expiry) also refuses a fill of the same millisecond.
 /// An invalidation passes the key's last writer (`{K}!ws`, see [`WRITE_END`]) as `KEYS[2]`:
 /// set to `0` if present, so that no write in progress may store after it.
+/// `ARGV[3]` = `1` skips the comparison: a key's invalidation always lands (what Redis saw
+/// last wins; a newer entry it drops only costs a miss), since the dates compared come from
+/// instance clocks.
 const SET_UNLESS_NEWER: &str = "if #KEYS > 1 then redis.call('SET', KEYS[2], '0', 'XX', 'PX', ARGV[2]) end \
+    if ARGV[3] ~= '1' then \
     local cur = redis.pcall('GETRANGE', KEYS[1], 0, 13) \
     if type(cur) ~= 'string' then cur = '' end \
     if string.len(cur) == 14 and string.sub(cur, 1, 3) == string.sub(ARGV[1], 1, 3) then \
@@ -38,6 +43,7 @@ const SET_UNLESS_NEWER: &str = "if #KEYS > 1 then redis.call('SET', KEYS[2], '0'
     if a ~= b then newer = a > b break end \
     end \
     if newer == true or (newer == nil and math.floor(string.byte(cur, 4) / 2) % 2 == 1) then return 0 end \
+    end \
     end \
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
 /// `GET KEYS[1]`, extending its TTL to `ARGV[1]` ms (sliding expiry) unless it is a tombstone
@@ -219,6 +225,33 @@ const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string
 /// it). The subscription to other instances' invalidations is PINGed every second: see
 /// [`Store::subscribe`].
 ///
+/// # Out of memory
+///
+/// Use `maxmemory-policy noeviction` (Redis's default). At `maxmemory`, Redis then refuses
+/// every write that may grow its memory, and allows `DEL`:
+///
+/// - A fill Redis refuses pauses this store's fills (they fail at once, with no round trip,
+///   counted as store errors) for 100 ms, doubling with each refusal up to 5 s, until one
+///   lands. Reads go on.
+/// - An invalidation still takes effect and returns `Ok`: its tombstones and tag epochs are
+///   written past `maxmemory` by a script allowed out of memory (Redis 7's `allow-oom`), a
+///   few dozen bytes each, in the place of the entries they invalidate, so that a fill whose
+///   request began before it is still refused. With
+///   [`tombstones_past_maxmemory(false)`](RedisStoreBuilder::tombstones_past_maxmemory), or
+///   on a Redis older than 7, the keys are deleted instead (`DEL`): the old value is gone when
+///   the invalidation returns, but a fill whose request began before it may put the old value
+///   back once memory frees. Acknowledgements of invalidations (a counter kept 10 s) are
+///   written past `maxmemory` either way.
+///
+/// Each outage is said once at warn level, and its end at info level.
+///
+/// Under an eviction policy, every key this store writes is a candidate: each has a TTL, so
+/// `volatile-*` policies evict them as readily as `allkeys-*`. Tombstones and tag indexes can
+/// then go like entries: a fill that began before an invalidation may be stored, and a tag
+/// invalidation may miss entries. The policy is read in the background when the first
+/// connection opens ([`maxmemory_policy`](RedisStore::maxmemory_policy)); any but
+/// `noeviction` is warned of once.
+///
 /// # Example
 ///
 /// ```no_run
@@ -250,6 +283,8 @@ pub struct RedisStore {
     /// Whether the pub/sub subscription is up (and the memory tier flushed after a gap).
     bus_live: Arc<std::sync::atomic::AtomicBool>,
     connect_timeout: Duration,
+    /// Whether Redis refuses writes for lack of memory, and its `maxmemory-policy`.
+    memory: Arc<MemoryWatch>,
 }
 
 /// One server through a pool, or a cluster through one multiplexed cluster connection.
@@ -344,6 +379,7 @@ impl RedisStore {
             pool_size: 16,
             connect_timeout: Duration::from_millis(500),
             checkout_timeout: Duration::from_millis(20),
+            tombstones_past_maxmemory: true,
         }
     }
 
@@ -382,6 +418,14 @@ impl RedisStore {
     pub fn is_cluster(&self) -> bool {
         matches!(self.backend, Backend::Cluster(_))
     }
+
+    /// The server's `maxmemory-policy`, as read (`CONFIG GET`) in the background when the
+    /// first connection opened: `None` until then, or if Redis refuses `CONFIG` (a managed
+    /// Redis). Any policy but `noeviction` is warned of once: see the store's docs, "Out of
+    /// memory".
+    pub fn maxmemory_policy(&self) -> Option<String> {
+        self.memory.policy()
+    }
 }
 
 /// Builds a [`RedisStore`]; from [`RedisStore::builder`].
@@ -392,6 +436,7 @@ pub struct RedisStoreBuilder {
     pool_size: u32,
     connect_timeout: Duration,
     checkout_timeout: Duration,
+    tombstones_past_maxmemory: bool,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -400,6 +445,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("checkout_timeout", &self.checkout_timeout)
+            .field("tombstones_past_maxmemory", &self.tombstones_past_maxmemory)
             .finish_non_exhaustive()
     }
 }
@@ -427,6 +473,19 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Whether an invalidation on a Redis out of memory (at `maxmemory` under `noeviction`)
+    /// still leaves its tombstones and tag epochs (default `true`): they are written past
+    /// `maxmemory` by a script allowed out of memory (Redis 7 or later), a few dozen bytes
+    /// each, in the place of the entries they invalidate. With `false` (or on an older Redis)
+    /// the keys are deleted instead (`DEL`, which Redis allows out of memory): the store never
+    /// takes Redis past `maxmemory` for them, but a fill whose request began before the
+    /// invalidation may put the old value back once memory frees. See [`RedisStore`], "Out of
+    /// memory".
+    pub fn tombstones_past_maxmemory(mut self, allow: bool) -> Self {
+        self.tombstones_past_maxmemory = allow;
+        self
+    }
+
     /// Builds the store without waiting for Redis: a server that is down is not an error, its
     /// calls fail until it answers. A bad setting is an error naming it (`redis.url`, ...).
     ///
@@ -451,6 +510,7 @@ impl RedisStoreBuilder {
             return Err(StoreError::new(errors.join("; ")));
         };
         let epoch = Arc::new(AtomicU64::new(0));
+        let memory = Arc::new(MemoryWatch::new(self.tombstones_past_maxmemory));
         let manager = Manager {
             client: client.clone(),
             config: AsyncConnectionConfig::new()
@@ -468,6 +528,8 @@ impl RedisStoreBuilder {
             // A failed connect is not retried in a loop: the next call asks again.
             .retry_connection(false)
             .min_idle(Some(1))
+            // The first connection reads the server's maxmemory-policy, in the background.
+            .connection_customizer(Box::new(PolicyCheck(memory.clone())))
             .build_unchecked(manager);
         Ok(RedisStore {
             backend: Backend::Single { pool, epoch },
@@ -475,6 +537,7 @@ impl RedisStoreBuilder {
             clients: Arc::new(vec![client]),
             bus_live: Arc::default(),
             connect_timeout: self.connect_timeout,
+            memory,
         })
     }
 
@@ -527,17 +590,30 @@ impl RedisStoreBuilder {
         let Some(client) = client.filter(|_| errors.is_empty()) else {
             return Err(StoreError::new(errors.join("; ")));
         };
+        let cluster = Arc::new(Cluster {
+            client,
+            conn: tokio::sync::watch::channel(None).0,
+            connecting: std::sync::atomic::AtomicBool::new(false),
+            connect_timeout: self.connect_timeout,
+        });
+        let memory = Arc::new(MemoryWatch::new(self.tombstones_past_maxmemory));
+        // The first connection reads a node's maxmemory-policy, in the background (the wait
+        // ends when the store is dropped).
+        let (mut opened, watch) = (cluster.conn.subscribe(), memory.clone());
+        tokio::spawn(async move {
+            if let Ok(conn) = opened.wait_for(Option::is_some).await {
+                if let Some(conn) = conn.as_ref() {
+                    watch.check_policy(conn.clone());
+                }
+            }
+        });
         Ok(RedisStore {
-            backend: Backend::Cluster(Arc::new(Cluster {
-                client,
-                conn: tokio::sync::watch::channel(None).0,
-                connecting: std::sync::atomic::AtomicBool::new(false),
-                connect_timeout: self.connect_timeout,
-            })),
+            backend: Backend::Cluster(cluster),
             checkout_timeout: self.checkout_timeout,
             clients: Arc::new(clients),
             bus_live: Arc::default(),
             connect_timeout: self.connect_timeout,
+            memory,
         })
     }
 }
@@ -734,6 +810,22 @@ impl bb8::ManageConnection for Manager {
 
 type Pooled = bb8::PooledConnection<'static, Manager>;
 
+/// Hands each new pooled connection to [`MemoryWatch::check_policy`] (which reads the policy
+/// once), without waiting.
+#[derive(Debug)]
+struct PolicyCheck(Arc<MemoryWatch>);
+
+impl bb8::CustomizeConnection<Conn, RedisError> for PolicyCheck {
+    fn on_acquire<'a>(
+        &'a self,
+        conn: &'a mut Conn,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RedisError>> + Send + 'a>>
+    {
+        self.0.check_policy(conn.mux.clone());
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
 impl RedisStore {
     /// Checks out a live connection: stale ones (opened before a drop was seen) are discarded.
     async fn checkout(
@@ -821,6 +913,30 @@ impl RedisStore {
         self.query(cmd)
             .await?
             .map_err(|e| StoreError::new(format!("redis: {e}")))
+    }
+
+    /// Runs `pipe`'s commands in one round trip (on a cluster, each on its own, all at once),
+    /// and returns each one's reply or Redis's error: a command Redis refuses does not hide the
+    /// others' replies. Failing to reach Redis is the outer error (on a cluster, per command).
+    async fn run_each(
+        &self,
+        pipe: &mut redis::Pipeline,
+    ) -> Result<Vec<Result<Value, RedisError>>, StoreError> {
+        if self.is_cluster() {
+            let replies =
+                futures_util::future::join_all(pipe.cmd_iter().map(|cmd| self.query(cmd))).await;
+            return replies.into_iter().collect();
+        }
+        let replies = self.run_pipe(pipe.ignore_errors()).await?;
+        Ok(replies.into_iter().map(Value::extract_error).collect())
+    }
+
+    /// Redis's error `e` as a [`StoreError`]; a refusal for lack of memory pauses fills.
+    fn refusal(&self, e: &RedisError) -> StoreError {
+        if oom::is_oom(e) {
+            self.memory.refused();
+        }
+        StoreError::new(format!("redis: {e}"))
     }
 
     /// Deletes `key` in the background: only while it still holds `bad`, if given, else only
@@ -1018,18 +1134,146 @@ impl RedisStore {
                 .arg(millis);
         }
         let started = millis_at(entry.stored_at());
-        let epochs = self.run_pipe(&pipe).await?;
-        Ok(epochs.iter().any(|e| match e {
-            Value::Int(at) => u64::try_from(*at).unwrap_or(0) >= started,
-            _ => false,
-        }))
+        let mut invalidated = false;
+        for epoch in self.run_each(&mut pipe).await? {
+            match epoch {
+                Ok(Value::Int(at)) => invalidated |= u64::try_from(at).unwrap_or(0) >= started,
+                Ok(_) => {}
+                Err(e) => return Err(self.refusal(&e)),
+            }
+        }
+        Ok(invalidated)
     }
 }
 
 impl RedisStore {
+    /// The command that leaves a tombstone (`stone`, for `keep`) in the place of `key` unless
+    /// it holds an entry stored after the tombstone's date, and ends the writes in progress.
+    /// With `force`, the tombstone lands whatever the key holds.
+    fn tombstone_cmd(
+        script: &str,
+        key: &[u8],
+        stone: &[u8],
+        keep: Duration,
+        force: bool,
+    ) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script)
+            .arg(2)
+            .arg(key)
+            .arg(last_writer_key(&String::from_utf8_lossy(key)))
+            .arg(stone)
+            .arg(ms(keep))
+            .arg(if force { "1" } else { "0" });
+        cmd
+    }
+
+    /// Leaves a tombstone dated `at` for `keep` in the place of each of `keys`, unless it
+    /// holds an entry stored after `at`, in one round trip; says of each whether its entry is
+    /// gone (the tombstone landed) or stays (a newer entry).
+    ///
+    /// Out of memory (Redis at `maxmemory` under `noeviction`), the tombstones Redis refused
+    /// are written again by a script allowed out of memory (Redis 7's `allow-oom`: a tombstone
+    /// is small, and takes the place of what it invalidates), so that the guarantee holds. A
+    /// Redis that refuses that too (older than 7), or a store that must not write past
+    /// `maxmemory`, has the keys deleted instead (`DEL`, allowed out of memory): gone, but
+    /// without a tombstone, said once per outage. Each round trip is a step.
+    async fn tombstone_keys(
+        &self,
+        keys: &[&[u8]],
+        at: SystemTime,
+        keep: Duration,
+        force: bool,
+    ) -> Result<Vec<bool>, StoreError> {
+        let stones: Vec<Bytes> = keys
+            .iter()
+            .map(|key| Entry::tombstone(&*String::from_utf8_lossy(key), at).encode())
+            .collect();
+        let mut pipe = redis::pipe();
+        for (key, stone) in keys.iter().zip(&stones) {
+            pipe.add_command(Self::tombstone_cmd(
+                SET_UNLESS_NEWER,
+                key,
+                stone,
+                keep,
+                force,
+            ));
+        }
+        let replies = self.run_each(&mut pipe).await?;
+        step_done();
+        if replies.len() != keys.len() {
+            return Err(StoreError::new(format!(
+                "redis: {} replies to {} tombstones",
+                replies.len(),
+                keys.len()
+            )));
+        }
+        let mut gone = vec![false; keys.len()];
+        let mut refused = Vec::new();
+        for (i, reply) in replies.into_iter().enumerate() {
+            match reply {
+                Ok(Value::Int(1)) => gone[i] = true,
+                // An entry stored after `at`: it stays.
+                Ok(_) => {}
+                Err(e) if oom::is_oom(&e) => refused.push(i),
+                Err(e) => return Err(StoreError::new(format!("redis: {e}"))),
+            }
+        }
+        if refused.is_empty() {
+            if gone.contains(&true) {
+                self.memory.accepted();
+            }
+            return Ok(gone);
+        }
+        self.memory.refused();
+        let mut delete = Vec::new();
+        if self.memory.past_maxmemory() {
+            let script = oom::allow_oom(SET_UNLESS_NEWER);
+            let mut pipe = redis::pipe();
+            for &i in &refused {
+                pipe.add_command(Self::tombstone_cmd(
+                    &script, keys[i], &stones[i], keep, force,
+                ));
+            }
+            let replies = self.run_each(&mut pipe).await?;
+            step_done();
+            for (&i, reply) in refused.iter().zip(replies) {
+                match reply {
+                    Ok(Value::Int(1)) => gone[i] = true,
+                    Ok(_) => {}
+                    Err(e) if oom::is_refusal(&e) => {
+                        tracing::debug!(error = %e, "redis refuses a tombstone allowed out of memory");
+                        delete.push(i);
+                    }
+                    Err(e) => return Err(StoreError::new(format!("redis: {e}"))),
+                }
+            }
+        } else {
+            delete = refused;
+        }
+        if delete.is_empty() {
+            return Ok(gone);
+        }
+        self.memory.deleted_instead();
+        let mut pipe = redis::pipe();
+        for &i in &delete {
+            // The key and its last writer (one slot): a write in progress no longer stores.
+            pipe.cmd("DEL")
+                .arg(keys[i])
+                .arg(last_writer_key(&String::from_utf8_lossy(keys[i])));
+        }
+        let replies = self.run_each(&mut pipe).await?;
+        step_done();
+        for (&i, reply) in delete.iter().zip(replies) {
+            reply.map_err(|e| StoreError::new(format!("redis: {e}")))?;
+            gone[i] = true;
+        }
+        Ok(gone)
+    }
+
     /// Leaves a tombstone dated `at` in the place of each of `pairs` (member, score read),
-    /// then removes from `index` the members whose tombstone landed, each only while its
-    /// score is still the one read. Two round trips, two steps.
+    /// then removes from `index` the members whose entry is gone, each only while its score
+    /// is still the one read. A step per round trip.
     async fn tombstone_members(
         &self,
         index: &str,
@@ -1037,36 +1281,17 @@ impl RedisStore {
         at: SystemTime,
         keep: Duration,
     ) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        for (member, _) in &pairs {
-            let key = String::from_utf8_lossy(member);
-            let stone = Entry::tombstone(&*key, at).encode();
-            pipe.cmd("EVAL")
-                .arg(SET_UNLESS_NEWER)
-                .arg(2)
-                .arg(&member[..])
-                .arg(last_writer_key(&key))
-                .arg(&stone[..])
-                .arg(ms(keep));
-        }
+        let keys: Vec<&[u8]> = pairs.iter().map(|(member, _)| &member[..]).collect();
         // Every tombstone first: a member leaves the index only once its entry is gone (on
         // a cluster they run on several nodes, and one may fail).
-        let stones = self.run_pipe(&pipe).await?;
-        step_done();
-        if stones.len() != pairs.len() {
-            return Err(StoreError::new(format!(
-                "redis: {} replies to {} tombstones",
-                stones.len(),
-                pairs.len()
-            )));
-        }
+        let gone = self.tombstone_keys(&keys, at, keep, false).await?;
         // A refused tombstone: the member holds an entry stored after `at`, which the next
         // invalidation must still find in the index.
         let mut remove = redis::cmd("EVAL");
         remove.arg(TAG_REMOVE).arg(1).arg(index);
         let mut landed = 0;
-        for ((member, score), stone) in pairs.iter().zip(&stones) {
-            if matches!(stone, Value::Int(1)) {
+        for ((member, score), gone) in pairs.iter().zip(gone) {
+            if gone {
                 remove.arg(&member[..]).arg(&score[..]);
                 landed += 1;
             }
@@ -1074,6 +1299,44 @@ impl RedisStore {
         if landed > 0 {
             self.run(&remove).await?;
             step_done();
+        }
+        Ok(())
+    }
+
+    /// Sets the epoch of the tag index `index` to `at` (see [`TAG_EPOCH`]); out of memory, by
+    /// a script allowed out of memory, or not at all where Redis refuses that too (said once
+    /// per outage: a fill that began before `at` may then be stored).
+    async fn set_tag_epoch(
+        &self,
+        index: &str,
+        at: SystemTime,
+        keep: Duration,
+    ) -> Result<(), StoreError> {
+        let epoch = |script: &str| {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(script)
+                .arg(1)
+                .arg(index)
+                .arg(millis_at(at))
+                .arg(ms(keep));
+            cmd
+        };
+        match self.query(&epoch(TAG_EPOCH)).await? {
+            Ok(_) => return Ok(()),
+            Err(e) if oom::is_oom(&e) => self.memory.refused(),
+            Err(e) => return Err(StoreError::new(format!("redis: {e}"))),
+        };
+        if !self.memory.past_maxmemory() {
+            self.memory.deleted_instead();
+            return Ok(());
+        }
+        match self.query(&epoch(&oom::allow_oom(TAG_EPOCH))).await? {
+            Ok(_) => {}
+            Err(e) if oom::is_refusal(&e) => {
+                tracing::debug!(error = %e, "redis refuses a tag epoch allowed out of memory");
+                self.memory.deleted_instead();
+            }
+            Err(e) => return Err(StoreError::new(format!("redis: {e}"))),
         }
         Ok(())
     }
@@ -1114,6 +1377,12 @@ impl Store for RedisStore {
                 "refusing to store an entry with a TTL under a millisecond",
             ))));
         }
+        // Redis refused a write for lack of memory a moment ago: no round trip.
+        if let Some(left) = self.memory.fills_paused() {
+            return Box::pin(std::future::ready(Err(StoreError::new(format!(
+                "redis is out of memory: fill skipped (fills resume in {left:?} at most)"
+            )))));
+        }
         let this = self.clone();
         Box::pin(async move {
             let value = entry.encode();
@@ -1127,15 +1396,19 @@ impl Store for RedisStore {
                 .arg(&*key)
                 .arg(&value[..])
                 .arg(set_millis);
-            match this.run(&cmd).await? {
-                Value::Int(1) => Ok(()),
-                Value::Int(_) => {
+            match this.query(&cmd).await? {
+                Ok(Value::Int(1)) => {
+                    this.memory.accepted();
+                    Ok(())
+                }
+                Ok(Value::Int(_)) => {
                     tracing::debug!(%key, "a newer entry or an invalidation is stored: this fill is dropped");
                     Ok(())
                 }
-                other => Err(StoreError::new(format!(
+                Ok(other) => Err(StoreError::new(format!(
                     "redis: unexpected reply to a fill: {other:?}"
                 ))),
+                Err(e) => Err(this.refusal(&e)),
             }
         })
     }
@@ -1189,19 +1462,15 @@ impl Store for RedisStore {
         })
     }
 
-    /// Replaces the entry with a tombstone, unless an entry stored after `at` is there.
+    /// Replaces the entry with a tombstone dated `at`, whatever it holds (the dates of
+    /// entries come from instance clocks: what Redis saw last wins); out of memory too (see
+    /// [`RedisStore`], "Out of memory").
     fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
         let this = self.clone();
         Box::pin(async move {
-            let stone = Entry::tombstone(&*key, at).encode();
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(SET_UNLESS_NEWER)
-                .arg(2)
-                .arg(&*key)
-                .arg(last_writer_key(&key))
-                .arg(&stone[..])
-                .arg(ms(keep));
-            this.run(&cmd).await.map(drop)
+            this.tombstone_keys(&[key.as_bytes()], at, keep, true)
+                .await
+                .map(drop)
         })
     }
 
@@ -1284,13 +1553,7 @@ impl Store for RedisStore {
         let this = self.clone();
         Box::pin(async move {
             let index = tag_key(&ns, &tag);
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(TAG_EPOCH)
-                .arg(1)
-                .arg(&index)
-                .arg(millis_at(at))
-                .arg(ms(keep));
-            this.run(&cmd).await?;
+            this.set_tag_epoch(&index, at, keep).await?;
             step_done();
             let mut cursor = 0;
             loop {
@@ -1363,9 +1626,18 @@ impl Store for RedisStore {
         let this = self.clone();
         Box::pin(async move {
             // One script: the counter never lives without its expiry.
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(ACK).arg(1).arg(ack_key(&id)).arg(10_000);
-            this.run(&cmd).await.map(drop)
+            let ack = |script: &str| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(script).arg(1).arg(ack_key(&id)).arg(10_000);
+                cmd
+            };
+            match this.query(&ack(ACK)).await? {
+                // Out of memory, the publisher still learns that this instance applied it.
+                Err(e) if oom::is_oom(&e) => this.run(&ack(&oom::allow_oom(ACK))).await.map(drop),
+                reply => reply
+                    .map(drop)
+                    .map_err(|e| StoreError::new(format!("redis: {e}"))),
+            }
         })
     }
 
