@@ -215,12 +215,35 @@ impl<S: Store> Guarded<S> {
         &self,
         call: impl FnOnce(&S) -> StoreFuture<T>,
     ) -> StoreFuture<T> {
+        self.guard_with(SLOW, true, call)
+    }
+
+    /// Runs `call` under the breaker and the timeout, or `at_least`.
+    fn guard_for<T: Send + 'static>(
+        &self,
+        at_least: Duration,
+        call: impl FnOnce(&S) -> StoreFuture<T>,
+    ) -> StoreFuture<T> {
+        self.guard_with(at_least, false, call)
+    }
+
+    /// Runs `call` under the breaker and the timeout (or `at_least`), for each of its steps
+    /// when `stepped`.
+    fn guard_with<T: Send + 'static>(
+        &self,
+        at_least: Duration,
+        stepped: bool,
+        call: impl FnOnce(&S) -> StoreFuture<T>,
+    ) -> StoreFuture<T> {
         self.start_probe();
         let (permit, timeout) = match self.breaker.admit() {
             Ok(admitted) => admitted,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let timeout = timeout.max(SLOW);
+        let timeout = timeout.max(at_least);
+        if !stepped {
+            return Box::pin(guarded(call(&self.inner), timeout, permit));
+        }
         let steps = Arc::new(Notify::new());
         let fut = STEPS.scope(steps.clone(), call(&self.inner));
         Box::pin(async move {
@@ -240,21 +263,6 @@ impl<S: Store> Guarded<S> {
             permit.finish(result.is_ok());
             result
         })
-    }
-
-    /// Runs `call` under the breaker and the timeout, or `at_least`.
-    fn guard_for<T: Send + 'static>(
-        &self,
-        at_least: Duration,
-        call: impl FnOnce(&S) -> StoreFuture<T>,
-    ) -> StoreFuture<T> {
-        self.start_probe();
-        let (permit, timeout) = match self.breaker.admit() {
-            Ok(admitted) => admitted,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        let fut = call(&self.inner);
-        Box::pin(guarded(fut, timeout.max(at_least), permit))
     }
 }
 
