@@ -108,6 +108,27 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Headers that commonly change a response (the host, scheme, path or method an app sees)
+/// without being part of the URL: requests carrying one bypass the cache unless the policy
+/// keys on it.
+pub(crate) const REWRITE_HEADERS: [&str; 6] = [
+    "x-forwarded-host",
+    "x-forwarded-scheme",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "forwarded",
+];
+
+pub(crate) fn is_rewrite_header(name: &http::HeaderName) -> bool {
+    // `Forwarded` is a standard name (an enum compare); the others start with `x-`, which
+    // most headers of a request do not.
+    name == header::FORWARDED || {
+        let s = name.as_str();
+        s.starts_with("x-") && REWRITE_HEADERS.contains(&s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ mod headers;
 pub mod http;
 pub mod invalidate;
 pub mod key;
+mod plumbing;
 pub mod policy;
 pub mod single_flight;
 pub mod stash;

@@ -1,5 +1,6 @@
 use crate::entry::Entry;
 use crate::headers;
+use crate::plumbing::Stored;
 use crate::Stash;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -33,51 +34,13 @@ impl<B> std::fmt::Debug for CacheBody<B> {
         match &self.kind {
             Kind::Full { stored } => f
                 .debug_struct("CacheBody::Full")
-                .field("len", &stored.data.as_ref().map_or(0, Bytes::len))
+                .field("len", &stored.len())
                 .finish(),
             Kind::Stream { capture, .. } => f
                 .debug_struct("CacheBody::Stream")
                 .field("capturing", &capture.is_some())
                 .finish(),
         }
-    }
-}
-
-/// A body from the cache, before it takes the type of the service's bodies.
-#[derive(Debug, Default)]
-pub(crate) struct Stored {
-    data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-}
-
-impl Stored {
-    /// A stored body (a slice of the entry: no copy) and its trailers.
-    pub(crate) fn new(data: Bytes, trailers: Option<HeaderMap>) -> Self {
-        Self {
-            data: Some(data).filter(|d| !d.is_empty()),
-            trailers,
-        }
-    }
-
-    /// No body (HEAD, 304).
-    pub(crate) fn empty() -> Self {
-        Self::default()
-    }
-
-    /// The next frame: the data, then the trailers, then the end.
-    pub(crate) fn next_frame<E>(&mut self) -> Poll<Option<Result<Frame<Bytes>, E>>> {
-        if let Some(d) = self.data.take() {
-            return Poll::Ready(Some(Ok(Frame::data(d))));
-        }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
-    }
-
-    pub(crate) fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.trailers.is_none()
-    }
-
-    pub(crate) fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
     }
 }
 
@@ -208,7 +171,7 @@ pub(crate) struct Capture {
     /// Stored in this instance's memory tier only (a partial response).
     pub(crate) local: bool,
     /// The lease on the key, released once the entry is stored.
-    pub(crate) lease: Option<crate::single_flight::Lease>,
+    pub(crate) lease: Option<crate::plumbing::Lease>,
     /// When the request went to the service, less the age the answer arrived with.
     pub(crate) stored_at: SystemTime,
     /// When the request went to the service.
@@ -265,7 +228,7 @@ impl Capture {
             tracing::debug!(%key, ?took, "the request began longer ago than a tombstone lasts: not stored");
             return;
         }
-        if grpc && !crate::grpc::trailers_ok(trailers.as_ref()) {
+        if grpc && !crate::plumbing::trailers_ok(trailers.as_ref()) {
             tracing::debug!(%key, "gRPC call failed (grpc-status in its trailers): not stored");
             // The lease goes with it: another request may try.
             drop(lease);

@@ -1,10 +1,11 @@
-use super::body::{CacheBody, Capture, Stored};
+use super::body::{CacheBody, Capture};
 use super::hint::CacheHint;
 use super::layer::Shared;
 use crate::entry::Entry;
 use crate::headers::{self, CACHE_STATUS};
+use crate::plumbing::{vary_is_keyed, Stored};
+use crate::plumbing::{Collapsed, FlightKey, Lease, LeaseSlot};
 use crate::policy::CompiledPolicy;
-use crate::single_flight::{Collapsed, FlightKey, Lease, LeaseSlot};
 use crate::store::StoreFuture;
 use crate::Stash;
 use bytes::Bytes;
@@ -869,7 +870,7 @@ where
                 }
             }
         }
-        let Some(lease) = crate::single_flight::Lease::take(&stash, &ctx.key).await else {
+        let Some(lease) = crate::plumbing::Lease::take(&stash, &ctx.key).await else {
             tracing::debug!(key = %ctx.full, "another instance is refreshing");
             return;
         };
@@ -1253,7 +1254,8 @@ fn decide<B: Body>(
         return Err("status");
     }
     if policy.grpc
-        && (crate::grpc::status(&parts.headers).is_some() || !crate::grpc::is_grpc(&parts.headers))
+        && (crate::plumbing::status(&parts.headers).is_some()
+            || !crate::plumbing::is_grpc(&parts.headers))
     {
         // A trailers-only answer is an error (or empty); a non-gRPC answer is not the call's.
         return Err("grpc-status");
@@ -1310,25 +1312,6 @@ fn decide<B: Body>(
         return Err("ttl");
     }
     Ok((ttl, age))
-}
-
-/// Whether every header the response varies on is keyed by the policy (`Vary: *` never is).
-pub(crate) fn vary_is_keyed(headers: &HeaderMap, policy: &CompiledPolicy) -> bool {
-    headers.get_all(header::VARY).iter().all(|value| {
-        value.to_str().is_ok_and(|value| {
-            value
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .all(|name| {
-                    policy
-                        .vary_headers
-                        .iter()
-                        .any(|h| h.as_str().eq_ignore_ascii_case(name))
-                        || policy.session.as_ref().is_some_and(|s| s.varies_on(name))
-                })
-        })
-    })
 }
 
 /// The service's response, on its way to the client, with a copy kept to be stored if the rules

@@ -124,7 +124,8 @@ where
                     .any(|v| v.as_bytes() != b"0");
             } else if name == header::TRANSFER_ENCODING {
                 body = true;
-            } else if is_rewrite_header(name) && !policy.vary_headers.contains(name) {
+            } else if crate::headers::is_rewrite_header(name) && !policy.vary_headers.contains(name)
+            {
                 rewrite = Some(name);
             }
         }
@@ -153,7 +154,7 @@ where
             // A session-scoped route: without one session id, nothing to key an entry on.
             Some("no-session")
         } else if policy.grpc {
-            match crate::grpc::prepare(policy.fields.as_ref(), &req) {
+            match crate::plumbing::prepare(policy.fields.as_ref(), &req) {
                 Ok(f) => {
                     fields = f;
                     None
@@ -343,34 +344,6 @@ fn served_range<'r, B>(policy: &CompiledPolicy, req: &'r Request<B>) -> Option<&
     headers.get(header::RANGE)
 }
 
-/// The clone-and-swap of tower middleware: the service that `poll_ready` made ready goes to
-/// the call, and a clone (which may not be ready) stays for the next `poll_ready`.
-pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
-}
-
-/// Headers that commonly change a response (the host, scheme, path or method an app sees)
-/// without being part of the URL: requests carrying one bypass the cache unless the policy
-/// keys on it.
-pub(crate) const REWRITE_HEADERS: [&str; 6] = [
-    "x-forwarded-host",
-    "x-forwarded-scheme",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "forwarded",
-];
-
-fn is_rewrite_header(name: &http::HeaderName) -> bool {
-    // `Forwarded` is a standard name (an enum compare); the others start with `x-`, which
-    // most headers of a request do not.
-    name == header::FORWARDED || {
-        let s = name.as_str();
-        s.starts_with("x-") && REWRITE_HEADERS.contains(&s)
-    }
-}
-
 impl<S> CacheService<S> {
     /// Calls the ready inner service and keeps a clone in its place (which may not be ready).
     fn call_inner<R>(&mut self, req: R) -> S::Future
@@ -385,7 +358,7 @@ impl<S> CacheService<S> {
     where
         S: Clone,
     {
-        take_ready(&mut self.inner)
+        crate::plumbing::take_ready(&mut self.inner)
     }
 
     /// What a request that goes on past the fast path carries.
@@ -410,7 +383,7 @@ impl<S> CacheService<S> {
         // A variant (a query or header keyed) is tagged with its base key, so that
         // invalidating the key drops every variant.
         let prefix = self.shared.stash.inner.prefix.len();
-        let (base, route) = super::layer::base_key_parts(policy, params, req);
+        let (base, route) = crate::plumbing::base_key_parts(policy, params, req);
         // HTTP mode: any answer may turn out to vary (its `Vary` gives it a variant's key), or
         // be a partial one under a key of its own: tagged too.
         if full.len() > prefix + base.len() || policy.http {

@@ -1166,7 +1166,7 @@ fn reflecting() -> Handler {
 
 #[tokio::test]
 async fn unkeyed_forwarding_headers_never_poison_an_entry() {
-    for name in crate::cache::REWRITE_HEADERS {
+    for name in crate::headers::REWRITE_HEADERS {
         let f = Fixture::with(
             Stash::builder().cache_status_detail(true),
             one_route("/page", Policy::ttl(HOUR)),

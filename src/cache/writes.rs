@@ -2,7 +2,8 @@
 //! the cache holds for its target URL and for a same-origin `Location` or `Content-Location`
 //! of its answer (RFC 9111 section 4.4).
 
-use super::layer::{base_key, Shared};
+use super::layer::Shared;
+use crate::plumbing::base_key;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use std::future::Future;
@@ -38,7 +39,7 @@ impl Write {
             return None;
         }
         let path = req.uri().path();
-        let host = super::layer::request_host(req).and_then(|h| HeaderValue::from_str(&h).ok());
+        let host = crate::plumbing::request_host(req).and_then(|h| HeaderValue::from_str(&h).ok());
         Some(Box::new(Self {
             shared: shared.clone(),
             path: path.to_owned(),

@@ -1,4 +1,4 @@
-use crate::cache::Stored;
+use crate::plumbing::Stored;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};

@@ -80,10 +80,10 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let read = req.method() == Method::POST
             && self.methods.contains(req.uri().path())
-            && super::is_grpc(req.headers())
+            && crate::plumbing::is_grpc(req.headers())
             && req.body().size_hint().lower() <= self.limit as u64;
         if !read {
-            let mut inner = crate::cache::take_ready(&mut self.inner);
+            let mut inner = crate::plumbing::take_ready(&mut self.inner);
             return ResponseFuture::call(inner.call(req.map(GrpcRequestBody::plain)));
         }
         // The ready service stays for the next call: a clone is made ready once the body is

@@ -24,7 +24,7 @@ pub struct Invalidate {
     pub(crate) tags: Vec<String>,
     pub(crate) write_through: Option<(String, Duration)>,
     pub(crate) entry_tags: Vec<String>,
-    pub(crate) fields: Option<crate::grpc::MessageFields>,
+    pub(crate) fields: Option<crate::key::MessageFields>,
 }
 
 impl Invalidate {
@@ -83,7 +83,7 @@ impl Invalidate {
 
     /// Names fields of a gRPC rule's decoded request message for its templates
     /// (`user:{id}`): see [`grpc`](crate::grpc).
-    pub fn fields<M: 'static>(mut self, fields: crate::grpc::Fields<M>) -> Self {
+    pub fn fields<M: 'static>(mut self, fields: crate::key::fields::Fields<M>) -> Self {
         self.fields = Some(fields.into());
         self
     }
@@ -269,7 +269,7 @@ pub(crate) struct Compiled {
     pub(crate) tags: Vec<Template>,
     pub(crate) write_through: Option<(Template, Duration)>,
     pub(crate) entry_tags: Vec<Template>,
-    fields: Option<crate::grpc::MessageFields>,
+    fields: Option<crate::key::MessageFields>,
     grpc: bool,
 }
 
@@ -300,7 +300,7 @@ impl RuleTable {
             .map(|(_, r)| r)?;
         let fields = match &rule.fields {
             None => None,
-            Some(f) => match crate::grpc::prepare(Some(f), req) {
+            Some(f) => match crate::plumbing::prepare(Some(f), req) {
                 Ok(values) => values,
                 Err(reason) => {
                     // The write may still change data: only the templates that need no field

@@ -147,7 +147,7 @@ impl<S> InvalidateService<S> {
     where
         S: Service<R> + Clone,
     {
-        crate::cache::take_ready(&mut self.inner).call(req)
+        crate::plumbing::take_ready(&mut self.inner).call(req)
     }
 }
 
@@ -170,7 +170,7 @@ where
         Ok(resp)
             if resp.status().is_success()
                 && !(work.grpc
-                    && crate::grpc::status(resp.headers()).is_some_and(|s| s != b"0")) =>
+                    && crate::plumbing::status(resp.headers()).is_some_and(|s| s != b"0")) =>
         {
             resp
         }
@@ -196,7 +196,7 @@ where
                     let trailers = collected.trailers().cloned();
                     let failed = trailers
                         .as_ref()
-                        .and_then(crate::grpc::status)
+                        .and_then(crate::plumbing::status)
                         .is_some_and(|s| s != b"0");
                     let resp = Response::from_parts(
                         parts,
@@ -220,7 +220,7 @@ where
                     let trailers = collected.trailers().cloned();
                     let data = collected.to_bytes();
                     // Only a full response is what the read answers: a 201, 202 or 204 is not.
-                    let grpc_ok = !work.grpc || crate::grpc::trailers_ok(trailers.as_ref());
+                    let grpc_ok = !work.grpc || crate::plumbing::trailers_ok(trailers.as_ref());
                     if !grpc_ok {
                         stash.abandon_write(key, ticket).await;
                         return Ok(Response::from_parts(

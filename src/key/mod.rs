@@ -48,7 +48,10 @@
 //! assert_eq!(layer.key_for(&req).unwrap(), "shop:v1:user:1%3Aadmin");
 //! ```
 
+pub(crate) mod fields;
 pub(crate) mod template;
+
+pub(crate) use fields::{FieldValues, MessageFields};
 
 pub(crate) use template::Template;
 
@@ -56,14 +59,11 @@ pub(crate) use template::Template;
 /// request message.
 pub(crate) struct Params<'a, 'k, 'v> {
     pub(crate) path: &'a matchit::Params<'k, 'v>,
-    pub(crate) fields: Option<&'a crate::grpc::FieldValues>,
+    pub(crate) fields: Option<&'a FieldValues>,
 }
 
 impl<'a, 'k, 'v: 'a> Params<'a, 'k, 'v> {
-    pub(crate) fn new(
-        path: &'a matchit::Params<'k, 'v>,
-        fields: Option<&'a crate::grpc::FieldValues>,
-    ) -> Self {
+    pub(crate) fn new(path: &'a matchit::Params<'k, 'v>, fields: Option<&'a FieldValues>) -> Self {
         Self { path, fields }
     }
 

@@ -88,7 +88,7 @@ pub struct Policy {
     pub(crate) early_refresh: Option<f64>,
     pub(crate) ttl_jitter: Option<Duration>,
     pub(crate) upstream_timeout: Option<Duration>,
-    pub(crate) fields: Option<crate::grpc::MessageFields>,
+    pub(crate) fields: Option<crate::key::MessageFields>,
     pub(crate) sliding: Option<Duration>,
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) session: Option<Session>,
@@ -267,7 +267,7 @@ impl Policy {
 
     /// Names fields of a gRPC route's decoded request message, for the key template and tags
     /// (`user:{id}`): see [`grpc`](crate::grpc).
-    pub fn fields<M: 'static>(mut self, fields: crate::grpc::Fields<M>) -> Self {
+    pub fn fields<M: 'static>(mut self, fields: crate::key::fields::Fields<M>) -> Self {
         self.fields = Some(fields.into());
         self
     }

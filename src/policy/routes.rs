@@ -478,7 +478,7 @@ pub(crate) struct CompiledPolicy {
     pub(crate) ttl_jitter: Duration,
     pub(crate) upstream_timeout: Option<Duration>,
     /// The gRPC message fields templates may name.
-    pub(crate) fields: Option<crate::grpc::MessageFields>,
+    pub(crate) fields: Option<crate::key::MessageFields>,
     /// A gRPC route: keyed by the message, stored only with `grpc-status: 0`.
     pub(crate) grpc: bool,
     /// Sliding expiry's idle time (the `ttl` is then the absolute cap).

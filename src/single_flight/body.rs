@@ -1,5 +1,5 @@
 use super::flight::{Copy, Held, Leader, Outcome};
-use crate::cache::Stored;
+use crate::plumbing::Stored;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -55,7 +55,7 @@ pub(crate) struct Tee {
 
 impl Tee {
     fn finish(mut self: Box<Self>) -> Option<Held> {
-        if self.grpc && !crate::grpc::trailers_ok(self.trailers.as_ref()) {
+        if self.grpc && !crate::plumbing::trailers_ok(self.trailers.as_ref()) {
             // The call failed, maybe for reasons of its own: each waiter asks for itself.
             self.release();
             return None;

@@ -1,9 +1,8 @@
 use super::body::{FlightBody, Tee};
 use super::flight::{Copy, Leader, Outcome, Waiter};
 use super::layer::Shared;
-use super::lease::{Lease, LeaseSlot};
-use super::{Collapsed, FlightKey};
 use crate::entry::Entry;
+use crate::plumbing::{Collapsed, FlightKey, Lease, LeaseSlot};
 use crate::policy::CompiledPolicy;
 use bytes::Bytes;
 use http::{header, Request, Response};
@@ -289,12 +288,12 @@ where
                     // `no-store`, or `Vary` on a header the key does not hold.
                     let shareable = !parts.headers.contains_key(header::SET_COOKIE)
                         && !crate::headers::has_directive(&parts.headers, &["no-store", "private"])
-                        && crate::cache::vary_is_keyed(&parts.headers, policy)
+                        && crate::plumbing::vary_is_keyed(&parts.headers, policy)
                         && body.size_hint().lower() <= limit as u64
                         // A 304 or a 206 answers one client's conditions or range.
                         && !matches!(parts.status.as_u16(), 304 | 206)
                         // A gRPC error may be this call's own (its deadline, its quota).
-                        && (!policy.grpc || crate::grpc::status(&parts.headers).is_none());
+                        && (!policy.grpc || crate::plumbing::status(&parts.headers).is_none());
                     let body = if shareable {
                         let tee = Tee {
                             leader: Some(leader),

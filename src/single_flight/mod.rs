@@ -71,42 +71,12 @@ mod body;
 mod flight;
 mod future;
 mod layer;
-mod lease;
 mod service;
 
 pub use body::FlightBody;
 pub use future::ResponseFuture;
 pub use layer::SingleFlightLayer;
 pub use service::SingleFlightService;
-
-pub(crate) use lease::{Lease, LeaseSlot};
-
-use std::sync::Arc;
-
-/// The key of a request, set by a [`CacheLayer`](crate::CacheLayer) on what it forwards.
-#[derive(Debug, Clone)]
-pub(crate) struct FlightKey {
-    /// The key entries are stored under (hashed when long).
-    pub(crate) key: Arc<str>,
-    /// The full key.
-    pub(crate) full: Arc<str>,
-    /// Whether the leader takes a lease in a shared store (a cache above stores the answer,
-    /// and nobody holds the lease yet).
-    pub(crate) lease: bool,
-    /// The route's policy: its body limit and keyed headers decide what may be shared.
-    pub(crate) policy: Arc<crate::policy::CompiledPolicy>,
-}
-
-/// How a response came from single flight, for the cache above: a response extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Collapsed {
-    /// A copy of the leader's response.
-    Waited,
-    /// A copy of the entry another instance stored.
-    FromEntry,
-    /// Went to the service alone past a bound: not stored, the leader stores.
-    Alone,
-}
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,7 @@ use super::body::FlightBody;
 use super::flight::Join;
 use super::future::ResponseFuture;
 use super::layer::Shared;
-use super::FlightKey;
+use crate::plumbing::FlightKey;
 use bytes::Bytes;
 use http::{header, Method, Request, Response};
 use http_body::Body;
@@ -64,7 +64,7 @@ impl<S> SingleFlightService<S> {
         let h = req.headers();
         if (h.contains_key(header::AUTHORIZATION) && !policy.vary_authorization)
             || (h.contains_key(header::COOKIE) && !policy.vary_cookie)
-            || crate::cache::REWRITE_HEADERS
+            || crate::headers::REWRITE_HEADERS
                 .iter()
                 .any(|n| h.contains_key(*n) && !policy.vary_headers.iter().any(|v| v == n))
         {
@@ -77,12 +77,12 @@ impl<S> SingleFlightService<S> {
         }
         let fields = if policy.grpc {
             // A call whose message is unread or undecodable goes alone.
-            crate::grpc::prepare(policy.fields.as_ref(), req).ok()?
+            crate::plumbing::prepare(policy.fields.as_ref(), req).ok()?
         } else {
             None
         };
         let params = crate::key::Params::new(&params, fields.as_ref());
-        let (full, stored) = crate::cache::key_strings(&self.shared.stash, policy, &params, req);
+        let (full, stored) = crate::plumbing::key_strings(&self.shared.stash, policy, &params, req);
         let full: Arc<str> = full.into();
         Some(FlightKey {
             key: stored.map_or_else(|| full.clone(), Into::into),
@@ -111,7 +111,7 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let Some(key) = self.flight_key(&req) else {
             return ResponseFuture::passthrough(
-                crate::cache::take_ready(&mut self.inner).call(req),
+                crate::plumbing::take_ready(&mut self.inner).call(req),
             );
         };
         let shared = self.shared.clone();
@@ -123,19 +123,19 @@ where
                 shared,
                 key,
                 leader,
-                crate::cache::take_ready(&mut self.inner),
+                crate::plumbing::take_ready(&mut self.inner),
                 req,
             ),
             Join::Wait(waiter) => ResponseFuture::wait(
                 shared,
                 key,
                 waiter,
-                crate::cache::take_ready(&mut self.inner),
+                crate::plumbing::take_ready(&mut self.inner),
                 req,
             ),
             Join::Full => {
                 tracing::debug!(key = %key.full, "too many waiters: going to the service alone");
-                ResponseFuture::alone(crate::cache::take_ready(&mut self.inner).call(req))
+                ResponseFuture::alone(crate::plumbing::take_ready(&mut self.inner).call(req))
             }
         }
     }
