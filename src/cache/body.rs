@@ -318,7 +318,7 @@ pub(crate) fn complete_headers(
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     // `Age` and `Cache-Status` first: a hit finds their slots without hashing their names
-    // (see `cache::future::hit`).
+    // (see `cache::hit::hit`).
     let mut ordered = HeaderMap::with_capacity(headers.len() + 2);
     ordered.insert(header::AGE, HeaderValue::from_static("0"));
     ordered.insert(headers::CACHE_STATUS, stash.inner.status.hit.clone());

@@ -105,10 +105,14 @@
 //! ```
 
 mod body;
+mod fill;
 mod future;
 mod hint;
+mod hit;
 mod layer;
 mod service;
+mod stale;
+mod vary;
 mod writes;
 
 pub use body::CacheBody;

@@ -1,9 +1,8 @@
 use super::body::CacheBody;
-use super::future::{
-    fresh_age, hit, refresh, refresh_early, stale_hit, touch, usable, Ctx, Found, HitRequest,
-    ResponseFuture,
-};
+use super::future::{Ctx, ResponseFuture};
+use super::hit::{gateway_timeout, serve_fresh, usable, Found, HitRequest};
 use super::layer::{CacheLayer, Shared};
+use super::stale::{http_fallbacks, refresh, stale_hit};
 use crate::entry::Entry;
 use crate::policy::{CompiledPolicy, ConfigError, Routes};
 use crate::Stash;
@@ -223,7 +222,6 @@ where
             let now = stash.now();
             let kind = usable(entry, &full, policy, directives.as_ref(), now);
             if let Found::Fresh(remaining) = kind {
-                stash.counters().hit();
                 let hit_req = HitRequest {
                     full: &full,
                     head,
@@ -231,15 +229,10 @@ where
                     if_modified_since,
                     range,
                 };
-                let resp = hit(
-                    stash,
-                    hit_req,
-                    entry,
-                    remaining,
-                    fresh_age(entry, remaining, now),
-                );
-                touch(stash, stored.as_deref().unwrap_or(&full), entry, now);
-                if refresh_early(stash, policy, entry, remaining) {
+                let key = stored.as_deref().unwrap_or(&full);
+                let (resp, early) =
+                    serve_fresh(stash, policy, hit_req, Some(key), entry, remaining, now);
+                if early {
                     let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
                     // (A variant's refresh stores under the variant's key, the record kept.)
                     ctx.primary = primary;
@@ -261,7 +254,6 @@ where
                 if let (Found::Fresh(remaining), Some(_)) =
                     (kind, crate::http::partial_covers(&entry, range))
                 {
-                    stash.counters().hit();
                     let hit_req = HitRequest {
                         full: &pfull,
                         head,
@@ -269,8 +261,10 @@ where
                         if_modified_since,
                         range: Some(range),
                     };
-                    let age = fresh_age(&entry, remaining, now);
-                    return ResponseFuture::hit(hit(stash, hit_req, &entry, remaining, age));
+                    // A part of the URL's entry: no idle time of its own, refreshed with it.
+                    let (resp, _) =
+                        serve_fresh(stash, policy, hit_req, None, &entry, remaining, now);
+                    return ResponseFuture::hit(resp);
                 }
             }
         }
@@ -278,13 +272,13 @@ where
         ctx.primary = primary;
         if let (Some(Some(entry)), Some(kind)) = (&local, found) {
             if kind != Found::StaleWhileRevalidate {
-                super::future::http_fallbacks(&mut ctx, entry, stash.now());
+                http_fallbacks(&mut ctx, entry, stash.now());
             }
         }
         if let Some(d) = directives {
             if d.only_if_cached && local.is_some() {
                 // Nothing usable here, and the origin must not be asked.
-                return ResponseFuture::hit(super::future::gateway_timeout(&ctx));
+                return ResponseFuture::hit(gateway_timeout(&ctx));
             }
             let forced = d.no_cache || found == Some(Found::Unusable);
             ctx.directives = Some(Box::new(d));
@@ -294,7 +288,7 @@ where
                 stash.counters().miss();
                 let mut req = req;
                 if let Some(entry) = &ctx.revalidate {
-                    super::future::conditional(&mut req, entry);
+                    super::stale::conditional(&mut req, entry);
                 }
                 ctx.attach_flight(&mut req, false);
                 return ResponseFuture::miss(self.call_inner(req), ctx);
