@@ -44,7 +44,7 @@ entry_tags = ["users"]
 "#;
     let config = Config::from_toml(text, "shop.toml").unwrap();
     assert_eq!(
-        config.policies["product"].get_ref().ttl.unwrap().0,
+        config.policies["product"].ttl.unwrap().0,
         Duration::from_secs(12 * 3600)
     );
     let routes = config.routes().unwrap();
@@ -204,17 +204,14 @@ fn http_mode_routes_can_come_from_a_file() {
     let config = Config::from_toml(text, "proxy.toml").unwrap();
     // No ttl needed: the origin decides.
     config.routes().unwrap();
-    assert_eq!(
-        config.routes["GET /{*path}"].get_ref().http_mode,
-        Some(true)
-    );
+    assert_eq!(config.routes["GET /{*path}"].http_mode, Some(true));
 }
 
 #[test]
 fn status_ttls_are_a_table_of_statuses() {
     let text = "[routes.\"GET /users/{id}\"]\nttl = \"1h\"\nstatus_ttls = { 404 = \"1m\", 429 = \"1s\" }\n";
     let config = Config::from_toml(text, "app.toml").unwrap();
-    let policy = config.routes["GET /users/{id}"].get_ref().to_policy();
+    let policy = config.routes["GET /users/{id}"].to_policy();
     assert_eq!(
         policy,
         crate::Policy::ttl(Duration::from_secs(3600))
