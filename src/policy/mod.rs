@@ -34,10 +34,11 @@
 //!
 //! [matchit]: https://docs.rs/matchit
 
+mod compiled;
 mod routes;
 
+pub(crate) use compiled::{CompiledPolicy, RouteTable};
 pub use routes::Routes;
-pub(crate) use routes::{CompiledPolicy, RouteTable};
 
 use crate::key::QueryKey;
 use std::fmt;

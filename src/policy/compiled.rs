@@ -1,0 +1,166 @@
+//! Policies as requests meet them: compiled once, matched by path.
+
+use crate::key::{QueryKey, Template};
+use http::{HeaderName, Method};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl CompiledPolicy {
+    /// The lifetime the policy gives answers of `status`, if it names one.
+    pub(crate) fn status_ttl(&self, status: http::StatusCode) -> Option<Duration> {
+        let status = status.as_u16();
+        self.status_ttls
+            .iter()
+            .find_map(|(s, ttl)| (*s == status).then_some(*ttl))
+    }
+}
+
+/// A policy resolved against its base and checked.
+#[derive(Debug)]
+pub(crate) struct CompiledPolicy {
+    pub(crate) route: String,
+    pub(crate) ttl: Duration,
+    pub(crate) key: Option<Template>,
+    pub(crate) query: QueryKey,
+    pub(crate) vary_headers: Vec<HeaderName>,
+    /// HTTP mode with `Host` keyed: it goes in the base key (next to the path), so that
+    /// invalidating a URL on one host never drops another's. (In application mode a keyed
+    /// `Host` is a variant, which invalidating the key template drops with the others.)
+    pub(crate) host_keyed: bool,
+    /// The keyed headers but `Host`, appended after the query.
+    pub(crate) key_headers: Vec<HeaderName>,
+    pub(crate) vary_authorization: bool,
+    pub(crate) vary_cookie: bool,
+    pub(crate) statuses: Vec<u16>,
+    /// Statuses stored for a lifetime of their own ([`Policy::status_ttl`]).
+    pub(crate) status_ttls: Vec<(u16, Duration)>,
+    pub(crate) max_body_size: usize,
+    pub(crate) tags: Vec<Template>,
+    pub(crate) etag: bool,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
+    /// XFetch's beta; zero is off.
+    pub(crate) beta: f64,
+    pub(crate) ttl_jitter: Duration,
+    pub(crate) upstream_timeout: Option<Duration>,
+    /// The gRPC message fields templates may name.
+    pub(crate) fields: Option<crate::key::MessageFields>,
+    /// A gRPC route: keyed by the message, stored only with `grpc-status: 0`.
+    pub(crate) grpc: bool,
+    /// Sliding expiry's idle time (the `ttl` is then the absolute cap).
+    pub(crate) sliding: Option<Duration>,
+    /// Where the session id the key holds comes from.
+    pub(crate) session: Option<SessionKey>,
+    /// HTTP mode: the origin's headers decide (RFC 9111).
+    pub(crate) http: bool,
+    /// Whether requests' `Cache-Control` is honoured.
+    pub(crate) request_directives: bool,
+    /// HTTP mode: the `Vary` variants of one URL kept at most.
+    pub(crate) max_variants: usize,
+}
+
+/// A compiled [`Session`](super::Session).
+#[derive(Debug)]
+pub(crate) enum SessionKey {
+    Cookie(String),
+    Header(HeaderName),
+}
+
+impl SessionKey {
+    /// Whether `Vary: name` is answered by keying the session: the session's header, or
+    /// `Cookie` for a session cookie.
+    pub(crate) fn varies_on(&self, name: &str) -> bool {
+        match self {
+            SessionKey::Cookie(_) => name.eq_ignore_ascii_case("cookie"),
+            SessionKey::Header(h) => name.eq_ignore_ascii_case(h.as_str()),
+        }
+    }
+
+    /// The session id of a request: `None` when it has none, or several different ones.
+    pub(crate) fn value<'h>(&self, headers: &'h http::HeaderMap) -> Option<&'h [u8]> {
+        let mut found: Option<&[u8]> = None;
+        let mut add = |v: &'h [u8]| match found {
+            Some(f) if f != v => Err(()),
+            _ => {
+                found = Some(v);
+                Ok(())
+            }
+        };
+        match self {
+            SessionKey::Header(name) => {
+                for v in headers.get_all(name) {
+                    add(v.as_bytes()).ok()?;
+                }
+            }
+            SessionKey::Cookie(name) => {
+                for v in headers.get_all(http::header::COOKIE) {
+                    for pair in v.as_bytes().split(|b| *b == b';') {
+                        let pair = pair.trim_ascii();
+                        if let Some(value) = pair
+                            .strip_prefix(name.as_bytes())
+                            .and_then(|rest| rest.strip_prefix(b"="))
+                        {
+                            add(value).ok()?;
+                        }
+                    }
+                }
+            }
+        }
+        found.filter(|v| !v.is_empty())
+    }
+}
+
+impl CompiledPolicy {
+    /// How long past expiry entries are kept, to be served stale.
+    pub(crate) fn grace(&self) -> Duration {
+        let keep = if self.http {
+            crate::http::REVALIDATE_WINDOW
+        } else {
+            Duration::ZERO
+        };
+        self.stale_while_revalidate
+            .max(self.stale_if_error)
+            .max(keep)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Slot {
+    pub(super) methods: Vec<(Method, Arc<CompiledPolicy>)>,
+}
+
+/// The compiled routes: one matchit router from path pattern to the policies of its methods.
+#[derive(Debug)]
+pub(crate) struct RouteTable {
+    pub(super) router: matchit::Router<usize>,
+    pub(super) slots: Vec<Slot>,
+    /// Some GET route is in HTTP mode: writes may invalidate.
+    pub(super) http: bool,
+}
+
+impl RouteTable {
+    /// Whether some GET route is in HTTP mode.
+    pub(crate) fn has_http(&self) -> bool {
+        self.http
+    }
+
+    /// The policy for `method` on `path`, with the path parameters. HEAD uses GET's policy.
+    pub(crate) fn find<'p>(
+        &self,
+        method: &Method,
+        path: &'p str,
+    ) -> Option<(&Arc<CompiledPolicy>, matchit::Params<'_, 'p>)> {
+        let m = self.router.at(path).ok()?;
+        let want = if *method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        let policy = self.slots[*m.value]
+            .methods
+            .iter()
+            .find(|(mm, _)| mm == want)
+            .map(|(_, p)| p)?;
+        Some((policy, m.params))
+    }
+}
