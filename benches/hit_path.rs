@@ -84,7 +84,7 @@ fn keys(c: &mut Criterion) {
         Stash::new(),
         routes().get(
             "/search",
-            Policy::ttl(Duration::from_secs(60)).vary_headers(["accept-language"]),
+            Policy::ttl(Duration::from_secs(60)).key_headers(["accept-language"]),
         ),
     );
     let mut group = c.benchmark_group("key");

@@ -1,4 +1,4 @@
-//! The guide's cache-aside pattern written by hand, as most services do it: bb8-redis GET; on a
+//! The cache-aside pattern written by hand, as most services do it: bb8-redis GET; on a
 //! miss query the database and SETEX. It exists to measure tower-stash against
 //! (`scripts/load-redis.sh`).
 //!

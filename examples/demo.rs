@@ -1,4 +1,4 @@
-//! The demo service: every pattern of the guide on one axum router, over a simulated database
+//! The demo service: every caching pattern on one axum router, over a simulated database
 //! that answers after 200 ms and counts its queries.
 //!
 //! ```text

@@ -150,12 +150,12 @@ fn get_user_id() -> Fields<GetUserRequest> {
     Fields::prost().field("id", |m: &GetUserRequest| m.id)
 }
 
-/// What is cached: `GetUser` for the guide's `user_profile` TTL (1 hour), keyed `user:{id}`
+/// What is cached: `GetUser` for 1 hour, keyed `user:{id}`
 /// (plus a digest of the whole message: a field mask is a different entry).
 pub fn routes() -> Routes {
     Routes::new().grpc(
         "/users.UserService/GetUser",
-        Policy::named("user_profile")
+        Policy::ttl(Duration::from_secs(3600))
             .key("user:{id}")
             .fields(get_user_id())
             .tags(["users"]),

@@ -9,7 +9,7 @@
 //!
 //! With `--config`, the file's `[stash]` settings apply, and its routes, if it has any, replace
 //! the default one (every path, HTTP mode, keyed by Host). Give them `http_mode = true` and
-//! `vary_headers = ["host"]` to keep those, or a TTL to let the policy decide. After a
+//! `key_headers = ["host"]` to keep those, or a TTL to let the policy decide. After a
 //! successful unsafe request (POST, PUT, DELETE, ...), the cache drops the target URL and a
 //! same-origin `Location` / `Content-Location` (HTTP mode does that: routes given a TTL
 //! instead, in application mode, are not invalidated by writes). `scripts/cache-tests.sh`
@@ -44,7 +44,7 @@ pub fn default_routes() -> Routes {
     let policy = || {
         Policy::new()
             .http_mode(true)
-            .vary_headers(["host"])
+            .key_headers(["host"])
             .status_ttl(404, NEGATIVE_TTL)
             .status_ttl(410, NEGATIVE_TTL)
             .status_ttl(414, NEGATIVE_TTL)

@@ -1,4 +1,4 @@
-//! The guide's first example as a service: a user lookup that takes 200 ms (a simulated
+//! A first example as a service: a user lookup that takes 200 ms (a simulated
 //! database), cached in memory for an hour.
 //!
 //! ```sh
@@ -85,7 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = Db::default();
     let routes = Routes::new().get(
         "/users/{id}",
-        Policy::named("user_profile")
+        Policy::ttl(Duration::from_secs(3600))
             .key("user:{id}")
             .tags(["users"]), // 1 hour
     );

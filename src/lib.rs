@@ -24,8 +24,8 @@ mod test_util;
 
 pub use cache::{CacheBody, CacheHint, CacheLayer, CacheService};
 pub use entry::{Entry, EntryError};
+pub use grpc::{GrpcLayer, GrpcService};
 pub use invalidate::{Invalidate, InvalidateLayer, InvalidateService, Rules};
-pub use key::QueryKey;
 pub use policy::{ConfigError, Policy, Routes};
 pub use single_flight::{SingleFlightLayer, SingleFlightService};
 pub use stash::{Clock, ManualClock, Stash, StashBuilder, Stats, SystemClock};

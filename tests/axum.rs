@@ -33,7 +33,7 @@ fn cache(stash: &Stash) -> CacheLayer {
         stash.clone(),
         Routes::new().get(
             "/users/{id}",
-            Policy::named("user_profile").key("user:{id}"),
+            Policy::ttl(Duration::from_secs(3600)).key("user:{id}"),
         ),
     )
 }

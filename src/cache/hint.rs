@@ -11,7 +11,7 @@ use std::time::Duration;
 /// | extension                      | header                    |
 /// |--------------------------------|---------------------------|
 /// | [`CacheHint::skip`]            | `x-stash-skip: 1`         |
-/// | [`CacheHint::time_to_live`]    | `x-stash-ttl: 30` (secs)  |
+/// | [`CacheHint::with_ttl`]        | `x-stash-ttl: 30` (secs)  |
 /// | [`CacheHint::tags`]            | `x-stash-tags: a, b`      |
 ///
 /// A hint can shorten or lengthen the route's TTL and add tags, but never makes a response
@@ -27,7 +27,7 @@ use std::time::Duration;
 ///
 /// async fn product() -> impl IntoResponse {
 ///     let hint = CacheHint::new()
-///         .time_to_live(Duration::from_secs(30))
+///         .with_ttl(Duration::from_secs(30))
 ///         .tags(["electronics", "apple"]);
 ///     (Extension(hint), "iPhone 15")
 /// }
@@ -66,9 +66,15 @@ impl CacheHint {
     }
 
     /// Stores this response for `ttl` instead of the route's TTL (zero: not stored).
-    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
+    }
+
+    /// Renamed [`with_ttl`](Self::with_ttl).
+    #[deprecated(since = "0.2.0", note = "renamed `with_ttl`")]
+    pub fn time_to_live(self, ttl: Duration) -> Self {
+        self.with_ttl(ttl)
     }
 
     /// Adds a tag.

@@ -29,7 +29,7 @@
 //! without being part of the URL (`X-Forwarded-Host`, `X-Forwarded-Scheme`, `X-Original-URL`,
 //! `X-Rewrite-URL`, `X-HTTP-Method-Override`, `Forwarded`: cache poisoning) unless the policy
 //! varies on it, and GET requests with a body. Behind a proxy that sets one of these headers
-//! on every request, key on it (`vary_headers(["x-forwarded-host"])`), or the cache is
+//! on every request, key on it (`key_headers(["x-forwarded-host"])`), or the cache is
 //! bypassed for every request (`Cache-Status: ...; fwd=bypass`, with detail
 //! `unkeyed-forwarding-header`). Methods other than GET and HEAD are cached only by a policy that opts in.
 //!

@@ -4,7 +4,7 @@ use super::hit::{gateway_timeout, serve_fresh, usable, Found, HitRequest};
 use super::layer::{CacheLayer, Shared};
 use super::stale::{http_fallbacks, refresh, stale_hit};
 use crate::entry::Entry;
-use crate::policy::{CompiledPolicy, ConfigError, Routes};
+use crate::policy::{CompiledPolicy, Routes};
 use crate::Stash;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response};
@@ -40,12 +40,9 @@ impl<S: fmt::Debug> fmt::Debug for CacheService<S> {
 }
 
 impl<S> CacheService<S> {
-    /// Wraps `inner`, caching `routes` in `stash`.
-    pub fn new(inner: S, stash: Stash, routes: Routes) -> Result<Self, ConfigError> {
-        Ok(tower_layer::Layer::layer(
-            &CacheLayer::try_new(stash, routes)?,
-            inner,
-        ))
+    /// Wraps `inner` with the routes and stash of `layer`.
+    pub fn new(inner: S, layer: &CacheLayer) -> Self {
+        tower_layer::Layer::layer(layer, inner)
     }
 
     /// A [`CacheLayer`] (see [`CacheLayer::new`]).
@@ -123,7 +120,8 @@ where
                     .any(|v| v.as_bytes() != b"0");
             } else if name == header::TRANSFER_ENCODING {
                 body = true;
-            } else if crate::headers::is_rewrite_header(name) && !policy.vary_headers.contains(name)
+            } else if crate::headers::is_rewrite_header(name)
+                && !policy.keyed_headers.contains(name)
             {
                 rewrite = Some(name);
             }

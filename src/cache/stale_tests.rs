@@ -503,7 +503,7 @@ async fn a_refresh_triggered_with_unkeyed_parameters_asks_with_the_keyed_ones_on
             Routes::new().get(
                 "/r",
                 Policy::ttl(MINUTE)
-                    .vary_query(["q"])
+                    .key_query(["q"])
                     .stale_while_revalidate(Duration::from_secs(30)),
             ),
         ));

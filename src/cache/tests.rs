@@ -239,7 +239,7 @@ async fn globs_nul_and_newlines_are_escaped_and_distinct() {
 async fn long_values_are_hashed_and_checked_on_read() {
     // URIs stop at 64 KiB, headers do not: 100 KB values arrive in a keyed header.
     let f = Fixture::new(
-        one_route("/s", Policy::ttl(HOUR).vary_headers(["x-big"])),
+        one_route("/s", Policy::ttl(HOUR).key_headers(["x-big"])),
         Handler::new(|req, n| {
             Response::new(full(format!(
                 "{} #{n}",
@@ -296,7 +296,7 @@ async fn query_is_normalised() {
     f.get("/s?a=2&a=1").await;
     assert_eq!(f.handler.calls(), 3);
     let only = Fixture::new(
-        one_route("/s", Policy::ttl(HOUR).vary_query(["q"])),
+        one_route("/s", Policy::ttl(HOUR).key_query(["q"])),
         Handler::echo(),
     );
     only.get("/s?q=1").await;
@@ -311,7 +311,7 @@ async fn query_is_normalised() {
 async fn a_reflected_query_parameter_outside_the_key_cannot_poison() {
     // The handler reflects every parameter; only `q` is keyed.
     let f = Fixture::new(
-        one_route("/s", Policy::ttl(HOUR).vary_query(["q"])),
+        one_route("/s", Policy::ttl(HOUR).key_query(["q"])),
         Handler::echo(),
     );
     let poisoned = f.get("/s?q=1&utm=%3Cscript%3E").await;
@@ -359,7 +359,7 @@ async fn cacheability_never_comes_from_a_file_extension() {
 #[tokio::test]
 async fn vary_headers_key_each_value() {
     let f = Fixture::new(
-        one_route("/s", Policy::ttl(HOUR).vary_headers(["accept-language"])),
+        one_route("/s", Policy::ttl(HOUR).key_headers(["accept-language"])),
         Handler::new(|req, n| {
             let lang = req
                 .headers()
@@ -501,7 +501,7 @@ async fn credentials_bypass_unless_keyed() {
 
     // Keyed on the header: cached per user.
     let f = Fixture::new(
-        one_route("/me", Policy::ttl(HOUR).vary_headers(["authorization"])),
+        one_route("/me", Policy::ttl(HOUR).key_headers(["authorization"])),
         Handler::new(|req, _| {
             Response::new(full(
                 req.headers()["authorization"].to_str().unwrap().to_string(),
@@ -1209,10 +1209,7 @@ async fn unkeyed_forwarding_headers_never_poison_an_entry() {
 #[tokio::test]
 async fn a_keyed_forwarding_header_gets_entries_of_its_own() {
     let f = Fixture::new(
-        one_route(
-            "/page",
-            Policy::ttl(HOUR).vary_headers(["x-forwarded-host"]),
-        ),
+        one_route("/page", Policy::ttl(HOUR).key_headers(["x-forwarded-host"])),
         reflecting(),
     );
     let with = |host: &'static str| {
@@ -1426,7 +1423,7 @@ async fn a_keyed_host_is_a_variant_that_invalidating_the_key_drops() {
     let f = Fixture::new(
         one_route(
             "/users/{id}",
-            Policy::ttl(HOUR).key("user:{id}").vary_headers(["host"]),
+            Policy::ttl(HOUR).key("user:{id}").key_headers(["host"]),
         ),
         Handler::echo(),
     );

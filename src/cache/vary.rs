@@ -47,7 +47,7 @@ pub(super) fn variant_keys(ctx: &Ctx, headers: &HeaderMap, keep: Duration) -> Op
     let names = crate::http::vary_names(headers)?;
     let names: Vec<String> = names
         .into_iter()
-        .filter(|n| !ctx.policy.vary_headers.iter().any(|h| h.as_str() == n))
+        .filter(|n| !ctx.policy.keyed_headers.iter().any(|h| h.as_str() == n))
         .collect();
     if names.is_empty() {
         return None;

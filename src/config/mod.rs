@@ -25,8 +25,8 @@
 //! namespace = "shop"
 //! memory = "64MiB"
 //!
-//! [policies.product]            # the guide's TTL map, overridden
-//! ttl = "12h"
+//! [policies.user_profile]       # a named policy routes start from
+//! ttl = "1h"
 //!
 //! [routes."GET /users/{id}"]
 //! policy = "user_profile"       # 1 hour
@@ -63,7 +63,7 @@ use std::path::Path;
 pub struct Config {
     /// Store and stash settings.
     pub stash: StashConfig,
-    /// Named policies (the TTL map): the guide's six, plus or over these.
+    /// Named policies (a TTL map) that routes start from.
     pub policies: BTreeMap<String, PolicyConfig>,
     /// Cached routes, by `"METHOD /path/{param}"`.
     pub routes: BTreeMap<String, PolicyConfig>,

@@ -93,11 +93,13 @@ pub struct PolicyConfig {
     /// The key template, such as `user:{id}`.
     pub key: Option<String>,
     /// The only query parameters keyed.
-    pub vary_query: Option<Vec<String>>,
+    #[serde(alias = "vary_query")]
+    pub key_query: Option<Vec<String>>,
     /// Keys no query parameter.
     pub ignore_query: Option<bool>,
     /// Request headers keyed.
-    pub vary_headers: Option<Vec<String>>,
+    #[serde(alias = "vary_headers")]
+    pub key_headers: Option<Vec<String>>,
     /// Statuses stored.
     pub statuses: Option<Vec<u16>>,
     /// Statuses stored for a lifetime of their own: `status_ttls = { 404 = "1m" }` (see
@@ -231,19 +233,19 @@ impl PolicyConfig {
             None => Policy::new(),
         };
         if let Some(d) = self.ttl {
-            p = p.time_to_live(d.0);
+            p = p.with_ttl(d.0);
         }
         if let Some(k) = &self.key {
             p = p.key(k.clone());
         }
-        if let Some(q) = &self.vary_query {
-            p = p.vary_query(q.clone());
+        if let Some(q) = &self.key_query {
+            p = p.key_query(q.clone());
         }
         if self.ignore_query == Some(true) {
             p = p.ignore_query();
         }
-        if let Some(h) = &self.vary_headers {
-            p = p.vary_headers(h.clone());
+        if let Some(h) = &self.key_headers {
+            p = p.key_headers(h.clone());
         }
         if let Some(s) = &self.statuses {
             p = p.statuses(s.clone());
@@ -306,10 +308,10 @@ impl PolicyConfig {
 impl RuleConfig {
     /// The [`Invalidate`] rule this table describes.
     pub fn to_rule(&self) -> Invalidate {
-        let mut r = Invalidate::keys(self.keys.clone()).and_tags(self.tags.clone());
+        let mut r = Invalidate::keys(self.keys.clone()).with_tags(self.tags.clone());
         if let Some(w) = &self.write_through {
             let wt = Invalidate::write_through(w.key.clone(), w.ttl.0);
-            r = wt.and_keys(r.keys).and_tags(r.tags);
+            r = wt.with_keys(r.keys).with_tags(r.tags);
         }
         r.entry_tags(self.entry_tags.clone())
     }

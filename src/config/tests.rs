@@ -26,7 +26,7 @@ tags = ["products"]
 [routes."GET /prices/{symbol}"]
 ttl = "5m"
 stale_while_revalidate = "30s"
-vary_query = ["currency"]
+key_query = ["currency"]
 max_body_size = 65536
 
 [routes."GET /me"]
@@ -111,7 +111,7 @@ fn rules_and_routes_naming_unknown_things_are_placed() {
         "{e}"
     );
     // A template naming a parameter the path lacks: the line of `key`.
-    let text = "[routes.\"GET /users/{id}\"]\npolicy = \"user_profile\"\nkey = \"user:{uid}\"\n";
+    let text = "[routes.\"GET /users/{id}\"]\nttl = \"1h\"\nkey = \"user:{uid}\"\n";
     let e = err(text);
     assert!(
         e.starts_with("app.toml:3: routes.\"GET /users/{id}\".key: "),

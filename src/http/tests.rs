@@ -130,7 +130,7 @@ fn partial() -> Origin {
 }
 
 fn http() -> Policy {
-    Policy::new().http_mode(true).vary_headers(["host"])
+    Policy::new().http_mode(true).key_headers(["host"])
 }
 
 impl Cache {

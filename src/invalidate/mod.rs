@@ -3,7 +3,7 @@
 //! Rules per method and path pattern say what a request that changes data invalidates once
 //! the service has answered it with a 2xx: keys (templates filled from the path parameters,
 //! such as `user:{id}`; every variant of each key goes too) and tags. A non-2xx answer
-//! invalidates nothing, except for a write-through rule, whose key is invalidated (the guide's
+//! invalidates nothing, except for a write-through rule, whose key is invalidated (a
 //! rollback: no old value outlives a failed write).
 //!
 //! A write-through rule stores the response of the write as the entry of a read: the
@@ -44,7 +44,7 @@
 //!         ServiceBuilder::new()
 //!             .layer(CacheLayer::new(
 //!                 stash.clone(),
-//!                 Routes::new().get("/users/{id}", Policy::named("user_profile").key("user:{id}")),
+//!                 Routes::new().get("/users/{id}", Policy::ttl(Duration::from_secs(3600)).key("user:{id}")),
 //!             ))
 //!             .layer(
 //!                 InvalidateLayer::new(

@@ -13,9 +13,9 @@ use std::time::Duration;
 /// use tower_stash::Invalidate;
 ///
 /// // PUT /users/{id} answers with the updated user: store it as GET /users/{id}'s entry.
-/// let put = Invalidate::write_through("user:{id}", Duration::from_secs(3600)).and_tags(["users"]);
+/// let put = Invalidate::write_through("user:{id}", Duration::from_secs(3600)).with_tags(["users"]);
 /// // POST /products/{id}: drop the product, the list, and its category's entries.
-/// let post = Invalidate::keys(["product:{id}", "products:all"]).and_tags(["products"]);
+/// let post = Invalidate::keys(["product:{id}", "products:all"]).with_tags(["products"]);
 /// # let _ = (put, post);
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,7 +35,7 @@ impl Invalidate {
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        Self::default().and_keys(keys)
+        Self::default().with_keys(keys)
     }
 
     /// Invalidates these tags (templates such as `category:{category}`).
@@ -44,7 +44,7 @@ impl Invalidate {
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        Self::default().and_tags(tags)
+        Self::default().with_tags(tags)
     }
 
     /// Stores the response of a successful request as the entry of `key` (a template) for
@@ -62,7 +62,7 @@ impl Invalidate {
     }
 
     /// Also invalidates these keys.
-    pub fn and_keys<I, T>(mut self, keys: I) -> Self
+    pub fn with_keys<I, T>(mut self, keys: I) -> Self
     where
         I: IntoIterator<Item = T>,
         T: Into<String>,
@@ -71,14 +71,34 @@ impl Invalidate {
         self
     }
 
+    /// Renamed [`with_keys`](Self::with_keys).
+    #[deprecated(since = "0.2.0", note = "renamed `with_keys`")]
+    pub fn and_keys<I, T>(self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.with_keys(keys)
+    }
+
     /// Also invalidates these tags.
-    pub fn and_tags<I, T>(mut self, tags: I) -> Self
+    pub fn with_tags<I, T>(mut self, tags: I) -> Self
     where
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
         self.tags.extend(tags.into_iter().map(Into::into));
         self
+    }
+
+    /// Renamed [`with_tags`](Self::with_tags).
+    #[deprecated(since = "0.2.0", note = "renamed `with_tags`")]
+    pub fn and_tags<I, T>(self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.with_tags(tags)
     }
 
     /// Names fields of a gRPC rule's decoded request message for its templates

@@ -35,6 +35,11 @@ impl<S: fmt::Debug> fmt::Debug for InvalidateService<S> {
 }
 
 impl<S> InvalidateService<S> {
+    /// Wraps `inner` with the rules and stash of `layer`.
+    pub fn new(inner: S, layer: &super::InvalidateLayer) -> Self {
+        tower_layer::Layer::layer(layer, inner)
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -175,7 +180,7 @@ where
             resp
         }
         // A failed write changes nothing, but a write-through's key goes: the data may or may
-        // not have changed (the guide's rollback).
+        // not have changed (a rollback).
         failed => {
             if let Some((key, _)) = &work.write_through {
                 stash.abandon_write(key, ticket).await;

@@ -34,7 +34,7 @@
 //! let stash = Stash::builder().namespace("shop").build().unwrap();
 //! let routes = Routes::new()
 //!     .get("/users/{id}", Policy::ttl(Duration::from_secs(3600)).key("user:{id}"))
-//!     .get("/search", Policy::ttl(Duration::from_secs(60)).vary_query(["q", "page"]));
+//!     .get("/search", Policy::ttl(Duration::from_secs(60)).key_query(["q", "page"]));
 //! let layer = CacheLayer::new(stash, routes);
 //!
 //! let req = http::Request::get("/users/%34%32").body(()).unwrap();
@@ -141,7 +141,7 @@ pub(crate) fn escape_param_into(out: &mut String, raw: &str) {
 
 /// Which query parameters are part of the key.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum QueryKey {
+pub(crate) enum QueryKey {
     /// Every parameter (the default).
     #[default]
     All,

@@ -35,7 +35,7 @@ pub(crate) fn vary_is_keyed(headers: &HeaderMap, policy: &CompiledPolicy) -> boo
                 .filter(|n| !n.is_empty())
                 .all(|name| {
                     policy
-                        .vary_headers
+                        .keyed_headers
                         .iter()
                         .any(|h| h.as_str().eq_ignore_ascii_case(name))
                         || policy.session.as_ref().is_some_and(|s| s.varies_on(name))

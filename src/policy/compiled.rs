@@ -22,7 +22,7 @@ pub(crate) struct CompiledPolicy {
     pub(crate) ttl: Duration,
     pub(crate) key: Option<Template>,
     pub(crate) query: QueryKey,
-    pub(crate) vary_headers: Vec<HeaderName>,
+    pub(crate) keyed_headers: Vec<HeaderName>,
     /// HTTP mode with `Host` keyed: it goes in the base key (next to the path), so that
     /// invalidating a URL on one host never drops another's. (In application mode a keyed
     /// `Host` is a variant, which invalidating the key template drops with the others.)

@@ -10,23 +10,28 @@
 //! use std::time::Duration;
 //! use tower_stash::{Policy, Routes};
 //!
+//! let hour = Duration::from_secs(3600);
 //! let routes = Routes::new()
-//!     // The guide's named policy `user_profile` (1 hour), keyed `user:{id}`, tagged `users`.
+//!     // Named policies (a TTL map) that routes start from.
+//!     .policy("user_profile", Policy::ttl(hour))
+//!     .policy("product", Policy::ttl(24 * hour))
+//!     // The named policy `user_profile` (1 hour), keyed `user:{id}`, tagged `users`.
 //!     .get("/users/{id}", Policy::named("user_profile").key("user:{id}").tags(["users"]))
 //!     // A policy of its own: 10 minutes, varying on one query parameter and a header.
 //!     .get(
 //!         "/search",
 //!         Policy::ttl(Duration::from_secs(600))
-//!             .vary_query(["q"])
-//!             .vary_headers(["accept-language"]),
+//!             .key_query(["q"])
+//!             .key_headers(["accept-language"]),
 //!     )
+//!     .get("/products/{id}", Policy::named("product"))
 //!     // Override a named policy for every route that uses it.
-//!     .policy("product", Policy::ttl(Duration::from_secs(12 * 3600)));
+//!     .policy("product", Policy::ttl(12 * hour));
 //! assert!(routes.validate().is_ok());
 //!
 //! // Mistakes are reported with the route and the field.
 //! let err = Routes::new()
-//!     .get("/users/{id}", Policy::named("user_profile").key("user:{uid}"))
+//!     .get("/users/{id}", Policy::ttl(hour).key("user:{uid}"))
 //!     .validate()
 //!     .unwrap_err();
 //! assert!(err.to_string().contains("routes[GET /users/{id}].key"));
@@ -55,16 +60,6 @@ pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
 /// How many `Vary` variants of one URL HTTP mode keeps when a policy sets no bound.
 pub const DEFAULT_MAX_VARIANTS: usize = 32;
 
-/// The guide's TTL map: the named policies every [`Routes::new`] starts with.
-pub const GUIDE_POLICIES: [(&str, Duration); 6] = [
-    ("user_profile", Duration::from_secs(3600)),
-    ("product", Duration::from_secs(24 * 3600)),
-    ("product_price", Duration::from_secs(300)),
-    ("session", Duration::from_secs(1800)),
-    ("statistics", Duration::from_secs(60)),
-    ("api_response", Duration::from_secs(300)),
-];
-
 /// How one route is cached: TTL, key, what varies the key, what is stored.
 ///
 /// Every setting left unset comes from the named base policy ([`Policy::named`]), or else from
@@ -77,7 +72,7 @@ pub struct Policy {
     pub(crate) ttl: Option<Duration>,
     pub(crate) key: Option<String>,
     pub(crate) query: Option<QueryKey>,
-    pub(crate) vary_headers: Option<Vec<String>>,
+    pub(crate) key_headers: Option<Vec<String>>,
     pub(crate) statuses: Option<Vec<u16>>,
     pub(crate) status_ttls: Option<Vec<(u16, Duration)>>,
     pub(crate) max_body_size: Option<usize>,
@@ -101,14 +96,14 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// An empty policy: set a TTL with [`time_to_live`](Self::time_to_live).
+    /// An empty policy: set a TTL with [`with_ttl`](Self::with_ttl).
     pub fn new() -> Self {
         Self::default()
     }
 
     /// A policy that caches for `ttl`.
     pub fn ttl(ttl: Duration) -> Self {
-        Self::new().time_to_live(ttl)
+        Self::new().with_ttl(ttl)
     }
 
     /// A policy built on the named policy `name` (see [`Routes::policy`]); what this policy sets
@@ -120,10 +115,16 @@ impl Policy {
         }
     }
 
-    /// Sets how long responses stay fresh.
-    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+    /// Sets how long responses stay fresh (the setter of [`Policy::ttl`]).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
+    }
+
+    /// Renamed [`with_ttl`](Self::with_ttl).
+    #[deprecated(since = "0.2.0", note = "renamed `with_ttl`")]
+    pub fn time_to_live(self, ttl: Duration) -> Self {
+        self.with_ttl(ttl)
     }
 
     /// Sets the key template, such as `user:{id}`, filled from the path parameters. The query
@@ -134,13 +135,23 @@ impl Policy {
     }
 
     /// Keys only these query parameters; the others never change the response.
-    pub fn vary_query<I, T>(mut self, names: I) -> Self
+    pub fn key_query<I, T>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
         self.query = Some(QueryKey::Only(names.into_iter().map(Into::into).collect()));
         self
+    }
+
+    /// Renamed [`key_query`](Self::key_query).
+    #[deprecated(since = "0.2.0", note = "renamed `key_query`")]
+    pub fn vary_query<I, T>(self, names: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.key_query(names)
     }
 
     /// Keys no query parameter.
@@ -151,13 +162,23 @@ impl Policy {
 
     /// Keys these request headers. Varying on `authorization` or `cookie` lets requests that
     /// carry them use the cache, each user with entries of their own.
-    pub fn vary_headers<I, T>(mut self, names: I) -> Self
+    pub fn key_headers<I, T>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        self.vary_headers = Some(names.into_iter().map(Into::into).collect());
+        self.key_headers = Some(names.into_iter().map(Into::into).collect());
         self
+    }
+
+    /// Renamed [`key_headers`](Self::key_headers) (`Vary` is the response's header).
+    #[deprecated(since = "0.2.0", note = "renamed `key_headers`")]
+    pub fn vary_headers<I, T>(self, names: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.key_headers(names)
     }
 
     /// Sets the statuses that are stored (2xx to 4xx only, never 206 or 304).
@@ -340,10 +361,10 @@ impl Policy {
             ttl: self.ttl.or(base.ttl),
             key: self.key.clone().or_else(|| base.key.clone()),
             query: self.query.clone().or_else(|| base.query.clone()),
-            vary_headers: self
-                .vary_headers
+            key_headers: self
+                .key_headers
                 .clone()
-                .or_else(|| base.vary_headers.clone()),
+                .or_else(|| base.key_headers.clone()),
             statuses: self.statuses.clone().or_else(|| base.statuses.clone()),
             status_ttls: self
                 .status_ttls

@@ -1,5 +1,5 @@
 use super::compiled::{CompiledPolicy, RouteTable, SessionKey, Slot};
-use super::{ConfigError, Policy, DEFAULT_MAX_BODY_SIZE, DEFAULT_STATUSES, GUIDE_POLICIES};
+use super::{ConfigError, Policy, DEFAULT_MAX_BODY_SIZE, DEFAULT_STATUSES};
 use crate::key::template::path_params;
 use crate::key::Template;
 use http::{HeaderName, Method};
@@ -9,10 +9,7 @@ use std::time::Duration;
 
 /// Maps method and path pattern to a [`Policy`], and holds the named policies routes start from.
 ///
-/// [`Routes::new`] starts with the guide's TTL map ([`GUIDE_POLICIES`](super::GUIDE_POLICIES)):
-/// `user_profile` 1 h, `product` 24 h, `product_price` 5 min, `session` 30 min, `statistics`
-/// 1 min, `api_response` 5 min. Mistakes (a bad pattern, an unknown named policy, a template
-/// naming a missing parameter) are reported by [`validate`](Self::validate) and by
+/// Mistakes (a bad pattern, an unknown named policy, a template naming a missing parameter) are reported by [`validate`](Self::validate) and by
 /// [`CacheLayer::try_new`](crate::CacheLayer::try_new), each naming its route and field.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routes {
@@ -27,14 +24,11 @@ impl Default for Routes {
 }
 
 impl Routes {
-    /// No routes, and the guide's named policies.
+    /// No routes and no named policies.
     pub fn new() -> Self {
         Self {
             routes: Vec::new(),
-            named: GUIDE_POLICIES
-                .iter()
-                .map(|(name, ttl)| (name.to_string(), Policy::ttl(*ttl)))
-                .collect(),
+            named: BTreeMap::new(),
         }
     }
 
@@ -269,24 +263,24 @@ impl Routes {
                 Err(e) => errors.push(format!("{place}.tags: {e}")),
             }
         }
-        let mut vary_headers = Vec::new();
+        let mut keyed = Vec::new();
         if resolved.grpc {
             // The answer is compressed only for clients that accept the encoding; the request
             // digest covers compressed bytes, so its encoding is part of the question.
-            vary_headers.push(HeaderName::from_static("grpc-accept-encoding"));
-            vary_headers.push(HeaderName::from_static("grpc-encoding"));
+            keyed.push(HeaderName::from_static("grpc-accept-encoding"));
+            keyed.push(HeaderName::from_static("grpc-encoding"));
             if path.contains('{') {
                 errors.push(format!(
                     "{place}: a gRPC route is one method's exact path (`/package.Service/Method`), not a pattern"
                 ));
             }
         }
-        for name in resolved.vary_headers.as_deref().unwrap_or_default() {
+        for name in resolved.key_headers.as_deref().unwrap_or_default() {
             match HeaderName::try_from(name.as_str()) {
-                Ok(h) if vary_headers.contains(&h) => {}
-                Ok(h) => vary_headers.push(h),
+                Ok(h) if keyed.contains(&h) => {}
+                Ok(h) => keyed.push(h),
                 Err(_) => errors.push(format!(
-                    "{place}.vary_headers: `{name}` is not a header name"
+                    "{place}.key_headers: `{name}` is not a header name"
                 )),
             }
         }
@@ -396,22 +390,22 @@ impl Routes {
         Ok(CompiledPolicy {
             route: format!("{method} {path}"),
             ttl,
-            vary_authorization: vary_headers.contains(&http::header::AUTHORIZATION)
+            vary_authorization: keyed.contains(&http::header::AUTHORIZATION)
                 || session_is(&http::header::AUTHORIZATION),
-            vary_cookie: vary_headers.contains(&http::header::COOKIE)
+            vary_cookie: keyed.contains(&http::header::COOKIE)
                 || session_is(&http::header::COOKIE)
                 || matches!(session, Some(SessionKey::Cookie(_))),
             key,
             query: resolved.query.unwrap_or_default(),
             // HTTP mode invalidates by URL, and a URL has a host; application mode invalidates
             // by key template, which covers every host.
-            host_keyed: http && vary_headers.contains(&http::header::HOST),
-            key_headers: vary_headers
+            host_keyed: http && keyed.contains(&http::header::HOST),
+            key_headers: keyed
                 .iter()
                 .filter(|h| !(http && **h == http::header::HOST))
                 .cloned()
                 .collect(),
-            vary_headers,
+            keyed_headers: keyed,
             statuses,
             status_ttls,
             max_body_size,

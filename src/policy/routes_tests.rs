@@ -1,12 +1,14 @@
 use super::*;
 
 #[test]
-fn guide_policies_resolve_and_override() {
+fn named_policies_resolve_and_override() {
     let t = Routes::new()
+        .policy("user_profile", Policy::ttl(Duration::from_secs(3600)))
+        .policy("product", Policy::ttl(Duration::from_secs(24 * 3600)))
         .get("/u/{id}", Policy::named("user_profile"))
         .get(
             "/p/{id}",
-            Policy::named("product").time_to_live(Duration::from_secs(5)),
+            Policy::named("product").with_ttl(Duration::from_secs(5)),
         )
         .policy("statistics", Policy::ttl(Duration::from_secs(7)))
         .get("/s", Policy::named("statistics"))
@@ -30,7 +32,7 @@ fn errors_name_route_and_field() {
         .get("/d", Policy::ttl(Duration::from_secs(1)).statuses([500]))
         .get(
             "/e",
-            Policy::ttl(Duration::from_secs(1)).vary_headers(["bad header"]),
+            Policy::ttl(Duration::from_secs(1)).key_headers(["bad header"]),
         )
         .get("/{x", Policy::ttl(Duration::from_secs(1)))
         .get("/a", Policy::ttl(Duration::from_secs(1)))
@@ -42,7 +44,7 @@ fn errors_name_route_and_field() {
         "routes[GET /b].policy: no named policy `nope`",
         "routes[POST /c].unsafe_methods",
         "routes[GET /d].statuses: 500",
-        "routes[GET /e].vary_headers",
+        "routes[GET /e].key_headers",
         "routes[GET /{x]: invalid path pattern",
     ] {
         assert!(all.contains(want), "{want} not in:\n{all}");

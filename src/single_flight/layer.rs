@@ -53,27 +53,44 @@ impl SingleFlightLayer {
         }
     }
 
-    /// A layer that also keys requests itself, as a `CacheLayer` with `routes` would: usable
-    /// with no cache, to deduplicate idempotent requests in flight. Only the key settings of
-    /// the policies are used.
+    /// Also keys requests itself, as a `CacheLayer` with `routes` would: usable with no
+    /// cache, to deduplicate idempotent requests in flight. Only the key settings of the
+    /// policies are used.
     ///
     /// # Panics
     ///
-    /// When the routes are invalid; see [`try_for_routes`](Self::try_for_routes).
+    /// When the routes are invalid; see [`try_routes`](Self::try_routes).
     #[track_caller]
-    pub fn for_routes(stash: Stash, routes: Routes) -> Self {
-        match Self::try_for_routes(stash, routes) {
+    pub fn routes(self, routes: Routes) -> Self {
+        match self.try_routes(routes) {
             Ok(layer) => layer,
             Err(e) => panic!("{e}"),
         }
     }
 
-    /// [`for_routes`](Self::for_routes), or what is wrong with the routes.
+    /// [`routes`](Self::routes), or what is wrong with the routes.
+    pub fn try_routes(mut self, routes: Routes) -> Result<Self, ConfigError> {
+        self.routes = Some(Arc::new(routes.compile()?));
+        Ok(self)
+    }
+
+    /// Renamed: `SingleFlightLayer::new(stash).routes(routes)`.
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `SingleFlightLayer::new(stash).routes(routes)`"
+    )]
+    #[track_caller]
+    pub fn for_routes(stash: Stash, routes: Routes) -> Self {
+        Self::new(stash).routes(routes)
+    }
+
+    /// Renamed: `SingleFlightLayer::new(stash).try_routes(routes)`.
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `SingleFlightLayer::new(stash).try_routes(routes)`"
+    )]
     pub fn try_for_routes(stash: Stash, routes: Routes) -> Result<Self, ConfigError> {
-        let table = routes.compile()?;
-        let mut layer = Self::new(stash);
-        layer.routes = Some(Arc::new(table));
-        Ok(layer)
+        Self::new(stash).try_routes(routes)
     }
 
     /// The most requests that wait on one key (default 10 000); more go to the service

@@ -60,7 +60,7 @@
 //!         ServiceBuilder::new()
 //!             .layer(CacheLayer::new(
 //!                 stash.clone(),
-//!                 Routes::new().get("/users/{id}", Policy::named("user_profile")),
+//!                 Routes::new().get("/users/{id}", Policy::ttl(Duration::from_secs(3600))),
 //!             ))
 //!             .layer(SingleFlightLayer::new(stash.clone()).max_wait(Duration::from_secs(2))),
 //!     );

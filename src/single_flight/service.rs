@@ -35,6 +35,11 @@ impl<S: fmt::Debug> fmt::Debug for SingleFlightService<S> {
 }
 
 impl<S> SingleFlightService<S> {
+    /// Wraps `inner` with the settings and flights of `layer`.
+    pub fn new(inner: S, layer: &super::SingleFlightLayer) -> Self {
+        tower_layer::Layer::layer(layer, inner)
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -66,7 +71,7 @@ impl<S> SingleFlightService<S> {
             || (h.contains_key(header::COOKIE) && !policy.vary_cookie)
             || crate::headers::REWRITE_HEADERS
                 .iter()
-                .any(|n| h.contains_key(*n) && !policy.vary_headers.iter().any(|v| v == n))
+                .any(|n| h.contains_key(*n) && !policy.keyed_headers.iter().any(|v| v == n))
         {
             // One client's answer is never shared with another.
             return None;

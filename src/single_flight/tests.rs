@@ -129,10 +129,8 @@ async fn a_thousand_cold_requests_make_one_call_and_get_the_same_body() {
 /// A router behind single flight alone (no cache), on a gated handler that answers with a
 /// body and trailers.
 fn standalone(h: &Gated) -> (SingleFlightLayer, Router) {
-    let sf = SingleFlightLayer::for_routes(
-        Stash::new(),
-        Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
-    );
+    let sf = SingleFlightLayer::new(Stash::new())
+        .routes(Routes::new().get("/items/{id}", Policy::ttl(HOUR)));
     (sf.clone(), standalone_with(h, sf))
 }
 
@@ -193,11 +191,9 @@ async fn alone_it_deduplicates_requests_in_flight_with_body_and_trailers() {
 /// A flight on a gated handler with its leader in the handler, whose waiters wait as long as
 /// it takes.
 async fn waiting_line(h: &Gated) -> (SingleFlightLayer, Router, tokio::task::JoinHandle<Got>) {
-    let sf = SingleFlightLayer::for_routes(
-        Stash::new(),
-        Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
-    )
-    .max_wait(HOUR);
+    let sf = SingleFlightLayer::new(Stash::new())
+        .routes(Routes::new().get("/items/{id}", Policy::ttl(HOUR)))
+        .max_wait(HOUR);
     let app = standalone_with(h, sf.clone());
     let leader = spawn_get(&app, "/items/1");
     until("the leader in the handler", || h.calls() == 1).await;
@@ -301,11 +297,9 @@ async fn on_a_worker_thread_the_first_waiters_are_answered_first() {
 #[tokio::test]
 async fn a_hand_over_before_a_waiter_is_polled_keeps_the_flight_for_it() {
     let h = Gated::new();
-    let sf = SingleFlightLayer::for_routes(
-        Stash::new(),
-        Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
-    )
-    .max_wait(HOUR);
+    let sf = SingleFlightLayer::new(Stash::new())
+        .routes(Routes::new().get("/items/{id}", Policy::ttl(HOUR)))
+        .max_wait(HOUR);
     let mut svc = tower::Layer::layer(&sf, gated(&h));
     let call = |svc: &mut crate::SingleFlightService<Router>| {
         let fut = svc.call(req("/items/1"));
@@ -360,7 +354,7 @@ async fn a_panicking_leader_hands_over_and_the_map_drains() {
     let gate = Arc::new(Semaphore::new(0));
     let (c, g) = (calls.clone(), gate.clone());
     let sf =
-        SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/p", Policy::ttl(HOUR)));
+        SingleFlightLayer::new(Stash::new()).routes(Routes::new().get("/p", Policy::ttl(HOUR)));
     let app = Router::new()
         .route(
             "/p",
@@ -426,7 +420,7 @@ impl Service<Request<Body>> for FailsFirst {
 async fn a_service_error_hands_over_and_a_500_is_shared() {
     let h = Gated::new();
     let sf =
-        SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/e", Policy::ttl(HOUR)));
+        SingleFlightLayer::new(Stash::new()).routes(Routes::new().get("/e", Policy::ttl(HOUR)));
     let svc = ServiceBuilder::new()
         .layer(sf.clone())
         .service(FailsFirst(h.clone()));
@@ -460,7 +454,7 @@ async fn a_service_error_hands_over_and_a_500_is_shared() {
     let gate = Arc::new(Semaphore::new(0));
     let (c, g) = (calls.clone(), gate.clone());
     let sf =
-        SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/f", Policy::ttl(HOUR)));
+        SingleFlightLayer::new(Stash::new()).routes(Routes::new().get("/f", Policy::ttl(HOUR)));
     let app = Router::new()
         .route(
             "/f",
@@ -542,11 +536,9 @@ async fn past_the_waiter_cap_requests_go_alone_and_are_not_stored() {
 async fn past_the_wait_bound_requests_go_alone() {
     let h = Gated::new();
     let (_, app) = standalone(&h);
-    let sf = SingleFlightLayer::for_routes(
-        Stash::new(),
-        Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
-    )
-    .max_wait(Duration::from_millis(50));
+    let sf = SingleFlightLayer::new(Stash::new())
+        .routes(Routes::new().get("/items/{id}", Policy::ttl(HOUR)))
+        .max_wait(Duration::from_millis(50));
     let h2 = h.clone();
     let app2 = Router::new()
         .route(
@@ -573,7 +565,7 @@ async fn past_the_wait_bound_requests_go_alone() {
 async fn responses_for_one_client_are_not_shared_and_head_is_not_coalesced() {
     let h = Gated::new();
     let sf =
-        SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/s", Policy::ttl(HOUR)));
+        SingleFlightLayer::new(Stash::new()).routes(Routes::new().get("/s", Policy::ttl(HOUR)));
     let h2 = h.clone();
     let app = Router::new()
         .route(
@@ -648,7 +640,7 @@ async fn a_leader_and_its_waiters_cancelled_together_leave_the_map_empty() {
 async fn a_response_that_varies_on_an_unkeyed_header_is_not_shared() {
     let h = Gated::new();
     let sf =
-        SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/v", Policy::ttl(HOUR)));
+        SingleFlightLayer::new(Stash::new()).routes(Routes::new().get("/v", Policy::ttl(HOUR)));
     let h2 = h.clone();
     let app = Router::new()
         .route(
@@ -705,7 +697,7 @@ async fn after_three_failed_leaders_the_waiters_stop_queueing() {
     }
     let (calls, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let sf =
-        SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/e", Policy::ttl(HOUR)));
+        SingleFlightLayer::new(Stash::new()).routes(Routes::new().get("/e", Policy::ttl(HOUR)));
     let svc = tower::util::BoxCloneService::new(
         ServiceBuilder::new().layer(sf.clone()).service(AlwaysFails(
             calls.clone(),
