@@ -5,12 +5,9 @@
 //! copying them. Anything it cannot read (an unknown version, truncated or corrupt bytes, a
 //! header value with a CR or LF) is an [`EntryError`], which stores treat as a miss.
 //!
-//! Why a binary envelope of our own rather than JSON or MessagePack (`cargo bench --bench
-//! codec`, one run on a 2-core machine, an entry with three headers and a tag): for a 64 B
-//! body it is 234 B (MessagePack 251 B, JSON 606 B) and encodes in 0.14 µs (MessagePack 1.05
-//! µs, JSON 3.1 µs); for a 16 KiB body it encodes in 0.7 µs and decodes in 0.6 µs (MessagePack
-//! 2.4 µs and 1.4 µs, JSON 116 µs and 333 µs), because the body is written raw and read back as
-//! a slice of the buffer, never copied or escaped.
+//! A binary envelope of our own rather than JSON or MessagePack: the body is written raw and
+//! read back as a slice of the buffer, never copied or escaped (`cargo bench --bench codec`
+//! compares the three).
 //!
 //! # Example
 //!
@@ -174,14 +171,14 @@ impl Entry {
     }
 
     /// Records a use at `now` (sliding expiry), and returns the previous one.
-    pub fn touch(&self, now: SystemTime) -> SystemTime {
+    pub(crate) fn touch(&self, now: SystemTime) -> SystemTime {
         let prev = self.touched.0.fetch_max(millis(now), Ordering::Relaxed);
         at_millis(prev).unwrap_or(now)
     }
 
     /// Whether the shared store should hear of a use at `now` (sliding expiry): true, and
     /// recorded, when it last heard of one `every` ago or more. One caller wins a race.
-    pub fn extend_due(&self, now: SystemTime, every: Duration) -> bool {
+    pub(crate) fn extend_due(&self, now: SystemTime, every: Duration) -> bool {
         let now = millis(now);
         let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
         let last = self.extended.0.load(Ordering::Relaxed);
