@@ -72,7 +72,7 @@ impl CacheHint {
     }
 
     /// Renamed [`with_ttl`](Self::with_ttl).
-    #[deprecated(since = "0.2.0", note = "renamed `with_ttl`")]
+    #[deprecated(note = "renamed `with_ttl`")]
     pub fn time_to_live(self, ttl: Duration) -> Self {
         self.with_ttl(ttl)
     }

@@ -72,7 +72,7 @@ impl Invalidate {
     }
 
     /// Renamed [`with_keys`](Self::with_keys).
-    #[deprecated(since = "0.2.0", note = "renamed `with_keys`")]
+    #[deprecated(note = "renamed `with_keys`")]
     pub fn and_keys<I, T>(self, keys: I) -> Self
     where
         I: IntoIterator<Item = T>,
@@ -92,7 +92,7 @@ impl Invalidate {
     }
 
     /// Renamed [`with_tags`](Self::with_tags).
-    #[deprecated(since = "0.2.0", note = "renamed `with_tags`")]
+    #[deprecated(note = "renamed `with_tags`")]
     pub fn and_tags<I, T>(self, tags: I) -> Self
     where
         I: IntoIterator<Item = T>,

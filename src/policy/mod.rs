@@ -122,7 +122,7 @@ impl Policy {
     }
 
     /// Renamed [`with_ttl`](Self::with_ttl).
-    #[deprecated(since = "0.2.0", note = "renamed `with_ttl`")]
+    #[deprecated(note = "renamed `with_ttl`")]
     pub fn time_to_live(self, ttl: Duration) -> Self {
         self.with_ttl(ttl)
     }
@@ -145,7 +145,7 @@ impl Policy {
     }
 
     /// Renamed [`key_query`](Self::key_query).
-    #[deprecated(since = "0.2.0", note = "renamed `key_query`")]
+    #[deprecated(note = "renamed `key_query`")]
     pub fn vary_query<I, T>(self, names: I) -> Self
     where
         I: IntoIterator<Item = T>,
@@ -172,7 +172,7 @@ impl Policy {
     }
 
     /// Renamed [`key_headers`](Self::key_headers) (`Vary` is the response's header).
-    #[deprecated(since = "0.2.0", note = "renamed `key_headers`")]
+    #[deprecated(note = "renamed `key_headers`")]
     pub fn vary_headers<I, T>(self, names: I) -> Self
     where
         I: IntoIterator<Item = T>,
