@@ -142,6 +142,23 @@ impl Counter {
         }
     }
 
+    /// A counter whose gate is closed until [`open`](Self::open).
+    pub(crate) fn closed() -> Self {
+        let counter = Self::new();
+        counter.close();
+        counter
+    }
+
+    /// Closes the gate: the calls from now on wait for [`open`](Self::open).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets the calls waiting at the gate, and all later ones, through.
+    pub(crate) fn open(&self) {
+        self.permits.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
     /// Counts a call, waits while the gate is closed, and returns the call's number (from 1).
     pub(crate) async fn enter(&self) -> usize {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
