@@ -132,19 +132,21 @@ pub(crate) struct Counter {
     permits: Arc<Semaphore>,
 }
 
-impl Counter {
+impl Default for Counter {
     /// A counter whose gate is open.
-    pub(crate) fn new() -> Self {
+    fn default() -> Self {
         Self {
             calls: Arc::default(),
             closed: Arc::default(),
             permits: Arc::new(Semaphore::new(0)),
         }
     }
+}
 
+impl Counter {
     /// A counter whose gate is closed until [`open`](Self::open).
     pub(crate) fn closed() -> Self {
-        let counter = Self::new();
+        let counter = Self::default();
         counter.close();
         counter
     }
@@ -192,7 +194,7 @@ impl Upstream {
         respond: impl Fn(&Request<Bytes>, usize) -> Response<TestBody> + Send + Sync + 'static,
     ) -> Self {
         Self {
-            counter: Counter::new(),
+            counter: Counter::default(),
             respond: Arc::new(Mutex::new(Arc::new(respond))),
             requests: Arc::default(),
             delay: Duration::ZERO,

@@ -44,7 +44,7 @@ impl App {
     ) -> Self {
         let clock = ManualClock::default();
         let stash = builder.clock(clock.clone()).build().unwrap();
-        let handler = Counter::new();
+        let handler = Counter::default();
         let (h, ck) = (handler.clone(), clock.clone());
         let router = Router::new()
             .route(
@@ -363,7 +363,7 @@ async fn a_refresh_started_by_a_conditional_head_still_stores_a_whole_response()
 #[tokio::test]
 async fn invalidate_key_drops_the_entry_and_its_variants_and_refuses_late_fills() {
     let stash = Stash::new();
-    let calls = Counter::new();
+    let calls = Counter::default();
     let c = calls.clone();
     let router = Router::new()
         .route(
@@ -446,7 +446,7 @@ async fn invalidate_key_drops_the_entry_and_its_variants_and_refuses_late_fills(
 async fn a_refresh_triggered_with_unkeyed_parameters_asks_with_the_keyed_ones_only() {
     let clock = ManualClock::default();
     let stash = Stash::builder().clock(clock.clone()).build().unwrap();
-    let calls = Counter::new();
+    let calls = Counter::default();
     let c = calls.clone();
     let router = Router::new()
         .route(

@@ -33,7 +33,7 @@ fn cached(stash: &Stash, sf: SingleFlightLayer, app: Router) -> Router {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_cold_requests_make_one_call_and_get_the_same_body() {
-    let calls = Counter::new();
+    let calls = Counter::default();
     let c = calls.clone();
     let stash = Stash::new();
     let sf = SingleFlightLayer::new(stash.clone());
