@@ -567,16 +567,11 @@ async fn streams_under_the_limit_and_stores_with_trailers() {
         stash.clone(),
         one_route("/s", Policy::ttl(HOUR).max_body_size(1000)),
     );
-    let resp = ServiceBuilder::new()
-        .layer(layer)
-        .service(handler.clone())
-        .oneshot(get("/s"))
-        .await
-        .unwrap();
-    assert_eq!(resp.headers()["cache-status"], "tower-stash; hit");
-    let collected = resp.into_body().collect().await.unwrap();
-    assert_eq!(collected.trailers().unwrap()["x-checksum"], "abc");
-    assert_eq!(collected.to_bytes().len(), 200);
+    let svc = ServiceBuilder::new().layer(layer).service(handler.clone());
+    let hit = send(svc, get("/s")).await;
+    assert_eq!(hit.cache_status(), "tower-stash; hit");
+    assert_eq!(hit.trailers.unwrap()["x-checksum"], "abc");
+    assert_eq!(hit.body.len(), 200);
     assert_eq!(handler.calls(), 1);
 }
 
