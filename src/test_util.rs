@@ -2,6 +2,8 @@
 //! failing store.
 
 use crate::{Entry, Store, StoreError, StoreFuture};
+use axum::response::IntoResponse;
+use axum::routing::MethodRouter;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -173,6 +175,21 @@ impl Counter {
     /// How many calls were counted.
     pub(crate) fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// An axum GET handler that enters this counter, then answers `answer(call number)`.
+    pub(crate) fn get<R>(
+        &self,
+        answer: impl Fn(usize) -> R + Clone + Send + Sync + 'static,
+    ) -> MethodRouter
+    where
+        R: IntoResponse + 'static,
+    {
+        let counter = self.clone();
+        axum::routing::get(move || {
+            let (counter, answer) = (counter.clone(), answer.clone());
+            async move { answer(counter.enter().await) }
+        })
     }
 }
 

@@ -45,20 +45,16 @@ impl App {
         let clock = ManualClock::default();
         let stash = builder.clock(clock.clone()).build().unwrap();
         let handler = Counter::default();
-        let (h, ck) = (handler.clone(), clock.clone());
+        let ck = clock.clone();
         let router = Router::new()
             .route(
                 "/r",
-                get(move || {
-                    let (h, ck) = (h.clone(), ck.clone());
-                    async move {
-                        let n = h.enter().await;
-                        ck.advance(took);
-                        match script(n) {
-                            Answer::Ok => (StatusCode::OK, format!("call {n}")),
-                            Answer::ServerError => {
-                                (StatusCode::INTERNAL_SERVER_ERROR, format!("error {n}"))
-                            }
+                handler.get(move |n| {
+                    ck.advance(took);
+                    match script(n) {
+                        Answer::Ok => (StatusCode::OK, format!("call {n}")),
+                        Answer::ServerError => {
+                            (StatusCode::INTERNAL_SERVER_ERROR, format!("error {n}"))
                         }
                     }
                 }),
@@ -363,15 +359,8 @@ async fn a_refresh_started_by_a_conditional_head_still_stores_a_whole_response()
 async fn invalidate_key_drops_the_entry_and_its_variants_and_refuses_late_fills() {
     let stash = Stash::new();
     let calls = Counter::default();
-    let c = calls.clone();
     let router = Router::new()
-        .route(
-            "/users/{id}",
-            get(move || {
-                let c = c.clone();
-                async move { format!("call {}", c.enter().await) }
-            }),
-        )
+        .route("/users/{id}", calls.get(|n| format!("call {n}")))
         .layer(CacheLayer::new(
             stash.clone(),
             Routes::new().get(

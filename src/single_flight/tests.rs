@@ -91,21 +91,16 @@ fn standalone_with(h: &Counter, sf: SingleFlightLayer) -> Router {
 
 /// The gated handler's router: each call answers `call N` with an `x-checksum: N` trailer.
 fn gated(h: &Counter) -> Router {
-    let h2 = h.clone();
     Router::new().route(
         "/items/{id}",
-        get(move || {
-            let h = h2.clone();
-            async move {
-                let n = h.enter().await;
-                let mut trailers = http::HeaderMap::new();
-                trailers.insert("x-checksum", n.to_string().parse().unwrap());
-                let frames = futures_util::stream::iter([
-                    Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(format!("call {n}")))),
-                    Ok(http_body::Frame::trailers(trailers)),
-                ]);
-                Response::new(Body::new(http_body_util::StreamBody::new(frames)))
-            }
+        h.get(|n| {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-checksum", n.to_string().parse().unwrap());
+            let frames = futures_util::stream::iter([
+                Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(format!("call {n}")))),
+                Ok(http_body::Frame::trailers(trailers)),
+            ]);
+            Response::new(Body::new(http_body_util::StreamBody::new(frames)))
         }),
     )
 }
@@ -310,21 +305,16 @@ async fn a_cancelled_leader_hands_over_to_one_waiter() {
 #[tokio::test]
 async fn a_panicking_leader_hands_over_and_the_map_drains() {
     let h = Counter::closed();
-    let h2 = h.clone();
     let sf =
         SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/p", Policy::ttl(HOUR)));
     let app = Router::new()
         .route(
             "/p",
-            get(move || {
-                let h = h2.clone();
-                async move {
-                    let n = h.enter().await;
-                    if n == 1 {
-                        panic!("the leader's handler panics");
-                    }
-                    format!("call {n}")
+            h.get(|n| {
+                if n == 1 {
+                    panic!("the leader's handler panics");
                 }
+                format!("call {n}")
             }),
         )
         .layer(sf.clone());
@@ -405,19 +395,12 @@ async fn a_service_error_hands_over_and_a_500_is_shared() {
 
     // A 500 is an answer: the waiters get it at once, with no second call.
     let h = Counter::closed();
-    let h2 = h.clone();
     let sf =
         SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/f", Policy::ttl(HOUR)));
     let app = Router::new()
         .route(
             "/f",
-            get(move || {
-                let h = h2.clone();
-                async move {
-                    h.enter().await;
-                    (StatusCode::INTERNAL_SERVER_ERROR, "database down")
-                }
-            }),
+            h.get(|_| (StatusCode::INTERNAL_SERVER_ERROR, "database down")),
         )
         .layer(sf.clone());
     let all: Vec<_> = (0..5).map(|_| spawn_get(&app, "/f")).collect();
@@ -439,17 +422,10 @@ async fn past_the_waiter_cap_requests_go_alone_and_are_not_stored() {
     let h = Counter::closed();
     let stash = Stash::new();
     let sf = SingleFlightLayer::new(stash.clone()).max_waiters(2);
-    let h2 = h.clone();
     let app = cached(
         &stash,
         sf.clone(),
-        Router::new().route(
-            "/items/{id}",
-            get(move || {
-                let h = h2.clone();
-                async move { format!("call {}", h.enter().await) }
-            }),
-        ),
+        Router::new().route("/items/{id}", h.get(|n| format!("call {n}"))),
     );
     let leader = spawn_get(&app, "/items/1");
     until("the leader", || h.calls() == 1).await;
@@ -493,15 +469,8 @@ async fn past_the_wait_bound_requests_go_alone() {
         Routes::new().get("/items/{id}", Policy::ttl(HOUR)),
     )
     .max_wait(Duration::from_millis(50));
-    let h2 = h.clone();
     let app2 = Router::new()
-        .route(
-            "/items/{id}",
-            get(move || {
-                let h = h2.clone();
-                async move { format!("call {}", h.enter().await) }
-            }),
-        )
+        .route("/items/{id}", h.get(|n| format!("call {n}")))
         .layer(sf.clone());
     drop(app);
     let leader = spawn_get(&app2, "/items/1");
@@ -520,19 +489,14 @@ async fn responses_for_one_client_are_not_shared_and_head_is_not_coalesced() {
     let h = Counter::closed();
     let sf =
         SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/s", Policy::ttl(HOUR)));
-    let h2 = h.clone();
     let app = Router::new()
         .route(
             "/s",
-            get(move || {
-                let h = h2.clone();
-                async move {
-                    let n = h.enter().await;
-                    (
-                        [("set-cookie", format!("session={n}"))],
-                        format!("call {n}"),
-                    )
-                }
+            h.get(|n| {
+                (
+                    [("set-cookie", format!("session={n}"))],
+                    format!("call {n}"),
+                )
             }),
         )
         .layer(sf.clone());
@@ -596,17 +560,10 @@ async fn a_response_that_varies_on_an_unkeyed_header_is_not_shared() {
     let h = Counter::closed();
     let sf =
         SingleFlightLayer::for_routes(Stash::new(), Routes::new().get("/v", Policy::ttl(HOUR)));
-    let h2 = h.clone();
     let app = Router::new()
         .route(
             "/v",
-            get(move || {
-                let h = h2.clone();
-                async move {
-                    let n = h.enter().await;
-                    ([("vary", "accept-encoding")], format!("call {n}"))
-                }
-            }),
+            h.get(|n| ([("vary", "accept-encoding")], format!("call {n}"))),
         )
         .layer(sf.clone());
     let all: Vec<_> = (0..3).map(|_| spawn_get(&app, "/v")).collect();
@@ -685,19 +642,12 @@ async fn after_three_failed_leaders_the_waiters_stop_queueing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_after_an_invalidation_never_gets_a_call_that_began_before_it() {
     let gated = Counter::closed();
-    let g = gated.clone();
     let stash = Stash::new();
     let sf = SingleFlightLayer::new(stash.clone());
     let app = cached(
         &stash,
         sf.clone(),
-        Router::new().route(
-            "/items/{id}",
-            get(move || {
-                let g = g.clone();
-                async move { format!("item from call {}", g.enter().await) }
-            }),
-        ),
+        Router::new().route("/items/{id}", gated.get(|n| format!("item from call {n}"))),
     );
     let spawn = |app: &Router| {
         let app = app.clone();
