@@ -1324,7 +1324,6 @@ async fn a_late_fill_never_replaces_a_newer_entry(redis: &impl Backend) {
 
 both!(stale_while_revalidate_refreshes_once_across_instances);
 async fn stale_while_revalidate_refreshes_once_across_instances(redis: &impl Backend) {
-    use axum::routing::get;
     let calls = Counter::default();
     let instance = || {
         let l2 = Guarded::new(store_on(&redis.url())).timeout(Duration::from_secs(1));
@@ -1333,15 +1332,8 @@ async fn stale_while_revalidate_refreshes_once_across_instances(redis: &impl Bac
             .namespace("swr")
             .build()
             .unwrap();
-        let calls = calls.clone();
         let app = axum::Router::new()
-            .route(
-                "/p",
-                get(move || {
-                    let calls = calls.clone();
-                    async move { format!("price {}", calls.enter().await) }
-                }),
-            )
+            .route("/p", calls.get(|n| format!("price {n}")))
             .layer(CacheLayer::new(
                 stash.clone(),
                 Routes::new().get(
@@ -2178,7 +2170,6 @@ async fn an_invalidation_while_redis_is_unreachable_is_retried_and_the_old_value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_leader_frees_its_lease_and_another_instance_goes_on() {
-    use axum::routing::get;
     let redis = RedisServer::start();
     let calls = Counter::closed();
     let instance = || {
@@ -2190,15 +2181,8 @@ async fn a_cancelled_leader_frees_its_lease_and_another_instance_goes_on() {
             .lease_ttl(Duration::from_secs(60))
             .build()
             .unwrap();
-        let calls = calls.clone();
         let app = axum::Router::new()
-            .route(
-                "/k",
-                get(move || {
-                    let calls = calls.clone();
-                    async move { format!("call {}", calls.enter().await) }
-                }),
-            )
+            .route("/k", calls.get(|n| format!("call {n}")))
             .layer(
                 ServiceBuilder::new()
                     .layer(CacheLayer::new(
@@ -2651,15 +2635,8 @@ async fn session_entries_are_not_served_from_memory_while_the_bus_is_down() {
         ))
         .build()
         .unwrap();
-    let c = calls.clone();
     let app = axum::Router::new()
-        .route(
-            "/me",
-            get(move || {
-                let c = c.clone();
-                async move { format!("me, call {}", c.enter().await) }
-            }),
-        )
+        .route("/me", calls.get(|n| format!("me, call {n}")))
         .route("/public", get(|| async { "public" }))
         .layer(CacheLayer::new(
             stash.clone(),

@@ -5,6 +5,8 @@
 pub mod cluster;
 pub mod redis;
 
+use axum::response::IntoResponse;
+use axum::routing::MethodRouter;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -178,6 +180,21 @@ impl Counter {
     /// Forgets the calls counted so far.
     pub fn reset(&self) {
         self.calls.store(0, Ordering::SeqCst);
+    }
+
+    /// An axum GET handler that enters this counter, then answers `answer(call number)`.
+    pub fn get<R>(
+        &self,
+        answer: impl Fn(usize) -> R + Clone + Send + Sync + 'static,
+    ) -> MethodRouter
+    where
+        R: IntoResponse + 'static,
+    {
+        let counter = self.clone();
+        axum::routing::get(move || {
+            let (counter, answer) = (counter.clone(), answer.clone());
+            async move { answer(counter.enter().await) }
+        })
     }
 }
 
