@@ -3,16 +3,14 @@
 
 #[path = "../examples/demo.rs"]
 mod demo;
-#[cfg(feature = "redis")]
 mod support;
 
 use axum::body::Body;
 use http::{header, Request, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use tower::ServiceExt;
+use support::{send, Got};
 use tower_stash::config::Config;
 use tower_stash::{ManualClock, Stash};
 
@@ -26,25 +24,12 @@ struct App {
     clock: ManualClock,
 }
 
-struct Got {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: bytes::Bytes,
-}
-
 impl Got {
+    /// The body as JSON.
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!("{e}: {}", String::from_utf8_lossy(&self.body));
         })
-    }
-    fn cache_status(&self) -> &str {
-        self.headers
-            .get("cache-status")
-            .map_or("", |v| v.to_str().unwrap())
-    }
-    fn is_hit(&self) -> bool {
-        self.cache_status().contains("; hit")
     }
 }
 
@@ -74,16 +59,9 @@ fn start() -> App {
 
 impl App {
     async fn send(&self, req: Request<Body>) -> Got {
-        let resp = tokio::time::timeout(Duration::from_secs(20), self.router.clone().oneshot(req))
+        tokio::time::timeout(Duration::from_secs(20), send(self.router.clone(), req))
             .await
             .expect("an answer within 20 s")
-            .unwrap();
-        let (parts, body) = resp.into_parts();
-        Got {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
     }
 
     async fn get(&self, uri: &str) -> Got {

@@ -4,6 +4,7 @@
 #[path = "../examples/proxy.rs"]
 #[allow(dead_code)]
 mod proxy;
+mod support;
 
 use axum::extract::Request;
 use axum::response::IntoResponse;
@@ -11,28 +12,20 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
+use support::{fetch, serve, Counter};
 use tower_stash::{CacheLayer, Stash};
-
-async fn serve(app: axum::Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
 
 /// An origin that counts its requests and answers with what it saw: GETs cacheable for a
 /// minute, in the language asked for, but `/missing` (a 404) and `/bad` (a 400), which say
 /// nothing of their freshness. POSTs: `/cl` answers with `Content-Location: /after`,
 /// `/cross` with a `Location` on another origin, `/fail` with a 500, the others with
 /// `Location: /after`.
-async fn origin(calls: Arc<AtomicUsize>) -> SocketAddr {
+async fn origin(calls: Counter) -> SocketAddr {
     let app = axum::Router::new().fallback(move |req: Request| {
         let calls = calls.clone();
         async move {
-            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let n = calls.enter().await;
             let lang = req
                 .headers()
                 .get("accept-language")
@@ -71,11 +64,11 @@ async fn origin(calls: Arc<AtomicUsize>) -> SocketAddr {
 
 struct Setup {
     proxy: SocketAddr,
-    calls: Arc<AtomicUsize>,
+    origin: Counter,
 }
 
 async fn setup() -> Setup {
-    let calls = Arc::new(AtomicUsize::new(0));
+    let calls = Counter::default();
     let origin = origin(calls.clone()).await;
     let stash = Stash::builder().build().unwrap();
     let cache = CacheLayer::new(stash.clone(), proxy::default_routes());
@@ -83,11 +76,13 @@ async fn setup() -> Setup {
     let app = proxy::app(proxy::Upstream::new(upstream), cache);
     Setup {
         proxy: serve(app).await,
-        calls,
+        origin: calls,
     }
 }
 
-async fn send(
+/// Sends `method path` with `headers` (and `Host: shop.example` unless they name one) to
+/// `addr`: the status and body.
+async fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -100,58 +95,44 @@ async fn send(
     for (n, v) in headers {
         req = req.header(*n, *v);
     }
-    let req = req.body(Full::new(Bytes::new())).unwrap();
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let resp = sender.send_request(req).await.unwrap();
-        let status = resp.status();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8(body.to_vec()).unwrap())
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .expect("an answer within 10 s")
+    let got = fetch(addr, req.body(Full::new(Bytes::new())).unwrap()).await;
+    (got.status, got.text().to_owned())
 }
 
 #[tokio::test]
 async fn gets_are_cached_per_host_and_variant() {
     let s = setup().await;
-    let (status, first) = send(s.proxy, "GET", "/p", &[]).await;
+    let (status, first) = request(s.proxy, "GET", "/p", &[]).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(send(s.proxy, "GET", "/p", &[]).await.1, first);
-    assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(request(s.proxy, "GET", "/p", &[]).await.1, first);
+    assert_eq!(s.origin.calls(), 1);
     // Another Host, another entry.
-    let (_, other) = send(s.proxy, "GET", "/p", &[("host", "evil.example")]).await;
+    let (_, other) = request(s.proxy, "GET", "/p", &[("host", "evil.example")]).await;
     assert!(other.contains("evil.example"));
-    assert_eq!(send(s.proxy, "GET", "/p", &[]).await.1, first);
+    assert_eq!(request(s.proxy, "GET", "/p", &[]).await.1, first);
     // Another language (the origin varies on it), another entry.
-    let (_, fr) = send(s.proxy, "GET", "/p", &[("accept-language", "fr")]).await;
+    let (_, fr) = request(s.proxy, "GET", "/p", &[("accept-language", "fr")]).await;
     assert!(fr.contains("in fr"));
     assert_eq!(
-        send(s.proxy, "GET", "/p", &[("accept-language", "fr")])
+        request(s.proxy, "GET", "/p", &[("accept-language", "fr")])
             .await
             .1,
         fr
     );
-    assert_eq!(s.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(s.origin.calls(), 3);
 }
 
 #[tokio::test]
 async fn a_successful_post_invalidates_the_target_and_its_location() {
     let s = setup().await;
-    send(s.proxy, "GET", "/p", &[]).await;
-    send(s.proxy, "GET", "/after", &[]).await;
-    assert_eq!(s.calls.load(Ordering::SeqCst), 2);
-    let (status, _) = send(s.proxy, "POST", "/p", &[]).await;
+    request(s.proxy, "GET", "/p", &[]).await;
+    request(s.proxy, "GET", "/after", &[]).await;
+    assert_eq!(s.origin.calls(), 2);
+    let (status, _) = request(s.proxy, "POST", "/p", &[]).await;
     assert_eq!(status, StatusCode::OK);
-    let (_, again) = send(s.proxy, "GET", "/p", &[]).await;
+    let (_, again) = request(s.proxy, "GET", "/p", &[]).await;
     assert!(again.ends_with("#4"), "{again}");
-    let (_, after) = send(s.proxy, "GET", "/after", &[]).await;
+    let (_, after) = request(s.proxy, "GET", "/after", &[]).await;
     assert!(after.ends_with("#5"), "the Location went too: {after}");
 }
 
@@ -160,7 +141,7 @@ async fn a_header_named_by_connection_cannot_choose_the_entry() {
     let s = setup().await;
     // `Connection` drops Accept-Language on its way to the origin, which then answers in
     // its default language: that answer must not become the French entry.
-    let (_, poisoned) = send(
+    let (_, poisoned) = request(
         s.proxy,
         "GET",
         "/p",
@@ -168,38 +149,38 @@ async fn a_header_named_by_connection_cannot_choose_the_entry() {
     )
     .await;
     assert!(poisoned.contains("in default"), "{poisoned}");
-    let (_, fr) = send(s.proxy, "GET", "/p", &[("accept-language", "fr")]).await;
+    let (_, fr) = request(s.proxy, "GET", "/p", &[("accept-language", "fr")]).await;
     assert!(fr.contains("in fr"), "{fr}");
 }
 
 #[tokio::test]
 async fn content_location_is_invalidated_but_not_another_origin_nor_after_a_failure() {
     let s = setup().await;
-    let count = || s.calls.load(Ordering::SeqCst);
-    send(s.proxy, "GET", "/after", &[]).await;
-    send(s.proxy, "GET", "/q", &[("host", "other.example")]).await;
-    send(s.proxy, "GET", "/fail", &[]).await;
+    let count = || s.origin.calls();
+    request(s.proxy, "GET", "/after", &[]).await;
+    request(s.proxy, "GET", "/q", &[("host", "other.example")]).await;
+    request(s.proxy, "GET", "/fail", &[]).await;
     assert_eq!(count(), 3);
     // A failed write changes nothing: its target stays cached.
-    let (status, _) = send(s.proxy, "POST", "/fail", &[]).await;
+    let (status, _) = request(s.proxy, "POST", "/fail", &[]).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    send(s.proxy, "GET", "/fail", &[]).await;
+    request(s.proxy, "GET", "/fail", &[]).await;
     assert_eq!(count(), 4, "only the POST reached the origin");
     // A Location on another origin drops nothing there.
-    send(s.proxy, "POST", "/cross", &[]).await;
-    let (_, q) = send(s.proxy, "GET", "/q", &[("host", "other.example")]).await;
+    request(s.proxy, "POST", "/cross", &[]).await;
+    let (_, q) = request(s.proxy, "GET", "/q", &[("host", "other.example")]).await;
     assert!(q.ends_with("#2"), "still the cached answer: {q}");
     assert_eq!(count(), 5);
     // A same-origin Content-Location is dropped.
-    send(s.proxy, "POST", "/cl", &[]).await;
-    let (_, after) = send(s.proxy, "GET", "/after", &[]).await;
+    request(s.proxy, "POST", "/cl", &[]).await;
+    let (_, after) = request(s.proxy, "GET", "/after", &[]).await;
     assert!(after.ends_with("#7"), "fetched again: {after}");
     // PUT and DELETE invalidate their target too.
     for method in ["PUT", "DELETE"] {
-        send(s.proxy, "GET", "/after", &[]).await;
+        request(s.proxy, "GET", "/after", &[]).await;
         let before = count();
-        send(s.proxy, method, "/after", &[]).await;
-        send(s.proxy, "GET", "/after", &[]).await;
+        request(s.proxy, method, "/after", &[]).await;
+        request(s.proxy, "GET", "/after", &[]).await;
         assert_eq!(count(), before + 2, "{method}");
     }
 }
@@ -209,34 +190,34 @@ async fn a_404_is_kept_two_minutes_by_the_default_routes_and_a_400_never() {
     let s = setup().await;
     for _ in 0..2 {
         assert_eq!(
-            send(s.proxy, "GET", "/missing", &[]).await.0,
+            request(s.proxy, "GET", "/missing", &[]).await.0,
             StatusCode::NOT_FOUND
         );
     }
-    assert_eq!(s.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(s.origin.calls(), 1);
     for _ in 0..2 {
         assert_eq!(
-            send(s.proxy, "GET", "/bad", &[]).await.0,
+            request(s.proxy, "GET", "/bad", &[]).await.0,
             StatusCode::BAD_REQUEST
         );
     }
-    assert_eq!(s.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(s.origin.calls(), 3);
 }
 
 #[tokio::test]
 async fn a_write_on_one_host_never_drops_another_hosts_entry() {
     let s = setup().await;
-    send(s.proxy, "GET", "/p", &[("host", "other.example")]).await;
-    send(s.proxy, "GET", "/p", &[]).await;
-    assert_eq!(s.calls.load(Ordering::SeqCst), 2);
+    request(s.proxy, "GET", "/p", &[("host", "other.example")]).await;
+    request(s.proxy, "GET", "/p", &[]).await;
+    assert_eq!(s.origin.calls(), 2);
     // A POST to shop.example's /p (the default Host) drops that entry only.
-    send(s.proxy, "POST", "/p", &[]).await;
-    let (_, other) = send(s.proxy, "GET", "/p", &[("host", "other.example")]).await;
+    request(s.proxy, "POST", "/p", &[]).await;
+    let (_, other) = request(s.proxy, "GET", "/p", &[("host", "other.example")]).await;
     assert!(
         other.ends_with("#1"),
         "other.example's entry stays: {other}"
     );
-    let (_, shop) = send(s.proxy, "GET", "/p", &[]).await;
+    let (_, shop) = request(s.proxy, "GET", "/p", &[]).await;
     assert!(shop.ends_with("#4"), "shop.example's entry went: {shop}");
 }
 
@@ -271,10 +252,10 @@ async fn http2_requests_reach_the_origin_with_their_authority_and_are_cached_per
         let (_, other) = get("other.example").await;
         assert!(other.contains("for other.example"), "{other}");
         // The same entry as an HTTP/1.1 request with that Host.
-        assert_eq!(send(s.proxy, "GET", "/h2", &[]).await.1, first);
+        assert_eq!(request(s.proxy, "GET", "/h2", &[]).await.1, first);
     };
     tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .expect("answers within 10 s");
-    assert_eq!(s.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(s.origin.calls(), 2);
 }

@@ -9,12 +9,12 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use support::cluster::RedisCluster;
 use support::redis::{Proxy, RedisServer};
-use support::within;
+use support::{send, within, Counter, Got};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_stash::{
     BreakerState, CacheLayer, Entry, Guarded, Health, MemoryStore, Policy, RedisStore, Routes,
@@ -27,23 +27,11 @@ const TTL: Duration = Duration::from_secs(60);
 struct Instance {
     stash: Stash,
     layer: CacheLayer,
-    calls: Arc<AtomicUsize>,
+    /// Counts the handler's calls.
+    handler: Counter,
     /// A clone of the guarded L2: it shares the breaker of the one in use.
     l2: Guarded<RedisStore>,
     store: TieredStore<Guarded<RedisStore>>,
-}
-
-struct Got {
-    status: StatusCode,
-    body: Bytes,
-    cache_status: String,
-    headers: http::HeaderMap,
-}
-
-impl Got {
-    fn text(&self) -> &str {
-        std::str::from_utf8(&self.body).unwrap()
-    }
 }
 
 /// What the handler answers for `path`: the same every time, so a hit is told from a miss by
@@ -77,14 +65,14 @@ impl Instance {
         Self {
             stash,
             layer,
-            calls: Arc::default(),
+            handler: Counter::default(),
             l2,
             store,
         }
     }
 
     fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
+        self.handler.calls()
     }
 
     fn key(&self, path: &str) -> String {
@@ -92,27 +80,19 @@ impl Instance {
     }
 
     async fn get(&self, path: &str) -> Got {
-        let calls = self.calls.clone();
+        let counter = self.handler.clone();
         let handler = tower::service_fn(move |req: Request<Empty<Bytes>>| {
-            calls.fetch_add(1, Ordering::SeqCst);
+            let counter = counter.clone();
             let body = body_for(req.uri().path());
-            async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+            async move {
+                counter.enter().await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+            }
         });
         let svc = ServiceBuilder::new()
             .layer(self.layer.clone())
             .service(handler);
-        let resp = within(path, svc.oneshot(request(path))).await.unwrap();
-        let (parts, body) = resp.into_parts();
-        let body = within("the body", body.collect()).await.unwrap().to_bytes();
-        Got {
-            status: parts.status,
-            cache_status: parts
-                .headers
-                .get("cache-status")
-                .map_or(String::new(), |v| v.to_str().unwrap().to_string()),
-            headers: parts.headers,
-            body,
-        }
+        within(path, send(svc, request(path))).await
     }
 
     /// Gets `path` and checks the answer is 200 with the right body.
@@ -196,7 +176,7 @@ async fn hits_from_redis_resume(a: &Instance, b: &Instance, tag: &str) {
             }
             let before = b.calls();
             let got = b.get_ok(&path).await;
-            b.calls() == before && got.cache_status == "tower-stash; hit"
+            b.calls() == before && got.cache_status() == "tower-stash; hit"
         }
     })
     .await
@@ -537,13 +517,13 @@ async fn instance_b_hits_what_instance_a_stored(redis: &impl Backend) {
     let b = Instance::new(&redis.url(), Duration::from_millis(250));
 
     let got = a.get_ok("/items/1").await;
-    assert_eq!(got.cache_status, "tower-stash; fwd=miss; stored");
+    assert_eq!(got.cache_status(), "tower-stash; fwd=miss; stored");
     assert_eq!(a.calls(), 1);
     a.stored(1).await;
 
     // B has never seen it: from Redis, without calling its handler.
     let got = b.get_ok("/items/1").await;
-    assert_eq!(got.cache_status, "tower-stash; hit");
+    assert_eq!(got.cache_status(), "tower-stash; hit");
     assert_eq!(b.calls(), 0);
     // Now from B's L1: no round trip.
     assert!(b.store.l1().get_now(&b.key("/items/1")).is_some());
@@ -591,7 +571,10 @@ async fn killed_redis_costs_hit_rate_never_errors_and_comes_back_by_itself() {
     assert_eq!(a.stash.stats().health, Health::Degraded);
     assert!(a.stash.stats().store_errors >= 5);
     // Entries still in L1 are served while Redis is gone.
-    assert_eq!(a.get_ok("/items/25").await.cache_status, "tower-stash; hit");
+    assert_eq!(
+        a.get_ok("/items/25").await.cache_status(),
+        "tower-stash; hit"
+    );
     assert_eq!(a.calls(), 40);
 
     // With the breaker open, a miss costs about what the handler alone costs.
@@ -810,9 +793,9 @@ async fn unreadable_values_are_misses_overwritten_by_the_next_fill() {
         let got = b.get_ok(path).await;
         assert_eq!(b.calls(), 1, "{what}: not a miss");
         assert!(
-            got.cache_status.contains("fwd=miss"),
+            got.cache_status().contains("fwd=miss"),
             "{what}: {}",
-            got.cache_status
+            got.cache_status()
         );
         assert!(!got.headers.contains_key("x-note"), "{what}");
         b.stored(1).await;
@@ -824,7 +807,7 @@ async fn unreadable_values_are_misses_overwritten_by_the_next_fill() {
         // And another instance hits it.
         let c = Instance::new(&redis.url(), Duration::from_millis(250));
         assert_eq!(
-            c.get_ok(path).await.cache_status,
+            c.get_ok(path).await.cache_status(),
             "tower-stash; hit",
             "{what}"
         );
@@ -876,7 +859,10 @@ async fn full_redis_still_serves_and_counts_the_errors() {
     assert_eq!(a.stash.stats().stores, 1);
     assert_eq!(redis.cli(&["DBSIZE"]), "1");
     // L1 kept what Redis refused.
-    assert_eq!(a.get_ok("/items/3").await.cache_status, "tower-stash; hit");
+    assert_eq!(
+        a.get_ok("/items/3").await.cache_status(),
+        "tower-stash; hit"
+    );
     assert_eq!(a.calls(), 11);
 }
 
@@ -968,7 +954,7 @@ async fn invalidations_on_a_full_redis_drop_the_old_value_everywhere(redis: &imp
     }
     // Two reads on C that read the old value before the invalidations, and wait.
     let gate = db.gate.clone().write_owned().await;
-    let reads = db.reads.load(Ordering::SeqCst);
+    let reads = db.reads.calls();
     let slow: Vec<_> = ["2", "7"]
         .into_iter()
         .map(|id| {
@@ -979,7 +965,7 @@ async fn invalidations_on_a_full_redis_drop_the_old_value_everywhere(redis: &imp
         })
         .collect();
     eventually("C's reads of the database", || {
-        db.reads.load(Ordering::SeqCst) == reads + 2
+        db.reads.calls() == reads + 2
     })
     .await;
 
@@ -1176,7 +1162,7 @@ async fn the_redis_shortcut_builds_a_tiered_stash_that_reports_degraded() {
 /// One instance with single flight under its cache: a 200 ms handler counting into `calls`.
 fn flight_instance(
     url: &str,
-    calls: Arc<AtomicUsize>,
+    calls: Counter,
 ) -> (Stash, tower_stash::SingleFlightLayer, axum::Router) {
     use axum::routing::get;
     let l2 = Guarded::new(store_on(url)).timeout(Duration::from_secs(1));
@@ -1193,7 +1179,7 @@ fn flight_instance(
                 move |axum::extract::Path(id): axum::extract::Path<String>| {
                     let calls = calls.clone();
                     async move {
-                        calls.fetch_add(1, Ordering::SeqCst);
+                        calls.enter().await;
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         format!("item {id}")
                     }
@@ -1213,7 +1199,7 @@ fn flight_instance(
 
 both!(four_instances_with_250_cold_requests_each_make_one_call);
 async fn four_instances_with_250_cold_requests_each_make_one_call(redis: &impl Backend) {
-    let calls = Arc::new(AtomicUsize::new(0));
+    let calls = Counter::default();
     let instances: Vec<_> = (0..4)
         .map(|_| flight_instance(&redis.url(), calls.clone()))
         .collect();
@@ -1223,35 +1209,29 @@ async fn four_instances_with_250_cold_requests_each_make_one_call(redis: &impl B
         let req = axum::http::Request::get(format!("/items/warm{i}"))
             .body(axum::body::Body::empty())
             .unwrap();
-        let resp = app.clone().oneshot(req).await.unwrap();
-        resp.into_body().collect().await.unwrap();
+        send(app.clone(), req).await;
         eventually("a warm-up fill", || stash.stats().stores == 1).await;
     }
-    calls.store(0, Ordering::SeqCst);
+    calls.reset();
     let mut tasks = Vec::new();
     for (_, _, app) in &instances {
         for _ in 0..250 {
-            let app = app.clone();
-            tasks.push(tokio::spawn(async move {
-                let req = axum::http::Request::get("/items/7")
-                    .body(axum::body::Body::empty())
-                    .unwrap();
-                let resp = app.oneshot(req).await.unwrap();
-                let status = resp.status();
-                let cache_status = resp.headers()["cache-status"].to_str().unwrap().to_string();
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
-                (status, cache_status, body)
-            }));
+            let req = axum::http::Request::get("/items/7")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            tasks.push(tokio::spawn(send(app.clone(), req)));
         }
     }
     let mut by_status = std::collections::BTreeMap::new();
     for t in tasks {
-        let (status, cache_status, body) = within("a response", t).await.unwrap();
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body, "item 7");
-        *by_status.entry(cache_status).or_insert(0) += 1;
+        let got = within("a response", t).await.unwrap();
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body, "item 7");
+        *by_status
+            .entry(got.headers["cache-status"].to_str().unwrap().to_owned())
+            .or_insert(0) += 1;
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "{by_status:?}");
+    assert_eq!(calls.calls(), 1, "{by_status:?}");
     let leases: u64 = instances.iter().map(|(s, _, _)| s.stats().leases).sum();
     assert_eq!(leases, 4 + 1, "{by_status:?}");
     let errors: u64 = instances
@@ -1344,9 +1324,7 @@ async fn a_late_fill_never_replaces_a_newer_entry(redis: &impl Backend) {
 
 both!(stale_while_revalidate_refreshes_once_across_instances);
 async fn stale_while_revalidate_refreshes_once_across_instances(redis: &impl Backend) {
-    use axum::routing::get;
-    let calls = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(tokio::sync::Semaphore::new(1));
+    let calls = Counter::default();
     let instance = || {
         let l2 = Guarded::new(store_on(&redis.url())).timeout(Duration::from_secs(1));
         let stash = Stash::builder()
@@ -1354,19 +1332,8 @@ async fn stale_while_revalidate_refreshes_once_across_instances(redis: &impl Bac
             .namespace("swr")
             .build()
             .unwrap();
-        let (calls, gate) = (calls.clone(), gate.clone());
         let app = axum::Router::new()
-            .route(
-                "/p",
-                get(move || {
-                    let (calls, gate) = (calls.clone(), gate.clone());
-                    async move {
-                        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                        gate.acquire().await.unwrap().forget();
-                        format!("price {n}")
-                    }
-                }),
-            )
+            .route("/p", calls.get(|n| format!("price {n}")))
             .layer(CacheLayer::new(
                 stash.clone(),
                 Routes::new().get(
@@ -1379,20 +1346,23 @@ async fn stale_while_revalidate_refreshes_once_across_instances(redis: &impl Bac
         (stash, app)
     };
     let get_p = |app: &axum::Router| {
-        let app = app.clone();
+        let req = axum::http::Request::get("/p")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let got = within("a response", send(app.clone(), req));
         async move {
-            let req = axum::http::Request::get("/p")
-                .body(axum::body::Body::empty())
-                .unwrap();
-            let resp = within("a response", app.oneshot(req)).await.unwrap();
-            let status = resp.headers()["cache-status"].to_str().unwrap().to_string();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (status, body)
+            let got = got.await;
+            (
+                got.headers["cache-status"].to_str().unwrap().to_string(),
+                got.body,
+            )
         }
     };
     let (a_stash, a) = instance();
     let (b_stash, b) = instance();
     assert_eq!(get_p(&a).await.1, "price 1");
+    // The refreshes from now on wait at the gate.
+    calls.close();
     eventually("A's fill", || a_stash.stats().stores == 1).await;
     assert_eq!(
         get_p(&b).await.0,
@@ -1413,14 +1383,11 @@ async fn stale_while_revalidate_refreshes_once_across_instances(redis: &impl Bac
             ("tower-stash; hit; stale", &b"price 1"[..])
         );
     }
-    eventually("the refresh in the handler", || {
-        calls.load(Ordering::SeqCst) == 2
-    })
-    .await;
+    eventually("the refresh in the handler", || calls.calls() == 2).await;
     let refreshes = || a_stash.stats().refreshes + b_stash.stats().refreshes;
     let leases = a_stash.stats().leases + b_stash.stats().leases;
     assert_eq!((refreshes(), leases), (1, 1));
-    gate.add_permits(100);
+    calls.open();
     eventually("the refreshed entry", || {
         a_stash.stats().stores + b_stash.stats().stores == 2
     })
@@ -1434,11 +1401,7 @@ async fn stale_while_revalidate_refreshes_once_across_instances(redis: &impl Bac
         })
         .await;
     }
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        2,
-        "one refresh across instances"
-    );
+    assert_eq!(calls.calls(), 2, "one refresh across instances");
 }
 
 // ---- Invalidation across instances ----
@@ -1456,7 +1419,7 @@ struct Users {
 #[derive(Clone, Default)]
 struct UserDb {
     names: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
-    reads: Arc<AtomicUsize>,
+    reads: Counter,
     /// Held (written) by a test: reads of the `gated` users wait after reading the database
     /// until it is released.
     gate: Arc<tokio::sync::RwLock<()>>,
@@ -1501,7 +1464,7 @@ impl Users {
                 "/users/{id}",
                 get(
                     move |State(db): State<UserDb>, Path(id): Path<String>| async move {
-                        db.reads.fetch_add(1, Ordering::SeqCst);
+                        db.reads.enter().await;
                         let name = db
                             .names
                             .lock()
@@ -1599,16 +1562,10 @@ impl Users {
         )
     }
 
+    /// Sends `req` to this instance: the body and the `Cache-Status` it answers with.
     async fn send(&self, req: axum::http::Request<axum::body::Body>) -> (String, String) {
-        let resp = within("a response", self.app.clone().oneshot(req))
-            .await
-            .unwrap();
-        let cache = resp
-            .headers()
-            .get("cache-status")
-            .map_or(String::new(), |v| v.to_str().unwrap().to_string());
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (String::from_utf8(body.to_vec()).unwrap(), cache)
+        let got = within("a response", send(self.app.clone(), req)).await;
+        (got.text().to_owned(), got.cache_status().to_owned())
     }
 
     async fn get(&self, id: &str) -> (String, String) {
@@ -1695,18 +1652,14 @@ async fn an_update_on_a_is_seen_on_b_never_b_s_old_copy(redis: &impl Backend) {
             (format!("user {id}: old").as_str(), "tower-stash; hit")
         );
         // B now holds the old value in its memory tier.
-        let reads = db.reads.load(Ordering::SeqCst);
+        let reads = db.reads.calls();
         let (body, _) = a.put(&id, "new").await;
         assert_eq!(body, format!("user {id}: new"));
         // At once, on B: the new data, from the write-through entry (no database read).
         let (body, cache) = b.get(&id).await;
         assert_eq!(body, format!("user {id}: new"), "round {round}: {cache}");
         assert_eq!(cache, "tower-stash; hit");
-        assert_eq!(
-            db.reads.load(Ordering::SeqCst),
-            reads,
-            "write-through: no read"
-        );
+        assert_eq!(db.reads.calls(), reads, "write-through: no read");
     }
 }
 
@@ -2217,10 +2170,8 @@ async fn an_invalidation_while_redis_is_unreachable_is_retried_and_the_old_value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_leader_frees_its_lease_and_another_instance_goes_on() {
-    use axum::routing::get;
     let redis = RedisServer::start();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let calls = Counter::closed();
     let instance = || {
         let l2 = Guarded::new(store_on(&redis.url())).timeout(Duration::from_secs(1));
         let stash = Stash::builder()
@@ -2230,19 +2181,8 @@ async fn a_cancelled_leader_frees_its_lease_and_another_instance_goes_on() {
             .lease_ttl(Duration::from_secs(60))
             .build()
             .unwrap();
-        let (calls, gate) = (calls.clone(), gate.clone());
         let app = axum::Router::new()
-            .route(
-                "/k",
-                get(move || {
-                    let (calls, gate) = (calls.clone(), gate.clone());
-                    async move {
-                        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                        gate.acquire().await.unwrap().forget();
-                        format!("call {n}")
-                    }
-                }),
-            )
+            .route("/k", calls.get(|n| format!("call {n}")))
             .layer(
                 ServiceBuilder::new()
                     .layer(CacheLayer::new(
@@ -2254,16 +2194,10 @@ async fn a_cancelled_leader_frees_its_lease_and_another_instance_goes_on() {
         (stash, app)
     };
     let call = |app: &axum::Router| {
-        let app = app.clone();
-        tokio::spawn(async move {
-            let req = axum::http::Request::get("/k")
-                .body(axum::body::Body::empty())
-                .unwrap();
-            let resp = app.oneshot(req).await.unwrap();
-            let status = resp.headers()["cache-status"].to_str().unwrap().to_string();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (status, body)
-        })
+        let req = axum::http::Request::get("/k")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        tokio::spawn(send(app.clone(), req))
     };
     let (a_stash, a) = instance();
     let (_, b) = instance();
@@ -2275,10 +2209,7 @@ async fn a_cancelled_leader_frees_its_lease_and_another_instance_goes_on() {
         app.clone().oneshot(req).await.unwrap();
     }
     let leader = call(&a);
-    eventually("A's leader in the handler", || {
-        calls.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    eventually("A's leader in the handler", || calls.calls() == 1).await;
     assert_eq!(a_stash.stats().leases, 1);
     eventually("the lease in Redis", || {
         redis.cli(&["EXISTS", "handover:v1:GET /k!lease"]) == "1"
@@ -2290,7 +2221,7 @@ async fn a_cancelled_leader_frees_its_lease_and_another_instance_goes_on() {
     // released at once (not left to expire), B takes it and calls the service.
     let gone = Instant::now();
     leader.abort();
-    eventually("B to lead", || calls.load(Ordering::SeqCst) == 2).await;
+    eventually("B to lead", || calls.calls() == 2).await;
     assert!(
         gone.elapsed() < Duration::from_secs(2),
         "B waited for the lease to expire"
@@ -2300,11 +2231,11 @@ async fn a_cancelled_leader_frees_its_lease_and_another_instance_goes_on() {
         !b_token.is_empty() && b_token != a_token,
         "{a_token} then {b_token}"
     );
-    gate.add_permits(10);
-    let (status, body) = within("B's answer", waiting).await.unwrap();
+    calls.open();
+    let got = within("B's answer", waiting).await.unwrap();
     assert_eq!(
-        (status.as_str(), &body[..]),
-        ("tower-stash; fwd=miss; stored", &b"call 2"[..])
+        (got.cache_status(), got.text()),
+        ("tower-stash; fwd=miss; stored", "call 2")
     );
 }
 
@@ -2696,7 +2627,7 @@ async fn a_master_killed_under_load_costs_no_errors_and_hits_resume_after_failov
 async fn session_entries_are_not_served_from_memory_while_the_bus_is_down() {
     use axum::routing::get;
     let mut redis = blocking(RedisServer::start);
-    let calls = Arc::new(AtomicUsize::new(0));
+    let calls = Counter::default();
     let stash = Stash::builder()
         .store(TieredStore::new(
             MemoryStore::new(16 << 20),
@@ -2704,15 +2635,8 @@ async fn session_entries_are_not_served_from_memory_while_the_bus_is_down() {
         ))
         .build()
         .unwrap();
-    let c = calls.clone();
     let app = axum::Router::new()
-        .route(
-            "/me",
-            get(move || {
-                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                async move { format!("me, call {n}") }
-            }),
-        )
+        .route("/me", calls.get(|n| format!("me, call {n}")))
         .route("/public", get(|| async { "public" }))
         .layer(CacheLayer::new(
             stash.clone(),
@@ -2721,19 +2645,19 @@ async fn session_entries_are_not_served_from_memory_while_the_bus_is_down() {
                 .get("/public", Policy::ttl(TTL)),
         ));
     let get = |path: &'static str| {
-        let app = app.clone();
+        let mut req = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        if path == "/me" {
+            req.headers_mut()
+                .insert("cookie", "session=abc".parse().unwrap());
+        }
+        let got = within("a response", send(app.clone(), req));
         async move {
-            let mut req = axum::http::Request::get(path)
-                .body(axum::body::Body::empty())
-                .unwrap();
-            if path == "/me" {
-                req.headers_mut()
-                    .insert("cookie", "session=abc".parse().unwrap());
-            }
-            let resp = within("a response", app.oneshot(req)).await.unwrap();
-            let status = resp.headers()["cache-status"].to_str().unwrap().to_string();
-            resp.into_body().collect().await.unwrap();
-            status
+            got.await.headers["cache-status"]
+                .to_str()
+                .unwrap()
+                .to_string()
         }
     };
     subscribed(&redis, 1).await;
@@ -2742,7 +2666,7 @@ async fn session_entries_are_not_served_from_memory_while_the_bus_is_down() {
         assert!(get(path).await.contains("fwd=miss"));
         assert_eq!(get(path).await, "tower-stash; hit", "{path}");
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.calls(), 1);
 
     // Redis goes: another instance's logout could no longer reach this one.
     blocking(|| redis.kill());
@@ -2752,7 +2676,7 @@ async fn session_entries_are_not_served_from_memory_while_the_bus_is_down() {
         !status.contains("hit"),
         "a session's entry served from memory: {status}"
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "the service answered");
+    assert_eq!(calls.calls(), 2, "the service answered");
     // Entries of no session are still served from memory.
     assert_eq!(get("/public").await, "tower-stash; hit");
 

@@ -1,29 +1,18 @@
 //! Stale-while-revalidate, stale-if-error, early refresh and TTL jitter: what each client
 //! gets, and how often the handler runs.
 
-use crate::test_util::{until, within};
+use crate::test_util::{send, until, within, Counter, Got};
 use crate::{CacheLayer, ManualClock, Policy, Routes, Stash};
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
-use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-#[derive(Debug)]
-struct Got {
-    status: StatusCode,
-    cache_status: String,
-    age: Option<String>,
-    body: Bytes,
-}
 
 /// What the handler answers on each call, by call number.
 #[derive(Clone, Copy)]
@@ -33,14 +22,12 @@ enum Answer {
 }
 
 /// An app with one cached route, `/r`, on a manual clock. The handler counts its calls,
-/// answers per `script(call number)`, and waits on `gate` when `gated`.
+/// answers per `script(call number)`, and waits at its counter's gate while it is closed.
 struct App {
     stash: Stash,
     clock: ManualClock,
     router: Router,
-    calls: Arc<AtomicUsize>,
-    gate: Arc<Semaphore>,
-    gated: Arc<Mutex<bool>>,
+    handler: Counter,
 }
 
 impl App {
@@ -57,27 +44,17 @@ impl App {
     ) -> Self {
         let clock = ManualClock::default();
         let stash = builder.clock(clock.clone()).build().unwrap();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let gate = Arc::new(Semaphore::new(0));
-        let gated = Arc::new(Mutex::new(false));
-        let (c, g, gd, ck) = (calls.clone(), gate.clone(), gated.clone(), clock.clone());
+        let handler = Counter::default();
+        let ck = clock.clone();
         let router = Router::new()
             .route(
                 "/r",
-                get(move || {
-                    let (c, g, gd, ck) = (c.clone(), g.clone(), gd.clone(), ck.clone());
-                    async move {
-                        let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                        let wait = *gd.lock().unwrap();
-                        if wait {
-                            g.acquire().await.unwrap().forget();
-                        }
-                        ck.advance(took);
-                        match script(n) {
-                            Answer::Ok => (StatusCode::OK, format!("call {n}")),
-                            Answer::ServerError => {
-                                (StatusCode::INTERNAL_SERVER_ERROR, format!("error {n}"))
-                            }
+                handler.get(move |n| {
+                    ck.advance(took);
+                    match script(n) {
+                        Answer::Ok => (StatusCode::OK, format!("call {n}")),
+                        Answer::ServerError => {
+                            (StatusCode::INTERNAL_SERVER_ERROR, format!("error {n}"))
                         }
                     }
                 }),
@@ -90,36 +67,17 @@ impl App {
             stash,
             clock,
             router,
-            calls,
-            gate,
-            gated,
+            handler,
         }
     }
 
     fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
+        self.handler.calls()
     }
 
     async fn get(&self) -> Got {
-        let resp = self
-            .router
-            .clone()
-            .oneshot(Request::get("/r").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let (parts, body) = resp.into_parts();
-        let header = |n: &str| {
-            parts
-                .headers
-                .get(n)
-                .map(|v| v.to_str().unwrap().to_string())
-        };
-        Got {
-            status: parts.status,
-            cache_status: header("cache-status").unwrap_or_default(),
-            age: header("age"),
-            body: body.collect().await.unwrap().to_bytes(),
-        }
+        let req = Request::get("/r").body(Body::empty()).unwrap();
+        send(self.router.clone(), req).await
     }
 
     async fn stores(&self, n: u64) {
@@ -137,21 +95,21 @@ async fn stale_while_revalidate_answers_stale_at_once_and_refreshes_once() {
     app.stores(1).await;
     app.clock.advance(Duration::from_secs(70));
     // The refresh waits on the gate: every request meanwhile is answered stale, at once.
-    *app.gated.lock().unwrap() = true;
+    app.handler.close();
     for _ in 0..20 {
         let got = app.get().await;
         assert_eq!(got.status, StatusCode::OK);
         assert_eq!(got.body, "call 1");
-        assert_eq!(got.cache_status, "tower-stash; hit; stale");
-        assert_eq!(got.age.as_deref(), Some("70"));
+        assert_eq!(got.cache_status(), "tower-stash; hit; stale");
+        assert_eq!(got.header("age"), Some("70"));
     }
     until("the refresh in the handler", || app.calls() == 2).await;
-    app.gate.add_permits(10);
+    app.handler.open();
     app.stores(2).await;
     let fresh = app.get().await;
     assert_eq!(
-        (fresh.body, fresh.cache_status.as_str()),
-        (Bytes::from("call 2"), "tower-stash; hit")
+        (fresh.text(), fresh.cache_status()),
+        ("call 2", "tower-stash; hit")
     );
     assert_eq!(app.calls(), 2, "exactly one refresh");
     let stats = app.stash.stats();
@@ -160,7 +118,7 @@ async fn stale_while_revalidate_answers_stale_at_once_and_refreshes_once() {
     // Past the window, an entry is a miss like any other.
     app.clock.advance(Duration::from_secs(60 + 30));
     let late = app.get().await;
-    assert_eq!(late.cache_status, "tower-stash; fwd=miss; stored");
+    assert_eq!(late.cache_status(), "tower-stash; fwd=miss; stored");
     assert_eq!(late.body, "call 3");
 }
 
@@ -185,7 +143,7 @@ async fn stale_if_error_answers_stale_on_a_5xx_inside_the_window_only() {
         (StatusCode::OK, &b"call 1"[..])
     );
     assert_eq!(
-        got.cache_status,
+        got.cache_status(),
         "tower-stash; fwd=stale; fwd-status=500; stale"
     );
     assert_eq!(app.calls(), 2, "the service was asked");
@@ -195,7 +153,7 @@ async fn stale_if_error_answers_stale_on_a_5xx_inside_the_window_only() {
     let got = app.get().await;
     assert_eq!(got.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(got.body, "error 3");
-    assert!(got.cache_status.starts_with("tower-stash; fwd=miss"));
+    assert!(got.cache_status().starts_with("tower-stash; fwd=miss"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -209,19 +167,19 @@ async fn stale_if_error_answers_stale_when_the_service_is_too_slow_and_stores_it
     app.get().await;
     app.stores(1).await;
     app.clock.advance(Duration::from_secs(61));
-    *app.gated.lock().unwrap() = true;
+    app.handler.close();
     // The handler hangs on the gate; after 100 ms (paused time) the client gets the stale
     // entry.
     let got = within("the stale answer", app.get()).await;
     assert_eq!(got.body, "call 1");
-    assert_eq!(got.cache_status, "tower-stash; fwd=stale; stale");
+    assert_eq!(got.cache_status(), "tower-stash; fwd=stale; stale");
     // The service's answer, when it comes, is stored.
-    app.gate.add_permits(10);
+    app.handler.open();
     app.stores(2).await;
     let fresh = app.get().await;
     assert_eq!(
-        (fresh.body, fresh.cache_status.as_str()),
-        (Bytes::from("call 2"), "tower-stash; hit")
+        (fresh.text(), fresh.cache_status()),
+        ("call 2", "tower-stash; hit")
     );
 }
 
@@ -285,7 +243,8 @@ async fn early_refresh_fires_near_expiry_with_a_seeded_source() {
     for _ in 0..5 {
         let got = app.get().await;
         assert_eq!(
-            got.cache_status, "tower-stash; hit",
+            got.cache_status(),
+            "tower-stash; hit",
             "served fresh while refreshing"
         );
     }
@@ -326,12 +285,11 @@ async fn ttl_jitter_spreads_expiry_below_the_ttl() {
     let mut ttls = Vec::new();
     for i in 0..50 {
         let uri = format!("/j/{i}");
-        let resp = router
-            .clone()
-            .oneshot(Request::get(&uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        resp.into_body().collect().await.unwrap();
+        send(
+            router.clone(),
+            Request::get(&uri).body(Body::empty()).unwrap(),
+        )
+        .await;
         let key = format!("stash:v1:GET /j/{i}");
         let entry = stash.store().get(key.into()).await.unwrap().unwrap();
         ttls.push(entry.ttl());
@@ -390,8 +348,8 @@ async fn a_refresh_started_by_a_conditional_head_still_stores_a_whole_response()
     app.stores(2).await;
     let fresh = app.get().await;
     assert_eq!(
-        (fresh.body, fresh.cache_status.as_str()),
-        (Bytes::from("call 2"), "tower-stash; hit")
+        (fresh.text(), fresh.cache_status()),
+        ("call 2", "tower-stash; hit")
     );
 }
 
@@ -400,16 +358,9 @@ async fn a_refresh_started_by_a_conditional_head_still_stores_a_whole_response()
 #[tokio::test]
 async fn invalidate_key_drops_the_entry_and_its_variants_and_refuses_late_fills() {
     let stash = Stash::new();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
+    let calls = Counter::default();
     let router = Router::new()
-        .route(
-            "/users/{id}",
-            get(move || {
-                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                async move { format!("call {n}") }
-            }),
-        )
+        .route("/users/{id}", calls.get(|n| format!("call {n}")))
         .layer(CacheLayer::new(
             stash.clone(),
             Routes::new().get(
@@ -418,14 +369,9 @@ async fn invalidate_key_drops_the_entry_and_its_variants_and_refuses_late_fills(
             ),
         ));
     let get_body = |uri: &'static str| {
-        let router = router.clone();
-        async move {
-            let resp = router
-                .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-                .await
-                .unwrap();
-            resp.into_body().collect().await.unwrap().to_bytes()
-        }
+        let req = Request::get(uri).body(Body::empty()).unwrap();
+        let got = send(router.clone(), req);
+        async move { got.await.body }
     };
     assert_eq!(get_body("/users/1").await, "call 1");
     assert_eq!(get_body("/users/1?lang=fr").await, "call 2");
@@ -480,7 +426,7 @@ async fn invalidate_key_drops_the_entry_and_its_variants_and_refuses_late_fills(
         .await
         .unwrap()
         .is_none());
-    let before = calls.load(Ordering::SeqCst);
+    let before = calls.calls();
     assert_eq!(get_body("/users/2").await, format!("call {}", before + 1));
 }
 
@@ -488,14 +434,14 @@ async fn invalidate_key_drops_the_entry_and_its_variants_and_refuses_late_fills(
 async fn a_refresh_triggered_with_unkeyed_parameters_asks_with_the_keyed_ones_only() {
     let clock = ManualClock::default();
     let stash = Stash::builder().clock(clock.clone()).build().unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
+    let calls = Counter::default();
     let c = calls.clone();
     let router = Router::new()
         .route(
             "/r",
             get(move |uri: http::Uri| {
-                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                async move { format!("call {n} for {uri}") }
+                let c = c.clone();
+                async move { format!("call {} for {uri}", c.enter().await) }
             }),
         )
         .layer(CacheLayer::new(
@@ -508,14 +454,9 @@ async fn a_refresh_triggered_with_unkeyed_parameters_asks_with_the_keyed_ones_on
             ),
         ));
     let get = |uri: &'static str| {
-        let router = router.clone();
-        async move {
-            let resp = router
-                .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-                .await
-                .unwrap();
-            resp.into_body().collect().await.unwrap().to_bytes()
-        }
+        let req = Request::get(uri).body(Body::empty()).unwrap();
+        let got = send(router.clone(), req);
+        async move { got.await.body }
     };
     get("/r?q=1").await;
     clock.advance(MINUTE + Duration::from_secs(10));
@@ -525,5 +466,5 @@ async fn a_refresh_triggered_with_unkeyed_parameters_asks_with_the_keyed_ones_on
     until("the refresh to be stored", || stash.stats().stores >= 2).await;
     let fresh = get("/r?q=1").await;
     assert_eq!(&fresh[..], b"call 2 for /r?q=1");
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.calls(), 2);
 }

@@ -1,110 +1,36 @@
 //! The rules of the cache, each checked on what the client gets and how often the handler runs.
 
-use crate::test_util::within;
+use crate::test_util::{full, send, within, Got, TestBody, Upstream};
 use crate::{CacheHint, CacheLayer, ManualClock, MemoryStore, Policy, Routes, Stash};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use http_body_util::{BodyExt, Empty, StreamBody};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = BoxBody<Bytes, BoxError>;
-
-type Respond = dyn Fn(&Request<Empty<Bytes>>, usize) -> Response<Body> + Send + Sync;
 type FrameTx = tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, BoxError>>;
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn full(s: impl Into<Bytes>) -> Body {
-    Full::new(s.into()).map_err(|e| match e {}).boxed()
-}
 
 fn get(uri: &str) -> Request<Empty<Bytes>> {
     Request::get(uri).body(Empty::new()).unwrap()
 }
 
-/// A handler that counts its calls and answers with `respond(request, call number)`.
-#[derive(Clone)]
-struct Handler {
-    calls: Arc<AtomicUsize>,
-    respond: Arc<Respond>,
-}
-
-impl Handler {
-    fn new(
-        respond: impl Fn(&Request<Empty<Bytes>>, usize) -> Response<Body> + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            calls: Arc::default(),
-            respond: Arc::new(respond),
-        }
-    }
-
-    /// Answers 200 with the path, query and call number: every call is told apart.
-    fn echo() -> Self {
-        Self::new(|req, n| Response::new(full(format!("{} #{n}", req.uri()))))
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-impl Service<Request<Empty<Bytes>>> for Handler {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Empty<Bytes>>) -> Self::Future {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        std::future::ready(Ok((self.respond)(&req, n)))
-    }
-}
-
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-    #[allow(dead_code)]
-    trailers: Option<HeaderMap>,
-}
-
-impl Got {
-    fn text(&self) -> &str {
-        std::str::from_utf8(&self.body).unwrap()
-    }
-    fn cache_status(&self) -> &str {
-        self.headers
-            .get("cache-status")
-            .map_or("", |v| v.to_str().unwrap())
-    }
-}
-
 struct Fixture {
     stash: Stash,
     layer: CacheLayer,
-    handler: Handler,
+    handler: Upstream,
     clock: ManualClock,
 }
 
 impl Fixture {
-    fn new(routes: Routes, handler: Handler) -> Self {
+    fn new(routes: Routes, handler: Upstream) -> Self {
         Self::with(Stash::builder(), routes, handler)
     }
 
-    fn with(builder: crate::StashBuilder, routes: Routes, handler: Handler) -> Self {
+    fn with(builder: crate::StashBuilder, routes: Routes, handler: Upstream) -> Self {
         let clock = ManualClock::default();
         let stash = builder.clock(clock.clone()).build().unwrap();
         let layer = CacheLayer::new(stash.clone(), routes);
@@ -120,16 +46,7 @@ impl Fixture {
         let svc = ServiceBuilder::new()
             .layer(self.layer.clone())
             .service(self.handler.clone());
-        let resp = svc.oneshot(req).await.unwrap();
-        let (parts, body) = resp.into_parts();
-        let collected = body.collect().await.unwrap();
-        let trailers = collected.trailers().cloned();
-        Got {
-            status: parts.status,
-            headers: parts.headers,
-            body: collected.to_bytes(),
-            trailers,
-        }
+        send(svc, req).await
     }
 
     async fn get(&self, uri: &str) -> Got {
@@ -148,7 +65,7 @@ async fn keys_have_namespace_and_version() {
     let f = Fixture::with(
         Stash::builder().namespace("shop"),
         one_route("/users/{id}", Policy::ttl(HOUR).key("user:{id}")),
-        Handler::echo(),
+        Upstream::echo(),
     );
     assert_eq!(f.layer.key_for(&get("/users/7")).unwrap(), "shop:v1:user:7");
     assert_eq!(
@@ -156,7 +73,7 @@ async fn keys_have_namespace_and_version() {
         "shop:v1:user:7?x=1"
     );
     assert_eq!(f.layer.key_for(&get("/other")), None);
-    let f = Fixture::new(one_route("/p/{*rest}", Policy::ttl(HOUR)), Handler::echo());
+    let f = Fixture::new(one_route("/p/{*rest}", Policy::ttl(HOUR)), Upstream::echo());
     assert_eq!(
         f.layer.key_for(&get("/p/a/b?z=1")).unwrap(),
         "stash:v1:GET /p/a/b?z=1"
@@ -169,7 +86,7 @@ async fn keys_have_namespace_and_version() {
 async fn separators_in_values_never_merge_two_requests() {
     let f = Fixture::new(
         one_route("/x/{a}/{b}", Policy::ttl(HOUR).key("item:{a}:{b}")),
-        Handler::echo(),
+        Upstream::echo(),
     );
     let one = f.get("/x/1:2/3").await;
     let two = f.get("/x/1/2:3").await;
@@ -188,7 +105,7 @@ async fn a_value_cannot_forge_another_routes_key() {
             "/users/{id}/posts",
             Policy::ttl(HOUR).key("user:{id}:posts"),
         );
-    let f = Fixture::new(routes, Handler::echo());
+    let f = Fixture::new(routes, Upstream::echo());
     let posts = f.get("/users/1/posts").await;
     // `1:posts` would render `user:1:posts` unescaped.
     let forged = f.get("/users/1:posts").await;
@@ -201,7 +118,7 @@ async fn a_value_cannot_forge_another_routes_key() {
 async fn globs_nul_and_newlines_are_escaped_and_distinct() {
     let f = Fixture::new(
         one_route("/k/{v}", Policy::ttl(HOUR).key("k:{v}")),
-        Handler::echo(),
+        Upstream::echo(),
     );
     let values = [
         "a*", "a%3F", "a%5B", "a%00", "a%0A", "a%0D%0A", "a", "a%20", "a%25",
@@ -229,7 +146,7 @@ async fn globs_nul_and_newlines_are_escaped_and_distinct() {
     // `%31` decodes to `1`, as axum's Path decodes it: one entry.
     let f = Fixture::new(
         one_route("/k/{v}", Policy::ttl(HOUR).key("k:{v}")),
-        Handler::echo(),
+        Upstream::echo(),
     );
     f.get("/k/1").await;
     assert_eq!(f.get("/k/%31").await.cache_status(), "tower-stash; hit");
@@ -240,7 +157,7 @@ async fn long_values_are_hashed_and_checked_on_read() {
     // URIs stop at 64 KiB, headers do not: 100 KB values arrive in a keyed header.
     let f = Fixture::new(
         one_route("/s", Policy::ttl(HOUR).key_headers(["x-big"])),
-        Handler::new(|req, n| {
+        Upstream::new(|req, n| {
             Response::new(full(format!(
                 "{} #{n}",
                 req.headers().get("x-big").map_or(0, |v| v.len())
@@ -289,7 +206,7 @@ async fn long_values_are_hashed_and_checked_on_read() {
 
 #[tokio::test]
 async fn query_is_normalised() {
-    let f = Fixture::new(one_route("/s", Policy::ttl(HOUR)), Handler::echo());
+    let f = Fixture::new(one_route("/s", Policy::ttl(HOUR)), Upstream::echo());
     f.get("/s?b=2&a=1").await;
     assert_eq!(f.get("/s?a=1&b=2").await.cache_status(), "tower-stash; hit");
     f.get("/s?a=1&a=2").await;
@@ -297,7 +214,7 @@ async fn query_is_normalised() {
     assert_eq!(f.handler.calls(), 3);
     let only = Fixture::new(
         one_route("/s", Policy::ttl(HOUR).key_query(["q"])),
-        Handler::echo(),
+        Upstream::echo(),
     );
     only.get("/s?q=1").await;
     assert_eq!(
@@ -312,7 +229,7 @@ async fn a_reflected_query_parameter_outside_the_key_cannot_poison() {
     // The handler reflects every parameter; only `q` is keyed.
     let f = Fixture::new(
         one_route("/s", Policy::ttl(HOUR).key_query(["q"])),
-        Handler::echo(),
+        Upstream::echo(),
     );
     let poisoned = f.get("/s?q=1&utm=%3Cscript%3E").await;
     assert!(poisoned.text().contains("script"));
@@ -334,7 +251,7 @@ async fn cacheability_never_comes_from_a_file_extension() {
         .get("/{*path}", Policy::new().http_mode(true));
     let f = Fixture::new(
         routes,
-        Handler::new(|req, n| {
+        Upstream::new(|req, n| {
             let mut resp = Response::new(full(format!("account page #{n} for {}", req.uri())));
             if req.uri().path().starts_with("/account") {
                 resp.headers_mut()
@@ -360,7 +277,7 @@ async fn cacheability_never_comes_from_a_file_extension() {
 async fn vary_headers_key_each_value() {
     let f = Fixture::new(
         one_route("/s", Policy::ttl(HOUR).key_headers(["accept-language"])),
-        Handler::new(|req, n| {
+        Upstream::new(|req, n| {
             let lang = req
                 .headers()
                 .get("accept-language")
@@ -385,13 +302,13 @@ async fn vary_headers_key_each_value() {
 // ---- Never stored (rule 6) ----
 
 async fn assert_never_stored(
-    respond: impl Fn() -> Response<Body> + Send + Sync + 'static,
+    respond: impl Fn() -> Response<TestBody> + Send + Sync + 'static,
     why: &str,
 ) {
     let f = Fixture::with(
         Stash::builder().cache_status_detail(true),
         one_route("/r", Policy::ttl(HOUR)),
-        Handler::new(move |_, _| respond()),
+        Upstream::new(move |_, _| respond()),
     );
     let first = f.get("/r").await;
     assert_eq!(
@@ -407,14 +324,14 @@ async fn assert_never_stored(
     assert_eq!(f.stash.stats().stores, 0);
 }
 
-fn with_header(name: &'static str, value: &'static str) -> Response<Body> {
+fn with_header(name: &'static str, value: &'static str) -> Response<TestBody> {
     let mut r = Response::new(full("x"));
     r.headers_mut()
         .insert(name, HeaderValue::from_static(value));
     r
 }
 
-fn with_status(s: u16) -> Response<Body> {
+fn with_status(s: u16) -> Response<TestBody> {
     let mut r = Response::new(full("x"));
     *r.status_mut() = StatusCode::from_u16(s).unwrap();
     r
@@ -451,7 +368,7 @@ async fn statuses_outside_the_set_and_5xx_are_never_stored() {
     for s in [404, 410, 301] {
         let f = Fixture::new(
             one_route("/r", Policy::ttl(HOUR)),
-            Handler::new(move |_, _| with_status(s)),
+            Upstream::new(move |_, _| with_status(s)),
         );
         f.get("/r").await;
         let hit = f.get("/r").await;
@@ -462,7 +379,7 @@ async fn statuses_outside_the_set_and_5xx_are_never_stored() {
     // A policy's own list.
     let f = Fixture::new(
         one_route("/r", Policy::ttl(HOUR).statuses([201])),
-        Handler::new(|_, _| with_status(201)),
+        Upstream::new(|_, _| with_status(201)),
     );
     f.get("/r").await;
     f.get("/r").await;
@@ -474,7 +391,7 @@ async fn credentials_bypass_unless_keyed() {
     let f = Fixture::with(
         Stash::builder().cache_status_detail(true),
         one_route("/me", Policy::ttl(HOUR)),
-        Handler::echo(),
+        Upstream::echo(),
     );
     f.get("/me").await; // an anonymous entry
     for (name, value) in [("authorization", "Bearer alice"), ("cookie", "sid=alice")] {
@@ -502,7 +419,7 @@ async fn credentials_bypass_unless_keyed() {
     // Keyed on the header: cached per user.
     let f = Fixture::new(
         one_route("/me", Policy::ttl(HOUR).key_headers(["authorization"])),
-        Handler::new(|req, _| {
+        Upstream::new(|req, _| {
             Response::new(full(
                 req.headers()["authorization"].to_str().unwrap().to_string(),
             ))
@@ -534,7 +451,7 @@ async fn other_methods_need_an_opt_in() {
     );
 
     // Unregistered methods on a cached path pass through.
-    let f = Fixture::new(one_route("/q", Policy::ttl(HOUR)), Handler::echo());
+    let f = Fixture::new(one_route("/q", Policy::ttl(HOUR)), Upstream::echo());
     let post = || Request::post("/q").body(Empty::new()).unwrap();
     assert_eq!(f.send(post()).await.cache_status(), "");
     f.send(post()).await;
@@ -542,7 +459,7 @@ async fn other_methods_need_an_opt_in() {
 
     let f = Fixture::new(
         Routes::new().route(Method::POST, "/q", Policy::ttl(HOUR).unsafe_methods(true)),
-        Handler::echo(),
+        Upstream::echo(),
     );
     f.send(post()).await;
     assert_eq!(f.send(post()).await.cache_status(), "tower-stash; hit");
@@ -553,7 +470,7 @@ async fn other_methods_need_an_opt_in() {
 async fn head_miss_never_stores_an_empty_body_for_get() {
     let f = Fixture::new(
         one_route("/r", Policy::ttl(HOUR)),
-        Handler::new(|req, _| {
+        Upstream::new(|req, _| {
             if req.method() == Method::HEAD {
                 let mut r = Response::new(full(""));
                 r.headers_mut()
@@ -581,9 +498,9 @@ async fn head_miss_never_stores_an_empty_body_for_get() {
 // ---- Streaming (rule 7) ----
 
 /// A handler whose body the test feeds chunk by chunk.
-fn streaming() -> (Handler, tokio::sync::mpsc::UnboundedReceiver<FrameTx>) {
+fn streaming() -> (Upstream, tokio::sync::mpsc::UnboundedReceiver<FrameTx>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let handler = Handler::new(move |_, _| {
+    let handler = Upstream::new(move |_, _| {
         let (body_tx, body_rx) = tokio::sync::mpsc::channel(16);
         tx.send(body_tx).unwrap();
         let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
@@ -594,7 +511,7 @@ fn streaming() -> (Handler, tokio::sync::mpsc::UnboundedReceiver<FrameTx>) {
     (handler, rx)
 }
 
-async fn stream_through(limit: usize, chunk: usize) -> (Stash, Handler) {
+async fn stream_through(limit: usize, chunk: usize) -> (Stash, Upstream) {
     let (handler, mut bodies) = streaming();
     let f = Fixture::new(
         one_route("/s", Policy::ttl(HOUR).max_body_size(limit)),
@@ -650,16 +567,11 @@ async fn streams_under_the_limit_and_stores_with_trailers() {
         stash.clone(),
         one_route("/s", Policy::ttl(HOUR).max_body_size(1000)),
     );
-    let resp = ServiceBuilder::new()
-        .layer(layer)
-        .service(handler.clone())
-        .oneshot(get("/s"))
-        .await
-        .unwrap();
-    assert_eq!(resp.headers()["cache-status"], "tower-stash; hit");
-    let collected = resp.into_body().collect().await.unwrap();
-    assert_eq!(collected.trailers().unwrap()["x-checksum"], "abc");
-    assert_eq!(collected.to_bytes().len(), 200);
+    let svc = ServiceBuilder::new().layer(layer).service(handler.clone());
+    let hit = send(svc, get("/s")).await;
+    assert_eq!(hit.cache_status(), "tower-stash; hit");
+    assert_eq!(hit.trailers.unwrap()["x-checksum"], "abc");
+    assert_eq!(hit.body.len(), 200);
     assert_eq!(handler.calls(), 1);
 }
 
@@ -676,7 +588,7 @@ async fn declared_length_over_the_limit_is_not_copied() {
     let f = Fixture::with(
         Stash::builder().cache_status_detail(true),
         one_route("/r", Policy::ttl(HOUR).max_body_size(4)),
-        Handler::new(|_, _| Response::new(full("too long"))),
+        Upstream::new(|_, _| Response::new(full("too long"))),
     );
     let got = f.get("/r").await;
     assert_eq!(got.text(), "too long");
@@ -749,7 +661,7 @@ async fn a_body_dropped_midway_is_not_stored() {
 async fn an_empty_body_is_stored_at_once() {
     let f = Fixture::new(
         one_route("/r", Policy::ttl(HOUR)),
-        Handler::new(|_, _| {
+        Upstream::new(|_, _| {
             let mut r = Response::new(Empty::new().map_err(|e| match e {}).boxed());
             *r.status_mut() = StatusCode::NO_CONTENT;
             r
@@ -771,7 +683,7 @@ async fn hits_slice_the_stored_body_without_copying() {
     let f = Fixture::with(
         Stash::builder().store(store.clone()),
         one_route("/r", Policy::ttl(HOUR)),
-        Handler::new(|_, _| Response::new(full("the stored body"))),
+        Upstream::new(|_, _| Response::new(full("the stored body"))),
     );
     f.get("/r").await;
     let key = f.layer.key_for(&get("/r")).unwrap();
@@ -799,7 +711,7 @@ async fn a_status_ttl_stores_a_client_error_for_its_own_lifetime() {
         );
     let f = Fixture::new(
         routes,
-        Handler::new(|req, n| match req.uri().path() {
+        Upstream::new(|req, n| match req.uri().path() {
             "/users/1" => Response::new(full(format!("user #{n}"))),
             "/limited" => with_status(429),
             _ => with_status(404),
@@ -844,7 +756,7 @@ async fn a_status_ttl_stores_a_client_error_for_its_own_lifetime() {
 async fn hits_carry_age_and_expire_after_the_ttl() {
     let f = Fixture::new(
         one_route("/r", Policy::ttl(Duration::from_secs(60))),
-        Handler::echo(),
+        Upstream::echo(),
     );
     let first = f.get("/r").await;
     // Fresh from the service: age 0.
@@ -867,7 +779,7 @@ async fn hits_carry_age_and_expire_after_the_ttl() {
 async fn if_none_match_gets_304_with_a_derived_etag() {
     let f = Fixture::new(
         one_route("/r", Policy::ttl(HOUR)),
-        Handler::new(|_, _| with_header("cache-control", "max-age=60")),
+        Upstream::new(|_, _| with_header("cache-control", "max-age=60")),
     );
     f.get("/r").await;
     let hit = f.get("/r").await;
@@ -904,7 +816,7 @@ async fn if_none_match_gets_304_with_a_derived_etag() {
 async fn handler_etag_is_kept_and_derivation_can_be_off() {
     let f = Fixture::new(
         one_route("/r", Policy::ttl(HOUR)),
-        Handler::new(|_, _| with_header("etag", "W/\"v7\"")),
+        Upstream::new(|_, _| with_header("etag", "W/\"v7\"")),
     );
     f.get("/r").await;
     let req = Request::get("/r")
@@ -915,7 +827,7 @@ async fn handler_etag_is_kept_and_derivation_can_be_off() {
 
     let f = Fixture::new(
         one_route("/r", Policy::ttl(HOUR).etag(false)),
-        Handler::echo(),
+        Upstream::echo(),
     );
     f.get("/r").await;
     let hit = f.get("/r").await;
@@ -937,7 +849,7 @@ async fn handler_etag_is_kept_and_derivation_can_be_off() {
 async fn cache_status_key_and_detail_only_when_enabled() {
     let f = Fixture::new(
         one_route("/r/{id}", Policy::ttl(HOUR).key("r:{id}")),
-        Handler::echo(),
+        Upstream::echo(),
     );
     assert_eq!(
         f.get("/r/1").await.cache_status(),
@@ -954,7 +866,7 @@ async fn cache_status_key_and_detail_only_when_enabled() {
             "/r/{id}",
             Policy::ttl(Duration::from_secs(60)).key("r:{id}"),
         ),
-        Handler::echo(),
+        Upstream::echo(),
     );
     assert_eq!(
         f.get("/r/1").await.cache_status(),
@@ -971,7 +883,7 @@ async fn cache_status_key_and_detail_only_when_enabled() {
 async fn unmatched_routes_pass_through_untouched() {
     let f = Fixture::new(
         one_route("/cached", Policy::ttl(HOUR)),
-        Handler::new(|_, _| with_header("x-stash-ttl", "5")),
+        Upstream::new(|_, _| with_header("x-stash-ttl", "5")),
     );
     let got = f.get("/elsewhere").await;
     assert_eq!(got.cache_status(), "");
@@ -981,13 +893,13 @@ async fn unmatched_routes_pass_through_untouched() {
     assert_eq!(f.stash.stats().misses, 0);
 }
 
-// ---- Handler control (rule 9) ----
+// ---- Upstream control (rule 9) ----
 
 #[tokio::test]
 async fn handler_opts_out_with_an_extension_or_a_header() {
     let f = Fixture::new(
         one_route("/r", Policy::ttl(HOUR)),
-        Handler::new(|_, _| {
+        Upstream::new(|_, _| {
             let mut r = Response::new(full("x"));
             r.extensions_mut().insert(CacheHint::skip());
             r
@@ -999,7 +911,7 @@ async fn handler_opts_out_with_an_extension_or_a_header() {
 
     let f = Fixture::new(
         one_route("/r", Policy::ttl(HOUR)),
-        Handler::new(|_, _| with_header("x-stash-skip", "1")),
+        Upstream::new(|_, _| with_header("x-stash-skip", "1")),
     );
     let got = f.get("/r").await;
     assert!(!got.headers.contains_key("x-stash-skip"));
@@ -1016,7 +928,7 @@ async fn handler_sets_the_ttl_and_tags() {
             "/p/{id}",
             Policy::ttl(HOUR).key("p:{id}").tags(["products", "p:{id}"]),
         ),
-        Handler::new(|_, _| {
+        Upstream::new(|_, _| {
             let mut r = with_header("x-stash-ttl", "10");
             r.headers_mut().insert(
                 "x-stash-tags",
@@ -1052,7 +964,7 @@ async fn handler_sets_the_ttl_and_tags() {
 async fn a_huge_ttl_is_capped_and_never_panics() {
     let f = Fixture::new(
         one_route("/r", Policy::ttl(HOUR)),
-        Handler::new(|_, _| with_header("x-stash-ttl", "18446744073709551615")),
+        Upstream::new(|_, _| with_header("x-stash-ttl", "18446744073709551615")),
     );
     f.get("/r").await;
     let hit = f.get("/r").await;
@@ -1096,7 +1008,7 @@ async fn a_failing_store_never_fails_a_request() {
     let f = Fixture::with(
         Stash::builder().store(crate::test_util::Down),
         one_route("/r", Policy::ttl(HOUR)),
-        Handler::echo(),
+        Upstream::echo(),
     );
     for n in 1..=3 {
         let got = f.get("/r").await;
@@ -1115,7 +1027,7 @@ async fn many_keys_keep_the_memory_bound() {
     let f = Fixture::with(
         Stash::builder().store(store.clone()),
         one_route("/k/{id}", Policy::ttl(HOUR).key("k:{id}")),
-        Handler::new(|_, _| Response::new(full(vec![b'z'; 2000]))),
+        Upstream::new(|_, _| Response::new(full(vec![b'z'; 2000]))),
     );
     for i in 0..2000 {
         f.get(&format!("/k/{i}")).await;
@@ -1130,15 +1042,19 @@ async fn many_keys_keep_the_memory_bound() {
 #[tokio::test]
 async fn poll_ready_is_forwarded() {
     // A concurrency limit of one under the cache: the cache must wait for readiness, not bypass it.
-    let f = Fixture::new(one_route("/r", Policy::ttl(HOUR)), Handler::echo());
+    let f = Fixture::new(one_route("/r", Policy::ttl(HOUR)), Upstream::echo());
     let mut svc = ServiceBuilder::new()
         .layer(f.layer.clone())
         .concurrency_limit(1)
         .service(f.handler.clone());
-    let ready = svc.ready().await.unwrap();
+    let ready = ServiceExt::<Request<Empty<Bytes>>>::ready(&mut svc)
+        .await
+        .unwrap();
     let fut = ready.call(get("/r"));
     let mut second = svc.clone();
-    let pending = futures_util::poll!(std::pin::pin!(second.ready()));
+    let pending = futures_util::poll!(std::pin::pin!(ServiceExt::<Request<Empty<Bytes>>>::ready(
+        &mut second
+    )));
     assert!(pending.is_pending(), "the limit is taken by the first call");
     fut.await.unwrap();
 }
@@ -1147,8 +1063,8 @@ async fn poll_ready_is_forwarded() {
 
 /// Answers with what an app behind a proxy would build from the request: the host it thinks
 /// it serves, and the path.
-fn reflecting() -> Handler {
-    Handler::new(|req, n| {
+fn reflecting() -> Upstream {
+    Upstream::new(|req, n| {
         let host = req
             .headers()
             .get("x-forwarded-host")
@@ -1234,7 +1150,7 @@ async fn a_get_with_a_body_bypasses() {
     let f = Fixture::with(
         Stash::builder().cache_status_detail(true),
         one_route("/search", Policy::ttl(HOUR)),
-        Handler::echo(),
+        Upstream::echo(),
     );
     for (name, value) in [("content-length", "12"), ("transfer-encoding", "chunked")] {
         let got = f
@@ -1277,7 +1193,7 @@ fn with_cookie(uri: &str, cookie: &str) -> Request<Empty<Bytes>> {
 #[tokio::test]
 async fn sliding_expiry_keeps_active_entries_and_drops_idle_ones() {
     let policy = Policy::new().sliding(10 * MIN).max_lifetime(HOUR);
-    let f = Fixture::new(one_route("/s", policy), Handler::echo());
+    let f = Fixture::new(one_route("/s", policy), Upstream::echo());
     f.get("/s").await;
     // Each hit within 10 minutes of the last one keeps it: 24 minutes in all.
     for _ in 0..3 {
@@ -1299,7 +1215,7 @@ async fn sliding_expiry_keeps_active_entries_and_drops_idle_ones() {
 #[tokio::test]
 async fn sliding_expiry_stops_at_the_lifetime_cap() {
     let policy = Policy::new().sliding(10 * MIN).max_lifetime(30 * MIN);
-    let f = Fixture::new(one_route("/s", policy), Handler::echo());
+    let f = Fixture::new(one_route("/s", policy), Upstream::echo());
     f.get("/s").await;
     for _ in 0..3 {
         f.clock.advance(9 * MIN);
@@ -1317,7 +1233,7 @@ async fn session_scoped_entries_serve_only_their_session() {
         .sliding(30 * MIN)
         .max_lifetime(12 * HOUR)
         .session_cookie("sid");
-    let f = Fixture::new(one_route("/me", policy), Handler::echo());
+    let f = Fixture::new(one_route("/me", policy), Upstream::echo());
     // No session: bypassed, never stored.
     for _ in 0..2 {
         let got = f.get("/me").await;
@@ -1352,7 +1268,7 @@ async fn session_scoped_entries_serve_only_their_session() {
 #[tokio::test]
 async fn session_headers_scope_entries_too() {
     let policy = Policy::ttl(HOUR).session_header("authorization");
-    let f = Fixture::new(one_route("/me", policy), Handler::echo());
+    let f = Fixture::new(one_route("/me", policy), Upstream::echo());
     let as_user = |token: &'static str| {
         Request::get("/me")
             .header("authorization", token)
@@ -1388,7 +1304,7 @@ fn sliding_settings_are_checked() {
 #[tokio::test]
 async fn session_entries_may_be_private_and_vary_on_the_cookie() {
     let policy = Policy::ttl(HOUR).session_cookie("sid");
-    let handler = Handler::new(|req, n| {
+    let handler = Upstream::new(|req, n| {
         let mut resp = Response::new(full(format!("{} #{n}", req.uri())));
         resp.headers_mut().insert(
             "cache-control",
@@ -1405,7 +1321,7 @@ async fn session_entries_may_be_private_and_vary_on_the_cookie() {
     // Not on a route without a session: `private` is for one client.
     let f = Fixture::new(
         one_route("/p", Policy::ttl(HOUR)),
-        Handler::new(|_, n| {
+        Upstream::new(|_, n| {
             let mut resp = Response::new(full(format!("#{n}")));
             resp.headers_mut()
                 .insert("cache-control", HeaderValue::from_static("private"));
@@ -1425,7 +1341,7 @@ async fn a_keyed_host_is_a_variant_that_invalidating_the_key_drops() {
             "/users/{id}",
             Policy::ttl(HOUR).key("user:{id}").key_headers(["host"]),
         ),
-        Handler::echo(),
+        Upstream::echo(),
     );
     let on = |host: &str| {
         Request::get("/users/1")
@@ -1455,7 +1371,7 @@ async fn a_fill_older_than_a_tombstone_lasts_is_not_stored() {
     let f = Fixture::with(
         Stash::builder().tombstone_ttl(Duration::from_secs(60)),
         one_route("/slow", Policy::ttl(HOUR)),
-        Handler::echo(),
+        Upstream::echo(),
     );
     let svc = ServiceBuilder::new()
         .layer(f.layer.clone())

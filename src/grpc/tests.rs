@@ -1,20 +1,18 @@
 //! gRPC calls through the layers: keys from the message, entries only for `grpc-status: 0`,
 //! trailers replayed, bypasses where the message cannot be keyed.
 
-use super::{Fields, GrpcLayer, GrpcRequestBody};
+use super::{Fields, GrpcLayer};
+use crate::test_util::{send, Got, TestBody, Upstream};
 use crate::{CacheLayer, Invalidate, InvalidateLayer, Policy, Routes, Rules, Stash};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Request, Response};
 use http_body::Frame;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-type Body = BoxBody<Bytes, Infallible>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const GET: &str = "/users.UserService/GetUser";
 const UPDATE: &str = "/users.UserService/UpdateUser";
 const LIST: &str = "/users.UserService/ListUsers";
@@ -57,105 +55,46 @@ fn call(path: &str, body: Bytes) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-/// The service: counts calls, records the bodies it got, and answers by the message's id:
+/// The service: counts calls, records the requests it got, and answers by the message's id:
 /// 0 is a trailers-only NOT_FOUND, 99 an INTERNAL error in trailers, 98 a message without
-/// trailers, others a user (after `delay`).
-#[derive(Clone, Default)]
-struct Users {
-    calls: Arc<AtomicUsize>,
-    bodies: Arc<Mutex<Vec<Bytes>>>,
-    delay: Duration,
+/// trailers, others a user.
+fn user_service() -> Upstream {
+    Upstream::new(|req, n| {
+        let (path, body) = (req.uri().path(), req.body());
+        let id = decode_id(body.get(5..).unwrap_or_default()).unwrap_or(0);
+        let resp = Response::builder().header("content-type", "application/grpc");
+        if id == 0 {
+            return resp
+                .header("grpc-status", "5")
+                .header("grpc-message", "no such user")
+                .body(Empty::new().map_err(|e| match e {}).boxed())
+                .unwrap();
+        }
+        let failed = id == 99 || body.windows(4).any(|w| w == b"fail");
+        let status = if failed { "13" } else { "0" };
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", status.parse().unwrap());
+        trailers.insert("x-answer", format!("{path} #{n}").parse().unwrap());
+        let mut frames = vec![
+            Ok::<_, BoxError>(Frame::data(frame(
+                format!("user {id} #{n} of {}", body.len()).as_bytes(),
+            ))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        if id == 98 {
+            frames.pop();
+        }
+        resp.header("x-head", "1")
+            .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                frames,
+            ))))
+            .unwrap()
+    })
 }
 
-impl Users {
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-impl Service<Request<GrpcRequestBody<Full<Bytes>>>> for Users {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<GrpcRequestBody<Full<Bytes>>>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
-            tokio::time::sleep(this.delay).await;
-            let path = req.uri().path().to_owned();
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            this.bodies.lock().unwrap().push(body.clone());
-            let id = decode_id(body.get(5..).unwrap_or_default()).unwrap_or(0);
-            let mut resp = Response::builder().header("content-type", "application/grpc");
-            if id == 0 {
-                let resp = resp
-                    .header("grpc-status", "5")
-                    .header("grpc-message", "no such user")
-                    .body(BodyExt::boxed(http_body_util::Empty::new()))
-                    .unwrap();
-                return Ok(resp);
-            }
-            let failed = id == 99 || body.windows(4).any(|w| w == b"fail");
-            let status = if failed { "13" } else { "0" };
-            let mut trailers = HeaderMap::new();
-            trailers.insert("grpc-status", status.parse().unwrap());
-            trailers.insert("x-answer", format!("{path} #{n}").parse().unwrap());
-            let mut frames = vec![
-                Ok::<_, Infallible>(Frame::data(frame(
-                    format!("user {id} #{n} of {}", body.len()).as_bytes(),
-                ))),
-                Ok(Frame::trailers(trailers)),
-            ];
-            if id == 98 {
-                frames.pop();
-            }
-            resp = resp.header("x-head", "1");
-            Ok(resp
-                .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
-                    frames,
-                ))))
-                .unwrap())
-        })
-    }
-}
-
-struct Got {
-    headers: HeaderMap,
-    body: Bytes,
-    trailers: Option<HeaderMap>,
-}
-
-impl Got {
-    fn cache_status(&self) -> &str {
-        self.headers
-            .get("cache-status")
-            .map_or("", |v| v.to_str().unwrap())
-    }
-}
-
-async fn send<S>(svc: &mut S, req: Request<Full<Bytes>>) -> Got
-where
-    S: Service<Request<Full<Bytes>>, Error = Infallible>,
-    S::Response: Into<Response<crate::invalidate::InvalidateBody<crate::CacheBody<Body>>>>,
-{
-    let resp: Response<_> = svc.ready().await.unwrap().call(req).await.unwrap().into();
-    let (parts, body) = resp.into_parts();
-    let collected = body.collect().await.unwrap();
-    Got {
-        headers: parts.headers,
-        trailers: collected.trailers().cloned(),
-        body: collected.to_bytes(),
-    }
+/// The body of the `n`th request (from 0) `users` got.
+fn body_of(users: &Upstream, n: usize) -> Bytes {
+    users.requests()[n].body().clone()
 }
 
 fn routes() -> Routes {
@@ -176,7 +115,7 @@ fn rules() -> Rules {
 trait Stack:
     Service<
     Request<Full<Bytes>>,
-    Response = Response<crate::invalidate::InvalidateBody<crate::CacheBody<Body>>>,
+    Response = Response<crate::invalidate::InvalidateBody<crate::CacheBody<TestBody>>>,
     Error = Infallible,
 >
 {
@@ -185,13 +124,13 @@ trait Stack:
 impl<S> Stack for S where
     S: Service<
         Request<Full<Bytes>>,
-        Response = Response<crate::invalidate::InvalidateBody<crate::CacheBody<Body>>>,
+        Response = Response<crate::invalidate::InvalidateBody<crate::CacheBody<TestBody>>>,
         Error = Infallible,
     >
 {
 }
 
-fn stack(stash: &Stash, grpc: GrpcLayer, routes: Routes, users: &Users) -> impl Stack {
+fn stack(stash: &Stash, grpc: GrpcLayer, routes: Routes, users: &Upstream) -> impl Stack {
     ServiceBuilder::new()
         .layer(grpc)
         .layer(InvalidateLayer::new(stash.clone(), rules()))
@@ -199,9 +138,9 @@ fn stack(stash: &Stash, grpc: GrpcLayer, routes: Routes, users: &Users) -> impl 
         .service(users.clone())
 }
 
-fn setup() -> (Stash, Users, impl Stack) {
+fn setup() -> (Stash, Upstream, impl Stack) {
     let stash = Stash::builder().build().unwrap();
-    let users = Users::default();
+    let users = user_service();
     let (routes, rules) = (routes(), rules());
     let grpc = GrpcLayer::new().routes(&routes).rules(&rules);
     let svc = stack(&stash, grpc, routes, &users);
@@ -231,7 +170,7 @@ async fn a_second_identical_call_is_a_hit_with_the_same_message_and_trailers() {
         second.cache_status()
     );
     // The service got the client's bytes, unchanged.
-    assert_eq!(users.bodies.lock().unwrap()[0], frame(&message(7, "")));
+    assert_eq!(body_of(&users, 0), frame(&message(7, "")));
 }
 
 #[tokio::test]
@@ -278,7 +217,7 @@ async fn errors_are_never_stored() {
 #[tokio::test]
 async fn calls_whose_message_is_not_read_bypass() {
     let stash = Stash::builder().build().unwrap();
-    let users = Users::default();
+    let users = user_service();
     // No method named: nothing is read, so nothing can be keyed.
     let mut svc = stack(&stash, GrpcLayer::new(), routes(), &users);
     for _ in 0..2 {
@@ -292,7 +231,7 @@ async fn calls_whose_message_is_not_read_bypass() {
     assert_eq!(users.calls(), 2);
 
     // A message over the limit streams through, whole, and bypasses.
-    let users = Users::default();
+    let users = user_service();
     let grpc = GrpcLayer::new().routes(&routes()).max_message_size(16);
     let mut svc = stack(&stash, grpc, routes(), &users);
     let big = frame(&message(7, "a-mask-longer-than-sixteen-bytes"));
@@ -300,7 +239,7 @@ async fn calls_whose_message_is_not_read_bypass() {
         send(&mut svc, call(GET, big.clone())).await;
     }
     assert_eq!(users.calls(), 2);
-    assert_eq!(users.bodies.lock().unwrap()[1], big);
+    assert_eq!(body_of(&users, 1), big);
 }
 
 #[tokio::test]
@@ -360,7 +299,7 @@ async fn two_methods_keyed_by_one_template_never_share_entries() {
     };
     let routes = Routes::new().grpc(GET, policy()).grpc(settings, policy());
     let stash = Stash::builder().build().unwrap();
-    let users = Users::default();
+    let users = user_service();
     let grpc = GrpcLayer::new().routes(&routes);
     let mut svc = stack(&stash, grpc, routes, &users);
     let user = send(&mut svc, call(GET, frame(&message(7, "")))).await;
@@ -380,10 +319,7 @@ async fn two_methods_keyed_by_one_template_never_share_entries() {
 async fn single_flight_shares_only_successful_answers() {
     use crate::SingleFlightLayer;
     let stash = Stash::builder().build().unwrap();
-    let users = Users {
-        delay: Duration::from_millis(100),
-        ..Users::default()
-    };
+    let users = user_service().delay(Duration::from_millis(100));
     let routes = routes();
     let svc = ServiceBuilder::new()
         .layer(GrpcLayer::new().routes(&routes))

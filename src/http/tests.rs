@@ -2,99 +2,57 @@
 //! got and how often the origin was asked.
 
 use super::{byte_range, freshen, freshness, RequestDirectives};
+use crate::test_util::{full, send, Got, TestBody, Upstream};
 use crate::{CacheLayer, ManualClock, Policy, Routes, Stash};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tower::{Service, ServiceExt};
 
-type Answer = (StatusCode, Vec<(&'static str, String)>, &'static str);
-
-/// An origin that answers with what the test sets, counts its calls and records the
-/// requests' conditional headers.
-#[derive(Clone)]
-struct Origin {
-    answer: Arc<Mutex<Answer>>,
-    calls: Arc<Mutex<Vec<HeaderMap>>>,
-}
-
-impl Origin {
-    fn new(status: u16, headers: &[(&'static str, &str)], body: &'static str) -> Self {
-        let o = Self {
-            answer: Arc::new(Mutex::new((StatusCode::OK, vec![], ""))),
-            calls: Arc::default(),
-        };
-        o.set(status, headers, body);
-        o
-    }
-    fn set(&self, status: u16, headers: &[(&'static str, &str)], body: &'static str) {
-        *self.answer.lock().unwrap() = (
-            StatusCode::from_u16(status).unwrap(),
-            headers.iter().map(|(n, v)| (*n, v.to_string())).collect(),
-            body,
-        );
-    }
-    fn calls(&self) -> usize {
-        self.calls.lock().unwrap().len()
-    }
-    fn last_request(&self) -> HeaderMap {
-        self.calls.lock().unwrap().last().cloned().unwrap()
-    }
-}
-
-impl Service<Request<Empty<Bytes>>> for Origin {
-    type Response = Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Empty<Bytes>>) -> Self::Future {
-        self.calls.lock().unwrap().push(req.headers().clone());
-        let (status, headers, body) = self.answer.lock().unwrap().clone();
-        let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+/// An answer of `status`, `headers` and `body`, whatever the request.
+fn reply(
+    status: u16,
+    headers: &[(&'static str, &str)],
+    body: &'static str,
+) -> impl Fn(&Request<Bytes>, usize) -> Response<TestBody> + Send + Sync + 'static {
+    let status = StatusCode::from_u16(status).unwrap();
+    let headers: Vec<_> = headers.iter().map(|(n, v)| (*n, v.to_string())).collect();
+    move |_, _| {
+        let mut resp = Response::new(full(Bytes::from_static(body.as_bytes())));
         *resp.status_mut() = status;
-        for (n, v) in headers {
+        for (n, v) in &headers {
             resp.headers_mut()
-                .append(n, HeaderValue::from_str(&v).unwrap());
+                .append(*n, HeaderValue::from_str(v).unwrap());
         }
-        std::future::ready(Ok(resp))
+        resp
     }
+}
+
+/// An origin that answers with [`reply`] until the test sets another answer, counts its calls
+/// and records the requests.
+fn origin(status: u16, headers: &[(&'static str, &str)], body: &'static str) -> Upstream {
+    Upstream::new(reply(status, headers, body))
+}
+
+/// The headers of the last request `origin` got.
+fn last_request(origin: &Upstream) -> HeaderMap {
+    origin.requests().last().unwrap().headers().clone()
 }
 
 struct Cache {
     layer: CacheLayer,
-    origin: Origin,
+    origin: Upstream,
     clock: ManualClock,
 }
 
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn hit(&self) -> bool {
-        self.headers
-            .get("cache-status")
-            .is_some_and(|v| v.to_str().unwrap().contains("; hit"))
-    }
-}
-
-fn cache(policy: Policy, origin: Origin) -> Cache {
+fn cache(policy: Policy, origin: Upstream) -> Cache {
     cache_with(Routes::new().get("/{*path}", policy), origin)
 }
 
-fn cache_with(routes: Routes, origin: Origin) -> Cache {
+fn cache_with(routes: Routes, origin: Upstream) -> Cache {
     // The origin's Date headers come from the real clock: the cache's starts there too.
     let clock = ManualClock::new(SystemTime::now());
     let stash = Stash::builder().clock(clock.clone()).build().unwrap();
@@ -106,8 +64,8 @@ fn cache_with(routes: Routes, origin: Origin) -> Cache {
 }
 
 /// An origin whose answers vary on `Accept-Language`, fresh for 100 s.
-fn varying() -> Origin {
-    Origin::new(
+fn varying() -> Upstream {
+    origin(
         200,
         &[
             ("cache-control", "max-age=100"),
@@ -118,8 +76,8 @@ fn varying() -> Origin {
 }
 
 /// An origin answering bytes 4 to 8 of "0123456789", fresh for 100 s.
-fn partial() -> Origin {
-    Origin::new(
+fn partial() -> Upstream {
+    origin(
         206,
         &[
             ("cache-control", "max-age=100"),
@@ -138,13 +96,7 @@ impl Cache {
         let svc = tower::ServiceBuilder::new()
             .layer(self.layer.clone())
             .service(self.origin.clone());
-        let resp = svc.oneshot(req).await.unwrap();
-        let (parts, body) = resp.into_parts();
-        Got {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
+        send(svc, req).await
     }
     async fn get(&self, headers: &[(&str, &str)]) -> Got {
         let mut req = Request::get("/r").header("host", "a.example");
@@ -163,24 +115,24 @@ fn now_date() -> String {
 async fn freshness_comes_from_the_origin() {
     // max-age, and s-maxage over it.
     for (cc, fresh_for) in [("max-age=60", 60), ("max-age=5, s-maxage=60", 60)] {
-        let c = cache(http(), Origin::new(200, &[("cache-control", cc)], "x"));
+        let c = cache(http(), origin(200, &[("cache-control", cc)], "x"));
         c.get(&[]).await;
         c.clock.advance(Duration::from_secs(fresh_for - 1));
-        assert!(c.get(&[]).await.hit(), "{cc}");
+        assert!(c.get(&[]).await.is_hit(), "{cc}");
         c.clock.advance(Duration::from_secs(2));
-        assert!(!c.get(&[]).await.hit(), "{cc}");
+        assert!(!c.get(&[]).await.is_hit(), "{cc}");
         assert_eq!(c.origin.calls(), 2, "{cc}");
     }
     // Expires, against Date.
     let expires = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
     let c = cache(
         http(),
-        Origin::new(200, &[("expires", &expires), ("date", &now_date())], "x"),
+        origin(200, &[("expires", &expires), ("date", &now_date())], "x"),
     );
     c.get(&[]).await;
-    assert!(c.get(&[]).await.hit());
+    assert!(c.get(&[]).await.is_hit());
     // No freshness at all: not stored.
-    let c = cache(http(), Origin::new(200, &[], "x"));
+    let c = cache(http(), origin(200, &[], "x"));
     c.get(&[]).await;
     c.get(&[]).await;
     assert_eq!(c.origin.calls(), 2);
@@ -188,13 +140,13 @@ async fn freshness_comes_from_the_origin() {
     let lm = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(1000));
     let c = cache(
         http(),
-        Origin::new(200, &[("last-modified", &lm), ("date", &now_date())], "x"),
+        origin(200, &[("last-modified", &lm), ("date", &now_date())], "x"),
     );
     c.get(&[]).await;
     c.clock.advance(Duration::from_secs(90));
-    assert!(c.get(&[]).await.hit());
+    assert!(c.get(&[]).await.is_hit());
     c.clock.advance(Duration::from_secs(20));
-    assert!(!c.get(&[]).await.hit());
+    assert!(!c.get(&[]).await.is_hit());
 }
 
 #[tokio::test]
@@ -206,7 +158,7 @@ async fn client_errors_need_explicit_freshness_or_a_status_ttl() {
     for status in [404, 405, 410, 414] {
         let c = cache(
             http(),
-            Origin::new(status, &[("last-modified", &lm), ("date", &date)], "x"),
+            origin(status, &[("last-modified", &lm), ("date", &date)], "x"),
         );
         c.get(&[]).await;
         c.get(&[]).await;
@@ -215,35 +167,35 @@ async fn client_errors_need_explicit_freshness_or_a_status_ttl() {
     // A 200 with the same headers is.
     let c = cache(
         http(),
-        Origin::new(200, &[("last-modified", &lm), ("date", &date)], "x"),
+        origin(200, &[("last-modified", &lm), ("date", &date)], "x"),
     );
     c.get(&[]).await;
-    assert!(c.get(&[]).await.hit());
+    assert!(c.get(&[]).await.is_hit());
     // With explicit freshness from the origin, a 4xx is stored.
     for status in [400, 404, 499] {
         let c = cache(
             http(),
-            Origin::new(status, &[("cache-control", "max-age=60")], "x"),
+            origin(status, &[("cache-control", "max-age=60")], "x"),
         );
         c.get(&[]).await;
         let hit = c.get(&[]).await;
-        assert!(hit.hit(), "{status}");
+        assert!(hit.is_hit(), "{status}");
         assert_eq!(hit.status.as_u16(), status);
     }
     // Or with the policy's own TTL for that status, used when the origin gives none.
     let c = cache(
         http().status_ttl(404, Duration::from_secs(30)),
-        Origin::new(404, &[("date", &date)], "x"),
+        origin(404, &[("date", &date)], "x"),
     );
     c.get(&[]).await;
     c.clock.advance(Duration::from_secs(29));
-    assert!(c.get(&[]).await.hit());
+    assert!(c.get(&[]).await.is_hit());
     c.clock.advance(Duration::from_secs(2));
-    assert!(!c.get(&[]).await.hit());
+    assert!(!c.get(&[]).await.is_hit());
     // The origin's no-store still wins over the policy.
     let c = cache(
         http().status_ttl(404, Duration::from_secs(30)),
-        Origin::new(404, &[("cache-control", "no-store")], "x"),
+        origin(404, &[("cache-control", "no-store")], "x"),
     );
     c.get(&[]).await;
     c.get(&[]).await;
@@ -254,19 +206,19 @@ async fn client_errors_need_explicit_freshness_or_a_status_ttl() {
 async fn the_age_a_response_arrives_with_counts_and_a_bad_one_makes_it_stale() {
     let c = cache(
         http(),
-        Origin::new(200, &[("cache-control", "max-age=60"), ("age", "50")], "x"),
+        origin(200, &[("cache-control", "max-age=60"), ("age", "50")], "x"),
     );
     c.get(&[]).await;
     c.clock.advance(Duration::from_secs(5));
     let hit = c.get(&[]).await;
-    assert!(hit.hit());
+    assert!(hit.is_hit());
     assert_eq!(hit.headers["age"], "55");
     c.clock.advance(Duration::from_secs(6));
-    assert!(!c.get(&[]).await.hit());
+    assert!(!c.get(&[]).await.is_hit());
     for bad in ["abc", "-1", "1.5", "5, 5"] {
         let c = cache(
             http(),
-            Origin::new(200, &[("cache-control", "max-age=60"), ("age", bad)], "x"),
+            origin(200, &[("cache-control", "max-age=60"), ("age", bad)], "x"),
         );
         c.get(&[]).await;
         c.get(&[]).await;
@@ -277,23 +229,23 @@ async fn the_age_a_response_arrives_with_counts_and_a_bad_one_makes_it_stale() {
 #[tokio::test]
 async fn no_store_and_private_are_not_stored_and_no_cache_is_revalidated() {
     for cc in ["no-store, max-age=60", "private, max-age=60"] {
-        let c = cache(http(), Origin::new(200, &[("cache-control", cc)], "x"));
+        let c = cache(http(), origin(200, &[("cache-control", cc)], "x"));
         c.get(&[]).await;
         c.get(&[]).await;
         assert_eq!(c.origin.calls(), 2, "{cc}");
     }
     let c = cache(
         http(),
-        Origin::new(
+        origin(
             200,
             &[("cache-control", "no-cache"), ("etag", "\"v1\"")],
             "body",
         ),
     );
     c.get(&[]).await;
-    c.origin.set(304, &[("etag", "\"v1\"")], "");
+    c.origin.answer(reply(304, &[("etag", "\"v1\"")], ""));
     let got = c.get(&[]).await;
-    assert_eq!(c.origin.last_request()["if-none-match"], "\"v1\"");
+    assert_eq!(last_request(&c.origin)["if-none-match"], "\"v1\"");
     assert_eq!((got.status, &got.body[..]), (StatusCode::OK, &b"body"[..]));
 }
 
@@ -301,7 +253,7 @@ async fn no_store_and_private_are_not_stored_and_no_cache_is_revalidated() {
 async fn a_304_freshens_the_stored_headers() {
     let c = cache(
         http(),
-        Origin::new(
+        origin(
             200,
             &[
                 ("cache-control", "max-age=1"),
@@ -313,7 +265,7 @@ async fn a_304_freshens_the_stored_headers() {
     );
     c.get(&[]).await;
     c.clock.advance(Duration::from_secs(2));
-    c.origin.set(
+    c.origin.answer(reply(
         304,
         &[
             ("cache-control", "max-age=100"),
@@ -321,15 +273,15 @@ async fn a_304_freshens_the_stored_headers() {
             ("x-v", "2"),
         ],
         "",
-    );
+    ));
     let got = c.get(&[]).await;
-    assert_eq!(c.origin.last_request()["if-none-match"], "\"a\"");
+    assert_eq!(last_request(&c.origin)["if-none-match"], "\"a\"");
     assert_eq!(&got.body[..], b"body");
     assert_eq!(got.headers["x-v"], "2", "updated from the 304");
     assert_eq!(got.headers["etag"], "\"a\"", "never the validator itself");
     // Fresh again for the 304's max-age.
     c.clock.advance(Duration::from_secs(50));
-    assert!(c.get(&[]).await.hit());
+    assert!(c.get(&[]).await.is_hit());
     assert_eq!(c.origin.calls(), 2);
 }
 
@@ -345,10 +297,10 @@ async fn stale_entries_answer_for_an_unreachable_origin_unless_they_must_be_reva
         ("max-age=1, proxy-revalidate", 502, false),
         ("max-age=1, s-maxage=1", 502, false),
     ] {
-        let c = cache(http(), Origin::new(200, &[("cache-control", cc)], "old"));
+        let c = cache(http(), origin(200, &[("cache-control", cc)], "old"));
         c.get(&[]).await;
         c.clock.advance(Duration::from_secs(5));
-        c.origin.set(status, &[], "down");
+        c.origin.answer(reply(status, &[], "down"));
         let got = c.get(&[]).await;
         assert_eq!(&got.body[..] == b"old", stale_ok, "{cc}, {status}");
     }
@@ -366,34 +318,34 @@ async fn request_directives_are_honoured_in_http_mode() {
     ] {
         let c = cache(
             http(),
-            Origin::new(200, &[("cache-control", "max-age=100")], "x"),
+            origin(200, &[("cache-control", "max-age=100")], "x"),
         );
         c.get(&[]).await;
         c.clock.advance(Duration::from_secs(30));
         let got = c.get(&[("cache-control", cc)]).await;
-        assert_eq!(got.hit(), hit, "{cc}");
+        assert_eq!(got.is_hit(), hit, "{cc}");
     }
     let c = cache(
         http(),
-        Origin::new(200, &[("cache-control", "max-age=100")], "x"),
+        origin(200, &[("cache-control", "max-age=100")], "x"),
     );
     c.get(&[]).await;
-    assert!(!c.get(&[("pragma", "no-cache")]).await.hit());
+    assert!(!c.get(&[("pragma", "no-cache")]).await.is_hit());
     // no-store: nothing of the exchange is stored.
     let c = cache(
         http(),
-        Origin::new(200, &[("cache-control", "max-age=100")], "x"),
+        origin(200, &[("cache-control", "max-age=100")], "x"),
     );
     c.get(&[("cache-control", "no-store")]).await;
-    assert!(!c.get(&[]).await.hit());
+    assert!(!c.get(&[]).await.is_hit());
     // max-stale: an expired entry will do.
     c.clock.advance(Duration::from_secs(110));
-    assert!(c.get(&[("cache-control", "max-stale=60")]).await.hit());
-    assert!(!c.get(&[("cache-control", "max-stale=5")]).await.hit());
+    assert!(c.get(&[("cache-control", "max-stale=60")]).await.is_hit());
+    assert!(!c.get(&[("cache-control", "max-stale=5")]).await.is_hit());
     // only-if-cached: never the origin; 504 when nothing is stored.
     let c = cache(
         http(),
-        Origin::new(200, &[("cache-control", "max-age=100")], "x"),
+        origin(200, &[("cache-control", "max-age=100")], "x"),
     );
     let got = c.get(&[("cache-control", "only-if-cached")]).await;
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
@@ -407,37 +359,37 @@ async fn immutable_fresh_entries_survive_a_reload() {
     // the origin, and once stale it is fetched again.
     let c = cache(
         http(),
-        Origin::new(200, &[("cache-control", "max-age=100, immutable")], "x"),
+        origin(200, &[("cache-control", "max-age=100, immutable")], "x"),
     );
     c.get(&[]).await;
     c.clock.advance(Duration::from_secs(30));
     for cc in ["max-age=0", "max-age=10"] {
-        assert!(c.get(&[("cache-control", cc)]).await.hit(), "{cc}");
+        assert!(c.get(&[("cache-control", cc)]).await.is_hit(), "{cc}");
     }
     assert_eq!(c.origin.calls(), 1);
     for (name, value) in [("cache-control", "no-cache"), ("pragma", "no-cache")] {
-        assert!(!c.get(&[(name, value)]).await.hit(), "{name}: {value}");
+        assert!(!c.get(&[(name, value)]).await.is_hit(), "{name}: {value}");
     }
     assert_eq!(c.origin.calls(), 3);
     c.clock.advance(Duration::from_secs(30));
     // (Fresh since the last fetch for 70 s more.)
-    assert!(!c.get(&[("cache-control", "min-fresh=90")]).await.hit());
+    assert!(!c.get(&[("cache-control", "min-fresh=90")]).await.is_hit());
     assert_eq!(c.origin.calls(), 4);
     // (That miss stored a new entry, fresh for 100 s.)
     c.clock.advance(Duration::from_secs(101));
-    assert!(!c.get(&[("cache-control", "max-age=0")]).await.hit());
+    assert!(!c.get(&[("cache-control", "max-age=0")]).await.is_hit());
     assert_eq!(c.origin.calls(), 5);
 }
 
 #[tokio::test]
 async fn application_mode_ignores_request_directives_unless_asked() {
     let app = Policy::ttl(Duration::from_secs(100));
-    let c = cache(app.clone(), Origin::new(200, &[], "x"));
+    let c = cache(app.clone(), origin(200, &[], "x"));
     c.get(&[]).await;
-    assert!(c.get(&[("cache-control", "no-cache")]).await.hit());
-    let c = cache(app.request_directives(true), Origin::new(200, &[], "x"));
+    assert!(c.get(&[("cache-control", "no-cache")]).await.is_hit());
+    let c = cache(app.request_directives(true), origin(200, &[], "x"));
     c.get(&[]).await;
-    assert!(!c.get(&[("cache-control", "no-cache")]).await.hit());
+    assert!(!c.get(&[("cache-control", "no-cache")]).await.is_hit());
 }
 
 #[tokio::test]
@@ -446,16 +398,19 @@ async fn each_variant_has_an_entry_and_vary_star_none() {
     c.get(&[("accept-language", "en")]).await;
     c.get(&[("accept-language", "fr")]).await;
     assert_eq!(c.origin.calls(), 2);
-    assert!(c.get(&[("accept-language", "en")]).await.hit());
-    assert!(c.get(&[("accept-language", "fr")]).await.hit());
+    assert!(c.get(&[("accept-language", "en")]).await.is_hit());
+    assert!(c.get(&[("accept-language", "fr")]).await.is_hit());
     assert!(
-        c.get(&[("accept-language", "EN")]).await.hit(),
+        c.get(&[("accept-language", "EN")]).await.is_hit(),
         "case-insensitive tags"
     );
-    assert!(!c.get(&[]).await.hit(), "no header is a variant of its own");
+    assert!(
+        !c.get(&[]).await.is_hit(),
+        "no header is a variant of its own"
+    );
     let c = cache(
         http(),
-        Origin::new(200, &[("cache-control", "max-age=100"), ("vary", "*")], "x"),
+        origin(200, &[("cache-control", "max-age=100"), ("vary", "*")], "x"),
     );
     c.get(&[]).await;
     c.get(&[]).await;
@@ -469,14 +424,14 @@ async fn variants_per_url_are_bounded_dropping_the_oldest() {
         c.get(&[("accept-language", lang)]).await;
     }
     assert_eq!(c.origin.calls(), 3);
-    assert!(c.get(&[("accept-language", "fr")]).await.hit());
-    assert!(c.get(&[("accept-language", "de")]).await.hit());
+    assert!(c.get(&[("accept-language", "fr")]).await.is_hit());
+    assert!(c.get(&[("accept-language", "de")]).await.is_hit());
     // The third variant pushed out the first.
-    assert!(!c.get(&[("accept-language", "en")]).await.hit());
+    assert!(!c.get(&[("accept-language", "en")]).await.is_hit());
     assert_eq!(c.origin.calls(), 4);
     // And storing it again pushed out the next oldest.
-    assert!(!c.get(&[("accept-language", "fr")]).await.hit());
-    assert!(c.get(&[("accept-language", "en")]).await.hit());
+    assert!(!c.get(&[("accept-language", "fr")]).await.is_hit());
+    assert!(c.get(&[("accept-language", "en")]).await.is_hit());
     assert_eq!(c.origin.calls(), 5);
     // Concurrent answers for new variants (all asked before any is stored) each add to the
     // list as it is when they are stored: the bound still holds.
@@ -492,7 +447,8 @@ async fn variants_per_url_are_bounded_dropping_the_oldest() {
             .body(Empty::new())
             .unwrap();
         let mut svc = svc.clone();
-        pending.push(svc.ready().await.unwrap().call(req));
+        let ready = ServiceExt::<Request<Empty<Bytes>>>::ready(&mut svc);
+        pending.push(ready.await.unwrap().call(req));
     }
     for resp in pending {
         resp.await.unwrap().into_body().collect().await.unwrap();
@@ -516,7 +472,7 @@ async fn variants_per_url_are_bounded_dropping_the_oldest() {
 async fn two_hosts_never_share_an_entry() {
     let c = cache(
         http(),
-        Origin::new(200, &[("cache-control", "max-age=100")], "x"),
+        origin(200, &[("cache-control", "max-age=100")], "x"),
     );
     for host in ["a.example", "b.example", "a.example", "b.example"] {
         let req = Request::get("/r").header("host", host);
@@ -542,11 +498,11 @@ async fn two_hosts_never_share_an_entry() {
             .body(Empty::new())
             .unwrap()
     };
-    assert!(!c.send(on("a.example")).await.hit());
-    assert!(c.send(on("b.example")).await.hit());
+    assert!(!c.send(on("a.example")).await.is_hit());
+    assert!(c.send(on("b.example")).await.is_hit());
     stash.invalidate_key("GET /r").await.unwrap();
-    assert!(!c.send(on("a.example")).await.hit());
-    assert!(!c.send(on("b.example")).await.hit());
+    assert!(!c.send(on("a.example")).await.is_hit());
+    assert!(!c.send(on("b.example")).await.is_hit());
 }
 
 #[tokio::test]
@@ -557,9 +513,9 @@ async fn authorized_requests_are_stored_only_when_the_origin_says_they_may_be_sh
         ("s-maxage=100", true),
         ("max-age=100, must-revalidate", true),
     ] {
-        let c = cache(http(), Origin::new(200, &[("cache-control", cc)], "x"));
+        let c = cache(http(), origin(200, &[("cache-control", cc)], "x"));
         c.get(&[("authorization", "Bearer a")]).await;
-        assert_eq!(c.get(&[]).await.hit(), stored, "{cc}");
+        assert_eq!(c.get(&[]).await.is_hit(), stored, "{cc}");
     }
 }
 
@@ -574,7 +530,7 @@ async fn partial_answers_serve_only_the_ranges_they_hold_and_never_a_whole_reque
         ("bytes=6-8", "678", "bytes 6-8/10"),
     ] {
         let got = c.get(&[("range", range)]).await;
-        assert!(got.hit(), "{range}");
+        assert!(got.is_hit(), "{range}");
         assert_eq!(got.status, StatusCode::PARTIAL_CONTENT);
         assert_eq!(&got.body[..], body.as_bytes(), "{range}");
         assert_eq!(got.headers["content-range"], content_range);
@@ -583,9 +539,9 @@ async fn partial_answers_serve_only_the_ranges_they_hold_and_never_a_whole_reque
     assert_eq!(c.origin.calls(), 1);
     // Bytes it does not hold, and a request for the whole body, go to the origin.
     for range in ["bytes=0-4", "bytes=-1", "bytes=4-"] {
-        assert!(!c.get(&[("range", range)]).await.hit(), "{range}");
+        assert!(!c.get(&[("range", range)]).await.is_hit(), "{range}");
     }
-    assert!(!c.get(&[]).await.hit(), "never the whole response");
+    assert!(!c.get(&[]).await.is_hit(), "never the whole response");
     assert_eq!(c.origin.calls(), 5);
     // A 206 that varies, or whose range is unknown (several, or no complete length), is not
     // stored.
@@ -596,7 +552,7 @@ async fn partial_answers_serve_only_the_ranges_they_hold_and_never_a_whole_reque
     ] {
         let mut all = vec![("cache-control", "max-age=100")];
         all.extend(headers);
-        let c = cache(http(), Origin::new(206, &all, "ab"));
+        let c = cache(http(), origin(206, &all, "ab"));
         c.get(&[("range", "bytes=0-1")]).await;
         c.get(&[("range", "bytes=0-1")]).await;
         assert_eq!(c.origin.calls(), 2, "{all:?}");
@@ -604,7 +560,7 @@ async fn partial_answers_serve_only_the_ranges_they_hold_and_never_a_whole_reque
     // Nor when the policy's statuses leave 206 out.
     let c = cache(
         http().statuses([200]),
-        Origin::new(
+        origin(
             206,
             &[
                 ("cache-control", "max-age=100"),
@@ -619,7 +575,7 @@ async fn partial_answers_serve_only_the_ranges_they_hold_and_never_a_whole_reque
     // Nor in application mode.
     let c = cache(
         Policy::ttl(Duration::from_secs(100)).statuses([200]),
-        Origin::new(206, &[("content-range", "bytes 0-1/10")], "ab"),
+        origin(206, &[("content-range", "bytes 0-1/10")], "ab"),
     );
     c.get(&[("range", "bytes=0-1")]).await;
     c.get(&[("range", "bytes=0-1")]).await;
@@ -637,11 +593,11 @@ async fn partial_answers_serve_only_the_ranges_they_hold_and_never_a_whole_reque
         "the host is part of the URL's key"
     );
     c.layer.stash().invalidate_key(&key).await.unwrap();
-    assert!(!c.get(&[("range", "bytes=4-8")]).await.hit());
+    assert!(!c.get(&[("range", "bytes=4-8")]).await.is_hit());
     // Ranges are served from a whole response.
     let c = cache(
         http(),
-        Origin::new(200, &[("cache-control", "max-age=100")], "0123456789"),
+        origin(200, &[("cache-control", "max-age=100")], "0123456789"),
     );
     c.get(&[]).await;
     let got = c.get(&[("range", "bytes=5-")]).await;
@@ -651,7 +607,7 @@ async fn partial_answers_serve_only_the_ranges_they_hold_and_never_a_whole_reque
     // HEAD is answered from the GET entry.
     let req = Request::head("/r").header("host", "a.example");
     let got = c.send(req.body(Empty::new()).unwrap()).await;
-    assert!(got.hit() && got.body.is_empty());
+    assert!(got.is_hit() && got.body.is_empty());
     assert_eq!(c.origin.calls(), 1);
 }
 
@@ -714,20 +670,17 @@ async fn an_authorized_answer_is_never_handed_to_a_waiting_request() {
         .layer(layer)
         .layer(SingleFlightLayer::new(stash))
         .service(origin);
-    let send = |auth: Option<&'static str>| {
-        let svc = svc.clone();
-        async move {
-            let mut req = Request::get("/me").header("host", "a.example");
-            if let Some(a) = auth {
-                req = req.header("authorization", a);
-            }
-            let resp = svc.oneshot(req.body(Empty::new()).unwrap()).await.unwrap();
-            resp.into_body().collect().await.unwrap().to_bytes()
+    let get_me = |auth: Option<&'static str>| {
+        let mut req = Request::get("/me").header("host", "a.example");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
         }
+        let got = send(svc.clone(), req.body(Empty::new()).unwrap());
+        async move { got.await.body }
     };
-    let (private, anonymous) = tokio::join!(send(Some("Bearer alice")), async {
+    let (private, anonymous) = tokio::join!(get_me(Some("Bearer alice")), async {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        send(None).await
+        get_me(None).await
     });
     assert_eq!(&private[..], b"Bearer alice");
     assert_eq!(&anonymous[..], b"anonymous");
@@ -737,7 +690,7 @@ async fn an_authorized_answer_is_never_handed_to_a_waiting_request() {
 async fn a_304_never_stores_a_cookie_for_others() {
     let c = cache(
         http(),
-        Origin::new(
+        origin(
             200,
             &[("cache-control", "max-age=1"), ("etag", "\"a\"")],
             "body",
@@ -745,17 +698,17 @@ async fn a_304_never_stores_a_cookie_for_others() {
     );
     c.get(&[]).await;
     c.clock.advance(Duration::from_secs(2));
-    c.origin.set(
+    c.origin.answer(reply(
         304,
         &[("etag", "\"a\""), ("set-cookie", "session=alice")],
         "",
-    );
+    ));
     let first = c.get(&[]).await;
     assert_eq!(
         first.headers["set-cookie"], "session=alice",
         "for this client"
     );
-    c.origin.set(304, &[("etag", "\"a\"")], "");
+    c.origin.answer(reply(304, &[("etag", "\"a\"")], ""));
     let second = c.get(&[]).await;
     assert!(
         second.headers.get("set-cookie").is_none(),
@@ -770,7 +723,7 @@ async fn a_range_with_if_range_gets_the_whole_body() {
     // corrupt its file, so it gets all of it.
     let c = cache(
         http(),
-        Origin::new(200, &[("cache-control", "max-age=100")], "0123456789"),
+        origin(200, &[("cache-control", "max-age=100")], "0123456789"),
     );
     c.get(&[]).await;
     let got = c
@@ -785,7 +738,7 @@ async fn the_origin_s_own_stale_windows_are_honoured() {
     // stale-while-revalidate: answered stale at once, refreshed in the background.
     let c = cache(
         http(),
-        Origin::new(
+        origin(
             200,
             &[("cache-control", "max-age=10, stale-while-revalidate=30")],
             "old",
@@ -793,22 +746,23 @@ async fn the_origin_s_own_stale_windows_are_honoured() {
     );
     c.get(&[]).await;
     c.clock.advance(Duration::from_secs(20));
-    c.origin.set(200, &[("cache-control", "max-age=10")], "new");
+    c.origin
+        .answer(reply(200, &[("cache-control", "max-age=10")], "new"));
     let got = c.get(&[]).await;
     assert_eq!(&got.body[..], b"old");
-    assert!(got.hit());
+    assert!(got.is_hit());
     crate::test_util::until("the refresh", || c.origin.calls() == 2).await;
     // stale-if-error: answered stale when the origin fails, inside the window only.
     let c = cache(
         http(),
-        Origin::new(
+        origin(
             200,
             &[("cache-control", "max-age=10, stale-if-error=30")],
             "old",
         ),
     );
     c.get(&[]).await;
-    c.origin.set(500, &[], "down");
+    c.origin.answer(reply(500, &[], "down"));
     c.clock.advance(Duration::from_secs(20));
     assert_eq!(&c.get(&[]).await.body[..], b"old");
     c.clock.advance(Duration::from_secs(30));
@@ -849,8 +803,8 @@ async fn variants_are_found_through_a_shared_store_too() {
     };
     c.get(&[("accept-language", "en")]).await;
     c.get(&[("accept-language", "fr")]).await;
-    assert!(c.get(&[("accept-language", "en")]).await.hit());
-    assert!(c.get(&[("accept-language", "fr")]).await.hit());
+    assert!(c.get(&[("accept-language", "en")]).await.is_hit());
+    assert!(c.get(&[("accept-language", "fr")]).await.is_hit());
     assert_eq!(c.origin.calls(), 2);
 }
 
@@ -858,7 +812,7 @@ async fn variants_are_found_through_a_shared_store_too() {
 async fn head_is_answered_from_the_get_entry_and_never_stores_an_empty_body() {
     let c = cache(
         http(),
-        Origin::new(200, &[("cache-control", "max-age=100")], "body"),
+        origin(200, &[("cache-control", "max-age=100")], "body"),
     );
     let head = || {
         Request::head("/r")
@@ -868,14 +822,14 @@ async fn head_is_answered_from_the_get_entry_and_never_stores_an_empty_body() {
     };
     // A HEAD miss: forwarded, nothing stored for GET.
     let got = c.send(head()).await;
-    assert!(!got.hit());
+    assert!(!got.is_hit());
     let get = c.get(&[]).await;
-    assert!(!get.hit());
+    assert!(!get.is_hit());
     assert_eq!(&get.body[..], b"body");
     assert_eq!(c.origin.calls(), 2);
     // Now HEAD is a hit on the GET entry, without a body.
     let got = c.send(head()).await;
-    assert!(got.hit());
+    assert!(got.is_hit());
     assert!(got.body.is_empty());
     assert_eq!(got.headers["cache-control"], "max-age=100");
     // HEAD ignores Range: the whole response's headers.
@@ -894,7 +848,7 @@ async fn head_is_answered_from_the_get_entry_and_never_stores_an_empty_body() {
 async fn futures_hits(c: &Cache, langs: &[&str]) -> Vec<bool> {
     let mut hits = Vec::new();
     for lang in langs {
-        hits.push(c.get(&[("accept-language", lang)]).await.hit());
+        hits.push(c.get(&[("accept-language", lang)]).await.is_hit());
     }
     hits
 }
@@ -904,7 +858,7 @@ async fn a_write_elsewhere_invalidates_the_cached_url_its_location_names() {
     // POST /orders has no cached route; its answer's Location names a cached item.
     let c = cache_with(
         Routes::new().get("/items/{id}", http()),
-        Origin::new(200, &[("cache-control", "max-age=100")], "item"),
+        origin(200, &[("cache-control", "max-age=100")], "item"),
     );
     let send = |method: &str, uri: &str| {
         Request::builder()
@@ -916,23 +870,24 @@ async fn a_write_elsewhere_invalidates_the_cached_url_its_location_names() {
     };
     c.send(send("GET", "/items/5")).await;
     c.send(send("GET", "/items/6")).await;
-    assert!(c.send(send("GET", "/items/5")).await.hit());
-    c.origin.set(201, &[("location", "/items/5")], "created");
+    assert!(c.send(send("GET", "/items/5")).await.is_hit());
+    c.origin
+        .answer(reply(201, &[("location", "/items/5")], "created"));
     c.send(send("POST", "/orders")).await;
     c.origin
-        .set(200, &[("cache-control", "max-age=100")], "item");
+        .answer(reply(200, &[("cache-control", "max-age=100")], "item"));
     assert!(
-        !c.send(send("GET", "/items/5")).await.hit(),
+        !c.send(send("GET", "/items/5")).await.is_hit(),
         "named by Location"
     );
-    assert!(c.send(send("GET", "/items/6")).await.hit(), "not named");
+    assert!(c.send(send("GET", "/items/6")).await.is_hit(), "not named");
 }
 
 #[tokio::test]
 async fn invalidating_a_url_drops_the_variants_its_first_answers_became() {
     let c = cache(
         http(),
-        Origin::new(
+        origin(
             200,
             &[
                 ("cache-control", "max-age=100"),
@@ -943,7 +898,7 @@ async fn invalidating_a_url_drops_the_variants_its_first_answers_became() {
     );
     // The first answer for the URL becomes a variant: it must still be tagged with the URL.
     c.get(&[("accept-encoding", "gzip")]).await;
-    assert!(c.get(&[("accept-encoding", "gzip")]).await.hit());
+    assert!(c.get(&[("accept-encoding", "gzip")]).await.is_hit());
     let probe = Request::get("/r")
         .header("host", "a.example")
         .body(())
@@ -953,7 +908,7 @@ async fn invalidating_a_url_drops_the_variants_its_first_answers_became() {
     c.clock.advance(Duration::from_secs(1));
     // Another variant writes a new record; the old variant must not come back with it.
     c.get(&[("accept-encoding", "br")]).await;
-    assert!(!c.get(&[("accept-encoding", "gzip")]).await.hit());
+    assert!(!c.get(&[("accept-encoding", "gzip")]).await.is_hit());
     assert_eq!(c.origin.calls(), 3);
 }
 
@@ -961,7 +916,7 @@ async fn invalidating_a_url_drops_the_variants_its_first_answers_became() {
 async fn one_host_written_several_ways_is_one_key_without_credentials() {
     let c = cache(
         http(),
-        Origin::new(200, &[("cache-control", "max-age=100")], "x"),
+        origin(200, &[("cache-control", "max-age=100")], "x"),
     );
     let key = |req: Request<()>| c.layer.key_for(&req).unwrap();
     let plain = key(Request::get("/r")

@@ -1,6 +1,7 @@
 //! Invalidation rules, write-through and purge, on the memory store: what clients get and how
 //! often the handler runs.
 
+use crate::test_util::{send, Counter};
 use crate::{CacheHint, CacheLayer, Invalidate, InvalidateLayer, Policy, Routes, Rules, Stash};
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -8,29 +9,27 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Router};
 use http::Request;
-use http_body_util::BodyExt;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Default)]
 struct Db {
     users: Arc<Mutex<HashMap<String, String>>>,
-    reads: Arc<AtomicUsize>,
+    reads: Counter,
 }
 
 impl Db {
     fn reads(&self) -> usize {
-        self.reads.load(Ordering::SeqCst)
+        self.reads.calls()
     }
 }
 
 async fn get_user(State(db): State<Db>, Path(id): Path<String>) -> (StatusCode, String) {
-    db.reads.fetch_add(1, Ordering::SeqCst);
+    db.reads.enter().await;
     match db.users.lock().unwrap().get(&id) {
         Some(name) => (StatusCode::OK, format!("user {id}: {name}")),
         None => (StatusCode::NOT_FOUND, "no such user".into()),
@@ -97,17 +96,6 @@ fn app(stash: &Stash, db: &Db) -> Router {
         )
 }
 
-async fn send(app: &Router, req: Request<Body>) -> (StatusCode, String, String) {
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let cache = resp
-        .headers()
-        .get("cache-status")
-        .map_or(String::new(), |v| v.to_str().unwrap().to_string());
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap(), cache)
-}
-
 fn get_req(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).unwrap()
 }
@@ -123,17 +111,20 @@ async fn write_through_then_get_is_a_hit_with_the_new_data() {
     let (stash, db) = (Stash::new(), Db::default());
     let app = app(&stash, &db);
     db.users.lock().unwrap().insert("1".into(), "alice".into());
-    assert_eq!(send(&app, get_req("/users/1")).await.1, "user 1: alice");
+    assert_eq!(
+        send(app.clone(), get_req("/users/1")).await.text(),
+        "user 1: alice"
+    );
     assert_eq!(db.reads(), 1);
-    let (status, body, _) = send(&app, put_req("/users/1", "alicia")).await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "user 1: alicia"));
-    let (status, body, cache) = send(&app, get_req("/users/1")).await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "user 1: alicia"));
-    assert_eq!(cache, "tower-stash; hit");
+    let put = send(app.clone(), put_req("/users/1", "alicia")).await;
+    assert_eq!((put.status, put.text()), (StatusCode::OK, "user 1: alicia"));
+    let got = send(app.clone(), get_req("/users/1")).await;
+    assert_eq!((got.status, got.text()), (StatusCode::OK, "user 1: alicia"));
+    assert_eq!(got.cache_status(), "tower-stash; hit");
     assert_eq!(db.reads(), 1, "no extra handler call");
     // The written entry carries the GET route's tag.
     stash.invalidate_tag("users").await.unwrap();
-    send(&app, get_req("/users/1")).await;
+    send(app.clone(), get_req("/users/1")).await;
     assert_eq!(db.reads(), 2);
 }
 
@@ -142,14 +133,18 @@ async fn a_failing_write_leaves_the_key_gone() {
     let (stash, db) = (Stash::new(), Db::default());
     let app = app(&stash, &db);
     db.users.lock().unwrap().insert("1".into(), "alice".into());
-    send(&app, get_req("/users/1")).await;
-    assert_eq!(send(&app, get_req("/users/1")).await.2, "tower-stash; hit");
-    let (status, _, _) = send(&app, put_req("/users/1?fail=1", "mallory")).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    send(app.clone(), get_req("/users/1")).await;
+    assert_eq!(
+        send(app.clone(), get_req("/users/1")).await.cache_status(),
+        "tower-stash; hit"
+    );
+    let put = send(app.clone(), put_req("/users/1?fail=1", "mallory")).await;
+    assert_eq!(put.status, StatusCode::SERVICE_UNAVAILABLE);
     // The old entry is gone: the next GET asks the database (and sees what it holds).
-    let (_, body, cache) = send(&app, get_req("/users/1")).await;
+    let got = send(app.clone(), get_req("/users/1")).await;
+    let cache = got.cache_status();
     assert!(cache.starts_with("tower-stash; fwd=miss"), "{cache}");
-    assert_eq!(body, "user 1: mallory");
+    assert_eq!(got.text(), "user 1: mallory");
     assert_eq!(db.reads(), 2);
 }
 
@@ -158,17 +153,20 @@ async fn invalidating_a_tag_drops_exactly_its_entries() {
     let (stash, db) = (Stash::new(), Db::default());
     let app = app(&stash, &db);
     for id in ["a1", "a2", "b1", "b2"] {
-        send(&app, get_req(&format!("/products/{id}"))).await;
+        send(app.clone(), get_req(&format!("/products/{id}"))).await;
     }
     for id in ["a1", "a2", "b1", "b2"] {
         assert_eq!(
-            send(&app, get_req(&format!("/products/{id}"))).await.2,
+            send(app.clone(), get_req(&format!("/products/{id}")))
+                .await
+                .cache_status(),
             "tower-stash; hit"
         );
     }
     stash.invalidate_tag("apple").await.unwrap();
     for (id, hit) in [("a1", false), ("a2", false), ("b1", true), ("b2", true)] {
-        let cache = send(&app, get_req(&format!("/products/{id}"))).await.2;
+        let got = send(app.clone(), get_req(&format!("/products/{id}"))).await;
+        let cache = got.cache_status();
         assert_eq!(cache == "tower-stash; hit", hit, "{id}: {cache}");
     }
 }
@@ -178,7 +176,7 @@ async fn purge_needs_authorisation_and_names_what_it_purges() {
     let (stash, db) = (Stash::new(), Db::default());
     let app = app(&stash, &db);
     db.users.lock().unwrap().insert("1".into(), "alice".into());
-    send(&app, get_req("/users/1")).await;
+    send(app.clone(), get_req("/users/1")).await;
     let purge = |auth: Option<&str>, key: Option<&str>| {
         let mut b = Request::builder().method("PURGE").uri("/users/1");
         if let Some(a) = auth {
@@ -190,33 +188,35 @@ async fn purge_needs_authorisation_and_names_what_it_purges() {
         b.body(Body::empty()).unwrap()
     };
     assert_eq!(
-        send(&app, purge(None, Some("user:1"))).await.0,
+        send(app.clone(), purge(None, Some("user:1"))).await.status,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        send(&app, purge(Some("Bearer nope"), Some("user:1")))
+        send(app.clone(), purge(Some("Bearer nope"), Some("user:1")))
             .await
-            .0,
+            .status,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        send(&app, get_req("/users/1")).await.2,
+        send(app.clone(), get_req("/users/1")).await.cache_status(),
         "tower-stash; hit",
         "nothing changed"
     );
     assert_eq!(
-        send(&app, purge(Some("Bearer ops"), None)).await.0,
+        send(app.clone(), purge(Some("Bearer ops"), None))
+            .await
+            .status,
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
-        send(&app, purge(Some("Bearer ops"), Some("user:1")))
+        send(app.clone(), purge(Some("Bearer ops"), Some("user:1")))
             .await
-            .0,
+            .status,
         StatusCode::OK
     );
-    assert!(send(&app, get_req("/users/1"))
+    assert!(send(app.clone(), get_req("/users/1"))
         .await
-        .2
+        .cache_status()
         .starts_with("tower-stash; fwd=miss"));
 }
 
@@ -305,33 +305,33 @@ async fn overlapping_write_throughs_invalidate_instead_of_storing_the_last_to_fi
             .clone()
     };
     db.users.lock().unwrap().insert("1".into(), "old".into());
-    send(&app, get_req("/users/1")).await;
+    send(app.clone(), get_req("/users/1")).await;
     // `first` commits first, `second` after it (the database holds `second`), but `first`
     // answers last.
     let spawn_put = |name: &'static str| {
         let app = app.clone();
-        tokio::spawn(async move { send(&app, put_req("/users/1", name)).await })
+        tokio::spawn(async move { send(app.clone(), put_req("/users/1", name)).await })
     };
     let first = spawn_put("first");
     committed(&db, "first").await;
     let second = spawn_put("second");
     committed(&db, "second").await;
     gate("second").notify_one();
-    assert_eq!(second.await.unwrap().1, "user 1: second");
+    assert_eq!(second.await.unwrap().text(), "user 1: second");
     gate("first").notify_one();
-    assert_eq!(first.await.unwrap().1, "user 1: first");
+    assert_eq!(first.await.unwrap().text(), "user 1: first");
     // Neither answer became the entry: the read asks the database.
     let reads = db.reads();
-    let (_, body, cache) = send(&app, get_req("/users/1")).await;
-    assert_eq!(body, "user 1: second", "{cache}");
+    let got = send(app.clone(), get_req("/users/1")).await;
+    assert_eq!(got.text(), "user 1: second", "{}", got.cache_status());
     assert_eq!(db.reads(), reads + 1);
 
     // A write alone still becomes the entry, with no read.
     gate("third").notify_one();
-    send(&app, put_req("/users/1", "third")).await;
-    let (_, body, cache) = send(&app, get_req("/users/1")).await;
+    send(app.clone(), put_req("/users/1", "third")).await;
+    let got = send(app.clone(), get_req("/users/1")).await;
     assert_eq!(
-        (body.as_str(), cache.as_str()),
+        (got.text(), got.cache_status()),
         ("user 1: third", "tower-stash; hit")
     );
     assert_eq!(db.reads(), reads + 1);
@@ -343,19 +343,22 @@ async fn a_write_dropped_before_it_answers_invalidates_its_key() {
     let gates = Arc::default();
     let app = gated_app(&stash, &db, &gates);
     db.users.lock().unwrap().insert("1".into(), "old".into());
-    send(&app, get_req("/users/1")).await;
-    assert_eq!(send(&app, get_req("/users/1")).await.2, "tower-stash; hit");
+    send(app.clone(), get_req("/users/1")).await;
+    assert_eq!(
+        send(app.clone(), get_req("/users/1")).await.cache_status(),
+        "tower-stash; hit"
+    );
     // The client goes away after the write committed, before the service answered.
     let write = {
         let app = app.clone();
-        tokio::spawn(async move { send(&app, put_req("/users/1", "new")).await })
+        tokio::spawn(async move { send(app.clone(), put_req("/users/1", "new")).await })
     };
     committed(&db, "new").await;
     write.abort();
     assert!(write.await.unwrap_err().is_cancelled());
     // The old entry goes (in the background, bounded), and the next read sees the database.
     tokio::time::timeout(Duration::from_secs(10), async {
-        while send(&app, get_req("/users/1")).await.1 != "user 1: new" {
+        while send(app.clone(), get_req("/users/1")).await.text() != "user 1: new" {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     })

@@ -1,6 +1,6 @@
 //! Single flight, checked on what each client gets and how often the handler runs.
 
-use crate::test_util::{until, within};
+use crate::test_util::{until, within, Counter, Got};
 use crate::{CacheLayer, Policy, Routes, SingleFlightLayer, Stash};
 use axum::body::Body;
 use axum::routing::get;
@@ -12,66 +12,12 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-#[derive(Debug)]
-struct Got {
-    status: StatusCode,
-    cache_status: String,
-    body: Bytes,
-    trailers: Option<http::HeaderMap>,
-}
-
-async fn got(
-    resp: Response<impl http_body::Body<Data = Bytes, Error = impl std::fmt::Debug>>,
-) -> Got {
-    let (parts, body) = resp.into_parts();
-    let collected = body.collect().await.unwrap();
-    Got {
-        status: parts.status,
-        cache_status: parts
-            .headers
-            .get("cache-status")
-            .map_or(String::new(), |v| v.to_str().unwrap().to_string()),
-        trailers: collected.trailers().cloned(),
-        body: collected.to_bytes(),
-    }
-}
-
 fn req(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).unwrap()
-}
-
-/// A handler that counts its calls; each call first takes a permit of `gate` (none until the
-/// test adds them), so the test decides when the leader answers.
-#[derive(Clone)]
-struct Gated {
-    calls: Arc<AtomicUsize>,
-    gate: Arc<Semaphore>,
-}
-
-impl Gated {
-    fn new() -> Self {
-        Self {
-            calls: Arc::default(),
-            gate: Arc::new(Semaphore::new(0)),
-        }
-    }
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-    fn open(&self) {
-        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
-    }
-    /// Counts the call, waits for the gate, and returns the call's number.
-    async fn enter(&self) -> usize {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        self.gate.acquire().await.unwrap().forget();
-        n
-    }
 }
 
 fn cached(stash: &Stash, sf: SingleFlightLayer, app: Router) -> Router {
@@ -87,7 +33,7 @@ fn cached(stash: &Stash, sf: SingleFlightLayer, app: Router) -> Router {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_cold_requests_make_one_call_and_get_the_same_body() {
-    let calls = Arc::new(AtomicUsize::new(0));
+    let calls = Counter::default();
     let c = calls.clone();
     let stash = Stash::new();
     let sf = SingleFlightLayer::new(stash.clone());
@@ -97,8 +43,9 @@ async fn a_thousand_cold_requests_make_one_call_and_get_the_same_body() {
         Router::new().route(
             "/items/{id}",
             get(move || {
-                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                let c = c.clone();
                 async move {
+                    let n = c.enter().await;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     format!("item from call {n}")
                 }
@@ -108,7 +55,9 @@ async fn a_thousand_cold_requests_make_one_call_and_get_the_same_body() {
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
             let app = app.clone();
-            tokio::spawn(async move { got(app.oneshot(req("/items/1")).await.unwrap()).await })
+            tokio::spawn(
+                async move { Got::read(app.oneshot(req("/items/1")).await.unwrap()).await },
+            )
         })
         .collect();
     let mut statuses = std::collections::BTreeMap::new();
@@ -116,9 +65,9 @@ async fn a_thousand_cold_requests_make_one_call_and_get_the_same_body() {
         let g = within("a response", t).await.unwrap();
         assert_eq!(g.status, StatusCode::OK);
         assert_eq!(g.body, "item from call 1");
-        *statuses.entry(g.cache_status).or_insert(0) += 1;
+        *statuses.entry(g.cache_status().to_owned()).or_insert(0) += 1;
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "{statuses:?}");
+    assert_eq!(calls.calls(), 1, "{statuses:?}");
     assert_eq!(statuses.get("tower-stash; fwd=miss; stored"), Some(&1));
     let stats = stash.stats();
     assert_eq!(stats.collapsed + stats.hits, 999, "{statuses:?}");
@@ -128,45 +77,40 @@ async fn a_thousand_cold_requests_make_one_call_and_get_the_same_body() {
 
 /// A router behind single flight alone (no cache), on a gated handler that answers with a
 /// body and trailers.
-fn standalone(h: &Gated) -> (SingleFlightLayer, Router) {
+fn standalone(h: &Counter) -> (SingleFlightLayer, Router) {
     let sf = SingleFlightLayer::new(Stash::new())
         .routes(Routes::new().get("/items/{id}", Policy::ttl(HOUR)));
     (sf.clone(), standalone_with(h, sf))
 }
 
-fn standalone_with(h: &Gated, sf: SingleFlightLayer) -> Router {
+fn standalone_with(h: &Counter, sf: SingleFlightLayer) -> Router {
     gated(h).layer(sf)
 }
 
 /// The gated handler's router: each call answers `call N` with an `x-checksum: N` trailer.
-fn gated(h: &Gated) -> Router {
-    let h2 = h.clone();
+fn gated(h: &Counter) -> Router {
     Router::new().route(
         "/items/{id}",
-        get(move || {
-            let h = h2.clone();
-            async move {
-                let n = h.enter().await;
-                let mut trailers = http::HeaderMap::new();
-                trailers.insert("x-checksum", n.to_string().parse().unwrap());
-                let frames = futures_util::stream::iter([
-                    Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(format!("call {n}")))),
-                    Ok(http_body::Frame::trailers(trailers)),
-                ]);
-                Response::new(Body::new(http_body_util::StreamBody::new(frames)))
-            }
+        h.get(|n| {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-checksum", n.to_string().parse().unwrap());
+            let frames = futures_util::stream::iter([
+                Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(format!("call {n}")))),
+                Ok(http_body::Frame::trailers(trailers)),
+            ]);
+            Response::new(Body::new(http_body_util::StreamBody::new(frames)))
         }),
     )
 }
 
 fn spawn_get(app: &Router, uri: &'static str) -> tokio::task::JoinHandle<Got> {
     let app = app.clone();
-    tokio::spawn(async move { got(app.oneshot(req(uri)).await.unwrap()).await })
+    tokio::spawn(async move { Got::read(app.oneshot(req(uri)).await.unwrap()).await })
 }
 
 #[tokio::test]
 async fn alone_it_deduplicates_requests_in_flight_with_body_and_trailers() {
-    let h = Gated::new();
+    let h = Counter::closed();
     let (sf, app) = standalone(&h);
     let tasks: Vec<_> = (0..10).map(|_| spawn_get(&app, "/items/1")).collect();
     until("nine waiters", || sf.waiting() == 9).await;
@@ -183,14 +127,16 @@ async fn alone_it_deduplicates_requests_in_flight_with_body_and_trailers() {
     assert_eq!(sf.in_flight(), 0);
     // No cache: once the flight is over, the next request calls again.
     assert_eq!(
-        got(app.oneshot(req("/items/1")).await.unwrap()).await.body,
+        Got::read(app.oneshot(req("/items/1")).await.unwrap())
+            .await
+            .body,
         "call 3"
     );
 }
 
 /// A flight on a gated handler with its leader in the handler, whose waiters wait as long as
 /// it takes.
-async fn waiting_line(h: &Gated) -> (SingleFlightLayer, Router, tokio::task::JoinHandle<Got>) {
+async fn waiting_line(h: &Counter) -> (SingleFlightLayer, Router, tokio::task::JoinHandle<Got>) {
     let sf = SingleFlightLayer::new(Stash::new())
         .routes(Routes::new().get("/items/{id}", Policy::ttl(HOUR)))
         .max_wait(HOUR);
@@ -208,7 +154,7 @@ fn spawn_in_line(
 ) -> tokio::task::JoinHandle<Got> {
     let (app, answered) = (app.clone(), answered.clone());
     tokio::spawn(async move {
-        let g = got(app.oneshot(req("/items/1")).await.unwrap()).await;
+        let g = Got::read(app.oneshot(req("/items/1")).await.unwrap()).await;
         answered.lock().unwrap().push(i);
         g
     })
@@ -219,7 +165,7 @@ fn spawn_in_line(
 /// next, even when it is dropped instead of taking its copy.
 #[tokio::test]
 async fn waiters_are_answered_in_the_order_they_came() {
-    let h = Gated::new();
+    let h = Counter::closed();
     let (sf, app, leader) = waiting_line(&h).await;
     // The first waiters: futures this test polls once. Once the flight is over, the first 32
     // (those the flight wakes) are dropped without taking their copies, and the others take
@@ -247,7 +193,9 @@ async fn waiters_are_answered_in_the_order_they_came() {
     assert_eq!(within("the leader", leader).await.unwrap().body, "call 1");
     for fut in held.drain(32..) {
         assert_eq!(
-            got(within("a held waiter", fut).await.unwrap()).await.body,
+            Got::read(within("a held waiter", fut).await.unwrap())
+                .await
+                .body,
             "call 1"
         );
     }
@@ -266,7 +214,7 @@ async fn waiters_are_answered_in_the_order_they_came() {
 /// in the line (woken all at once, the first to come were often answered last).
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn on_a_worker_thread_the_first_waiters_are_answered_first() {
-    let h = Gated::new();
+    let h = Counter::closed();
     let (sf, app, leader) = waiting_line(&h).await;
     let answered = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut waiters = Vec::new();
@@ -296,14 +244,14 @@ async fn on_a_worker_thread_the_first_waiters_are_answered_first() {
 /// still leaves the flight to it, and a newcomer waits on it rather than call a second time.
 #[tokio::test]
 async fn a_hand_over_before_a_waiter_is_polled_keeps_the_flight_for_it() {
-    let h = Gated::new();
+    let h = Counter::closed();
     let sf = SingleFlightLayer::new(Stash::new())
         .routes(Routes::new().get("/items/{id}", Policy::ttl(HOUR)))
         .max_wait(HOUR);
     let mut svc = tower::Layer::layer(&sf, gated(&h));
     let call = |svc: &mut crate::SingleFlightService<Router>| {
         let fut = svc.call(req("/items/1"));
-        tokio::spawn(async move { got(fut.await.unwrap()).await })
+        tokio::spawn(async move { Got::read(fut.await.unwrap()).await })
     };
     ServiceExt::<Request<Body>>::ready(&mut svc).await.unwrap();
     let leader = call(&mut svc);
@@ -312,7 +260,7 @@ async fn a_hand_over_before_a_waiter_is_polled_keeps_the_flight_for_it() {
     assert_eq!(sf.waiting(), 1);
     leader.abort();
     assert!(within("the leader gone", leader).await.is_err());
-    let taker = tokio::spawn(async move { got(unpolled.await.unwrap()).await });
+    let taker = tokio::spawn(async move { Got::read(unpolled.await.unwrap()).await });
     until("the waiter leading", || h.calls() == 2).await;
     let newcomer = call(&mut svc);
     until("the newcomer waiting", || sf.waiting() == 1).await;
@@ -331,7 +279,7 @@ async fn a_hand_over_before_a_waiter_is_polled_keeps_the_flight_for_it() {
 
 #[tokio::test]
 async fn a_cancelled_leader_hands_over_to_one_waiter() {
-    let h = Gated::new();
+    let h = Counter::closed();
     let (sf, app) = standalone(&h);
     let leader = spawn_get(&app, "/items/1");
     until("the leader in the handler", || h.calls() == 1).await;
@@ -350,46 +298,36 @@ async fn a_cancelled_leader_hands_over_to_one_waiter() {
 
 #[tokio::test]
 async fn a_panicking_leader_hands_over_and_the_map_drains() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(Semaphore::new(0));
-    let (c, g) = (calls.clone(), gate.clone());
+    let h = Counter::closed();
     let sf =
         SingleFlightLayer::new(Stash::new()).routes(Routes::new().get("/p", Policy::ttl(HOUR)));
     let app = Router::new()
         .route(
             "/p",
-            get(move || {
-                let (c, g) = (c.clone(), g.clone());
-                async move {
-                    let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-                    g.acquire().await.unwrap().forget();
-                    if n == 1 {
-                        panic!("the leader's handler panics");
-                    }
-                    format!("call {n}")
+            h.get(|n| {
+                if n == 1 {
+                    panic!("the leader's handler panics");
                 }
+                format!("call {n}")
             }),
         )
         .layer(sf.clone());
     let leader = spawn_get(&app, "/p");
-    until("the leader in the handler", || {
-        calls.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    until("the leader in the handler", || h.calls() == 1).await;
     let waiters: Vec<_> = (0..5).map(|_| spawn_get(&app, "/p")).collect();
     until("five waiters", || sf.waiting() == 5).await;
-    gate.add_permits(100);
+    h.open();
     assert!(within("the leader", leader).await.unwrap_err().is_panic());
     for w in waiters {
         assert_eq!(within("a waiter", w).await.unwrap().body, "call 2");
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(h.calls(), 2);
     assert_eq!(sf.in_flight(), 0);
 }
 
 /// A service that fails its first call (after a gate) and answers the others.
 #[derive(Clone)]
-struct FailsFirst(Gated);
+struct FailsFirst(Counter);
 
 impl Service<Request<Body>> for FailsFirst {
     type Response = Response<Body>;
@@ -418,7 +356,7 @@ impl Service<Request<Body>> for FailsFirst {
 
 #[tokio::test]
 async fn a_service_error_hands_over_and_a_500_is_shared() {
-    let h = Gated::new();
+    let h = Counter::closed();
     let sf =
         SingleFlightLayer::new(Stash::new()).routes(Routes::new().get("/e", Policy::ttl(HOUR)));
     let svc = ServiceBuilder::new()
@@ -430,7 +368,7 @@ async fn a_service_error_hands_over_and_a_500_is_shared() {
         // get their copy when its body ends.
         tokio::spawn(async move {
             match svc.oneshot(req("/e")).await {
-                Ok(resp) => Ok(got(resp).await),
+                Ok(resp) => Ok(Got::read(resp).await),
                 Err(e) => Err(e),
             }
         })
@@ -450,27 +388,18 @@ async fn a_service_error_hands_over_and_a_500_is_shared() {
     assert_eq!(sf.in_flight(), 0);
 
     // A 500 is an answer: the waiters get it at once, with no second call.
-    let calls = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(Semaphore::new(0));
-    let (c, g) = (calls.clone(), gate.clone());
+    let h = Counter::closed();
     let sf =
         SingleFlightLayer::new(Stash::new()).routes(Routes::new().get("/f", Policy::ttl(HOUR)));
     let app = Router::new()
         .route(
             "/f",
-            get(move || {
-                let (c, g) = (c.clone(), g.clone());
-                async move {
-                    c.fetch_add(1, Ordering::SeqCst);
-                    g.acquire().await.unwrap().forget();
-                    (StatusCode::INTERNAL_SERVER_ERROR, "database down")
-                }
-            }),
+            h.get(|_| (StatusCode::INTERNAL_SERVER_ERROR, "database down")),
         )
         .layer(sf.clone());
     let all: Vec<_> = (0..5).map(|_| spawn_get(&app, "/f")).collect();
     until("four waiters", || sf.waiting() == 4).await;
-    gate.add_permits(100);
+    h.open();
     for t in all {
         let g = within("a response", t).await.unwrap();
         assert_eq!(
@@ -478,26 +407,19 @@ async fn a_service_error_hands_over_and_a_500_is_shared() {
             (StatusCode::INTERNAL_SERVER_ERROR, &b"database down"[..])
         );
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(h.calls(), 1);
     assert_eq!(sf.in_flight(), 0);
 }
 
 #[tokio::test]
 async fn past_the_waiter_cap_requests_go_alone_and_are_not_stored() {
-    let h = Gated::new();
+    let h = Counter::closed();
     let stash = Stash::new();
     let sf = SingleFlightLayer::new(stash.clone()).max_waiters(2);
-    let h2 = h.clone();
     let app = cached(
         &stash,
         sf.clone(),
-        Router::new().route(
-            "/items/{id}",
-            get(move || {
-                let h = h2.clone();
-                async move { format!("call {}", h.enter().await) }
-            }),
-        ),
+        Router::new().route("/items/{id}", h.get(|n| format!("call {n}"))),
     );
     let leader = spawn_get(&app, "/items/1");
     until("the leader", || h.calls() == 1).await;
@@ -507,19 +429,19 @@ async fn past_the_waiter_cap_requests_go_alone_and_are_not_stored() {
     until("two alone", || h.calls() == 3).await;
     h.open();
     assert_eq!(
-        within("leader", leader).await.unwrap().cache_status,
+        within("leader", leader).await.unwrap().cache_status(),
         "tower-stash; fwd=miss; stored"
     );
     for w in waiters {
         let g = within("waiter", w).await.unwrap();
         assert_eq!(
-            (g.body, g.cache_status.as_str()),
-            (Bytes::from("call 1"), "tower-stash; fwd=miss; collapsed")
+            (g.text(), g.cache_status()),
+            ("call 1", "tower-stash; fwd=miss; collapsed")
         );
     }
     for a in alone {
         let g = within("alone", a).await.unwrap();
-        assert_eq!(g.cache_status, "tower-stash; fwd=miss");
+        assert_eq!(g.cache_status(), "tower-stash; fwd=miss");
     }
     within("the store", async {
         while stash.stats().stores < 1 {
@@ -534,20 +456,13 @@ async fn past_the_waiter_cap_requests_go_alone_and_are_not_stored() {
 
 #[tokio::test(start_paused = true)]
 async fn past_the_wait_bound_requests_go_alone() {
-    let h = Gated::new();
+    let h = Counter::closed();
     let (_, app) = standalone(&h);
     let sf = SingleFlightLayer::new(Stash::new())
         .routes(Routes::new().get("/items/{id}", Policy::ttl(HOUR)))
         .max_wait(Duration::from_millis(50));
-    let h2 = h.clone();
     let app2 = Router::new()
-        .route(
-            "/items/{id}",
-            get(move || {
-                let h = h2.clone();
-                async move { format!("call {}", h.enter().await) }
-            }),
-        )
+        .route("/items/{id}", h.get(|n| format!("call {n}")))
         .layer(sf.clone());
     drop(app);
     let leader = spawn_get(&app2, "/items/1");
@@ -563,22 +478,17 @@ async fn past_the_wait_bound_requests_go_alone() {
 
 #[tokio::test]
 async fn responses_for_one_client_are_not_shared_and_head_is_not_coalesced() {
-    let h = Gated::new();
+    let h = Counter::closed();
     let sf =
         SingleFlightLayer::new(Stash::new()).routes(Routes::new().get("/s", Policy::ttl(HOUR)));
-    let h2 = h.clone();
     let app = Router::new()
         .route(
             "/s",
-            get(move || {
-                let h = h2.clone();
-                async move {
-                    let n = h.enter().await;
-                    (
-                        [("set-cookie", format!("session={n}"))],
-                        format!("call {n}"),
-                    )
-                }
+            h.get(|n| {
+                (
+                    [("set-cookie", format!("session={n}"))],
+                    format!("call {n}"),
+                )
             }),
         )
         .layer(sf.clone());
@@ -594,16 +504,17 @@ async fn responses_for_one_client_are_not_shared_and_head_is_not_coalesced() {
     assert_eq!(h.calls(), 3);
 
     // HEAD goes straight through, even while a GET of the same key is in flight.
-    let h = Gated::new();
+    let h = Counter::closed();
     let (sf, app) = standalone(&h);
     let get1 = spawn_get(&app, "/items/1");
     until("the GET leader", || h.calls() == 1).await;
     let app2 = app.clone();
     let head = tokio::spawn(async move {
-        got(app2
-            .oneshot(Request::head("/items/1").body(Body::empty()).unwrap())
-            .await
-            .unwrap())
+        Got::read(
+            app2.oneshot(Request::head("/items/1").body(Body::empty()).unwrap())
+                .await
+                .unwrap(),
+        )
         .await
     });
     until("the HEAD's own call", || h.calls() == 2).await;
@@ -615,7 +526,7 @@ async fn responses_for_one_client_are_not_shared_and_head_is_not_coalesced() {
 
 #[tokio::test]
 async fn a_leader_and_its_waiters_cancelled_together_leave_the_map_empty() {
-    let h = Gated::new();
+    let h = Counter::closed();
     let (sf, app) = standalone(&h);
     let leader = spawn_get(&app, "/items/1");
     until("the leader in the handler", || h.calls() == 1).await;
@@ -638,20 +549,13 @@ async fn a_leader_and_its_waiters_cancelled_together_leave_the_map_empty() {
 
 #[tokio::test]
 async fn a_response_that_varies_on_an_unkeyed_header_is_not_shared() {
-    let h = Gated::new();
+    let h = Counter::closed();
     let sf =
         SingleFlightLayer::new(Stash::new()).routes(Routes::new().get("/v", Policy::ttl(HOUR)));
-    let h2 = h.clone();
     let app = Router::new()
         .route(
             "/v",
-            get(move || {
-                let h = h2.clone();
-                async move {
-                    let n = h.enter().await;
-                    ([("vary", "accept-encoding")], format!("call {n}"))
-                }
-            }),
+            h.get(|n| ([("vary", "accept-encoding")], format!("call {n}"))),
         )
         .layer(sf.clone());
     let all: Vec<_> = (0..3).map(|_| spawn_get(&app, "/v")).collect();
@@ -729,24 +633,17 @@ async fn after_three_failed_leaders_the_waiters_stop_queueing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_after_an_invalidation_never_gets_a_call_that_began_before_it() {
-    let gated = Gated::new();
-    let g = gated.clone();
+    let gated = Counter::closed();
     let stash = Stash::new();
     let sf = SingleFlightLayer::new(stash.clone());
     let app = cached(
         &stash,
         sf.clone(),
-        Router::new().route(
-            "/items/{id}",
-            get(move || {
-                let g = g.clone();
-                async move { format!("item from call {}", g.enter().await) }
-            }),
-        ),
+        Router::new().route("/items/{id}", gated.get(|n| format!("item from call {n}"))),
     );
     let spawn = |app: &Router| {
         let app = app.clone();
-        tokio::spawn(async move { got(app.oneshot(req("/items/1")).await.unwrap()).await })
+        tokio::spawn(async move { Got::read(app.oneshot(req("/items/1")).await.unwrap()).await })
     };
     // A call in flight, and a request waiting on it.
     let before = spawn(&app);
@@ -769,12 +666,12 @@ async fn a_request_after_an_invalidation_never_gets_a_call_that_began_before_it(
         waiting.body, "item from call 1",
         "it came before the invalidation"
     );
-    assert_eq!(after.body, "item from call 2", "{}", after.cache_status);
+    assert_eq!(after.body, "item from call 2", "{}", after.cache_status());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_flight_serves_newcomers_until_the_leader_s_body_is_dropped() {
-    let h = Gated::new();
+    let h = Counter::closed();
     let (_sf, app) = standalone(&h);
     h.open();
     // The leader's whole body is read, but the body is not dropped yet: a cache above would
@@ -784,11 +681,11 @@ async fn a_finished_flight_serves_newcomers_until_the_leader_s_body_is_dropped()
     while let Some(frame) = body.frame().await {
         frame.unwrap();
     }
-    let late = got(app.clone().oneshot(req("/items/1")).await.unwrap()).await;
+    let late = Got::read(app.clone().oneshot(req("/items/1")).await.unwrap()).await;
     assert_eq!(late.body, "call 1");
     assert_eq!(h.calls(), 1);
     // Once dropped, the flight ends: the next request calls the service.
     drop(body);
-    let next = got(app.clone().oneshot(req("/items/1")).await.unwrap()).await;
+    let next = Got::read(app.clone().oneshot(req("/items/1")).await.unwrap()).await;
     assert_eq!(next.body, "call 2");
 }
