@@ -25,8 +25,10 @@
 //! # }
 //! ```
 
+pub(crate) mod bus;
 mod memory;
 
+pub use bus::BusEvent;
 pub use memory::MemoryStore;
 
 use crate::Entry;
@@ -279,17 +281,6 @@ impl WriteTicket {
     pub fn alone(&self) -> bool {
         self.alone && self.id != 0
     }
-}
-
-/// What a store's bus delivers to a subscriber: see [`Store::subscribe`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum BusEvent {
-    /// A message another instance (or this one) published.
-    Message(Bytes),
-    /// Messages may have been missed: the subscription was lost and is back, or it was found
-    /// silent (a connection that stopped answering without closing) and is being replaced.
-    Lost,
 }
 
 /// Whether a store is being used: see [`Store::health`].

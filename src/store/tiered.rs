@@ -74,7 +74,7 @@ impl<S: Store> TieredStore<S> {
         let (memory, shared) = (l1.clone(), l2.clone());
         let sink: Arc<dyn Fn(BusEvent) + Send + Sync> = Arc::new(move |event| {
             // The publisher waits (briefly) until every subscriber has applied it.
-            if let Some(id) = crate::stash::apply_to_l1(&memory, event) {
+            if let Some(id) = super::bus::apply_to_l1(&memory, event) {
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     rt.spawn(shared.acknowledge(id.into()));
                 }
