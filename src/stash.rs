@@ -307,7 +307,11 @@ impl Stash {
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;
         let usage = self.usage();
-        let report = self.inner.store.health_report();
+        let report = self
+            .inner
+            .store
+            .health_check()
+            .and_then(|h| h.health_report());
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Stats {
             hits: get(&c.hits),
@@ -386,11 +390,11 @@ impl Stash {
     /// A store that fails leaves the write untracked: it ends as an invalidation.
     pub(crate) async fn begin_write(&self, key: &str) -> WriteTicket {
         let stored = self.stored_key(&format!("{}{key}", self.inner.prefix));
-        match self
-            .store()
-            .begin_write(stored, self.inner.tombstone_ttl)
-            .await
-        {
+        let begin = match self.store().writes() {
+            Some(writes) => writes.begin_write(stored, self.inner.tombstone_ttl),
+            None => return WriteTicket::untracked(),
+        };
+        match begin.await {
             Ok(ticket) => ticket,
             Err(e) => {
                 self.counters().store_error();
@@ -404,7 +408,13 @@ impl Stash {
     /// invalidated, as the data may or may not have changed.
     pub(crate) async fn abandon_write(&self, key: &str, ticket: WriteTicket) {
         let stored = self.stored_key(&format!("{}{key}", self.inner.prefix));
-        let _ = self.store().end_write(stored, ticket, None).await;
+        if let Some(end) = self
+            .store()
+            .writes()
+            .map(|w| w.end_write(stored, ticket, None))
+        {
+            let _ = end.await;
+        }
         let _ = self.invalidate(Invalidation::Key(key.into())).await;
     }
 
@@ -455,16 +465,18 @@ impl Stash {
         let store = self.store();
         let id = new_message_id();
         let result = async {
-            let stored_it = store
-                .end_write(stored.as_str().into(), ticket, Some((Arc::new(entry), ttl)))
-                .await?;
-            if !stored_it {
+            let Some(writes) = store.writes() else {
+                return Ok(false);
+            };
+            let end =
+                writes.end_write(stored.as_str().into(), ticket, Some((Arc::new(entry), ttl)));
+            if !end.await? {
                 return Ok(false);
             }
             store
                 .invalidate_tag(ns.clone(), family.clone(), older, keep)
                 .await?;
-            let sent = store
+            let sent = self
                 .publish(bus_message(
                     b'k',
                     older,
@@ -534,7 +546,7 @@ impl Stash {
                 bus_message(b't', at, keep, &id, &[&ns, tag])
             }
         };
-        let sent = match store.publish(message).await {
+        let sent = match self.publish(message).await {
             Ok(sent) => sent,
             Err(e) => {
                 self.publish_failed(&e);
@@ -543,6 +555,14 @@ impl Stash {
         };
         self.await_acks(&id, sent).await;
         Ok(())
+    }
+
+    /// Publishes `message` on the store's bus: how many subscribers got it (none without a bus).
+    async fn publish(&self, message: bytes::Bytes) -> Result<u64, StoreError> {
+        match self.store().bus() {
+            Some(bus) => bus.publish(message).await,
+            None => Ok(0),
+        }
     }
 
     /// Says once, at error level, that the store refuses the bus for lack of permission: a
@@ -565,11 +585,13 @@ impl Stash {
         if sent == 0 {
             return;
         }
-        let store = self.store();
+        let Some(bus) = self.store().bus() else {
+            return;
+        };
         let deadline = std::time::Instant::now() + ACK_WAIT;
         let mut pause = Duration::from_micros(200);
         loop {
-            match store.acknowledgements(id.into()).await {
+            match bus.acknowledgements(id.into()).await {
                 Ok(n) if n >= sent => return,
                 Ok(_) => {}
                 Err(_) => return,

@@ -9,10 +9,51 @@
 
 #[cfg(feature = "redis")]
 use super::MemoryStore;
+use super::StoreFuture;
 use bytes::Bytes;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// What a store's bus delivers to a subscriber: see [`Store::subscribe`](super::Store::subscribe).
+/// How the instances sharing a store tell each other what they invalidated (Redis pub/sub),
+/// so that each drops its memory copy. Offered through [`Store::bus`](super::Store::bus); a
+/// store without one is one no other instance shares.
+///
+/// The rule: a subscriber gets every message published by any instance (itself included)
+/// while it is subscribed, or hears [`BusEvent::Lost`] once it may have missed some.
+pub trait Bus: Send + Sync {
+    /// Sends `message` to every instance subscribed to this store, and says how many
+    /// subscribers got it.
+    fn publish(&self, message: Bytes) -> StoreFuture<u64>;
+
+    /// Calls `sink` with each message [published](Self::publish) by any instance, and with
+    /// [`BusEvent::Lost`] whenever messages may have been missed (the subscription dropped and
+    /// is back, or was found silent), until the sink is dropped. Returns whether it could
+    /// subscribe.
+    fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool;
+
+    /// Whether invalidations made by other instances reach this one now (the subscription is
+    /// up). While it is down, a memory tier may hold what another instance invalidated: the
+    /// cache serves session-scoped entries from the shared store only. The default is `true`.
+    fn live(&self) -> bool {
+        true
+    }
+
+    /// Records that this instance applied the message `id` (see
+    /// [`acknowledgements`](Self::acknowledgements)). The default records nothing.
+    fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
+        let _ = id;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// How many instances have applied the message `id` so far: the publisher waits (briefly)
+    /// for every subscriber. The default is 0: the publisher does not wait.
+    fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
+        let _ = id;
+        Box::pin(std::future::ready(Ok(0)))
+    }
+}
+
+/// What a store's bus delivers to a subscriber: see [`Bus::subscribe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BusEvent {

@@ -1,8 +1,8 @@
 //! [`Guarded`]: a per-call timeout, a circuit breaker and a background probe around any store.
 
 use super::{
-    BreakerState, BusEvent, Health, HealthReport, Store, StoreError, StoreFuture, StoreUsage,
-    WriteTicket,
+    BreakerState, Bus, BusEvent, Health, HealthCheck, HealthReport, Leases, Store, StoreError,
+    StoreFuture, StoreUsage, WriteTicket, Writes,
 };
 use crate::Entry;
 use bytes::Bytes;
@@ -46,7 +46,7 @@ pub(crate) fn step_done() {
 ///   opens: [`health`](Self::health) is [`Health::Degraded`] and every call fails at once,
 ///   without touching the store.
 /// - While no call has ended for [`probe_interval`](Self::probe_interval) (default 1 s), a
-///   background task pings the store ([`Store::ping`], under the same timeout) once per
+///   background task pings the store ([`HealthCheck::ping`], under the same timeout) once per
 ///   interval; after a failure, again after a tenth of the interval. A ping counts as a call:
 ///   with the defaults, a store that dies while idle opens the breaker within about 1.5 s.
 /// - After [`cool_down`](Self::cool_down) (default 1 s) the probe pings the open breaker's
@@ -303,7 +303,10 @@ async fn probe<S: Store>(store: Weak<S>, breaker: Weak<Breaker>, wake: Arc<Notif
                 let Some(store) = store.upgrade() else {
                     return;
                 };
-                let ping = store.ping();
+                let ping = match store.health_check() {
+                    Some(check) => check.ping(),
+                    None => Box::pin(std::future::ready(Ok(()))),
+                };
                 drop(store);
                 let ok = matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(())));
                 if !ok {
@@ -352,18 +355,8 @@ impl<S: Store> Store for Guarded<S> {
         self.guard(|s| s.touch(key, idle))
     }
 
-    fn health(&self) -> Health {
-        self.start_probe();
-        Guarded::health(self)
-    }
-
-    fn ping(&self) -> StoreFuture<()> {
-        self.guard(|s| s.ping())
-    }
-
-    fn health_report(&self) -> Option<HealthReport> {
-        self.start_probe();
-        Some(self.breaker.report())
+    fn get_shared(&self, key: Arc<str>, idle: Option<Duration>) -> StoreFuture<Option<Arc<Entry>>> {
+        self.guard(|s| s.get_shared(key, idle))
     }
 
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
@@ -372,23 +365,6 @@ impl<S: Store> Store for Guarded<S> {
 
     fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
         self.guard(|s| s.delete(key))
-    }
-
-    fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
-        self.guard(|s| s.begin_write(key, keep))
-    }
-
-    fn end_write(
-        &self,
-        key: Arc<str>,
-        ticket: WriteTicket,
-        entry: Option<(Arc<Entry>, Duration)>,
-    ) -> StoreFuture<bool> {
-        self.guard(|s| s.end_write(key, ticket, entry))
-    }
-
-    fn is_shared(&self) -> bool {
-        self.inner.is_shared()
     }
 
     fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
@@ -405,48 +381,123 @@ impl<S: Store> Store for Guarded<S> {
         self.guard_steps(|s| s.invalidate_tag(ns, tag, at, keep))
     }
 
-    fn publish(&self, message: Bytes) -> StoreFuture<u64> {
-        self.guard_slow(|s| s.publish(message))
-    }
-
-    fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
-        self.guard_slow(|s| s.acknowledge(id))
-    }
-
-    fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
-        self.guard(|s| s.acknowledgements(id))
-    }
-
-    fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
-        self.inner.subscribe(sink)
-    }
-
-    fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {
-        self.guard(|s| s.try_lease(key, token, ttl))
-    }
-
-    fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
-        self.guard(|s| s.release_lease(key, token))
-    }
-
-    fn usage(&self) -> StoreUsage {
-        self.inner.usage()
+    fn invalidations(&self) -> u64 {
+        self.inner.invalidations()
     }
 
     fn clear_local(&self) {
         self.inner.clear_local();
     }
 
-    fn invalidations(&self) -> u64 {
-        self.inner.invalidations()
+    fn usage(&self) -> StoreUsage {
+        self.inner.usage()
     }
 
-    fn get_shared(&self, key: Arc<str>, idle: Option<Duration>) -> StoreFuture<Option<Arc<Entry>>> {
-        self.guard(|s| s.get_shared(key, idle))
+    /// The guarded store's bus, its calls guarded.
+    fn bus(&self) -> Option<&dyn Bus> {
+        self.inner.bus().map(|_| self as &dyn Bus)
     }
 
-    fn bus_live(&self) -> bool {
-        self.inner.bus_live()
+    /// The guarded store's leases, guarded.
+    fn leases(&self) -> Option<&dyn Leases> {
+        self.inner.leases().map(|_| self as &dyn Leases)
+    }
+
+    /// The guarded store's writes, guarded.
+    fn writes(&self) -> Option<&dyn Writes> {
+        self.inner.writes().map(|_| self as &dyn Writes)
+    }
+
+    /// Always: the breaker's health, and a guarded ping of the store.
+    fn health_check(&self) -> Option<&dyn HealthCheck> {
+        Some(self)
+    }
+}
+
+/// The answer of an extension a store does not have (it changes for no store, but a guard
+/// must answer something).
+fn absent<T: Send + 'static>(value: T) -> StoreFuture<T> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
+impl<S: Store> Bus for Guarded<S> {
+    fn publish(&self, message: Bytes) -> StoreFuture<u64> {
+        self.guard_slow(|s| s.bus().map_or_else(|| absent(0), |b| b.publish(message)))
+    }
+
+    fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
+        self.inner.bus().is_some_and(|b| b.subscribe(sink))
+    }
+
+    fn live(&self) -> bool {
+        self.inner.bus().is_none_or(|b| b.live())
+    }
+
+    fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
+        self.guard_slow(|s| s.bus().map_or_else(|| absent(()), |b| b.acknowledge(id)))
+    }
+
+    fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
+        self.guard(|s| {
+            s.bus()
+                .map_or_else(|| absent(0), |b| b.acknowledgements(id))
+        })
+    }
+}
+
+impl<S: Store> Leases for Guarded<S> {
+    fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {
+        self.guard(|s| {
+            s.leases()
+                .map_or_else(|| absent(true), |l| l.try_lease(key, token, ttl))
+        })
+    }
+
+    fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
+        self.guard(|s| {
+            s.leases()
+                .map_or_else(|| absent(()), |l| l.release_lease(key, token))
+        })
+    }
+}
+
+impl<S: Store> Writes for Guarded<S> {
+    fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
+        self.guard(|s| {
+            s.writes().map_or_else(
+                || absent(WriteTicket::untracked()),
+                |w| w.begin_write(key, keep),
+            )
+        })
+    }
+
+    fn end_write(
+        &self,
+        key: Arc<str>,
+        ticket: WriteTicket,
+        entry: Option<(Arc<Entry>, Duration)>,
+    ) -> StoreFuture<bool> {
+        self.guard(|s| {
+            s.writes()
+                .map_or_else(|| absent(false), |w| w.end_write(key, ticket, entry))
+        })
+    }
+}
+
+impl<S: Store> HealthCheck for Guarded<S> {
+    /// Pings the guarded store (if it has a [`HealthCheck`]), under the breaker and the timeout.
+    fn ping(&self) -> StoreFuture<()> {
+        self.guard(|s| s.health_check().map_or_else(|| absent(()), |h| h.ping()))
+    }
+
+    fn health(&self) -> Health {
+        self.start_probe();
+        Guarded::health(self)
+    }
+
+    fn health_report(&self) -> Option<HealthReport> {
+        self.start_probe();
+        Some(self.breaker.report())
     }
 }
 
@@ -709,6 +760,12 @@ mod tests {
         fn delete(&self, _: Arc<str>) -> StoreFuture<()> {
             self.answer()
         }
+        fn health_check(&self) -> Option<&dyn HealthCheck> {
+            Some(self)
+        }
+    }
+
+    impl HealthCheck for Flaky {
         fn ping(&self) -> StoreFuture<()> {
             self.pings.fetch_add(1, Ordering::SeqCst);
             self.outcome()
@@ -943,7 +1000,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_report_gives_the_breaker_and_the_time_since_the_last_success() {
         let (g, _) = guarded();
-        let report = |g: &Guarded<Flaky>| Store::health_report(g).unwrap();
+        let report = |g: &Guarded<Flaky>| HealthCheck::health_report(g).unwrap();
         assert_eq!(report(&g), HealthReport::new(BreakerState::Closed, None));
         assert!(g.get("k".into()).await.is_ok());
         tokio::time::advance(Duration::from_millis(300)).await;
@@ -958,7 +1015,7 @@ mod tests {
         assert_eq!(r.since_last_success, Some(Duration::from_millis(500)));
         assert_eq!(r.health(), Health::Degraded);
         // A memory store has no breaker to report.
-        assert_eq!(crate::MemoryStore::default().health_report(), None);
+        assert!(crate::MemoryStore::default().health_check().is_none());
     }
 
     #[test]
@@ -978,8 +1035,8 @@ mod tests {
             };
             tokio::time::advance(Duration::from_secs(5)).await;
             assert_eq!((pings(&g), alive()), (0, 0));
-            // A health read through `Store` is a first use.
-            assert_eq!(Store::health(&g), Health::Ok);
+            // A health read through `HealthCheck` is a first use.
+            assert_eq!(HealthCheck::health(&g), Health::Ok);
             virtual_time_until("the first ping", Duration::ZERO, || pings(&g) == 1).await;
             assert_eq!(alive(), 1);
             let clone = g.clone();

@@ -2,7 +2,9 @@
 
 use super::guard::step_done;
 use super::oom::{self, MemoryWatch};
-use super::{BusEvent, Store, StoreError, StoreFuture, WriteTicket};
+use super::{
+    Bus, BusEvent, HealthCheck, Leases, Store, StoreError, StoreFuture, WriteTicket, Writes,
+};
 use crate::Entry;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
@@ -223,7 +225,7 @@ const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string
 /// sooner (a call given up goes on in the background until it is answered or times out).
 /// Every connection has TCP keepalive (probes after 10 s idle, every 5 s, 3 missed close
 /// it). The subscription to other instances' invalidations is PINGed every second: see
-/// [`Store::subscribe`].
+/// [`Bus::subscribe`].
 ///
 /// # Out of memory
 ///
@@ -1422,14 +1424,90 @@ impl Store for RedisStore {
         })
     }
 
-    fn is_shared(&self) -> bool {
-        true
+    /// Replaces the entry with a tombstone dated `at`, whatever it holds (the dates of
+    /// entries come from instance clocks: what Redis saw last wins); out of memory too (see
+    /// [`RedisStore`], "Out of memory").
+    fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            this.tombstone_keys(&[key.as_bytes()], at, keep, true)
+                .await
+                .map(drop)
+        })
     }
 
-    fn bus_live(&self) -> bool {
-        self.bus_live.load(Ordering::Acquire)
+    /// Sets the tag's epoch (a fill whose request began before it is not stored), then walks
+    /// the tag's index with a cursor (`ZSCAN`), about 500 members a step (`TAG_BATCH`): leaves a
+    /// tombstone in each live member's place, and removes from the index the members whose
+    /// tombstone landed. A member whose tombstone was refused holds an entry stored after
+    /// `at` (refilled meanwhile): it stays, for the next invalidation to find. Every member
+    /// in the index for the whole walk is seen; the walk ends when the cursor does, whatever
+    /// stays behind. Single-key commands only, so it works on a cluster. Each round trip is a
+    /// step for [`Guarded`](super::Guarded)'s timeout.
+    fn invalidate_tag(
+        &self,
+        ns: Arc<str>,
+        tag: Arc<str>,
+        at: SystemTime,
+        keep: Duration,
+    ) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let index = tag_key(&ns, &tag);
+            this.set_tag_epoch(&index, at, keep).await?;
+            step_done();
+            let mut cursor = 0;
+            loop {
+                let mut scan = redis::cmd("ZSCAN");
+                scan.arg(&index).arg(cursor).arg("COUNT").arg(TAG_BATCH);
+                let (next, items) = scan_page(this.run(&scan).await?)?;
+                step_done();
+                // Live members only: not the epoch, nor entries gone by their score.
+                let now = millis_at(SystemTime::now()) as f64;
+                let mut pairs = Vec::with_capacity(items.len());
+                for (member, score) in scored_members(items)? {
+                    let s = std::str::from_utf8(&score)
+                        .ok()
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .ok_or_else(|| {
+                            StoreError::new(format!(
+                                "redis: a tag index score that is no number: {:?}",
+                                String::from_utf8_lossy(&score)
+                            ))
+                        })?;
+                    if s >= now && s < 1e15 {
+                        pairs.push((member, score));
+                    }
+                }
+                if !pairs.is_empty() {
+                    this.tombstone_members(&index, pairs, at, keep).await?;
+                }
+                if next == 0 {
+                    return Ok(());
+                }
+                cursor = next;
+            }
+        })
     }
 
+    fn bus(&self) -> Option<&dyn Bus> {
+        Some(self)
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
+    }
+
+    fn writes(&self) -> Option<&dyn Writes> {
+        Some(self)
+    }
+
+    fn health_check(&self) -> Option<&dyn HealthCheck> {
+        Some(self)
+    }
+}
+
+impl HealthCheck for RedisStore {
     /// `PING`, as every call goes (a dropped connection is discarded). On a cluster, every
     /// master is pinged and one answer is enough: one breaker serves the whole cluster, and
     /// the masters that answer keep serving their keys.
@@ -1461,19 +1539,9 @@ impl Store for RedisStore {
             }
         })
     }
+}
 
-    /// Replaces the entry with a tombstone dated `at`, whatever it holds (the dates of
-    /// entries come from instance clocks: what Redis saw last wins); out of memory too (see
-    /// [`RedisStore`], "Out of memory").
-    fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
-        let this = self.clone();
-        Box::pin(async move {
-            this.tombstone_keys(&[key.as_bytes()], at, keep, true)
-                .await
-                .map(drop)
-        })
-    }
-
+impl Writes for RedisStore {
     fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
         let this = self.clone();
         Box::pin(async move {
@@ -1534,61 +1602,9 @@ impl Store for RedisStore {
             }
         })
     }
+}
 
-    /// Sets the tag's epoch (a fill whose request began before it is not stored), then walks
-    /// the tag's index with a cursor (`ZSCAN`), about [`TAG_BATCH`] members a step: leaves a
-    /// tombstone in each live member's place, and removes from the index the members whose
-    /// tombstone landed. A member whose tombstone was refused holds an entry stored after
-    /// `at` (refilled meanwhile): it stays, for the next invalidation to find. Every member
-    /// in the index for the whole walk is seen; the walk ends when the cursor does, whatever
-    /// stays behind. Single-key commands only, so it works on a cluster. Each round trip is a
-    /// step for [`Guarded`](super::Guarded)'s timeout.
-    fn invalidate_tag(
-        &self,
-        ns: Arc<str>,
-        tag: Arc<str>,
-        at: SystemTime,
-        keep: Duration,
-    ) -> StoreFuture<()> {
-        let this = self.clone();
-        Box::pin(async move {
-            let index = tag_key(&ns, &tag);
-            this.set_tag_epoch(&index, at, keep).await?;
-            step_done();
-            let mut cursor = 0;
-            loop {
-                let mut scan = redis::cmd("ZSCAN");
-                scan.arg(&index).arg(cursor).arg("COUNT").arg(TAG_BATCH);
-                let (next, items) = scan_page(this.run(&scan).await?)?;
-                step_done();
-                // Live members only: not the epoch, nor entries gone by their score.
-                let now = millis_at(SystemTime::now()) as f64;
-                let mut pairs = Vec::with_capacity(items.len());
-                for (member, score) in scored_members(items)? {
-                    let s = std::str::from_utf8(&score)
-                        .ok()
-                        .and_then(|s| s.parse::<f64>().ok())
-                        .ok_or_else(|| {
-                            StoreError::new(format!(
-                                "redis: a tag index score that is no number: {:?}",
-                                String::from_utf8_lossy(&score)
-                            ))
-                        })?;
-                    if s >= now && s < 1e15 {
-                        pairs.push((member, score));
-                    }
-                }
-                if !pairs.is_empty() {
-                    this.tombstone_members(&index, pairs, at, keep).await?;
-                }
-                if next == 0 {
-                    return Ok(());
-                }
-                cursor = next;
-            }
-        })
-    }
-
+impl Bus for RedisStore {
     fn publish(&self, message: Bytes) -> StoreFuture<u64> {
         let this = self.clone();
         Box::pin(async move {
@@ -1616,44 +1632,6 @@ impl Store for RedisStore {
                 Value::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
                 other => Err(StoreError::new(format!(
                     "redis: unexpected reply to PUBLISH: {other:?}"
-                ))),
-            }
-        })
-    }
-
-    /// `INCR` of the message's acknowledgement counter (kept 10 s).
-    fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
-        let this = self.clone();
-        Box::pin(async move {
-            // One script: the counter never lives without its expiry.
-            let ack = |script: &str| {
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(script).arg(1).arg(ack_key(&id)).arg(10_000);
-                cmd
-            };
-            match this.query(&ack(ACK)).await? {
-                // Out of memory, the publisher still learns that this instance applied it.
-                Err(e) if oom::is_oom(&e) => this.run(&ack(&oom::allow_oom(ACK))).await.map(drop),
-                reply => reply
-                    .map(drop)
-                    .map_err(|e| StoreError::new(format!("redis: {e}"))),
-            }
-        })
-    }
-
-    fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
-        let this = self.clone();
-        Box::pin(async move {
-            let mut cmd = redis::cmd("GET");
-            cmd.arg(ack_key(&id));
-            match this.run(&cmd).await? {
-                Value::Nil => Ok(0),
-                Value::BulkString(b) => Ok(std::str::from_utf8(&b)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0)),
-                other => Err(StoreError::new(format!(
-                    "redis: unexpected reply to GET: {other:?}"
                 ))),
             }
         })
@@ -1777,6 +1755,50 @@ impl Store for RedisStore {
         true
     }
 
+    fn live(&self) -> bool {
+        self.bus_live.load(Ordering::Acquire)
+    }
+
+    /// `INCR` of the message's acknowledgement counter (kept 10 s).
+    fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            // One script: the counter never lives without its expiry.
+            let ack = |script: &str| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(script).arg(1).arg(ack_key(&id)).arg(10_000);
+                cmd
+            };
+            match this.query(&ack(ACK)).await? {
+                // Out of memory, the publisher still learns that this instance applied it.
+                Err(e) if oom::is_oom(&e) => this.run(&ack(&oom::allow_oom(ACK))).await.map(drop),
+                reply => reply
+                    .map(drop)
+                    .map_err(|e| StoreError::new(format!("redis: {e}"))),
+            }
+        })
+    }
+
+    fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(ack_key(&id));
+            match this.run(&cmd).await? {
+                Value::Nil => Ok(0),
+                Value::BulkString(b) => Ok(std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0)),
+                other => Err(StoreError::new(format!(
+                    "redis: unexpected reply to GET: {other:?}"
+                ))),
+            }
+        })
+    }
+}
+
+impl Leases for RedisStore {
     /// `SET {key}!lease token NX PX ttl`.
     fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {
         let this = self.clone();
