@@ -263,8 +263,6 @@ impl std::error::Error for StoreError {}
 #[cfg(feature = "redis")]
 mod guard;
 #[cfg(feature = "redis")]
-mod oom;
-#[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
 mod tiered;
