@@ -7,7 +7,6 @@
 //! - `k`: a stored key, its namespace and its family tag (the key's variants).
 //! - `t`: a namespace and a tag.
 
-#[cfg(feature = "redis")]
 use super::MemoryStore;
 use super::StoreFuture;
 use bytes::Bytes;
@@ -92,7 +91,6 @@ pub(crate) fn bus_message(
 }
 
 /// A bus message read by [`parse_bus_message`].
-#[cfg(feature = "redis")]
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct BusMessage {
     /// When the invalidation was made: older copies go.
@@ -106,7 +104,6 @@ pub(crate) struct BusMessage {
 }
 
 /// What a bus message invalidates, its fields unescaped.
-#[cfg(feature = "redis")]
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum BusWhat {
     /// `k`: a stored key, its namespace and its family tag.
@@ -122,7 +119,6 @@ pub(crate) enum BusWhat {
 }
 
 /// A bus message field, unescaped.
-#[cfg(feature = "redis")]
 fn field(raw: &str) -> String {
     percent_encoding::percent_decode_str(raw)
         .decode_utf8_lossy()
@@ -132,7 +128,6 @@ fn field(raw: &str) -> String {
 /// Reads a message written by [`bus_message`]; `None` when it is not one (not UTF-8, too few
 /// parts, a time that is not a number or that this platform's `SystemTime` does not hold).
 /// Never panics, whatever the bytes.
-#[cfg(feature = "redis")]
 pub(crate) fn parse_bus_message(message: &[u8]) -> Option<BusMessage> {
     let text = std::str::from_utf8(message).ok()?;
     let mut parts = text.splitn(7, '\t');
@@ -159,7 +154,6 @@ pub(crate) fn parse_bus_message(message: &[u8]) -> Option<BusMessage> {
 /// Applies a bus event to a memory tier: drops what another instance invalidated (keeping a
 /// tombstone, so that a late fill of this instance is refused too), or everything when
 /// messages may have been missed. Returns the id of the message applied, to acknowledge.
-#[cfg(feature = "redis")]
 pub(crate) fn apply_to_l1(l1: &MemoryStore, event: BusEvent) -> Option<String> {
     use super::Store;
     let message = match event {

@@ -171,7 +171,6 @@ impl MemoryStore {
     }
 
     /// When `key` was invalidated, while its tombstone lasts.
-    #[cfg(feature = "redis")]
     pub(crate) fn tombstone_at(&self, key: &str) -> Option<std::time::SystemTime> {
         let indexed = self.index.get(key).map(|r| r.value().clone())?;
         (indexed.entry.is_tombstone() && Instant::now() < indexed.deadline)
@@ -279,7 +278,6 @@ impl MemoryStore {
     }
 
     /// Removes every entry but the tombstones (which keep refusing late fills).
-    #[cfg(feature = "redis")]
     pub(crate) fn clear_entries(&self) {
         self.invalidations.fetch_add(1, Ordering::Release);
         let live: Vec<Arc<str>> = self

@@ -260,16 +260,12 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-#[cfg(feature = "redis")]
 mod guard;
 #[cfg(feature = "redis")]
 mod redis;
-#[cfg(feature = "redis")]
 mod tiered;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
-#[cfg(feature = "redis")]
 pub use guard::Guarded;
-#[cfg(feature = "redis")]
 pub use tiered::TieredStore;
