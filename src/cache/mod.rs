@@ -117,7 +117,7 @@ pub use hint::CacheHint;
 pub use layer::CacheLayer;
 pub use service::CacheService;
 
-pub(crate) use body::{complete_headers, Stored};
+pub(crate) use body::Stored;
 pub(crate) use future::vary_is_keyed;
 pub(crate) use layer::key_strings;
 pub(crate) use service::{take_ready, REWRITE_HEADERS};

@@ -23,6 +23,7 @@
 
 mod builder;
 mod clock;
+mod entries;
 mod invalidate;
 mod refresh;
 mod stats;
@@ -34,6 +35,8 @@ mod write;
 pub use builder::StashBuilder;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use stats::Stats;
+
+pub(crate) use entries::complete_headers;
 
 use crate::key;
 use crate::policy::ConfigError;

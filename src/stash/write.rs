@@ -71,15 +71,15 @@ impl Stash {
         let mut headers = parts.headers.clone();
         crate::headers::strip_hop_by_hop(&mut headers);
         for name in [
-            crate::CacheHint::SKIP_HEADER,
-            crate::CacheHint::TTL_HEADER,
-            crate::CacheHint::TAGS_HEADER,
+            crate::headers::HINT_SKIP,
+            crate::headers::HINT_TTL,
+            crate::headers::HINT_TAGS,
         ] {
             headers.remove(name);
         }
         // The write's own length: what it declared may be for another encoding.
         headers.remove(http::header::CONTENT_LENGTH);
-        crate::cache::complete_headers(&mut headers, parts.status, &body, true, self);
+        super::complete_headers(&mut headers, parts.status, &body, true, self);
         // Dated `at`; the older copies it replaces are invalidated as of just before, so that
         // an invalidation made after the write (dated `at` or later) still drops it.
         let older = at - Duration::from_millis(1);
