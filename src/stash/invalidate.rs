@@ -225,7 +225,7 @@ pub(crate) struct Pending {
 impl Pending {
     /// Queues `what` unless it is queued already; returns how many of the oldest were given
     /// up to stay within [`PENDING_MAX`].
-    fn push(&mut self, what: Invalidation) -> usize {
+    pub(super) fn push(&mut self, what: Invalidation) -> usize {
         if !self.queued.insert(what.clone()) {
             return 0;
         }
@@ -241,16 +241,16 @@ impl Pending {
     }
 
     /// Takes every queued invalidation, oldest first.
-    fn take(&mut self) -> Vec<Invalidation> {
+    pub(super) fn take(&mut self) -> Vec<Invalidation> {
         self.queued.clear();
         self.order.drain(..).collect()
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.order.len()
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.order.is_empty()
     }
 }
