@@ -20,6 +20,20 @@ impl Clock for SystemClock {
 }
 
 /// A clock that moves only when told to. Clones share the same time.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_stash::{Clock, ManualClock, Stash};
+///
+/// let clock = ManualClock::default();
+/// let stash = Stash::builder().clock(clock.clone()).build().unwrap();
+/// let before = clock.now();
+/// clock.advance(Duration::from_secs(60)); // entries age a minute, at once
+/// assert_eq!(clock.now(), before + Duration::from_secs(60));
+/// # let _ = stash;
+/// ```
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     now: Arc<Mutex<SystemTime>>,

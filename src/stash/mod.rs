@@ -110,7 +110,7 @@ impl Stash {
     }
 
     /// A stash configured from the environment: tiered on Redis (a 64 MiB memory tier in front
-    /// of a guarded [`RedisStore`](crate::RedisStore)) when `REDIS_URL` is set, in memory
+    /// of a guarded `RedisStore`) when `REDIS_URL` is set, in memory
     /// otherwise. `REDIS_URL` set in a build without the `redis` feature is an error rather
     /// than a cache that silently stays local to each instance.
     pub fn from_env() -> Result<Self, ConfigError> {

@@ -19,6 +19,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 ///
 /// The rule: a subscriber gets every message published by any instance (itself included)
 /// while it is subscribed, or hears [`BusEvent::Lost`] once it may have missed some.
+///
+/// # Example
+///
+/// ```
+/// use tower_stash::{MemoryStore, Store};
+///
+/// // No other instance shares a memory store: it has no bus.
+/// assert!(MemoryStore::default().bus().is_none());
+/// ```
 pub trait Bus: Send + Sync {
     /// Sends `message` to every instance subscribed to this store, and says how many
     /// subscribers got it.

@@ -10,6 +10,15 @@ use std::time::Duration;
 ///
 /// The rule: a lease taken with a token is held by it alone until it expires (`ttl`) or
 /// that token releases it.
+///
+/// # Example
+///
+/// ```
+/// use tower_stash::{MemoryStore, Store};
+///
+/// // No other instance shares a memory store: it needs no leases.
+/// assert!(MemoryStore::default().leases().is_none());
+/// ```
 pub trait Leases: Send + Sync {
     /// Takes the lease on `key` for `ttl` if nobody holds it: the right to call the service
     /// for `key`. `token` identifies the holder; `Ok(false)` means another holder has it.

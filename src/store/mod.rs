@@ -1,8 +1,9 @@
-//! Where entries live: the [`Store`] trait and [`MemoryStore`], the in-memory default.
+//! Where entries live: the [`Store`] trait, [`MemoryStore`] (the default), [`TieredStore`] and
+//! [`Guarded`]; `RedisStore` with the `redis` feature.
 //!
-//! A store keeps [`Entry`] values under string keys for a time to live. Stores that keep bytes
-//! (Redis) use [`Entry::encode`] and [`Entry::decode`]; the memory store keeps the decoded entry,
-//! so a hit costs no decoding at all.
+//! A store keeps [`Entry`] values under string keys for a time to live, and the tombstones
+//! invalidations leave. What the instances sharing a store coordinate through is optional, each
+//! a small trait: a [`Bus`], [`Leases`], followed [`Writes`], a [`HealthCheck`].
 //!
 //! Every method returns a boxed future. A store error is never shown to a client: the cache
 //! counts it and answers from the service instead.
@@ -10,7 +11,7 @@
 //! # Example
 //!
 //! ```
-//! use std::sync::{Arc, Weak};
+//! use std::sync::Arc;
 //! use std::time::{Duration, SystemTime};
 //! use tower_stash::{Entry, MemoryStore, Store};
 //!
@@ -18,7 +19,7 @@
 //! # async fn main() {
 //! let store = MemoryStore::new(16 * 1024 * 1024);
 //! let entry = Entry::new("ns:v1:k", http::StatusCode::OK, Default::default(), "hi".into())
-//!     .with_times(std::time::SystemTime::now(), Duration::from_secs(60));
+//!     .with_times(SystemTime::now(), Duration::from_secs(60));
 //! store.put("ns:v1:k".into(), Arc::new(entry), Duration::from_secs(60)).await.unwrap();
 //! let hit = store.get("ns:v1:k".into()).await.unwrap().unwrap();
 //! assert_eq!(hit.body(), "hi");
@@ -59,6 +60,39 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 /// request began earlier never wins); and a tombstone refuses, while it lasts, every fill whose
 /// request began before it. The futures returned own what they need (`'static`), and calls
 /// may come from many tasks at once.
+///
+/// # Example
+///
+/// A store that counts its lookups, over a memory store:
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tower_stash::{Entry, MemoryStore, Stash, Store, StoreFuture};
+///
+/// #[derive(Default)]
+/// struct Counted {
+///     memory: MemoryStore,
+///     lookups: AtomicU64,
+/// }
+///
+/// impl Store for Counted {
+///     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+///         self.lookups.fetch_add(1, Ordering::Relaxed);
+///         self.memory.get(key)
+///     }
+///     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
+///         self.memory.put(key, entry, ttl)
+///     }
+///     fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
+///         self.memory.delete(key)
+///     }
+/// }
+///
+/// let stash = Stash::builder().store(Counted::default()).build().unwrap();
+/// assert!(stash.store().bus().is_none());
+/// ```
 pub trait Store: Send + Sync + 'static {
     /// Looks up `key`. A missing, expired or unreadable entry is `Ok(None)`.
     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>>;

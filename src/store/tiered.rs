@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Two tiers: L1, a [`MemoryStore`] in this instance, in front of L2, a store every instance
-/// shares (a [`Guarded`](crate::Guarded) [`RedisStore`](crate::RedisStore)).
+/// shares (a [`Guarded`](crate::Guarded) `RedisStore`).
 ///
 /// - A lookup reads L1, then L2; an entry found in L2 is copied into L1 for what remains of its
 ///   TTL, capped by [`l1_max_ttl`](Self::l1_max_ttl). An L1 hit is answered at once, with no

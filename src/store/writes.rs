@@ -13,6 +13,15 @@ use std::time::Duration;
 /// The rule: [`end_write`](Self::end_write) stores only when the write began with no other
 /// write of the key in progress, and no other write began and no invalidation of the key came
 /// before it ends; the check and the store are one step.
+///
+/// # Example
+///
+/// ```
+/// use tower_stash::{MemoryStore, Store};
+///
+/// // A memory store follows the writes of this instance.
+/// assert!(MemoryStore::default().writes().is_some());
+/// ```
 pub trait Writes: Send + Sync {
     /// Registers the start of a write to `key`: the ticket says whether another write to
     /// `key` was in progress then. Tracking lasts at most `keep`.
