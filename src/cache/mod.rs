@@ -121,8 +121,6 @@ pub use hint::CacheHint;
 pub use layer::CacheLayer;
 pub use service::CacheService;
 
-pub(crate) use body::complete_headers;
-
 #[cfg(test)]
 mod stale_tests;
 #[cfg(test)]
