@@ -12,6 +12,24 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// What [`StashBuilder::store`] takes: a [`Store`], or one already shared as `Arc<dyn Store>`.
+pub trait IntoStore {
+    /// The store, shared.
+    fn into_store(self) -> Arc<dyn Store>;
+}
+
+impl<S: Store> IntoStore for S {
+    fn into_store(self) -> Arc<dyn Store> {
+        Arc::new(self)
+    }
+}
+
+impl IntoStore for Arc<dyn Store> {
+    fn into_store(self) -> Arc<dyn Store> {
+        self
+    }
+}
+
 /// Builds a [`Stash`].
 #[must_use]
 #[derive(Clone)]
@@ -61,9 +79,10 @@ impl Default for StashBuilder {
 }
 
 impl StashBuilder {
-    /// Sets the store (default: a 64 MiB [`MemoryStore`]).
-    pub fn store(mut self, store: impl Store) -> Self {
-        self.store = Some(Arc::new(store));
+    /// Sets the store (default: a 64 MiB [`MemoryStore`]): any [`Store`], or one already
+    /// shared as an `Arc<dyn Store>`.
+    pub fn store(mut self, store: impl IntoStore) -> Self {
+        self.store = Some(store.into_store());
         self
     }
 
@@ -77,10 +96,10 @@ impl StashBuilder {
         self
     }
 
-    /// Sets a shared store.
-    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
-        self.store = Some(store);
-        self
+    /// Renamed: [`store`](Self::store) takes an `Arc<dyn Store>` too.
+    #[deprecated(note = "use `store`, which takes an `Arc<dyn Store>` too")]
+    pub fn shared_store(self, store: Arc<dyn Store>) -> Self {
+        self.store(store)
     }
 
     /// Sets the namespace every key starts with (default `stash`): letters, digits, `-._~`.

@@ -32,7 +32,7 @@ mod status;
 mod tests;
 mod write;
 
-pub use builder::StashBuilder;
+pub use builder::{IntoStore, StashBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use stats::Stats;
 

@@ -178,8 +178,9 @@ impl MemoryStore {
     }
 
     /// Runs moka's pending maintenance (evictions, expirations, counts), so that
-    /// [`Store::usage`] is exact. Useful in tests; the cache does it by itself otherwise.
-    pub fn run_pending_tasks(&self) {
+    /// [`Store::usage`] is exact in tests; the cache does it by itself otherwise.
+    #[cfg(test)]
+    pub(crate) fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks();
     }
 
