@@ -267,13 +267,13 @@ impl Capture {
         };
         match put.as_mut().poll(cx) {
             Poll::Ready(result) => {
-                record(&stash, &key, result);
+                stash.record_put(&key, result);
                 drop(lease);
             }
             Poll::Pending => match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(async move {
-                        record(&stash, &key, put.await);
+                        stash.record_put(&key, put.await);
                         if let Some(lease) = lease {
                             lease.release().await;
                         }
@@ -284,19 +284,6 @@ impl Capture {
                     tracing::warn!(%key, "no tokio runtime to finish storing the entry");
                 }
             },
-        }
-    }
-}
-
-fn record(stash: &Stash, key: &str, result: Result<(), crate::StoreError>) {
-    match result {
-        Ok(()) => {
-            stash.stored();
-            tracing::debug!(%key, "stored");
-        }
-        Err(e) => {
-            stash.counters().store_error();
-            tracing::warn!(%key, error = %e, "storing the entry failed");
         }
     }
 }

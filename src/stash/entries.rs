@@ -39,3 +39,20 @@ pub(crate) fn complete_headers(
     }
     *headers = ordered;
 }
+
+impl Stash {
+    /// Counts what became of storing an entry under `key`, and logs a failure: the one record
+    /// of a write, whoever stored it (a fill, a revalidated entry).
+    pub(crate) fn record_put(&self, key: &str, result: Result<(), crate::StoreError>) {
+        match result {
+            Ok(()) => {
+                self.stored();
+                tracing::debug!(%key, "stored");
+            }
+            Err(e) => {
+                self.counters().store_error();
+                tracing::warn!(%key, error = %e, "storing the entry failed");
+            }
+        }
+    }
+}
