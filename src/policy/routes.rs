@@ -9,7 +9,8 @@ use std::time::Duration;
 
 /// Maps method and path pattern to a [`Policy`], and holds the named policies routes start from.
 ///
-/// Mistakes (a bad pattern, an unknown named policy, a template naming a missing parameter) are reported by [`validate`](Self::validate) and by
+/// Mistakes (a bad pattern, an unknown named policy, a template naming a missing parameter)
+/// are reported by [`validate`](Self::validate) and by
 /// [`CacheLayer::try_new`](crate::CacheLayer::try_new), each naming its route and field.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routes {
