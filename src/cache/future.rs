@@ -57,6 +57,9 @@ pub(crate) struct Ctx {
     /// them), and the URL's keys (full, stored) when `full` and `key` are a variant's.
     pub(crate) request_headers: Option<Box<HeaderMap>>,
     pub(crate) primary: Option<(Arc<str>, Arc<str>)>,
+    /// HTTP mode: the request headers the URL's variant record names (lowercase), which the
+    /// variant's key holds: forwarded even when the policy's allowlist does not name them.
+    pub(crate) varied: Vec<String>,
     /// HTTP mode: the stored keys of the URL's variants, oldest first, one per line, as the
     /// record found said.
     pub(crate) variants: Option<Bytes>,
@@ -80,10 +83,20 @@ impl Ctx {
         }
     }
 
-    /// Tells a [`SingleFlightLayer`](crate::SingleFlightLayer) below which key this request
-    /// fills, unless its answer may be its own: one that reflects parameters the key leaves
-    /// out, or answers an `Authorization` the key does not hold, is never shared.
-    pub(crate) fn attach_flight<B>(&self, req: &mut Request<B>, leased: bool) {
+    /// Readies a request this cache forwards to fill its entry: in HTTP mode with an
+    /// allowlist, only the keyed (a variant's selecting headers included), listed and
+    /// always-allowed headers stay (the origin never sees a header that could shape an
+    /// answer the key does not hold); and a
+    /// [`SingleFlightLayer`](crate::SingleFlightLayer) below is told which key it fills,
+    /// unless its answer may be its own: one that reflects parameters the key leaves out, or
+    /// answers an `Authorization` the key does not hold, is never shared.
+    pub(crate) fn outgoing<B>(&self, req: &mut Request<B>, leased: bool) {
+        if self.policy.http && self.policy.allowed_headers.is_some() {
+            let varied = |n: &http::HeaderName| self.varied.iter().any(|v| v == n.as_str());
+            crate::headers::retain_listed(req.headers_mut(), |n| {
+                self.policy.unlisted(n) && !varied(n)
+            });
+        }
         if !self.authorized && !self.unkeyed_query {
             req.extensions_mut().insert(self.flight_key(leased));
         }
@@ -379,6 +392,6 @@ where
     if let Some(entry) = &ctx.revalidate {
         conditional(&mut req, entry);
     }
-    ctx.attach_flight(&mut req, false);
+    ctx.outgoing(&mut req, false);
     State::miss(inner.call(req), ctx)
 }

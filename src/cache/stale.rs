@@ -271,7 +271,7 @@ where
                 ctx.unkeyed_query = false;
             }
         }
-        ctx.attach_flight(&mut req, true);
+        ctx.outgoing(&mut req, true);
         let mut inner = inner;
         ctx.started = stash.now();
         ctx.stale = None;

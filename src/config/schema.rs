@@ -137,6 +137,8 @@ pub struct PolicyConfig {
     pub request_directives: Option<bool>,
     /// HTTP mode: the `Vary` variants of one URL kept at most.
     pub max_variants: Option<usize>,
+    /// The request headers allowed besides the keyed ones (see [`Policy::allow_headers`]).
+    pub allow_headers: Option<Vec<String>>,
 }
 
 /// A rule's table: the fields of [`Invalidate`].
@@ -300,6 +302,9 @@ impl PolicyConfig {
         }
         if let Some(n) = self.max_variants {
             p = p.max_variants(n);
+        }
+        if let Some(h) = &self.allow_headers {
+            p = p.allow_headers(h.clone());
         }
         p
     }

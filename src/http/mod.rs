@@ -37,6 +37,15 @@
 //!   no-cache`) and `min-fresh` are still honoured. In application mode they are ignored
 //!   unless the policy opts in ([`Policy::request_directives`]): no client can force misses
 //!   onto the database.
+//! - What reaches the origin: with [`Policy::allow_headers`], a cacheable request (one the
+//!   cache may store the answer to) is forwarded with its keyed headers, the listed ones and
+//!   those that always pass (`Host`, the cache's own directives, conditions and ranges,
+//!   `Authorization`) only, as a CDN's origin-request policy does: no other header can shape
+//!   an answer stored for others, whatever its name. `Vary` still picks variants by the
+//!   client's own headers. Requests the cache bypasses or passes through are forwarded
+//!   whole. Without a list, every header is forwarded, and requests carrying a header known
+//!   to rewrite what origins answer (`X-Forwarded-Host`, `X-Forwarded-Proto`, `Forwarded`,
+//!   `X-HTTP-Method-Override`, ...: see [`cache`](crate::cache)) bypass.
 //! - Writes (RFC 9111 section 4.4): a successful (2xx, 3xx) unsafe request (POST, PUT,
 //!   DELETE, PATCH, ...) drops every entry of its target URL, and of a same-origin
 //!   `Location` or `Content-Location` in its answer, that an HTTP-mode GET route caches,
@@ -60,6 +69,7 @@
 //!
 //! [`Policy::http_mode`]: crate::Policy::http_mode
 //! [`Policy::request_directives`]: crate::Policy::request_directives
+//! [`Policy::allow_headers`]: crate::Policy::allow_headers
 
 pub use crate::headers::strip_hop_by_hop;
 

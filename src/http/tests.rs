@@ -947,3 +947,7 @@ async fn one_host_written_several_ways_is_one_key_without_credentials() {
         .unwrap());
     assert_ne!(other_port, plain);
 }
+
+/// Issue 17's rules ("HTTP caching to the letter"), with the helpers above.
+#[path = "letter_tests.rs"]
+mod letter;

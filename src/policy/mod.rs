@@ -91,6 +91,7 @@ pub struct Policy {
     pub(crate) http_mode: Option<bool>,
     pub(crate) request_directives: Option<bool>,
     pub(crate) max_variants: Option<usize>,
+    pub(crate) allow_headers: Option<Vec<String>>,
     /// Set by [`Routes::grpc`], never inherited.
     pub(crate) grpc: bool,
 }
@@ -354,6 +355,43 @@ impl Policy {
         self
     }
 
+    /// Names the request headers, besides the keyed ones, that may reach the service on this
+    /// route: closes cache poisoning by construction, where a list of known dangerous
+    /// headers always misses one.
+    ///
+    /// - In application mode (the handler reads the request itself), a request carrying any
+    ///   other header bypasses the cache (`Cache-Status: ...; fwd=bypass`, detail
+    ///   `unlisted-header`): it is answered, never stored.
+    /// - In [HTTP mode](Self::http_mode) (a cache in front of an origin, as a CDN's
+    ///   origin-request policy), every other header is removed from the cacheable requests
+    ///   the cache forwards; requests it bypasses or passes through keep all of theirs.
+    ///
+    /// Either way, these always pass: `Host`, the headers the cache itself reads
+    /// (`Cache-Control`, `Pragma`, `If-None-Match`, `If-Modified-Since`, `If-Match`,
+    /// `If-Unmodified-Since`, `If-Range`, `Range`), `Authorization` and `Cookie` (which bypass
+    /// unless keyed, or follow RFC 9111 in HTTP mode), and the connection's own
+    /// (`Connection`, `Keep-Alive`, `TE`, `Content-Length`, `Transfer-Encoding`).
+    /// Default: no list, every header passes, and only requests carrying one of the headers
+    /// known to rewrite what apps answer (`X-Forwarded-Host`, `X-Forwarded-Proto`,
+    /// `Forwarded`, `X-HTTP-Method-Override`, ...) bypass.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_stash::Policy;
+    ///
+    /// let policy = Policy::ttl(Duration::from_secs(60))
+    ///     .allow_headers(["accept", "accept-encoding", "accept-language", "user-agent"]);
+    /// # let _ = policy;
+    /// ```
+    pub fn allow_headers<I, T>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.allow_headers = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// This policy's settings over `base`'s.
     fn over(&self, base: &Policy) -> Policy {
         Policy {
@@ -386,6 +424,10 @@ impl Policy {
             http_mode: self.http_mode.or(base.http_mode),
             request_directives: self.request_directives.or(base.request_directives),
             max_variants: self.max_variants.or(base.max_variants),
+            allow_headers: self
+                .allow_headers
+                .clone()
+                .or_else(|| base.allow_headers.clone()),
             grpc: self.grpc,
         }
     }

@@ -284,6 +284,19 @@ impl Routes {
                 )),
             }
         }
+        let mut allowed_headers = None;
+        if let Some(names) = &resolved.allow_headers {
+            let mut list = Vec::new();
+            for name in names {
+                match HeaderName::try_from(name.as_str()) {
+                    Ok(h) => list.push(h),
+                    Err(_) => errors.push(format!(
+                        "{place}.allow_headers: `{name}` is not a header name"
+                    )),
+                }
+            }
+            allowed_headers = Some(list);
+        }
         let mut statuses = resolved.statuses.unwrap_or_else(|| {
             if resolved.grpc {
                 vec![200]
@@ -430,6 +443,7 @@ impl Routes {
             http,
             request_directives: resolved.request_directives.unwrap_or(http),
             max_variants,
+            allowed_headers,
         })
     }
 }
