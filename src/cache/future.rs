@@ -1,6 +1,5 @@
 use super::body::CacheBody;
 use super::fill::fresh_from_the_service;
-use super::hint::CacheHint;
 use super::hit::{gateway_timeout, serve_fresh, status_value, usable, Found, HitRequest};
 use super::layer::Shared;
 use super::stale::{
@@ -9,7 +8,7 @@ use super::stale::{
 use super::vary::follow_variant;
 use crate::entry::Entry;
 use crate::headers::CACHE_STATUS;
-use crate::plumbing::Stored;
+use crate::plumbing::{CacheHint, Stored};
 use crate::plumbing::{FlightKey, Lease};
 use crate::policy::CompiledPolicy;
 use crate::store::StoreFuture;
@@ -138,7 +137,7 @@ pin_project! {
             resp: Option<S::Response>,
             wait: Pin<Box<dyn Future<Output = ()> + Send>>,
         },
-        Bypass { #[pin] fut: S::Future, stash: Stash, reason: &'static str },
+        Bypass { #[pin] fut: S::Future, stash: Stash, reason: &'static str, hints: bool },
         Hit { resp: Option<Response<Stored>> },
         Lookup {
             lookup: StoreFuture<Option<Arc<Entry>>>,
@@ -175,9 +174,14 @@ where
         }
     }
 
-    pub(crate) fn bypass(fut: S::Future, stash: Stash, reason: &'static str) -> Self {
+    pub(crate) fn bypass(fut: S::Future, stash: Stash, reason: &'static str, hints: bool) -> Self {
         Self {
-            state: State::Bypass { fut, stash, reason },
+            state: State::Bypass {
+                fut,
+                stash,
+                reason,
+                hints,
+            },
         }
     }
 
@@ -277,9 +281,16 @@ where
                     state.set(State::Done);
                     return Poll::Ready(Ok(resp.map(CacheBody::inner)));
                 }
-                StateProj::Bypass { fut, stash, reason } => {
+                StateProj::Bypass {
+                    fut,
+                    stash,
+                    reason,
+                    hints,
+                } => {
                     let (mut parts, body) = ready!(fut.poll(cx))?.into_parts();
-                    let _ = CacheHint::take(&mut parts);
+                    if *hints {
+                        let _ = CacheHint::take(&mut parts);
+                    }
                     let value =
                         status_value(stash, &stash.inner.status.bypass, Some(reason), None, None);
                     parts.headers.insert(CACHE_STATUS, value);

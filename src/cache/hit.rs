@@ -36,16 +36,7 @@ pub(crate) fn classify(
         Ok(_) => Duration::ZERO,
         Err(e) => e.duration(),
     };
-    let (swr, sie) = if policy.http {
-        // HTTP mode: the origin's own windows too (RFC 5861), unless it forbids stale use.
-        let (swr, sie) = crate::http::stale_windows(entry.headers());
-        (
-            swr.max(policy.stale_while_revalidate),
-            sie.max(policy.stale_if_error),
-        )
-    } else {
-        (policy.stale_while_revalidate, policy.stale_if_error)
-    };
+    let (swr, sie) = stale_windows(policy, entry);
     if past < swr {
         Found::StaleWhileRevalidate
     } else if past < sie {
@@ -53,6 +44,24 @@ pub(crate) fn classify(
     } else {
         Found::Unusable
     }
+}
+
+/// How long past its expiry an entry may be answered while it is refreshed, and when the
+/// service fails: the policy's windows, and in HTTP mode the origin's own too (RFC 5861);
+/// none at all for an entry the origin forbids to serve stale (`must-revalidate`,
+/// `proxy-revalidate`, `s-maxage`, `no-cache`), whatever the policy says.
+pub(crate) fn stale_windows(policy: &CompiledPolicy, entry: &Entry) -> (Duration, Duration) {
+    if !policy.http {
+        return (policy.stale_while_revalidate, policy.stale_if_error);
+    }
+    if !crate::http::may_serve_stale(entry.headers()) {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let (swr, sie) = crate::http::stale_windows(entry.headers());
+    (
+        swr.max(policy.stale_while_revalidate),
+        sie.max(policy.stale_if_error),
+    )
 }
 
 /// What `entry` is to a request for `full`: [`classify`], then [`as_directed`] by the
@@ -293,18 +302,21 @@ pub(crate) fn hit(
         )
     };
     let age = age_value(age);
-    let not_modified = match (req.if_none_match, req.if_modified_since) {
-        (Some(inm), _) => {
-            headers::is_wildcard(inm)
-                || entry
-                    .headers()
-                    .get(header::ETAG)
-                    .is_some_and(|etag| headers::none_match(inm, etag))
-        }
-        // Only without If-None-Match (RFC 9110 section 13.2.2): not modified since.
-        (None, Some(ims)) => crate::http::not_modified_since(entry.headers(), ims),
-        (None, None) => false,
-    };
+    // A 304 stands for a 200 (RFC 9110 section 13.2.1): a stored error is answered whole.
+    let conditions = (req.if_none_match, req.if_modified_since);
+    let not_modified = entry.status().is_success()
+        && match conditions {
+            (Some(inm), _) => {
+                headers::is_wildcard(inm)
+                    || entry
+                        .headers()
+                        .get(header::ETAG)
+                        .is_some_and(|etag| headers::none_match(inm, etag))
+            }
+            // Only without If-None-Match (RFC 9110 section 13.2.2): not modified since.
+            (None, Some(ims)) => crate::http::not_modified_since(entry.headers(), ims),
+            (None, None) => false,
+        };
     if not_modified {
         let mut resp = Response::new(Stored::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;

@@ -17,9 +17,11 @@
 //! - a response with `Set-Cookie`, or `Cache-Control: no-store`, `private` or `no-cache`;
 //! - a response with `Vary` naming a header the policy does not key on (or `Vary: *`);
 //! - a status outside the policy's list (default 200, 203, 204, 300, 301, 308, 404, 410), and
-//!   never a 5xx, 206 or 304;
-//! - a body that fails midway, is dropped before its end, or grows past the size limit (it
-//!   still streams to the client in full: never an error);
+//!   never a 5xx, 206 or 304, nor a 412 or 416 (the answer to one request's own
+//!   preconditions or range);
+//! - a body that fails midway, is dropped before its end, ends short of (or past) its
+//!   `Content-Length`, or grows past the size limit (it still streams to the client in
+//!   full: never an error);
 //! - the answer to a HEAD miss (it has no body: GET fills the entry HEAD reads);
 //! - a response a handler opts out with [`CacheHint`].
 //!
@@ -133,5 +135,7 @@ pub(crate) use body::complete_headers;
 mod poisoning_tests;
 #[cfg(test)]
 mod stale_tests;
+#[cfg(test)]
+mod storage_tests;
 #[cfg(test)]
 mod tests;

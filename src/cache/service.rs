@@ -188,7 +188,8 @@ where
             stash.counters().bypass();
             tracing::trace!(route = %policy.route, reason, "cache bypassed");
             let stash = stash.clone();
-            return ResponseFuture::bypass(self.call_inner(req), stash, reason);
+            let hints = policy.hints;
+            return ResponseFuture::bypass(self.call_inner(req), stash, reason, hints);
         }
         let params = crate::key::Params::new(&params, fields.as_ref());
         let (mut full, mut stored) = self.shared.key_strings(policy, &params, &req);

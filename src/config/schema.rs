@@ -139,6 +139,8 @@ pub struct PolicyConfig {
     pub max_variants: Option<usize>,
     /// The request headers allowed besides the keyed ones (see [`Policy::allow_headers`]).
     pub allow_headers: Option<Vec<String>>,
+    /// Whether the service's hints (`x-stash-*`) are obeyed (see [`Policy::hints`]).
+    pub hints: Option<bool>,
 }
 
 /// A rule's table: the fields of [`Invalidate`].
@@ -305,6 +307,9 @@ impl PolicyConfig {
         }
         if let Some(h) = &self.allow_headers {
             p = p.allow_headers(h.clone());
+        }
+        if let Some(on) = self.hints {
+            p = p.hints(on);
         }
         p
     }

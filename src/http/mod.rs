@@ -8,19 +8,42 @@
 //!   heuristic freshness (10 % of the time since `Last-Modified`, at most a day) for the
 //!   statuses RFC 9110 calls heuristically cacheable, except client errors: a 4xx (which an
 //!   attacker may provoke) is stored only with an explicit lifetime, from the origin or the
-//!   policy. A response with none of these is not stored.
+//!   policy. A response with none of these is not stored, but for one that is only to be
+//!   revalidated (`no-cache` with a validator), which also needs a reason to be stored
+//!   (RFC 9111 section 3): a heuristically cacheable status (not a 4xx) or `public`. A
+//!   `500`, `400` or `201` saying only `no-cache` and an `ETag` is not kept.
+//! - Never stored: a `412` or `416` (the answer to one request's own preconditions or range:
+//!   stored, it would answer every client so, a CPDoS), a `206` outside the partial store
+//!   below, a `304`, and a body that ends short of (or past) its `Content-Length` (a
+//!   connection closed early). Refreshes forward none of the client's conditions
+//!   (`If-Match`, `If-None-Match`, `If-Modified-Since`, `If-Unmodified-Since`, `If-Range`)
+//!   nor its `Range`.
 //! - `Age`: the age a response arrives with (its `Age` header, or how far its `Date` lies in
 //!   the past) counts toward its freshness and is sent on every hit; an `Age` that is not one
 //!   plain number makes the response stale.
 //! - Response directives: `no-store` and `private` are not stored; `no-cache` answers with a
-//!   validator are stored and revalidated before every use; `must-revalidate`,
-//!   `proxy-revalidate`, `s-maxage` and `no-cache` entries are never served stale;
-//!   `stale-while-revalidate=N` and `stale-if-error=N` (RFC 5861) are honoured;
-//!   `must-understand` stores only known statuses (and then despite `no-store`).
+//!   validator are stored and revalidated before every use, also after the origin's `304`
+//!   (which confirms one use, never gives a lifetime); `must-revalidate`,
+//!   `proxy-revalidate`, `s-maxage` and `no-cache` entries are never served stale, neither
+//!   inside the origin's windows nor the policy's
+//!   ([`stale_while_revalidate`](crate::Policy::stale_while_revalidate),
+//!   [`stale_if_error`](crate::Policy::stale_if_error)); `stale-while-revalidate=N` and
+//!   `stale-if-error=N` (RFC 5861) are honoured; `must-understand` stores only known
+//!   statuses (and then despite `no-store`).
 //! - Validation: expired entries with an `ETag` or `Last-Modified` are kept a day and
 //!   revalidated with `If-None-Match` / `If-Modified-Since`; a `304` freshens the stored
-//!   headers (never the validator or `Content-Length`), and is stored only under the rules a
-//!   full answer meets.
+//!   headers (never the validator or `Content-Length`, nor its own hop-by-hop headers), and
+//!   is stored only under the rules a full answer meets. A `304` naming another entity tag
+//!   than the entry's confirms nothing (RFC 9111 section 4.3.4): the entry is dropped, and
+//!   the client gets it stale where it allows that, or else a `502`. An answer confirmed by
+//!   a `304` says `Cache-Status: ...; fwd=stale; fwd-status=304`.
+//! - A `304` is sent to a client only for a stored `2xx` its `If-None-Match` or
+//!   `If-Modified-Since` matches (RFC 9110 section 13.2.1): a stored error is answered
+//!   whole.
+//! - Hints: the service's [`CacheHint`](crate::CacheHint) and `x-stash-*` headers are
+//!   ignored (and forwarded to the client as any other header) unless the policy obeys them
+//!   ([`Policy::hints`](crate::Policy::hints)): an origin speaks with `Cache-Control`, and
+//!   one not in your hands must not stretch a `max-age=0` to a year.
 //! - When the origin cannot be reached (an error, 502, 504), an expired entry that allows it
 //!   is answered stale; other 5xx only inside `stale-if-error`.
 //! - `Vary`: each variant has a key of its own (a record under the URL's key names the
@@ -224,8 +247,12 @@ pub(crate) fn freshen(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap
         header::ETAG,
         http::HeaderName::from_static("content-md5"),
     ];
+    // Hop-by-hop headers (and those `Connection` names) concern the connection the 304
+    // came on, never the stored response.
+    let mut not_modified = not_modified.clone();
+    crate::headers::strip_hop_by_hop(&mut not_modified);
     let mut replaced = std::collections::HashSet::new();
-    for (name, value) in not_modified {
+    for (name, value) in &not_modified {
         if keep.contains(name) || name.as_str() == "cache-status" {
             continue;
         }
@@ -488,6 +515,15 @@ pub(crate) fn understood(status: StatusCode) -> bool {
         200..=208 | 226 | 300..=308 | 400..=418 | 421..=426 | 428 | 429 | 431 | 451 | 500..=508
             | 510 | 511
     )
+}
+
+/// Whether a response without a lifetime of its own (explicit, heuristic or from the
+/// policy) may still be stored, to be revalidated before every use (RFC 9111 section 3): its
+/// status is heuristically cacheable (client errors apart: an attacker may provoke them), or
+/// it says `public`.
+pub(crate) fn reason_to_store(status: StatusCode, headers: &HeaderMap) -> bool {
+    (heuristically_cacheable(status) && !status.is_client_error())
+        || crate::headers::has_directive(headers, &["public"])
 }
 
 /// Whether RFC 9110 lets a cache give `status` a heuristic freshness.

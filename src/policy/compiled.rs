@@ -59,6 +59,8 @@ pub(crate) struct CompiledPolicy {
     pub(crate) max_variants: usize,
     /// The request headers, besides the keyed ones, allowed through ([`Policy::allow_headers`]).
     pub(crate) allowed_headers: Option<Vec<HeaderName>>,
+    /// Whether the service's [`CacheHint`](crate::CacheHint)s are obeyed.
+    pub(crate) hints: bool,
 }
 
 impl CompiledPolicy {

@@ -92,6 +92,7 @@ pub struct Policy {
     pub(crate) request_directives: Option<bool>,
     pub(crate) max_variants: Option<usize>,
     pub(crate) allow_headers: Option<Vec<String>>,
+    pub(crate) hints: Option<bool>,
     /// Set by [`Routes::grpc`], never inherited.
     pub(crate) grpc: bool,
 }
@@ -182,7 +183,8 @@ impl Policy {
         self.key_headers(names)
     }
 
-    /// Sets the statuses that are stored (2xx to 4xx only, never 206 or 304).
+    /// Sets the statuses that are stored (2xx to 4xx only, never 206, 304, 412 or 416; in
+    /// HTTP mode 2xx to 5xx, a 206 apart as a partial response).
     pub fn statuses<I: IntoIterator<Item = u16>>(mut self, statuses: I) -> Self {
         self.statuses = Some(statuses.into_iter().collect());
         self
@@ -250,7 +252,9 @@ impl Policy {
 
     /// Serves an expired entry for up to `window` after it expires, at once and marked
     /// `Cache-Status: ...; hit; stale`, while one request per key (across instances sharing a
-    /// store with leases) refreshes it in the background. Default: none.
+    /// store with leases) refreshes it in the background. Default: none. In HTTP mode, never
+    /// for an entry the origin says must be revalidated (`must-revalidate`,
+    /// `proxy-revalidate`, `s-maxage`, `no-cache`).
     pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
         self.stale_while_revalidate = Some(window);
         self
@@ -258,7 +262,9 @@ impl Policy {
 
     /// Serves an expired entry for up to `window` after it expires when the service fails
     /// (an error, a 5xx, or no answer within [`upstream_timeout`](Self::upstream_timeout)),
-    /// marked `Cache-Status: ...; fwd=stale; ...; stale`. Default: none.
+    /// marked `Cache-Status: ...; fwd=stale; ...; stale`. Default: none. In HTTP mode, never
+    /// for an entry the origin says must be revalidated, as for
+    /// [`stale_while_revalidate`](Self::stale_while_revalidate).
     pub fn stale_if_error(mut self, window: Duration) -> Self {
         self.stale_if_error = Some(window);
         self
@@ -392,6 +398,16 @@ impl Policy {
         self
     }
 
+    /// Whether the service's hints ([`CacheHint`](crate::CacheHint), the `x-stash-skip`,
+    /// `x-stash-ttl` and `x-stash-tags` headers) are obeyed. Default: in application mode
+    /// yes (the handler is the app's own); in HTTP mode no: there the origin speaks with
+    /// `Cache-Control`, and an origin one does not run must not stretch a `max-age=0` to a
+    /// year nor tag entries; its `x-stash-*` headers then reach the client as any other.
+    pub fn hints(mut self, obey: bool) -> Self {
+        self.hints = Some(obey);
+        self
+    }
+
     /// This policy's settings over `base`'s.
     fn over(&self, base: &Policy) -> Policy {
         Policy {
@@ -428,6 +444,7 @@ impl Policy {
                 .allow_headers
                 .clone()
                 .or_else(|| base.allow_headers.clone()),
+            hints: self.hints.or(base.hints),
             grpc: self.grpc,
         }
     }

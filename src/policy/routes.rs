@@ -303,24 +303,27 @@ impl Routes {
             } else if http {
                 // Any status the origin gives freshness to (never a 304; a 206 apart from the
                 // complete response).
-                (200..600).filter(|s| *s != 304).collect()
+                (200..600)
+                    .filter(|s| !matches!(s, 304 | 412 | 416))
+                    .collect()
             } else {
                 DEFAULT_STATUSES.to_vec()
             }
         });
         // HTTP mode stores a 5xx the origin gives freshness to, and a 206 apart (a partial
         // response); application mode neither. Never a 304.
+        // Never a 412 or 416 either: they answer one request's own preconditions or range.
         let storable = |s: u16| {
             let top = if http { 600 } else { 500 };
-            (200..top).contains(&s) && s != 304 && (http || s != 206)
+            (200..top).contains(&s) && !matches!(s, 304 | 412 | 416) && (http || s != 206)
         };
         let never = |field: &str, s: u16| {
             format!(
                 "{place}.{field}: {s} is never stored (only {})",
                 if http {
-                    "2xx to 5xx, and not 304"
+                    "2xx to 5xx, and not 304, 412 or 416"
                 } else {
-                    "2xx to 4xx, and not 206 or 304"
+                    "2xx to 4xx, and not 206, 304, 412 or 416"
                 }
             )
         };
@@ -444,6 +447,7 @@ impl Routes {
             request_directives: resolved.request_directives.unwrap_or(http),
             max_variants,
             allowed_headers,
+            hints: resolved.hints.unwrap_or(!http),
         })
     }
 }
