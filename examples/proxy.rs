@@ -15,6 +15,9 @@
 //! instead, in application mode, are not invalidated by writes). `scripts/cache-tests.sh`
 //! runs the public HTTP cache test suite against it.
 //!
+//! Interim (1xx) answers of the origin are read and dropped: hyper's server has no way to send
+//! them on, so clients get the final answer only (which is what is stored; a 1xx never is).
+//!
 //! Poisoning is closed by construction, as a CDN's origin-request policy does: a cacheable
 //! request (a GET or HEAD the cache may answer for others) reaches the origin with the
 //! headers its key holds (`Host`, and those a `Vary` picks a variant by: each variant its
@@ -126,7 +129,14 @@ impl Upstream {
         uri.path_and_query = path.parse().ok();
         // (Its hop-by-hop headers went before the cache: see `app`.)
         parts.uri = Uri::from_parts(uri).expect("the upstream URL and a path");
-        let sent = self.client.request(Request::from_parts(parts, body));
+        let mut req = Request::from_parts(parts, body);
+        // Interim answers (100, 102, 103 Early Hints) come before the final one. hyper's
+        // server cannot send 1xx answers to our client (hyper 1 has no API for it), so they
+        // end here, said in the log; the cache only ever sees, and stores, the final one.
+        hyper::ext::on_informational(&mut req, |res| {
+            tracing::debug!(status = %res.status(), "interim answer from the origin, not forwarded");
+        });
+        let sent = self.client.request(req);
         let resp = match tokio::time::timeout(UPSTREAM_TIMEOUT, sent).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {

@@ -355,3 +355,52 @@ async fn a_cacheable_request_reaches_the_origin_with_keyed_and_allowed_headers_o
     request(proxy, "GET", "/cacheable", &with_cookie).await;
     assert!(last().contains(&"x-tenant-override-7f3a".to_string()));
 }
+
+/// An origin on a raw socket: to each request, `103 Early Hints` first, then a final answer
+/// cacheable for a minute, counting its requests.
+async fn early_hints_origin(calls: Counter) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut read = 0;
+                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = socket.read(&mut buf[read..]).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    read += n;
+                }
+                let n = calls.enter().await;
+                let body = format!("final #{n}");
+                let answer = format!(
+                    "HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n\
+                     HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                socket.write_all(answer.as_bytes()).await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_interim_answer_is_never_stored_the_final_one_is() {
+    let calls = Counter::default();
+    let origin = early_hints_origin(calls.clone()).await;
+    let cache = CacheLayer::new(Stash::new(), proxy::default_routes());
+    let upstream = format!("http://{origin}").parse().unwrap();
+    let proxy = serve(proxy::app(proxy::Upstream::new(upstream), cache)).await;
+    for _ in 0..2 {
+        let (status, body) = request(proxy, "GET", "/hinted", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "final #1"));
+    }
+    assert_eq!(calls.calls(), 1);
+}

@@ -65,7 +65,9 @@ pub(super) fn decide<B: Body>(
     {
         return Err("status");
     }
-    let exchange = exchange(ctx, parts.status, &parts.headers);
+    // Decided by a targeted field (CDN-Cache-Control) where it has one.
+    let view = crate::http::effective(&parts.headers, &policy.targeted);
+    let exchange = exchange(ctx, parts.status, &view);
     exchange.storable()?;
     let validator = crate::http::has_validator(&parts.headers);
     let declared = headers::content_length(&parts.headers);

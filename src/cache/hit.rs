@@ -54,10 +54,11 @@ pub(crate) fn stale_windows(policy: &CompiledPolicy, entry: &Entry) -> (Duration
     if !policy.http {
         return (policy.stale_while_revalidate, policy.stale_if_error);
     }
-    if !crate::http::may_serve_stale(entry.headers()) {
+    let headers = crate::http::effective(entry.headers(), &policy.targeted);
+    if !crate::http::may_serve_stale(&headers) {
         return (Duration::ZERO, Duration::ZERO);
     }
-    let (swr, sie) = crate::http::stale_windows(entry.headers());
+    let (swr, sie) = crate::http::stale_windows(&headers);
     (
         swr.max(policy.stale_while_revalidate),
         sie.max(policy.stale_if_error),
@@ -75,7 +76,7 @@ pub(crate) fn usable(
 ) -> Found {
     let kind = classify(entry, full, policy, now);
     match directives {
-        Some(d) => as_directed(d, entry, full, kind, now),
+        Some(d) => as_directed(d, policy, entry, full, kind, now),
         None => kind,
     }
 }
@@ -85,12 +86,14 @@ pub(crate) fn usable(
 /// unless the entry says it must be revalidated.
 pub(super) fn as_directed(
     d: &crate::http::RequestDirectives,
+    policy: &CompiledPolicy,
     entry: &Entry,
     full: &str,
     kind: Found,
     now: SystemTime,
 ) -> Found {
     let age = now.duration_since(entry.stored_at()).unwrap_or_default();
+    let headers = crate::http::effective(entry.headers(), &policy.targeted);
     match kind {
         Found::Fresh(remaining) if d.accepts(age, remaining, Duration::ZERO) => kind,
         // `immutable` (RFC 8246): the origin promised this body will not change while fresh,
@@ -98,7 +101,7 @@ pub(super) fn as_directed(
         // and `min-fresh` still counts.
         Found::Fresh(remaining)
             if !d.no_cache
-                && headers::has_directive(entry.headers(), &["immutable"])
+                && headers::has_directive(&headers, &["immutable"])
                 && crate::http::RequestDirectives {
                     max_age: None,
                     ..d.clone()
@@ -111,7 +114,7 @@ pub(super) fn as_directed(
         Found::Unusable if entry.key() == full && !entry.is_tombstone() => {
             let past = now.duration_since(entry.fresh_until()).unwrap_or_default();
             let revalidate = headers::has_directive(
-                entry.headers(),
+                &headers,
                 &[
                     "must-revalidate",
                     "proxy-revalidate",

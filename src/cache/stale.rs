@@ -50,7 +50,8 @@ pub(crate) fn http_fallbacks(ctx: &mut Ctx, entry: &Arc<Entry>, now: SystemTime)
     if crate::http::has_validator(entry.headers()) {
         ctx.revalidate = Some(entry.clone());
     }
-    if crate::http::may_serve_stale(entry.headers()) {
+    let headers = crate::http::effective(entry.headers(), &ctx.policy.targeted);
+    if crate::http::may_serve_stale(&headers) {
         ctx.stale = Some(entry.clone());
     }
 }
@@ -96,13 +97,15 @@ pub(super) fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) ->
     let stash = ctx.stash().clone();
     let now = stash.now();
     let headers = crate::http::freshen(entry.headers(), not_modified);
+    // Decided by a targeted field (CDN-Cache-Control) where it has one.
+    let view = crate::http::effective(&headers, &ctx.policy.targeted);
     // The merged answer is stored only under the rules a full answer would meet.
-    let storable = exchange(ctx, entry.status(), &headers).headers_ok().is_ok();
+    let storable = exchange(ctx, entry.status(), &view).headers_ok().is_ok();
     let fallback = ctx.policy.status_ttl(entry.status());
-    let (mut lifetime, mut age) = crate::http::freshness(entry.status(), &headers, now, fallback)
+    let (mut lifetime, mut age) = crate::http::freshness(entry.status(), &view, now, fallback)
         .unwrap_or((Duration::ZERO, Duration::ZERO));
     lifetime = lifetime.min(ctx.policy.ttl);
-    if crate::headers::has_directive(&headers, &["no-cache"]) {
+    if crate::headers::has_directive(&view, &["no-cache"]) {
         // Confirmed for this use only: the next is revalidated too, whatever heuristic
         // lifetime its `Last-Modified` would give.
         lifetime = Duration::ZERO;

@@ -141,6 +141,11 @@ pub struct PolicyConfig {
     pub allow_headers: Option<Vec<String>>,
     /// Whether the service's hints (`x-stash-*`) are obeyed (see [`Policy::hints`]).
     pub hints: Option<bool>,
+    /// HTTP mode: a targeted cache-control field naming this cache (see
+    /// [`Policy::targeted_field`]).
+    pub targeted_field: Option<String>,
+    /// HTTP mode: whether `CDN-Cache-Control` is obeyed (see [`Policy::cdn_cache_control`]).
+    pub cdn_cache_control: Option<bool>,
 }
 
 /// A rule's table: the fields of [`Invalidate`].
@@ -310,6 +315,12 @@ impl PolicyConfig {
         }
         if let Some(on) = self.hints {
             p = p.hints(on);
+        }
+        if let Some(name) = &self.targeted_field {
+            p = p.targeted_field(name.clone());
+        }
+        if let Some(on) = self.cdn_cache_control {
+            p = p.cdn_cache_control(on);
         }
         p
     }

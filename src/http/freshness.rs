@@ -45,11 +45,7 @@ pub(crate) fn freshen(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap
 /// Whether a stored response was not modified since `ims` (its `Last-Modified`, or else its
 /// `Date`, at or before it).
 pub(crate) fn not_modified_since(headers: &HeaderMap, ims: &http::HeaderValue) -> bool {
-    let Some(since) = ims
-        .to_str()
-        .ok()
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-    else {
+    let Some(since) = ims.to_str().ok().and_then(super::date::parse) else {
         return false;
     };
     http_date(headers, header::LAST_MODIFIED)
@@ -85,23 +81,21 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
 }
 
 fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
-    httpdate::parse_http_date(headers.get(name)?.to_str().ok()?).ok()
+    super::date::parse(headers.get(name)?.to_str().ok()?)
 }
 
-/// The `Age` header's value: zero when absent, an error when it is not one plain number.
-fn age(headers: &HeaderMap) -> Result<Duration, ()> {
-    let mut values = headers.get_all(header::AGE).iter();
-    let Some(first) = values.next() else {
-        return Ok(Duration::ZERO);
-    };
-    if values.next().is_some() {
-        return Err(());
-    }
-    let v = first.to_str().map_err(drop)?.trim();
+/// The `Age` a response arrived with (RFC 9111 section 5.1): the first member of its list,
+/// parameters aside; `None` when absent or invalid (not a non-negative integer), which is
+/// ignored, not taken as stale.
+fn age(headers: &HeaderMap) -> Option<Duration> {
+    let first = headers.get(header::AGE)?.to_str().ok()?;
+    let member = first.split(',').next()?;
+    let v = member.split(';').next()?.trim();
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(());
+        return None;
     }
-    Ok(Duration::from_secs(
+    // Overflowing values mean "a very long time" (RFC 9111 section 1.2.2).
+    Some(Duration::from_secs(
         v.parse().unwrap_or(u64::from(u32::MAX)),
     ))
 }
@@ -141,13 +135,9 @@ pub(crate) fn freshness(
     } else {
         return None;
     };
-    // The age on arrival: the `Age` header, or how far `Date` lies in the past. An `Age`
-    // that is not one plain number (several, negative, a fraction, with parameters) makes
-    // the response stale: its age cannot be known.
-    let age_value = match age(headers) {
-        Ok(age) => age,
-        Err(()) => return Some((lifetime, lifetime)),
-    };
+    // The age on arrival: the `Age` header (an invalid one ignored), or how far `Date` lies
+    // in the past, whichever is more.
+    let age_value = age(headers).unwrap_or_default();
     let apparent = date
         .and_then(|d| now.duration_since(d).ok())
         .unwrap_or_default();

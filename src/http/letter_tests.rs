@@ -322,3 +322,236 @@ async fn an_origin_s_hint_headers_are_ignored_unless_the_policy_opts_in() {
     c.get(&[]).await;
     assert!(c.get(&[]).await.is_hit(), "the policy trusts its origin");
 }
+
+/// Whether a response with these headers (and `max-age`) is still a hit on the second request.
+async fn reused(headers: &[(&'static str, &str)]) -> bool {
+    let c = cache(http(), origin(200, headers, "x"));
+    c.get(&[]).await;
+    c.get(&[]).await.is_hit()
+}
+
+#[tokio::test]
+async fn age_is_its_first_member_and_an_invalid_one_is_ignored() {
+    // RFC 9111 section 5.1: a list's first member; an invalid value is ignored (the age
+    // then comes from `Date`), it does not make the response stale.
+    let date = now_date();
+    let cases: [(&[&str], bool); 11] = [
+        (&["abc"], true),
+        (&["-7200"], true),
+        (&["7200.0"], true),
+        (&[""], true),
+        (&["0, 7200"], true),
+        (&["0", "7200"], true),
+        (&["0, 0"], true),
+        (&["0", "0"], true),
+        (&["7200, 0"], false),
+        (&["7200", "0"], false),
+        // A parameter is not part of the number it follows.
+        (&["7200;foo=bar"], false),
+    ];
+    for (ages, fresh) in cases {
+        let mut headers = vec![("cache-control", "max-age=3600"), ("date", date.as_str())];
+        headers.extend(ages.iter().map(|a| ("age", *a)));
+        assert_eq!(reused(&headers).await, fresh, "Age: {ages:?}");
+    }
+    // The first member counts toward the age sent on hits.
+    let c = cache(
+        http(),
+        origin(
+            200,
+            &[("cache-control", "max-age=3600"), ("age", "100, 3")],
+            "x",
+        ),
+    );
+    c.get(&[]).await;
+    assert_eq!(c.get(&[]).await.headers["age"], "100");
+}
+
+#[tokio::test]
+async fn cdn_cache_control_is_obeyed_before_cache_control_and_expires() {
+    let date = now_date();
+    let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(10_000));
+    let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(10_000));
+    let cases: [(&[(&'static str, &str)], bool); 10] = [
+        (&[("cdn-cache-control", "max-age=3600")], true),
+        (&[("cdn-cache-control", "max-age=99999999999")], true),
+        (&[("cdn-cache-control", "foobar, max-age=3600")], true),
+        (
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=3600"),
+            ],
+            true,
+        ),
+        (
+            &[
+                ("cdn-cache-control", "max-age=3600"),
+                ("expires", &past),
+                ("date", &date),
+            ],
+            true,
+        ),
+        (
+            &[
+                ("cdn-cache-control", "max-age=0"),
+                ("expires", &future),
+                ("date", &date),
+            ],
+            false,
+        ),
+        (
+            &[
+                ("cdn-cache-control", "private"),
+                ("cache-control", "max-age=10000"),
+            ],
+            false,
+        ),
+        (
+            &[
+                ("cdn-cache-control", "no-store"),
+                ("cache-control", "max-age=10000"),
+            ],
+            false,
+        ),
+        // Not a valid Structured Field, or a directive of the wrong type: ignored, and the
+        // origin's `Cache-Control` decides.
+        (
+            &[
+                ("cdn-cache-control", "max-age=10000, &&&&&"),
+                ("cache-control", "no-store"),
+            ],
+            false,
+        ),
+        (
+            &[
+                ("cdn-cache-control", "max-age=\"10000\""),
+                ("cache-control", "no-store"),
+            ],
+            false,
+        ),
+    ];
+    for (headers, fresh) in cases {
+        assert_eq!(reused(headers).await, fresh, "{headers:?}");
+    }
+    // A short CDN lifetime wins over a long Cache-Control one; the header goes on to the
+    // client, whose caches it does not concern.
+    let c = cache(
+        http(),
+        origin(
+            200,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("cdn-cache-control", "max-age=1"),
+            ],
+            "x",
+        ),
+    );
+    let first = c.get(&[]).await;
+    assert_eq!(first.headers["cdn-cache-control"], "max-age=1");
+    c.clock.advance(Duration::from_secs(2));
+    assert!(!c.get(&[]).await.is_hit());
+    // `no-cache` there: revalidated on every use.
+    let c = cache(
+        http(),
+        origin(
+            200,
+            &[
+                ("cdn-cache-control", "no-cache"),
+                ("cache-control", "max-age=10000"),
+                ("etag", "\"e\""),
+            ],
+            "x",
+        ),
+    );
+    c.get(&[]).await;
+    c.origin.answer(reply(304, &[("etag", "\"e\"")], ""));
+    c.get(&[]).await;
+    assert_eq!(c.origin.calls(), 2);
+    // `must-revalidate` there: never answered stale.
+    let c = cache(
+        http(),
+        origin(
+            200,
+            &[
+                ("cdn-cache-control", "max-age=1, must-revalidate"),
+                ("cache-control", "max-age=1"),
+            ],
+            "old",
+        ),
+    );
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(5));
+    c.origin.answer(reply(502, &[], "down"));
+    assert_eq!(c.get(&[]).await.text(), "down");
+}
+
+#[tokio::test]
+async fn a_targeted_field_of_its_own_comes_first_and_cdn_cache_control_can_be_ignored() {
+    let both = [
+        ("stash-cache-control", "max-age=1"),
+        ("cdn-cache-control", "max-age=3600"),
+    ];
+    let c = cache(
+        http().targeted_field("stash-cache-control"),
+        origin(200, &both, "x"),
+    );
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(2));
+    assert!(!c.get(&[]).await.is_hit(), "Stash-Cache-Control first");
+    let c = cache(http(), origin(200, &both, "x"));
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(2));
+    assert!(
+        c.get(&[]).await.is_hit(),
+        "not targeted at this cache: ignored"
+    );
+    let c = cache(
+        http().cdn_cache_control(false),
+        origin(200, &[("cdn-cache-control", "max-age=3600")], "x"),
+    );
+    c.get(&[]).await;
+    assert!(!c.get(&[]).await.is_hit(), "CDN-Cache-Control ignored");
+}
+
+#[tokio::test]
+async fn expires_is_read_leniently() {
+    for expires in [
+        "THU, 18 Aug 2050 02:01:18 GMT",
+        "Thu, 18 AUG 2050 02:01:18 GMT",
+        "Thu, 18 Aug 2050 02:01:18 gMT",
+        "Thu, 18 Aug 2050 02:01:18 UTC",
+        "Thu Aug  8 02:01:18 2050",
+        "Tue 19 Jan 2038 14:14:08 GMT",
+        "Thu, 18-Aug-2050 02:01:18 GMT",
+        "Thursday, 18-Aug-50 02:01:18 GMT",
+        "Thu, 18 Aug 50 02:01:18 GMT",
+        "Thu, 18  Aug  2050 02:01:18 GMT",
+        "Thu, 18 Aug 2050 2:01:18 GMT",
+    ] {
+        let headers = [("expires", expires), ("date", &now_date())];
+        assert!(reused(&headers).await, "Expires: {expires}");
+    }
+    // A zone other than GMT cannot be read: the response is already expired.
+    for expires in ["Thu, 18 Aug 2050 02:01:18 AEST", "0", "soon"] {
+        let headers = [("expires", expires), ("date", &now_date())];
+        assert!(!reused(&headers).await, "Expires: {expires}");
+    }
+}
+
+#[tokio::test]
+async fn an_interim_response_is_never_stored() {
+    let c = cache(
+        http(),
+        origin(
+            103,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("link", "</s.css>; rel=preload"),
+            ],
+            "",
+        ),
+    );
+    c.get(&[]).await;
+    c.get(&[]).await;
+    assert_eq!(c.origin.calls(), 2);
+}

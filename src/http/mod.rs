@@ -19,8 +19,26 @@
 //!   (`If-Match`, `If-None-Match`, `If-Modified-Since`, `If-Unmodified-Since`, `If-Range`)
 //!   nor its `Range`.
 //! - `Age`: the age a response arrives with (its `Age` header, or how far its `Date` lies in
-//!   the past) counts toward its freshness and is sent on every hit; an `Age` that is not one
-//!   plain number makes the response stale.
+//!   the past, whichever is more) counts toward its freshness and is sent on every hit. As
+//!   RFC 9111 section 5.1 says, a list's first member counts (`Age: 0, 7200` is 0; two lines,
+//!   the first), parameters aside (`7200;foo=bar` is 7200), and an invalid value (not a
+//!   non-negative integer: `abc`, `-1`, `1.5`) is ignored, not taken as stale.
+//! - Targeted fields (RFC 9213): a response's `CDN-Cache-Control`, or first a field naming
+//!   this cache ([`Policy::targeted_field`], such as `Stash-Cache-Control`), when present,
+//!   a valid Structured Field Dictionary and not empty, decides instead of `Cache-Control`
+//!   and `Expires`: its `max-age`, `s-maxage`, `no-store`, `no-cache`, `private`,
+//!   `must-revalidate` and the rest, as they would there (`CDN-Cache-Control: max-age=3600`
+//!   with `Cache-Control: no-store` is stored an hour; `CDN-Cache-Control: private` is not
+//!   stored whatever `Cache-Control` says). An invalid one (`max-age =1`, `max-age="1"`,
+//!   `&&&`) is ignored. The fields reach the client as they came (they concern other caches
+//!   too). [`Policy::cdn_cache_control`]`(false)` ignores `CDN-Cache-Control`.
+//! - Dates (`Date`, `Expires`, `Last-Modified`, `If-Modified-Since`) are read in all three
+//!   formats of RFC 9110 section 5.6.7 and leniently beyond them, as caches in the field do:
+//!   any case, a wrong weekday or none, a missing comma, dashes, runs of spaces, a
+//!   two-digit year, a one-digit hour; `UTC` for `GMT`. A date in another zone (`AEST`)
+//!   cannot be read: as `Expires`, it means already expired.
+//! - Interim (1xx) answers are never stored: only a final answer is (see the proxy example
+//!   for forwarding them).
 //! - Response directives: `no-store` and `private` are not stored; `no-cache` answers with a
 //!   validator are stored and revalidated before every use, also after the origin's `304`
 //!   (which confirms one use, never gives a lifetime); `must-revalidate`,
@@ -93,10 +111,14 @@
 //! [`Policy::http_mode`]: crate::Policy::http_mode
 //! [`Policy::request_directives`]: crate::Policy::request_directives
 //! [`Policy::allow_headers`]: crate::Policy::allow_headers
+//! [`Policy::targeted_field`]: crate::Policy::targeted_field
+//! [`Policy::cdn_cache_control`]: crate::Policy::cdn_cache_control
 
+mod date;
 mod directives;
 mod freshness;
 mod ranges;
+mod targeted;
 mod variants;
 
 pub use crate::headers::strip_hop_by_hop;
@@ -106,6 +128,7 @@ pub(crate) use freshness::{
     freshen, freshness, has_validator, not_modified_since, reason_to_store, understood,
 };
 pub(crate) use ranges::{byte_range, content_range, partial_covers, partial_key};
+pub(crate) use targeted::effective;
 pub(crate) use variants::{push_variant, record_key, record_names, vary_names, VARY_RECORD};
 
 use std::time::Duration;

@@ -61,6 +61,8 @@ pub(crate) struct CompiledPolicy {
     pub(crate) allowed_headers: Option<Vec<HeaderName>>,
     /// Whether the service's [`CacheHint`](crate::CacheHint)s are obeyed.
     pub(crate) hints: bool,
+    /// HTTP mode: the targeted cache-control fields obeyed (RFC 9213), first first.
+    pub(crate) targeted: Vec<HeaderName>,
 }
 
 impl CompiledPolicy {

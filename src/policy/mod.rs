@@ -93,6 +93,8 @@ pub struct Policy {
     pub(crate) max_variants: Option<usize>,
     pub(crate) allow_headers: Option<Vec<String>>,
     pub(crate) hints: Option<bool>,
+    pub(crate) targeted_field: Option<String>,
+    pub(crate) cdn_cache_control: Option<bool>,
     /// Set by [`Routes::grpc`], never inherited.
     pub(crate) grpc: bool,
 }
@@ -408,6 +410,24 @@ impl Policy {
         self
     }
 
+    /// HTTP mode: a targeted cache-control field (RFC 9213) naming this cache, such as
+    /// `Stash-Cache-Control`: when a response carries it (valid and not empty), its
+    /// directives decide instead of `CDN-Cache-Control`, `Cache-Control` and `Expires`. The
+    /// field is forwarded to the client like any other. Default: none.
+    pub fn targeted_field(mut self, name: impl Into<String>) -> Self {
+        self.targeted_field = Some(name.into());
+        self
+    }
+
+    /// HTTP mode: whether `CDN-Cache-Control` (RFC 9213) is obeyed: when a response carries
+    /// it (valid and not empty, and no [`targeted_field`](Self::targeted_field) first), its
+    /// directives decide instead of `Cache-Control` and `Expires`. Default: yes, as a CDN
+    /// does; turn it off for a cache that is not one.
+    pub fn cdn_cache_control(mut self, obey: bool) -> Self {
+        self.cdn_cache_control = Some(obey);
+        self
+    }
+
     /// This policy's settings over `base`'s.
     fn over(&self, base: &Policy) -> Policy {
         Policy {
@@ -445,6 +465,11 @@ impl Policy {
                 .clone()
                 .or_else(|| base.allow_headers.clone()),
             hints: self.hints.or(base.hints),
+            targeted_field: self
+                .targeted_field
+                .clone()
+                .or_else(|| base.targeted_field.clone()),
+            cdn_cache_control: self.cdn_cache_control.or(base.cdn_cache_control),
             grpc: self.grpc,
         }
     }

@@ -297,6 +297,21 @@ impl Routes {
             }
             allowed_headers = Some(list);
         }
+        let mut targeted = Vec::new();
+        if let Some(name) = &resolved.targeted_field {
+            match HeaderName::try_from(name.as_str()) {
+                Ok(h) if http => targeted.push(h),
+                Ok(_) => errors.push(format!(
+                    "{place}.targeted_field: for HTTP mode (`http_mode`), where the origin's headers decide"
+                )),
+                Err(_) => errors.push(format!(
+                    "{place}.targeted_field: `{name}` is not a header name"
+                )),
+            }
+        }
+        if http && resolved.cdn_cache_control.unwrap_or(true) {
+            targeted.push(HeaderName::from_static("cdn-cache-control"));
+        }
         let mut statuses = resolved.statuses.unwrap_or_else(|| {
             if resolved.grpc {
                 vec![200]
@@ -448,6 +463,7 @@ impl Routes {
             max_variants,
             allowed_headers,
             hints: resolved.hints.unwrap_or(!http),
+            targeted,
         })
     }
 }

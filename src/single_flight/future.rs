@@ -291,10 +291,11 @@ where
                     } else {
                         CacheHint::default()
                     };
+                    let view = crate::http::effective(&parts.headers, &policy.targeted);
                     let exchange = Exchange {
                         policy,
                         status: parts.status,
-                        headers: &parts.headers,
+                        headers: &view,
                         // Such requests never join a flight (see `flight_key`).
                         unkeyed_query: false,
                         authorized: false,
