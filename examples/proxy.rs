@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example proxy -- --listen 127.0.0.1:8080 --upstream http://127.0.0.1:8000 \
-//!     [--redis redis://127.0.0.1:6379] [--config proxy.toml]
+//!     [--redis redis://127.0.0.1:6379] [--config proxy.toml] [--allow-headers req-num,x-y]
 //! ```
 //!
 //! With `--config`, the file's `[stash]` settings apply, and its routes, if it has any, replace
@@ -14,6 +14,22 @@
 //! same-origin `Location` / `Content-Location` (HTTP mode does that: routes given a TTL
 //! instead, in application mode, are not invalidated by writes). `scripts/cache-tests.sh`
 //! runs the public HTTP cache test suite against it.
+//!
+//! Interim (1xx) answers of the origin are read and dropped: hyper's server has no way to send
+//! them on, so clients get the final answer only (which is what is stored; a 1xx never is).
+//!
+//! Poisoning is closed by construction, as a CDN's origin-request policy does: a cacheable
+//! request (a GET or HEAD the cache may answer for others) reaches the origin with the
+//! headers its key holds (`Host`, and those a `Vary` picks a variant by: each variant its
+//! own entry), the [`FORWARDED`] allowlist (`Accept`, `Accept-Encoding`, `Accept-Language`,
+//! `Accept-Charset`, `User-Agent`), the cache's own (conditions, ranges, `Cache-Control`)
+//! and `Authorization` (stored only when the origin says it may be shared). Any other
+//! header (`X-Forwarded-Host`, `X-Forwarded-Proto`, a header nobody listed) is removed, so
+//! no answer the key does not describe can be stored. Requests the cache does not store
+//! (unsafe methods, requests with a `Cookie`, `Cache-Control: no-store`) keep all of their
+//! headers. `--allow-headers` adds names to the default routes' list; configuration files
+//! choose per route: `allow_headers = [...]` (see `Policy::allow_headers`). Key a header
+//! (`key_headers`) to forward it and keep an entry per value.
 
 use axum::body::Body;
 use http::{header, Request, Response, StatusCode, Uri};
@@ -37,14 +53,38 @@ fn arg(name: &str) -> Option<String> {
 /// freshness: Varnish's default TTL, for the statuses it caches by default.
 const NEGATIVE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// The proxy's default routes: every path, in HTTP mode, keyed by Host. Client errors are
-/// stored only with explicit freshness from the origin, except 404, 410 and 414, which these
-/// routes ask for: two minutes when the origin says nothing.
+/// The request headers, besides the keyed ones, that the default routes forward on a
+/// cacheable request: what content negotiation needs (an origin that answers by them says so
+/// with `Vary`, and each variant gets its own entry).
+pub const FORWARDED: [&str; 5] = [
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "accept-charset",
+    "user-agent",
+];
+
+/// The proxy's default routes: every path, in HTTP mode, keyed by Host, forwarding only the
+/// [`FORWARDED`] headers besides. Client errors are stored only with explicit freshness from
+/// the origin, except 404, 410 and 414, which these routes ask for: two minutes when the
+/// origin says nothing.
 pub fn default_routes() -> Routes {
+    default_routes_forwarding(&[])
+}
+
+/// [`default_routes`], forwarding the headers `extra` too on cacheable requests (the
+/// command line's `--allow-headers a,b`: the public test suite's `Req-Num`, for one).
+pub fn default_routes_forwarding(extra: &[String]) -> Routes {
+    let allowed: Vec<String> = FORWARDED
+        .iter()
+        .map(|h| h.to_string())
+        .chain(extra.iter().cloned())
+        .collect();
     let policy = || {
         Policy::new()
             .http_mode(true)
             .key_headers(["host"])
+            .allow_headers(allowed.clone())
             .status_ttl(404, NEGATIVE_TTL)
             .status_ttl(410, NEGATIVE_TTL)
             .status_ttl(414, NEGATIVE_TTL)
@@ -89,7 +129,14 @@ impl Upstream {
         uri.path_and_query = path.parse().ok();
         // (Its hop-by-hop headers went before the cache: see `app`.)
         parts.uri = Uri::from_parts(uri).expect("the upstream URL and a path");
-        let sent = self.client.request(Request::from_parts(parts, body));
+        let mut req = Request::from_parts(parts, body);
+        // Interim answers (100, 102, 103 Early Hints) come before the final one. hyper's
+        // server cannot send 1xx answers to our client (hyper 1 has no API for it), so they
+        // end here, said in the log; the cache only ever sees, and stores, the final one.
+        hyper::ext::on_informational(&mut req, |res| {
+            tracing::debug!(status = %res.status(), "interim answer from the origin, not forwarded");
+        });
+        let sent = self.client.request(req);
         let resp = match tokio::time::timeout(UPSTREAM_TIMEOUT, sent).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {
@@ -152,8 +199,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         redis.cluster = None;
         config.stash.redis = Some(redis);
     }
+    let extra: Vec<String> = arg("--allow-headers")
+        .map(|list| list.split(',').map(|h| h.trim().to_owned()).collect())
+        .unwrap_or_default();
     let routes = if config.routes.is_empty() {
-        default_routes()
+        default_routes_forwarding(&extra)
     } else {
         config.routes()?
     };

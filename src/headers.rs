@@ -116,15 +116,23 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Headers that commonly change a response (the host, scheme, path or method an app sees)
-/// without being part of the URL: requests carrying one bypass the cache unless the policy
-/// keys on it.
-pub(crate) const REWRITE_HEADERS: [&str; 6] = [
+/// Headers that commonly change a response (the host, scheme, port, path prefix or method an
+/// app or framework believes it serves) without being part of the URL: requests carrying one
+/// bypass the cache unless the policy keys on it. A list of names always misses one: a
+/// policy's allowlist ([`Policy::allow_headers`](crate::Policy::allow_headers)) closes the rest.
+pub(crate) const REWRITE_HEADERS: [&str; 13] = [
     "x-forwarded-host",
     "x-forwarded-scheme",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-host",
+    "x-original-host",
     "x-original-url",
     "x-rewrite-url",
+    "x-http-method",
     "x-http-method-override",
+    "x-method-override",
     "forwarded",
 ];
 
@@ -134,6 +142,39 @@ pub(crate) fn is_rewrite_header(name: &http::HeaderName) -> bool {
     name == header::FORWARDED || {
         let s = name.as_str();
         s.starts_with("x-") && REWRITE_HEADERS.contains(&s)
+    }
+}
+
+/// Whether a request header always passes a policy's allowlist: `Host`, those the cache reads
+/// itself (directives, conditions, ranges), credentials (which have rules of their own) and
+/// those of the connection.
+pub(crate) fn always_allowed(name: &http::HeaderName) -> bool {
+    [
+        header::HOST,
+        header::CACHE_CONTROL,
+        header::PRAGMA,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+        header::AUTHORIZATION,
+        header::COOKIE,
+        header::CONNECTION,
+        header::TE,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+}
+
+/// Removes from `headers` every one `unlisted` says is outside an allowlist.
+pub(crate) fn retain_listed(headers: &mut HeaderMap, unlisted: impl Fn(&HeaderName) -> bool) {
+    let drop: Vec<HeaderName> = headers.keys().filter(|n| unlisted(n)).cloned().collect();
+    for name in drop {
+        headers.remove(name);
     }
 }
 

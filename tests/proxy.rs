@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::{fetch, serve, Counter};
 use tower_stash::{CacheLayer, Stash};
@@ -258,4 +259,148 @@ async fn http2_requests_reach_the_origin_with_their_authority_and_are_cached_per
         .await
         .expect("answers within 10 s");
     assert_eq!(s.origin.calls(), 2);
+}
+
+/// The headers of a request that rewrite what many apps answer, and one nobody lists.
+const POISONING: [&str; 14] = [
+    "x-forwarded-host",
+    "x-forwarded-scheme",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-host",
+    "x-original-host",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method",
+    "x-http-method-override",
+    "x-method-override",
+    "forwarded",
+    // Invented for this test: no list names it.
+    "x-tenant-override-7f3a",
+];
+
+/// An origin that builds its answer (cacheable for a minute, no `Vary`) from every header
+/// it gets, as an app that trusts its proxy might; the names it saw are kept.
+async fn reflecting_origin(calls: Counter, seen: Arc<Mutex<Vec<Vec<String>>>>) -> SocketAddr {
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let (calls, seen) = (calls.clone(), seen.clone());
+        async move {
+            let n = calls.enter().await;
+            let mut names: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+            names.sort();
+            let reflected: Vec<String> = req
+                .headers()
+                .iter()
+                .filter(|(k, _)| *k != "host")
+                .map(|(k, v)| format!("{k}={}", v.to_str().unwrap()))
+                .collect();
+            seen.lock().unwrap().push(names);
+            let body = format!("{} #{n} {}", req.uri(), reflected.join(" "));
+            ([("cache-control", "max-age=60")], body).into_response()
+        }
+    });
+    serve(app).await
+}
+
+async fn reflecting_setup() -> (SocketAddr, Counter, Arc<Mutex<Vec<Vec<String>>>>) {
+    let (calls, seen) = (Counter::default(), Arc::default());
+    let origin = reflecting_origin(calls.clone(), Arc::clone(&seen)).await;
+    let stash = Stash::builder().build().unwrap();
+    let cache = CacheLayer::new(stash, proxy::default_routes());
+    let upstream = format!("http://{origin}").parse().unwrap();
+    let proxy = serve(proxy::app(proxy::Upstream::new(upstream), cache)).await;
+    (proxy, calls, seen)
+}
+
+#[tokio::test]
+async fn no_unkeyed_header_poisons_the_proxy_not_even_one_nobody_listed() {
+    let (proxy, calls, _) = reflecting_setup().await;
+    for (i, name) in POISONING.iter().enumerate() {
+        let path = format!("/page{i}");
+        let (_, poisoned) = request(proxy, "GET", &path, &[(name, "evil.example")]).await;
+        for _ in 0..2 {
+            let (status, clean) = request(proxy, "GET", &path, &[]).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(
+                !clean.contains("evil"),
+                "{name}: {clean} (after {poisoned})"
+            );
+        }
+    }
+    assert!(calls.calls() <= 2 * POISONING.len());
+}
+
+#[tokio::test]
+async fn a_cacheable_request_reaches_the_origin_with_keyed_and_allowed_headers_only() {
+    let (proxy, _, seen) = reflecting_setup().await;
+    let headers = [
+        ("accept", "text/html"),
+        ("accept-language", "fr"),
+        ("user-agent", "test"),
+        ("referer", "http://elsewhere.example/"),
+        ("x-tenant-override-7f3a", "1"),
+    ];
+    request(proxy, "GET", "/cacheable", &headers).await;
+    let last = || seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last(),
+        ["accept", "accept-language", "host", "user-agent"],
+        "the origin saw"
+    );
+    // Requests the cache passes through keep their headers: a POST, a GET with a cookie.
+    request(proxy, "POST", "/cacheable", &headers).await;
+    assert!(last().contains(&"x-tenant-override-7f3a".to_string()));
+    let with_cookie = [headers[4], ("cookie", "sid=1")];
+    request(proxy, "GET", "/cacheable", &with_cookie).await;
+    assert!(last().contains(&"x-tenant-override-7f3a".to_string()));
+}
+
+/// An origin on a raw socket: to each request, `103 Early Hints` first, then a final answer
+/// cacheable for a minute, counting its requests.
+async fn early_hints_origin(calls: Counter) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut read = 0;
+                while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = socket.read(&mut buf[read..]).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    read += n;
+                }
+                let n = calls.enter().await;
+                let body = format!("final #{n}");
+                let answer = format!(
+                    "HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n\
+                     HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                socket.write_all(answer.as_bytes()).await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_interim_answer_is_never_stored_the_final_one_is() {
+    let calls = Counter::default();
+    let origin = early_hints_origin(calls.clone()).await;
+    let cache = CacheLayer::new(Stash::new(), proxy::default_routes());
+    let upstream = format!("http://{origin}").parse().unwrap();
+    let proxy = serve(proxy::app(proxy::Upstream::new(upstream), cache)).await;
+    for _ in 0..2 {
+        let (status, body) = request(proxy, "GET", "/hinted", &[]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "final #1"));
+    }
+    assert_eq!(calls.calls(), 1);
 }

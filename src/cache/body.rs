@@ -219,6 +219,7 @@ impl Capture {
             grpc,
             sliding,
             local,
+            declared,
             ..
         } = self;
         // A tombstone refuses a fill whose request began before its invalidation only while
@@ -226,6 +227,13 @@ impl Capture {
         let took = stash.now().duration_since(started).unwrap_or_default();
         if took >= stash.inner.tombstone_ttl {
             tracing::debug!(%key, ?took, "the request began longer ago than a tombstone lasts: not stored");
+            return;
+        }
+        if declared.is_some_and(|n| n != size as u64) && !grpc {
+            // Ended cleanly, but short of (or past) its `Content-Length`: truncated by a
+            // connection closed early, never the whole answer.
+            tracing::debug!(%key, ?declared, size, "the body is not the length it declared: not stored");
+            drop(lease);
             return;
         }
         if grpc && !crate::plumbing::trailers_ok(trailers.as_ref()) {

@@ -1,11 +1,9 @@
 use super::body::{CacheBody, Capture};
 use super::future::Ctx;
-use super::hint::CacheHint;
 use super::hit::status_value;
 use super::vary::variant_keys;
 use crate::headers::{self, CACHE_STATUS};
-use crate::plumbing::vary_is_keyed;
-use crate::plumbing::{Collapsed, LeaseSlot};
+use crate::plumbing::{CacheHint, Collapsed, Exchange, LeaseSlot};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::response::Parts;
@@ -14,55 +12,20 @@ use http_body::Body;
 use std::task::Context;
 use std::time::Duration;
 
-/// Why answers with these headers, to this request, may not be stored for others: the rules
-/// that hold for a full answer and for the headers a `304` freshens alike.
-pub(super) fn shared_by_headers(
-    ctx: &Ctx,
+/// The rule of what may be stored for others, for this request's answer of `status` with
+/// `headers`.
+pub(super) fn exchange<'a>(
+    ctx: &'a Ctx,
     status: StatusCode,
-    h: &HeaderMap,
-) -> Result<(), &'static str> {
-    let policy = &ctx.policy;
-    if ctx.unkeyed_query {
-        return Err("unkeyed-query");
+    headers: &'a HeaderMap,
+) -> Exchange<'a> {
+    Exchange {
+        policy: &ctx.policy,
+        status,
+        headers,
+        unkeyed_query: ctx.unkeyed_query,
+        authorized: ctx.authorized,
     }
-    if h.contains_key(header::SET_COOKIE) {
-        return Err("set-cookie");
-    }
-    if policy.http
-        && ctx.authorized
-        && !headers::has_directive(h, &["public", "must-revalidate", "s-maxage"])
-    {
-        return Err("authorization");
-    }
-    // `must-understand`: stored only with a status this cache knows, and then despite
-    // `no-store` (RFC 9111 section 5.2.2.3).
-    let must_understand = policy.http && headers::has_directive(h, &["must-understand"]);
-    if must_understand && !crate::http::understood(status) {
-        return Err("must-understand");
-    }
-    let refused: &[&str] = if policy.session.is_some() {
-        // A session-scoped entry is that session's own: `private` is what it should say.
-        &["no-store", "no-cache"]
-    } else if must_understand {
-        &["private"]
-    } else if policy.http && crate::http::has_validator(h) {
-        // `no-cache`: stored, and revalidated before every use.
-        &["no-store", "private"]
-    } else {
-        &["no-store", "private", "no-cache"]
-    };
-    if headers::has_directive(h, refused) {
-        return Err("cache-control");
-    }
-    if policy.http {
-        // Variants get keys of their own; `Vary: *` can never be matched.
-        if crate::http::vary_names(h).is_none() {
-            return Err("vary");
-        }
-    } else if !vary_is_keyed(h, policy) {
-        return Err("vary");
-    }
-    Ok(())
 }
 
 /// Why a response from the service cannot be stored, or for how long it can (from when
@@ -102,60 +65,26 @@ pub(super) fn decide<B: Body>(
     {
         return Err("status");
     }
-    // HTTP mode stores what the origin gives freshness to, errors included.
-    if !policy.statuses.contains(&parts.status.as_u16())
-        || (parts.status.is_server_error() && !policy.http)
-    {
-        return Err("status");
-    }
-    if policy.grpc
-        && (crate::plumbing::status(&parts.headers).is_some()
-            || !crate::plumbing::is_grpc(&parts.headers))
-    {
-        // A trailers-only answer is an error (or empty); a non-gRPC answer is not the call's.
-        return Err("grpc-status");
-    }
-    shared_by_headers(ctx, parts.status, &parts.headers)?;
+    // Decided by a targeted field (CDN-Cache-Control) where it has one.
+    let view = crate::http::effective(&parts.headers, &policy.targeted);
+    let exchange = exchange(ctx, parts.status, &view);
+    exchange.storable()?;
     let validator = crate::http::has_validator(&parts.headers);
     let declared = headers::content_length(&parts.headers);
     let limit = policy.max_body_size as u64;
     if declared.is_some_and(|n| n > limit) || body.size_hint().lower() > limit {
         return Err("too-large");
     }
-    let (mut ttl, age) = if policy.http {
-        // The origin decides (the policy's ttl caps it), counting the age it arrives with.
-        let now = ctx.stash().now();
-        let no_cache = headers::has_directive(&parts.headers, &["no-cache"]);
-        let fallback = policy.status_ttl(parts.status);
-        let Some((lifetime, age)) =
-            crate::http::freshness(parts.status, &parts.headers, now, fallback)
-                // `no-cache` with a validator: stored to be revalidated on every use.
-                .or((no_cache && validator).then_some((Duration::ZERO, Duration::ZERO)))
-        else {
-            return Err("no-freshness");
-        };
-        let mut lifetime = hint.ttl.unwrap_or(lifetime).min(policy.ttl);
-        if no_cache {
-            lifetime = Duration::ZERO;
+    let (mut ttl, mut age) = exchange.lifetime(hint, ctx.stash().now())?;
+    if policy.http && ttl <= age {
+        if !validator {
+            return Err("stale-on-arrival");
         }
-        if lifetime <= age {
-            if !validator {
-                return Err("stale-on-arrival");
-            }
-            // Kept already expired (dated a millisecond early), to be revalidated with a
-            // conditional request before any use.
-            let age = age + Duration::from_millis(1);
-            (age, age)
-        } else {
-            (lifetime, age)
-        }
-    } else {
-        let ttl = hint.ttl.or_else(|| policy.status_ttl(parts.status));
-        (
-            ttl.unwrap_or(policy.ttl).min(crate::entry::MAX_TTL),
-            Duration::ZERO,
-        )
-    };
+        // Kept already expired (dated a millisecond early), to be revalidated with a
+        // conditional request before any use.
+        age += Duration::from_millis(1);
+        ttl = age;
+    }
     // Jitter spreads the policy's own TTL, never one the handler or a status TTL set.
     if !policy.ttl_jitter.is_zero()
         && hint.ttl.is_none()
@@ -177,7 +106,13 @@ pub(super) fn miss<B: Body<Data = Bytes>>(
     cx: &mut Context<'_>,
 ) -> Response<CacheBody<B>> {
     let (mut parts, body) = resp.into_parts();
-    let mut hint = CacheHint::take(&mut parts);
+    // In HTTP mode, an origin's `x-stash-*` headers are its own (unless the policy obeys
+    // them): left as they are, and nothing taken from them.
+    let mut hint = if ctx.policy.hints {
+        CacheHint::take(&mut parts)
+    } else {
+        CacheHint::default()
+    };
     let lease = parts
         .extensions
         .remove::<LeaseSlot>()

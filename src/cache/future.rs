@@ -1,6 +1,5 @@
 use super::body::CacheBody;
 use super::fill::fresh_from_the_service;
-use super::hint::CacheHint;
 use super::hit::{gateway_timeout, serve_fresh, status_value, usable, Found, HitRequest};
 use super::layer::Shared;
 use super::stale::{
@@ -9,7 +8,7 @@ use super::stale::{
 use super::vary::follow_variant;
 use crate::entry::Entry;
 use crate::headers::CACHE_STATUS;
-use crate::plumbing::Stored;
+use crate::plumbing::{CacheHint, Stored};
 use crate::plumbing::{FlightKey, Lease};
 use crate::policy::CompiledPolicy;
 use crate::store::StoreFuture;
@@ -57,6 +56,9 @@ pub(crate) struct Ctx {
     /// them), and the URL's keys (full, stored) when `full` and `key` are a variant's.
     pub(crate) request_headers: Option<Box<HeaderMap>>,
     pub(crate) primary: Option<(Arc<str>, Arc<str>)>,
+    /// HTTP mode: the request headers the URL's variant record names (lowercase), which the
+    /// variant's key holds: forwarded even when the policy's allowlist does not name them.
+    pub(crate) varied: Vec<String>,
     /// HTTP mode: the stored keys of the URL's variants, oldest first, one per line, as the
     /// record found said.
     pub(crate) variants: Option<Bytes>,
@@ -80,10 +82,20 @@ impl Ctx {
         }
     }
 
-    /// Tells a [`SingleFlightLayer`](crate::SingleFlightLayer) below which key this request
-    /// fills, unless its answer may be its own: one that reflects parameters the key leaves
-    /// out, or answers an `Authorization` the key does not hold, is never shared.
-    pub(crate) fn attach_flight<B>(&self, req: &mut Request<B>, leased: bool) {
+    /// Readies a request this cache forwards to fill its entry: in HTTP mode with an
+    /// allowlist, only the keyed (a variant's selecting headers included), listed and
+    /// always-allowed headers stay (the origin never sees a header that could shape an
+    /// answer the key does not hold); and a
+    /// [`SingleFlightLayer`](crate::SingleFlightLayer) below is told which key it fills,
+    /// unless its answer may be its own: one that reflects parameters the key leaves out, or
+    /// answers an `Authorization` the key does not hold, is never shared.
+    pub(crate) fn outgoing<B>(&self, req: &mut Request<B>, leased: bool) {
+        if self.policy.http && self.policy.allowed_headers.is_some() {
+            let varied = |n: &http::HeaderName| self.varied.iter().any(|v| v == n.as_str());
+            crate::headers::retain_listed(req.headers_mut(), |n| {
+                self.policy.unlisted(n) && !varied(n)
+            });
+        }
         if !self.authorized && !self.unkeyed_query {
             req.extensions_mut().insert(self.flight_key(leased));
         }
@@ -125,7 +137,7 @@ pin_project! {
             resp: Option<S::Response>,
             wait: Pin<Box<dyn Future<Output = ()> + Send>>,
         },
-        Bypass { #[pin] fut: S::Future, stash: Stash, reason: &'static str },
+        Bypass { #[pin] fut: S::Future, stash: Stash, reason: &'static str, hints: bool },
         Hit { resp: Option<Response<Stored>> },
         Lookup {
             lookup: StoreFuture<Option<Arc<Entry>>>,
@@ -162,9 +174,14 @@ where
         }
     }
 
-    pub(crate) fn bypass(fut: S::Future, stash: Stash, reason: &'static str) -> Self {
+    pub(crate) fn bypass(fut: S::Future, stash: Stash, reason: &'static str, hints: bool) -> Self {
         Self {
-            state: State::Bypass { fut, stash, reason },
+            state: State::Bypass {
+                fut,
+                stash,
+                reason,
+                hints,
+            },
         }
     }
 
@@ -264,9 +281,16 @@ where
                     state.set(State::Done);
                     return Poll::Ready(Ok(resp.map(CacheBody::inner)));
                 }
-                StateProj::Bypass { fut, stash, reason } => {
+                StateProj::Bypass {
+                    fut,
+                    stash,
+                    reason,
+                    hints,
+                } => {
                     let (mut parts, body) = ready!(fut.poll(cx))?.into_parts();
-                    let _ = CacheHint::take(&mut parts);
+                    if *hints {
+                        let _ = CacheHint::take(&mut parts);
+                    }
                     let value =
                         status_value(stash, &stash.inner.status.bypass, Some(reason), None, None);
                     parts.headers.insert(CACHE_STATUS, value);
@@ -379,6 +403,6 @@ where
     if let Some(entry) = &ctx.revalidate {
         conditional(&mut req, entry);
     }
-    ctx.attach_flight(&mut req, false);
+    ctx.outgoing(&mut req, false);
     State::miss(inner.call(req), ctx)
 }

@@ -36,16 +36,7 @@ pub(crate) fn classify(
         Ok(_) => Duration::ZERO,
         Err(e) => e.duration(),
     };
-    let (swr, sie) = if policy.http {
-        // HTTP mode: the origin's own windows too (RFC 5861), unless it forbids stale use.
-        let (swr, sie) = crate::http::stale_windows(entry.headers());
-        (
-            swr.max(policy.stale_while_revalidate),
-            sie.max(policy.stale_if_error),
-        )
-    } else {
-        (policy.stale_while_revalidate, policy.stale_if_error)
-    };
+    let (swr, sie) = stale_windows(policy, entry);
     if past < swr {
         Found::StaleWhileRevalidate
     } else if past < sie {
@@ -53,6 +44,25 @@ pub(crate) fn classify(
     } else {
         Found::Unusable
     }
+}
+
+/// How long past its expiry an entry may be answered while it is refreshed, and when the
+/// service fails: the policy's windows, and in HTTP mode the origin's own too (RFC 5861);
+/// none at all for an entry the origin forbids to serve stale (`must-revalidate`,
+/// `proxy-revalidate`, `s-maxage`, `no-cache`), whatever the policy says.
+pub(crate) fn stale_windows(policy: &CompiledPolicy, entry: &Entry) -> (Duration, Duration) {
+    if !policy.http {
+        return (policy.stale_while_revalidate, policy.stale_if_error);
+    }
+    let headers = crate::http::effective(entry.headers(), &policy.targeted);
+    if !crate::http::may_serve_stale(&headers) {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let (swr, sie) = crate::http::stale_windows(&headers);
+    (
+        swr.max(policy.stale_while_revalidate),
+        sie.max(policy.stale_if_error),
+    )
 }
 
 /// What `entry` is to a request for `full`: [`classify`], then [`as_directed`] by the
@@ -66,7 +76,7 @@ pub(crate) fn usable(
 ) -> Found {
     let kind = classify(entry, full, policy, now);
     match directives {
-        Some(d) => as_directed(d, entry, full, kind, now),
+        Some(d) => as_directed(d, policy, entry, full, kind, now),
         None => kind,
     }
 }
@@ -76,12 +86,14 @@ pub(crate) fn usable(
 /// unless the entry says it must be revalidated.
 pub(super) fn as_directed(
     d: &crate::http::RequestDirectives,
+    policy: &CompiledPolicy,
     entry: &Entry,
     full: &str,
     kind: Found,
     now: SystemTime,
 ) -> Found {
     let age = now.duration_since(entry.stored_at()).unwrap_or_default();
+    let headers = crate::http::effective(entry.headers(), &policy.targeted);
     match kind {
         Found::Fresh(remaining) if d.accepts(age, remaining, Duration::ZERO) => kind,
         // `immutable` (RFC 8246): the origin promised this body will not change while fresh,
@@ -89,7 +101,7 @@ pub(super) fn as_directed(
         // and `min-fresh` still counts.
         Found::Fresh(remaining)
             if !d.no_cache
-                && headers::has_directive(entry.headers(), &["immutable"])
+                && headers::has_directive(&headers, &["immutable"])
                 && crate::http::RequestDirectives {
                     max_age: None,
                     ..d.clone()
@@ -102,7 +114,7 @@ pub(super) fn as_directed(
         Found::Unusable if entry.key() == full && !entry.is_tombstone() => {
             let past = now.duration_since(entry.fresh_until()).unwrap_or_default();
             let revalidate = headers::has_directive(
-                entry.headers(),
+                &headers,
                 &[
                     "must-revalidate",
                     "proxy-revalidate",
@@ -300,18 +312,21 @@ pub(crate) fn hit(
         )
     };
     let age = age_value(age);
-    let not_modified = match (req.if_none_match, req.if_modified_since) {
-        (Some(inm), _) => {
-            headers::is_wildcard(inm)
-                || entry
-                    .headers()
-                    .get(header::ETAG)
-                    .is_some_and(|etag| headers::none_match(inm, etag))
-        }
-        // Only without If-None-Match (RFC 9110 section 13.2.2): not modified since.
-        (None, Some(ims)) => crate::http::not_modified_since(entry.headers(), ims),
-        (None, None) => false,
-    };
+    // A 304 stands for a 200 (RFC 9110 section 13.2.1): a stored error is answered whole.
+    let conditions = (req.if_none_match, req.if_modified_since);
+    let not_modified = entry.status().is_success()
+        && match conditions {
+            (Some(inm), _) => {
+                headers::is_wildcard(inm)
+                    || entry
+                        .headers()
+                        .get(header::ETAG)
+                        .is_some_and(|etag| headers::none_match(inm, etag))
+            }
+            // Only without If-None-Match (RFC 9110 section 13.2.2): not modified since.
+            (None, Some(ims)) => crate::http::not_modified_since(entry.headers(), ims),
+            (None, None) => false,
+        };
     if not_modified {
         let mut resp = Response::new(Stored::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;

@@ -17,21 +17,29 @@
 //! - a response with `Set-Cookie`, or `Cache-Control: no-store`, `private` or `no-cache`;
 //! - a response with `Vary` naming a header the policy does not key on (or `Vary: *`);
 //! - a status outside the policy's list (default 200, 203, 204, 300, 301, 308, 404, 410), and
-//!   never a 5xx, 206 or 304;
-//! - a body that fails midway, is dropped before its end, or grows past the size limit (it
-//!   still streams to the client in full: never an error);
+//!   never a 5xx, 206 or 304, nor a 412 or 416 (the answer to one request's own
+//!   preconditions or range);
+//! - a body that fails midway, is dropped before its end, ends short of (or past) its
+//!   `Content-Length`, or grows past the size limit (it still streams to the client in
+//!   full: never an error);
 //! - the answer to a HEAD miss (it has no body: GET fills the entry HEAD reads);
 //! - a response a handler opts out with [`CacheHint`].
 //!
 //! Requests carrying `Authorization` or `Cookie` bypass the cache (no lookup, nothing stored)
 //! unless the policy varies on that header, so a response meant for one user never reaches
 //! another. So do requests carrying a header that commonly changes what an app answers
-//! without being part of the URL (`X-Forwarded-Host`, `X-Forwarded-Scheme`, `X-Original-URL`,
-//! `X-Rewrite-URL`, `X-HTTP-Method-Override`, `Forwarded`: cache poisoning) unless the policy
-//! varies on it, and GET requests with a body. Behind a proxy that sets one of these headers
-//! on every request, key on it (`key_headers(["x-forwarded-host"])`), or the cache is
+//! without being part of the URL (`X-Forwarded-Host`, `X-Forwarded-Scheme`,
+//! `X-Forwarded-Proto`, `X-Forwarded-Port`, `X-Forwarded-Prefix`, `X-Host`,
+//! `X-Original-Host`, `X-Original-URL`, `X-Rewrite-URL`, `X-HTTP-Method`,
+//! `X-HTTP-Method-Override`, `X-Method-Override`, `Forwarded`: cache poisoning) unless the
+//! policy varies on it, and GET requests with a body. Behind a proxy that sets one of these
+//! headers on every request, key on it (`key_headers(["x-forwarded-host"])`), or the cache is
 //! bypassed for every request (`Cache-Status: ...; fwd=bypass`, with detail
-//! `unkeyed-forwarding-header`). Methods other than GET and HEAD are cached only by a policy that opts in.
+//! `unkeyed-forwarding-header`). A list of names always misses one: a policy's
+//! [`allow_headers`](crate::Policy::allow_headers) makes every request carrying a header it
+//! does not list (nor key) bypass (detail `unlisted-header`), and in HTTP mode removes such
+//! headers from what the cache forwards instead. Methods other than GET and HEAD are cached
+//! only by a policy that opts in.
 //!
 //! A failing store never fails a request: the error is counted and the service answers.
 //!
@@ -43,7 +51,7 @@
 //! requests with credentials. With [`StashBuilder::cache_status_detail`](crate::StashBuilder::cache_status_detail)
 //! a `detail` says why (`set-cookie`, `cache-control`, `vary`, `status`, `too-large`,
 //! `streaming`, `head`, `handler`, `hint`, `ttl`, `authorization`, `cookie`,
-//! `unkeyed-forwarding-header`, `request-body`) and hits carry
+//! `unkeyed-forwarding-header`, `unlisted-header`, `request-body`) and hits carry
 //! their remaining `ttl`; with `cache_status_key` the key is shown.
 //!
 //! With stampede control: `hit; stale` for an expired entry answered inside the policy's
@@ -122,6 +130,10 @@ pub use layer::CacheLayer;
 pub use service::CacheService;
 
 #[cfg(test)]
+mod poisoning_tests;
+#[cfg(test)]
 mod stale_tests;
+#[cfg(test)]
+mod storage_tests;
 #[cfg(test)]
 mod tests;

@@ -99,7 +99,7 @@ where
         // One pass over the header names (cheap comparisons) instead of hashed lookups.
         let (mut authorization, mut cookie, mut conditional) = (false, false, false);
         let (mut directives_sent, mut modified_since, mut ranged) = (false, false, false);
-        let (mut body, mut rewrite) = (false, None);
+        let (mut body, mut rewrite, mut unlisted) = (false, None, false);
         for name in headers.keys() {
             if name == header::AUTHORIZATION {
                 authorization = true;
@@ -120,6 +120,11 @@ where
                     .any(|v| v.as_bytes() != b"0");
             } else if name == header::TRANSFER_ENCODING {
                 body = true;
+            } else if policy.unlisted(name) {
+                // HTTP mode removes it from what it forwards; application mode bypasses.
+                if !policy.http {
+                    unlisted = true;
+                }
             } else if crate::headers::is_rewrite_header(name)
                 && !policy.keyed_headers.contains(name)
             {
@@ -140,6 +145,9 @@ where
             // A header that changes what many apps answer, which the key does not hold: a
             // response to it could poison the entry of every request without it.
             Some("unkeyed-forwarding-header")
+        } else if unlisted {
+            // A header the policy does not allow, which the app may read.
+            Some("unlisted-header")
         } else if body && (req.method() == Method::GET || req.method() == Method::HEAD) {
             // A GET with a body: the body is not in the key.
             Some("request-body")
@@ -180,7 +188,8 @@ where
             stash.counters().bypass();
             tracing::trace!(route = %policy.route, reason, "cache bypassed");
             let stash = stash.clone();
-            return ResponseFuture::bypass(self.call_inner(req), stash, reason);
+            let hints = policy.hints;
+            return ResponseFuture::bypass(self.call_inner(req), stash, reason, hints);
         }
         let params = crate::key::Params::new(&params, fields.as_ref());
         let (mut full, mut stored) = self.shared.key_strings(policy, &params, &req);
@@ -196,6 +205,8 @@ where
             stash.store().get_local(stored.as_deref().unwrap_or(&full))
         };
         let mut primary = None;
+        // The request headers the URL's responses vary on: the variant's key holds them.
+        let mut varied = Vec::new();
         if policy.http {
             // A URL whose responses vary: its key holds their record, the variant its own.
             if let Some(Some(record)) = &local {
@@ -212,6 +223,7 @@ where
                     );
                     let pkey: Arc<str> = pstored.map_or_else(|| pfull.as_str().into(), Into::into);
                     primary = Some((Arc::<str>::from(pfull), pkey));
+                    varied = names;
                 }
             }
         }
@@ -234,6 +246,7 @@ where
                     let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
                     // (A variant's refresh stores under the variant's key, the record kept.)
                     ctx.primary = primary;
+                    ctx.varied = varied;
                     let entry = entry.clone();
                     refresh(self.take_inner(), req, ctx, &entry);
                 }
@@ -268,6 +281,7 @@ where
         }
         let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
         ctx.primary = primary;
+        ctx.varied = varied;
         if let (Some(Some(entry)), Some(kind)) = (&local, found) {
             if kind != Found::StaleWhileRevalidate {
                 http_fallbacks(&mut ctx, entry, stash.now());
@@ -288,7 +302,7 @@ where
                 if let Some(entry) = &ctx.revalidate {
                     super::stale::conditional(&mut req, entry);
                 }
-                ctx.attach_flight(&mut req, false);
+                ctx.outgoing(&mut req, false);
                 return ResponseFuture::miss(self.call_inner(req), ctx);
             }
         }
@@ -297,7 +311,7 @@ where
             (Some(None), _) => {
                 stash.counters().miss();
                 let mut req = req;
-                ctx.attach_flight(&mut req, false);
+                ctx.outgoing(&mut req, false);
                 ResponseFuture::miss(self.call_inner(req), ctx)
             }
             (Some(Some(entry)), Some(Found::StaleWhileRevalidate)) => {
@@ -412,6 +426,7 @@ impl<S> CacheService<S> {
             revalidate: None,
             request_headers: policy.http.then(|| Box::new(req.headers().clone())),
             primary: None,
+            varied: Vec::new(),
             variants: None,
             unkeyed_query: crate::key::has_unkeyed_query(req.uri().query(), &policy.query),
             authorized: req.headers().contains_key(header::AUTHORIZATION)

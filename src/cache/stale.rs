@@ -1,5 +1,5 @@
 use super::body::CacheBody;
-use super::fill::{miss, shared_by_headers};
+use super::fill::{exchange, miss};
 use super::future::Ctx;
 use super::hit::{hit, mark, status_value};
 use crate::entry::Entry;
@@ -50,7 +50,8 @@ pub(crate) fn http_fallbacks(ctx: &mut Ctx, entry: &Arc<Entry>, now: SystemTime)
     if crate::http::has_validator(entry.headers()) {
         ctx.revalidate = Some(entry.clone());
     }
-    if crate::http::may_serve_stale(entry.headers()) {
+    let headers = crate::http::effective(entry.headers(), &ctx.policy.targeted);
+    if crate::http::may_serve_stale(&headers) {
         ctx.stale = Some(entry.clone());
     }
 }
@@ -68,6 +69,9 @@ where
         if resp.status() == StatusCode::NOT_MODIFIED {
             let entry = entry.clone();
             let (parts, _) = result.ok().expect("matched Ok").into_parts();
+            if !confirms(&entry, &parts.headers) {
+                return Ok(unconfirmed(&ctx, &entry).map(CacheBody::stored));
+            }
             return Ok(revalidated(&ctx, &entry, &parts.headers).map(CacheBody::stored));
         }
     }
@@ -93,15 +97,27 @@ pub(super) fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) ->
     let stash = ctx.stash().clone();
     let now = stash.now();
     let headers = crate::http::freshen(entry.headers(), not_modified);
+    // Decided by a targeted field (CDN-Cache-Control) where it has one.
+    let view = crate::http::effective(&headers, &ctx.policy.targeted);
     // The merged answer is stored only under the rules a full answer would meet.
-    let storable = shared_by_headers(ctx, entry.status(), &headers).is_ok();
+    let storable = exchange(ctx, entry.status(), &view).headers_ok().is_ok();
     let fallback = ctx.policy.status_ttl(entry.status());
-    let (lifetime, age) = crate::http::freshness(entry.status(), &headers, now, fallback)
+    let (mut lifetime, mut age) = crate::http::freshness(entry.status(), &view, now, fallback)
         .unwrap_or((Duration::ZERO, Duration::ZERO));
-    let lifetime = lifetime.min(ctx.policy.ttl);
+    lifetime = lifetime.min(ctx.policy.ttl);
+    if crate::headers::has_directive(&view, &["no-cache"]) {
+        // Confirmed for this use only: the next is revalidated too, whatever heuristic
+        // lifetime its `Last-Modified` would give.
+        lifetime = Duration::ZERO;
+    }
+    if lifetime <= age {
+        // Still no freshness (no-cache, max-age=0): kept already expired (dated a
+        // millisecond early), to be revalidated again before the next use.
+        age += Duration::from_millis(1);
+        lifetime = age;
+    }
     let stored_at = ctx.started.checked_sub(age).unwrap_or(ctx.started);
-    // Still no freshness (no-cache, max-age=0): kept to be revalidated again.
-    let ttl = lifetime.max(Duration::from_millis(1));
+    let ttl = lifetime;
     let fresh = Entry::new(entry.key(), entry.status(), headers, entry.body().clone())
         .with_times(stored_at, ttl)
         .with_grace(ctx.policy.grace())
@@ -125,7 +141,57 @@ pub(super) fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) ->
     let req = ctx.hit_request();
     let remaining = fresh.remaining(now);
     let mut resp = hit(&stash, req, &fresh, remaining, fresh.age(now));
-    mark(ctx, &mut resp, &stash.inner.status.stale, "revalidated");
+    // Forwarded to the origin, which confirmed the stored answer (RFC 9211): not a hit.
+    let plain = format!("{}; fwd=stale; fwd-status=304", stash.inner.status.name);
+    let plain = HeaderValue::try_from(plain).expect("a token and digits make a header value");
+    mark(ctx, &mut resp, &plain, "revalidated");
+    resp
+}
+
+/// Whether a `304` answers for `entry` (RFC 9111 section 4.3.4): an entity tag in it must be
+/// the stored one's (a 304 for another representation confirms nothing stored here).
+pub(super) fn confirms(entry: &Entry, not_modified: &HeaderMap) -> bool {
+    let Some(etag) = not_modified.get(header::ETAG) else {
+        return true;
+    };
+    let opaque = |v: &HeaderValue| {
+        let v = v.as_bytes().trim_ascii();
+        v.strip_prefix(b"W/").unwrap_or(v).to_vec()
+    };
+    entry
+        .headers()
+        .get(header::ETAG)
+        .is_some_and(|stored| opaque(stored) == opaque(etag))
+}
+
+/// A `304` for another representation than the entry's: the entry is dropped (the next
+/// request fetches the resource whole), and this client gets the stale entry where it may
+/// be served stale, or else a `502` (the origin's answer cannot complete its request).
+pub(super) fn unconfirmed(ctx: &Ctx, entry: &Entry) -> Response<Stored> {
+    let stash = ctx.stash();
+    let delete = stash.store().delete(ctx.key.clone());
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let _ = delete.await;
+        });
+    }
+    tracing::debug!(key = %ctx.full, "a 304 named another entity tag: the entry is dropped");
+    if ctx.stale.is_some() {
+        return stale_if_error(
+            ctx,
+            entry,
+            Some(StatusCode::NOT_MODIFIED),
+            "validator-mismatch",
+        );
+    }
+    let mut resp = Response::new(Stored::empty());
+    *resp.status_mut() = StatusCode::BAD_GATEWAY;
+    mark(
+        ctx,
+        &mut resp,
+        &stash.inner.status.miss,
+        "validator-mismatch",
+    );
     resp
 }
 
@@ -141,10 +207,7 @@ pub(super) fn stale_for_status(ctx: &Ctx, entry: &Entry, status: StatusCode) -> 
         .now()
         .duration_since(entry.fresh_until())
         .unwrap_or_default();
-    let sie = crate::http::stale_windows(entry.headers())
-        .1
-        .max(ctx.policy.stale_if_error);
-    past < sie
+    past < super::hit::stale_windows(&ctx.policy, entry).1
 }
 
 /// The stale entry answered at once while it is refreshed (stale-while-revalidate).
@@ -234,13 +297,16 @@ where
         tracing::debug!(key = %ctx.full, "refreshing in the background");
         let mut req = req;
         // The refresh must bring a whole response to store: a HEAD (no body) becomes a GET,
-        // and the client's validators go (a 304 stores nothing).
+        // and the client's validators, preconditions and range go (a 304, 412, 416 or 206
+        // stores nothing under the URL).
         if req.method() == http::Method::HEAD {
             *req.method_mut() = http::Method::GET;
         }
         for name in [
             header::IF_NONE_MATCH,
             header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
             header::RANGE,
             header::IF_RANGE,
         ] {
@@ -263,7 +329,7 @@ where
                 ctx.unkeyed_query = false;
             }
         }
-        ctx.attach_flight(&mut req, true);
+        ctx.outgoing(&mut req, true);
         let mut inner = inner;
         ctx.started = stash.now();
         ctx.stale = None;

@@ -1085,14 +1085,9 @@ async fn poll_ready_is_forwarded() {
 /// it serves, and the path.
 fn reflecting() -> Upstream {
     Upstream::new(|req, n| {
-        let host = req
-            .headers()
-            .get("x-forwarded-host")
-            .or_else(|| req.headers().get("forwarded"))
-            .or_else(|| req.headers().get("x-original-url"))
-            .or_else(|| req.headers().get("x-rewrite-url"))
-            .or_else(|| req.headers().get("x-forwarded-scheme"))
-            .or_else(|| req.headers().get("x-http-method-override"))
+        let host = crate::headers::REWRITE_HEADERS
+            .iter()
+            .find_map(|name| req.headers().get(*name))
             .map_or("example.com".to_string(), |v| {
                 v.to_str().unwrap().to_string()
             });

@@ -26,6 +26,7 @@ pub(super) fn follow_variant(
         std::mem::replace(&mut ctx.key, vkey.clone()),
     );
     ctx.primary = Some(primary);
+    ctx.varied = names;
     ctx.variants = Some(entry.body().clone());
     Some(ctx.stash().store().get(vkey))
 }

@@ -137,6 +137,15 @@ pub struct PolicyConfig {
     pub request_directives: Option<bool>,
     /// HTTP mode: the `Vary` variants of one URL kept at most.
     pub max_variants: Option<usize>,
+    /// The request headers allowed besides the keyed ones (see [`Policy::allow_headers`]).
+    pub allow_headers: Option<Vec<String>>,
+    /// Whether the service's hints (`x-stash-*`) are obeyed (see [`Policy::hints`]).
+    pub hints: Option<bool>,
+    /// HTTP mode: a targeted cache-control field naming this cache (see
+    /// [`Policy::targeted_field`]).
+    pub targeted_field: Option<String>,
+    /// HTTP mode: whether `CDN-Cache-Control` is obeyed (see [`Policy::cdn_cache_control`]).
+    pub cdn_cache_control: Option<bool>,
 }
 
 /// A rule's table: the fields of [`Invalidate`].
@@ -300,6 +309,18 @@ impl PolicyConfig {
         }
         if let Some(n) = self.max_variants {
             p = p.max_variants(n);
+        }
+        if let Some(h) = &self.allow_headers {
+            p = p.allow_headers(h.clone());
+        }
+        if let Some(on) = self.hints {
+            p = p.hints(on);
+        }
+        if let Some(name) = &self.targeted_field {
+            p = p.targeted_field(name.clone());
+        }
+        if let Some(on) = self.cdn_cache_control {
+            p = p.cdn_cache_control(on);
         }
         p
     }

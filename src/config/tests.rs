@@ -228,3 +228,20 @@ fn status_ttls_are_a_table_of_statuses() {
     let e = err("[routes.\"GET /x\"]\nttl = \"1h\"\nstatus_ttls = { 503 = \"1m\" }\n");
     assert!(e.contains("status_ttls: 503 is never stored"), "{e}");
 }
+
+#[test]
+fn allow_headers_come_from_a_file_and_bad_names_are_reported() {
+    let text = "[routes.\"GET /x\"]\nttl = \"1h\"\nallow_headers = [\"accept\", \"user-agent\"]\n";
+    let config = Config::from_toml(text, "app.toml").unwrap();
+    assert_eq!(
+        config.routes["GET /x"].to_policy(),
+        crate::Policy::ttl(Duration::from_secs(3600)).allow_headers(["accept", "user-agent"])
+    );
+    config.routes().unwrap();
+    let e = err("[routes.\"GET /x\"]\nttl = \"1h\"\nallow_headers = [\"not a name\"]\n");
+    assert!(
+        e.starts_with("app.toml:3: routes.\"GET /x\".allow_headers"),
+        "{e}"
+    );
+    assert!(e.contains("`not a name` is not a header name"), "{e}");
+}

@@ -1,17 +1,22 @@
 //! What the layers share, so that none reaches into another: the body of a stored response,
-//! the clone-and-swap of a ready service, a request's keys, the rule of what may be shared,
+//! the clone-and-swap of a ready service, a request's keys, the rule of what may be stored
+//! or shared ([`Exchange`]), the service's hints,
 //! gRPC framing, leases, and the extensions by which a cache tells a single flight below it
 //! which key a request fills.
 
 mod grpc;
+mod hint;
 mod keys;
 mod lease;
+mod share;
 mod stored;
 
 pub use grpc::GrpcMessage;
 pub(crate) use grpc::{is_grpc, prepare, status, trailers_ok};
+pub use hint::CacheHint;
 pub(crate) use keys::{base_key, base_key_parts, key_strings, request_host};
 pub(crate) use lease::{Lease, LeaseSlot};
+pub(crate) use share::Exchange;
 pub(crate) use stored::Stored;
 
 use crate::policy::CompiledPolicy;

@@ -59,6 +59,24 @@ pub(crate) struct CompiledPolicy {
     pub(crate) request_directives: bool,
     /// HTTP mode: the `Vary` variants of one URL kept at most.
     pub(crate) max_variants: usize,
+    /// The request headers, besides the keyed ones, allowed through ([`Policy::allow_headers`]).
+    pub(crate) allowed_headers: Option<Vec<HeaderName>>,
+    /// Whether the service's [`CacheHint`](crate::CacheHint)s are obeyed.
+    pub(crate) hints: bool,
+    /// HTTP mode: the targeted cache-control fields obeyed (RFC 9213), first first.
+    pub(crate) targeted: Vec<HeaderName>,
+}
+
+impl CompiledPolicy {
+    /// Whether a request header outside the policy's allowlist (when it has one) is `name`:
+    /// neither listed, keyed, nor one that always passes.
+    pub(crate) fn unlisted(&self, name: &HeaderName) -> bool {
+        self.allowed_headers.as_ref().is_some_and(|allowed| {
+            !allowed.contains(name)
+                && !self.keyed_headers.contains(name)
+                && !crate::headers::always_allowed(name)
+        })
+    }
 }
 
 /// A compiled [`Session`](super::Session).

@@ -91,6 +91,10 @@ pub struct Policy {
     pub(crate) http_mode: Option<bool>,
     pub(crate) request_directives: Option<bool>,
     pub(crate) max_variants: Option<usize>,
+    pub(crate) allow_headers: Option<Vec<String>>,
+    pub(crate) hints: Option<bool>,
+    pub(crate) targeted_field: Option<String>,
+    pub(crate) cdn_cache_control: Option<bool>,
     /// Set by [`Routes::grpc`], never inherited.
     pub(crate) grpc: bool,
 }
@@ -181,7 +185,8 @@ impl Policy {
         self.key_headers(names)
     }
 
-    /// Sets the statuses that are stored (2xx to 4xx only, never 206 or 304).
+    /// Sets the statuses that are stored (2xx to 4xx only, never 206, 304, 412 or 416; in
+    /// HTTP mode 2xx to 5xx, a 206 apart as a partial response).
     pub fn statuses<I: IntoIterator<Item = u16>>(mut self, statuses: I) -> Self {
         self.statuses = Some(statuses.into_iter().collect());
         self
@@ -249,7 +254,9 @@ impl Policy {
 
     /// Serves an expired entry for up to `window` after it expires, at once and marked
     /// `Cache-Status: ...; hit; stale`, while one request per key (across instances sharing a
-    /// store with leases) refreshes it in the background. Default: none.
+    /// store with leases) refreshes it in the background. Default: none. In HTTP mode, never
+    /// for an entry the origin says must be revalidated (`must-revalidate`,
+    /// `proxy-revalidate`, `s-maxage`, `no-cache`).
     pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
         self.stale_while_revalidate = Some(window);
         self
@@ -257,7 +264,9 @@ impl Policy {
 
     /// Serves an expired entry for up to `window` after it expires when the service fails
     /// (an error, a 5xx, or no answer within [`upstream_timeout`](Self::upstream_timeout)),
-    /// marked `Cache-Status: ...; fwd=stale; ...; stale`. Default: none.
+    /// marked `Cache-Status: ...; fwd=stale; ...; stale`. Default: none. In HTTP mode, never
+    /// for an entry the origin says must be revalidated, as for
+    /// [`stale_while_revalidate`](Self::stale_while_revalidate).
     pub fn stale_if_error(mut self, window: Duration) -> Self {
         self.stale_if_error = Some(window);
         self
@@ -354,6 +363,71 @@ impl Policy {
         self
     }
 
+    /// Names the request headers, besides the keyed ones, that may reach the service on this
+    /// route: closes cache poisoning by construction, where a list of known dangerous
+    /// headers always misses one.
+    ///
+    /// - In application mode (the handler reads the request itself), a request carrying any
+    ///   other header bypasses the cache (`Cache-Status: ...; fwd=bypass`, detail
+    ///   `unlisted-header`): it is answered, never stored.
+    /// - In [HTTP mode](Self::http_mode) (a cache in front of an origin, as a CDN's
+    ///   origin-request policy), every other header is removed from the cacheable requests
+    ///   the cache forwards; requests it bypasses or passes through keep all of theirs.
+    ///
+    /// Either way, these always pass: `Host`, the headers the cache itself reads
+    /// (`Cache-Control`, `Pragma`, `If-None-Match`, `If-Modified-Since`, `If-Match`,
+    /// `If-Unmodified-Since`, `If-Range`, `Range`), `Authorization` and `Cookie` (which bypass
+    /// unless keyed, or follow RFC 9111 in HTTP mode), and the connection's own
+    /// (`Connection`, `Keep-Alive`, `TE`, `Content-Length`, `Transfer-Encoding`).
+    /// Default: no list, every header passes, and only requests carrying one of the headers
+    /// known to rewrite what apps answer (`X-Forwarded-Host`, `X-Forwarded-Proto`,
+    /// `Forwarded`, `X-HTTP-Method-Override`, ...) bypass.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_stash::Policy;
+    ///
+    /// let policy = Policy::ttl(Duration::from_secs(60))
+    ///     .allow_headers(["accept", "accept-encoding", "accept-language", "user-agent"]);
+    /// # let _ = policy;
+    /// ```
+    pub fn allow_headers<I, T>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.allow_headers = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether the service's hints ([`CacheHint`](crate::CacheHint), the `x-stash-skip`,
+    /// `x-stash-ttl` and `x-stash-tags` headers) are obeyed. Default: in application mode
+    /// yes (the handler is the app's own); in HTTP mode no: there the origin speaks with
+    /// `Cache-Control`, and an origin one does not run must not stretch a `max-age=0` to a
+    /// year nor tag entries; its `x-stash-*` headers then reach the client as any other.
+    pub fn hints(mut self, obey: bool) -> Self {
+        self.hints = Some(obey);
+        self
+    }
+
+    /// HTTP mode: a targeted cache-control field (RFC 9213) naming this cache, such as
+    /// `Stash-Cache-Control`: when a response carries it (valid and not empty), its
+    /// directives decide instead of `CDN-Cache-Control`, `Cache-Control` and `Expires`. The
+    /// field is forwarded to the client like any other. Default: none.
+    pub fn targeted_field(mut self, name: impl Into<String>) -> Self {
+        self.targeted_field = Some(name.into());
+        self
+    }
+
+    /// HTTP mode: whether `CDN-Cache-Control` (RFC 9213) is obeyed: when a response carries
+    /// it (valid and not empty, and no [`targeted_field`](Self::targeted_field) first), its
+    /// directives decide instead of `Cache-Control` and `Expires`. Default: yes, as a CDN
+    /// does; turn it off for a cache that is not one.
+    pub fn cdn_cache_control(mut self, obey: bool) -> Self {
+        self.cdn_cache_control = Some(obey);
+        self
+    }
+
     /// This policy's settings over `base`'s.
     fn over(&self, base: &Policy) -> Policy {
         Policy {
@@ -386,6 +460,16 @@ impl Policy {
             http_mode: self.http_mode.or(base.http_mode),
             request_directives: self.request_directives.or(base.request_directives),
             max_variants: self.max_variants.or(base.max_variants),
+            allow_headers: self
+                .allow_headers
+                .clone()
+                .or_else(|| base.allow_headers.clone()),
+            hints: self.hints.or(base.hints),
+            targeted_field: self
+                .targeted_field
+                .clone()
+                .or_else(|| base.targeted_field.clone()),
+            cdn_cache_control: self.cdn_cache_control.or(base.cdn_cache_control),
             grpc: self.grpc,
         }
     }

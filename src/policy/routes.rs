@@ -260,30 +260,61 @@ impl Routes {
                 )),
             }
         }
+        let mut allowed_headers = None;
+        if let Some(names) = &resolved.allow_headers {
+            let mut list = Vec::new();
+            for name in names {
+                match HeaderName::try_from(name.as_str()) {
+                    Ok(h) => list.push(h),
+                    Err(_) => errors.push(format!(
+                        "{place}.allow_headers: `{name}` is not a header name"
+                    )),
+                }
+            }
+            allowed_headers = Some(list);
+        }
+        let mut targeted = Vec::new();
+        if let Some(name) = &resolved.targeted_field {
+            match HeaderName::try_from(name.as_str()) {
+                Ok(h) if http => targeted.push(h),
+                Ok(_) => errors.push(format!(
+                    "{place}.targeted_field: for HTTP mode (`http_mode`), where the origin's headers decide"
+                )),
+                Err(_) => errors.push(format!(
+                    "{place}.targeted_field: `{name}` is not a header name"
+                )),
+            }
+        }
+        if http && resolved.cdn_cache_control.unwrap_or(true) {
+            targeted.push(HeaderName::from_static("cdn-cache-control"));
+        }
         let mut statuses = resolved.statuses.unwrap_or_else(|| {
             if resolved.grpc {
                 vec![200]
             } else if http {
                 // Any status the origin gives freshness to (never a 304; a 206 apart from the
                 // complete response).
-                (200..600).filter(|s| *s != 304).collect()
+                (200..600)
+                    .filter(|s| !matches!(s, 304 | 412 | 416))
+                    .collect()
             } else {
                 DEFAULT_STATUSES.to_vec()
             }
         });
         // HTTP mode stores a 5xx the origin gives freshness to, and a 206 apart (a partial
         // response); application mode neither. Never a 304.
+        // Never a 412 or 416 either: they answer one request's own preconditions or range.
         let storable = |s: u16| {
             let top = if http { 600 } else { 500 };
-            (200..top).contains(&s) && s != 304 && (http || s != 206)
+            (200..top).contains(&s) && !matches!(s, 304 | 412 | 416) && (http || s != 206)
         };
         let never = |field: &str, s: u16| {
             format!(
                 "{place}.{field}: {s} is never stored (only {})",
                 if http {
-                    "2xx to 5xx, and not 304"
+                    "2xx to 5xx, and not 304, 412 or 416"
                 } else {
-                    "2xx to 4xx, and not 206 or 304"
+                    "2xx to 4xx, and not 206, 304, 412 or 416"
                 }
             )
         };
@@ -406,6 +437,9 @@ impl Routes {
             http,
             request_directives: resolved.request_directives.unwrap_or(http),
             max_variants,
+            allowed_headers,
+            hints: resolved.hints.unwrap_or(!http),
+            targeted,
         })
     }
 }

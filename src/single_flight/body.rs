@@ -60,6 +60,11 @@ impl Tee {
             self.release();
             return None;
         }
+        if !self.grpc && self.declared.is_some_and(|n| n != self.size as u64) {
+            // Ended short of (or past) its `Content-Length`: truncated, never the answer.
+            self.release();
+            return None;
+        }
         let mut buf = BytesMut::with_capacity(self.size);
         for c in &self.chunks {
             buf.extend_from_slice(c);

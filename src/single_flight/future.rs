@@ -2,10 +2,10 @@ use super::body::{FlightBody, Tee};
 use super::flight::{Copy, Leader, Outcome, Waiter};
 use super::layer::Shared;
 use crate::entry::Entry;
-use crate::plumbing::{Collapsed, FlightKey, Lease, LeaseSlot};
+use crate::plumbing::{CacheHint, Collapsed, Exchange, FlightKey, Lease, LeaseSlot};
 use crate::policy::CompiledPolicy;
 use bytes::Bytes;
-use http::{header, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use std::future::Future;
@@ -284,16 +284,27 @@ where
                     // The route's limit, when larger: the cache stores such bodies, and its
                     // waiters would otherwise all call the service at once.
                     let limit = shared.max_body_size.max(policy.max_body_size);
-                    // One client's answer is never another's: no `Set-Cookie`, `private`,
-                    // `no-store`, or `Vary` on a header the key does not hold.
-                    let shareable = !parts.headers.contains_key(header::SET_COOKIE)
-                        && !crate::headers::has_directive(&parts.headers, &["no-store", "private"])
-                        && crate::plumbing::vary_is_keyed(&parts.headers, policy)
-                        && body.size_hint().lower() <= limit as u64
-                        // A 304 or a 206 answers one client's conditions or range.
-                        && !matches!(parts.status.as_u16(), 304 | 206)
-                        // A gRPC error may be this call's own (its deadline, its quota).
-                        && (!policy.grpc || crate::plumbing::status(&parts.headers).is_none());
+                    // Only what the cache could store, and use without asking the service
+                    // (the rule the cache stores by): one client's answer is never another's.
+                    let hint = if policy.hints {
+                        CacheHint::peek(&parts.headers, &parts.extensions)
+                    } else {
+                        CacheHint::default()
+                    };
+                    let view = crate::http::effective(&parts.headers, &policy.targeted);
+                    let exchange = Exchange {
+                        policy,
+                        status: parts.status,
+                        headers: &view,
+                        // Such requests never join a flight (see `flight_key`).
+                        unkeyed_query: false,
+                        authorized: false,
+                    };
+                    let shared_rule = exchange.shareable(&hint, shared.stash.now());
+                    if let Err(reason) = shared_rule {
+                        tracing::debug!(key = %leader.key(), reason, "response not shared");
+                    }
+                    let shareable = shared_rule.is_ok() && body.size_hint().lower() <= limit as u64;
                     let body = if shareable {
                         let tee = Tee {
                             leader: Some(leader),

@@ -21,7 +21,9 @@
 //!   service itself; its response is not stored.
 //! - A leader that is gone before its response ends (its client hung up, it panicked, the
 //!   service returned an error, its body failed) hands over: one waiter becomes the leader.
-//!   A 5xx is a response like any other: the waiters get it too, at once. After three
+//!   A 5xx is handed to the waiters too, at once, though no one stores it (unless its
+//!   headers make it one client's, or it says `no-cache`): a failure of that moment, not
+//!   content, so that a failing service is not asked again by the whole burst. After three
 //!   leaders in a row are gone without an answer, the waiters left stop queueing and each
 //!   asks the service itself.
 //! - Waiters get their copy when the leader's body has ended: a leader whose client reads
@@ -32,9 +34,16 @@
 //!   A waiter woken whose task does not run for a while holds up no one while other wakes are
 //!   under way; only with all 32 stalled do the waiters behind them wait, to their
 //!   [`max_wait`](SingleFlightLayer::max_wait) at most, and then still get their copies.
-//! - A response for one client (`Set-Cookie`, `Cache-Control: private` or `no-store`), or one
-//!   with a body over [`max_body_size`](SingleFlightLayer::max_body_size), is not shared:
-//!   each waiter asks the service itself.
+//! - A response is shared only if the cache could store it and use it without asking the
+//!   service (one rule for both): not one client's (`Set-Cookie`, `private`, `no-store`, an
+//!   `Authorization` or query parameters the key leaves out, a header outside the policy's
+//!   [`allow_headers`](crate::Policy::allow_headers)), not one to revalidate first
+//!   (`no-cache`, or in HTTP mode no freshness, or stale on arrival), not a status the
+//!   policy does not store (a 304, 206, 412 or 416 answers one client's conditions or
+//!   range), not one its service opted out with [`CacheHint`](crate::CacheHint), not a body
+//!   that ends short of its `Content-Length`, nor one over
+//!   [`max_body_size`](SingleFlightLayer::max_body_size): each waiter then asks the
+//!   service itself. A server error is the exception below.
 //! - HEAD requests, and requests with `Authorization` or `Cookie` that the policy does not
 //!   key on, are never coalesced.
 //! - A lease expires after the stash's [`lease_ttl`](crate::StashBuilder::lease_ttl), so a
@@ -78,5 +87,7 @@ pub use future::ResponseFuture;
 pub use layer::SingleFlightLayer;
 pub use service::SingleFlightService;
 
+#[cfg(test)]
+mod share_tests;
 #[cfg(test)]
 mod tests;

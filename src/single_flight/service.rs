@@ -69,9 +69,12 @@ impl<S> SingleFlightService<S> {
         let h = req.headers();
         if (h.contains_key(header::AUTHORIZATION) && !policy.vary_authorization)
             || (h.contains_key(header::COOKIE) && !policy.vary_cookie)
-            || crate::headers::REWRITE_HEADERS
-                .iter()
-                .any(|n| h.contains_key(*n) && !policy.keyed_headers.iter().any(|v| v == n))
+            || h.keys().any(|n| {
+                policy.unlisted(n)
+                    || (crate::headers::is_rewrite_header(n) && !policy.keyed_headers.contains(n))
+            })
+            // Its answer may reflect parameters the key leaves out.
+            || crate::key::has_unkeyed_query(req.uri().query(), &policy.query)
         {
             // One client's answer is never shared with another.
             return None;

@@ -1,0 +1,557 @@
+//! HTTP mode to the letter of RFC 9111 and its companions: what reaches the origin, what is
+//! never stored, what is revalidated, and how the targeted fields and `Age` are read.
+
+use super::*;
+
+#[tokio::test]
+async fn an_allowlist_forwards_what_the_variant_key_holds_and_nothing_else() {
+    let c = cache(
+        http().allow_headers(["accept"]),
+        origin(
+            200,
+            &[
+                ("cache-control", "max-age=1"),
+                ("etag", "\"v1\""),
+                ("vary", "X-Abc"),
+            ],
+            "x",
+        ),
+    );
+    let headers = [("x-abc", "1"), ("accept", "*/*"), ("x-other", "2")];
+    c.get(&headers).await;
+    let seen = last_request(&c.origin);
+    assert!(seen.contains_key("accept") && seen.contains_key("host"));
+    assert!(!seen.contains_key("x-abc") && !seen.contains_key("x-other"));
+    // Once the URL is known to vary on X-Abc, its variants' keys hold it: it is forwarded
+    // (here in the revalidation of the expired variant).
+    c.clock.advance(Duration::from_secs(2));
+    c.origin.answer(reply(304, &[("etag", "\"v1\"")], ""));
+    let got = c.get(&headers).await;
+    assert_eq!(got.text(), "x");
+    let seen = last_request(&c.origin);
+    assert_eq!(seen["x-abc"], "1");
+    assert_eq!(seen["if-none-match"], "\"v1\"");
+    assert!(!seen.contains_key("x-other"));
+}
+
+#[tokio::test]
+async fn errors_a_request_s_own_range_or_preconditions_caused_are_never_the_url_s_entry() {
+    // CPDoS: an unsatisfiable range, or a failed If-Match, answered with a long public
+    // lifetime; every client after must still get the resource.
+    for (name, value, status) in [
+        ("range", "bytes=99999999-", 416),
+        ("if-match", "\"nope\"", 412),
+        ("if-unmodified-since", "Thu, 01 Jan 1970 00:00:00 GMT", 412),
+    ] {
+        let c = cache(
+            http(),
+            origin(
+                status,
+                &[("cache-control", "public, max-age=86400")],
+                "error",
+            ),
+        );
+        let attack = c.get(&[(name, value)]).await;
+        assert_eq!(attack.status.as_u16(), status, "{name}");
+        c.origin
+            .answer(reply(200, &[("cache-control", "max-age=60")], "app.js"));
+        let clean = c.get(&[]).await;
+        assert_eq!(
+            (clean.status, clean.text()),
+            (StatusCode::OK, "app.js"),
+            "{name}"
+        );
+        assert!(c.get(&[]).await.is_hit(), "{name}: the 200 is the entry");
+        assert_eq!(c.origin.calls(), 2, "{name}");
+    }
+}
+
+#[test]
+fn no_policy_stores_412_or_416() {
+    for status in [412, 416] {
+        for mode in [false, true] {
+            let policy = Policy::ttl(Duration::from_secs(60))
+                .http_mode(mode)
+                .status_ttl(status, Duration::from_secs(1));
+            let e = Routes::new().get("/x", policy).validate().unwrap_err();
+            assert!(e.to_string().contains("is never stored"), "{e}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_forwards_none_of_the_client_s_preconditions() {
+    let c = cache(
+        http().stale_while_revalidate(Duration::from_secs(60)),
+        origin(200, &[("cache-control", "max-age=1")], "x"),
+    );
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(2));
+    let stale = c
+        .get(&[
+            ("if-match", "\"a\""),
+            ("if-unmodified-since", "Thu, 01 Jan 1970 00:00:00 GMT"),
+            ("if-range", "\"a\""),
+            ("range", "bytes=0-0"),
+            ("if-none-match", "\"b\""),
+        ])
+        .await;
+    assert!(
+        stale.cache_status().contains("stale"),
+        "{}",
+        stale.cache_status()
+    );
+    crate::test_util::until("the refresh", || c.origin.requests().len() == 2).await;
+    let seen = last_request(&c.origin);
+    for name in [
+        "if-match",
+        "if-unmodified-since",
+        "if-range",
+        "range",
+        "if-none-match",
+    ] {
+        assert!(!seen.contains_key(name), "the refresh sent {name}");
+    }
+}
+
+#[tokio::test]
+async fn no_cache_is_revalidated_on_every_use_also_after_a_304() {
+    // A Last-Modified long ago would give a heuristic lifetime of a day: never to a
+    // `no-cache` answer.
+    let lm = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(100 * 86400));
+    let c = cache(
+        http(),
+        origin(
+            200,
+            &[
+                ("cache-control", "no-cache"),
+                ("etag", "\"v1\""),
+                ("last-modified", &lm),
+                ("date", &now_date()),
+            ],
+            "body",
+        ),
+    );
+    c.get(&[]).await;
+    c.origin
+        .answer(reply(304, &[("etag", "\"v1\""), ("date", &now_date())], ""));
+    for use_ in 2..6 {
+        let got = c.get(&[]).await;
+        assert_eq!((got.status, got.text()), (StatusCode::OK, "body"));
+        assert_eq!(c.origin.calls(), use_, "use {use_} asked the origin");
+        assert_eq!(last_request(&c.origin)["if-none-match"], "\"v1\"");
+        assert_eq!(got.cache_status(), "tower-stash; fwd=stale; fwd-status=304");
+    }
+}
+
+#[tokio::test]
+async fn a_policy_s_stale_windows_never_override_the_origin() {
+    for cc in [
+        "max-age=1, must-revalidate",
+        "max-age=1, proxy-revalidate",
+        "max-age=1, s-maxage=1",
+        "no-cache",
+    ] {
+        let policy = http()
+            .stale_while_revalidate(Duration::from_secs(600))
+            .stale_if_error(Duration::from_secs(600));
+        let c = cache(
+            policy,
+            origin(200, &[("cache-control", cc), ("etag", "\"v1\"")], "old"),
+        );
+        c.get(&[]).await;
+        c.clock.advance(Duration::from_secs(2));
+        // Not answered stale while it is refreshed: the origin is asked first.
+        c.origin
+            .answer(reply(200, &[("cache-control", "max-age=1")], "new"));
+        let got = c.get(&[]).await;
+        assert_eq!(got.text(), "new", "{cc}: {}", got.cache_status());
+        // Nor when the origin fails.
+        let c = cache(
+            http()
+                .stale_while_revalidate(Duration::from_secs(600))
+                .stale_if_error(Duration::from_secs(600)),
+            origin(200, &[("cache-control", cc), ("etag", "\"v1\"")], "old"),
+        );
+        c.get(&[]).await;
+        c.clock.advance(Duration::from_secs(2));
+        c.origin.answer(reply(500, &[], "down"));
+        let got = c.get(&[]).await;
+        assert_eq!((got.status.as_u16(), got.text()), (500, "down"), "{cc}");
+    }
+}
+
+#[tokio::test]
+async fn storing_needs_a_reason() {
+    // Only `no-cache` and a validator: neither explicit freshness nor a status that may
+    // be given a heuristic one. Not kept, so never revalidated.
+    for status in [500, 400, 201] {
+        let c = cache(
+            http(),
+            origin(
+                status,
+                &[("cache-control", "no-cache"), ("etag", "\"e\"")],
+                "x",
+            ),
+        );
+        c.get(&[]).await;
+        c.get(&[]).await;
+        assert_eq!(c.origin.calls(), 2, "{status}");
+        assert!(
+            !last_request(&c.origin).contains_key("if-none-match"),
+            "{status}: nothing kept to revalidate"
+        );
+    }
+    // A 200 may be kept to be revalidated.
+    let c = cache(
+        http(),
+        origin(
+            200,
+            &[("cache-control", "no-cache"), ("etag", "\"e\"")],
+            "x",
+        ),
+    );
+    c.get(&[]).await;
+    c.get(&[]).await;
+    assert_eq!(last_request(&c.origin)["if-none-match"], "\"e\"");
+}
+
+#[tokio::test]
+async fn a_304_answers_a_2xx_entry_only() {
+    let c = cache(
+        http(),
+        origin(
+            404,
+            &[("cache-control", "max-age=60"), ("etag", "\"gone\"")],
+            "missing",
+        ),
+    );
+    c.get(&[]).await;
+    for inm in ["\"gone\"", "*"] {
+        let got = c.get(&[("if-none-match", inm)]).await;
+        assert!(got.is_hit());
+        assert_eq!((got.status.as_u16(), got.text()), (404, "missing"), "{inm}");
+    }
+}
+
+#[tokio::test]
+async fn a_304_merges_no_hop_by_hop_header_and_one_for_another_etag_updates_nothing() {
+    let c = cache(
+        http(),
+        origin(
+            200,
+            &[
+                ("cache-control", "max-age=1"),
+                ("etag", "\"a\""),
+                ("x-v", "1"),
+            ],
+            "body",
+        ),
+    );
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(2));
+    c.origin.answer(reply(
+        304,
+        &[
+            ("etag", "\"a\""),
+            ("cache-control", "max-age=100"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+        ],
+        "",
+    ));
+    let got = c.get(&[]).await;
+    assert_eq!(got.text(), "body");
+    for name in ["x-hop", "keep-alive", "connection"] {
+        assert!(!got.headers.contains_key(name), "{name} merged");
+    }
+    assert!(c.get(&[]).await.is_hit());
+    // A 304 for another representation confirms nothing: the entry is not freshened, and
+    // the next request fetches it whole.
+    c.clock.advance(Duration::from_secs(200));
+    c.origin.answer(reply(
+        304,
+        &[
+            ("etag", "\"b\""),
+            ("cache-control", "max-age=100"),
+            ("x-v", "2"),
+        ],
+        "",
+    ));
+    let got = c.get(&[]).await;
+    assert_ne!(
+        got.headers.get("x-v").map(|v| v.as_bytes()),
+        Some(&b"2"[..])
+    );
+    c.origin.answer(reply(
+        200,
+        &[("cache-control", "max-age=100"), ("etag", "\"b\"")],
+        "new",
+    ));
+    let next = c.get(&[]).await;
+    assert_eq!(next.text(), "new");
+    assert!(!last_request(&c.origin).contains_key("if-none-match"));
+}
+
+#[test]
+fn a_304_merge_keeps_no_hop_by_hop_header() {
+    let stored = HeaderMap::new();
+    let mut nm = HeaderMap::new();
+    nm.insert("connection", "x-hop".parse().unwrap());
+    nm.insert("x-hop", "1".parse().unwrap());
+    nm.insert("keep-alive", "timeout=5".parse().unwrap());
+    nm.insert("x-new", "1".parse().unwrap());
+    let merged = freshen(&stored, &nm);
+    assert_eq!(merged.len(), 1, "{merged:?}");
+    assert_eq!(merged["x-new"], "1");
+}
+
+#[tokio::test]
+async fn an_origin_s_hint_headers_are_ignored_unless_the_policy_opts_in() {
+    let stretched = [
+        ("cache-control", "max-age=0"),
+        ("x-stash-ttl", "31536000"),
+        ("x-stash-tags", "everything"),
+    ];
+    let c = cache(http(), origin(200, &stretched, "x"));
+    let first = c.get(&[]).await;
+    assert!(!c.get(&[]).await.is_hit(), "max-age=0 is not stretched");
+    assert_eq!(first.headers["x-stash-ttl"], "31536000", "an origin header");
+    let c = cache(http().hints(true), origin(200, &stretched, "x"));
+    c.get(&[]).await;
+    assert!(c.get(&[]).await.is_hit(), "the policy trusts its origin");
+}
+
+/// Whether a response with these headers (and `max-age`) is still a hit on the second request.
+async fn reused(headers: &[(&'static str, &str)]) -> bool {
+    let c = cache(http(), origin(200, headers, "x"));
+    c.get(&[]).await;
+    c.get(&[]).await.is_hit()
+}
+
+#[tokio::test]
+async fn age_is_its_first_member_and_an_invalid_one_is_ignored() {
+    // RFC 9111 section 5.1: a list's first member; an invalid value is ignored (the age
+    // then comes from `Date`), it does not make the response stale.
+    let date = now_date();
+    let cases: [(&[&str], bool); 11] = [
+        (&["abc"], true),
+        (&["-7200"], true),
+        (&["7200.0"], true),
+        (&[""], true),
+        (&["0, 7200"], true),
+        (&["0", "7200"], true),
+        (&["0, 0"], true),
+        (&["0", "0"], true),
+        (&["7200, 0"], false),
+        (&["7200", "0"], false),
+        // A parameter is not part of the number it follows.
+        (&["7200;foo=bar"], false),
+    ];
+    for (ages, fresh) in cases {
+        let mut headers = vec![("cache-control", "max-age=3600"), ("date", date.as_str())];
+        headers.extend(ages.iter().map(|a| ("age", *a)));
+        assert_eq!(reused(&headers).await, fresh, "Age: {ages:?}");
+    }
+    // The first member counts toward the age sent on hits.
+    let c = cache(
+        http(),
+        origin(
+            200,
+            &[("cache-control", "max-age=3600"), ("age", "100, 3")],
+            "x",
+        ),
+    );
+    c.get(&[]).await;
+    assert_eq!(c.get(&[]).await.headers["age"], "100");
+}
+
+#[tokio::test]
+async fn cdn_cache_control_is_obeyed_before_cache_control_and_expires() {
+    let date = now_date();
+    let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(10_000));
+    let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(10_000));
+    let cases: [(&[(&'static str, &str)], bool); 10] = [
+        (&[("cdn-cache-control", "max-age=3600")], true),
+        (&[("cdn-cache-control", "max-age=99999999999")], true),
+        (&[("cdn-cache-control", "foobar, max-age=3600")], true),
+        (
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=3600"),
+            ],
+            true,
+        ),
+        (
+            &[
+                ("cdn-cache-control", "max-age=3600"),
+                ("expires", &past),
+                ("date", &date),
+            ],
+            true,
+        ),
+        (
+            &[
+                ("cdn-cache-control", "max-age=0"),
+                ("expires", &future),
+                ("date", &date),
+            ],
+            false,
+        ),
+        (
+            &[
+                ("cdn-cache-control", "private"),
+                ("cache-control", "max-age=10000"),
+            ],
+            false,
+        ),
+        (
+            &[
+                ("cdn-cache-control", "no-store"),
+                ("cache-control", "max-age=10000"),
+            ],
+            false,
+        ),
+        // Not a valid Structured Field, or a directive of the wrong type: ignored, and the
+        // origin's `Cache-Control` decides.
+        (
+            &[
+                ("cdn-cache-control", "max-age=10000, &&&&&"),
+                ("cache-control", "no-store"),
+            ],
+            false,
+        ),
+        (
+            &[
+                ("cdn-cache-control", "max-age=\"10000\""),
+                ("cache-control", "no-store"),
+            ],
+            false,
+        ),
+    ];
+    for (headers, fresh) in cases {
+        assert_eq!(reused(headers).await, fresh, "{headers:?}");
+    }
+    // A short CDN lifetime wins over a long Cache-Control one; the header goes on to the
+    // client, whose caches it does not concern.
+    let c = cache(
+        http(),
+        origin(
+            200,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("cdn-cache-control", "max-age=1"),
+            ],
+            "x",
+        ),
+    );
+    let first = c.get(&[]).await;
+    assert_eq!(first.headers["cdn-cache-control"], "max-age=1");
+    c.clock.advance(Duration::from_secs(2));
+    assert!(!c.get(&[]).await.is_hit());
+    // `no-cache` there: revalidated on every use.
+    let c = cache(
+        http(),
+        origin(
+            200,
+            &[
+                ("cdn-cache-control", "no-cache"),
+                ("cache-control", "max-age=10000"),
+                ("etag", "\"e\""),
+            ],
+            "x",
+        ),
+    );
+    c.get(&[]).await;
+    c.origin.answer(reply(304, &[("etag", "\"e\"")], ""));
+    c.get(&[]).await;
+    assert_eq!(c.origin.calls(), 2);
+    // `must-revalidate` there: never answered stale.
+    let c = cache(
+        http(),
+        origin(
+            200,
+            &[
+                ("cdn-cache-control", "max-age=1, must-revalidate"),
+                ("cache-control", "max-age=1"),
+            ],
+            "old",
+        ),
+    );
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(5));
+    c.origin.answer(reply(502, &[], "down"));
+    assert_eq!(c.get(&[]).await.text(), "down");
+}
+
+#[tokio::test]
+async fn a_targeted_field_of_its_own_comes_first_and_cdn_cache_control_can_be_ignored() {
+    let both = [
+        ("stash-cache-control", "max-age=1"),
+        ("cdn-cache-control", "max-age=3600"),
+    ];
+    let c = cache(
+        http().targeted_field("stash-cache-control"),
+        origin(200, &both, "x"),
+    );
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(2));
+    assert!(!c.get(&[]).await.is_hit(), "Stash-Cache-Control first");
+    let c = cache(http(), origin(200, &both, "x"));
+    c.get(&[]).await;
+    c.clock.advance(Duration::from_secs(2));
+    assert!(
+        c.get(&[]).await.is_hit(),
+        "not targeted at this cache: ignored"
+    );
+    let c = cache(
+        http().cdn_cache_control(false),
+        origin(200, &[("cdn-cache-control", "max-age=3600")], "x"),
+    );
+    c.get(&[]).await;
+    assert!(!c.get(&[]).await.is_hit(), "CDN-Cache-Control ignored");
+}
+
+#[tokio::test]
+async fn expires_is_read_leniently() {
+    for expires in [
+        "THU, 18 Aug 2050 02:01:18 GMT",
+        "Thu, 18 AUG 2050 02:01:18 GMT",
+        "Thu, 18 Aug 2050 02:01:18 gMT",
+        "Thu, 18 Aug 2050 02:01:18 UTC",
+        "Thu Aug  8 02:01:18 2050",
+        "Tue 19 Jan 2038 14:14:08 GMT",
+        "Thu, 18-Aug-2050 02:01:18 GMT",
+        "Thursday, 18-Aug-50 02:01:18 GMT",
+        "Thu, 18 Aug 50 02:01:18 GMT",
+        "Thu, 18  Aug  2050 02:01:18 GMT",
+        "Thu, 18 Aug 2050 2:01:18 GMT",
+    ] {
+        let headers = [("expires", expires), ("date", &now_date())];
+        assert!(reused(&headers).await, "Expires: {expires}");
+    }
+    // A zone other than GMT cannot be read: the response is already expired.
+    for expires in ["Thu, 18 Aug 2050 02:01:18 AEST", "0", "soon"] {
+        let headers = [("expires", expires), ("date", &now_date())];
+        assert!(!reused(&headers).await, "Expires: {expires}");
+    }
+}
+
+#[tokio::test]
+async fn an_interim_response_is_never_stored() {
+    let c = cache(
+        http(),
+        origin(
+            103,
+            &[
+                ("cache-control", "max-age=3600"),
+                ("link", "</s.css>; rel=preload"),
+            ],
+            "",
+        ),
+    );
+    c.get(&[]).await;
+    c.get(&[]).await;
+    assert_eq!(c.origin.calls(), 2);
+}
