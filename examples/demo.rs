@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example demo -- [--listen 127.0.0.1:3000] [--config examples/demo.toml] [--db-latency-ms 200]
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example demo   # tiered on Redis
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example demo --features redis   # tiered on Redis
 //! ```
 //!
 //! | route                          | pattern                                               |

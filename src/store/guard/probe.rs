@@ -2,8 +2,10 @@
 
 use super::breaker::{Breaker, Permit};
 use crate::store::Store;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -21,10 +23,20 @@ pub(super) async fn probe<S: Store>(store: Weak<S>, breaker: Weak<Breaker>, wake
                 // Woken early by a failure, a changed setting, or the breaker's drop.
                 let woken = wake.notified();
                 match due {
-                    Some(due) => tokio::select! {
-                        () = tokio::time::sleep_until(due) => {}
-                        () = woken => {}
-                    },
+                    Some(due) => {
+                        let mut woken = std::pin::pin!(woken);
+                        let mut sleep = std::pin::pin!(tokio::time::sleep_until(due));
+                        std::future::poll_fn(|cx| {
+                            if woken.as_mut().poll(cx).is_ready()
+                                || sleep.as_mut().poll(cx).is_ready()
+                            {
+                                Poll::Ready(())
+                            } else {
+                                Poll::Pending
+                            }
+                        })
+                        .await;
+                    }
                     None => woken.await,
                 }
             }
