@@ -11,7 +11,7 @@
 //! ```
 //!
 //! The file is a view of the structures the rest of the crate takes ([`Routes`], [`Rules`],
-//! [`StashBuilder`]): what it says can equally be built in code, and [`Config`] itself is plain
+//! [`StashBuilder`](crate::StashBuilder)): what it says can equally be built in code, and [`Config`] itself is plain
 //! data with public fields.
 //!
 //! # Example
