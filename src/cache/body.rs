@@ -294,9 +294,6 @@ fn record(stash: &Stash, key: &str, result: Result<(), crate::StoreError>) {
             stash.stored();
             tracing::debug!(%key, "stored");
         }
-        Err(e) => {
-            stash.counters().store_error();
-            tracing::warn!(%key, error = %e, "storing the entry failed");
-        }
+        Err(e) => stash.store_failed("storing the entry failed", &key, &e),
     }
 }

@@ -123,10 +123,7 @@ pub(super) fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) ->
         rt.spawn(async move {
             match put.await {
                 Ok(()) => stash.stored(),
-                Err(e) => {
-                    stash.counters().store_error();
-                    tracing::warn!(%key, error = %e, "storing the revalidated entry failed");
-                }
+                Err(e) => stash.store_failed("storing the revalidated entry failed", &key, &e),
             }
         });
     }

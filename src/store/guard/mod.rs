@@ -273,7 +273,7 @@ impl<S: Store> Guarded<S> {
                     break result;
                 }
             };
-            permit.finish(result.is_ok());
+            permit.finish(result.as_ref().err());
             result
         })
     }
@@ -288,7 +288,7 @@ async fn guarded<T>(
         Ok(result) => result,
         Err(_) => Err(StoreError::new(format!("no answer within {timeout:?}"))),
     };
-    permit.finish(result.is_ok());
+    permit.finish(result.as_ref().err());
     result
 }
 
@@ -439,6 +439,14 @@ impl<S: Store> Writes for Guarded<S> {
 }
 
 impl<S: Store> HealthCheck for Guarded<S> {
+    /// The guarded store's check, past the breaker and the timeout: it connects afresh.
+    fn check(&self, timeout: Duration) -> StoreFuture<String> {
+        match self.inner.health_check() {
+            Some(h) => h.check(timeout),
+            None => absent("the store has nothing to check".to_owned()),
+        }
+    }
+
     /// Pings the guarded store (if it has a [`HealthCheck`]), under the breaker and the timeout.
     fn ping(&self) -> StoreFuture<()> {
         self.guard(|s| s.health_check().map_or_else(|| absent(()), |h| h.ping()))

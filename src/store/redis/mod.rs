@@ -2,6 +2,7 @@
 
 mod builder;
 mod bus;
+mod check;
 mod cluster;
 mod leases;
 mod oom;
@@ -379,6 +380,12 @@ impl Store for RedisStore {
 }
 
 impl HealthCheck for RedisStore {
+    /// [`RedisStore::check`].
+    fn check(&self, timeout: Duration) -> StoreFuture<String> {
+        let this = self.clone();
+        Box::pin(async move { RedisStore::check(&this, timeout).await })
+    }
+
     /// `PING`, as every call goes (a dropped connection is discarded). On a cluster, every
     /// master is pinged and one answer is enough: one breaker serves the whole cluster, and
     /// the masters that answer keep serving their keys.
