@@ -156,3 +156,214 @@ fn an_outage_of_10_000_requests_logs_a_bounded_number_of_lines() {
         .unwrap_or_else(|| panic!("no count in {closed}"));
     assert!(refused >= 19_000, "{closed}");
 }
+
+// ---- TLS and ACL users ----
+
+/// An entry through `store`, and back.
+async fn round_trip(store: &tower_stash::RedisStore) -> Result<(), tower_stash::StoreError> {
+    use tower_stash::{Entry, Store};
+    let at = std::time::SystemTime::now();
+    let entry = Entry::new("k", StatusCode::OK, Default::default(), "body".into())
+        .with_times(at, Duration::from_secs(60));
+    store
+        .put("k".into(), Arc::new(entry), Duration::from_secs(60))
+        .await?;
+    let got = store.get("k".into()).await?.expect("the entry");
+    assert_eq!(got.body(), "body");
+    Ok(())
+}
+
+/// `rediss://` against a real `redis-server --tls-port` whose certificate a test CA signed:
+/// trusting that CA, the handshake succeeds and entries go through; trusting another CA (or
+/// the system's roots), the store is refused with an error that says why, at the check and
+/// on every call. The CA also comes from a configuration file's `ca_file`.
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_test_ca_and_a_wrong_ca_refused_with_a_clear_error() {
+    use support::tls::{TestCa, TlsRedis};
+    use tower_stash::RedisStore;
+
+    let ca = TestCa::new("test-ca");
+    let redis = tokio::task::block_in_place(|| TlsRedis::start(&ca, false));
+    let store = RedisStore::builder(redis.url())
+        .tls_root_certificate(ca.pem())
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let found = store.check(Duration::from_secs(5)).await.unwrap();
+    println!("{found}");
+    assert!(
+        found.starts_with("Redis ") && found.ends_with(&format!(":{} (TLS)", redis.tls_port)),
+        "{found}"
+    );
+    eventually("a round trip over TLS", || async {
+        round_trip(&store).await.is_ok()
+    })
+    .await;
+    assert_eq!(redis.server.cli(&["EXISTS", "k"]), "1");
+
+    // Another authority, and the system's roots: refused, and said so.
+    let other = TestCa::new("other-ca");
+    for (what, builder) in [
+        (
+            "another CA",
+            RedisStore::builder(redis.url()).tls_root_certificate(other.pem()),
+        ),
+        ("the system's roots", RedisStore::builder(redis.url())),
+    ] {
+        let wrong = builder.build().unwrap();
+        let e = wrong.check(Duration::from_secs(5)).await.unwrap_err();
+        println!("{what}: {e}");
+        assert!(!e.is_unreachable(), "{what}: {e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("TLS handshake failed") && text.contains("UnknownIssuer"),
+            "{what}: {text}"
+        );
+        assert!(
+            round_trip(&wrong).await.is_err(),
+            "{what}: a call went through"
+        );
+    }
+
+    // The same from a configuration file.
+    let toml = format!(
+        "[stash.redis]\nurl = \"{}\"\nca_file = \"{}\"\n",
+        redis.url(),
+        ca.ca_file().display()
+    );
+    let config = tower_stash::config::Config::from_toml(&toml, "tls.toml").unwrap();
+    let stash = config.stash().unwrap().build().unwrap();
+    let found = stash.check(Duration::from_secs(5)).await.unwrap();
+    assert!(found.ends_with("(TLS)"), "{found}");
+    let toml = format!(
+        "[stash.redis]\nurl = \"{}\"\nca_file = \"{}\"\n",
+        redis.url(),
+        other.ca_file().display()
+    );
+    let config = tower_stash::config::Config::from_toml(&toml, "tls.toml").unwrap();
+    let stash = config.stash().unwrap().build().unwrap();
+    let e = stash.check(Duration::from_secs(5)).await.unwrap_err();
+    assert!(e.to_string().contains("TLS handshake failed"), "{e}");
+    // A `ca_file` that is not there names its field.
+    let toml = format!(
+        "[stash.redis]\nurl = \"{}\"\nca_file = \"{}/missing.pem\"\n",
+        redis.url(),
+        ca.dir().display()
+    );
+    let config = tower_stash::config::Config::from_toml(&toml, "tls.toml").unwrap();
+    let e = config.stash().unwrap_err().to_string();
+    assert!(e.contains("ca_file") && e.contains("missing.pem"), "{e}");
+}
+
+/// A Redis that asks clients for a certificate (`tls-auth-clients yes`) takes the store's.
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_client_certificate() {
+    use support::tls::{TestCa, TlsRedis};
+    use tower_stash::RedisStore;
+
+    let ca = TestCa::new("mtls-ca");
+    let redis = tokio::task::block_in_place(|| TlsRedis::start(&ca, true));
+    let (cert, key) = ca.issue("client", &["app"]);
+    let store = RedisStore::builder(redis.url())
+        .tls_root_certificate(ca.pem())
+        .tls_client_certificate(std::fs::read(cert).unwrap(), std::fs::read(key).unwrap())
+        .build()
+        .unwrap();
+    store.check(Duration::from_secs(5)).await.unwrap();
+    eventually("a round trip with a client certificate", || async {
+        round_trip(&store).await.is_ok()
+    })
+    .await;
+    let without = RedisStore::builder(redis.url())
+        .tls_root_certificate(ca.pem())
+        .build()
+        .unwrap();
+    let e = without.check(Duration::from_secs(5)).await.unwrap_err();
+    println!("without a client certificate: {e}");
+    assert!(
+        e.to_string().contains("asks for a client certificate"),
+        "{e}"
+    );
+}
+
+/// An ACL user with only what the store needs (no dangerous commands: no `CONFIG`, no
+/// `INFO`), from the URL, from the builder and from a configuration file: entries and
+/// invalidations (published on the bus channel) go through as that user; a wrong password is
+/// refused at the check, in words that say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_from_the_url_the_builder_and_the_config_file() {
+    use tower_stash::RedisStore;
+
+    let redis = tokio::task::block_in_place(RedisServer::start);
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">app-secret",
+        "~*",
+        "&tower-stash:bus",
+        "+@all",
+        "-@dangerous",
+    ];
+    assert_eq!(redis.cli(&acl), "OK");
+    let port = redis.port();
+
+    let from_url = RedisStore::new(format!("redis://app:app-secret@127.0.0.1:{port}/")).unwrap();
+    let found = from_url.check(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        found,
+        format!("Redis at 127.0.0.1:{port} (user app)"),
+        "INFO is denied"
+    );
+    eventually("a round trip as app", || async {
+        round_trip(&from_url).await.is_ok()
+    })
+    .await;
+
+    let from_builder = RedisStore::builder(format!("redis://127.0.0.1:{port}/"))
+        .username("app")
+        .password("app-secret")
+        .build()
+        .unwrap();
+    assert!(from_builder
+        .check(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .ends_with("(user app)"));
+    eventually("a round trip as app", || async {
+        round_trip(&from_builder).await.is_ok()
+    })
+    .await;
+
+    let toml = format!(
+        "[stash.redis]\nurl = \"redis://127.0.0.1:{port}\"\nusername = \"app\"\npassword = \"app-secret\"\n"
+    );
+    let config = tower_stash::config::Config::from_toml(&toml, "acl.toml").unwrap();
+    assert!(!format!("{config:?}").contains("app-secret"));
+    let stash = config.stash().unwrap().build().unwrap();
+    assert!(stash
+        .check(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .ends_with("(user app)"));
+    eventually("ready as app", || async { stash.ready().await.is_ok() }).await;
+    let svc = service(&stash);
+    assert_eq!(
+        send(svc.clone(), request("/items/1")).await.status,
+        StatusCode::OK
+    );
+    stash.invalidate_key("item:1").await.unwrap();
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    assert!(clients.lines().any(|l| l.contains("user=app")), "{clients}");
+
+    let wrong = RedisStore::builder(format!("redis://app:not-it@127.0.0.1:{port}/"))
+        .build()
+        .unwrap();
+    let e = wrong.check(Duration::from_secs(5)).await.unwrap_err();
+    assert!(!e.is_unreachable());
+    assert!(e.to_string().contains("refused the credentials"), "{e}");
+    assert!(!e.to_string().contains("not-it"), "{e}");
+}

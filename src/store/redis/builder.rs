@@ -1,8 +1,9 @@
 //! [`RedisStoreBuilder`]: the settings of a [`RedisStore`], checked when it is built.
 
 use super::cluster::{cluster_nodes, redact, Cluster};
+use super::connect::Connect;
 use super::oom::MemoryWatch;
-use super::pool::{connection_info, with_keepalive, Manager, PolicyCheck, RESPONSE_TIMEOUT};
+use super::pool::{with_keepalive, Manager, PolicyCheck, RESPONSE_TIMEOUT};
 use super::{Backend, RedisStore};
 use crate::store::StoreError;
 use redis::io::tcp::TcpSettings;
@@ -21,6 +22,7 @@ pub struct RedisStoreBuilder {
     connect_timeout: Duration,
     checkout_timeout: Duration,
     tombstones_past_maxmemory: bool,
+    connect: Connect,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -30,6 +32,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("checkout_timeout", &self.checkout_timeout)
             .field("tombstones_past_maxmemory", &self.tombstones_past_maxmemory)
+            .field("connect", &self.connect)
             .finish_non_exhaustive()
     }
 }
@@ -43,7 +46,42 @@ impl RedisStoreBuilder {
             connect_timeout: Duration::from_millis(500),
             checkout_timeout: Duration::from_millis(20),
             tombstones_past_maxmemory: true,
+            connect: Connect::default(),
         }
+    }
+
+    /// The ACL user to authenticate as, in place of the URL's (`redis://USER:PASSWORD@...`).
+    /// See the README's "With Redis" for the permissions the store needs.
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.connect.username = Some(username.into());
+        self
+    }
+
+    /// The password, in place of the URL's; never shown by `Debug` nor in errors.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.connect.password = Some(password.into());
+        self
+    }
+
+    /// Trusts the certificate authorities in `pem` (one or more PEM certificates) to sign the
+    /// server's certificate, in place of the system's roots: a managed Redis's own CA, or a
+    /// private one. Needs a `rediss://` URL. Without it, the system's roots are trusted.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.connect.root_certificate = Some(pem.into());
+        self
+    }
+
+    /// Presents a client certificate and its private key (both PEM) in the TLS handshake,
+    /// for a Redis that authenticates clients by certificate (`tls-auth-clients yes`).
+    #[cfg(feature = "tls")]
+    pub fn tls_client_certificate(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.connect.client_certificate = Some((certificate_pem.into(), key_pem.into()));
+        self
     }
 
     /// The most connections the pool opens (default 16). Each serves one call at a time; a call
@@ -89,8 +127,8 @@ impl RedisStoreBuilder {
         if let Some(nodes) = cluster_nodes(&self.url) {
             return self.build_cluster(nodes?);
         }
-        let mut errors = Vec::new();
-        let client = match connection_info(&self.url).and_then(redis::Client::open) {
+        let mut errors = self.connect.errors(&self.url);
+        let client = match self.connect.client(&self.url) {
             Ok(client) => Some(client),
             Err(e) => {
                 errors.push(format!("redis.url: {e}"));
@@ -152,10 +190,10 @@ impl RedisStoreBuilder {
     }
 
     fn build_cluster(self, nodes: Vec<String>) -> Result<RedisStore, StoreError> {
-        let mut errors = Vec::new();
+        let mut errors = self.connect.errors(&self.url);
         let mut clients = Vec::new();
         for node in &nodes {
-            match connection_info(node).and_then(redis::Client::open) {
+            match self.connect.client(node) {
                 Ok(c) => clients.push(c),
                 Err(e) => errors.push(format!("redis.url: node `{}`: {e}", redact(node))),
             }
@@ -165,7 +203,9 @@ impl RedisStoreBuilder {
         }
         errors.extend(self.shared_errors());
         let client = if errors.is_empty() {
-            redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+            let builder = redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str));
+            self.connect
+                .cluster(builder)
                 .connection_timeout(self.connect_timeout)
                 // A node that stops answering (paused, partitioned) fails its calls, so that
                 // the slot map is refreshed once a replica takes over.

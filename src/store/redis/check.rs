@@ -118,6 +118,13 @@ pub(super) fn explain(addr: &str, e: &RedisError) -> StoreError {
              and keys of the README's \"With Redis\""
         ));
     }
+    if text.contains("CertificateRequired") {
+        return StoreError::new(format!(
+            "redis at {addr}: the TLS handshake failed ({text}): the server asks for a client \
+             certificate (`client_cert_file` and `client_key_file`, or \
+             `RedisStoreBuilder::tls_client_certificate`)"
+        ));
+    }
     let lower = text.to_ascii_lowercase();
     if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
         return StoreError::new(format!(

@@ -4,6 +4,7 @@ mod builder;
 mod bus;
 mod check;
 mod cluster;
+mod connect;
 mod leases;
 mod oom;
 mod pool;
