@@ -367,3 +367,134 @@ async fn an_acl_user_from_the_url_the_builder_and_the_config_file() {
     assert!(e.to_string().contains("refused the credentials"), "{e}");
     assert!(!e.to_string().contains("not-it"), "{e}");
 }
+
+// ---- The application's own client ----
+
+/// Two instances, each a memory tier in front of `redis`: what one invalidates, the other
+/// drops from memory (the bus goes through the client the store was given).
+async fn invalidations_reach_the_other_instance(
+    a: tower_stash::RedisStore,
+    b: tower_stash::RedisStore,
+) {
+    use tower_stash::{Guarded, MemoryStore, TieredStore};
+    let stash = |redis| {
+        Stash::builder()
+            .store(TieredStore::new(
+                MemoryStore::default(),
+                Guarded::new(redis),
+            ))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (stash(a), stash(b));
+    for s in [&a, &b] {
+        eventually("the bus subscribed", || async { s.ready().await.is_ok() }).await;
+    }
+    let (svc_a, svc_b) = (service(&a), service(&b));
+    send(svc_a.clone(), request("/items/1")).await;
+    eventually("b hits what a stored", || {
+        let svc_b = svc_b.clone();
+        async move { send(svc_b, request("/items/1")).await.is_hit() }
+    })
+    .await;
+    let misses = b.stats().misses;
+    a.invalidate_key("item:1").await.unwrap();
+    let got = send(svc_b.clone(), request("/items/1")).await;
+    assert!(!got.is_hit(), "{}", got.cache_status());
+    assert_eq!(b.stats().misses, misses + 1);
+}
+
+/// A store built from a `redis::Client` the application has (its database honoured), on its
+/// multiplexed connection, on its `ConnectionManager`, and on its bb8 pool: entries go
+/// through each, and invalidations reach another instance through the client's bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_from_an_existing_client_connection_manager_and_bb8_pool() {
+    use bb8_redis::{bb8, RedisConnectionManager};
+    use tower_stash::RedisStore;
+
+    let redis = tokio::task::block_in_place(RedisServer::start);
+    let url = format!("redis://127.0.0.1:{}/3", redis.port());
+    let client = redis::Client::open(url.as_str()).unwrap();
+
+    // The store's own pool over the application's client.
+    let own = RedisStore::from_client(client.clone()).build().unwrap();
+    eventually("a round trip", || async { round_trip(&own).await.is_ok() }).await;
+    assert_eq!(
+        redis.cli(&["-n", "3", "EXISTS", "k"]),
+        "1",
+        "the client's database"
+    );
+    redis.cli(&["FLUSHALL"]);
+
+    // The application's multiplexed connection.
+    let mux = client.get_multiplexed_async_connection().await.unwrap();
+    let on_mux = RedisStore::from_client(client.clone())
+        .connection(mux.clone())
+        .build()
+        .unwrap();
+    round_trip(&on_mux).await.unwrap();
+    assert_eq!(on_mux.connections(), (1, 0));
+    assert_eq!(redis.cli(&["-n", "3", "EXISTS", "k"]), "1");
+
+    // Its ConnectionManager.
+    let manager = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .unwrap();
+    let on_manager = RedisStore::from_client(client.clone())
+        .connection(manager.clone())
+        .build()
+        .unwrap();
+    round_trip(&on_manager).await.unwrap();
+
+    // Its bb8 pool (bb8-redis), with its own size.
+    let pool = bb8::Pool::builder()
+        .max_size(3)
+        .build(RedisConnectionManager::new(url.as_str()).unwrap())
+        .await
+        .unwrap();
+    let on_pool = RedisStore::from_client(client.clone())
+        .pool(pool.clone())
+        .build()
+        .unwrap();
+    round_trip(&on_pool).await.unwrap();
+    let (open, _) = on_pool.connections();
+    assert!((1..=3).contains(&open), "{open} connections");
+    assert_eq!(open, pool.state().connections);
+    // A pool size of the store's own does not apply to a given pool: said at build.
+    let e = RedisStore::from_client(client.clone())
+        .pool(pool.clone())
+        .pool_size(8)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("redis.pool_size"), "{e}");
+
+    // A stash on each: invalidations go through the client's subscription.
+    invalidations_reach_the_other_instance(on_manager.clone(), on_pool.clone()).await;
+    let found = on_pool.check(Duration::from_secs(5)).await.unwrap();
+    assert!(found.ends_with("(db 3)"), "{found}");
+}
+
+/// On a cluster, `pool_size` is the number of cluster connections the store opens and uses
+/// in turn (each one multiplexed connection per node); one by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_opens_pool_size_cluster_connections() {
+    use support::cluster::RedisCluster;
+    use tower_stash::RedisStore;
+
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let store = RedisStore::builder(cluster.url())
+        .pool_size(3)
+        .build()
+        .unwrap();
+    eventually("three cluster connections open", || {
+        let store = store.clone();
+        async move {
+            let _ = round_trip(&store).await;
+            store.connections().0 == 3
+        }
+    })
+    .await;
+    let one = RedisStore::builder(cluster.url()).build().unwrap();
+    eventually("a round trip", || async { round_trip(&one).await.is_ok() }).await;
+    assert_eq!(one.connections(), (1, 0));
+}

@@ -1,8 +1,8 @@
 //! How a [`RedisStore`](super::RedisStore) authenticates and encrypts: an ACL user and
 //! password in place of the URL's, and TLS certificates (feature `tls`).
 
-use super::pool::connection_info;
-use redis::{ConnectionAddr, RedisError};
+use super::pool::{connection_info, with_keepalive};
+use redis::{ConnectionAddr, ConnectionInfo, RedisError};
 use std::fmt;
 
 /// The credentials and certificates a store's connections use, beside its URL.
@@ -39,15 +39,15 @@ pub(super) fn is_tls(url: &str) -> bool {
 }
 
 impl Connect {
-    /// What is wrong with these settings for `url`, a store's URL.
-    pub(super) fn errors(&self, url: &str) -> Vec<String> {
+    /// What is wrong with these settings for a store whose URL (or client) is `tls` or not.
+    pub(super) fn errors(&self, tls: bool) -> Vec<String> {
         let mut errors = Vec::new();
-        if is_tls(url) && !cfg!(feature = "tls") {
+        if tls && !cfg!(feature = "tls") {
             errors
                 .push("redis.url: a `rediss://` URL needs tower-stash's `tls` feature".to_owned());
         }
         #[cfg(feature = "tls")]
-        if !is_tls(url) && (self.root_certificate.is_some() || self.client_certificate.is_some()) {
+        if !tls && (self.root_certificate.is_some() || self.client_certificate.is_some()) {
             errors.push(
                 "redis.url: TLS certificates are set, but the URL is not `rediss://`".to_owned(),
             );
@@ -57,7 +57,14 @@ impl Connect {
 
     /// A client for one server at `url`, with these credentials and certificates.
     pub(super) fn client(&self, url: &str) -> Result<redis::Client, RedisError> {
-        let mut info = connection_info(url)?;
+        self.client_from(connection_info(url)?)
+    }
+
+    /// A client for the server of `info` (an application's client's), with TCP keepalive and
+    /// these credentials and certificates.
+    pub(super) fn client_from(&self, info: ConnectionInfo) -> Result<redis::Client, RedisError> {
+        let tcp = with_keepalive(info.tcp_settings());
+        let mut info = info.set_tcp_settings(tcp);
         if self.username.is_some() || self.password.is_some() {
             let mut settings = info.redis_settings().clone();
             if let Some(user) = &self.username {
