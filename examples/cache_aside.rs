@@ -3,7 +3,7 @@
 //! (`scripts/load-redis.sh`).
 //!
 //! ```sh
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run --release --example cache_aside -- --listen 127.0.0.1:3002
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --release --features redis --example cache_aside -- --listen 127.0.0.1:3002
 //! ```
 
 use axum::extract::{Path, State};

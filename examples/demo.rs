@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example demo -- [--listen 127.0.0.1:3000] [--config examples/demo.toml] [--db-latency-ms 200]
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example demo   # tiered on Redis
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example demo --features redis   # tiered on Redis
 //! ```
 //!
 //! | route                          | pattern                                               |
@@ -446,6 +446,25 @@ pub fn use_redis(config: &mut Config, url: String) {
     }
 }
 
+/// The line the demo prints at start about its store: what it connected to (a fresh
+/// connection and a ping, within 2 s), or that Redis is unreachable and it serves from memory
+/// meanwhile. A Redis that answers and refuses it (a wrong password) is an error: the demo
+/// does not start.
+pub async fn store_line(stash: &Stash, config: &Config) -> Result<String, tower_stash::StoreError> {
+    if config.stash.redis.is_none() {
+        return Ok(
+            "store: in memory (REDIS_URL and --features redis share it through Redis)".into(),
+        );
+    }
+    match stash.check(Duration::from_secs(2)).await {
+        Ok(what) => Ok(format!("store: memory in front of {what}")),
+        Err(e) if e.is_unreachable() => Ok(format!(
+            "store: Redis is unreachable, serving from memory until it answers ({e})"
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 fn arg(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
 }
@@ -467,6 +486,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         use_redis(&mut config, url);
     }
     let stash = config.stash()?.build()?;
+    println!("{}", store_line(&stash, &config).await?);
     let admin_token = match std::env::var("ADMIN_TOKEN") {
         Ok(t) if !t.is_empty() => t,
         _ => {

@@ -4,7 +4,7 @@
 //! ```sh
 //! cargo run --example quickstart                 # listens on 127.0.0.1:3000, in memory
 //! cargo run --example quickstart -- --listen 127.0.0.1:8080
-//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart --features redis
 //! ```
 //!
 //! With `REDIS_URL`, entries are shared through Redis behind a memory tier; `--no-l1` keeps

@@ -158,7 +158,7 @@ impl Entry {
     }
 
     /// Makes the expiry sliding: the entry also expires `idle` after its last use
-    /// ([`touch`](Self::touch)), and at the latest at [`expires_at`](Self::expires_at), its
+    /// (a hit), and at the latest at [`expires_at`](Self::expires_at), its
     /// absolute cap.
     pub fn with_sliding(mut self, idle: Option<Duration>) -> Self {
         self.sliding = idle.map(|d| d.min(MAX_TTL));

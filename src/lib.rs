@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 #![deny(unsafe_code, unreachable_pub)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+// On docs.rs (nightly), items are labelled with the features they need (`doc_cfg`, which took
+// in `doc_auto_cfg`); `--cfg docsrs` alone, on stable, builds the same docs without labels.
+#![cfg_attr(docsrs_nightly, feature(doc_cfg))]
 
 pub mod cache;
 #[cfg(feature = "config")]

@@ -522,3 +522,79 @@ async fn stats_show_a_killed_redis_within_2_s_with_no_traffic_and_its_return_wit
     assert_eq!(s["store_errors"], 0);
     assert_eq!(app.queries(), 0);
 }
+
+/// The demo pointed at a closed port says so in one line at start and serves from memory;
+/// pointed at a real Redis it names what it connected to; a wrong password stops it.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_line_names_the_redis_or_says_it_is_unreachable_and_serves_from_memory() {
+    use support::redis::RedisServer;
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut config = config();
+    demo::use_redis(&mut config, format!("redis://127.0.0.1:{port}"));
+    let stash = config.stash().unwrap().build().unwrap();
+    let line = demo::store_line(&stash, &config).await.unwrap();
+    println!("{line}");
+    assert!(
+        line.starts_with("store: Redis is unreachable, serving from memory")
+            && line.contains(&format!("127.0.0.1:{port}")),
+        "{line}"
+    );
+    assert!(!line.contains('\n'));
+    // And it serves: a miss, then a hit from memory.
+    let db = demo::Db::new(Duration::from_millis(1));
+    let router = demo::app(demo::Demo::new(db.clone(), stash.clone(), TOKEN), &config).unwrap();
+    let app = App {
+        router,
+        db,
+        stash,
+        clock: ManualClock::default(),
+    };
+    assert_eq!(app.get("/users/1").await.status, StatusCode::OK);
+    assert_eq!(app.get("/users/1").await.status, StatusCode::OK);
+    assert_eq!(app.queries(), 1);
+
+    let redis = tokio::task::block_in_place(RedisServer::start);
+    assert_eq!(redis.cli(&["CONFIG", "SET", "requirepass", "right"]), "OK");
+    let mut config = self::config();
+    let url = format!("redis://:right@127.0.0.1:{}/2", redis.port());
+    demo::use_redis(&mut config, url);
+    let stash = config.stash().unwrap().build().unwrap();
+    let line = demo::store_line(&stash, &config).await.unwrap();
+    println!("{line}");
+    assert_eq!(
+        line,
+        format!(
+            "store: memory in front of Redis {} at 127.0.0.1:{} (db 2)",
+            redis
+                .cli(&["-a", "right", "--no-auth-warning", "INFO", "server"])
+                .lines()
+                .find_map(|l| l.strip_prefix("redis_version:"))
+                .unwrap()
+                .trim(),
+            redis.port()
+        )
+    );
+
+    let mut config = self::config();
+    demo::use_redis(
+        &mut config,
+        format!("redis://:s3cr3t-guess@127.0.0.1:{}", redis.port()),
+    );
+    let stash = config.stash().unwrap().build().unwrap();
+    let e = demo::store_line(&stash, &config).await.unwrap_err();
+    println!("{e}");
+    assert!(!e.is_unreachable());
+    let e = e.to_string();
+    assert!(
+        e.contains("refused the credentials") && e.contains("password"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("s3cr3t-guess"),
+        "the password is never shown: {e}"
+    );
+}

@@ -277,3 +277,32 @@ async fn a_hundred_concurrent_identical_cold_calls_make_one_handler_call() {
         assert_eq!(r.as_ref().unwrap().get_ref(), &first);
     }
 }
+
+/// The example's generated code is checked in (the crate has no build script): it must be what
+/// tonic-prost-build makes of `examples/proto/users.proto` now. To refresh it, copy the file
+/// this test writes over `examples/proto/users.rs`.
+#[test]
+fn the_checked_in_grpc_code_is_what_the_generator_makes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::env::temp_dir().join(format!("tower-stash-grpc-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path().expect("vendored protoc"));
+    tonic_prost_build::configure()
+        .out_dir(&out)
+        .emit_rerun_if_changed(false)
+        .compile_with_config(
+            config,
+            &[root.join("examples/proto/users.proto")],
+            &[root.join("examples/proto")],
+        )
+        .expect("generating the code of examples/proto/users.proto");
+    let generated = std::fs::read_to_string(out.join("users.rs")).unwrap();
+    let checked_in = std::fs::read_to_string(root.join("examples/proto/users.rs")).unwrap();
+    assert!(
+        generated == checked_in,
+        "examples/proto/users.rs is out of date: copy {} over it",
+        out.join("users.rs").display()
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}

@@ -2006,7 +2006,7 @@ async fn a_large_tag_is_invalidated_whole_in_bounded_steps_over_a_slow_link() {
     // Every tenth member is stored by a request that began after the first invalidation (a
     // refill), with a shorter TTL: its index score is lower, so these come first in score
     // order. Their tombstones are refused and they stay in the index.
-    let refilled = |i: usize| i % 10 == 0;
+    let refilled = |i: usize| i.is_multiple_of(10);
     let tasks: Vec<_> = (0..10)
         .map(|t| {
             let (fill, keys) = (fill.clone(), keys.clone());

@@ -306,8 +306,11 @@ where
                         Ok(found) => found,
                         Err(e) => {
                             let ctx = ctx.as_ref().expect("polled after completion");
-                            ctx.stash().counters().store_error();
-                            tracing::warn!(key = %ctx.key, error = %e, "cache lookup failed: asking the service");
+                            ctx.stash().store_failed(
+                                "cache lookup failed: asking the service",
+                                &ctx.key,
+                                &e,
+                            );
                             None
                         }
                     };

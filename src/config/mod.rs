@@ -11,7 +11,7 @@
 //! ```
 //!
 //! The file is a view of the structures the rest of the crate takes ([`Routes`], [`Rules`],
-//! [`StashBuilder`]): what it says can equally be built in code, and [`Config`] itself is plain
+//! [`StashBuilder`](crate::StashBuilder)): what it says can equally be built in code, and [`Config`] itself is plain
 //! data with public fields.
 //!
 //! # Example
@@ -56,8 +56,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// A configuration file: see the [module docs](self).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A configuration file: see the [module docs](self). Its `Debug` output never shows the
+/// file's text, nor the Redis URLs and passwords in it.
+#[derive(Clone, Default, Deserialize)]
 #[serde(from = "schema::File")]
 #[non_exhaustive]
 pub struct Config {
@@ -73,6 +74,18 @@ pub struct Config {
     spans: schema::Spans,
     /// The file's name and text, for error lines.
     source: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("stash", &self.stash)
+            .field("policies", &self.policies)
+            .field("routes", &self.routes)
+            .field("rules", &self.rules)
+            .field("file", &self.source.as_ref().map(|(name, _)| name))
+            .finish_non_exhaustive()
+    }
 }
 
 mod error;

@@ -42,9 +42,21 @@ pub struct StashConfig {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`, or `redis+cluster://host:port,host:port`
-    /// for a cluster's seed nodes.
+    /// `redis://[user:password@]host:port[/db]` (`rediss://` for TLS), or
+    /// `redis+cluster://host:port,host:port` for a cluster's seed nodes.
     pub url: Option<String>,
+    /// The ACL user, in place of the URL's.
+    pub username: Option<String>,
+    /// The password, in place of the URL's.
+    pub password: Option<String>,
+    /// A PEM file of the certificate authorities trusted to sign the server's certificate, in
+    /// place of the system's roots (feature `tls`; a `rediss://` URL). Relative to the
+    /// working directory.
+    pub ca_file: Option<String>,
+    /// A PEM client certificate presented in the TLS handshake (with `client_key_file`).
+    pub client_cert_file: Option<String>,
+    /// The PEM private key of `client_cert_file`.
+    pub client_key_file: Option<String>,
     /// A Redis Cluster's seed nodes (`host:port` or `redis://[:password@]host:port`), instead
     /// of a `url`.
     pub cluster: Option<Vec<String>>,
@@ -69,6 +81,11 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .field("client_cert_file", &self.client_cert_file)
+            .field("client_key_file", &self.client_key_file)
             .field("cluster", &self.cluster.as_ref().map(Vec::len))
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)

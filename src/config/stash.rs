@@ -189,6 +189,13 @@ impl Config {
         if let Some(d) = r.checkout_timeout {
             rb = rb.checkout_timeout(d.0);
         }
+        if let Some(user) = &r.username {
+            rb = rb.username(user.clone());
+        }
+        if let Some(password) = &r.password {
+            rb = rb.password(password.clone());
+        }
+        rb = tls_files(r, rb)?;
         let redis = rb.build().map_err(|e| e.to_string())?;
         let mut guarded = crate::Guarded::new(redis);
         if let Some(d) = r.timeout {
@@ -216,4 +223,41 @@ impl Config {
     ) -> Result<Box<dyn FnOnce(StashBuilder) -> StashBuilder>, String> {
         Err("tower-stash was built without its `redis` feature".into())
     }
+}
+
+/// The TLS files of `[stash.redis]`, read into the builder.
+#[cfg(feature = "tls")]
+fn tls_files(
+    r: &RedisConfig,
+    mut rb: crate::RedisStoreBuilder,
+) -> Result<crate::RedisStoreBuilder, String> {
+    let read =
+        |field: &str, path: &str| std::fs::read(path).map_err(|e| format!("{field} `{path}`: {e}"));
+    if let Some(path) = &r.ca_file {
+        rb = rb.tls_root_certificate(read("ca_file", path)?);
+    }
+    match (&r.client_cert_file, &r.client_key_file) {
+        (Some(cert), Some(key)) => {
+            rb = rb.tls_client_certificate(
+                read("client_cert_file", cert)?,
+                read("client_key_file", key)?,
+            );
+        }
+        (None, None) => {}
+        _ => return Err("client_cert_file and client_key_file go together".into()),
+    }
+    Ok(rb)
+}
+
+#[cfg(all(feature = "redis", not(feature = "tls")))]
+fn tls_files(
+    r: &RedisConfig,
+    rb: crate::RedisStoreBuilder,
+) -> Result<crate::RedisStoreBuilder, String> {
+    if r.ca_file.is_some() || r.client_cert_file.is_some() || r.client_key_file.is_some() {
+        return Err(
+            "ca_file, client_cert_file and client_key_file need tower-stash's `tls` feature".into(),
+        );
+    }
+    Ok(rb)
 }

@@ -248,6 +248,7 @@ impl StashBuilder {
                 invalidations: AtomicU64::new(0),
                 retrying: std::sync::atomic::AtomicBool::new(false),
                 lease_ttl: self.lease_ttl,
+                error_log: Default::default(),
                 rng: self.seed.map(|s| Mutex::new(fastrand::Rng::with_seed(s))),
             }),
         })

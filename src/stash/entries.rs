@@ -49,10 +49,7 @@ impl Stash {
                 self.stored();
                 tracing::debug!(%key, "stored");
             }
-            Err(e) => {
-                self.counters().store_error();
-                tracing::warn!(%key, error = %e, "storing the entry failed");
-            }
+            Err(e) => self.store_failed("storing the entry failed", &key, &e),
         }
     }
 }

@@ -34,8 +34,11 @@ impl Stash {
         self.inner.invalidations.fetch_add(1, Ordering::Release);
         let result = self.apply(&what).await;
         if let Err(e) = &result {
-            self.counters().store_error();
-            tracing::warn!(?what, error = %e, "invalidation failed: retrying in the background");
+            self.store_failed(
+                "invalidation failed: retrying in the background",
+                &format_args!("{what:?}"),
+                e,
+            );
             self.queue(std::iter::once(what));
             self.retry_pending();
         }

@@ -25,6 +25,8 @@ mod builder;
 mod clock;
 mod entries;
 mod invalidate;
+mod outage;
+mod ready;
 mod refresh;
 mod stats;
 mod status;
@@ -76,6 +78,8 @@ pub(crate) struct Inner {
     pub(crate) refresh_failed: Mutex<std::collections::HashMap<Arc<str>, std::time::Instant>>,
     /// The keys being refreshed in the background by this process.
     pub(crate) refreshing: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Store errors met by the layers, logged without a storm.
+    pub(crate) error_log: outage::ErrorLog,
     /// A seeded random source (tests); the thread's own when `None`.
     pub(crate) rng: Option<Mutex<fastrand::Rng>>,
 }

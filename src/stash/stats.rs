@@ -137,7 +137,7 @@ impl Stash {
     pub(crate) fn stored(&self) {
         let n = self.inner.counters.stores.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("tower_stash_stores_total").increment(1);
-        if n % 256 == 0 {
+        if n.is_multiple_of(256) {
             self.usage();
         }
     }

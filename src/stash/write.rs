@@ -127,8 +127,7 @@ impl Stash {
             }
             Err(e) => {
                 self.publish_failed(&e);
-                tracing::warn!(%key, error = %e, "write-through failed: invalidating the key");
-                self.counters().store_error();
+                self.store_failed("write-through failed: invalidating the key", &key, &e);
                 // No old value may outlive the write: the key goes (retried until it does).
                 let _ = self.invalidate(Invalidation::Key(key.into())).await;
                 Err(e)

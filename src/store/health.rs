@@ -1,6 +1,6 @@
 //! Whether a store is in use: [`HealthCheck`], and what it reports.
 
-use super::StoreFuture;
+use super::{StoreError, StoreFuture};
 use std::fmt;
 use std::time::Duration;
 
@@ -28,6 +28,24 @@ pub trait HealthCheck: Send + Sync {
     /// Checks that the store answers (Redis: `PING`), for a background probe while no call is
     /// made.
     fn ping(&self) -> StoreFuture<()>;
+
+    /// Connects afresh (past any pool, breaker or memory tier), pings, and says what answered,
+    /// such as `Redis 7.2.4 at 10.0.0.5:6379`: a check at start, so that a wrong address or
+    /// password is reported then, in clear words, rather than as failing traffic. An error
+    /// meaning the store could not be reached at all is [`StoreError::is_unreachable`]. The
+    /// default pings within `timeout`.
+    fn check(&self, timeout: Duration) -> StoreFuture<String> {
+        let ping = self.ping();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, ping).await {
+                Ok(Ok(())) => Ok("the store answers a ping".to_owned()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(StoreError::unreachable(format!(
+                    "no answer to a ping within {timeout:?}"
+                ))),
+            }
+        })
+    }
 
     /// Whether the store is being used, or skipped because it failed (an open circuit
     /// breaker). The default is always [`Health::Ok`].

@@ -275,6 +275,16 @@ pub struct StoreUsage {
 #[derive(Debug, Clone)]
 pub struct StoreError {
     message: Arc<str>,
+    kind: ErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorKind {
+    Other,
+    /// No connection could be made: refused, timed out, an unknown host.
+    Unreachable,
+    /// A circuit breaker refused the call without touching the store.
+    CircuitOpen,
 }
 
 impl StoreError {
@@ -282,7 +292,37 @@ impl StoreError {
     pub fn new(message: impl fmt::Display) -> Self {
         Self {
             message: message.to_string().into(),
+            kind: ErrorKind::Other,
         }
+    }
+
+    /// The store could not be reached at all (a connection refused or timed out, an unknown
+    /// host), as opposed to a store that answered with an error (a wrong password, a refused
+    /// command).
+    pub fn unreachable(message: impl fmt::Display) -> Self {
+        Self {
+            kind: ErrorKind::Unreachable,
+            ..Self::new(message)
+        }
+    }
+
+    /// A call a circuit breaker refused at once, during an outage already reported.
+    pub(crate) fn circuit_open() -> Self {
+        Self {
+            kind: ErrorKind::CircuitOpen,
+            ..Self::new("circuit open: not calling the store")
+        }
+    }
+
+    /// Whether the store could not be reached at all: see [`unreachable`](Self::unreachable).
+    pub fn is_unreachable(&self) -> bool {
+        self.kind == ErrorKind::Unreachable
+    }
+
+    /// Whether a circuit breaker ([`Guarded`]) refused the call without calling the store:
+    /// the store failed before, and the breaker said so once.
+    pub fn is_circuit_open(&self) -> bool {
+        self.kind == ErrorKind::CircuitOpen
     }
 }
 

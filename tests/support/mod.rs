@@ -4,6 +4,8 @@
 
 pub mod cluster;
 pub mod redis;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use axum::response::IntoResponse;
 use axum::routing::MethodRouter;

@@ -313,7 +313,7 @@ impl Drop for RedisServer {
 }
 
 /// A port the kernel considers free on 127.0.0.1 right now (the listener is dropped again).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("binding 127.0.0.1:0")

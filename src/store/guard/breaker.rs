@@ -53,6 +53,10 @@ pub(super) struct State {
     last_end: Option<Instant>,
     /// When one last succeeded.
     last_success: Option<Instant>,
+    /// When the breaker last opened after being closed (the outage's start).
+    opened_at: Option<Instant>,
+    /// Calls refused at once since then: said in one line when the breaker closes.
+    refused: u64,
 }
 
 #[derive(Debug)]
@@ -79,6 +83,8 @@ impl Breaker {
                 phase: Phase::Closed { failures: 0 },
                 last_end: None,
                 last_success: None,
+                opened_at: None,
+                refused: 0,
             }),
             wake: Arc::new(Notify::new()),
             probe_started: AtomicBool::new(false),
@@ -117,7 +123,8 @@ impl Breaker {
                 true
             }
             Phase::Open { .. } | Phase::Probing => {
-                return Err(StoreError::new("circuit open: not calling the store"));
+                state.refused += 1;
+                return Err(StoreError::circuit_open());
             }
         };
         let permit = Permit {
@@ -158,7 +165,12 @@ impl Breaker {
         Next::Ping(permit, settings.timeout)
     }
 
-    fn record(&self, probe: bool, ok: bool) {
+    /// Records a call's (or a ping's) outcome: `error` is `None` for a success. The outage
+    /// is logged once per transition: at warn when the breaker opens (with the error that
+    /// opened it), at info when it closes (with how long it lasted and how many calls were
+    /// refused meanwhile, none of them logged one by one).
+    fn record(&self, probe: bool, error: Option<&StoreError>) {
+        let ok = error.is_none();
         let mut state = self.state();
         let now = Instant::now();
         state.last_end = Some(now);
@@ -177,13 +189,29 @@ impl Breaker {
             (Phase::Closed { .. }, true) => state.phase = Phase::Closed { failures: 0 },
             // Any success shows the store answers again.
             (Phase::Open { .. } | Phase::Probing, true) => {
-                tracing::info!("cache store answers again: circuit closed");
+                let down_for = state.opened_at.take().map(|at| now - at);
+                let refused = std::mem::take(&mut state.refused);
+                tracing::info!(
+                    ?down_for,
+                    refused,
+                    "cache store answers again: circuit closed ({refused} calls were refused \
+                     while it was open)"
+                );
                 state.phase = Phase::Closed { failures: 0 };
             }
             (Phase::Closed { failures }, false) => {
                 let failures = failures + 1;
                 state.phase = if failures >= threshold {
-                    tracing::warn!(failures, ?cool_down, "cache store failing: circuit open");
+                    state.opened_at = Some(now);
+                    state.refused = 0;
+                    let error = error.map(ToString::to_string).unwrap_or_default();
+                    tracing::warn!(
+                        failures,
+                        ?cool_down,
+                        %error,
+                        "cache store failing: circuit open (calls fail at once, unlogged, until \
+                         it answers again)"
+                    );
                     open
                 } else {
                     Phase::Closed { failures }
@@ -221,9 +249,10 @@ pub(super) struct Permit {
 }
 
 impl Permit {
-    pub(super) fn finish(mut self, ok: bool) {
+    /// Reports the call's outcome: `None` for a success, else its error.
+    pub(super) fn finish(mut self, error: Option<&StoreError>) {
         if let Some(breaker) = self.breaker.take() {
-            breaker.record(self.probe, ok);
+            breaker.record(self.probe, error);
         }
     }
 }

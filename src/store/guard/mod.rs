@@ -14,8 +14,10 @@ use breaker::{Breaker, Permit, Settings};
 use bytes::Bytes;
 use probe::probe;
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
@@ -246,20 +248,32 @@ impl<S: Store> Guarded<S> {
         let steps = Arc::new(Notify::new());
         let fut = STEPS.scope(steps.clone(), call(&self.inner));
         Box::pin(async move {
-            tokio::pin!(fut);
+            let mut fut = std::pin::pin!(fut);
             let result = loop {
-                tokio::select! {
-                    biased;
-                    result = &mut fut => break result,
-                    () = steps.notified() => {}
-                    () = tokio::time::sleep(timeout) => {
-                        break Err(StoreError::new(format!(
-                            "no answer within {timeout:?} (in a call of many steps)"
-                        )));
+                // The call's end, else a step finished (the timeout starts again), else the
+                // timeout.
+                let mut step = std::pin::pin!(steps.notified());
+                let mut expiry = std::pin::pin!(tokio::time::sleep(timeout));
+                let next = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(result) = fut.as_mut().poll(cx) {
+                        return Poll::Ready(Some(result));
                     }
+                    if step.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    match expiry.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(StoreError::new(format!(
+                            "no answer within {timeout:?} (in a call of many steps)"
+                        ))))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+                .await;
+                if let Some(result) = next {
+                    break result;
                 }
             };
-            permit.finish(result.is_ok());
+            permit.finish(result.as_ref().err());
             result
         })
     }
@@ -274,7 +288,7 @@ async fn guarded<T>(
         Ok(result) => result,
         Err(_) => Err(StoreError::new(format!("no answer within {timeout:?}"))),
     };
-    permit.finish(result.is_ok());
+    permit.finish(result.as_ref().err());
     result
 }
 
@@ -425,6 +439,14 @@ impl<S: Store> Writes for Guarded<S> {
 }
 
 impl<S: Store> HealthCheck for Guarded<S> {
+    /// The guarded store's check, past the breaker and the timeout: it connects afresh.
+    fn check(&self, timeout: Duration) -> StoreFuture<String> {
+        match self.inner.health_check() {
+            Some(h) => h.check(timeout),
+            None => absent("the store has nothing to check".to_owned()),
+        }
+    }
+
     /// Pings the guarded store (if it has a [`HealthCheck`]), under the breaker and the timeout.
     fn ping(&self) -> StoreFuture<()> {
         self.guard(|s| s.health_check().map_or_else(|| absent(()), |h| h.ping()))

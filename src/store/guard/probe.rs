@@ -1,9 +1,11 @@
 //! The background probe of a [`Guarded`](super::Guarded) store: pings it while no call ends.
 
 use super::breaker::{Breaker, Permit};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -21,10 +23,20 @@ pub(super) async fn probe<S: Store>(store: Weak<S>, breaker: Weak<Breaker>, wake
                 // Woken early by a failure, a changed setting, or the breaker's drop.
                 let woken = wake.notified();
                 match due {
-                    Some(due) => tokio::select! {
-                        () = tokio::time::sleep_until(due) => {}
-                        () = woken => {}
-                    },
+                    Some(due) => {
+                        let mut woken = std::pin::pin!(woken);
+                        let mut sleep = std::pin::pin!(tokio::time::sleep_until(due));
+                        std::future::poll_fn(|cx| {
+                            if woken.as_mut().poll(cx).is_ready()
+                                || sleep.as_mut().poll(cx).is_ready()
+                            {
+                                Poll::Ready(())
+                            } else {
+                                Poll::Pending
+                            }
+                        })
+                        .await;
+                    }
                     None => woken.await,
                 }
             }
@@ -37,11 +49,17 @@ pub(super) async fn probe<S: Store>(store: Weak<S>, breaker: Weak<Breaker>, wake
                     None => Box::pin(std::future::ready(Ok(()))),
                 };
                 drop(store);
-                let ok = matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(())));
-                if !ok {
-                    tracing::debug!("cache store probe: no answer to a ping");
+                let error = match tokio::time::timeout(timeout, ping).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(_) => Some(StoreError::new(format!(
+                        "no answer to a ping within {timeout:?}"
+                    ))),
+                };
+                if let Some(e) = &error {
+                    tracing::debug!(error = %e, "cache store probe failed");
                 }
-                permit.finish(ok);
+                permit.finish(error.as_ref());
             }
         }
     }

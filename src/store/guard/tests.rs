@@ -347,7 +347,8 @@ async fn the_probe_waits_at_least_a_millisecond_after_each_ping() {
         let Next::Ping(permit, _) = breaker.probe_next() else {
             panic!("a ping is due");
         };
-        permit.finish(ok);
+        let error = (!ok).then(|| StoreError::new("no answer"));
+        permit.finish(error.as_ref());
         let Next::Wait(Some(due)) = breaker.probe_next() else {
             panic!("a ping again at once");
         };

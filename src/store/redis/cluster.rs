@@ -61,6 +61,43 @@ impl Cluster {
     }
 }
 
+/// A store's cluster connections (`pool_size` of them, default 1), used in turn.
+pub(super) struct Clusters {
+    each: Vec<Arc<Cluster>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Clusters {
+    /// `each`, at least one.
+    pub(super) fn new(each: Vec<Arc<Cluster>>) -> Self {
+        assert!(!each.is_empty());
+        Self {
+            each,
+            next: Default::default(),
+        }
+    }
+
+    /// The next cluster connection (see [`Cluster::connection`]).
+    pub(super) async fn connection(
+        &self,
+        wait: Duration,
+    ) -> Result<redis::cluster_async::ClusterConnection, StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.each.len();
+        self.each[i].connection(wait).await
+    }
+
+    /// How many of the cluster connections are open.
+    pub(super) fn opened(&self) -> u32 {
+        let open = self.each.iter().filter(|c| c.conn.borrow().is_some());
+        u32::try_from(open.count()).unwrap_or(u32::MAX)
+    }
+
+    /// The first cluster connection's state, which reads the servers' `maxmemory-policy`.
+    pub(super) fn first(&self) -> &Arc<Cluster> {
+        &self.each[0]
+    }
+}
+
 /// The seed nodes of a `redis+cluster://` (or `rediss+cluster://`) URL, as node URLs; `None`
 /// for any other URL. Credentials before the first node (`redis+cluster://:pw@h1:1,h2:2`)
 /// apply to every node that has none of its own; a node may be a full URL of its own

@@ -2,7 +2,10 @@
 
 mod builder;
 mod bus;
+mod check;
 mod cluster;
+mod connect;
+mod given;
 mod leases;
 mod oom;
 mod pool;
@@ -17,7 +20,8 @@ pub use builder::RedisStoreBuilder;
 use super::{Bus, HealthCheck, Leases, Store, StoreError, StoreFuture, Writes};
 use crate::Entry;
 use bytes::Bytes;
-use cluster::Cluster;
+use cluster::Clusters;
+use given::Given;
 use oom::MemoryWatch;
 use pool::Manager;
 use redis::Value;
@@ -116,7 +120,8 @@ pub struct RedisStore {
     memory: Arc<MemoryWatch>,
 }
 
-/// One server through a pool, or a cluster through one multiplexed cluster connection.
+/// One server through a pool, or through the connections the application gave; or a
+/// cluster through multiplexed cluster connections.
 #[derive(Clone)]
 enum Backend {
     Single {
@@ -124,7 +129,8 @@ enum Backend {
         /// Shared with the manager: connections opened before it are discarded.
         epoch: Arc<AtomicU64>,
     },
-    Cluster(Arc<Cluster>),
+    Given(Arc<dyn Given>),
+    Cluster(Arc<Clusters>),
 }
 
 impl fmt::Debug for RedisStore {
@@ -151,6 +157,28 @@ impl RedisStore {
         RedisStoreBuilder::new(url.into())
     }
 
+    /// A builder for a store on the server of `client`, a [`redis::Client`] the application
+    /// already has: its address, credentials, database, protocol and TLS settings are used as
+    /// they are (TCP keepalive is added). The store opens its own pool with it, unless given
+    /// the application's connection ([`RedisStoreBuilder::connection`]: a
+    /// `ConnectionManager` or a multiplexed connection) or bb8 pool
+    /// ([`RedisStoreBuilder::pool`]); the client always opens the subscription to the
+    /// invalidation bus, which those cannot carry.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_stash::RedisStore;
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// let conn = client.get_multiplexed_async_connection().await?;
+    /// let store = RedisStore::from_client(client).connection(conn).build()?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_client(client: redis::Client) -> RedisStoreBuilder {
+        RedisStoreBuilder::from_client(client)
+    }
+
     /// A store on the Redis at `url` with the default settings; see [`RedisStore::builder`].
     pub fn new(url: impl Into<String>) -> Result<Self, StoreError> {
         Self::builder(url).build()
@@ -159,8 +187,9 @@ impl RedisStore {
     /// A builder for a store on a Redis Cluster whose seed nodes are `nodes` (`host:port` or
     /// `redis://[:password@]host:port` each). Every command names one key (or keys of one
     /// slot), so each goes to the node that owns it; redirections and topology changes (a
-    /// failover) are followed by the redis crate's cluster connection. One multiplexed
-    /// connection per node serves every call: the pool size does not apply.
+    /// failover) are followed by the redis crate's cluster connection, one multiplexed
+    /// connection per node; [`pool_size`](RedisStoreBuilder::pool_size) such cluster
+    /// connections (default 1) are used in turn.
     pub fn cluster<I, T>(nodes: I) -> RedisStoreBuilder
     where
         I: IntoIterator<Item = T>,
@@ -170,15 +199,16 @@ impl RedisStore {
         Self::builder(format!("redis+cluster://{}", nodes.join(",")))
     }
 
-    /// Connections open now, and how many of them are idle (a cluster: its one connection,
-    /// counted once, never idle).
+    /// Connections open now, and how many of them are idle (a cluster: its cluster connections
+    /// open, never idle; a given connection: 1; a given pool: the pool's).
     pub fn connections(&self) -> (u32, u32) {
         match &self.backend {
             Backend::Single { pool, .. } => {
                 let state = pool.state();
                 (state.connections, state.idle_connections)
             }
-            Backend::Cluster(c) => (u32::from(c.conn.borrow().is_some()), 0),
+            Backend::Given(given) => given.state(),
+            Backend::Cluster(c) => (c.opened(), 0),
         }
     }
 
@@ -379,6 +409,12 @@ impl Store for RedisStore {
 }
 
 impl HealthCheck for RedisStore {
+    /// [`RedisStore::check`].
+    fn check(&self, timeout: Duration) -> StoreFuture<String> {
+        let this = self.clone();
+        Box::pin(async move { RedisStore::check(&this, timeout).await })
+    }
+
     /// `PING`, as every call goes (a dropped connection is discarded). On a cluster, every
     /// master is pinged and one answer is enough: one breaker serves the whole cluster, and
     /// the masters that answer keep serving their keys.
@@ -387,7 +423,7 @@ impl HealthCheck for RedisStore {
         Box::pin(async move {
             let cmd = redis::cmd("PING");
             let reply = match &this.backend {
-                Backend::Single { .. } => this.run(&cmd).await?,
+                Backend::Single { .. } | Backend::Given(_) => this.run(&cmd).await?,
                 Backend::Cluster(cluster) => {
                     use redis::cluster_routing::{
                         MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo,

@@ -202,6 +202,10 @@ impl RedisStore {
                 let mut conn = cluster.connection(self.checkout_timeout).await?;
                 return Ok(cmd.query_async::<Value>(&mut conn).await);
             }
+            Backend::Given(given) => {
+                let mut conn = given.connection(self.checkout_timeout).await?;
+                return Ok(cmd.query_async::<Value>(&mut conn).await);
+            }
         };
         let (mut mux, hold) = self.hold(pool, shared_epoch).await?;
         let cmd = cmd.clone();
@@ -215,6 +219,13 @@ impl RedisStore {
     pub(super) async fn run_pipe(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
         let (pool, shared_epoch) = match &self.backend {
             Backend::Single { pool, epoch } => (pool, epoch),
+            Backend::Given(given) => {
+                let mut conn = given.connection(self.checkout_timeout).await?;
+                return pipe
+                    .query_async::<Vec<Value>>(&mut conn)
+                    .await
+                    .map_err(|e| StoreError::new(format!("redis: {e}")));
+            }
             Backend::Cluster(_) => {
                 let replies =
                     futures_util::future::join_all(pipe.cmd_iter().map(|cmd| self.run(cmd))).await;
