@@ -498,3 +498,103 @@ async fn a_cluster_opens_pool_size_cluster_connections() {
     eventually("a round trip", || async { round_trip(&one).await.is_ok() }).await;
     assert_eq!(one.connections(), (1, 0));
 }
+
+// ---- Sentinel ----
+
+/// A master and its replica watched by three real sentinels: the store, on a
+/// `redis+sentinel://` URL, finds the master; the master is killed under steady traffic; the
+/// sentinels promote the replica and the store follows it by itself. Every request is
+/// answered 200 throughout; store errors happen only in the window between the kill and the
+/// promotion (the breaker's), none once the store is back.
+#[cfg(feature = "sentinel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_the_store_follows_the_master_through_a_failover() {
+    use support::sentinel::SentinelGroup;
+    use tower_stash::{Guarded, MemoryStore, RedisStore, TieredStore};
+
+    let mut group = tokio::task::block_in_place(|| SentinelGroup::start("cache"));
+    let (old, new) = (group.master.port(), group.replica.port());
+    let redis = RedisStore::builder(group.url()).build().unwrap();
+    let found = redis.check(Duration::from_secs(5)).await.unwrap();
+    println!("{found}");
+    assert!(
+        found.contains(&format!("at 127.0.0.1:{old}")) && found.ends_with("via Sentinel `cache`"),
+        "{found}"
+    );
+    // The same URL in a configuration file.
+    let toml = format!("[stash.redis]\nurl = \"{}\"\n", group.url());
+    let config = tower_stash::config::Config::from_toml(&toml, "sentinel.toml").unwrap();
+    let from_file = config.stash().unwrap().build().unwrap();
+    let found = from_file.check(Duration::from_secs(5)).await.unwrap();
+    assert!(found.ends_with("via Sentinel `cache`"), "{found}");
+
+    let l2 = Guarded::new(redis.clone());
+    let stash = Stash::builder()
+        .store(TieredStore::new(MemoryStore::default(), l2.clone()))
+        .build()
+        .unwrap();
+    eventually("ready", || async { stash.ready().await.is_ok() }).await;
+    let svc = service(&stash);
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        request(&format!("/items/{n}"))
+    };
+    eventually("fills reach the master", || {
+        let svc = svc.clone();
+        let req = next();
+        let master = &group.master;
+        async move {
+            assert_eq!(send(svc, req).await.status, StatusCode::OK);
+            master.cli(&["DBSIZE"]) != "0"
+        }
+    })
+    .await;
+
+    let errors_before = stash.stats().store_errors;
+    let killed = Instant::now();
+    tokio::task::block_in_place(|| group.master.kill());
+    // Steady traffic, one request every 5 ms, until the promoted replica holds fills made
+    // after the kill and the breaker is closed.
+    let replica_keys = group.replica.cli(&["DBSIZE"]).parse::<u64>().unwrap();
+    let mut pace = tokio::time::interval(Duration::from_millis(5));
+    let recovered = loop {
+        pace.tick().await;
+        assert_eq!(send(svc.clone(), next()).await.status, StatusCode::OK);
+        let promoted =
+            group.master_port() == Some(new) && group.replica.cli(&["ROLE"]).starts_with("master");
+        if promoted
+            && stash.health() == Health::Ok
+            && group.replica.cli(&["DBSIZE"]).parse::<u64>().unwrap() > replica_keys
+        {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the store did not follow the new master within 30 s (promoted: {promoted}, \
+             health {}, {} store errors)",
+            stash.health(),
+            stash.stats().store_errors
+        );
+    };
+    let window = stash.stats().store_errors - errors_before;
+    println!("followed the new master {recovered:?} after the kill; {window} store errors meanwhile, all answered 200");
+
+    // Back: no more store errors, fills land on the new master, the bus is subscribed again.
+    let errors = stash.stats().store_errors;
+    for _ in 0..200 {
+        assert_eq!(send(svc.clone(), next()).await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        stash.stats().store_errors,
+        errors,
+        "store errors after the failover"
+    );
+    eventually("ready on the new master", || async {
+        stash.ready().await.is_ok()
+    })
+    .await;
+    let found = redis.check(Duration::from_secs(5)).await.unwrap();
+    assert!(found.contains(&format!("at 127.0.0.1:{new}")), "{found}");
+    stash.invalidate_key("item:1").await.unwrap();
+}

@@ -110,9 +110,10 @@ impl Config {
         }
         if let Some(r) = &self.stash.redis {
             let (field, urls): (&str, Vec<String>) = match (&r.url, &r.cluster) {
-                (Some(url), None) => match url
-                    .strip_prefix("redis+cluster://")
-                    .or_else(|| url.strip_prefix("rediss+cluster://"))
+                (Some(url), None) => match ["redis+cluster://", "rediss+cluster://"]
+                    .iter()
+                    .chain(&["redis+sentinel://", "rediss+sentinel://"])
+                    .find_map(|scheme| url.strip_prefix(scheme))
                 {
                     // Checked when the store is built (`RedisStore::builder`).
                     Some(_) => ("url", vec![]),

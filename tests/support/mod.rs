@@ -4,6 +4,8 @@
 
 pub mod cluster;
 pub mod redis;
+#[cfg(feature = "sentinel")]
+pub mod sentinel;
 #[cfg(feature = "tls")]
 pub mod tls;
 

@@ -321,7 +321,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A fresh, empty directory under the system temp dir, unique per process and call.
-fn scratch_dir() -> PathBuf {
+pub fn scratch_dir() -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -366,7 +366,7 @@ fn connect(port: u16) -> Option<TcpStream> {
 }
 
 /// Whether `127.0.0.1:port` answers an inline `PING` with `+PONG`.
-fn ping(port: u16) -> bool {
+pub fn ping(port: u16) -> bool {
     let Some(mut stream) = connect(port) else {
         return false;
     };

@@ -1,7 +1,7 @@
 //! [`RedisStoreBuilder`]: the settings of a [`RedisStore`], checked when it is built.
 
 use super::cluster::{cluster_nodes, redact, Cluster, Clusters};
-use super::connect::{is_tls, Connect};
+use super::connect::{is_tls, Connect, Target};
 use super::given::{self, Given};
 use super::oom::MemoryWatch;
 use super::pool::{with_keepalive, Manager, PolicyCheck, RESPONSE_TIMEOUT};
@@ -186,9 +186,17 @@ impl RedisStoreBuilder {
             None => is_tls(&self.url),
         };
         let mut errors = self.connect.errors(tls);
-        let client = match &self.client {
-            Some(c) => self.connect.client_from(c.get_connection_info().clone()),
-            None => self.connect.client(&self.url),
+        let client = if self.url.starts_with("redis+sentinel://")
+            || self.url.starts_with("rediss+sentinel://")
+        {
+            self.sentinel()
+        } else {
+            match &self.client {
+                Some(c) => self.connect.client_from(c.get_connection_info().clone()),
+                None => self.connect.client(&self.url),
+            }
+            .map(Target::Client)
+            .map_err(|e| e.to_string())
         };
         let client = match client {
             Ok(client) => Some(client),
@@ -259,6 +267,20 @@ impl RedisStoreBuilder {
         })
     }
 
+    /// The sentinels of a `redis+sentinel://` URL.
+    #[cfg(feature = "sentinel")]
+    fn sentinel(&self) -> Result<Target, String> {
+        let url = super::sentinel::sentinel_url(&self.url).expect("a sentinel URL")?;
+        super::sentinel::build(url, &self.connect)
+            .map(|s| Target::Sentinel(Arc::new(s)))
+            .map_err(|e| e.to_string())
+    }
+
+    #[cfg(not(feature = "sentinel"))]
+    fn sentinel(&self) -> Result<Target, String> {
+        Err("a `redis+sentinel://` URL needs tower-stash's `sentinel` feature".to_owned())
+    }
+
     /// What is wrong with the settings one server and a cluster share.
     fn shared_errors(&self) -> Vec<String> {
         let mut errors = Vec::new();
@@ -288,7 +310,7 @@ impl RedisStoreBuilder {
         let mut clients = Vec::new();
         for node in &nodes {
             match self.connect.client(node) {
-                Ok(c) => clients.push(c),
+                Ok(c) => clients.push(Target::Client(c)),
                 Err(e) => errors.push(format!("redis.url: node `{}`: {e}", redact(node))),
             }
         }

@@ -107,9 +107,11 @@ impl Bus for RedisStore {
             // A cluster's nodes in turn: when one goes, the next.
             let mut next = 0;
             loop {
-                let client = &clients[next % clients.len()];
+                let target = &clients[next % clients.len()];
                 next += 1;
                 let subscribed = async {
+                    // With Sentinel, the master now.
+                    let client = target.client().await?;
                     let mut pubsub = client.get_async_pubsub().await?;
                     pubsub.subscribe(BUS).await?;
                     Ok::<_, RedisError>(pubsub)

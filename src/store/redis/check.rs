@@ -14,8 +14,18 @@ impl RedisStore {
     /// [`StoreError::is_unreachable`].
     pub async fn check(&self, timeout: Duration) -> Result<String, StoreError> {
         let mut first_error: Option<StoreError> = None;
-        for client in self.clients.iter() {
-            match check_one(client, timeout).await {
+        for target in self.clients.iter() {
+            let found = match tokio::time::timeout(timeout, target.client()).await {
+                Ok(Ok(client)) => check_one(&client, timeout)
+                    .await
+                    .map(|found| format!("{found}{}", target.via())),
+                Ok(Err(e)) => Err(explain(&format!("the sentinels{}", target.via()), &e)),
+                Err(_) => Err(StoreError::unreachable(format!(
+                    "redis: no master named within {timeout:?}{}",
+                    target.via()
+                ))),
+            };
+            match found {
                 Ok(found) if self.is_cluster() => {
                     return Ok(format!("Redis Cluster, seed {found}"))
                 }

@@ -33,6 +33,38 @@ impl fmt::Debug for Connect {
     }
 }
 
+/// Where a store's connections go: a server's client, or the master a service's sentinels
+/// name at the time.
+#[derive(Clone)]
+// One or a few per store, cloned only to open a connection: their size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Target {
+    Client(redis::Client),
+    #[cfg(feature = "sentinel")]
+    Sentinel(std::sync::Arc<super::sentinel::Sentinel>),
+}
+
+impl Target {
+    /// A client to the server now.
+    pub(super) async fn client(&self) -> Result<redis::Client, RedisError> {
+        match self {
+            Self::Client(client) => Ok(client.clone()),
+            #[cfg(feature = "sentinel")]
+            Self::Sentinel(sentinel) => sentinel.master().await,
+        }
+    }
+
+    /// How the server was found, for [`RedisStore::check`](super::RedisStore::check): ` via
+    /// Sentinel `name`` or nothing.
+    pub(super) fn via(&self) -> String {
+        match self {
+            Self::Client(_) => String::new(),
+            #[cfg(feature = "sentinel")]
+            Self::Sentinel(sentinel) => format!(", via Sentinel `{}`", sentinel.service),
+        }
+    }
+}
+
 /// Whether `url` asks for TLS (`rediss://`, `rediss+cluster://`, `rediss+sentinel://`).
 pub(super) fn is_tls(url: &str) -> bool {
     url.starts_with("rediss")
@@ -107,7 +139,7 @@ impl Connect {
     }
 
     #[cfg(feature = "tls")]
-    fn certificates(&self) -> Option<redis::TlsCertificates> {
+    pub(super) fn certificates(&self) -> Option<redis::TlsCertificates> {
         if self.root_certificate.is_none() && self.client_certificate.is_none() {
             return None;
         }

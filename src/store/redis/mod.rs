@@ -10,6 +10,8 @@ mod leases;
 mod oom;
 mod pool;
 mod scripts;
+#[cfg(feature = "sentinel")]
+mod sentinel;
 #[cfg(test)]
 mod tests;
 mod tombstones;
@@ -112,7 +114,7 @@ pub struct RedisStore {
     checkout_timeout: Duration,
     /// For the pub/sub connection, which cannot be pooled: one server, or each seed node of a
     /// cluster in turn (a message published on any node reaches every node's subscribers).
-    clients: Arc<Vec<redis::Client>>,
+    clients: Arc<Vec<connect::Target>>,
     /// Whether the pub/sub subscription is up (and the memory tier flushed after a gap).
     bus_live: Arc<std::sync::atomic::AtomicBool>,
     connect_timeout: Duration,

@@ -66,7 +66,7 @@ pub(super) fn connection_info(url: &str) -> Result<ConnectionInfo, RedisError> {
 /// that was restarted, that vanished, or that was demoted to a replica would stay in the pool
 /// and fail every call until its lifetime ends (30 min). See [`Hold::observe`].
 pub(super) struct Manager {
-    pub(super) client: redis::Client,
+    pub(super) client: super::connect::Target,
     pub(super) config: AsyncConnectionConfig,
     pub(super) connect_timeout: Duration,
     /// Connections opened before this epoch are discarded.
@@ -97,9 +97,13 @@ impl bb8::ManageConnection for Manager {
 
     async fn connect(&self) -> Result<Conn, RedisError> {
         let epoch = self.epoch.load(Ordering::Acquire);
-        let opening = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config);
+        // With Sentinel, the master is asked of the sentinels for each new connection.
+        let opening = async {
+            let client = self.client.client().await?;
+            client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await
+        };
         let mux = tokio::time::timeout(self.connect_timeout, opening)
             .await
             .map_err(|_| {
