@@ -38,6 +38,8 @@ struct Flight<T> {
 pub(super) struct Flights<T> {
     map: Mutex<HashMap<Arc<str>, Flight<T>>>,
     next: AtomicU64,
+    /// How many flights have landed (finished with a value or a not-found).
+    landed: AtomicU64,
 }
 
 impl<T> Default for Flights<T> {
@@ -45,6 +47,7 @@ impl<T> Default for Flights<T> {
         Self {
             map: Mutex::default(),
             next: AtomicU64::new(0),
+            landed: AtomicU64::new(0),
         }
     }
 }
@@ -81,6 +84,12 @@ impl<T> Flights<T> {
         })
     }
 
+    /// How many flights have landed: a caller that looked the key up before a flight landed
+    /// looks again before it fetches.
+    pub(super) fn landed(&self) -> u64 {
+        self.landed.load(Ordering::Acquire)
+    }
+
     /// How many flights are in the map (tests: none once every call is over).
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
@@ -100,6 +109,7 @@ pub(super) struct Leader<T> {
 impl<T> Leader<T> {
     /// Hands `value` to the waiters.
     pub(super) fn finish(self, value: Option<Arc<T>>) {
+        self.flights.landed.fetch_add(1, Ordering::Release);
         self.tx.send_replace(Outcome::Done(value));
     }
 }

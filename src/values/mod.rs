@@ -230,7 +230,7 @@ where
     /// The value under `key`, from the cache only: `None` on a miss (or a cached not-found).
     pub async fn get(&self, key: impl AsRef<str>) -> Option<Arc<T>> {
         let (full, stored) = self.keys(key.as_ref());
-        match self.lookup(&stored, &full).await {
+        match self.lookup(&stored, &full, true).await {
             Found::Value(v) => v,
             Found::Miss => None,
         }
@@ -301,9 +301,14 @@ where
         Fut: Future<Output = Result<Option<T>, E>>,
     {
         let (full, stored) = self.keys(key);
+        let accept = |found: Found<T>| match found {
+            Found::Value(v) if v.is_some() || none_ok => Some(v),
+            _ => None,
+        };
         loop {
             let epoch = self.stash.epoch();
-            match self.lookup(&stored, &full).await {
+            let landed = self.flights.landed();
+            match self.lookup(&stored, &full, true).await {
                 Found::Value(Some(v)) => {
                     self.stash.counters().hit();
                     return Ok(Some(v));
@@ -324,14 +329,25 @@ where
                     _ => continue,
                 },
                 Role::Lead(leader) => {
-                    self.stash.counters().miss();
+                    // A flight landed between the lookup and the join: it may have stored
+                    // the value.
+                    if self.flights.landed() != landed {
+                        if let Some(v) = accept(self.lookup(&stored, &full, false).await) {
+                            self.stash.counters().hit();
+                            leader.finish(v.clone());
+                            return Ok(v);
+                        }
+                    }
                     let lease = match self.lease_or_value(&stored, &full, none_ok).await {
                         Ok(lease) => lease,
                         Err(found) => {
+                            // Fetched by another instance.
+                            self.stash.counters().collapsed();
                             leader.finish(found.clone());
                             return Ok(found);
                         }
                     };
+                    self.stash.counters().miss();
                     let started = self.stash.now();
                     let value = fetch().await?.map(Arc::new);
                     self.fill(key, &full, &stored, value.clone(), started).await;
@@ -367,7 +383,7 @@ where
         loop {
             if let Some(lease) = Lease::take(&self.stash, stored).await {
                 // The holder before may have stored the value and released just now.
-                if let Some(v) = found(self.lookup(stored, full).await) {
+                if let Some(v) = found(self.lookup(stored, full, false).await) {
                     lease.release().await;
                     return Err(v);
                 }
@@ -379,8 +395,7 @@ where
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
-            if let Some(v) = found(self.lookup(stored, full).await) {
-                self.stash.counters().collapsed();
+            if let Some(v) = found(self.lookup(stored, full, false).await) {
                 return Err(v);
             }
         }
@@ -443,8 +458,9 @@ where
     }
 
     /// Looks `stored` up: in the memory tier at once when the store has one, else in the
-    /// store. A store error is counted and reads as a miss.
-    async fn lookup(&self, stored: &Arc<str>, full: &str) -> Found<T> {
+    /// store. A store error is counted and reads as a miss; so is an unreadable value when
+    /// `count` (once per call: not again while waiting for another instance's fetch).
+    async fn lookup(&self, stored: &Arc<str>, full: &str, count: bool) -> Found<T> {
         let store = self.stash.store();
         let entry = match store.get_local(stored) {
             Some(found) => found,
@@ -458,14 +474,14 @@ where
             },
         };
         match entry {
-            Some(entry) => self.read(stored, full, entry),
+            Some(entry) => self.read(stored, full, entry, count),
             None => Found::Miss,
         }
     }
 
     /// The value of a fresh entry: the one the handle decoded before when the store still
     /// holds that entry, or else decoded now.
-    fn read(&self, stored: &Arc<str>, full: &str, entry: Arc<Entry>) -> Found<T> {
+    fn read(&self, stored: &Arc<str>, full: &str, entry: Arc<Entry>, count: bool) -> Found<T> {
         if entry.is_tombstone() || entry.key() != full || self.stash.now() >= entry.fresh_until() {
             return Found::Miss;
         }
@@ -492,7 +508,9 @@ where
             _ => None,
         };
         let Some(value) = value else {
-            self.stash.counters().unreadable();
+            if count {
+                self.stash.counters().unreadable();
+            }
             return Found::Miss;
         };
         self.memo.insert(
