@@ -432,3 +432,61 @@ async fn a_value_read_again_from_a_byte_store_is_not_decoded_again() {
     assert!(!Arc::ptr_eq(&read, &other));
     assert_eq!(*read, *other);
 }
+
+#[tokio::test]
+async fn an_update_is_the_next_read_and_one_that_fails_or_is_dropped_invalidates() {
+    let (stash, clock) = stash();
+    let db = Db::default();
+    let users = stash.values::<User>(Policy::ttl(HOUR));
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    let ada = User {
+        id: 1,
+        name: "Ada".into(),
+    };
+    let written = users
+        .update("user:1", || async { Ok::<_, DbError>(ada.clone()) })
+        .await
+        .unwrap();
+    // The write's own value: no query, no decoding.
+    let read = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert!(Arc::ptr_eq(&written, &read));
+    assert_eq!(db.queries(), 1);
+
+    // A failed write: the data may have changed, the old value goes.
+    let failed = users
+        .update("user:1", || async { Err::<User, _>(DbError) })
+        .await;
+    assert_eq!(failed, Err(DbError));
+    assert!(users.get("user:1").await.is_none());
+    clock.advance(Duration::from_secs(1));
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!(db.queries(), 2);
+
+    // A write dropped midway: the same.
+    let gate = Counter::closed();
+    let writing = tokio::spawn({
+        let (users, gate) = (users.clone(), gate.clone());
+        async move {
+            users
+                .update("user:1", || async move {
+                    gate.enter().await;
+                    Ok::<_, DbError>(User {
+                        id: 1,
+                        name: "never".into(),
+                    })
+                })
+                .await
+        }
+    });
+    crate::test_util::until("the write to begin", || gate.calls() == 1).await;
+    writing.abort();
+    crate::test_util::until("the rollback", || {
+        stash
+            .store()
+            .get_local("app:v1:=user:1")
+            .unwrap()
+            .is_none_or(|e| e.is_tombstone())
+    })
+    .await;
+    assert!(users.get("user:1").await.is_none());
+}
