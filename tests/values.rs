@@ -16,7 +16,8 @@ use support::redis::RedisServer;
 use support::{send, stored, within, Counter};
 use tower::ServiceBuilder;
 use tower_stash::{
-    CacheLayer, Guarded, MemoryStore, Policy, RedisStore, Routes, Stash, TieredStore, Values,
+    CacheLayer, Clock, Guarded, ManualClock, MemoryStore, Policy, RedisStore, Routes, Stash,
+    SystemClock, TieredStore, Values,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -69,17 +70,21 @@ struct Instance {
 }
 
 impl Instance {
-    fn new(redis: &RedisServer) -> Self {
+    /// An instance whose stash dates and reads entries by `clock` (Redis still expires keys
+    /// by its own).
+    fn with_clock(redis: &RedisServer, clock: impl Clock) -> Self {
         let l2 = Guarded::new(RedisStore::builder(redis.url()).build().unwrap())
             .timeout(Duration::from_secs(1));
         let stash = Stash::builder()
             .store(TieredStore::new(MemoryStore::new(16 << 20), l2))
             .namespace("app")
+            .clock(clock)
             // Fills right after an invalidation are stored (the tests run on one clock).
             .invalidation_margin(Duration::from_millis(1))
             .build()
             .unwrap();
         let policy = Policy::ttl(HOUR)
+            .stale_while_revalidate(HOUR)
             .tags(["users"])
             .status_ttl(404, Duration::from_secs(60));
         let users = stash.values::<User>(policy);
@@ -110,7 +115,13 @@ impl Instance {
 
 /// Two instances on one Redis, both subscribed to the invalidation bus.
 async fn two(redis: &RedisServer) -> (Instance, Instance) {
-    let (a, b) = (Instance::new(redis), Instance::new(redis));
+    two_on(redis, SystemClock).await
+}
+
+/// [`two`], on one clock.
+async fn two_on(redis: &RedisServer, clock: impl Clock + Clone) -> (Instance, Instance) {
+    let a = Instance::with_clock(redis, clock.clone());
+    let b = Instance::with_clock(redis, clock);
     within("the subscriptions", async {
         loop {
             let out = redis.cli(&["PUBSUB", "NUMSUB", "tower-stash:bus"]);
@@ -280,4 +291,48 @@ async fn a_write_through_on_one_instance_is_the_other_s_next_read() {
         .unwrap();
     assert_eq!((*read).clone(), ada);
     assert_eq!(db.queries(), 1);
+}
+
+#[tokio::test]
+async fn a_stale_value_is_answered_on_both_instances_while_one_refreshes_it() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new(std::time::SystemTime::now());
+    let (a, b) = two_on(&redis, clock.clone()).await;
+    let db = Db::default();
+    a.users
+        .get_or_fetch("user:1", || db.found(1))
+        .await
+        .unwrap();
+    clock.advance(HOUR);
+    db.queries.close();
+    let refreshing = tokio::spawn({
+        let (users, db) = (a.users.clone(), db.clone());
+        async move { users.get_or_fetch("user:1", || db.found(1)).await }
+    });
+    within("the refresh to begin", async {
+        while db.queries() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    // B finds the lease taken: the stale value at once, no wait, no fetch.
+    for users in [&b.users, &a.users] {
+        let stale = within(
+            "a stale answer",
+            users.get_or_fetch("user:1", || db.found(1)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(stale.name, "user 1 #1");
+    }
+    assert_eq!(a.stash.stats().stale + b.stash.stats().stale, 2);
+    db.queries.open();
+    let fresh = within("the refresh", refreshing).await.unwrap().unwrap();
+    assert_eq!(fresh.name, "user 1 #2");
+    let read = b
+        .users
+        .get_or_fetch("user:1", || db.found(1))
+        .await
+        .unwrap();
+    assert_eq!((read.name.as_str(), db.queries()), ("user 1 #2", 2));
 }

@@ -18,9 +18,12 @@
 //!   [`Stats::unreadable`](crate::Stats::unreadable).
 //! - **Single flight**: concurrent misses of a key make one fetch in the process, and with a
 //!   shared store (Redis) one across instances (the store's lease).
-//! - From the [`Policy`]: its TTL, tags, `ttl_jitter` and `status_ttl(404, ..)`. Its HTTP
-//!   settings (keys from requests, statuses, bodies) do not apply; neither, yet, do stale
-//!   serving, early refresh and sliding expiry.
+//! - **Stale-while-revalidate**: within the policy's `stale_while_revalidate` window past its
+//!   TTL, the first caller fetches the value again (and waits for it) while every other caller,
+//!   in this instance and the others sharing the store, gets the stale value at once.
+//! - From the [`Policy`]: its TTL, tags, `ttl_jitter`, `stale_while_revalidate` and
+//!   `status_ttl(404, ..)`. Its HTTP settings (keys from requests, statuses, bodies) do not
+//!   apply; neither, yet, do stale-if-error, early refresh and sliding expiry.
 //!
 //! Keys and tags are escaped as template keys are: each segment between `:` and `/` has every
 //! byte outside `A-Z a-z 0-9 - . _ ~` percent-escaped (`user:a b` is stored as `user:a%20b`,
@@ -62,15 +65,17 @@
 
 mod codec;
 mod flight;
+mod read;
 #[cfg(test)]
 mod tests;
+mod write;
 
 #[cfg(feature = "msgpack")]
 pub use codec::MessagePack;
 pub use codec::{Codec, CodecError, Json};
 
 use crate::plumbing::Lease;
-use crate::{Entry, Policy, Stash, StoreError};
+use crate::{Entry, Policy, Stash};
 use flight::{Flights, Outcome, Role};
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
@@ -89,8 +94,9 @@ const VERSION: HeaderName = HeaderName::from_static("x-stash-version");
 const MEMO_CAPACITY: u64 = 10_000;
 
 impl Stash {
-    /// A handle caching values of type `T` under `policy` (its TTL, tags, `ttl_jitter`, and
-    /// `status_ttl(404, ..)` for not-found), encoded as JSON: see [`values`](crate::values).
+    /// A handle caching values of type `T` under `policy` (its TTL, tags, `ttl_jitter`,
+    /// `stale_while_revalidate`, and `status_ttl(404, ..)` for not-found), encoded as JSON:
+    /// see [`values`](crate::values).
     /// Cheap to clone; make one per type and keep it (each keeps its decoded values).
     ///
     /// # Panics
@@ -116,6 +122,7 @@ impl Stash {
             .find_map(|(status, ttl)| (status == 404).then_some(ttl));
         let settings = Settings {
             ttl,
+            stale: policy.stale_while_revalidate.unwrap_or_default(),
             jitter: policy.ttl_jitter.unwrap_or_default(),
             negative,
             tags,
@@ -127,6 +134,9 @@ impl Stash {
 
 struct Settings {
     ttl: Duration,
+    /// Stale-while-revalidate: how long past its TTL a value is still answered while one
+    /// caller fetches it again.
+    stale: Duration,
     jitter: Duration,
     negative: Option<Duration>,
     tags: Vec<String>,
@@ -187,7 +197,19 @@ impl<T, C: Codec> fmt::Debug for Values<T, C> {
 enum Found<T> {
     /// A fresh value, or a cached not-found.
     Value(Option<Arc<T>>),
+    /// One past its TTL, within the stale-while-revalidate window.
+    Stale(Option<Arc<T>>),
     Miss,
+}
+
+/// What a leader got in a shared store.
+enum Leased<T> {
+    /// The key's lease (`None`: no shared store, or the wait for it timed out).
+    Lease(Option<Lease>),
+    /// What another instance fetched.
+    Found(Option<Arc<T>>),
+    /// Another instance holds the lease, and the caller has a stale value to answer with.
+    Busy,
 }
 
 impl<T, C> Values<T, C>
@@ -231,7 +253,7 @@ where
     pub async fn get(&self, key: impl AsRef<str>) -> Option<Arc<T>> {
         let (full, stored) = self.keys(key.as_ref());
         match self.lookup(&stored, &full, true).await {
-            Found::Value(v) => v,
+            Found::Value(v) | Found::Stale(v) => v,
             Found::Miss => None,
         }
     }
@@ -267,72 +289,6 @@ where
         self.fetch_or_cached(key.as_ref(), fetch, true).await
     }
 
-    /// Stores `value` under `key` after a write to the data (write-through), dated after every
-    /// read in progress, so that none of them can put back what it read. When another write
-    /// or an invalidation of `key` overlapped this one (on any instance), or the store fails,
-    /// `key` is invalidated instead: the next read fetches. [`update`](Self::update) follows
-    /// the write itself too.
-    pub async fn set(&self, key: impl AsRef<str>, value: &T) -> Result<(), StoreError> {
-        let key = key.as_ref();
-        let write = Write::begin(self, key).await;
-        self.write_through(key, write, value).await.map(drop)
-    }
-
-    /// Runs `write`, a write to the data that answers with the new value, and stores that
-    /// value under `key` (write-through), following the write from its start: when another
-    /// write or an invalidation of `key` overlapped it (on any instance), `key` is invalidated
-    /// instead. A write that fails (its error is returned) or is dropped before it ends
-    /// invalidates `key` (rollback), since the data may or may not have changed.
-    pub async fn update<F, Fut, E>(&self, key: impl AsRef<str>, write: F) -> Result<Arc<T>, E>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let key = key.as_ref();
-        let mut guard = Write::begin(self, key).await;
-        match write().await {
-            Ok(value) => {
-                let value = Arc::new(value);
-                if let Ok(Some(entry)) = self.write_through(key, guard, &value).await {
-                    let memo = Memo {
-                        entry,
-                        value: Some(value.clone()),
-                    };
-                    self.memo.insert(self.keys(key).1, memo);
-                }
-                Ok(value)
-            }
-            Err(e) => {
-                if let Some(ticket) = guard.ticket.take() {
-                    self.stash.abandon_write(&guard.base, ticket).await;
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Ends `write` storing `value`: the stored entry, `None` when `key` was invalidated.
-    async fn write_through(
-        &self,
-        key: &str,
-        mut write: Write,
-        value: &T,
-    ) -> Result<Option<Arc<Entry>>, StoreError> {
-        let ticket = write.ticket.take().expect("a write is ended once");
-        let body = match self.codec.encode(value) {
-            Ok(body) => body,
-            Err(e) => {
-                self.stash.abandon_write(&write.base, ticket).await;
-                return Err(StoreError::new(e));
-            }
-        };
-        let full = format!("{}{}", self.stash.inner.prefix, write.base);
-        let entry = self.entry(full, key, StatusCode::OK, body.into());
-        self.stash
-            .write_entry(&write.base, ticket, entry, self.settings.ttl)
-            .await
-    }
-
     async fn fetch_or_cached<F, Fut, E>(
         &self,
         key: &str,
@@ -351,18 +307,21 @@ where
         loop {
             let epoch = self.stash.epoch();
             let landed = self.flights.landed();
+            let mut stale = None;
             match self.lookup(&stored, &full, true).await {
-                Found::Value(Some(v)) => {
+                Found::Value(v) if v.is_some() || none_ok => {
                     self.stash.counters().hit();
-                    return Ok(Some(v));
+                    return Ok(v);
                 }
-                Found::Value(None) if none_ok => {
-                    self.stash.counters().hit();
-                    return Ok(None);
-                }
+                Found::Stale(v) if v.is_some() || none_ok => stale = Some(v),
                 _ => {}
             }
             match self.flights.join(&stored, epoch) {
+                // Stale while another caller fetches: answered at once.
+                Role::Follow(_) if stale.is_some() => {
+                    self.stash.counters().stale();
+                    return Ok(stale.flatten());
+                }
                 Role::Follow(rx) => match flight::wait(rx).await {
                     Outcome::Done(v) if v.is_some() || none_ok => {
                         self.stash.counters().collapsed();
@@ -381,13 +340,21 @@ where
                             return Ok(v);
                         }
                     }
-                    let lease = match self.lease_or_value(&stored, &full, none_ok).await {
-                        Ok(lease) => lease,
-                        Err(found) => {
+                    let lease = match self
+                        .lease_or_value(&stored, &full, none_ok, stale.is_some())
+                        .await
+                    {
+                        Leased::Lease(lease) => lease,
+                        Leased::Found(found) => {
                             // Fetched by another instance.
                             self.stash.counters().collapsed();
                             leader.finish(found.clone());
                             return Ok(found);
+                        }
+                        Leased::Busy => {
+                            // Another instance refreshes it.
+                            self.stash.counters().stale();
+                            return Ok(stale.flatten());
                         }
                     };
                     self.stash.counters().miss();
@@ -404,42 +371,46 @@ where
         }
     }
 
-    /// With a shared store, takes the key's lease (`Ok`); while another instance holds it,
-    /// polls for the value it stores (every 2 ms at first, backing off to 50 ms), for at most
-    /// the stash's lease TTL (`Err` with the value found, or a not-found when `none_ok`).
-    /// Without a shared store: `Ok(None)`.
+    /// With a shared store, takes the key's lease; while another instance holds it, polls
+    /// for the value it stores (every 2 ms at first, backing off to 50 ms), for at most the
+    /// stash's lease TTL (a not-found is found only when `none_ok`), or at once says it is
+    /// [`Busy`](Leased::Busy) when the caller holds a `stale` value.
     async fn lease_or_value(
         &self,
         stored: &Arc<str>,
         full: &str,
         none_ok: bool,
-    ) -> Result<Option<Lease>, Option<Arc<T>>> {
+        stale: bool,
+    ) -> Leased<T> {
         let found = |found: Found<T>| match found {
             Found::Value(v) if v.is_some() || none_ok => Some(v),
             _ => None,
         };
         if !self.stash.store().is_shared() {
-            return Ok(None);
+            return Leased::Lease(None);
         }
         let deadline = Instant::now() + self.stash.inner.lease_ttl;
         let mut pause = Duration::from_millis(2);
         loop {
             if let Some(lease) = Lease::take(&self.stash, stored).await {
                 // The holder before may have stored the value and released just now.
-                if let Some(v) = found(self.lookup(stored, full, false).await) {
+                if let Some(v) = found(self.lookup_shared(stored, full).await) {
                     lease.release().await;
-                    return Err(v);
+                    return Leased::Found(v);
                 }
-                return Ok(Some(lease.kept()));
+                return Leased::Lease(Some(lease.kept()));
+            }
+            if stale {
+                return Leased::Busy;
             }
             if Instant::now() + pause > deadline {
                 tracing::debug!(key = %full, "another instance kept the lease too long: going on");
-                return Ok(None);
+                return Leased::Lease(None);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
-            if let Some(v) = found(self.lookup(stored, full, false).await) {
-                return Err(v);
+            if let Some(v) = found(self.lookup_shared(stored, full).await) {
+                return Leased::Found(v);
             }
         }
     }
@@ -469,11 +440,18 @@ where
         };
         let jitter = self.settings.jitter.mul_f64(self.stash.random());
         let ttl = ttl.saturating_sub(jitter).max(Duration::from_millis(1));
+        let grace = if status == StatusCode::OK {
+            self.settings.stale
+        } else {
+            Duration::ZERO
+        };
         let entry = Arc::new(
             self.entry(full.to_string(), key, status, body.into())
-                .with_times(started, ttl),
+                .with_times(started, ttl)
+                .with_grace(grace),
         );
-        let put = self.stash.store().put(stored.clone(), entry.clone(), ttl);
+        let keep = ttl.saturating_add(grace).min(crate::entry::MAX_TTL);
+        let put = self.stash.store().put(stored.clone(), entry.clone(), keep);
         let result = put.await;
         if result.is_ok() {
             self.memo.insert(stored.clone(), Memo { entry, value });
@@ -499,112 +477,6 @@ where
         let stored = self.stash.stored_key(&full);
         (full, stored)
     }
-
-    /// Looks `stored` up: in the memory tier at once when the store has one, else in the
-    /// store. A store error is counted and reads as a miss; so is an unreadable value when
-    /// `count` (once per call: not again while waiting for another instance's fetch).
-    async fn lookup(&self, stored: &Arc<str>, full: &str, count: bool) -> Found<T> {
-        let store = self.stash.store();
-        let entry = match store.get_local(stored) {
-            Some(found) => found,
-            None => match store.get(stored.clone()).await {
-                Ok(found) => found,
-                Err(e) => {
-                    self.stash.counters().store_error();
-                    tracing::debug!(key = %full, error = %e, "a value's lookup failed: a miss");
-                    None
-                }
-            },
-        };
-        match entry {
-            Some(entry) => self.read(stored, full, entry, count),
-            None => Found::Miss,
-        }
-    }
-
-    /// The value of a fresh entry: the one the handle decoded before when the store still
-    /// holds that entry, or else decoded now.
-    fn read(&self, stored: &Arc<str>, full: &str, entry: Arc<Entry>, count: bool) -> Found<T> {
-        if entry.is_tombstone() || entry.key() != full || self.stash.now() >= entry.fresh_until() {
-            return Found::Miss;
-        }
-        if let Some(memo) = self.memo.get(stored) {
-            if Arc::ptr_eq(&memo.entry, &entry) || same(&memo.entry, &entry) {
-                return Found::Value(memo.value);
-            }
-        }
-        let headers = entry.headers();
-        let readable = headers.get(CODEC).is_some_and(|c| c == C::NAME)
-            && headers
-                .get(VERSION)
-                .is_some_and(|v| v.as_bytes() == self.settings.version.to_string().as_bytes());
-        let value = match entry.status() {
-            _ if !readable => None,
-            StatusCode::NOT_FOUND => Some(None),
-            StatusCode::OK => match self.codec.decode::<T>(entry.body()) {
-                Ok(v) => Some(Some(Arc::new(v))),
-                Err(e) => {
-                    tracing::debug!(key = %full, error = %e, "a value could not be decoded: a miss");
-                    None
-                }
-            },
-            _ => None,
-        };
-        let Some(value) = value else {
-            if count {
-                self.stash.counters().unreadable();
-            }
-            return Found::Miss;
-        };
-        self.memo.insert(
-            stored.clone(),
-            Memo {
-                entry,
-                value: value.clone(),
-            },
-        );
-        Found::Value(value)
-    }
-}
-
-/// A write-through in progress: dropped before it ends, it invalidates its key (in the
-/// background).
-struct Write {
-    stash: Stash,
-    base: String,
-    ticket: Option<crate::WriteTicket>,
-}
-
-impl Write {
-    async fn begin<T, C>(values: &Values<T, C>, key: &str) -> Self {
-        let base = value_key(key);
-        let ticket = values.stash.begin_write(&base).await;
-        Self {
-            stash: values.stash.clone(),
-            base,
-            ticket: Some(ticket),
-        }
-    }
-}
-
-impl Drop for Write {
-    fn drop(&mut self) {
-        let Some(ticket) = self.ticket.take() else {
-            return;
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (stash, base) = (self.stash.clone(), std::mem::take(&mut self.base));
-            rt.spawn(async move { stash.abandon_write(&base, ticket).await });
-        }
-    }
-}
-
-/// Whether two entries are the same stored value (one read again from a shared store).
-fn same(a: &Entry, b: &Entry) -> bool {
-    a.stored_at() == b.stored_at()
-        && a.status() == b.status()
-        && a.body() == b.body()
-        && a.headers() == b.headers()
 }
 
 /// A value's key after the namespace: `=` (which no HTTP key starts with), then `key` escaped.

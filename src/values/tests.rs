@@ -490,3 +490,38 @@ async fn an_update_is_the_next_read_and_one_that_fails_or_is_dropped_invalidates
     .await;
     assert!(users.get("user:1").await.is_none());
 }
+
+#[tokio::test]
+async fn a_stale_value_is_answered_at_once_while_one_caller_fetches_it_again() {
+    let (stash, clock) = stash();
+    let db = Db::default();
+    let minute = Duration::from_secs(60);
+    let users = stash.values::<User>(Policy::ttl(minute).stale_while_revalidate(minute));
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    clock.advance(minute);
+    db.queries.close();
+    let refreshing = tokio::spawn({
+        let (users, db) = (users.clone(), db.clone());
+        async move { users.get_or_fetch("user:1", || db.found(1)).await }
+    });
+    crate::test_util::until("the refresh to begin", || db.queries() == 2).await;
+    for _ in 0..3 {
+        let stale = within(
+            "a stale answer",
+            users.get_or_fetch("user:1", || db.found(1)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(stale.name, "user 1 #1");
+    }
+    assert_eq!((db.queries(), stash.stats().stale), (2, 3));
+    db.queries.open();
+    let fresh = within("the refresh", refreshing).await.unwrap().unwrap();
+    assert_eq!(fresh.name, "user 1 #2");
+    let hit = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert!(Arc::ptr_eq(&fresh, &hit));
+    // Past the window: a miss, every caller waits for the fetch.
+    clock.advance(2 * minute);
+    let user = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!((db.queries(), user.name.as_str()), (3, "user 1 #3"));
+}
