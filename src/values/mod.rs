@@ -21,6 +21,7 @@
 //! - **Stale-while-revalidate**: within the policy's `stale_while_revalidate` window past its
 //!   TTL, the first caller fetches the value again (and waits for it) while every other caller,
 //!   in this instance and the others sharing the store, gets the stale value at once.
+//! - **Tags** from the policy, and from each value ([`Values::with_tags_from`]).
 //! - From the [`Policy`]: its TTL, tags, `ttl_jitter`, `stale_while_revalidate` and
 //!   `status_ttl(404, ..)`. Its HTTP settings (keys from requests, statuses, bodies) do not
 //!   apply; neither, yet, do stale-if-error, early refresh and sliding expiry.
@@ -128,7 +129,7 @@ impl Stash {
             tags,
             version: 0,
         };
-        Values::build(self.clone(), Arc::new(Json), settings)
+        Values::build(self.clone(), Arc::new(Json), settings, None)
     }
 }
 
@@ -166,8 +167,12 @@ pub struct Values<T, C = Json> {
     settings: Arc<Settings>,
     memo: moka::sync::Cache<Arc<str>, Memo<T>>,
     flights: Arc<Flights<T>>,
+    tags_from: Option<TagsFrom<T>>,
     _type: PhantomData<fn() -> T>,
 }
+
+/// Tags taken from a value: see [`Values::with_tags_from`].
+type TagsFrom<T> = Arc<dyn Fn(&T) -> Vec<String> + Send + Sync>;
 
 impl<T, C> Clone for Values<T, C> {
     fn clone(&self) -> Self {
@@ -177,6 +182,7 @@ impl<T, C> Clone for Values<T, C> {
             settings: self.settings.clone(),
             memo: self.memo.clone(),
             flights: self.flights.clone(),
+            tags_from: self.tags_from.clone(),
             _type: PhantomData,
         }
     }
@@ -217,13 +223,19 @@ where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
     C: Codec,
 {
-    fn build(stash: Stash, codec: Arc<C>, settings: Settings) -> Self {
+    fn build(
+        stash: Stash,
+        codec: Arc<C>,
+        settings: Settings,
+        tags_from: Option<TagsFrom<T>>,
+    ) -> Self {
         Self {
             stash,
             codec,
             settings: Arc::new(settings),
             memo: moka::sync::Cache::new(MEMO_CAPACITY),
             flights: Arc::default(),
+            tags_from,
             _type: PhantomData,
         }
     }
@@ -234,7 +246,7 @@ where
             tags: s.tags.clone(),
             ..*s
         });
-        Values::build(self.stash, Arc::new(codec), settings)
+        Values::build(self.stash, Arc::new(codec), settings, self.tags_from)
     }
 
     /// The version of `T`'s stored form (default 0). Raise it when `T` changes shape: values
@@ -246,7 +258,18 @@ where
             ..*s
         });
         settings.version = version;
-        Self::build(self.stash, self.codec, settings)
+        Self::build(self.stash, self.codec, settings, self.tags_from)
+    }
+
+    /// Tags each value also carries, taken from the value (`|p: &Product| vec![format!(
+    /// "category:{}", p.category)]`), escaped as keys are: [`Stash::invalidate_tag`] drops
+    /// every value carrying one.
+    pub fn with_tags_from<F>(mut self, tags: F) -> Self
+    where
+        F: Fn(&T) -> Vec<String> + Send + Sync + 'static,
+    {
+        self.tags_from = Some(Arc::new(tags));
+        self
     }
 
     /// The value under `key`, from the cache only: `None` on a miss (or a cached not-found).
@@ -446,7 +469,7 @@ where
             Duration::ZERO
         };
         let entry = Arc::new(
-            self.entry(full.to_string(), key, status, body.into())
+            self.entry(full.to_string(), key, status, body.into(), value.as_deref())
                 .with_times(started, ttl)
                 .with_grace(grace),
         );
@@ -460,14 +483,24 @@ where
     }
 
     /// An entry of this handle: the codec and version in its headers, the key's family tag
-    /// (so that [`Stash::invalidate_key`] reaches it) and the policy's tags.
-    fn entry(&self, full: String, key: &str, status: StatusCode, body: bytes::Bytes) -> Entry {
+    /// (so that [`Stash::invalidate_key`] reaches it), the policy's tags and the value's.
+    fn entry(
+        &self,
+        full: String,
+        key: &str,
+        status: StatusCode,
+        body: bytes::Bytes,
+        value: Option<&T>,
+    ) -> Entry {
         let mut headers = http::HeaderMap::with_capacity(2);
         headers.insert(CODEC, HeaderValue::from_static(C::NAME));
         headers.insert(VERSION, HeaderValue::from(self.settings.version));
         let mut tags = Vec::with_capacity(self.settings.tags.len() + 1);
         tags.push(crate::stash::family_tag(&escaped(key)));
         tags.extend(self.settings.tags.iter().cloned());
+        if let (Some(tags_from), Some(value)) = (&self.tags_from, value) {
+            tags.extend(tags_from(value).iter().map(|t| escaped(t)));
+        }
         Entry::new(full, status, headers, body).with_tags(tags)
     }
 

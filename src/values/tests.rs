@@ -525,3 +525,37 @@ async fn a_stale_value_is_answered_at_once_while_one_caller_fetches_it_again() {
     let user = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
     assert_eq!((db.queries(), user.name.as_str()), (3, "user 1 #3"));
 }
+
+#[tokio::test]
+async fn tags_taken_from_the_value_drop_exactly_the_values_carrying_them() {
+    let (stash, _) = stash();
+    let db = Db::default();
+    let users = stash
+        .values::<User>(Policy::ttl(HOUR))
+        .with_tags_from(|u: &User| vec![format!("parity:{}", u.id % 2)]);
+    for id in 1..=4 {
+        users
+            .get_or_fetch(format!("user:{id}"), || db.found(id))
+            .await
+            .unwrap();
+    }
+    stash.invalidate_tag("parity:1").await.unwrap();
+    for id in 1..=4 {
+        let cached = users.get(format!("user:{id}")).await.is_some();
+        assert_eq!(cached, id % 2 == 0, "user {id}");
+    }
+    // A write-through carries the tags of the value written.
+    users
+        .set(
+            "user:2",
+            &User {
+                id: 3,
+                name: "odd now".into(),
+            },
+        )
+        .await
+        .unwrap();
+    stash.invalidate_tag("parity:1").await.unwrap();
+    assert!(users.get("user:2").await.is_none());
+    assert!(users.get("user:4").await.is_some());
+}

@@ -75,7 +75,7 @@ where
             }
         };
         let full = format!("{}{}", self.stash.inner.prefix, write.base);
-        let entry = self.entry(full, key, StatusCode::OK, body.into());
+        let entry = self.entry(full, key, StatusCode::OK, body.into(), Some(value));
         self.stash
             .write_entry(&write.base, ticket, entry, self.settings.ttl)
             .await
