@@ -23,6 +23,7 @@ pub mod stash;
 pub mod store;
 #[cfg(test)]
 mod test_util;
+pub mod values;
 
 pub use cache::{CacheBody, CacheHint, CacheLayer, CacheService};
 pub use entry::{Entry, EntryError};
@@ -37,3 +38,4 @@ pub use store::{
 };
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, RedisStoreBuilder};
+pub use values::Values;

@@ -10,8 +10,8 @@ use std::time::Duration;
 /// `tower_stash_hits_total`, `tower_stash_misses_total`, `tower_stash_bypasses_total`,
 /// `tower_stash_stores_total`, `tower_stash_store_errors_total`, `tower_stash_stale_total`,
 /// `tower_stash_collapsed_total`, `tower_stash_leases_total`, `tower_stash_refreshes_total`,
-/// and the gauges `tower_stash_entries`, `tower_stash_bytes` and `tower_stash_evictions`
-/// (refreshed whenever the stats are read, and every 256 stores).
+/// `tower_stash_unreadable_total`, and the gauges `tower_stash_entries`, `tower_stash_bytes`
+/// and `tower_stash_evictions` (refreshed whenever the stats are read, and every 256 stores).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -34,6 +34,9 @@ pub struct Stats {
     pub stores: u64,
     /// Store calls that failed; each was served from the service instead.
     pub store_errors: u64,
+    /// Typed values found but not read (see [`values`](crate::values)): written with another
+    /// codec or an older type version, or bytes the codec could not decode. Each is a miss too.
+    pub unreadable: u64,
     /// Entries evicted to stay within the memory bound.
     pub evictions: u64,
     /// Entries held by the store (approximate).
@@ -72,6 +75,7 @@ pub(crate) struct Counters {
     bypasses: AtomicU64,
     stores: AtomicU64,
     store_errors: AtomicU64,
+    unreadable: AtomicU64,
 }
 
 macro_rules! count {
@@ -96,6 +100,7 @@ count! {
     collapsed => collapsed, "tower_stash_collapsed_total";
     lease => leases, "tower_stash_leases_total";
     refresh => refreshes, "tower_stash_refreshes_total";
+    unreadable => unreadable, "tower_stash_unreadable_total";
 }
 
 impl Stash {
@@ -119,6 +124,7 @@ impl Stash {
             bypasses: get(&c.bypasses),
             stores: get(&c.stores),
             store_errors: get(&c.store_errors),
+            unreadable: get(&c.unreadable),
             evictions: usage.evictions,
             entries: usage.entries,
             bytes: usage.bytes,

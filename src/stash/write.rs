@@ -63,11 +63,7 @@ impl Stash {
         ttl: Duration,
         tags: &[String],
     ) -> Result<(), StoreError> {
-        self.inner.invalidations.fetch_add(1, Ordering::Release);
-        let at = self.now() + self.inner.invalidation_margin;
-        let keep = self.inner.tombstone_ttl;
         let full = format!("{}{key}", self.inner.prefix);
-        let stored = self.hashed_key(&full).unwrap_or_else(|| full.clone());
         let mut headers = parts.headers.clone();
         crate::headers::strip_hop_by_hop(&mut headers);
         for name in [
@@ -80,13 +76,30 @@ impl Stash {
         // The write's own length: what it declared may be for another encoding.
         headers.remove(http::header::CONTENT_LENGTH);
         super::complete_headers(&mut headers, parts.status, &body, true, self);
+        let entry = crate::Entry::new(full, parts.status, headers, body)
+            .with_trailers(trailers)
+            .with_tags(tags.to_vec());
+        self.write_entry(key, ticket, entry, ttl).await.map(drop)
+    }
+
+    /// [`write_through`](Self::write_through) of a ready entry (its key the full key of
+    /// `key`; its times are set here): the stored entry when it was stored, `None` when the
+    /// write overlapped another and `key` was invalidated instead.
+    pub(crate) async fn write_entry(
+        &self,
+        key: &str,
+        ticket: WriteTicket,
+        entry: crate::Entry,
+        ttl: Duration,
+    ) -> Result<Option<Arc<crate::Entry>>, StoreError> {
+        self.inner.invalidations.fetch_add(1, Ordering::Release);
+        let at = self.now() + self.inner.invalidation_margin;
+        let keep = self.inner.tombstone_ttl;
+        let stored = self.stored_key(entry.key());
         // Dated `at`; the older copies it replaces are invalidated as of just before, so that
         // an invalidation made after the write (dated `at` or later) still drops it.
         let older = at - Duration::from_millis(1);
-        let entry = crate::Entry::new(full, parts.status, headers, body)
-            .with_times(at, ttl)
-            .with_trailers(trailers)
-            .with_tags(tags.to_vec());
+        let entry = Arc::new(entry.with_times(at, ttl));
         let ns: Arc<str> = self.inner.namespace.as_str().into();
         let family: Arc<str> = family_tag(key).into();
         let store = self.store();
@@ -95,8 +108,7 @@ impl Stash {
             let Some(writes) = store.writes() else {
                 return Ok(false);
             };
-            let end =
-                writes.end_write(stored.as_str().into(), ticket, Some((Arc::new(entry), ttl)));
+            let end = writes.end_write(stored.clone(), ticket, Some((entry.clone(), ttl)));
             if !end.await? {
                 return Ok(false);
             }
@@ -119,11 +131,13 @@ impl Stash {
         match result {
             Ok(true) => {
                 self.stored();
-                Ok(())
+                Ok(Some(entry))
             }
             Ok(false) => {
                 tracing::debug!(%key, "the write overlapped another write or an invalidation: invalidating the key");
-                self.invalidate(Invalidation::Key(key.into())).await
+                self.invalidate(Invalidation::Key(key.into()))
+                    .await
+                    .map(|()| None)
             }
             Err(e) => {
                 self.publish_failed(&e);

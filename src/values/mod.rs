@@ -1,0 +1,538 @@
+//! Typed data caching: values inside handlers (a user row, a price list) cached through the
+//! same store, tiers, tags and invalidation as the HTTP entries.
+//!
+//! [`Stash::values`] gives a [`Values`] handle for one type and one [`Policy`]:
+//! [`get_or_fetch`](Values::get_or_fetch) answers from the cache or calls the fetch once
+//! (cache-aside), [`set`](Values::set) stores a value after a write (write-through), and
+//! [`Stash::invalidate_key`] and [`Stash::invalidate_tag`] drop values as they drop responses.
+//!
+//! - **Errors are never cached**: the fetch's error is returned as it is.
+//! - **Not found** ([`get_or_fetch_option`](Values::get_or_fetch_option) returning `None`) is
+//!   cached only when the policy gives a 404 a TTL of its own (`status_ttl(404, ..)`).
+//! - **Memory hits do no decoding**: the handle keeps the decoded `Arc<T>` of each entry it read,
+//!   used while the store still holds that same entry (checked by identity in a memory tier,
+//!   by bytes after a Redis read); Redis holds the encoded bytes.
+//! - **Codecs and versions**: [`Json`] by default, [`MessagePack`](crate::values::Codec) with the
+//!   `msgpack` feature; the codec's name and the type's version ([`Values::with_version`]) are
+//!   stored with each value: another codec or another version reads as a miss, counted in
+//!   [`Stats::unreadable`](crate::Stats::unreadable).
+//! - **Single flight**: concurrent misses of a key make one fetch in the process, and with a
+//!   shared store (Redis) one across instances (the store's lease).
+//! - **Stale-while-revalidate**: within the policy's `stale_while_revalidate` window past its
+//!   TTL, the first caller fetches the value again (and waits for it) while every other caller,
+//!   in this instance and the others sharing the store, gets the stale value at once.
+//! - **Tags** from the policy, and from each value ([`Values::with_tags_from`]).
+//! - From the [`Policy`]: its TTL, tags, `ttl_jitter`, `stale_while_revalidate` and
+//!   `status_ttl(404, ..)`. Its HTTP settings (keys from requests, statuses, bodies) do not
+//!   apply; neither, yet, do stale-if-error, early refresh and sliding expiry.
+//!
+//! Keys and tags are escaped as template keys are: each segment between `:` and `/` has every
+//! byte outside `A-Z a-z 0-9 - . _ ~` percent-escaped (`user:a b` is stored as `user:a%20b`,
+//! and is invalidated by that name). A value is stored under a key of its own (`=` after the
+//! namespace, which no HTTP key starts with), so a value and an HTTP entry never share an
+//! entry; but `invalidate_key("user:42")` drops both the route's `user:42` and the value
+//! `user:42`, and a tag drops every value and response carrying it.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_stash::{Policy, Stash};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct User {
+//!     name: String,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let stash = Stash::new();
+//! let users = stash.values::<User>(Policy::ttl(Duration::from_secs(3600)).tags(["users"]));
+//!
+//! let fetch = || async { Ok::<_, std::io::Error>(User { name: "Ada".into() }) };
+//! let user = users.get_or_fetch("user:1", fetch).await?; // a miss: fetched and stored
+//! assert_eq!(user.name, "Ada");
+//! let again = users.get_or_fetch("user:1", fetch).await?; // a hit: the same Arc<User>
+//! assert!(std::sync::Arc::ptr_eq(&user, &again));
+//!
+//! users.set("user:1", &User { name: "Grace".into() }).await?; // write-through
+//! assert_eq!(users.get("user:1").await.unwrap().name, "Grace");
+//!
+//! stash.invalidate_tag("users").await?; // values and responses tagged `users` go
+//! assert!(users.get("user:1").await.is_none());
+//! # Ok(())
+//! # }
+//! ```
+
+mod codec;
+mod flight;
+mod read;
+#[cfg(test)]
+mod tests;
+mod write;
+
+#[cfg(feature = "msgpack")]
+pub use codec::MessagePack;
+pub use codec::{Codec, CodecError, Json};
+
+use crate::plumbing::Lease;
+use crate::{Entry, Policy, Stash};
+use flight::{Flights, Outcome, Role};
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The header of a value's entry naming its codec.
+const CODEC: HeaderName = HeaderName::from_static("x-stash-codec");
+/// The header of a value's entry holding its type's version.
+const VERSION: HeaderName = HeaderName::from_static("x-stash-version");
+/// How many decoded values a handle keeps by default.
+const MEMO_CAPACITY: u64 = 10_000;
+
+impl Stash {
+    /// A handle caching values of type `T` under `policy` (its TTL, tags, `ttl_jitter`,
+    /// `stale_while_revalidate`, and `status_ttl(404, ..)` for not-found), encoded as JSON:
+    /// see [`values`](crate::values).
+    /// Cheap to clone; make one per type and keep it (each keeps its decoded values).
+    ///
+    /// # Panics
+    ///
+    /// When `policy` has no TTL of its own ([`Policy::new`], [`Policy::named`]).
+    pub fn values<T>(&self, policy: Policy) -> Values<T>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let ttl = policy
+            .ttl
+            .expect("Stash::values: the policy needs a TTL of its own (Policy::ttl)");
+        let tags = policy
+            .tags
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| escaped(&t))
+            .collect();
+        let negative = policy
+            .status_ttls
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|(status, ttl)| (status == 404).then_some(ttl));
+        let settings = Settings {
+            ttl,
+            stale: policy.stale_while_revalidate.unwrap_or_default(),
+            jitter: policy.ttl_jitter.unwrap_or_default(),
+            negative,
+            tags,
+            version: 0,
+        };
+        Values::build(self.clone(), Arc::new(Json), settings, None)
+    }
+}
+
+struct Settings {
+    ttl: Duration,
+    /// Stale-while-revalidate: how long past its TTL a value is still answered while one
+    /// caller fetches it again.
+    stale: Duration,
+    jitter: Duration,
+    negative: Option<Duration>,
+    tags: Vec<String>,
+    version: u32,
+}
+
+/// What a handle keeps of an entry it read: the entry, and its decoded value (`None`: a
+/// not-found).
+struct Memo<T> {
+    entry: Arc<Entry>,
+    value: Option<Arc<T>>,
+}
+
+impl<T> Clone for Memo<T> {
+    fn clone(&self) -> Self {
+        Self {
+            entry: self.entry.clone(),
+            value: self.value.clone(),
+        }
+    }
+}
+
+/// Values of one type cached under one policy: see [`Stash::values`]. Cheap to clone.
+pub struct Values<T, C = Json> {
+    stash: Stash,
+    codec: Arc<C>,
+    settings: Arc<Settings>,
+    memo: moka::sync::Cache<Arc<str>, Memo<T>>,
+    flights: Arc<Flights<T>>,
+    tags_from: Option<TagsFrom<T>>,
+    _type: PhantomData<fn() -> T>,
+}
+
+/// Tags taken from a value: see [`Values::with_tags_from`].
+type TagsFrom<T> = Arc<dyn Fn(&T) -> Vec<String> + Send + Sync>;
+
+impl<T, C> Clone for Values<T, C> {
+    fn clone(&self) -> Self {
+        Self {
+            stash: self.stash.clone(),
+            codec: self.codec.clone(),
+            settings: self.settings.clone(),
+            memo: self.memo.clone(),
+            flights: self.flights.clone(),
+            tags_from: self.tags_from.clone(),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T, C: Codec> fmt::Debug for Values<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Values")
+            .field("type", &std::any::type_name::<T>())
+            .field("codec", &C::NAME)
+            .field("version", &self.settings.version)
+            .field("ttl", &self.settings.ttl)
+            .finish()
+    }
+}
+
+/// What a lookup found.
+enum Found<T> {
+    /// A fresh value, or a cached not-found.
+    Value(Option<Arc<T>>),
+    /// One past its TTL, within the stale-while-revalidate window.
+    Stale(Option<Arc<T>>),
+    Miss,
+}
+
+/// What a leader got in a shared store.
+enum Leased<T> {
+    /// The key's lease (`None`: no shared store, or the wait for it timed out).
+    Lease(Option<Lease>),
+    /// What another instance fetched.
+    Found(Option<Arc<T>>),
+    /// Another instance holds the lease, and the caller has a stale value to answer with.
+    Busy,
+}
+
+impl<T, C> Values<T, C>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    C: Codec,
+{
+    fn build(
+        stash: Stash,
+        codec: Arc<C>,
+        settings: Settings,
+        tags_from: Option<TagsFrom<T>>,
+    ) -> Self {
+        Self {
+            stash,
+            codec,
+            settings: Arc::new(settings),
+            memo: moka::sync::Cache::new(MEMO_CAPACITY),
+            flights: Arc::default(),
+            tags_from,
+            _type: PhantomData,
+        }
+    }
+
+    /// The same handle with another codec (a new handle: it shares no decoded values).
+    pub fn with_codec<D: Codec>(self, codec: D) -> Values<T, D> {
+        let settings = Arc::try_unwrap(self.settings).unwrap_or_else(|s| Settings {
+            tags: s.tags.clone(),
+            ..*s
+        });
+        Values::build(self.stash, Arc::new(codec), settings, self.tags_from)
+    }
+
+    /// The version of `T`'s stored form (default 0). Raise it when `T` changes shape: values
+    /// stored with another version read as misses (counted in
+    /// [`Stats::unreadable`](crate::Stats::unreadable)) and are fetched again.
+    pub fn with_version(self, version: u32) -> Self {
+        let mut settings = Arc::try_unwrap(self.settings).unwrap_or_else(|s| Settings {
+            tags: s.tags.clone(),
+            ..*s
+        });
+        settings.version = version;
+        Self::build(self.stash, self.codec, settings, self.tags_from)
+    }
+
+    /// Tags each value also carries, taken from the value (`|p: &Product| vec![format!(
+    /// "category:{}", p.category)]`), escaped as keys are: [`Stash::invalidate_tag`] drops
+    /// every value carrying one.
+    pub fn with_tags_from<F>(mut self, tags: F) -> Self
+    where
+        F: Fn(&T) -> Vec<String> + Send + Sync + 'static,
+    {
+        self.tags_from = Some(Arc::new(tags));
+        self
+    }
+
+    /// The value under `key`, from the cache only: `None` on a miss (or a cached not-found).
+    pub async fn get(&self, key: impl AsRef<str>) -> Option<Arc<T>> {
+        let (full, stored) = self.keys(key.as_ref());
+        match self.lookup(&stored, &full, true).await {
+            Found::Value(v) | Found::Stale(v) => v,
+            Found::Miss => None,
+        }
+    }
+
+    /// The value under `key`: from the cache, or else from `fetch`, which is then stored with
+    /// the policy's TTL and tags (cache-aside). Concurrent calls for a key make one fetch (in
+    /// every instance sharing a store with leases, one in all). The fetch's error is returned
+    /// and never cached; each caller that waited on a failed fetch then tries itself.
+    pub async fn get_or_fetch<F, Fut, E>(&self, key: impl AsRef<str>, fetch: F) -> Result<Arc<T>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let fetch = || async { fetch().await.map(Some) };
+        match self.fetch_or_cached(key.as_ref(), fetch, false).await? {
+            Some(value) => Ok(value),
+            None => unreachable!("a fetch of a value always gives one"),
+        }
+    }
+
+    /// As [`get_or_fetch`](Self::get_or_fetch), for a fetch that may find nothing: `None` is
+    /// cached (negative caching) only when the policy sets a 404 TTL
+    /// (`Policy::ttl(..).status_ttl(404, ttl)`), for that TTL.
+    pub async fn get_or_fetch_option<F, Fut, E>(
+        &self,
+        key: impl AsRef<str>,
+        fetch: F,
+    ) -> Result<Option<Arc<T>>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        self.fetch_or_cached(key.as_ref(), fetch, true).await
+    }
+
+    async fn fetch_or_cached<F, Fut, E>(
+        &self,
+        key: &str,
+        fetch: F,
+        none_ok: bool,
+    ) -> Result<Option<Arc<T>>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let (full, stored) = self.keys(key);
+        let accept = |found: Found<T>| match found {
+            Found::Value(v) if v.is_some() || none_ok => Some(v),
+            _ => None,
+        };
+        loop {
+            let epoch = self.stash.epoch();
+            let landed = self.flights.landed();
+            let mut stale = None;
+            match self.lookup(&stored, &full, true).await {
+                Found::Value(v) if v.is_some() || none_ok => {
+                    self.stash.counters().hit();
+                    return Ok(v);
+                }
+                Found::Stale(v) if v.is_some() || none_ok => stale = Some(v),
+                _ => {}
+            }
+            match self.flights.join(&stored, epoch) {
+                // Stale while another caller fetches: answered at once.
+                Role::Follow(_) if stale.is_some() => {
+                    self.stash.counters().stale();
+                    return Ok(stale.flatten());
+                }
+                Role::Follow(rx) => match flight::wait(rx).await {
+                    Outcome::Done(v) if v.is_some() || none_ok => {
+                        self.stash.counters().collapsed();
+                        return Ok(v);
+                    }
+                    // Failed, or a not-found this call does not take: look again.
+                    _ => continue,
+                },
+                Role::Lead(leader) => {
+                    // A flight landed between the lookup and the join: it may have stored
+                    // the value.
+                    if self.flights.landed() != landed {
+                        if let Some(v) = accept(self.lookup(&stored, &full, false).await) {
+                            self.stash.counters().hit();
+                            leader.finish(v.clone());
+                            return Ok(v);
+                        }
+                    }
+                    let lease = match self
+                        .lease_or_value(&stored, &full, none_ok, stale.is_some())
+                        .await
+                    {
+                        Leased::Lease(lease) => lease,
+                        Leased::Found(found) => {
+                            // Fetched by another instance.
+                            self.stash.counters().collapsed();
+                            leader.finish(found.clone());
+                            return Ok(found);
+                        }
+                        Leased::Busy => {
+                            // Another instance refreshes it.
+                            self.stash.counters().stale();
+                            return Ok(stale.flatten());
+                        }
+                    };
+                    self.stash.counters().miss();
+                    let started = self.stash.now();
+                    let value = fetch().await?.map(Arc::new);
+                    self.fill(key, &full, &stored, value.clone(), started).await;
+                    leader.finish(value.clone());
+                    if let Some(lease) = lease {
+                        lease.release().await;
+                    }
+                    return Ok(value);
+                }
+            }
+        }
+    }
+
+    /// With a shared store, takes the key's lease; while another instance holds it, polls
+    /// for the value it stores (every 2 ms at first, backing off to 50 ms), for at most the
+    /// stash's lease TTL (a not-found is found only when `none_ok`), or at once says it is
+    /// [`Busy`](Leased::Busy) when the caller holds a `stale` value.
+    async fn lease_or_value(
+        &self,
+        stored: &Arc<str>,
+        full: &str,
+        none_ok: bool,
+        stale: bool,
+    ) -> Leased<T> {
+        let found = |found: Found<T>| match found {
+            Found::Value(v) if v.is_some() || none_ok => Some(v),
+            _ => None,
+        };
+        if !self.stash.store().is_shared() {
+            return Leased::Lease(None);
+        }
+        let deadline = Instant::now() + self.stash.inner.lease_ttl;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if let Some(lease) = Lease::take(&self.stash, stored).await {
+                // The holder before may have stored the value and released just now.
+                if let Some(v) = found(self.lookup_shared(stored, full).await) {
+                    lease.release().await;
+                    return Leased::Found(v);
+                }
+                return Leased::Lease(Some(lease.kept()));
+            }
+            if stale {
+                return Leased::Busy;
+            }
+            if Instant::now() + pause > deadline {
+                tracing::debug!(key = %full, "another instance kept the lease too long: going on");
+                return Leased::Lease(None);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+            if let Some(v) = found(self.lookup_shared(stored, full).await) {
+                return Leased::Found(v);
+            }
+        }
+    }
+
+    /// Stores what a fetch found, dated when it began: a value, or a not-found when the policy
+    /// caches them. The handle keeps the decoded value with the entry.
+    async fn fill(
+        &self,
+        key: &str,
+        full: &str,
+        stored: &Arc<str>,
+        value: Option<Arc<T>>,
+        started: std::time::SystemTime,
+    ) {
+        let (status, body, ttl) = match &value {
+            Some(v) => match self.codec.encode(&**v) {
+                Ok(body) => (StatusCode::OK, body, self.settings.ttl),
+                Err(e) => {
+                    tracing::warn!(key = %full, error = %e, "a value could not be encoded: not stored");
+                    return;
+                }
+            },
+            None => match self.settings.negative {
+                Some(ttl) => (StatusCode::NOT_FOUND, Vec::new(), ttl),
+                None => return,
+            },
+        };
+        let jitter = self.settings.jitter.mul_f64(self.stash.random());
+        let ttl = ttl.saturating_sub(jitter).max(Duration::from_millis(1));
+        let grace = if status == StatusCode::OK {
+            self.settings.stale
+        } else {
+            Duration::ZERO
+        };
+        let entry = Arc::new(
+            self.entry(full.to_string(), key, status, body.into(), value.as_deref())
+                .with_times(started, ttl)
+                .with_grace(grace),
+        );
+        let keep = ttl.saturating_add(grace).min(crate::entry::MAX_TTL);
+        let put = self.stash.store().put(stored.clone(), entry.clone(), keep);
+        let result = put.await;
+        if result.is_ok() {
+            self.memo.insert(stored.clone(), Memo { entry, value });
+        }
+        self.stash.record_put(full, result);
+    }
+
+    /// An entry of this handle: the codec and version in its headers, the key's family tag
+    /// (so that [`Stash::invalidate_key`] reaches it), the policy's tags and the value's.
+    fn entry(
+        &self,
+        full: String,
+        key: &str,
+        status: StatusCode,
+        body: bytes::Bytes,
+        value: Option<&T>,
+    ) -> Entry {
+        let mut headers = http::HeaderMap::with_capacity(2);
+        headers.insert(CODEC, HeaderValue::from_static(C::NAME));
+        headers.insert(VERSION, HeaderValue::from(self.settings.version));
+        let mut tags = Vec::with_capacity(self.settings.tags.len() + 1);
+        tags.push(crate::stash::family_tag(&escaped(key)));
+        tags.extend(self.settings.tags.iter().cloned());
+        if let (Some(tags_from), Some(value)) = (&self.tags_from, value) {
+            tags.extend(tags_from(value).iter().map(|t| escaped(t)));
+        }
+        Entry::new(full, status, headers, body).with_tags(tags)
+    }
+
+    /// The full key of `key` and the key it is stored under.
+    fn keys(&self, key: &str) -> (String, Arc<str>) {
+        let full = format!("{}{}", self.stash.inner.prefix, value_key(key));
+        let stored = self.stash.stored_key(&full);
+        (full, stored)
+    }
+}
+
+/// A value's key after the namespace: `=` (which no HTTP key starts with), then `key` escaped.
+fn value_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 1);
+    out.push('=');
+    push_escaped(&mut out, key);
+    out
+}
+
+/// `s` escaped as template keys are: each segment between `:` and `/` percent-escaped.
+fn escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    push_escaped(&mut out, s);
+    out
+}
+
+fn push_escaped(out: &mut String, s: &str) {
+    let mut rest = s;
+    while let Some(i) = rest.find([':', '/']) {
+        crate::key::escape_param_into(out, &rest[..i]);
+        out.push_str(&rest[i..=i]);
+        rest = &rest[i + 1..];
+    }
+    crate::key::escape_param_into(out, rest);
+}

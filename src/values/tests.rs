@@ -1,0 +1,561 @@
+//! Typed values, each rule checked on what a caller gets and how often the database is asked.
+
+use super::{Codec, CodecError, Json};
+use crate::test_util::{send, within, Counter, Upstream};
+use crate::{
+    CacheLayer, Entry, ManualClock, MemoryStore, Policy, Routes, Stash, Store, StoreFuture,
+};
+use http::Request;
+use http_body_util::Empty;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceBuilder;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct User {
+    id: u32,
+    name: String,
+}
+
+/// A database that counts its queries: `user(id)` finds users 1 to 9, and fails while `fail`.
+#[derive(Clone, Default)]
+struct Db {
+    queries: Counter,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Debug, PartialEq)]
+struct DbError;
+
+impl Db {
+    async fn user(&self, id: u32) -> Result<Option<User>, DbError> {
+        let n = self.queries.enter().await;
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(DbError);
+        }
+        Ok((1..10).contains(&id).then(|| User {
+            id,
+            name: format!("user {id} #{n}"),
+        }))
+    }
+
+    async fn found(&self, id: u32) -> Result<User, DbError> {
+        Ok(self.user(id).await?.expect("a user that exists"))
+    }
+
+    fn queries(&self) -> usize {
+        self.queries.calls()
+    }
+}
+
+fn stash() -> (Stash, ManualClock) {
+    let clock = ManualClock::default();
+    let stash = Stash::builder()
+        .namespace("app")
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (stash, clock)
+}
+
+#[tokio::test]
+async fn a_miss_fetches_once_and_a_hit_is_the_same_decoded_value() {
+    let (stash, _) = stash();
+    let db = Db::default();
+    let users = stash.values::<User>(Policy::ttl(HOUR));
+    let first = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    let second = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!(db.queries(), 1);
+    assert_eq!(first.name, "user 1 #1");
+    // No decoding on a memory hit: the very value decoded (here: stored) before.
+    assert!(Arc::ptr_eq(&first, &second));
+    let stats = stash.stats();
+    assert_eq!((stats.hits, stats.misses, stats.stores), (1, 1, 1));
+    // A clone of the handle shares its decoded values.
+    let third = users.clone().get("user:1").await.unwrap();
+    assert!(Arc::ptr_eq(&first, &third));
+}
+
+#[tokio::test]
+async fn a_value_expires_after_its_ttl_and_jitter_only_shortens_it() {
+    let (stash, clock) = stash();
+    let db = Db::default();
+    let users = stash.values::<User>(Policy::ttl(HOUR).ttl_jitter(Duration::from_secs(600)));
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    let entry = stash.store().get_local("app:v1:=user:1").unwrap().unwrap();
+    assert!(entry.ttl() <= HOUR && entry.ttl() > HOUR - Duration::from_secs(600));
+    clock.advance(entry.ttl() - Duration::from_millis(1));
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!(db.queries(), 1);
+    clock.advance(Duration::from_millis(1));
+    let again = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!((db.queries(), again.name.as_str()), (2, "user 1 #2"));
+}
+
+#[tokio::test]
+async fn the_fetch_s_error_is_returned_and_never_cached() {
+    let (stash, _) = stash();
+    let db = Db::default();
+    let users = stash.values::<User>(Policy::ttl(HOUR).status_ttl(404, HOUR));
+    db.fail.store(true, Ordering::SeqCst);
+    assert_eq!(
+        users.get_or_fetch("user:1", || db.found(1)).await,
+        Err(DbError)
+    );
+    assert_eq!(
+        users.get_or_fetch_option("user:1", || db.user(1)).await,
+        Err(DbError)
+    );
+    assert_eq!(db.queries(), 2);
+    assert!(users.get("user:1").await.is_none());
+    db.fail.store(false, Ordering::SeqCst);
+    let user = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!((db.queries(), user.name.as_str()), (3, "user 1 #3"));
+    assert_eq!(stash.stats().stores, 1);
+}
+
+#[tokio::test]
+async fn not_found_is_cached_only_when_the_policy_gives_404_a_ttl_of_its_own() {
+    let (stash, clock) = stash();
+    let db = Db::default();
+    let plain = stash.values::<User>(Policy::ttl(HOUR));
+    assert_eq!(
+        plain.get_or_fetch_option("user:404", || db.user(404)).await,
+        Ok(None)
+    );
+    assert_eq!(
+        plain.get_or_fetch_option("user:404", || db.user(404)).await,
+        Ok(None)
+    );
+    assert_eq!(db.queries(), 2);
+    assert_eq!(stash.stats().stores, 0);
+
+    let negative = stash.values::<User>(Policy::ttl(HOUR).status_ttl(404, Duration::from_secs(30)));
+    for _ in 0..3 {
+        let got = negative
+            .get_or_fetch_option("user:405", || db.user(405))
+            .await;
+        assert_eq!(got, Ok(None));
+    }
+    assert_eq!(db.queries(), 3);
+    // Its own TTL, not the value's.
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(
+        negative
+            .get_or_fetch_option("user:405", || db.user(405))
+            .await,
+        Ok(None)
+    );
+    assert_eq!(db.queries(), 4);
+    // A caller that needs a value is never answered by a not-found: it fetches.
+    let err = negative
+        .get_or_fetch("user:405", || async { Err::<User, _>(DbError) })
+        .await;
+    assert_eq!(err, Err(DbError));
+}
+
+/// JSON under another name.
+#[derive(Clone, Copy, Default)]
+struct OtherJson;
+
+impl Codec for OtherJson {
+    const NAME: &'static str = "other-json";
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, CodecError> {
+        Json.encode(value)
+    }
+    fn decode<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        Json.decode(bytes)
+    }
+}
+
+#[tokio::test]
+async fn another_codec_or_another_version_reads_as_a_miss_and_is_counted() {
+    let (stash, _) = stash();
+    let db = Db::default();
+    let json = stash.values::<User>(Policy::ttl(HOUR));
+    json.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+
+    // The same bytes would decode: the codec's name keeps them apart.
+    let other = stash
+        .values::<User>(Policy::ttl(HOUR))
+        .with_codec(OtherJson);
+    let user = other.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!((db.queries(), user.name.as_str()), (2, "user 1 #2"));
+    assert_eq!(stash.stats().unreadable, 1);
+
+    let v1 = stash.values::<User>(Policy::ttl(HOUR)).with_version(1);
+    v1.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!(db.queries(), 3);
+    assert_eq!(stash.stats().unreadable, 2);
+    // Version 1 is stored now: the old version reads it as a miss in turn.
+    assert!(json.get("user:1").await.is_none());
+    assert!(v1.get("user:1").await.is_some());
+    assert_eq!(stash.stats().unreadable, 3);
+
+    // Bytes the type cannot be read from: a miss too, never an error.
+    #[derive(Serialize, Deserialize)]
+    struct Renamed {
+        login: String,
+    }
+    let renamed = stash.values::<Renamed>(Policy::ttl(HOUR)).with_version(1);
+    assert!(renamed.get("user:1").await.is_none());
+    assert_eq!(stash.stats().unreadable, 4);
+}
+
+#[cfg(feature = "msgpack")]
+#[tokio::test]
+async fn message_pack_values_round_trip_and_are_misses_for_json() {
+    let (stash, _) = stash();
+    let db = Db::default();
+    let packed = stash
+        .values::<User>(Policy::ttl(HOUR))
+        .with_codec(super::MessagePack);
+    packed.get_or_fetch("user:2", || db.found(2)).await.unwrap();
+    let entry = stash.store().get_local("app:v1:=user:2").unwrap().unwrap();
+    let back: User = rmp_serde::from_slice(entry.body()).unwrap();
+    assert_eq!(back.name, "user 2 #1");
+    assert!(stash
+        .values::<User>(Policy::ttl(HOUR))
+        .get("user:2")
+        .await
+        .is_none());
+    assert_eq!(stash.stats().unreadable, 1);
+}
+
+#[tokio::test]
+async fn values_and_http_entries_never_share_a_key_but_share_invalidation() {
+    let (stash, clock) = stash();
+    let db = Db::default();
+    let users = stash.values::<User>(Policy::ttl(HOUR).tags(["users"]));
+    let routes = Routes::new().get(
+        "/users/{id}",
+        Policy::ttl(HOUR).key("user:{id}").tags(["users"]),
+    );
+    let upstream = Upstream::echo();
+    let svc = ServiceBuilder::new()
+        .layer(CacheLayer::new(stash.clone(), routes))
+        .service(upstream.clone());
+    let get = || {
+        Request::get("/users/1")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let both = || async {
+        let got = send(svc.clone(), get()).await;
+        users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+        got
+    };
+    let first = both().await;
+    assert!(!first.is_hit(), "{first:?}");
+    let second = both().await;
+    assert!(second.is_hit(), "{second:?}");
+    // Both stored, apart: the response under `user:1`, the value under `=user:1`.
+    assert_eq!((upstream.calls(), db.queries()), (1, 1));
+    let store = stash.store();
+    assert_eq!(
+        store.get_local("app:v1:user:1").unwrap().unwrap().status(),
+        200
+    );
+    assert!(store.get_local("app:v1:=user:1").unwrap().is_some());
+
+    stash.invalidate_key("user:1").await.unwrap();
+    // Past the invalidation margin: fills from now on are stored.
+    clock.advance(Duration::from_secs(1));
+    assert!(!both().await.is_hit());
+    assert_eq!((upstream.calls(), db.queries()), (2, 2));
+
+    stash.invalidate_tag("users").await.unwrap();
+    clock.advance(Duration::from_secs(1));
+    assert!(!both().await.is_hit());
+    assert_eq!((upstream.calls(), db.queries()), (3, 3));
+    assert!(both().await.is_hit());
+    assert_eq!((upstream.calls(), db.queries()), (3, 3));
+}
+
+#[tokio::test]
+async fn keys_and_tags_are_escaped_as_template_keys_are() {
+    let (stash, _) = stash();
+    let db = Db::default();
+    let users = stash.values::<User>(Policy::ttl(HOUR).tags(["team:a b"]));
+    users
+        .get_or_fetch("user:a b|x", || db.found(1))
+        .await
+        .unwrap();
+    let entry = stash
+        .store()
+        .get_local("app:v1:=user:a%20b%7Cx")
+        .unwrap()
+        .unwrap();
+    assert_eq!(entry.tags(), ["~user:a%20b%7Cx", "team:a%20b"]);
+    // An escaped key is left as it is: both spellings are one value.
+    users
+        .get_or_fetch("user:a%20b%7Cx", || db.found(1))
+        .await
+        .unwrap();
+    assert_eq!(db.queries(), 1);
+    stash.invalidate_key("user:a%20b%7Cx").await.unwrap();
+    assert!(users.get("user:a b|x").await.is_none());
+}
+
+#[tokio::test]
+async fn a_write_through_is_the_next_read_and_no_older_fill_puts_back_the_old_value() {
+    let (stash, _) = stash();
+    let db = Db::default();
+    let users = stash.values::<User>(Policy::ttl(HOUR));
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    let ada = User {
+        id: 1,
+        name: "Ada".into(),
+    };
+    users.set("user:1", &ada).await.unwrap();
+    assert_eq!(*users.get("user:1").await.unwrap(), ada);
+
+    // A read that began before the write stores what it read: refused.
+    let db2 = Db::default();
+    db2.queries.close();
+    let reading = tokio::spawn({
+        let (users, db2) = (users.clone(), db2.clone());
+        async move { users.get_or_fetch("user:2", || db2.found(2)).await.unwrap() }
+    });
+    crate::test_util::until("the read to begin", || db2.queries() == 1).await;
+    users
+        .set(
+            "user:2",
+            &User {
+                id: 2,
+                name: "Grace".into(),
+            },
+        )
+        .await
+        .unwrap();
+    db2.queries.open();
+    within("the read", reading).await.unwrap();
+    assert_eq!(users.get("user:2").await.unwrap().name, "Grace");
+    assert_eq!(db.queries(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_of_a_cold_key_make_one_fetch() {
+    let (stash, _) = stash();
+    let db = Db::default();
+    db.queries.close();
+    let users = stash.values::<User>(Policy::ttl(HOUR));
+    let calls: Vec<_> = (0..1000)
+        .map(|_| {
+            let (users, db) = (users.clone(), db.clone());
+            tokio::spawn(async move { users.get_or_fetch("user:7", || db.found(7)).await })
+        })
+        .collect();
+    crate::test_util::until("the fetch to begin", || db.queries() == 1).await;
+    db.queries.open();
+    for call in calls {
+        let user = within("a call", call).await.unwrap().unwrap();
+        assert_eq!(user.name, "user 7 #1");
+    }
+    assert_eq!(db.queries(), 1);
+    let stats = stash.stats();
+    assert_eq!(stats.misses, 1);
+    assert_eq!(stats.hits + stats.collapsed, 999);
+    assert_eq!(users.flights.len(), 0);
+}
+
+#[tokio::test]
+async fn a_leader_that_goes_away_lets_a_waiter_fetch() {
+    let (stash, _) = stash();
+    let db = Db::default();
+    db.queries.close();
+    let users = stash.values::<User>(Policy::ttl(HOUR));
+    let leader = tokio::spawn({
+        let (users, db) = (users.clone(), db.clone());
+        async move { users.get_or_fetch("user:3", || db.found(3)).await }
+    });
+    crate::test_util::until("the fetch to begin", || db.queries() == 1).await;
+    let waiter = tokio::spawn({
+        let (users, db) = (users.clone(), db.clone());
+        async move { users.get_or_fetch("user:3", || db.found(3)).await }
+    });
+    tokio::task::yield_now().await;
+    leader.abort();
+    crate::test_util::until("the waiter to fetch", || db.queries() == 2).await;
+    db.queries.open();
+    let user = within("the waiter", waiter).await.unwrap().unwrap();
+    assert_eq!(user.name, "user 3 #2");
+    assert_eq!(users.flights.len(), 0);
+}
+
+/// A store that keeps bytes, as Redis does: every read decodes an entry anew.
+#[derive(Default)]
+struct Bytes(MemoryStore, AtomicUsize);
+
+impl Store for Bytes {
+    fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        let get = self.0.get(key);
+        Box::pin(async move {
+            let found = get.await?;
+            Ok(found.map(|e| Arc::new(Entry::decode(e.encode()).unwrap())))
+        })
+    }
+    fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
+        self.0.put(key, entry, ttl)
+    }
+    fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
+        self.0.delete(key)
+    }
+}
+
+#[tokio::test]
+async fn a_value_read_again_from_a_byte_store_is_not_decoded_again() {
+    let store = Arc::new(Bytes::default());
+    let stash = Stash::builder()
+        .store(store.clone() as Arc<dyn Store>)
+        .build()
+        .unwrap();
+    let db = Db::default();
+    let users = stash.values::<User>(Policy::ttl(HOUR));
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    let read = users.get("user:1").await.unwrap();
+    let again = users.get("user:1").await.unwrap();
+    assert!(Arc::ptr_eq(&read, &again));
+    // The miss, then two reads.
+    assert_eq!((store.1.load(Ordering::SeqCst), db.queries()), (3, 1));
+    // Another handle decodes for itself.
+    let other = stash
+        .values::<User>(Policy::ttl(HOUR))
+        .get("user:1")
+        .await
+        .unwrap();
+    assert!(!Arc::ptr_eq(&read, &other));
+    assert_eq!(*read, *other);
+}
+
+#[tokio::test]
+async fn an_update_is_the_next_read_and_one_that_fails_or_is_dropped_invalidates() {
+    let (stash, clock) = stash();
+    let db = Db::default();
+    let users = stash.values::<User>(Policy::ttl(HOUR));
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    let ada = User {
+        id: 1,
+        name: "Ada".into(),
+    };
+    let written = users
+        .update("user:1", || async { Ok::<_, DbError>(ada.clone()) })
+        .await
+        .unwrap();
+    // The write's own value: no query, no decoding.
+    let read = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert!(Arc::ptr_eq(&written, &read));
+    assert_eq!(db.queries(), 1);
+
+    // A failed write: the data may have changed, the old value goes.
+    let failed = users
+        .update("user:1", || async { Err::<User, _>(DbError) })
+        .await;
+    assert_eq!(failed, Err(DbError));
+    assert!(users.get("user:1").await.is_none());
+    clock.advance(Duration::from_secs(1));
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!(db.queries(), 2);
+
+    // A write dropped midway: the same.
+    let gate = Counter::closed();
+    let writing = tokio::spawn({
+        let (users, gate) = (users.clone(), gate.clone());
+        async move {
+            users
+                .update("user:1", || async move {
+                    gate.enter().await;
+                    Ok::<_, DbError>(User {
+                        id: 1,
+                        name: "never".into(),
+                    })
+                })
+                .await
+        }
+    });
+    crate::test_util::until("the write to begin", || gate.calls() == 1).await;
+    writing.abort();
+    crate::test_util::until("the rollback", || {
+        stash
+            .store()
+            .get_local("app:v1:=user:1")
+            .unwrap()
+            .is_none_or(|e| e.is_tombstone())
+    })
+    .await;
+    assert!(users.get("user:1").await.is_none());
+}
+
+#[tokio::test]
+async fn a_stale_value_is_answered_at_once_while_one_caller_fetches_it_again() {
+    let (stash, clock) = stash();
+    let db = Db::default();
+    let minute = Duration::from_secs(60);
+    let users = stash.values::<User>(Policy::ttl(minute).stale_while_revalidate(minute));
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    clock.advance(minute);
+    db.queries.close();
+    let refreshing = tokio::spawn({
+        let (users, db) = (users.clone(), db.clone());
+        async move { users.get_or_fetch("user:1", || db.found(1)).await }
+    });
+    crate::test_util::until("the refresh to begin", || db.queries() == 2).await;
+    for _ in 0..3 {
+        let stale = within(
+            "a stale answer",
+            users.get_or_fetch("user:1", || db.found(1)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(stale.name, "user 1 #1");
+    }
+    assert_eq!((db.queries(), stash.stats().stale), (2, 3));
+    db.queries.open();
+    let fresh = within("the refresh", refreshing).await.unwrap().unwrap();
+    assert_eq!(fresh.name, "user 1 #2");
+    let hit = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert!(Arc::ptr_eq(&fresh, &hit));
+    // Past the window: a miss, every caller waits for the fetch.
+    clock.advance(2 * minute);
+    let user = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!((db.queries(), user.name.as_str()), (3, "user 1 #3"));
+}
+
+#[tokio::test]
+async fn tags_taken_from_the_value_drop_exactly_the_values_carrying_them() {
+    let (stash, _) = stash();
+    let db = Db::default();
+    let users = stash
+        .values::<User>(Policy::ttl(HOUR))
+        .with_tags_from(|u: &User| vec![format!("parity:{}", u.id % 2)]);
+    for id in 1..=4 {
+        users
+            .get_or_fetch(format!("user:{id}"), || db.found(id))
+            .await
+            .unwrap();
+    }
+    stash.invalidate_tag("parity:1").await.unwrap();
+    for id in 1..=4 {
+        let cached = users.get(format!("user:{id}")).await.is_some();
+        assert_eq!(cached, id % 2 == 0, "user {id}");
+    }
+    // A write-through carries the tags of the value written.
+    users
+        .set(
+            "user:2",
+            &User {
+                id: 3,
+                name: "odd now".into(),
+            },
+        )
+        .await
+        .unwrap();
+    stash.invalidate_tag("parity:1").await.unwrap();
+    assert!(users.get("user:2").await.is_none());
+    assert!(users.get("user:4").await.is_some());
+}
