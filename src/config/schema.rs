@@ -146,6 +146,8 @@ pub struct PolicyConfig {
     pub targeted_field: Option<String>,
     /// HTTP mode: whether `CDN-Cache-Control` is obeyed (see [`Policy::cdn_cache_control`]).
     pub cdn_cache_control: Option<bool>,
+    /// Application mode: the hosts answered alike (see [`Policy::hosts`]).
+    pub hosts: Option<Vec<String>>,
 }
 
 /// A rule's table: the fields of [`Invalidate`].
@@ -321,6 +323,9 @@ impl PolicyConfig {
         }
         if let Some(on) = self.cdn_cache_control {
             p = p.cdn_cache_control(on);
+        }
+        if let Some(h) = &self.hosts {
+            p = p.hosts(h.clone());
         }
         p
     }

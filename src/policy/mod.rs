@@ -95,6 +95,7 @@ pub struct Policy {
     pub(crate) hints: Option<bool>,
     pub(crate) targeted_field: Option<String>,
     pub(crate) cdn_cache_control: Option<bool>,
+    pub(crate) hosts: Option<Vec<String>>,
     /// Set by [`Routes::grpc`], never inherited.
     pub(crate) grpc: bool,
 }
@@ -428,6 +429,19 @@ impl Policy {
         self
     }
 
+    /// Application mode: the hosts this route answers alike. Requests for any other host
+    /// (their `Host`, or the authority of an absolute URI) bypass the cache, and the listed
+    /// hosts share entries (the host is then not in the key). Default: no list, and each
+    /// host a request names gets entries of its own: see [`cache`](crate::cache) for why.
+    pub fn hosts<I, T>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.hosts = Some(hosts.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// This policy's settings over `base`'s.
     fn over(&self, base: &Policy) -> Policy {
         Policy {
@@ -470,6 +484,7 @@ impl Policy {
                 .clone()
                 .or_else(|| base.targeted_field.clone()),
             cdn_cache_control: self.cdn_cache_control.or(base.cdn_cache_control),
+            hosts: self.hosts.clone().or_else(|| base.hosts.clone()),
             grpc: self.grpc,
         }
     }
