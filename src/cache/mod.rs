@@ -23,7 +23,8 @@
 //!   `Content-Length`, or grows past the size limit (it still streams to the client in
 //!   full: never an error);
 //! - the answer to a HEAD miss (it has no body: GET fills the entry HEAD reads);
-//! - a response a handler opts out with [`CacheHint`].
+//! - a response a handler opts out with [`CacheHint`], or tagged past the policy's
+//!   [`max_tags`](crate::Policy::max_tags).
 //!
 //! Requests carrying `Authorization` or `Cookie` bypass the cache (no lookup, nothing stored)
 //! unless the policy varies on that header, so a response meant for one user never reaches
@@ -74,7 +75,7 @@
 //! a `detail` says why (`set-cookie`, `cache-control`, `vary`, `status`, `too-large`,
 //! `streaming`, `head`, `handler`, `hint`, `ttl`, `authorization`, `cookie`,
 //! `unkeyed-forwarding-header`, `unlisted-header`, `host-mismatch`, `unknown-host`,
-//! `request-body`) and hits carry
+//! `request-body`, `too-many-tags`) and hits carry
 //! their remaining `ttl`; with `cache_status_key` the key is shown.
 //!
 //! With stampede control: `hit; stale` for an expired entry answered inside the policy's

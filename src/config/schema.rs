@@ -148,6 +148,8 @@ pub struct PolicyConfig {
     pub cdn_cache_control: Option<bool>,
     /// Application mode: the hosts answered alike (see [`Policy::hosts`]).
     pub hosts: Option<Vec<String>>,
+    /// How many tags one entry may carry (see [`Policy::max_tags`]).
+    pub max_tags: Option<usize>,
 }
 
 /// A rule's table: the fields of [`Invalidate`].
@@ -326,6 +328,9 @@ impl PolicyConfig {
         }
         if let Some(h) = &self.hosts {
             p = p.hosts(h.clone());
+        }
+        if let Some(n) = self.max_tags {
+            p = p.max_tags(n);
         }
         p
     }

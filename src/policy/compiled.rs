@@ -67,6 +67,8 @@ pub(crate) struct CompiledPolicy {
     pub(crate) hosts: Option<Vec<String>>,
     /// Application mode without such a list: the host a request names goes in its key.
     pub(crate) key_host: bool,
+    /// The tags one entry may carry at most.
+    pub(crate) max_tags: usize,
 }
 
 impl CompiledPolicy {

@@ -400,6 +400,13 @@ impl Routes {
                 "{place}.upstream_timeout: must be greater than zero"
             ));
         }
+        let max_tags = resolved.max_tags.unwrap_or(super::DEFAULT_MAX_TAGS);
+        if max_tags < tags.len() + 2 {
+            errors.push(format!(
+                "{place}.max_tags: {max_tags} leaves no room for the policy's {} tags and the two the cache may add",
+                tags.len()
+            ));
+        }
         let session = match &resolved.session {
             None => None,
             Some(super::Session::Cookie(name)) => {
@@ -478,6 +485,7 @@ impl Routes {
             targeted,
             key_host,
             hosts,
+            max_tags,
         })
     }
 }
