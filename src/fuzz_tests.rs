@@ -211,7 +211,7 @@ proptest! {
 #[cfg(feature = "redis")]
 mod bus {
     use super::*;
-    use crate::stash::{bus_message, parse_bus_message, BusMessage, BusWhat};
+    use crate::store::bus::{bus_message, parse_bus_message, BusMessage, BusWhat};
 
     /// A part of a message: a kind, a number (some past `u64`), or anything else.
     fn part() -> impl Strategy<Value = String> {

@@ -5,6 +5,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// The `Cache-Status` header (RFC 9211).
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
+/// The response header that opts a response out of the cache: see
+/// [`CacheHint::SKIP_HEADER`](crate::CacheHint::SKIP_HEADER).
+pub(crate) const HINT_SKIP: HeaderName = HeaderName::from_static("x-stash-skip");
+/// The response header that sets a response's TTL, in whole seconds.
+pub(crate) const HINT_TTL: HeaderName = HeaderName::from_static("x-stash-ttl");
+/// The response header that adds tags to a response, separated by commas.
+pub(crate) const HINT_TAGS: HeaderName = HeaderName::from_static("x-stash-tags");
+
 /// Does a `Cache-Control` header in `headers` carry any of `directives` (lowercase)? A value
 /// that is not visible ASCII counts as carrying them: the check fails closed.
 pub(crate) fn has_directive(headers: &HeaderMap, directives: &[&str]) -> bool {

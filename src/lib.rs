@@ -30,8 +30,8 @@ pub use policy::{ConfigError, Policy, Routes};
 pub use single_flight::{SingleFlightLayer, SingleFlightService};
 pub use stash::{Clock, ManualClock, Stash, StashBuilder, Stats, SystemClock};
 pub use store::{
-    BreakerState, BusEvent, Health, HealthReport, MemoryStore, Store, StoreError, StoreFuture,
-    StoreUsage, WriteTicket,
+    BreakerState, BusEvent, Guarded, Health, HealthReport, MemoryStore, Store, StoreError,
+    StoreFuture, StoreUsage, TieredStore, WriteTicket,
 };
 #[cfg(feature = "redis")]
-pub use store::{Guarded, RedisStore, RedisStoreBuilder, TieredStore};
+pub use store::{RedisStore, RedisStoreBuilder};

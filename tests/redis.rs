@@ -16,6 +16,7 @@ use support::cluster::RedisCluster;
 use support::redis::{Proxy, RedisServer};
 use support::{send, within, Counter, Got};
 use tower::{ServiceBuilder, ServiceExt};
+use tower_stash::store::Leases;
 use tower_stash::{
     BreakerState, CacheLayer, Entry, Guarded, Health, MemoryStore, Policy, RedisStore, Routes,
     Stash, Store, TieredStore,
@@ -2661,7 +2662,7 @@ async fn session_entries_are_not_served_from_memory_while_the_bus_is_down() {
         }
     };
     subscribed(&redis, 1).await;
-    eventually("the bus", || stash.store().bus_live()).await;
+    eventually("the bus", || stash.store().bus().is_some_and(|b| b.live())).await;
     for path in ["/me", "/public"] {
         assert!(get(path).await.contains("fwd=miss"));
         assert_eq!(get(path).await, "tower-stash; hit", "{path}");
@@ -2670,7 +2671,10 @@ async fn session_entries_are_not_served_from_memory_while_the_bus_is_down() {
 
     // Redis goes: another instance's logout could no longer reach this one.
     blocking(|| redis.kill());
-    eventually("the bus to be seen down", || !stash.store().bus_live()).await;
+    eventually("the bus to be seen down", || {
+        !stash.store().bus().is_some_and(|b| b.live())
+    })
+    .await;
     let status = get("/me").await;
     assert!(
         !status.contains("hit"),
@@ -2683,7 +2687,10 @@ async fn session_entries_are_not_served_from_memory_while_the_bus_is_down() {
     // Back (the memory tier flushed on resubscribing; what Redis holds was filled by the
     // service during the outage, or is filled again): hits again.
     blocking(|| redis.restart());
-    eventually("the bus to be back", || stash.store().bus_live()).await;
+    eventually("the bus to be back", || {
+        stash.store().bus().is_some_and(|b| b.live())
+    })
+    .await;
     eventually_async("a session hit again", || async move {
         get("/me").await == "tower-stash; hit"
     })

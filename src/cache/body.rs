@@ -1,9 +1,9 @@
 use crate::entry::Entry;
-use crate::headers;
 use crate::plumbing::Stored;
+use crate::stash::complete_headers;
 use crate::Stash;
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::pin::Pin;
@@ -275,13 +275,13 @@ impl Capture {
         };
         match put.as_mut().poll(cx) {
             Poll::Ready(result) => {
-                record(&stash, &key, result);
+                stash.record_put(&key, result);
                 drop(lease);
             }
             Poll::Pending => match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(async move {
-                        record(&stash, &key, put.await);
+                        stash.record_put(&key, put.await);
                         if let Some(lease) = lease {
                             lease.release().await;
                         }
@@ -294,51 +294,4 @@ impl Capture {
             },
         }
     }
-}
-
-fn record(stash: &Stash, key: &str, result: Result<(), crate::StoreError>) {
-    match result {
-        Ok(()) => {
-            stash.stored();
-            tracing::debug!(%key, "stored");
-        }
-        Err(e) => {
-            stash.counters().store_error();
-            tracing::warn!(%key, error = %e, "storing the entry failed");
-        }
-    }
-}
-
-/// Completes the headers of an entry about to be stored: a derived `ETag` (when `etag` and
-/// none is set), the `Content-Length`, and the `age` and `cache-status` slots a hit fills in,
-/// so that its copy of these headers never has to grow.
-pub(crate) fn complete_headers(
-    headers: &mut HeaderMap,
-    status: StatusCode,
-    body: &Bytes,
-    etag: bool,
-    stash: &Stash,
-) {
-    if etag && !headers.contains_key(header::ETAG) {
-        headers.insert(header::ETAG, headers::derived_etag(body));
-    }
-    if status != StatusCode::NO_CONTENT && !headers.contains_key(header::CONTENT_LENGTH) {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    }
-    // `Age` and `Cache-Status` first: a hit finds their slots without hashing their names
-    // (see `cache::hit::hit`).
-    let mut ordered = HeaderMap::with_capacity(headers.len() + 2);
-    ordered.insert(header::AGE, HeaderValue::from_static("0"));
-    ordered.insert(headers::CACHE_STATUS, stash.inner.status.hit.clone());
-    let mut current = None;
-    for (name, value) in headers.drain() {
-        if let Some(name) = name {
-            current = Some(name);
-        }
-        let Some(name) = &current else { continue };
-        if name != header::AGE && name != headers::CACHE_STATUS {
-            ordered.append(name.clone(), value);
-        }
-    }
-    *headers = ordered;
 }

@@ -178,11 +178,18 @@ pub(super) fn serve_fresh(
     (resp, early)
 }
 
+/// The `Age` of a fresh hit: the time since the entry was stored, to the nearest second (a
+/// client that waited 3 s on a timer that fired a millisecond early sees 3, not 2), and below
+/// the lifetime while the entry is fresh.
 fn fresh_age(entry: &Entry, remaining: Duration, now: SystemTime) -> u64 {
-    match entry.sliding() {
-        None => entry.ttl().saturating_sub(remaining).as_secs(),
-        Some(_) => entry.age(now),
-    }
+    let age = match entry.sliding() {
+        None => entry.ttl().saturating_sub(remaining),
+        Some(_) => now.duration_since(entry.stored_at()).unwrap_or_default(),
+    };
+    let rounded = age.saturating_add(Duration::from_millis(500)).as_secs();
+    rounded
+        .min(entry.ttl().as_secs().saturating_sub(1))
+        .max(age.as_secs())
 }
 
 /// Records a hit on a sliding entry: its idle time starts again. A store shared with other

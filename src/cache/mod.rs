@@ -153,8 +153,6 @@ pub use hint::CacheHint;
 pub use layer::CacheLayer;
 pub use service::CacheService;
 
-pub(crate) use body::complete_headers;
-
 #[cfg(test)]
 mod host_tests;
 #[cfg(test)]

@@ -136,15 +136,7 @@ pub(super) fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) ->
         let put = stash.store().put(ctx.key.clone(), fresh.clone(), keep);
         let key = ctx.key.clone();
         let stash = stash.clone();
-        rt.spawn(async move {
-            match put.await {
-                Ok(()) => stash.stored(),
-                Err(e) => {
-                    stash.counters().store_error();
-                    tracing::warn!(%key, error = %e, "storing the revalidated entry failed");
-                }
-            }
-        });
+        rt.spawn(async move { stash.record_put(&key, put.await) });
     }
     let req = ctx.hit_request();
     let remaining = fresh.remaining(now);

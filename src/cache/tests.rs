@@ -753,6 +753,26 @@ async fn a_status_ttl_stores_a_client_error_for_its_own_lifetime() {
 }
 
 #[tokio::test]
+async fn age_is_the_nearest_whole_second() {
+    // A client that waits 3 s by a timer that fires a millisecond early must still see an age
+    // of 3, not 2: the age is rounded, never cut down to what it was a second ago.
+    let f = Fixture::new(
+        one_route("/r", Policy::ttl(Duration::from_secs(60))),
+        Upstream::echo(),
+    );
+    f.get("/r").await;
+    f.clock.advance(Duration::from_millis(2_400));
+    assert_eq!(f.get("/r").await.headers["age"], "2");
+    f.clock.advance(Duration::from_millis(599));
+    assert_eq!(f.get("/r").await.headers["age"], "3");
+    // Never the whole lifetime while fresh.
+    f.clock.advance(Duration::from_millis(56_800));
+    let last = f.get("/r").await;
+    assert!(last.is_hit());
+    assert_eq!(last.headers["age"], "59");
+}
+
+#[tokio::test]
 async fn hits_carry_age_and_expire_after_the_ttl() {
     let f = Fixture::new(
         one_route("/r", Policy::ttl(Duration::from_secs(60))),

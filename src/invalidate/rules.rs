@@ -1,8 +1,8 @@
 use crate::key::template::path_params;
 use crate::key::Template;
 use crate::policy::ConfigError;
+use crate::policy::MethodTable;
 use http::Method;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// What a successful (2xx) request invalidates: keys and tags, filled from its path
@@ -182,9 +182,7 @@ impl Rules {
 
     pub(crate) fn compile(&self) -> Result<RuleTable, ConfigError> {
         let mut errors = Vec::new();
-        let mut router = matchit::Router::new();
-        let mut slots: Vec<Vec<(Method, Compiled)>> = Vec::new();
-        let mut by_path: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut table = MethodTable::new();
         for (method, path, rule) in &self.rules {
             let place = format!("rules[{method} {path}]");
             let mut params = path_params(path);
@@ -247,36 +245,20 @@ impl Rules {
                     "{place}: GET and HEAD do not change data; rules are for the methods that do"
                 ));
             }
-            let idx = match by_path.get(path.as_str()) {
-                Some(&idx) => idx,
-                None => {
-                    if let Err(e) = router.insert(path.clone(), slots.len()) {
-                        errors.push(format!("{place}: invalid path pattern: {e}"));
-                        continue;
-                    }
-                    by_path.insert(path, slots.len());
-                    slots.push(Vec::new());
-                    slots.len() - 1
-                }
+            let compiled = Compiled {
+                keys,
+                tags,
+                write_through,
+                entry_tags,
+                fields: rule.fields.clone(),
+                grpc,
             };
-            if slots[idx].iter().any(|(m, _)| m == method) {
-                errors.push(format!("{place}: the rule is given twice"));
-                continue;
+            if let Err(e) = table.insert(method, path, compiled, "rule") {
+                errors.push(format!("{place}: {e}"));
             }
-            slots[idx].push((
-                method.clone(),
-                Compiled {
-                    keys,
-                    tags,
-                    write_through,
-                    entry_tags,
-                    fields: rule.fields.clone(),
-                    grpc,
-                },
-            ));
         }
         if errors.is_empty() {
-            Ok(RuleTable { router, slots })
+            Ok(RuleTable { table })
         } else {
             Err(ConfigError::new(errors))
         }
@@ -295,8 +277,7 @@ pub(crate) struct Compiled {
 
 #[derive(Debug)]
 pub(crate) struct RuleTable {
-    router: matchit::Router<usize>,
-    slots: Vec<Vec<(Method, Compiled)>>,
+    table: MethodTable<Compiled>,
 }
 
 /// A matched rule, its templates filled.
@@ -313,11 +294,7 @@ pub(crate) struct Work {
 impl RuleTable {
     /// What `req` invalidates when it succeeds.
     pub(crate) fn find<B>(&self, req: &http::Request<B>) -> Option<Work> {
-        let m = self.router.at(req.uri().path()).ok()?;
-        let rule = self.slots[*m.value]
-            .iter()
-            .find(|(mm, _)| mm == req.method())
-            .map(|(_, r)| r)?;
+        let (rule, path_params) = self.table.find(req.method(), req.uri().path())?;
         let fields = match &rule.fields {
             None => None,
             Some(f) => match crate::plumbing::prepare(Some(f), req) {
@@ -334,7 +311,7 @@ impl RuleTable {
                 }
             },
         };
-        let params = crate::key::Params::new(&m.params, fields.as_ref());
+        let params = crate::key::Params::new(&path_params, fields.as_ref());
         let usable = |t: &&Template| t.params().all(|name| params.get(name).is_some());
         let fill = |t: &Template| {
             let mut s = String::new();

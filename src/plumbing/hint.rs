@@ -46,11 +46,11 @@ pub struct CacheHint {
 
 impl CacheHint {
     /// The header that opts a response out of the cache.
-    pub const SKIP_HEADER: HeaderName = HeaderName::from_static("x-stash-skip");
+    pub const SKIP_HEADER: HeaderName = crate::headers::HINT_SKIP;
     /// The header that sets a response's TTL, in whole seconds.
-    pub const TTL_HEADER: HeaderName = HeaderName::from_static("x-stash-ttl");
+    pub const TTL_HEADER: HeaderName = crate::headers::HINT_TTL;
     /// The header that adds tags to a response, separated by commas.
-    pub const TAGS_HEADER: HeaderName = HeaderName::from_static("x-stash-tags");
+    pub const TAGS_HEADER: HeaderName = crate::headers::HINT_TAGS;
 
     /// A hint that changes nothing yet.
     pub fn new() -> Self {

@@ -2,6 +2,8 @@
 
 use crate::key::{QueryKey, Template};
 use http::{HeaderName, Method};
+use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,16 +150,83 @@ impl CompiledPolicy {
     }
 }
 
-#[derive(Debug, Default)]
-pub(super) struct Slot {
-    pub(super) methods: Vec<(Method, Arc<CompiledPolicy>)>,
+/// Path patterns to what each of their methods maps to, through one matchit router: what
+/// routes and invalidation rules both compile into.
+pub(crate) struct MethodTable<T> {
+    router: matchit::Router<usize>,
+    slots: Vec<Vec<(Method, T)>>,
+    by_path: HashMap<String, usize>,
 }
 
-/// The compiled routes: one matchit router from path pattern to the policies of its methods.
+impl<T> fmt::Debug for MethodTable<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MethodTable")
+            .field("patterns", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> MethodTable<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            router: matchit::Router::new(),
+            slots: Vec::new(),
+            by_path: HashMap::new(),
+        }
+    }
+
+    /// Maps `method` on the pattern `path` to `value`; what is wrong otherwise (an invalid
+    /// pattern, or the pair given twice: `what` names the pair, "route" or "rule").
+    pub(crate) fn insert(
+        &mut self,
+        method: &Method,
+        path: &str,
+        value: T,
+        what: &str,
+    ) -> Result<(), String> {
+        let idx = match self.by_path.get(path) {
+            Some(&idx) => idx,
+            None => {
+                self.router
+                    .insert(path, self.slots.len())
+                    .map_err(|e| format!("invalid path pattern: {e}"))?;
+                self.by_path.insert(path.to_owned(), self.slots.len());
+                self.slots.push(Vec::new());
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[idx];
+        if slot.iter().any(|(m, _)| m == method) {
+            return Err(format!("the {what} is given twice"));
+        }
+        slot.push((method.clone(), value));
+        Ok(())
+    }
+
+    /// What `method` on `path` maps to, with the path parameters.
+    pub(crate) fn find<'p>(
+        &self,
+        method: &Method,
+        path: &'p str,
+    ) -> Option<(&T, matchit::Params<'_, 'p>)> {
+        let m = self.router.at(path).ok()?;
+        let value = self.slots[*m.value]
+            .iter()
+            .find(|(mm, _)| mm == method)
+            .map(|(_, v)| v)?;
+        Some((value, m.params))
+    }
+
+    /// Every method and what it maps to.
+    pub(crate) fn values(&self) -> impl Iterator<Item = (&Method, &T)> {
+        self.slots.iter().flatten().map(|(m, v)| (m, v))
+    }
+}
+
+/// The compiled routes: path pattern and method to policy.
 #[derive(Debug)]
 pub(crate) struct RouteTable {
-    pub(super) router: matchit::Router<usize>,
-    pub(super) slots: Vec<Slot>,
+    pub(super) table: MethodTable<Arc<CompiledPolicy>>,
     /// Some GET route is in HTTP mode: writes may invalidate.
     pub(super) http: bool,
 }
@@ -174,17 +243,11 @@ impl RouteTable {
         method: &Method,
         path: &'p str,
     ) -> Option<(&Arc<CompiledPolicy>, matchit::Params<'_, 'p>)> {
-        let m = self.router.at(path).ok()?;
         let want = if *method == Method::HEAD {
             &Method::GET
         } else {
             method
         };
-        let policy = self.slots[*m.value]
-            .methods
-            .iter()
-            .find(|(mm, _)| mm == want)
-            .map(|(_, p)| p)?;
-        Some((policy, m.params))
+        self.table.find(want, path)
     }
 }

@@ -42,7 +42,7 @@
 mod compiled;
 mod routes;
 
-pub(crate) use compiled::{CompiledPolicy, RouteTable};
+pub(crate) use compiled::{CompiledPolicy, MethodTable, RouteTable};
 pub use routes::Routes;
 
 use crate::key::QueryKey;

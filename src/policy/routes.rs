@@ -1,4 +1,4 @@
-use super::compiled::{CompiledPolicy, RouteTable, SessionKey, Slot};
+use super::compiled::{CompiledPolicy, MethodTable, RouteTable, SessionKey};
 use super::{ConfigError, Policy, DEFAULT_MAX_BODY_SIZE, DEFAULT_STATUSES};
 use crate::key::template::path_params;
 use crate::key::Template;
@@ -9,7 +9,8 @@ use std::time::Duration;
 
 /// Maps method and path pattern to a [`Policy`], and holds the named policies routes start from.
 ///
-/// Mistakes (a bad pattern, an unknown named policy, a template naming a missing parameter) are reported by [`validate`](Self::validate) and by
+/// Mistakes (a bad pattern, an unknown named policy, a template naming a missing parameter)
+/// are reported by [`validate`](Self::validate) and by
 /// [`CacheLayer::try_new`](crate::CacheLayer::try_new), each naming its route and field.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routes {
@@ -88,9 +89,7 @@ impl Routes {
                 ));
             }
         }
-        let mut router = matchit::Router::new();
-        let mut slots: Vec<Slot> = Vec::new();
-        let mut by_path: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut table = MethodTable::new();
         for (method, path, policy) in &self.routes {
             let place = format!("routes[{method} {path}]");
             let compiled = match self.compile_one(&place, method, path, policy) {
@@ -100,28 +99,12 @@ impl Routes {
                     continue;
                 }
             };
-            let idx = match by_path.get(path.as_str()) {
-                Some(&idx) => idx,
-                None => {
-                    if let Err(e) = router.insert(path.clone(), slots.len()) {
-                        errors.push(format!("{place}: invalid path pattern: {e}"));
-                        continue;
-                    }
-                    by_path.insert(path, slots.len());
-                    slots.push(Slot::default());
-                    slots.len() - 1
-                }
-            };
-            let slot = &mut slots[idx];
-            if slot.methods.iter().any(|(m, _)| m == method) {
-                errors.push(format!("{place}: the route is given twice"));
-                continue;
+            if let Err(e) = table.insert(method, path, Arc::new(compiled), "route") {
+                errors.push(format!("{place}: {e}"));
             }
-            slot.methods.push((method.clone(), Arc::new(compiled)));
         }
-        let templates: Vec<(&str, &crate::key::Template)> = slots
-            .iter()
-            .flat_map(|s| &s.methods)
+        let templates: Vec<(&str, &crate::key::Template)> = table
+            .values()
             .filter_map(|(_, p)| p.key.as_ref().map(|k| (p.route.as_str(), k)))
             .collect();
         for (i, (route_a, a)) in templates.iter().enumerate() {
@@ -134,15 +117,8 @@ impl Routes {
             }
         }
         if errors.is_empty() {
-            let http = slots
-                .iter()
-                .flat_map(|s| &s.methods)
-                .any(|(m, p)| *m == Method::GET && p.http);
-            Ok(RouteTable {
-                router,
-                slots,
-                http,
-            })
+            let http = table.values().any(|(m, p)| *m == Method::GET && p.http);
+            Ok(RouteTable { table, http })
         } else {
             Err(ConfigError::new(errors))
         }

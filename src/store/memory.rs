@@ -1,4 +1,4 @@
-use super::{Store, StoreError, StoreFuture, StoreUsage, WriteTicket};
+use super::{Store, StoreError, StoreFuture, StoreUsage, WriteTicket, Writes};
 use crate::Entry;
 use dashmap::DashMap;
 use moka::notification::RemovalCause;
@@ -73,12 +73,12 @@ pub struct MemoryStore {
     stripes_hasher: foldhash::fast::FixedState,
     /// Invalidations applied: see [`Store::invalidations`].
     invalidations: Arc<AtomicU64>,
-    /// The writes in progress per key (write-through): see [`Store::begin_write`].
-    writes: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, Writes>>>,
+    /// The writes in progress per key (write-through): see [`Writes::begin_write`].
+    writes: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, KeyWrites>>>,
 }
 
 /// The writes in progress on one key.
-struct Writes {
+struct KeyWrites {
     /// How many.
     running: u32,
     /// The id of the last to begin; 0 once an invalidation of the key came since.
@@ -171,7 +171,6 @@ impl MemoryStore {
     }
 
     /// When `key` was invalidated, while its tombstone lasts.
-    #[cfg(feature = "redis")]
     pub(crate) fn tombstone_at(&self, key: &str) -> Option<std::time::SystemTime> {
         let indexed = self.index.get(key).map(|r| r.value().clone())?;
         (indexed.entry.is_tombstone() && Instant::now() < indexed.deadline)
@@ -179,8 +178,9 @@ impl MemoryStore {
     }
 
     /// Runs moka's pending maintenance (evictions, expirations, counts), so that
-    /// [`Store::usage`] is exact. Useful in tests; the cache does it by itself otherwise.
-    pub fn run_pending_tasks(&self) {
+    /// [`Store::usage`] is exact in tests; the cache does it by itself otherwise.
+    #[cfg(test)]
+    pub(crate) fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks();
     }
 
@@ -279,7 +279,6 @@ impl MemoryStore {
     }
 
     /// Removes every entry but the tombstones (which keep refusing late fills).
-    #[cfg(feature = "redis")]
     pub(crate) fn clear_entries(&self) {
         self.invalidations.fetch_add(1, Ordering::Release);
         let live: Vec<Arc<str>> = self
@@ -346,10 +345,52 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
+        self.index.remove(&key);
+        self.cache.invalidate(&key);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
+        self.tombstone(key, at, keep, true);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn invalidate_tag(
+        &self,
+        ns: Arc<str>,
+        tag: Arc<str>,
+        at: SystemTime,
+        keep: Duration,
+    ) -> StoreFuture<()> {
+        self.tombstone_tagged(&ns, &tag, at, keep);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn invalidations(&self) -> u64 {
+        self.invalidations.load(Ordering::Acquire)
+    }
+
+    /// Exact counts: runs moka's pending maintenance first.
+    fn usage(&self) -> StoreUsage {
+        self.cache.run_pending_tasks();
+        StoreUsage {
+            entries: self.cache.entry_count(),
+            bytes: self.cache.weighted_size(),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    fn writes(&self) -> Option<&dyn Writes> {
+        Some(self)
+    }
+}
+
+impl Writes for MemoryStore {
     fn begin_write(&self, key: Arc<str>, _keep: Duration) -> StoreFuture<WriteTicket> {
         let id = fastrand::u64(1..);
         let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
-        let w = writes.entry(key).or_insert(Writes {
+        let w = writes.entry(key).or_insert(KeyWrites {
             running: 0,
             last: 0,
         });
@@ -391,42 +432,6 @@ impl Store for MemoryStore {
             }
         };
         Box::pin(std::future::ready(Ok(clean)))
-    }
-
-    fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
-        self.index.remove(&key);
-        self.cache.invalidate(&key);
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
-        self.tombstone(key, at, keep, true);
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn invalidate_tag(
-        &self,
-        ns: Arc<str>,
-        tag: Arc<str>,
-        at: SystemTime,
-        keep: Duration,
-    ) -> StoreFuture<()> {
-        self.tombstone_tagged(&ns, &tag, at, keep);
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn invalidations(&self) -> u64 {
-        self.invalidations.load(Ordering::Acquire)
-    }
-
-    /// Exact counts: runs moka's pending maintenance first.
-    fn usage(&self) -> StoreUsage {
-        self.cache.run_pending_tasks();
-        StoreUsage {
-            entries: self.cache.entry_count(),
-            bytes: self.cache.weighted_size(),
-            evictions: self.evictions.load(Ordering::Relaxed),
-        }
     }
 }
 

@@ -1,8 +1,9 @@
-//! Where entries live: the [`Store`] trait and [`MemoryStore`], the in-memory default.
+//! Where entries live: the [`Store`] trait, [`MemoryStore`] (the default), [`TieredStore`] and
+//! [`Guarded`]; `RedisStore` with the `redis` feature.
 //!
-//! A store keeps [`Entry`] values under string keys for a time to live. Stores that keep bytes
-//! (Redis) use [`Entry::encode`] and [`Entry::decode`]; the memory store keeps the decoded entry,
-//! so a hit costs no decoding at all.
+//! A store keeps [`Entry`] values under string keys for a time to live, and the tombstones
+//! invalidations leave. What the instances sharing a store coordinate through is optional, each
+//! a small trait: a [`Bus`], [`Leases`], followed [`Writes`], a [`HealthCheck`].
 //!
 //! Every method returns a boxed future. A store error is never shown to a client: the cache
 //! counts it and answers from the service instead.
@@ -10,7 +11,7 @@
 //! # Example
 //!
 //! ```
-//! use std::sync::{Arc, Weak};
+//! use std::sync::Arc;
 //! use std::time::{Duration, SystemTime};
 //! use tower_stash::{Entry, MemoryStore, Store};
 //!
@@ -18,32 +19,80 @@
 //! # async fn main() {
 //! let store = MemoryStore::new(16 * 1024 * 1024);
 //! let entry = Entry::new("ns:v1:k", http::StatusCode::OK, Default::default(), "hi".into())
-//!     .with_times(std::time::SystemTime::now(), Duration::from_secs(60));
+//!     .with_times(SystemTime::now(), Duration::from_secs(60));
 //! store.put("ns:v1:k".into(), Arc::new(entry), Duration::from_secs(60)).await.unwrap();
 //! let hit = store.get("ns:v1:k".into()).await.unwrap().unwrap();
 //! assert_eq!(hit.body(), "hi");
 //! # }
 //! ```
 
+pub(crate) mod bus;
+mod health;
+mod lease;
 mod memory;
+mod writes;
 
+pub use bus::{Bus, BusEvent};
+pub use health::{BreakerState, Health, HealthCheck, HealthReport};
+pub use lease::Leases;
 pub use memory::MemoryStore;
+pub use writes::{WriteTicket, Writes};
 
 use crate::Entry;
-use bytes::Bytes;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// The future a [`Store`] method returns.
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
-/// A place to keep cached entries.
+/// A place to keep cached entries, and the tombstones invalidations leave in their place.
 ///
-/// Implementations must be cheap to call concurrently; the futures they return own what they
-/// need (`'static`), so a request can hold one while it waits.
+/// A store implements [`get`](Self::get), [`put`](Self::put) and [`delete`](Self::delete);
+/// every other method has a default that suits a store no other instance shares. A store
+/// shared by several instances adds what they coordinate through: a [`bus`](Self::bus),
+/// [`leases`](Self::leases), followed [`writes`](Self::writes); and a
+/// [`health_check`](Self::health_check) for a store that can fail. Each is `None` by default.
+///
+/// The rules: every stored key expires; an entry never replaces one stored later (a fill whose
+/// request began earlier never wins); and a tombstone refuses, while it lasts, every fill whose
+/// request began before it. The futures returned own what they need (`'static`), and calls
+/// may come from many tasks at once.
+///
+/// # Example
+///
+/// A store that counts its lookups, over a memory store:
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tower_stash::{Entry, MemoryStore, Stash, Store, StoreFuture};
+///
+/// #[derive(Default)]
+/// struct Counted {
+///     memory: MemoryStore,
+///     lookups: AtomicU64,
+/// }
+///
+/// impl Store for Counted {
+///     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+///         self.lookups.fetch_add(1, Ordering::Relaxed);
+///         self.memory.get(key)
+///     }
+///     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
+///         self.memory.put(key, entry, ttl)
+///     }
+///     fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
+///         self.memory.delete(key)
+///     }
+/// }
+///
+/// let stash = Stash::builder().store(Counted::default()).build().unwrap();
+/// assert!(stash.store().bus().is_none());
+/// ```
 pub trait Store: Send + Sync + 'static {
     /// Looks up `key`. A missing, expired or unreadable entry is `Ok(None)`.
     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>>;
@@ -57,9 +106,9 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Looks up `key` and, when found, keeps it at least `idle` longer (sliding expiry), in
-    /// the same round trip where the store can (Redis: `GET` and `PEXPIRE` in one script). The default is
-    /// [`get`](Self::get): a store that keeps entries until their absolute cap needs no more,
-    /// as the cache checks the idle time itself.
+    /// the same round trip where the store can (Redis: `GET` and `PEXPIRE` in one script). The
+    /// default is [`get`](Self::get): a store that keeps entries until their absolute cap needs
+    /// no more, as the cache checks the idle time itself.
     fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {
         let _ = idle;
         self.get(key)
@@ -74,21 +123,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Looks up `key` in the shared store alone, past any memory tier in front of it (for
     /// entries that must not be served from memory while invalidations may be missed: see
-    /// [`bus_live`](Self::bus_live)); reading as [`get_sliding`](Self::get_sliding) when
-    /// `idle` is given. The default is [`get`](Self::get) or `get_sliding`.
+    /// [`Bus::live`]); reading as [`get_sliding`](Self::get_sliding) when `idle` is given. The
+    /// default is [`get`](Self::get) or `get_sliding`.
     fn get_shared(&self, key: Arc<str>, idle: Option<Duration>) -> StoreFuture<Option<Arc<Entry>>> {
         match idle {
             Some(idle) => self.get_sliding(key, idle),
             None => self.get(key),
         }
-    }
-
-    /// Whether invalidations made by other instances reach this one now (its bus
-    /// subscription is up). While it is down, a memory tier may hold what another instance
-    /// invalidated: the cache serves session-scoped entries from the shared store only. The
-    /// default is `true`: a store no other instance shares misses nothing.
-    fn bus_live(&self) -> bool {
-        true
     }
 
     /// Stores `entry` under `key` for `ttl`. Every stored key must expire. An entry with
@@ -134,84 +175,6 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    /// Registers the start of a write to `key` (a write-through): the ticket says whether
-    /// another write to `key` was in progress then. Tracking lasts at most `keep`. The
-    /// default tracks nothing: every write-through ends as an invalidation.
-    fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
-        let _ = (key, keep);
-        Box::pin(std::future::ready(Ok(WriteTicket::untracked())))
-    }
-
-    /// Ends the write `ticket` began, and stores `entry` for its TTL under `key` only if the
-    /// write overlapped no other write and no [invalidation](Self::invalidate) of `key`:
-    /// `Ok(true)` when stored. On `Ok(false)` the caller invalidates `key`, since the order
-    /// in which overlapping writes reached the data is unknown. The default stores nothing.
-    fn end_write(
-        &self,
-        key: Arc<str>,
-        ticket: WriteTicket,
-        entry: Option<(Arc<Entry>, Duration)>,
-    ) -> StoreFuture<bool> {
-        let _ = (key, ticket, entry);
-        Box::pin(std::future::ready(Ok(false)))
-    }
-
-    /// Sends `message` to every instance subscribed to this store (Redis pub/sub), and says
-    /// how many subscribers got it. The default sends nothing: no one else shares the store.
-    fn publish(&self, message: Bytes) -> StoreFuture<u64> {
-        let _ = message;
-        Box::pin(std::future::ready(Ok(0)))
-    }
-
-    /// Records that this instance applied the message `id` (see
-    /// [`acknowledgements`](Self::acknowledgements)). The default records nothing.
-    fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
-        let _ = id;
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    /// How many instances have applied the message `id` so far.
-    fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
-        let _ = id;
-        Box::pin(std::future::ready(Ok(0)))
-    }
-
-    /// Calls `sink` with each message [published](Self::publish) by any instance, and with
-    /// [`BusEvent::Lost`] whenever messages may have been missed (the subscription dropped and
-    /// is back, or was found silent), until the sink is dropped. Returns whether the store has a bus at all
-    /// (the default has none).
-    fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
-        let _ = sink;
-        false
-    }
-
-    /// Whether other instances share this store (Redis), so that leases coordinate them.
-    /// The default is `false`: [`try_lease`](Self::try_lease) always grants.
-    fn is_shared(&self) -> bool {
-        false
-    }
-
-    /// Takes the lease on `key` for `ttl` if nobody holds it: the right to call the service
-    /// for `key`, one instance at a time. `token` identifies the holder; `Ok(false)` means
-    /// another holder has it. The default grants every lease (a store no one else shares).
-    fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {
-        let _ = (key, token, ttl);
-        Box::pin(std::future::ready(Ok(true)))
-    }
-
-    /// Releases the lease on `key` if `token` still holds it (a lease that expired and was
-    /// taken by another holder is left alone).
-    fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
-        let _ = (key, token);
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    /// Whether the store is being used, or skipped because it failed (an open circuit
-    /// breaker). The default is always [`Health::Ok`].
-    fn health(&self) -> Health {
-        Health::Ok
-    }
-
     /// A count that moves whenever this instance applies an invalidation (its own, or one
     /// heard on the bus) or flushes: single flight never lets a request join a call that
     /// began before the count last moved. The default is 0 (the [`Stash`](crate::Stash)
@@ -224,162 +187,75 @@ pub trait Store: Send + Sync + 'static {
     /// of it), for when invalidations may have been lost. The default does nothing.
     fn clear_local(&self) {}
 
-    /// Checks that the store answers (Redis: `PING`), for a background probe while no call
-    /// is made. The default answers `Ok` at once: a store with nothing to ping (memory).
-    fn ping(&self) -> StoreFuture<()> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    /// The circuit breaker's state and the time since the last successful call, for a store
-    /// that has a breaker ([`Guarded`](crate::Guarded)); read with [`Stash::stats`](crate::Stash::stats).
-    /// The default is `None`: no breaker.
-    fn health_report(&self) -> Option<HealthReport> {
-        None
-    }
-
     /// Counts of what the store holds, for [`Stats`](crate::Stats): called when stats are read
     /// and now and then after a store, never on the hit path. The default knows nothing.
     fn usage(&self) -> StoreUsage {
         StoreUsage::default()
     }
+
+    /// The bus other instances sharing this store hear invalidations on. The default is
+    /// `None`: no other instance shares the store.
+    fn bus(&self) -> Option<&dyn Bus> {
+        None
+    }
+
+    /// Leases, so that one instance at a time calls the service for a key. A store that has
+    /// them is one other instances share: hits served from memory are then reported to it
+    /// ([`touch`](Self::touch)). The default is `None`: every lease is granted at once.
+    fn leases(&self) -> Option<&dyn Leases> {
+        None
+    }
+
+    /// Follows writes in progress, so that a write-through may store its response. The
+    /// default is `None`: every write-through ends as an invalidation.
+    fn writes(&self) -> Option<&dyn Writes> {
+        None
+    }
+
+    /// Pings the store and reports its health. The default is `None`: a store with nothing to
+    /// ping (memory), always [`Health::Ok`].
+    fn health_check(&self) -> Option<&dyn HealthCheck> {
+        None
+    }
 }
 
-/// A write in progress on one key: see [`Store::begin_write`] and [`Store::end_write`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriteTicket {
-    id: u64,
-    alone: bool,
-}
+/// What the layers ask of any store, through its extensions.
+impl dyn Store {
+    /// Whether other instances share the store (it has [leases](Store::leases)).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.leases().is_some()
+    }
 
-impl WriteTicket {
-    /// The ticket of write `id` (never 0), `alone` when no other write to its key was in
-    /// progress as it began.
-    pub fn new(id: u64, alone: bool) -> Self {
-        Self {
-            id: id.max(1),
-            alone,
+    /// Whether invalidations from other instances reach this one now: see [`Bus::live`];
+    /// `true` without a bus.
+    pub(crate) fn bus_live(&self) -> bool {
+        self.bus().is_none_or(|bus| bus.live())
+    }
+
+    /// Takes the lease on `key` (see [`Leases::try_lease`]); granted at once without leases.
+    pub(crate) fn try_lease(
+        &self,
+        key: Arc<str>,
+        token: Arc<str>,
+        ttl: Duration,
+    ) -> StoreFuture<bool> {
+        match self.leases() {
+            Some(leases) => leases.try_lease(key, token, ttl),
+            None => Box::pin(std::future::ready(Ok(true))),
         }
     }
 
-    /// A write the store does not follow (it failed, or cannot): it ends as an invalidation.
-    pub fn untracked() -> Self {
-        Self {
-            id: 0,
-            alone: false,
+    /// Releases the lease on `key` (see [`Leases::release_lease`]).
+    pub(crate) fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
+        match self.leases() {
+            Some(leases) => leases.release_lease(key, token),
+            None => Box::pin(std::future::ready(Ok(()))),
         }
     }
 
-    /// The write's id; 0 for an untracked write.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Whether no other write to the key was in progress as this one began (always false
-    /// for an untracked write).
-    pub fn alone(&self) -> bool {
-        self.alone && self.id != 0
-    }
-}
-
-/// What a store's bus delivers to a subscriber: see [`Store::subscribe`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum BusEvent {
-    /// A message another instance (or this one) published.
-    Message(Bytes),
-    /// Messages may have been missed: the subscription was lost and is back, or it was found
-    /// silent (a connection that stopped answering without closing) and is being replaced.
-    Lost,
-}
-
-/// Whether a store is being used: see [`Store::health`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum Health {
-    /// Calls go to the store.
-    #[default]
-    Ok,
-    /// The store failed and is skipped for now (a circuit breaker is open or probing): calls
-    /// fail at once, requests are served from memory or by the service, and nobody waits.
-    Degraded,
-}
-
-impl Health {
-    /// `"ok"` or `"degraded"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Degraded => "degraded",
-        }
-    }
-}
-
-impl fmt::Display for Health {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The state of a store's circuit breaker: see [`Store::health_report`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum BreakerState {
-    /// Calls go to the store.
-    Closed,
-    /// Calls fail at once, without touching the store, until a probe.
-    Open,
-    /// One probe (a ping, or a call) is finding out whether the store answers again; the
-    /// other calls fail at once.
-    HalfOpen,
-}
-
-impl BreakerState {
-    /// `"closed"`, `"open"` or `"half-open"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half-open",
-        }
-    }
-
-    /// [`Health::Ok`] while closed, [`Health::Degraded`] otherwise.
-    pub fn health(self) -> Health {
-        match self {
-            Self::Closed => Health::Ok,
-            Self::Open | Self::HalfOpen => Health::Degraded,
-        }
-    }
-}
-
-impl fmt::Display for BreakerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What a store with a circuit breaker knows of its health: see [`Store::health_report`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct HealthReport {
-    /// The breaker's state.
-    pub breaker: BreakerState,
-    /// How long ago a call (or a ping) last succeeded; `None` before the first success.
-    pub since_last_success: Option<Duration>,
-}
-
-impl HealthReport {
-    /// A report of `breaker`, whose store last answered `since_last_success` ago.
-    pub fn new(breaker: BreakerState, since_last_success: Option<Duration>) -> Self {
-        Self {
-            breaker,
-            since_last_success,
-        }
-    }
-
-    /// The health the breaker's state means.
-    pub fn health(&self) -> Health {
-        self.breaker.health()
+    /// The store's health: [`HealthCheck::health`], or [`Health::Ok`] without a check.
+    pub(crate) fn health(&self) -> Health {
+        self.health_check().map_or(Health::Ok, |h| h.health())
     }
 }
 
@@ -418,18 +294,12 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-#[cfg(feature = "redis")]
 mod guard;
 #[cfg(feature = "redis")]
-mod oom;
-#[cfg(feature = "redis")]
 mod redis;
-#[cfg(feature = "redis")]
 mod tiered;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
-#[cfg(feature = "redis")]
 pub use guard::Guarded;
-#[cfg(feature = "redis")]
 pub use tiered::TieredStore;

@@ -1,16 +1,16 @@
 //! [`TieredStore`]: a [`MemoryStore`] in front of a shared store.
 
 use super::{
-    BusEvent, Health, HealthReport, MemoryStore, Store, StoreFuture, StoreUsage, WriteTicket,
+    Bus, BusEvent, HealthCheck, Leases, MemoryStore, Store, StoreFuture, StoreUsage, WriteTicket,
+    Writes,
 };
 use crate::Entry;
-use bytes::Bytes;
 use std::fmt;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Two tiers: L1, a [`MemoryStore`] in this instance, in front of L2, a store every instance
-/// shares (a [`Guarded`](crate::Guarded) [`RedisStore`](crate::RedisStore)).
+/// shares (a [`Guarded`](crate::Guarded) `RedisStore`).
 ///
 /// - A lookup reads L1, then L2; an entry found in L2 is copied into L1 for what remains of its
 ///   TTL, capped by [`l1_max_ttl`](Self::l1_max_ttl). An L1 hit is answered at once, with no
@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime};
 /// - [`usage`](Store::usage) is L1's.
 ///
 /// L1 keeps an entry at most [`l1_max_ttl`](Self::l1_max_ttl) (default 60 s). Invalidations
-/// made by other instances reach it through L2's bus ([`Store::bus_live`]); while the bus is
-/// down, L2 answers every lookup and L1 serves only when L2 fails too (Redis unreachable: an
-/// outage costs hit rate, not the tier), and L1 is flushed when the bus is back.
+/// made by other instances reach it through L2's bus ([`Bus::live`]); while the bus is down,
+/// L2 answers every lookup and L1 serves only when L2 fails too (Redis unreachable: an outage
+/// costs hit rate, not the tier), and L1 is flushed when the bus is back.
 ///
 /// # Example
 ///
@@ -74,13 +74,15 @@ impl<S: Store> TieredStore<S> {
         let (memory, shared) = (l1.clone(), l2.clone());
         let sink: Arc<dyn Fn(BusEvent) + Send + Sync> = Arc::new(move |event| {
             // The publisher waits (briefly) until every subscriber has applied it.
-            if let Some(id) = crate::stash::apply_to_l1(&memory, event) {
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(shared.acknowledge(id.into()));
+            if let Some(id) = super::bus::apply_to_l1(&memory, event) {
+                if let (Some(bus), Ok(rt)) = (shared.bus(), tokio::runtime::Handle::try_current()) {
+                    rt.spawn(bus.acknowledge(id.into()));
                 }
             }
         });
-        let subscribed = l2.subscribe(Arc::downgrade(&sink));
+        let subscribed = l2
+            .bus()
+            .is_some_and(|bus| bus.subscribe(Arc::downgrade(&sink)));
         Self {
             l1,
             l2,
@@ -105,6 +107,14 @@ impl<S> TieredStore<S> {
     /// The shared tier.
     pub fn l2(&self) -> &S {
         &self.l2
+    }
+
+    /// Whether L2's bus brings other instances' invalidations now (always, without a bus).
+    fn heard(&self) -> bool
+    where
+        S: Store,
+    {
+        self.l2.bus().is_none_or(|bus| bus.live())
     }
 
     /// Copies `entry` into L1 for what remains of its TTL and grace, capped.
@@ -132,7 +142,7 @@ impl<S> TieredStore<S> {
         let local = self.l1.get_now(&key);
         // While the bus is down, L1 may hold what another instance invalidated: L2 answers,
         // and L1 only stands in when L2 fails too (an outage costs hit rate, not the tier).
-        let heard = self.l2.bus_live();
+        let heard = self.heard();
         if let Some(entry) = &local {
             if heard && SystemTime::now() < entry.fresh_until() {
                 return Box::pin(std::future::ready(Ok(local)));
@@ -180,20 +190,6 @@ impl<S> TieredStore<S> {
 }
 
 impl<S: Store> Store for TieredStore<S> {
-    fn health(&self) -> Health {
-        self.l2.health()
-    }
-
-    /// Pings L2 (L1 is always there).
-    fn ping(&self) -> StoreFuture<()> {
-        self.l2.ping()
-    }
-
-    /// L2's report.
-    fn health_report(&self) -> Option<HealthReport> {
-        self.l2.health_report()
-    }
-
     /// L1's entry while it is fresh; otherwise L2's, copied into L1. An expired L1 entry
     /// (kept to be served stale) is returned when L2 has nothing newer or fails.
     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
@@ -214,7 +210,7 @@ impl<S: Store> Store for TieredStore<S> {
     /// (which asks L2).
     fn get_local(&self, key: &str) -> Option<Option<Arc<Entry>>> {
         // Nothing at once while the bus is down: `get` asks L2 first then.
-        if !self.l2.bus_live() {
+        if !self.heard() {
             return None;
         }
         self.l1.get_now(key).map(Some)
@@ -243,37 +239,6 @@ impl<S: Store> Store for TieredStore<S> {
         self.l2.get_shared(key, idle)
     }
 
-    fn bus_live(&self) -> bool {
-        self.l2.bus_live()
-    }
-
-    /// Writes are followed in L2, which every instance shares.
-    fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
-        self.l2.begin_write(key, keep)
-    }
-
-    /// L2 decides; L1 takes the entry only when L2 stored it.
-    fn end_write(
-        &self,
-        key: Arc<str>,
-        ticket: WriteTicket,
-        entry: Option<(Arc<Entry>, Duration)>,
-    ) -> StoreFuture<bool> {
-        let local = entry.clone();
-        let l2 = self.l2.end_write(key.clone(), ticket, entry);
-        let this = self.clone();
-        Box::pin(async move {
-            let stored = l2.await?;
-            if let Some((entry, ttl)) = local.filter(|_| stored) {
-                let ttl = ttl.min(this.l1_max_ttl);
-                if !ttl.is_zero() {
-                    drop(this.l1.put(key, entry, ttl));
-                }
-            }
-            Ok(stored)
-        })
-    }
-
     fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
         drop(self.l1.delete(key.clone()));
         self.l2.delete(key)
@@ -291,18 +256,6 @@ impl<S: Store> Store for TieredStore<S> {
     /// Drops L1's entries (its tombstones stay).
     fn clear_local(&self) {
         self.l1.clear_entries();
-    }
-
-    fn is_shared(&self) -> bool {
-        self.l2.is_shared()
-    }
-
-    fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {
-        self.l2.try_lease(key, token, ttl)
-    }
-
-    fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
-        self.l2.release_lease(key, token)
     }
 
     fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
@@ -327,20 +280,60 @@ impl<S: Store> Store for TieredStore<S> {
         self.l2.invalidate_tag(ns, tag, at, keep)
     }
 
-    fn publish(&self, message: Bytes) -> StoreFuture<u64> {
-        self.l2.publish(message)
+    /// L2's bus: invalidations other instances hear, and the acknowledgements of this
+    /// instance's.
+    fn bus(&self) -> Option<&dyn Bus> {
+        self.l2.bus()
     }
 
-    fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
-        self.l2.acknowledge(id)
+    /// L2's leases, which every instance shares.
+    fn leases(&self) -> Option<&dyn Leases> {
+        self.l2.leases()
     }
 
-    fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
-        self.l2.acknowledgements(id)
+    /// Writes are followed in L2, which every instance shares.
+    fn writes(&self) -> Option<&dyn Writes> {
+        self.l2.writes().map(|_| self as &dyn Writes)
     }
 
-    fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
-        self.l2.subscribe(sink)
+    /// L2's: L1 is always there.
+    fn health_check(&self) -> Option<&dyn HealthCheck> {
+        self.l2.health_check()
+    }
+}
+
+impl<S: Store> Writes for TieredStore<S> {
+    /// Followed in L2.
+    fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
+        match self.l2.writes() {
+            Some(writes) => writes.begin_write(key, keep),
+            None => Box::pin(std::future::ready(Ok(WriteTicket::untracked()))),
+        }
+    }
+
+    /// L2 decides; L1 takes the entry only when L2 stored it.
+    fn end_write(
+        &self,
+        key: Arc<str>,
+        ticket: WriteTicket,
+        entry: Option<(Arc<Entry>, Duration)>,
+    ) -> StoreFuture<bool> {
+        let Some(writes) = self.l2.writes() else {
+            return Box::pin(std::future::ready(Ok(false)));
+        };
+        let local = entry.clone();
+        let l2 = writes.end_write(key.clone(), ticket, entry);
+        let this = self.clone();
+        Box::pin(async move {
+            let stored = l2.await?;
+            if let Some((entry, ttl)) = local.filter(|_| stored) {
+                let ttl = ttl.min(this.l1_max_ttl);
+                if !ttl.is_zero() {
+                    drop(this.l1.put(key, entry, ttl));
+                }
+            }
+            Ok(stored)
+        })
     }
 }
 

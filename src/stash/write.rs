@@ -1,0 +1,138 @@
+//! Write-through: a write's response stored as the key's entry, unless another write or an
+//! invalidation overlapped it (then the key is invalidated).
+
+use super::invalidate::Invalidation;
+use super::{family_tag, Stash};
+use crate::store::bus::{bus_message, new_message_id};
+use crate::store::WriteTicket;
+use crate::StoreError;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Stash {
+    /// Begins a write-through of `key` (a base key, without the namespace): the store
+    /// follows the writes in progress on it (across instances on a shared store), so that
+    /// [`write_through`](Self::write_through) knows whether this write overlapped another.
+    /// A store that fails leaves the write untracked: it ends as an invalidation.
+    pub(crate) async fn begin_write(&self, key: &str) -> WriteTicket {
+        let stored = self.stored_key(&format!("{}{key}", self.inner.prefix));
+        let begin = match self.store().writes() {
+            Some(writes) => writes.begin_write(stored, self.inner.tombstone_ttl),
+            None => return WriteTicket::untracked(),
+        };
+        match begin.await {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                self.counters().store_error();
+                tracing::debug!(%key, error = %e, "a write could not be followed: it will invalidate");
+                WriteTicket::untracked()
+            }
+        }
+    }
+
+    /// Ends a write-through that failed (or whose outcome is unknown): the key is
+    /// invalidated, as the data may or may not have changed.
+    pub(crate) async fn abandon_write(&self, key: &str, ticket: WriteTicket) {
+        let stored = self.stored_key(&format!("{}{key}", self.inner.prefix));
+        if let Some(end) = self
+            .store()
+            .writes()
+            .map(|w| w.end_write(stored, ticket, None))
+        {
+            let _ = end.await;
+        }
+        let _ = self.invalidate(Invalidation::Key(key.into())).await;
+    }
+
+    /// Stores a write's response as the entry of `key` (a base key, without the namespace)
+    /// when the write overlapped no other write of `key` and no invalidation of it (see
+    /// [`begin_write`](Self::begin_write)); otherwise, since the order in which overlapping
+    /// writes reached the data is unknown, invalidates `key` instead. The entry is dated
+    /// now plus the invalidation margin, so that a read that began before the write cannot
+    /// replace it with what it read; the key's variants are invalidated, and the other
+    /// instances drop their memory copy.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn write_through(
+        &self,
+        key: &str,
+        ticket: WriteTicket,
+        parts: &http::response::Parts,
+        body: bytes::Bytes,
+        trailers: Option<http::HeaderMap>,
+        ttl: Duration,
+        tags: &[String],
+    ) -> Result<(), StoreError> {
+        self.inner.invalidations.fetch_add(1, Ordering::Release);
+        let at = self.now() + self.inner.invalidation_margin;
+        let keep = self.inner.tombstone_ttl;
+        let full = format!("{}{key}", self.inner.prefix);
+        let stored = self.hashed_key(&full).unwrap_or_else(|| full.clone());
+        let mut headers = parts.headers.clone();
+        crate::headers::strip_hop_by_hop(&mut headers);
+        for name in [
+            crate::headers::HINT_SKIP,
+            crate::headers::HINT_TTL,
+            crate::headers::HINT_TAGS,
+        ] {
+            headers.remove(name);
+        }
+        // The write's own length: what it declared may be for another encoding.
+        headers.remove(http::header::CONTENT_LENGTH);
+        super::complete_headers(&mut headers, parts.status, &body, true, self);
+        // Dated `at`; the older copies it replaces are invalidated as of just before, so that
+        // an invalidation made after the write (dated `at` or later) still drops it.
+        let older = at - Duration::from_millis(1);
+        let entry = crate::Entry::new(full, parts.status, headers, body)
+            .with_times(at, ttl)
+            .with_trailers(trailers)
+            .with_tags(tags.to_vec());
+        let ns: Arc<str> = self.inner.namespace.as_str().into();
+        let family: Arc<str> = family_tag(key).into();
+        let store = self.store();
+        let id = new_message_id();
+        let result = async {
+            let Some(writes) = store.writes() else {
+                return Ok(false);
+            };
+            let end =
+                writes.end_write(stored.as_str().into(), ticket, Some((Arc::new(entry), ttl)));
+            if !end.await? {
+                return Ok(false);
+            }
+            store
+                .invalidate_tag(ns.clone(), family.clone(), older, keep)
+                .await?;
+            let sent = self
+                .publish(bus_message(
+                    b'k',
+                    older,
+                    keep,
+                    &id,
+                    &[&stored, &ns, &family],
+                ))
+                .await?;
+            self.await_acks(&id, sent).await;
+            Ok(true)
+        }
+        .await;
+        match result {
+            Ok(true) => {
+                self.stored();
+                Ok(())
+            }
+            Ok(false) => {
+                tracing::debug!(%key, "the write overlapped another write or an invalidation: invalidating the key");
+                self.invalidate(Invalidation::Key(key.into())).await
+            }
+            Err(e) => {
+                self.publish_failed(&e);
+                tracing::warn!(%key, error = %e, "write-through failed: invalidating the key");
+                self.counters().store_error();
+                // No old value may outlive the write: the key goes (retried until it does).
+                let _ = self.invalidate(Invalidation::Key(key.into())).await;
+                Err(e)
+            }
+        }
+    }
+}

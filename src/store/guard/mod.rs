@@ -1,0 +1,442 @@
+//! [`Guarded`]: a per-call timeout, a circuit breaker and a background probe around any store.
+
+mod breaker;
+mod probe;
+#[cfg(test)]
+mod tests;
+
+use super::{
+    BreakerState, Bus, BusEvent, Health, HealthCheck, HealthReport, Leases, Store, StoreError,
+    StoreFuture, StoreUsage, WriteTicket, Writes,
+};
+use crate::Entry;
+use breaker::{Breaker, Permit, Settings};
+use bytes::Bytes;
+use probe::probe;
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+
+/// The least time a call off a hit's path (an invalidation, a message) is given.
+const SLOW: Duration = Duration::from_secs(1);
+
+tokio::task_local! {
+    /// Set while a call of many steps runs under [`Guarded`]: told of each step finished.
+    static STEPS: Arc<Notify>;
+}
+
+/// Reports that a call of many steps (a tag invalidation walking its index in batches) has
+/// finished one: under [`Guarded`], the call's timeout starts again, so that it bounds each
+/// step rather than the whole call. Does nothing anywhere else.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn step_done() {
+    let _ = STEPS.try_with(|steps| steps.notify_one());
+}
+
+/// A store behind a per-call timeout and a circuit breaker, so that a slow or absent store
+/// costs a request at most the timeout, and then nothing at all; and a background probe, so
+/// that [`health`](Self::health) is true even when no request comes.
+///
+/// - Every call is bounded by [`timeout`](Self::timeout) (default 10 ms); a call that takes
+///   longer fails with a [`StoreError`].
+/// - After [`failures`](Self::failures) failures or timeouts in a row (default 5), the breaker
+///   opens: [`health`](Self::health) is [`Health::Degraded`] and every call fails at once,
+///   without touching the store.
+/// - While no call has ended for [`probe_interval`](Self::probe_interval) (default 1 s), a
+///   background task pings the store ([`HealthCheck::ping`], under the same timeout) once per
+///   interval; after a failure, again after a tenth of the interval. A ping counts as a call:
+///   with the defaults, a store that dies while idle opens the breaker within about 1.5 s.
+/// - After [`cool_down`](Self::cool_down) (default 1 s) the probe pings the open breaker's
+///   store (half-open): success closes the breaker, failure opens it for another cool-down;
+///   calls meanwhile fail at once, so no request pays for the probe. Without a probe (an
+///   interval of zero, or no tokio runtime) the first call after the cool-down probes instead,
+///   while the others still fail at once; a probing call dropped before it ends lets the next
+///   call probe.
+///
+/// The probe starts with the guard inside a tokio runtime, or with its first call through
+/// [`Store`] in one, and ends when the last clone is dropped. Clones share the breaker and
+/// its probe, so a clone kept aside reads the health of the one in use; a setter called on a
+/// clone gives that clone a breaker of its own.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_stash::{BreakerState, Guarded, Health, MemoryStore};
+///
+/// let store = Guarded::new(MemoryStore::default())
+///     .timeout(Duration::from_millis(5))
+///     .failures(3)
+///     .cool_down(Duration::from_millis(500))
+///     .probe_interval(Duration::from_secs(2));
+/// assert_eq!(store.health(), Health::Ok);
+/// assert_eq!(store.breaker(), BreakerState::Closed);
+/// assert_eq!(store.since_last_success(), None);
+/// ```
+pub struct Guarded<S> {
+    inner: Arc<S>,
+    breaker: Arc<Breaker>,
+}
+
+impl<S> Clone for Guarded<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            breaker: self.breaker.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Guarded<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings = self.breaker.state().settings;
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .field("breaker", &self.breaker())
+            .field("timeout", &settings.timeout)
+            .field("probe_interval", &settings.probe_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Guarded<S> {
+    /// [`Health::Ok`] while calls go to the store, [`Health::Degraded`] while the breaker is
+    /// open or half-open.
+    pub fn health(&self) -> Health {
+        self.breaker().health()
+    }
+
+    /// The breaker's state.
+    pub fn breaker(&self) -> BreakerState {
+        self.breaker.phase()
+    }
+
+    /// How long ago a call or a ping last succeeded; `None` before the first success.
+    pub fn since_last_success(&self) -> Option<Duration> {
+        self.breaker.report().since_last_success
+    }
+
+    /// The guarded store.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Store> Guarded<S> {
+    /// Guards `inner` with the defaults: a 10 ms timeout, open after 5 failures in a row, a
+    /// probe after 1 s, a ping every second while idle.
+    pub fn new(inner: S) -> Self {
+        let this = Self {
+            inner: Arc::new(inner),
+            breaker: Breaker::new(Settings {
+                timeout: Duration::from_millis(10),
+                threshold: 5,
+                cool_down: Duration::from_secs(1),
+                probe_interval: Duration::from_secs(1),
+            }),
+        };
+        this.start_probe();
+        this
+    }
+
+    /// How long one call (or ping) may take (default 10 ms).
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.set(|s| s.timeout = timeout)
+    }
+
+    /// How many failures or timeouts in a row open the breaker (default 5; at least 1).
+    pub fn failures(self, failures: u32) -> Self {
+        self.set(|s| s.threshold = failures.max(1))
+    }
+
+    /// How long the breaker stays open before a probe (default 1 s).
+    pub fn cool_down(self, cool_down: Duration) -> Self {
+        self.set(|s| s.cool_down = cool_down)
+    }
+
+    /// How long the store may go without a call before the background probe pings it, and
+    /// how often it pings then (default 1 s). [`Duration::ZERO`] turns the probe off: health
+    /// then changes only with calls.
+    pub fn probe_interval(self, interval: Duration) -> Self {
+        self.set(|s| s.probe_interval = interval)
+    }
+
+    /// Changes a setting: on a fresh breaker if this one is shared with a clone already.
+    fn set(mut self, change: impl FnOnce(&mut Settings)) -> Self {
+        if Arc::strong_count(&self.breaker) > 1 {
+            let settings = self.breaker.state().settings;
+            self.breaker = Breaker::new(settings);
+        }
+        change(&mut self.breaker.state().settings);
+        // The probe looks at its schedule again.
+        self.breaker.wake.notify_one();
+        self.start_probe();
+        self
+    }
+
+    /// Starts the background probe, once, if a tokio runtime is at hand.
+    fn start_probe(&self) {
+        let started = &self.breaker.probe_started;
+        if started.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        rt.spawn(probe(
+            Arc::downgrade(&self.inner),
+            Arc::downgrade(&self.breaker),
+            self.breaker.wake.clone(),
+        ));
+    }
+
+    /// Runs `call` under the breaker and the timeout.
+    fn guard<T: Send + 'static>(&self, call: impl FnOnce(&S) -> StoreFuture<T>) -> StoreFuture<T> {
+        self.guard_for(Duration::ZERO, call)
+    }
+
+    /// Invalidations are not on a hit's path and may touch many keys: they get at least 1 s.
+    fn guard_slow<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&S) -> StoreFuture<T>,
+    ) -> StoreFuture<T> {
+        self.guard_for(SLOW, call)
+    }
+
+    /// A call of many steps (see [`step_done`]): the timeout, at least 1 s, bounds each
+    /// step, not the whole call, which takes as many steps as it needs.
+    fn guard_steps<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&S) -> StoreFuture<T>,
+    ) -> StoreFuture<T> {
+        self.guard_with(SLOW, true, call)
+    }
+
+    /// Runs `call` under the breaker and the timeout, or `at_least`.
+    fn guard_for<T: Send + 'static>(
+        &self,
+        at_least: Duration,
+        call: impl FnOnce(&S) -> StoreFuture<T>,
+    ) -> StoreFuture<T> {
+        self.guard_with(at_least, false, call)
+    }
+
+    /// Runs `call` under the breaker and the timeout (or `at_least`), for each of its steps
+    /// when `stepped`.
+    fn guard_with<T: Send + 'static>(
+        &self,
+        at_least: Duration,
+        stepped: bool,
+        call: impl FnOnce(&S) -> StoreFuture<T>,
+    ) -> StoreFuture<T> {
+        self.start_probe();
+        let (permit, timeout) = match self.breaker.admit() {
+            Ok(admitted) => admitted,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let timeout = timeout.max(at_least);
+        if !stepped {
+            return Box::pin(guarded(call(&self.inner), timeout, permit));
+        }
+        let steps = Arc::new(Notify::new());
+        let fut = STEPS.scope(steps.clone(), call(&self.inner));
+        Box::pin(async move {
+            tokio::pin!(fut);
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    result = &mut fut => break result,
+                    () = steps.notified() => {}
+                    () = tokio::time::sleep(timeout) => {
+                        break Err(StoreError::new(format!(
+                            "no answer within {timeout:?} (in a call of many steps)"
+                        )));
+                    }
+                }
+            };
+            permit.finish(result.is_ok());
+            result
+        })
+    }
+}
+
+async fn guarded<T>(
+    fut: StoreFuture<T>,
+    timeout: Duration,
+    permit: Permit,
+) -> Result<T, StoreError> {
+    let result = match tokio::time::timeout(timeout, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::new(format!("no answer within {timeout:?}"))),
+    };
+    permit.finish(result.is_ok());
+    result
+}
+
+impl<S: Store> Store for Guarded<S> {
+    fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+        self.guard(|s| s.get(key))
+    }
+
+    fn get_local(&self, key: &str) -> Option<Option<Arc<Entry>>> {
+        self.inner.get_local(key)
+    }
+
+    fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {
+        self.guard(|s| s.get_sliding(key, idle))
+    }
+
+    fn touch(&self, key: Arc<str>, idle: Duration) -> StoreFuture<()> {
+        self.guard(|s| s.touch(key, idle))
+    }
+
+    fn get_shared(&self, key: Arc<str>, idle: Option<Duration>) -> StoreFuture<Option<Arc<Entry>>> {
+        self.guard(|s| s.get_shared(key, idle))
+    }
+
+    fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
+        self.guard(|s| s.put(key, entry, ttl))
+    }
+
+    fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
+        self.guard(|s| s.delete(key))
+    }
+
+    fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
+        self.guard_slow(|s| s.invalidate(key, at, keep))
+    }
+
+    fn invalidate_tag(
+        &self,
+        ns: Arc<str>,
+        tag: Arc<str>,
+        at: SystemTime,
+        keep: Duration,
+    ) -> StoreFuture<()> {
+        self.guard_steps(|s| s.invalidate_tag(ns, tag, at, keep))
+    }
+
+    fn invalidations(&self) -> u64 {
+        self.inner.invalidations()
+    }
+
+    fn clear_local(&self) {
+        self.inner.clear_local();
+    }
+
+    fn usage(&self) -> StoreUsage {
+        self.inner.usage()
+    }
+
+    /// The guarded store's bus, its calls guarded.
+    fn bus(&self) -> Option<&dyn Bus> {
+        self.inner.bus().map(|_| self as &dyn Bus)
+    }
+
+    /// The guarded store's leases, guarded.
+    fn leases(&self) -> Option<&dyn Leases> {
+        self.inner.leases().map(|_| self as &dyn Leases)
+    }
+
+    /// The guarded store's writes, guarded.
+    fn writes(&self) -> Option<&dyn Writes> {
+        self.inner.writes().map(|_| self as &dyn Writes)
+    }
+
+    /// Always: the breaker's health, and a guarded ping of the store.
+    fn health_check(&self) -> Option<&dyn HealthCheck> {
+        Some(self)
+    }
+}
+
+/// The answer of an extension a store does not have (it changes for no store, but a guard
+/// must answer something).
+fn absent<T: Send + 'static>(value: T) -> StoreFuture<T> {
+    Box::pin(std::future::ready(Ok(value)))
+}
+
+impl<S: Store> Bus for Guarded<S> {
+    fn publish(&self, message: Bytes) -> StoreFuture<u64> {
+        self.guard_slow(|s| s.bus().map_or_else(|| absent(0), |b| b.publish(message)))
+    }
+
+    fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
+        self.inner.bus().is_some_and(|b| b.subscribe(sink))
+    }
+
+    fn live(&self) -> bool {
+        self.inner.bus().is_none_or(|b| b.live())
+    }
+
+    fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
+        self.guard_slow(|s| s.bus().map_or_else(|| absent(()), |b| b.acknowledge(id)))
+    }
+
+    fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
+        self.guard(|s| {
+            s.bus()
+                .map_or_else(|| absent(0), |b| b.acknowledgements(id))
+        })
+    }
+}
+
+impl<S: Store> Leases for Guarded<S> {
+    fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {
+        self.guard(|s| {
+            s.leases()
+                .map_or_else(|| absent(true), |l| l.try_lease(key, token, ttl))
+        })
+    }
+
+    fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
+        self.guard(|s| {
+            s.leases()
+                .map_or_else(|| absent(()), |l| l.release_lease(key, token))
+        })
+    }
+}
+
+impl<S: Store> Writes for Guarded<S> {
+    fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
+        self.guard(|s| {
+            s.writes().map_or_else(
+                || absent(WriteTicket::untracked()),
+                |w| w.begin_write(key, keep),
+            )
+        })
+    }
+
+    fn end_write(
+        &self,
+        key: Arc<str>,
+        ticket: WriteTicket,
+        entry: Option<(Arc<Entry>, Duration)>,
+    ) -> StoreFuture<bool> {
+        self.guard(|s| {
+            s.writes()
+                .map_or_else(|| absent(false), |w| w.end_write(key, ticket, entry))
+        })
+    }
+}
+
+impl<S: Store> HealthCheck for Guarded<S> {
+    /// Pings the guarded store (if it has a [`HealthCheck`]), under the breaker and the timeout.
+    fn ping(&self) -> StoreFuture<()> {
+        self.guard(|s| s.health_check().map_or_else(|| absent(()), |h| h.ping()))
+    }
+
+    fn health(&self) -> Health {
+        self.start_probe();
+        Guarded::health(self)
+    }
+
+    fn health_report(&self) -> Option<HealthReport> {
+        self.start_probe();
+        Some(self.breaker.report())
+    }
+}

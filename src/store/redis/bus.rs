@@ -1,0 +1,235 @@
+//! The bus of a [`RedisStore`]: pub/sub on one channel, a subscriber that notices when it goes
+//! silent, and acknowledgements counted in Redis.
+
+use super::oom;
+use super::scripts::{ack_key, ACK, BUS};
+use super::RedisStore;
+use crate::store::{Bus, BusEvent, StoreError, StoreFuture};
+use bytes::Bytes;
+use redis::{RedisError, Value};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// The subscriber connection is PINGed this often...
+const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(1);
+
+/// ...and its pong must come within this: a subscription silent for longer is lost.
+const SUBSCRIBER_PONG_WITHIN: Duration = Duration::from_secs(2);
+
+/// Why a subscription ended.
+enum Ended {
+    /// The connection closed.
+    Dropped,
+    /// A PING failed.
+    Failed(RedisError),
+    /// A PING got no pong in time: the connection may be half-open.
+    Silent,
+    /// Nobody listens any more (the store was dropped).
+    Unsubscribed,
+}
+
+/// The subscriber count in a `PUBSUB NUMSUB` reply (`[channel, count]`, or a map of them,
+/// as the cluster connection combines the nodes' replies).
+fn count_in(reply: &Value) -> u64 {
+    match reply {
+        Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+        Value::Array(items) => items.iter().map(count_in).sum(),
+        Value::Map(pairs) => pairs.iter().map(|(_, v)| count_in(v)).sum(),
+        _ => 0,
+    }
+}
+
+impl Bus for RedisStore {
+    fn publish(&self, message: Bytes) -> StoreFuture<u64> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(BUS).arg(&message[..]);
+            if this.is_cluster() {
+                // A cluster forwards the message to every node, but PUBLISH counts only the
+                // subscribers of the node it ran on: ask every node how many it has.
+                let mut numsub = redis::cmd("PUBSUB");
+                numsub.arg("NUMSUB").arg(BUS);
+                let (published, subscribers) =
+                    futures_util::join!(this.run(&cmd), this.run(&numsub));
+                let published = published?;
+                // Counting is best effort: with a node down, the message still went out,
+                // and waiting for acknowledgements is skipped rather than the call failed.
+                return Ok(match subscribers {
+                    Ok(n) => count_in(&n),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "redis cluster: counting subscribers failed");
+                        count_in(&published)
+                    }
+                });
+            }
+            match this.run(&cmd).await? {
+                Value::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
+                other => Err(StoreError::new(format!(
+                    "redis: unexpected reply to PUBLISH: {other:?}"
+                ))),
+            }
+        })
+    }
+
+    /// A task holds a pub/sub connection: it reconnects after a drop (100 ms, then backing
+    /// off to 2 s), and reports [`BusEvent::Lost`] each time it has subscribed again. While
+    /// the subscription is down, memory tiers keep serving (a Redis outage costs hit rate,
+    /// not the memory tier); what they hold is dropped once it is back, since invalidations
+    /// may have been missed meanwhile.
+    ///
+    /// The connection is PINGed every second: a pong that does not come within 2 s (a host
+    /// that vanished without closing the connection, a path gone half-open) counts as lost
+    /// at once, as no error would ever say so. Invalidations may have been missed since the
+    /// last pong, so [`BusEvent::Lost`] is reported then too (the memory tier is flushed
+    /// within 3 s of the silence), and the task subscribes again as after a drop.
+    fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("redis: no tokio runtime to subscribe on: invalidations from other instances are not heard");
+            return false;
+        };
+        let clients = self.clients.clone();
+        let connect_timeout = self.connect_timeout;
+        let live = self.bus_live.clone();
+        rt.spawn(async move {
+            use futures_util::StreamExt;
+            // Delivers `event`; false once the sink is gone (the store was dropped).
+            let deliver = |event: BusEvent| match sink.upgrade() {
+                Some(sink) => {
+                    sink(event);
+                    true
+                }
+                None => false,
+            };
+            let mut pause = Duration::from_millis(100);
+            let mut resubscribed = false;
+            // A cluster's nodes in turn: when one goes, the next.
+            let mut next = 0;
+            loop {
+                let client = &clients[next % clients.len()];
+                next += 1;
+                let subscribed = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(BUS).await?;
+                    Ok::<_, RedisError>(pubsub)
+                };
+                match tokio::time::timeout(connect_timeout, subscribed).await {
+                    Ok(Ok(pubsub)) => {
+                        pause = Duration::from_millis(100);
+                        // Messages sent while there was no subscription are lost. (Not before
+                        // the first attempt: the tier was empty.)
+                        if resubscribed && !deliver(BusEvent::Lost) {
+                            return;
+                        }
+                        // Live only now that what may have been missed is flushed.
+                        live.store(true, Ordering::Release);
+                        let (mut control, mut messages) = pubsub.split();
+                        // Ends when the sink is gone, or the connection does not answer.
+                        let alive = async {
+                            loop {
+                                tokio::time::sleep(SUBSCRIBER_PING_EVERY).await;
+                                if sink.strong_count() == 0 {
+                                    return Ended::Unsubscribed;
+                                }
+                                let pong = control.ping::<Value>();
+                                match tokio::time::timeout(SUBSCRIBER_PONG_WITHIN, pong).await {
+                                    Ok(Ok(_)) => {}
+                                    Ok(Err(e)) => return Ended::Failed(e),
+                                    Err(_) => return Ended::Silent,
+                                }
+                            }
+                        };
+                        tokio::pin!(alive);
+                        let ended = loop {
+                            tokio::select! {
+                                msg = messages.next() => {
+                                    let Some(msg) = msg else { break Ended::Dropped };
+                                    let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                                    if !deliver(BusEvent::Message(payload)) {
+                                        return;
+                                    }
+                                }
+                                ended = &mut alive => break ended,
+                            }
+                        };
+                        live.store(false, Ordering::Release);
+                        match ended {
+                            Ended::Unsubscribed => return,
+                            Ended::Dropped => {
+                                tracing::warn!("redis: the invalidation subscription dropped");
+                            }
+                            Ended::Failed(e) => tracing::warn!(
+                                error = %e,
+                                "redis: the invalidation subscription failed its PING"
+                            ),
+                            Ended::Silent => {
+                                tracing::warn!(
+                                    within = ?SUBSCRIBER_PONG_WITHIN,
+                                    "redis: the invalidation subscription went silent (no pong): \
+                                     flushing the memory tier and subscribing again"
+                                );
+                                // Invalidations may have been missed since the last pong.
+                                if !deliver(BusEvent::Lost) {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "redis: subscribing failed"),
+                    Err(_) => tracing::debug!("redis: subscribing timed out"),
+                }
+                // Whatever happened, the next subscription follows a time without one.
+                resubscribed = true;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+                if sink.strong_count() == 0 {
+                    return;
+                }
+            }
+        });
+        true
+    }
+
+    fn live(&self) -> bool {
+        self.bus_live.load(Ordering::Acquire)
+    }
+
+    /// `INCR` of the message's acknowledgement counter (kept 10 s).
+    fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            // One script: the counter never lives without its expiry.
+            let ack = |script: &str| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(script).arg(1).arg(ack_key(&id)).arg(10_000);
+                cmd
+            };
+            match this.query(&ack(ACK)).await? {
+                // Out of memory, the publisher still learns that this instance applied it.
+                Err(e) if oom::is_oom(&e) => this.run(&ack(&oom::allow_oom(ACK))).await.map(drop),
+                reply => reply
+                    .map(drop)
+                    .map_err(|e| StoreError::new(format!("redis: {e}"))),
+            }
+        })
+    }
+
+    fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(ack_key(&id));
+            match this.run(&cmd).await? {
+                Value::Nil => Ok(0),
+                Value::BulkString(b) => Ok(std::str::from_utf8(&b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0)),
+                other => Err(StoreError::new(format!(
+                    "redis: unexpected reply to GET: {other:?}"
+                ))),
+            }
+        })
+    }
+}

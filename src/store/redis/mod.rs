@@ -1,0 +1,413 @@
+//! [`RedisStore`]: entries in Redis, shared by every instance of a service.
+
+mod builder;
+mod bus;
+mod cluster;
+mod leases;
+mod oom;
+mod pool;
+mod scripts;
+#[cfg(test)]
+mod tests;
+mod tombstones;
+mod writes;
+
+pub use builder::RedisStoreBuilder;
+
+use super::{Bus, HealthCheck, Leases, Store, StoreError, StoreFuture, Writes};
+use crate::Entry;
+use bytes::Bytes;
+use cluster::Cluster;
+use oom::MemoryWatch;
+use pool::Manager;
+use redis::Value;
+use scripts::{ms, DELETE_IF_NOT_STRING, DELETE_IF_SAME, GET_SLIDING, SET_UNLESS_NEWER, TOUCH};
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Entries in Redis, shared by every instance of a service, through a [bb8] pool of
+/// connections. Cheap to clone: clones share the pool.
+///
+/// One round trip per call: a lookup is one `GET`, a fill one `SET key value PX ttl`, a delete
+/// one `DEL`. Values are [`Entry::encode`] envelopes; a value that does not decode (garbage, a
+/// truncated entry, an unknown format version, a key of another type) is a miss, and the key
+/// is deleted in the background, only if it still holds the same bytes, so that a fill racing
+/// the delete is kept.
+///
+/// Building a store never waits for Redis and never fails because Redis is down: connections
+/// are opened in the background and on demand. A call waits at most the pool's checkout timeout
+/// (default 20 ms) for a connection, never bb8's default of 30 s. For a short per-call timeout
+/// and a circuit breaker, wrap the store in [`Guarded`](crate::store::Guarded); to keep hot
+/// entries in memory too, put it behind a [`TieredStore`](crate::store::TieredStore).
+///
+/// A connection that fails with a dropped connection is discarded, and so is every connection
+/// opened before it (they went to the same server, which is likely gone or restarted); new
+/// connections are opened as calls need them, so the store recovers by itself when Redis
+/// returns. The same goes, at once, for a connection answering `READONLY` (a master demoted
+/// to a replica by a failover: a new connection finds the new master behind the same
+/// address), and for one whose calls go unanswered 3 times in a row for 500 ms each (a host
+/// that vanished without closing it, a path gone half-open), even when each caller gave up
+/// sooner (a call given up goes on in the background until it is answered or times out).
+/// Every connection has TCP keepalive (probes after 10 s idle, every 5 s, 3 missed close
+/// it). The subscription to other instances' invalidations is PINGed every second: see
+/// [`Bus::subscribe`].
+///
+/// # Out of memory
+///
+/// Use `maxmemory-policy noeviction` (Redis's default). At `maxmemory`, Redis then refuses
+/// every write that may grow its memory, and allows `DEL`:
+///
+/// - A fill Redis refuses pauses this store's fills (they fail at once, with no round trip,
+///   counted as store errors) for 100 ms, doubling with each refusal up to 5 s, until one
+///   lands. Reads go on.
+/// - An invalidation still takes effect and returns `Ok`: its tombstones and tag epochs are
+///   written past `maxmemory` by a script allowed out of memory (Redis 7's `allow-oom`), a
+///   few dozen bytes each, in the place of the entries they invalidate, so that a fill whose
+///   request began before it is still refused. With
+///   [`tombstones_past_maxmemory(false)`](RedisStoreBuilder::tombstones_past_maxmemory), or
+///   on a Redis older than 7, the keys are deleted instead (`DEL`): the old value is gone when
+///   the invalidation returns, but a fill whose request began before it may put the old value
+///   back once memory frees. Acknowledgements of invalidations (a counter kept 10 s) are
+///   written past `maxmemory` either way.
+///
+/// Each outage is said once at warn level, and its end at info level.
+///
+/// Under an eviction policy, every key this store writes is a candidate: each has a TTL, so
+/// `volatile-*` policies evict them as readily as `allkeys-*`. Tombstones and tag indexes can
+/// then go like entries: a fill that began before an invalidation may be stored, and a tag
+/// invalidation may miss entries. The policy is read in the background when the first
+/// connection opens ([`maxmemory_policy`](RedisStore::maxmemory_policy)); any but
+/// `noeviction` is warned of once.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_stash::{Guarded, MemoryStore, RedisStore, Stash, TieredStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Password and database index come from the URL.
+/// let redis = RedisStore::builder("redis://:secret@127.0.0.1:6380/2")
+///     .pool_size(32)
+///     .checkout_timeout(Duration::from_millis(20))
+///     .build()?; // does not wait for Redis
+/// let store = TieredStore::new(MemoryStore::new(64 * 1024 * 1024), Guarded::new(redis));
+/// let stash = Stash::builder().store(store).build()?;
+/// # let _ = stash;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// [bb8]: https://docs.rs/bb8
+#[derive(Clone)]
+pub struct RedisStore {
+    backend: Backend,
+    checkout_timeout: Duration,
+    /// For the pub/sub connection, which cannot be pooled: one server, or each seed node of a
+    /// cluster in turn (a message published on any node reaches every node's subscribers).
+    clients: Arc<Vec<redis::Client>>,
+    /// Whether the pub/sub subscription is up (and the memory tier flushed after a gap).
+    bus_live: Arc<std::sync::atomic::AtomicBool>,
+    connect_timeout: Duration,
+    /// Whether Redis refuses writes for lack of memory, and its `maxmemory-policy`.
+    memory: Arc<MemoryWatch>,
+}
+
+/// One server through a pool, or a cluster through one multiplexed cluster connection.
+#[derive(Clone)]
+enum Backend {
+    Single {
+        pool: bb8::Pool<Manager>,
+        /// Shared with the manager: connections opened before it are discarded.
+        epoch: Arc<AtomicU64>,
+    },
+    Cluster(Arc<Cluster>),
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the URL: it may hold a password.
+        let (connections, idle) = self.connections();
+        f.debug_struct("RedisStore")
+            .field("cluster", &matches!(self.backend, Backend::Cluster(_)))
+            .field("connections", &connections)
+            .field("idle", &idle)
+            .field("checkout_timeout", &self.checkout_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A builder for a store on the Redis at `url`: `redis://[:password@]host[:port][/db]`
+    /// (or `rediss://`, `redis+unix://`, as the [redis] crate reads them), or on a Redis
+    /// Cluster (or Valkey in cluster mode) with `redis+cluster://[:password@]host:port,host:port`
+    /// listing seed nodes (see [`cluster`](Self::cluster)).
+    ///
+    /// [redis]: https://docs.rs/redis
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(url.into())
+    }
+
+    /// A store on the Redis at `url` with the default settings; see [`RedisStore::builder`].
+    pub fn new(url: impl Into<String>) -> Result<Self, StoreError> {
+        Self::builder(url).build()
+    }
+
+    /// A builder for a store on a Redis Cluster whose seed nodes are `nodes` (`host:port` or
+    /// `redis://[:password@]host:port` each). Every command names one key (or keys of one
+    /// slot), so each goes to the node that owns it; redirections and topology changes (a
+    /// failover) are followed by the redis crate's cluster connection. One multiplexed
+    /// connection per node serves every call: the pool size does not apply.
+    pub fn cluster<I, T>(nodes: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        Self::builder(format!("redis+cluster://{}", nodes.join(",")))
+    }
+
+    /// Connections open now, and how many of them are idle (a cluster: its one connection,
+    /// counted once, never idle).
+    pub fn connections(&self) -> (u32, u32) {
+        match &self.backend {
+            Backend::Single { pool, .. } => {
+                let state = pool.state();
+                (state.connections, state.idle_connections)
+            }
+            Backend::Cluster(c) => (u32::from(c.conn.borrow().is_some()), 0),
+        }
+    }
+
+    /// Whether the store is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
+    }
+
+    /// The server's `maxmemory-policy`, as read (`CONFIG GET`) in the background when the
+    /// first connection opened: `None` until then, or if Redis refuses `CONFIG` (a managed
+    /// Redis). Any policy but `noeviction` is warned of once: see the store's docs, "Out of
+    /// memory".
+    pub fn maxmemory_policy(&self) -> Option<String> {
+        self.memory.policy()
+    }
+}
+
+impl RedisStore {
+    /// Runs `cmd` (a `GET`, or the sliding read script, of `key`) and reads the entry it returns.
+    fn read(&self, key: Arc<str>, cmd: redis::Cmd) -> StoreFuture<Option<Arc<Entry>>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let bytes = match this.query(&cmd).await? {
+                Ok(Value::Nil) => return Ok(None),
+                // `Bytes::from(Vec)` takes the buffer: the entry's body is a slice of it.
+                Ok(Value::BulkString(v)) => Bytes::from(v),
+                Ok(other) => {
+                    return Err(StoreError::new(format!(
+                        "redis: unexpected reply to a read: {other:?}"
+                    )))
+                }
+                // A key of another type: as unreadable as garbage.
+                Err(e) if e.code() == Some("WRONGTYPE") => {
+                    tracing::warn!(%key, "a key of another type in redis: a miss, deleted");
+                    this.discard(key, None);
+                    return Ok(None);
+                }
+                Err(e) => return Err(StoreError::new(format!("redis: {e}"))),
+            };
+            match Entry::decode(bytes.clone()) {
+                Ok(entry) if entry.is_tombstone() => Ok(None),
+                Ok(entry) => Ok(Some(Arc::new(entry))),
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "unreadable entry in redis: a miss, deleted");
+                    this.discard(key, Some(bytes));
+                    Ok(None)
+                }
+            }
+        })
+    }
+
+    /// Deletes `key` in the background: only while it still holds `bad`, if given, else only
+    /// while it is not a string.
+    fn discard(&self, key: Arc<str>, bad: Option<Bytes>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let this = self.clone();
+        rt.spawn(async move {
+            let mut cmd = redis::cmd("EVAL");
+            match &bad {
+                Some(bad) => cmd.arg(DELETE_IF_SAME).arg(1).arg(&*key).arg(&bad[..]),
+                None => cmd.arg(DELETE_IF_NOT_STRING).arg(1).arg(&*key),
+            };
+            if let Err(e) = this.run(&cmd).await {
+                tracing::debug!(%key, error = %e, "deleting an unreadable entry failed");
+            }
+        });
+    }
+}
+
+impl Store for RedisStore {
+    fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&*key);
+        self.read(key, cmd)
+    }
+
+    fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {
+        // Read and extended in one round trip.
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(GET_SLIDING).arg(1).arg(&*key).arg(ms(idle));
+        self.read(key, cmd)
+    }
+
+    fn touch(&self, key: Arc<str>, idle: Duration) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(TOUCH).arg(1).arg(&*key).arg(ms(idle));
+            this.run(&cmd).await.map(drop)
+        })
+    }
+
+    fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        // A sliding entry lives its idle time, extended by every sliding read and touch, up
+        // to `ttl`: its tag indexes keep it that long.
+        let set_millis = entry
+            .sliding()
+            .map_or(millis, |idle| millis.min(ms(idle)).max(1));
+        if millis == 0 {
+            return Box::pin(std::future::ready(Err(StoreError::new(
+                "refusing to store an entry with a TTL under a millisecond",
+            ))));
+        }
+        // Redis refused a write for lack of memory a moment ago: no round trip.
+        if let Some(left) = self.memory.fills_paused() {
+            return Box::pin(std::future::ready(Err(StoreError::new(format!(
+                "redis is out of memory: fill skipped (fills resume in {left:?} at most)"
+            )))));
+        }
+        let this = self.clone();
+        Box::pin(async move {
+            let value = entry.encode();
+            if this.add_to_tags(&key, &entry, millis).await? {
+                tracing::debug!(%key, "a tag of this fill was invalidated after its request began: not stored");
+                return Ok(());
+            }
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(SET_UNLESS_NEWER)
+                .arg(1)
+                .arg(&*key)
+                .arg(&value[..])
+                .arg(set_millis);
+            match this.query(&cmd).await? {
+                Ok(Value::Int(1)) => {
+                    this.memory.accepted();
+                    Ok(())
+                }
+                Ok(Value::Int(_)) => {
+                    tracing::debug!(%key, "a newer entry or an invalidation is stored: this fill is dropped");
+                    Ok(())
+                }
+                Ok(other) => Err(StoreError::new(format!(
+                    "redis: unexpected reply to a fill: {other:?}"
+                ))),
+                Err(e) => Err(this.refusal(&e)),
+            }
+        })
+    }
+
+    fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut cmd = redis::cmd("DEL");
+            cmd.arg(&*key);
+            this.run(&cmd).await.map(drop)
+        })
+    }
+
+    /// Replaces the entry with a tombstone dated `at`, whatever it holds (the dates of
+    /// entries come from instance clocks: what Redis saw last wins); out of memory too (see
+    /// [`RedisStore`], "Out of memory").
+    fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            this.tombstone_keys(&[key.as_bytes()], at, keep, true)
+                .await
+                .map(drop)
+        })
+    }
+
+    /// Sets the tag's epoch (a fill whose request began before it is not stored), then walks
+    /// the tag's index with a cursor (`ZSCAN`), about 500 members a step (`TAG_BATCH`): leaves a
+    /// tombstone in each live member's place, and removes from the index the members whose
+    /// tombstone landed. A member whose tombstone was refused holds an entry stored after
+    /// `at` (refilled meanwhile): it stays, for the next invalidation to find. Every member
+    /// in the index for the whole walk is seen; the walk ends when the cursor does, whatever
+    /// stays behind. Single-key commands only, so it works on a cluster. Each round trip is a
+    /// step for [`Guarded`](super::Guarded)'s timeout.
+    fn invalidate_tag(
+        &self,
+        ns: Arc<str>,
+        tag: Arc<str>,
+        at: SystemTime,
+        keep: Duration,
+    ) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move { this.invalidate_tagged(&ns, &tag, at, keep).await })
+    }
+
+    fn bus(&self) -> Option<&dyn Bus> {
+        Some(self)
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
+    }
+
+    fn writes(&self) -> Option<&dyn Writes> {
+        Some(self)
+    }
+
+    fn health_check(&self) -> Option<&dyn HealthCheck> {
+        Some(self)
+    }
+}
+
+impl HealthCheck for RedisStore {
+    /// `PING`, as every call goes (a dropped connection is discarded). On a cluster, every
+    /// master is pinged and one answer is enough: one breaker serves the whole cluster, and
+    /// the masters that answer keep serving their keys.
+    fn ping(&self) -> StoreFuture<()> {
+        let this = self.clone();
+        Box::pin(async move {
+            let cmd = redis::cmd("PING");
+            let reply = match &this.backend {
+                Backend::Single { .. } => this.run(&cmd).await?,
+                Backend::Cluster(cluster) => {
+                    use redis::cluster_routing::{
+                        MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo,
+                    };
+                    let mut conn = cluster.connection(this.checkout_timeout).await?;
+                    let any_master = RoutingInfo::MultiNode((
+                        MultipleNodeRoutingInfo::AllMasters,
+                        Some(ResponsePolicy::OneSucceeded),
+                    ));
+                    conn.route_command(cmd, any_master)
+                        .await
+                        .map_err(|e| StoreError::new(format!("redis: {e}")))?
+                }
+            };
+            match reply {
+                Value::SimpleString(pong) if pong == "PONG" => Ok(()),
+                other => Err(StoreError::new(format!(
+                    "redis: unexpected reply to PING: {other:?}"
+                ))),
+            }
+        })
+    }
+}

@@ -1,0 +1,138 @@
+//! The Lua scripts a [`RedisStore`](super::RedisStore) runs, and the names of the keys it
+//! writes besides entries (leases, writes in progress, acknowledgements, tag indexes).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Deletes a key only while it still holds the given bytes.
+pub(super) const DELETE_IF_SAME: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+/// Deletes a key only while it is not a string (a fill may have replaced it since).
+pub(super) const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string' then \
+     return redis.call('DEL', KEYS[1]) end return 0";
+/// Sets `KEYS[1]` to `ARGV[1]` for `ARGV[2]` ms unless it holds an entry stored later: the
+/// entry's `stored_at` is bytes 7 to 14 of the envelope (big-endian millis, compared byte by
+/// byte, never with Lua's locale-dependent string order), read with GETRANGE, never the whole
+/// value. A late fill (its request began before the stored entry's) never replaces a newer
+/// entry. A key of another type is replaced (GETRANGE fails on it: `pcall` makes that an empty
+/// string). A tombstone (flags byte 4 has bit 1; bit 2 marks sliding expiry) also refuses a
+/// fill of the same millisecond.
+/// An invalidation passes the key's last writer (`{K}!ws`, see [`WRITE_END`]) as `KEYS[2]`:
+/// set to `0` if present, so that no write in progress may store after it.
+/// `ARGV[3]` = `1` skips the comparison: a key's invalidation always lands (what Redis saw
+/// last wins; a newer entry it drops only costs a miss), since the dates compared come from
+/// instance clocks.
+pub(super) const SET_UNLESS_NEWER: &str = "if #KEYS > 1 then redis.call('SET', KEYS[2], '0', 'XX', 'PX', ARGV[2]) end \
+    if ARGV[3] ~= '1' then \
+    local cur = redis.pcall('GETRANGE', KEYS[1], 0, 13) \
+    if type(cur) ~= 'string' then cur = '' end \
+    if string.len(cur) == 14 and string.sub(cur, 1, 3) == string.sub(ARGV[1], 1, 3) then \
+    local newer = nil \
+    for i = 7, 14 do \
+    local a, b = string.byte(cur, i), string.byte(ARGV[1], i) \
+    if a ~= b then newer = a > b break end \
+    end \
+    if newer == true or (newer == nil and math.floor(string.byte(cur, 4) / 2) % 2 == 1) then return 0 end \
+    end \
+    end \
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
+/// `GET KEYS[1]`, extending its TTL to `ARGV[1]` ms (sliding expiry) unless it is a tombstone
+/// (whose time is its own): one round trip, on any Redis version. A key of another type is
+/// the `WRONGTYPE` error, as a `GET`.
+pub(super) const GET_SLIDING: &str = "local v = redis.pcall('GET', KEYS[1]) \
+    if type(v) == 'string' and string.len(v) >= 4 \
+    and math.floor(string.byte(v, 4) / 2) % 2 == 0 then \
+    redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return v";
+/// Extends `KEYS[1]` to `ARGV[1]` ms unless it is a tombstone.
+pub(super) const TOUCH: &str = "local f = redis.pcall('GETRANGE', KEYS[1], 3, 3) \
+    if type(f) == 'string' and f ~= '' and math.floor(string.byte(f) / 2) % 2 == 0 then \
+    return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0";
+/// Deletes the lease `KEYS[1]` only while `ARGV[1]` holds it.
+pub(super) const RELEASE_LEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+/// What a key's lease is stored under: `!` never appears unescaped in a key.
+pub(super) fn lease_key(key: &str) -> String {
+    format!("{key}!lease")
+}
+/// Adds `ARGV[2]` to the tag index `KEYS[1]` (a sorted set scored by when each entry leaves
+/// the store, `ARGV[1]` ms), drops the members gone by `ARGV[3]`, keeps the index for at
+/// least `ARGV[4]` ms (an index holds only live entries and expires after its last one), and
+/// returns the tag's epoch: when it was last invalidated, in ms (0 if never). A fill whose
+/// request began before the epoch is not stored.
+pub(super) const TAG_ADD: &str = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) \
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3]) \
+    if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then \
+    redis.call('PEXPIRE', KEYS[1], ARGV[4]) end \
+    local e = redis.call('ZSCORE', KEYS[1], '!epoch') \
+    if e then return tonumber(e) - 1e15 end return 0";
+/// Sets the epoch of the tag index `KEYS[1]` to `ARGV[1]` ms (never backwards) and keeps the
+/// index at least `ARGV[2]` ms. The epoch is the member `!epoch`, scored 10^15 above its time:
+/// above every entry's score, so trimming and reading the live members never touch it.
+pub(super) const TAG_EPOCH: &str = "local e = tonumber(ARGV[1]) + 1e15 \
+    local cur = redis.call('ZSCORE', KEYS[1], '!epoch') \
+    if (not cur) or tonumber(cur) < e then redis.call('ZADD', KEYS[1], e, '!epoch') end \
+    if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then \
+    redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 1";
+/// Removes members of the tag index `KEYS[1]` given as (member, score) pairs in `ARGV`, each
+/// only while its score is still the one read: a member a fill added again meanwhile stays.
+pub(super) const TAG_REMOVE: &str = "local n = 0 \
+    for i = 1, #ARGV, 2 do \
+    local cur = redis.call('ZSCORE', KEYS[1], ARGV[i]) \
+    if cur and tonumber(cur) == tonumber(ARGV[i + 1]) then \
+    n = n + redis.call('ZREM', KEYS[1], ARGV[i]) end end return n";
+/// The writes in progress on key `K`: a sorted set `{K}!w` of their ids, scored by when
+/// each stops counting (ms, Redis's clock), and `{K}!ws`, the id of the last to begin (`0`
+/// once the key was invalidated since). Both hash-tagged with `K` (keys never hold braces),
+/// so that on a cluster they live in the key's slot and one script sees all three.
+pub(super) fn writes_key(key: &str) -> String {
+    format!("{{{key}}}!w")
+}
+pub(super) fn last_writer_key(key: &str) -> String {
+    format!("{{{key}}}!ws")
+}
+/// Begins write `ARGV[1]`, tracked `ARGV[2]` ms: returns how many other writes of the key
+/// are in progress.
+pub(super) const WRITE_BEGIN: &str = "local t = redis.call('TIME') \
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) \
+    local others = redis.call('ZCARD', KEYS[1]) \
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) \
+    redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+    redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) \
+    return others";
+/// Ends write `ARGV[1]`; when it began alone (`ARGV[2]` is `1`), is still the last to have
+/// begun and no invalidation came since, sets `KEYS[3]` to `ARGV[3]` for `ARGV[4]` ms and
+/// returns 1. An empty `ARGV[3]` only ends the write.
+pub(super) const WRITE_END: &str = "redis.call('ZREM', KEYS[1], ARGV[1]) \
+    local clean = ARGV[2] == '1' and redis.call('GET', KEYS[2]) == ARGV[1] \
+    if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1], KEYS[2]) end \
+    if clean and ARGV[3] ~= '' then \
+    redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) return 1 end \
+    return 0";
+/// The counter of the instances that applied message `id`.
+pub(super) fn ack_key(id: &str) -> String {
+    format!("tower-stash:ack:{id}")
+}
+/// Counts an acknowledgement in `KEYS[1]`, kept `ARGV[1]` ms.
+pub(super) const ACK: &str =
+    "redis.call('INCR', KEYS[1]) redis.call('PEXPIRE', KEYS[1], ARGV[1]) return 1";
+/// The channel invalidations are published on.
+pub(super) const BUS: &str = "tower-stash:bus";
+/// The index of the entries of namespace `ns` tagged `tag`: `{ns}:t:{tag, escaped}` (entry
+/// keys are `{ns}:v1:...`, so the two never meet).
+pub(super) fn tag_key(ns: &str, tag: &str) -> String {
+    let mut k = format!("{ns}:t:");
+    crate::key::escape_into(&mut k, tag.as_bytes());
+    k
+}
+/// The namespace of an entry key, `{ns}:v1:...`.
+pub(super) fn namespace(key: &str) -> &str {
+    key.split(':').next().unwrap_or(key)
+}
+pub(super) fn millis_at(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+pub(super) fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
