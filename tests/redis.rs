@@ -2831,3 +2831,68 @@ async fn randomized_reads_writes_invalidations_and_pauses_never_serve_an_overwri
     );
     assert!(checked > 50 && covered > 30, "too little was checked");
 }
+
+// ---- Age and remaining TTL across instances ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn age_and_remaining_ttl_travel_with_an_entry_read_on_another_instance() {
+    let redis = blocking(RedisServer::start);
+    // A whole second: entries travel through Redis dated to the millisecond.
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    let clock =
+        tower_stash::ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs()));
+    let routes = || {
+        Routes::new()
+            .get("/app/{id}", Policy::ttl(TTL).key("app:{id}"))
+            .get("/origin/{id}", Policy::new().http_mode(true))
+    };
+    let instance = || {
+        let store = TieredStore::new(
+            MemoryStore::new(16 << 20),
+            Guarded::new(store_on(&redis.url())),
+        );
+        let stash = Stash::builder()
+            .store(store)
+            .namespace("age")
+            .clock(clock.clone())
+            .cache_status_detail(true)
+            .build()
+            .unwrap();
+        CacheLayer::new(stash, routes())
+    };
+    let (a, b) = (instance(), instance());
+    let calls = Counter::default();
+    let get = |layer: &CacheLayer, path: &'static str| {
+        let calls = calls.clone();
+        let handler = tower::service_fn(move |_: Request<Empty<Bytes>>| {
+            let calls = calls.clone();
+            async move {
+                calls.enter().await;
+                // The origin's answer arrives 10 s old, fresh for 100 s.
+                let resp = Response::builder()
+                    .header("cache-control", "max-age=100")
+                    .header("age", "10")
+                    .body(Full::new(Bytes::from_static(b"x")))
+                    .unwrap();
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let svc = ServiceBuilder::new().layer(layer.clone()).service(handler);
+        async move { within(path, send(svc, request(path))).await }
+    };
+    get(&a, "/app/1").await;
+    get(&a, "/origin/1").await;
+    eventually("A's fills in Redis", || a.stash().stats().stores == 2).await;
+    clock.advance(Duration::from_secs(25));
+    // B has neither in memory: both come from Redis, with the age and TTL left that A's
+    // fills gave them, counted on the shared clock.
+    let app = get(&b, "/app/1").await;
+    assert_eq!(app.headers["age"], "25");
+    assert_eq!(app.cache_status(), "tower-stash; hit; ttl=35");
+    let origin = get(&b, "/origin/1").await;
+    assert_eq!(origin.headers["age"], "35", "10 on arrival, 25 since");
+    assert_eq!(origin.cache_status(), "tower-stash; hit; ttl=65");
+    assert_eq!(calls.calls(), 2);
+}

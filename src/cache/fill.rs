@@ -46,6 +46,10 @@ pub(super) fn decide<B: Body>(
     if hint.invalid {
         return Err("hint");
     }
+    if ctx.tags.len() + hint.tags.len() > policy.max_tags {
+        // Dropping some would leave the entry out of invalidations meant for it.
+        return Err("too-many-tags");
+    }
     if parts.extensions.get::<Collapsed>().is_some() {
         // A copy of another request's response: that request stores it.
         return Err("collapsed");

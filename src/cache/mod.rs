@@ -23,7 +23,8 @@
 //!   `Content-Length`, or grows past the size limit (it still streams to the client in
 //!   full: never an error);
 //! - the answer to a HEAD miss (it has no body: GET fills the entry HEAD reads);
-//! - a response a handler opts out with [`CacheHint`].
+//! - a response a handler opts out with [`CacheHint`], or tagged past the policy's
+//!   [`max_tags`](crate::Policy::max_tags).
 //!
 //! Requests carrying `Authorization` or `Cookie` bypass the cache (no lookup, nothing stored)
 //! unless the policy varies on that header, so a response meant for one user never reaches
@@ -41,6 +42,28 @@
 //! headers from what the cache forwards instead. Methods other than GET and HEAD are cached
 //! only by a policy that opts in.
 //!
+//! # Hosts
+//!
+//! An app that builds links, redirects or tenant lookups from the host it is asked for
+//! answers differently per host: a cache that does not key the host lets one request's
+//! `Host: evil.example` choose the page everyone else gets. So in application mode the host
+//! a request names (its `Host`, or an HTTP/2 request's authority; normalised: lowercase,
+//! no default port) is in its key by default: each host gets entries of its own, whatever
+//! the app does with it, with nothing to configure. Invalidating a key (a rule's
+//! `user:{id}`, [`Stash::invalidate_key`](crate::Stash::invalidate_key)) drops every host's
+//! entry. A request whose absolute URI names another host than its `Host` bypasses
+//! (`detail=host-mismatch`): the app may read either.
+//!
+//! Keying costs an entry per host name (`www.` and the bare domain are two) and, with
+//! Redis, a tag index per entry (the key's family, which invalidation drops); and a
+//! write-through's entry, stored under the key without a host, is read only by requests
+//! naming no host. A policy that lists its hosts ([`Policy::hosts`](crate::Policy::hosts))
+//! avoids all three: the listed hosts share entries (the host is not keyed), and requests
+//! for any other host, or naming none, bypass (`detail=unknown-host`). Bypassing unknown
+//! hosts by default was the other choice; it needs a list before any request is cached, so
+//! keying is the default and listing the option. (HTTP mode keys `Host` through
+//! `key_headers(["host"])`, as the proxy example does; gRPC routes key the call's message.)
+//!
 //! A failing store never fails a request: the error is counted and the service answers.
 //!
 //! # Cache-Status
@@ -51,7 +74,8 @@
 //! requests with credentials. With [`StashBuilder::cache_status_detail`](crate::StashBuilder::cache_status_detail)
 //! a `detail` says why (`set-cookie`, `cache-control`, `vary`, `status`, `too-large`,
 //! `streaming`, `head`, `handler`, `hint`, `ttl`, `authorization`, `cookie`,
-//! `unkeyed-forwarding-header`, `unlisted-header`, `request-body`) and hits carry
+//! `unkeyed-forwarding-header`, `unlisted-header`, `host-mismatch`, `unknown-host`,
+//! `request-body`, `too-many-tags`) and hits carry
 //! their remaining `ttl`; with `cache_status_key` the key is shown.
 //!
 //! With stampede control: `hit; stale` for an expired entry answered inside the policy's
@@ -129,6 +153,8 @@ pub use hint::CacheHint;
 pub use layer::CacheLayer;
 pub use service::CacheService;
 
+#[cfg(test)]
+mod host_tests;
 #[cfg(test)]
 mod poisoning_tests;
 #[cfg(test)]

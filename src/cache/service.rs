@@ -148,6 +148,9 @@ where
         } else if unlisted {
             // A header the policy does not allow, which the app may read.
             Some("unlisted-header")
+        } else if let Some(reason) = crate::plumbing::host_bypass(policy, &req) {
+            // A host the policy does not serve, or two hosts at once.
+            Some(reason)
         } else if body && (req.method() == Method::GET || req.method() == Method::HEAD) {
             // A GET with a body: the body is not in the key.
             Some("request-body")

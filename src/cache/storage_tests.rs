@@ -31,3 +31,46 @@ async fn a_body_that_ends_short_of_its_content_length_is_never_stored() {
         assert_eq!(stash.stats().stores, 0);
     }
 }
+
+#[tokio::test]
+async fn an_answer_with_more_tags_than_the_policy_allows_is_not_stored() {
+    let handler = Upstream::new(|req, _| {
+        let n: usize = req.uri().query().unwrap().parse().unwrap();
+        let tags: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+        let mut resp = Response::new(full("tagged"));
+        resp.headers_mut().insert(
+            "x-stash-tags",
+            HeaderValue::try_from(tags.join(",")).unwrap(),
+        );
+        resp
+    });
+    let stash = Stash::builder().cache_status_detail(true).build().unwrap();
+    // Two tags of the policy's own, the one the cache adds (the query is keyed: the key's
+    // family), and room for two more.
+    let policy = Policy::ttl(Duration::from_secs(60))
+        .tags(["a", "b"])
+        .max_tags(5);
+    let layer = CacheLayer::new(stash.clone(), Routes::new().get("/t", policy));
+    let svc = ServiceBuilder::new().layer(layer).service(handler.clone());
+    let get = |uri: &'static str| {
+        let svc = svc.clone();
+        async move {
+            let req = Request::get(uri).body(Empty::<Bytes>::new()).unwrap();
+            send(svc, req).await
+        }
+    };
+    let got = get("/t?3").await;
+    assert_eq!(
+        got.cache_status(),
+        "tower-stash; fwd=miss; detail=too-many-tags"
+    );
+    assert!(get("/t?2").await.cache_status().contains("stored"));
+    assert!(get("/t?2").await.is_hit());
+    // The default bound: 64. A bound leaving no room for the policy's own is refused.
+    assert_eq!(crate::policy::DEFAULT_MAX_TAGS, 64);
+    let tight = Policy::ttl(Duration::from_secs(60))
+        .tags(["a", "b"])
+        .max_tags(3);
+    let e = Routes::new().get("/t", tight).validate().unwrap_err();
+    assert!(e.to_string().contains("max_tags: 3 leaves no room"), "{e}");
+}

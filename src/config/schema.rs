@@ -163,6 +163,10 @@ pub struct PolicyConfig {
     pub targeted_field: Option<String>,
     /// HTTP mode: whether `CDN-Cache-Control` is obeyed (see [`Policy::cdn_cache_control`]).
     pub cdn_cache_control: Option<bool>,
+    /// Application mode: the hosts answered alike (see [`Policy::hosts`]).
+    pub hosts: Option<Vec<String>>,
+    /// How many tags one entry may carry (see [`Policy::max_tags`]).
+    pub max_tags: Option<usize>,
 }
 
 /// A rule's table: the fields of [`Invalidate`].
@@ -338,6 +342,12 @@ impl PolicyConfig {
         }
         if let Some(on) = self.cdn_cache_control {
             p = p.cdn_cache_control(on);
+        }
+        if let Some(h) = &self.hosts {
+            p = p.hosts(h.clone());
+        }
+        if let Some(n) = self.max_tags {
+            p = p.max_tags(n);
         }
         p
     }

@@ -555,3 +555,54 @@ async fn an_interim_response_is_never_stored() {
     c.get(&[]).await;
     assert_eq!(c.origin.calls(), 2);
 }
+
+#[tokio::test]
+async fn a_miss_with_if_none_match_answered_304_is_relayed_and_stores_nothing() {
+    let c = cache(
+        http(),
+        origin(
+            200,
+            &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+            "body",
+        ),
+    );
+    c.origin.answer(|req, _| {
+        // The origin answers the client's own condition.
+        let matches = req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"v1\"");
+        let mut resp = reply(
+            if matches { 304 } else { 200 },
+            &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+            "body",
+        )(req, 0);
+        if matches {
+            *resp.body_mut() = full(Bytes::new());
+        }
+        resp
+    });
+    // A cold miss: the client's condition goes to the origin, its 304 comes back.
+    let relayed = c.get(&[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(relayed.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(last_request(&c.origin)["if-none-match"], "\"v1\"");
+    // Nothing was stored: the next plain request is a miss, and gets the whole body.
+    let full_answer = c.get(&[]).await;
+    assert_eq!(
+        (full_answer.status, full_answer.text()),
+        (StatusCode::OK, "body")
+    );
+    assert!(!full_answer.is_hit());
+    assert_eq!(c.origin.calls(), 2);
+    // A forced miss with the condition, now that the entry is stored: the origin's 304
+    // confirms the entry, the client gets its 304, and the entry keeps its body.
+    let forced = c
+        .get(&[("if-none-match", "\"v1\""), ("cache-control", "no-cache")])
+        .await;
+    assert_eq!(forced.status, StatusCode::NOT_MODIFIED);
+    assert!(forced.body.is_empty());
+    let after = c.get(&[]).await;
+    assert!(after.is_hit());
+    assert_eq!((after.status, after.text()), (StatusCode::OK, "body"));
+    assert_eq!(c.origin.calls(), 3);
+}

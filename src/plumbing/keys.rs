@@ -121,6 +121,13 @@ pub(crate) fn key_strings<B>(
     push_base(&mut k, policy, params, req);
     key::push_query(&mut k, req.uri().query(), &policy.query);
     push_keyed_headers(&mut k, req, &policy.key_headers);
+    if policy.key_host {
+        // Application mode: the host the request names, when it names one.
+        if let Some(host) = request_host(req) {
+            k.push_str("|host=");
+            key::escape_into(&mut k, host.as_bytes());
+        }
+    }
     if let Some(session) = &policy.session {
         // A hash, never the secret: keys show in logs, headers and Redis.
         if let Some(id) = session.value(req.headers()) {
@@ -139,4 +146,27 @@ pub(crate) fn key_strings<B>(
     }
     let stored = key::storage_key(&k, inner.prefix.len(), inner.max_key_len);
     (k, stored)
+}
+
+/// Application mode: why a request may not use the cache for the host it names, if it may
+/// not. An absolute URI naming another host than `Host` (which the app may read either of)
+/// bypasses; with a list of hosts ([`Policy::hosts`](crate::Policy::hosts)), any host off it
+/// does, and so does a request naming none.
+pub(crate) fn host_bypass<B>(policy: &CompiledPolicy, req: &Request<B>) -> Option<&'static str> {
+    if policy.http || policy.grpc {
+        return None;
+    }
+    let authority = req.uri().authority().map(|a| a.as_str());
+    if let (Some(authority), Some(host)) = (authority, req.headers().get(http::header::HOST)) {
+        let named =
+            |s: &str| key::normal_host(s.rsplit('@').next().unwrap_or(s).into()).into_owned();
+        if named(authority) != named(&String::from_utf8_lossy(host.as_bytes())) {
+            return Some("host-mismatch");
+        }
+    }
+    let hosts = policy.hosts.as_ref()?;
+    match request_host(req) {
+        Some(host) if hosts.iter().any(|h| *h == host) => None,
+        _ => Some("unknown-host"),
+    }
 }

@@ -65,6 +65,12 @@ pub(crate) struct CompiledPolicy {
     pub(crate) hints: bool,
     /// HTTP mode: the targeted cache-control fields obeyed (RFC 9213), first first.
     pub(crate) targeted: Vec<HeaderName>,
+    /// Application mode: the hosts answered alike, normalised; others bypass.
+    pub(crate) hosts: Option<Vec<String>>,
+    /// Application mode without such a list: the host a request names goes in its key.
+    pub(crate) key_host: bool,
+    /// The tags one entry may carry at most.
+    pub(crate) max_tags: usize,
 }
 
 impl CompiledPolicy {

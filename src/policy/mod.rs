@@ -60,6 +60,10 @@ pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
 /// How many `Vary` variants of one URL HTTP mode keeps when a policy sets no bound.
 pub const DEFAULT_MAX_VARIANTS: usize = 32;
 
+/// How many tags one entry may carry when a policy sets no bound (its own, the handler's, and
+/// the one or two the cache adds to find a key's variants).
+pub const DEFAULT_MAX_TAGS: usize = 64;
+
 /// How one route is cached: TTL, key, what varies the key, what is stored.
 ///
 /// Every setting left unset comes from the named base policy ([`Policy::named`]), or else from
@@ -95,6 +99,8 @@ pub struct Policy {
     pub(crate) hints: Option<bool>,
     pub(crate) targeted_field: Option<String>,
     pub(crate) cdn_cache_control: Option<bool>,
+    pub(crate) hosts: Option<Vec<String>>,
+    pub(crate) max_tags: Option<usize>,
     /// Set by [`Routes::grpc`], never inherited.
     pub(crate) grpc: bool,
 }
@@ -428,6 +434,28 @@ impl Policy {
         self
     }
 
+    /// Application mode: the hosts this route answers alike. Requests for any other host
+    /// (their `Host`, or the authority of an absolute URI) bypass the cache, and the listed
+    /// hosts share entries (the host is then not in the key). Default: no list, and each
+    /// host a request names gets entries of its own: see [`cache`](crate::cache) for why.
+    pub fn hosts<I, T>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.hosts = Some(hosts.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// How many tags one entry may carry (default [`DEFAULT_MAX_TAGS`]): the policy's, the
+    /// handler's ([`CacheHint`](crate::CacheHint)), and those the cache adds. An answer with
+    /// more is not stored (`detail=too-many-tags`): dropping some would leave it out of
+    /// invalidations that should reach it, and every tag is an index to keep.
+    pub fn max_tags(mut self, n: usize) -> Self {
+        self.max_tags = Some(n);
+        self
+    }
+
     /// This policy's settings over `base`'s.
     fn over(&self, base: &Policy) -> Policy {
         Policy {
@@ -470,6 +498,8 @@ impl Policy {
                 .clone()
                 .or_else(|| base.targeted_field.clone()),
             cdn_cache_control: self.cdn_cache_control.or(base.cdn_cache_control),
+            hosts: self.hosts.clone().or_else(|| base.hosts.clone()),
+            max_tags: self.max_tags.or(base.max_tags),
             grpc: self.grpc,
         }
     }

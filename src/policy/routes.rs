@@ -288,6 +288,16 @@ impl Routes {
         if http && resolved.cdn_cache_control.unwrap_or(true) {
             targeted.push(HeaderName::from_static("cdn-cache-control"));
         }
+        let hosts = resolved.hosts.as_ref().map(|list| {
+            list.iter()
+                .map(|h| crate::key::normal_host(h.as_str().into()).into_owned())
+                .collect::<Vec<_>>()
+        });
+        if hosts.is_some() && (http || resolved.grpc) {
+            errors.push(format!(
+                "{place}.hosts: for application mode (HTTP mode keys `Host` with `key_headers`)"
+            ));
+        }
         let mut statuses = resolved.statuses.unwrap_or_else(|| {
             if resolved.grpc {
                 vec![200]
@@ -366,6 +376,13 @@ impl Routes {
                 "{place}.upstream_timeout: must be greater than zero"
             ));
         }
+        let max_tags = resolved.max_tags.unwrap_or(super::DEFAULT_MAX_TAGS);
+        if max_tags < tags.len() + 2 {
+            errors.push(format!(
+                "{place}.max_tags: {max_tags} leaves no room for the policy's {} tags and the two the cache may add",
+                tags.len()
+            ));
+        }
         let session = match &resolved.session {
             None => None,
             Some(super::Session::Cookie(name)) => {
@@ -393,6 +410,8 @@ impl Routes {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let key_host =
+            !http && !resolved.grpc && hosts.is_none() && !keyed.contains(&http::header::HOST);
         let session_is = |h: &HeaderName| matches!(&session, Some(SessionKey::Header(s)) if s == h);
         Ok(CompiledPolicy {
             route: format!("{method} {path}"),
@@ -440,6 +459,9 @@ impl Routes {
             allowed_headers,
             hints: resolved.hints.unwrap_or(!http),
             targeted,
+            key_host,
+            hosts,
+            max_tags,
         })
     }
 }

@@ -75,6 +75,7 @@ impl<S> SingleFlightService<S> {
             })
             // Its answer may reflect parameters the key leaves out.
             || crate::key::has_unkeyed_query(req.uri().query(), &policy.query)
+            || crate::plumbing::host_bypass(policy, req).is_some()
         {
             // One client's answer is never shared with another.
             return None;
