@@ -228,7 +228,7 @@ pub(super) fn miss<B: Body<Data = Bytes>>(
                 key = stash.stored_key(&pfull);
                 full = pfull.into();
             }
-            tags.append(&mut hint.tags);
+            tags.extend(hint.tags.drain(..).map(|t| stash.tag_name(&t).into_owned()));
             let capture = Capture {
                 // Dated when the origin produced it: the age it arrived with counts.
                 stored_at: started.checked_sub(age).unwrap_or(started),

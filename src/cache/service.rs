@@ -380,13 +380,15 @@ impl<S> CacheService<S> {
         stored: Option<String>,
         stale: Option<Arc<Entry>>,
     ) -> Box<Ctx> {
+        let stash = &self.shared.stash;
         let mut tags: Vec<String> = policy
             .tags
             .iter()
             .map(|t| {
                 let mut s = String::new();
                 t.render_into(&mut s, |name| params.get(name));
-                s
+                // Long ones hashed, as long keys are (and as invalidating them hashes them).
+                stash.tag_name(&s).into_owned()
             })
             .collect();
         // A variant (a query or header keyed) is tagged with its base key, so that
@@ -396,12 +398,12 @@ impl<S> CacheService<S> {
         // HTTP mode: any answer may turn out to vary (its `Vary` gives it a variant's key), or
         // be a partial one under a key of its own: tagged too.
         if full.len() > prefix + base.len() || policy.http {
-            tags.push(crate::stash::family_tag(&base));
+            tags.push(stash.family(&base));
         }
         if policy.host_keyed {
             // Also under the key without its host: invalidating the key template (a rule's
             // `user:{id}`) drops every host's entry, as a URL (with its host) drops one.
-            tags.push(crate::stash::family_tag(&base[..route]));
+            tags.push(stash.family(&base[..route]));
         }
         let full: Arc<str> = full.into();
         let key: Arc<str> = stored.map_or_else(|| full.clone(), Into::into);

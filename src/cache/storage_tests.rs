@@ -74,3 +74,67 @@ async fn an_answer_with_more_tags_than_the_policy_allows_is_not_stored() {
     let e = Routes::new().get("/t", tight).validate().unwrap_err();
     assert!(e.to_string().contains("max_tags: 3 leaves no room"), "{e}");
 }
+
+#[tokio::test]
+async fn long_tags_are_hashed_as_long_keys_are_and_still_invalidate() {
+    // HTTP mode tags every entry with its URL's key: a 60 KB path must not make a 60 KB tag
+    // (a Redis key of up to 180 KB once escaped).
+    let long = "p".repeat(60_000);
+    let handler = Upstream::new(|req, n| {
+        let mut resp = Response::new(full(format!("#{n}")));
+        if req.method() == http::Method::GET {
+            resp.headers_mut()
+                .insert("cache-control", HeaderValue::from_static("max-age=60"));
+        }
+        resp
+    });
+    let stash = Stash::new();
+    let routes = Routes::new()
+        .get("/{*path}", Policy::new().http_mode(true))
+        .get(
+            "/t/{id}",
+            Policy::ttl(Duration::from_secs(60)).tags(["item:{id}"]),
+        );
+    let layer = CacheLayer::new(stash.clone(), routes);
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(handler.clone());
+    let send_to = |method: http::Method, uri: String| {
+        let svc = svc.clone();
+        async move {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            send(svc, req).await
+        }
+    };
+    let url = format!("/{long}");
+    send_to(http::Method::GET, url.clone()).await;
+    let key = layer
+        .key_for(&Request::get(&url).body(()).unwrap())
+        .unwrap();
+    let stored = stash.stored_key(&key);
+    let entry = stash.store().get_local(&stored).flatten().expect("stored");
+    assert!(!entry.tags().is_empty());
+    assert!(
+        entry.tags().iter().all(|t| t.len() <= 250),
+        "tag lengths: {:?}",
+        entry.tags().iter().map(String::len).collect::<Vec<_>>()
+    );
+    assert!(send_to(http::Method::GET, url.clone()).await.is_hit());
+    // A write to the URL still drops it.
+    send_to(http::Method::POST, url.clone()).await;
+    assert!(!send_to(http::Method::GET, url).await.is_hit());
+    // A policy's tag, filled from a long parameter: hashed too, and invalidated by its name.
+    let id = "i".repeat(1000);
+    send_to(http::Method::GET, format!("/t/{id}")).await;
+    assert!(send_to(http::Method::GET, format!("/t/{id}"))
+        .await
+        .is_hit());
+    stash.invalidate_tag(&format!("item:{id}")).await.unwrap();
+    assert!(!send_to(http::Method::GET, format!("/t/{id}"))
+        .await
+        .is_hit());
+}

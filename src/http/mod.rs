@@ -93,7 +93,10 @@
 //!   before the answer goes on (waiting at most 2 s; a store that cannot be reached retries
 //!   in the background). A failed write, or a location on another host, drops nothing.
 //!   Entries of application-mode routes are left to [`Rules`](crate::Rules), and a write
-//!   whose method has a cached route of its own invalidates nothing.
+//!   whose method has a cached route of its own invalidates nothing. A write costs what it
+//!   names: the entries of its URLs (their variants, found by the URL's tag), not a scan of
+//!   the cache, and what it leaves behind (tombstones, tag dates) is bounded, so a flood of
+//!   POSTs neither slows down nor pushes live entries out (`benches/post_flood.rs`).
 //! - Partial content: a `206` answering a `Range` request, of one range with a known
 //!   complete length (`Content-Range: bytes 4-8/10`) and no `Vary`, is stored under a key
 //!   of its own, which only `Range` requests covered by it look up. It is kept in this

@@ -300,6 +300,19 @@ pub(crate) fn storage_key(full: &str, prefix_len: usize, max_len: usize) -> Opti
     Some(out)
 }
 
+/// The name a tag is indexed under: the tag itself, or past `max_len` bytes `#` and 128 bits
+/// of its BLAKE3 hash, as long keys are, so that no tag (a URL's, a long parameter's) makes
+/// a long index key in a store.
+pub(crate) fn tag_name(tag: &str, max_len: usize) -> std::borrow::Cow<'_, str> {
+    if tag.len() <= max_len {
+        return tag.into();
+    }
+    let mut out = String::with_capacity(33);
+    out.push('#');
+    push_hex(&mut out, &blake3::hash(tag.as_bytes()).as_bytes()[..16]);
+    out.into()
+}
+
 /// Is `s` usable as a literal in a key template or a namespace?
 pub(crate) fn is_literal(s: &str, allow_colon: bool) -> bool {
     s.bytes().all(|b| {

@@ -1,7 +1,7 @@
 //! Invalidations: of a key (and its variants) or of a tag, in the store and, through its bus,
 //! in every instance; retried in the background while the store fails.
 
-use super::{family_tag, Stash};
+use super::Stash;
 use crate::store::bus::{bus_message, new_message_id};
 use crate::StoreError;
 use std::sync::atomic::Ordering;
@@ -27,7 +27,8 @@ impl Stash {
     /// [`CacheHint`](crate::CacheHint)), in every instance; see
     /// [`invalidate_key`](Self::invalidate_key).
     pub async fn invalidate_tag(&self, tag: &str) -> Result<(), StoreError> {
-        self.invalidate(Invalidation::Tag(tag.into())).await
+        let tag = self.tag_name(tag).into_owned();
+        self.invalidate(Invalidation::Tag(tag)).await
     }
 
     pub(crate) async fn invalidate(&self, what: Invalidation) -> Result<(), StoreError> {
@@ -56,7 +57,7 @@ impl Stash {
             Invalidation::Key(key) => {
                 let full = format!("{}{key}", self.inner.prefix);
                 let stored = self.hashed_key(&full).unwrap_or_else(|| full.clone());
-                let family: Arc<str> = family_tag(key).into();
+                let family: Arc<str> = self.family(key).into();
                 let one = store.invalidate(stored.as_str().into(), at, keep);
                 let all = store.invalidate_tag(ns.clone(), family.clone(), at, keep);
                 one.await?;

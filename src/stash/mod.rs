@@ -166,6 +166,16 @@ impl Stash {
         key::storage_key(full, self.inner.prefix.len(), self.inner.max_key_len)
     }
 
+    /// The name `tag` is indexed under: hashed past the stash's `max_key_len`, as keys are.
+    pub(crate) fn tag_name<'t>(&self, tag: &'t str) -> std::borrow::Cow<'t, str> {
+        key::tag_name(tag, self.inner.max_key_len)
+    }
+
+    /// The tag every variant of the base key `base` carries, as it is indexed.
+    pub(crate) fn family(&self, base: &str) -> String {
+        self.tag_name(&family_tag(base)).into_owned()
+    }
+
     /// The key `full` is stored under.
     pub(crate) fn stored_key(&self, full: &str) -> Arc<str> {
         self.hashed_key(full)

@@ -2,7 +2,7 @@
 //! invalidation overlapped it (then the key is invalidated).
 
 use super::invalidate::Invalidation;
-use super::{family_tag, Stash};
+use super::Stash;
 use crate::store::bus::{bus_message, new_message_id};
 use crate::store::WriteTicket;
 use crate::StoreError;
@@ -78,7 +78,7 @@ impl Stash {
         super::complete_headers(&mut headers, parts.status, &body, true, self);
         let entry = crate::Entry::new(full, parts.status, headers, body)
             .with_trailers(trailers)
-            .with_tags(tags.to_vec());
+            .with_tags(tags.iter().map(|t| self.tag_name(t).into_owned()).collect());
         self.write_entry(key, ticket, entry, ttl).await.map(drop)
     }
 
@@ -101,7 +101,7 @@ impl Stash {
         let older = at - Duration::from_millis(1);
         let entry = Arc::new(entry.with_times(at, ttl));
         let ns: Arc<str> = self.inner.namespace.as_str().into();
-        let family: Arc<str> = family_tag(key).into();
+        let family: Arc<str> = self.family(key).into();
         let store = self.store();
         let id = new_message_id();
         let result = async {

@@ -501,6 +501,11 @@ where
         if let (Some(tags_from), Some(value)) = (&self.tags_from, value) {
             tags.extend(tags_from(value).iter().map(|t| escaped(t)));
         }
+        // Indexed as every tag is: hashed past the longest key.
+        let tags = tags
+            .iter()
+            .map(|t| self.stash.tag_name(t).into_owned())
+            .collect();
         Entry::new(full, status, headers, body).with_tags(tags)
     }
 

@@ -1,5 +1,6 @@
 use super::{Store, StoreError, StoreFuture, StoreUsage, WriteTicket, Writes};
 use crate::Entry;
+use bookkeeping::{Epochs, Members};
 use dashmap::DashMap;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
@@ -7,6 +8,8 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+mod bookkeeping;
 
 #[derive(Clone)]
 struct Slot {
@@ -31,8 +34,43 @@ impl moka::Expiry<Arc<str>, Slot> for PerEntryTtl {
     }
 }
 
+/// A key's invalidation: its date, kept `keep`.
+#[derive(Clone, Copy)]
+struct Stone {
+    at: SystemTime,
+    keep: Duration,
+}
+
+struct StoneTtl;
+
+impl moka::Expiry<Arc<str>, Stone> for StoneTtl {
+    fn expire_after_create(&self, _: &Arc<str>, stone: &Stone, _: Instant) -> Option<Duration> {
+        Some(stone.keep)
+    }
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        stone: &Stone,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(stone.keep)
+    }
+}
+
 /// One read in this many also goes through moka, so that its frequency sketch sees hot entries.
 const TOUCH_EVERY: u32 = 8;
+
+/// Buckets of tag invalidation dates (16 bytes each): one per 256 bytes of the bound, from
+/// 1,024 to 65,536 (1 MiB); a quarter as many for tombstones past their share.
+fn tag_buckets(max_bytes: u64) -> usize {
+    ((max_bytes / 256) as usize)
+        .clamp(1 << 10, 1 << 16)
+        .next_power_of_two()
+}
+/// The share of the byte bound the tombstones of keys may take, besides the entries: a
+/// sixteenth (at least 64 KiB).
+const STONE_SHARE: u64 = 16;
 
 /// An index entry: the entry and when moka expires it, so that the index never serves an
 /// entry past the TTL it was stored with, even before moka's housekeeping removes it.
@@ -58,6 +96,14 @@ thread_local! {
 /// entry it drops leaves the index through its eviction listener. One read in eight per thread
 /// also goes through moka, so that hot entries stay hot in its frequency sketch.
 ///
+/// Invalidations cost what they name, and what they leave behind is bounded, whatever the
+/// rate of writes: a tag's invalidation visits the entries carrying it (an index of tag
+/// members, kept as entries come and go), not every entry; a key's tombstone (which refuses
+/// fills that began before it) lives apart from the entries, in a sixteenth of the bound of
+/// its own, so that no flood of writes pushes live entries out; tombstones past that share,
+/// and tags' invalidation dates, are kept in fixed tables of buckets (a fill sharing a bucket
+/// with a later invalidation is refused: a miss, never an old answer).
+///
 /// [moka]: https://docs.rs/moka
 /// [dashmap]: https://docs.rs/dashmap
 #[derive(Clone)]
@@ -65,9 +111,15 @@ pub struct MemoryStore {
     cache: Cache<Arc<str>, Slot>,
     index: Arc<DashMap<Arc<str>, Indexed, foldhash::quality::RandomState>>,
     evictions: Arc<AtomicU64>,
-    /// When each (namespace, tag) was last invalidated, and until when that matters: a fill
-    /// with that tag whose request began earlier is refused.
-    epochs: Arc<std::sync::Mutex<TagEpochs>>,
+    /// The keys of each tag's entries.
+    members: Arc<Members>,
+    /// The tombstones of keys invalidated, while they last.
+    stones: Cache<Arc<str>, Stone>,
+    /// Tombstones pushed out of `stones` by others, by bucket.
+    key_epochs: Arc<Epochs>,
+    /// When each (namespace, tag) was last invalidated, by bucket: a fill with that tag
+    /// whose request began earlier is refused.
+    tag_epochs: Arc<Epochs>,
     /// Serialise the check-then-insert of writes to one key (reads never take them).
     stripes: Arc<[std::sync::Mutex<()>; 16]>,
     stripes_hasher: foldhash::fast::FixedState,
@@ -75,6 +127,9 @@ pub struct MemoryStore {
     invalidations: Arc<AtomicU64>,
     /// The writes in progress per key (write-through): see [`Writes::begin_write`].
     writes: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, KeyWrites>>>,
+    /// Entries a tag invalidation examined (tests).
+    #[cfg(test)]
+    examined: Arc<AtomicU64>,
 }
 
 /// The writes in progress on one key.
@@ -85,13 +140,12 @@ struct KeyWrites {
     last: u64,
 }
 
-type TagEpochs = std::collections::HashMap<(String, String), (SystemTime, Instant)>;
-
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
             .field("entries", &self.cache.entry_count())
             .field("bytes", &self.cache.weighted_size())
+            .field("tombstones", &self.stones.entry_count())
             .finish()
     }
 }
@@ -104,14 +158,17 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store that holds at most `max_bytes` of entries.
+    /// A store that holds at most `max_bytes` of entries (and a sixteenth of that of
+    /// tombstones besides).
     pub fn new(max_bytes: u64) -> Self {
         let evictions = Arc::new(AtomicU64::new(0));
         let index: Arc<DashMap<Arc<str>, Indexed, foldhash::quality::RandomState>> = Arc::new(
             DashMap::with_hasher(foldhash::quality::RandomState::default()),
         );
+        let members = Arc::new(Members::default());
         let counter = evictions.clone();
         let listener_index = Arc::downgrade(&index);
+        let listener_members = Arc::downgrade(&members);
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &Arc<str>, slot: &Slot| {
@@ -122,11 +179,35 @@ impl MemoryStore {
                 if cause == RemovalCause::Size {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
-                // Drop the index's copy, unless a newer entry has replaced it there.
-                if let Some(index) = listener_index.upgrade() {
-                    index.remove_if(&**key, |_, indexed| {
-                        Arc::ptr_eq(&indexed.entry, &slot.entry)
+                // Drop the index's copy, unless a newer entry has replaced it there; and the
+                // key from the members of the tags its entry no longer carries.
+                let Some(index) = listener_index.upgrade() else {
+                    return;
+                };
+                index.remove_if(&**key, |_, indexed| {
+                    Arc::ptr_eq(&indexed.entry, &slot.entry)
+                });
+                if let Some(members) = listener_members.upgrade() {
+                    let now = index.get(&**key).map(|i| i.entry.clone());
+                    members.remove(&key, slot.entry.tags(), |tag| {
+                        now.as_ref()
+                            .is_some_and(|e| e.tags().iter().any(|t| t == tag))
                     });
+                }
+            })
+            .build();
+        let key_epochs = Arc::new(Epochs::new(tag_buckets(max_bytes) / 4));
+        let overflow = Arc::downgrade(&key_epochs);
+        let stones = Cache::builder()
+            .max_capacity((max_bytes / STONE_SHARE).max(64 * 1024))
+            .weigher(|key: &Arc<str>, _: &Stone| u32::try_from(key.len() + 64).unwrap_or(u32::MAX))
+            .expire_after(StoneTtl)
+            .eviction_listener(move |key: Arc<Arc<str>>, stone: Stone, cause| {
+                // Pushed out by others: it keeps refusing, coarsely, for its remaining time.
+                if cause == RemovalCause::Size {
+                    if let Some(epochs) = overflow.upgrade() {
+                        epochs.record(&[&key], stone.at, stone.keep);
+                    }
                 }
             })
             .build();
@@ -134,11 +215,16 @@ impl MemoryStore {
             cache,
             index,
             evictions,
-            epochs: Arc::default(),
+            members,
+            stones,
+            key_epochs,
+            tag_epochs: Arc::new(Epochs::new(tag_buckets(max_bytes))),
             stripes: Arc::new(std::array::from_fn(|_| std::sync::Mutex::new(()))),
             stripes_hasher: foldhash::fast::FixedState::default(),
             writes: Arc::default(),
             invalidations: Arc::default(),
+            #[cfg(test)]
+            examined: Arc::default(),
         }
     }
 
@@ -170,11 +256,13 @@ impl MemoryStore {
             .filter(|e| !e.is_tombstone())
     }
 
-    /// When `key` was invalidated, while its tombstone lasts.
-    pub(crate) fn tombstone_at(&self, key: &str) -> Option<std::time::SystemTime> {
-        let indexed = self.index.get(key).map(|r| r.value().clone())?;
-        (indexed.entry.is_tombstone() && Instant::now() < indexed.deadline)
-            .then(|| indexed.entry.stored_at())
+    /// When `key` was invalidated, while its tombstone lasts (or, past the tombstones'
+    /// share, when a key sharing its bucket was: a later date than its own, never none).
+    pub(crate) fn tombstone_at(&self, key: &str) -> Option<SystemTime> {
+        match self.stones.get(key) {
+            Some(stone) => Some(stone.at),
+            None => self.key_epochs.latest(&[key]),
+        }
     }
 
     /// Runs moka's pending maintenance (evictions, expirations, counts), so that
@@ -182,44 +270,46 @@ impl MemoryStore {
     #[cfg(test)]
     pub(crate) fn run_pending_tasks(&self) {
         self.cache.run_pending_tasks();
+        self.stones.run_pending_tasks();
     }
 
-    /// Invalidates every entry of namespace `ns` tagged `tag` (a scan of the entries held),
-    /// and refuses later fills with that tag whose request began before `at`.
+    /// Entries tag invalidations examined so far.
+    #[cfg(test)]
+    fn examined(&self) -> u64 {
+        self.examined.load(Ordering::Relaxed)
+    }
+
+    /// The bytes the store keeps about invalidations: tombstones, tag members, buckets.
+    #[cfg(test)]
+    fn bookkeeping_bytes(&self) -> u64 {
+        self.stones.run_pending_tasks();
+        self.stones.weighted_size()
+            + (self.members.bytes() + self.key_epochs.bytes() + self.tag_epochs.bytes()) as u64
+    }
+
+    /// Invalidates every entry of namespace `ns` tagged `tag` (the entries carrying it, not
+    /// a scan of all), and refuses later fills with that tag whose request began before `at`.
     fn tombstone_tagged(&self, ns: &str, tag: &str, at: SystemTime, keep: Duration) {
         self.invalidations.fetch_add(1, Ordering::Release);
-        {
-            let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            if epochs.len() >= 4096 {
-                epochs.retain(|_, (_, until)| *until > now);
-            }
-            let slot = epochs
-                .entry((ns.to_string(), tag.to_string()))
-                .or_insert((at, now + keep));
-            if slot.0 < at {
-                *slot = (at, now + keep);
-            }
-        }
+        self.tag_epochs.record(&[ns, tag], at, keep);
         let prefix = format!("{ns}:");
-        let tagged: Vec<Arc<str>> = self
-            .index
-            .iter()
-            .filter(|r| {
-                r.key().starts_with(&prefix)
-                    && !r.value().entry.is_tombstone()
-                    && r.value().entry.tags().iter().any(|t| t == tag)
-            })
-            .map(|r| r.key().clone())
-            .collect();
-        for key in tagged {
-            self.tombstone(key, at, keep, false);
+        for key in self.members.of(tag) {
+            #[cfg(test)]
+            self.examined.fetch_add(1, Ordering::Relaxed);
+            let carries = key.starts_with(&prefix)
+                && self
+                    .index
+                    .get(&key)
+                    .is_some_and(|i| i.entry.tags().iter().any(|t| t == tag));
+            if carries {
+                self.tombstone(key, at, keep, false);
+            }
         }
     }
 
-    /// Leaves a tombstone dated `at` in `key`'s place: with `force`, whatever the key holds
-    /// (a key's invalidation: the last one applied wins), otherwise unless it holds an entry
-    /// stored after `at` (a tag's members).
+    /// Drops `key`'s entry and leaves a tombstone dated `at`, which refuses fills that began
+    /// before it: with `force`, whatever the key holds (a key's invalidation: the last one
+    /// applied wins), otherwise unless it holds an entry stored after `at` (a tag's members).
     fn tombstone(&self, key: Arc<str>, at: SystemTime, keep: Duration, force: bool) {
         self.invalidations.fetch_add(1, Ordering::Release);
         // A write in progress on the key overlapped an invalidation: it must not store.
@@ -231,77 +321,94 @@ impl MemoryStore {
         {
             w.last = 0;
         }
-        if keep.is_zero() {
-            self.index.remove(&key);
-            self.cache.invalidate(&key);
-        } else {
-            let stone = Arc::new(Entry::tombstone(&*key, at));
-            self.insert_unless_newer(key, stone, keep, force);
+        let _held = self.stripe(&key);
+        let newer = !force
+            && self
+                .index
+                .get(&*key)
+                .is_some_and(|i| i.entry.stored_at() > at && Instant::now() < i.deadline);
+        if newer {
+            return;
         }
+        self.index.remove(&key);
+        self.cache.invalidate(&key);
+        if keep.is_zero() {
+            return;
+        }
+        let at = match self.stones.get(&key) {
+            Some(stone) if !force && stone.at > at => stone.at,
+            _ => at,
+        };
+        self.stones.insert(key, Stone { at, keep });
+    }
+
+    /// The lock of `key`'s stripe.
+    fn stripe(&self, key: &str) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher;
+        let stripe = (self.stripes_hasher.hash_one(key) as usize) % self.stripes.len();
+        self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stores `entry` unless the key holds one stored later (a fill whose request began
-    /// before the stored entry's never replaces it), or a tombstone of the same time. The
-    /// check and the insert are one step for a key (a striped lock that reads never take):
-    /// an invalidation cannot slip in between and be overwritten.
-    fn insert_unless_newer(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration, force: bool) {
-        use std::hash::BuildHasher;
-        let stripe = (self.stripes_hasher.hash_one(&*key) as usize) % self.stripes.len();
-        let _held = self.stripes[stripe]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let newer = !force
-            && self.index.get(&*key).is_some_and(|i| {
-                let (was, now) = (i.entry.stored_at(), entry.stored_at());
-                (was > now || (was == now && i.entry.is_tombstone())) && Instant::now() < i.deadline
-            });
-        if !newer {
-            self.insert(key, entry, ttl);
+    /// before the stored entry's never replaces it), or a tombstone of the same time or later.
+    /// The check and the insert are one step for a key (a striped lock that reads never
+    /// take): an invalidation cannot slip in between and be overwritten.
+    fn insert_unless_newer(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) {
+        let _held = self.stripe(&key);
+        let began = entry.stored_at();
+        let newer = self
+            .index
+            .get(&*key)
+            .is_some_and(|i| i.entry.stored_at() > began && Instant::now() < i.deadline);
+        let invalidated = self.tombstone_at(&key).is_some_and(|at| began <= at);
+        if newer || invalidated {
+            return;
+        }
+        self.insert(key.clone(), entry.clone(), ttl);
+        // A tag invalidation that came between the caller's check and the insert: it either
+        // saw this key among its tag's members, or its date is seen here.
+        if self.tag_invalidated_after(&key, &entry) {
+            self.index
+                .remove_if(&*key, |_, i| Arc::ptr_eq(&i.entry, &entry));
+            self.cache.invalidate(&key);
         }
     }
 
     /// Whether a tag of `entry` was invalidated at or after its request began.
     fn tag_invalidated_after(&self, key: &str, entry: &Entry) -> bool {
-        if entry.tags().is_empty() {
-            return false;
-        }
-        let epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
-        if epochs.is_empty() {
-            return false;
-        }
         let ns = key.split(':').next().unwrap_or(key);
-        let now = Instant::now();
-        entry.tags().iter().any(|tag| {
-            epochs
-                .get(&(ns.to_string(), tag.clone()))
-                .is_some_and(|(at, until)| *until > now && *at >= entry.stored_at())
-        })
+        entry
+            .tags()
+            .iter()
+            .any(|tag| self.tag_epochs.refuses(&[ns, tag], entry.stored_at()))
     }
 
     /// Removes every entry but the tombstones (which keep refusing late fills).
     pub(crate) fn clear_entries(&self) {
         self.invalidations.fetch_add(1, Ordering::Release);
-        let live: Vec<Arc<str>> = self
-            .index
-            .iter()
-            .filter(|r| !r.value().entry.is_tombstone())
-            .map(|r| r.key().clone())
-            .collect();
+        let live: Vec<Arc<str>> = self.index.iter().map(|r| r.key().clone()).collect();
         for key in live {
             self.index.remove(&key);
             self.cache.invalidate(&key);
         }
     }
 
-    /// Removes every entry.
+    /// Removes every entry, and every tombstone.
     pub fn clear(&self) {
         self.invalidations.fetch_add(1, Ordering::Release);
         self.index.clear();
         self.cache.invalidate_all();
+        self.members.clear();
+        self.stones.invalidate_all();
+        self.key_epochs.clear();
+        self.tag_epochs.clear();
     }
 
     fn insert(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) {
         let deadline = Instant::now() + ttl;
+        self.members.add(&key, entry.tags());
         self.index.insert(
             key.clone(),
             Indexed {
@@ -341,7 +448,7 @@ impl Store for MemoryStore {
         if self.tag_invalidated_after(&key, &entry) {
             return Box::pin(std::future::ready(Ok(())));
         }
-        self.insert_unless_newer(key, entry, ttl, false);
+        self.insert_unless_newer(key, entry, ttl);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -425,7 +532,7 @@ impl Writes for MemoryStore {
             // the insert and be overwritten.
             match entry {
                 Some((entry, ttl)) if clean && !ttl.is_zero() => {
-                    self.insert_unless_newer(key, entry, ttl, false);
+                    self.insert_unless_newer(key, entry, ttl);
                     true
                 }
                 _ => false,
@@ -436,130 +543,4 @@ impl Writes for MemoryStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http::StatusCode;
-    use std::time::SystemTime;
-
-    fn entry(key: &str, body_len: usize) -> Arc<Entry> {
-        Arc::new(
-            Entry::new(
-                key,
-                StatusCode::OK,
-                Default::default(),
-                vec![b'x'; body_len].into(),
-            )
-            .with_times(SystemTime::now(), Duration::from_secs(60)),
-        )
-    }
-
-    #[test]
-    fn keeps_the_byte_bound_under_many_keys() {
-        let bound = 256 * 1024;
-        let store = MemoryStore::new(bound);
-        for i in 0..5_000 {
-            let key: Arc<str> = format!("k{i}").into();
-            store.insert(key.clone(), entry(&key, 1000), Duration::from_secs(60));
-        }
-        store.run_pending_tasks();
-        let usage = store.usage();
-        assert!(usage.bytes <= bound, "{usage:?}");
-        assert!(usage.entries > 50 && usage.entries < 5_000, "{usage:?}");
-        assert!(usage.evictions > 0, "{usage:?}");
-        // The read index holds exactly what moka holds: evictions leave it too.
-        assert_eq!(store.index.len() as u64, usage.entries);
-    }
-
-    #[test]
-    fn index_follows_replace_delete_and_expiry() {
-        let store = MemoryStore::new(1 << 20);
-        let key: Arc<str> = "k".into();
-        let (a, b) = (entry("k", 1), entry("k", 2));
-        store.insert(key.clone(), a, Duration::from_secs(60));
-        store.insert(key.clone(), b.clone(), Duration::from_secs(60));
-        store.run_pending_tasks();
-        assert!(Arc::ptr_eq(&store.get_now("k").unwrap(), &b));
-        drop(store.delete(key.clone()));
-        store.run_pending_tasks();
-        assert!(store.get_now("k").is_none());
-        assert!(store.index.is_empty());
-        store.insert(key.clone(), entry("k", 3), Duration::from_millis(1));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while store.index.contains_key("k") {
-            assert!(
-                Instant::now() < deadline,
-                "expired entry never left the index"
-            );
-            std::thread::yield_now();
-            store.run_pending_tasks();
-        }
-        assert!(store.get_now("k").is_none());
-    }
-
-    #[test]
-    fn reading_an_expired_entry_does_not_deadlock() {
-        // moka's inline housekeeping calls the eviction listener, which writes to the index:
-        // no index guard may be held across a moka call.
-        let store = MemoryStore::new(1 << 20);
-        for i in 0..200 {
-            let key: Arc<str> = format!("k{i}").into();
-            store.insert(key.clone(), entry(&key, 1), Duration::from_millis(1));
-        }
-        std::thread::sleep(Duration::from_millis(5)); // let them expire: nothing to await
-        let (done, finished) = std::sync::mpsc::channel();
-        let reader = store.clone();
-        std::thread::spawn(move || {
-            for _ in 0..50 {
-                for i in 0..200 {
-                    assert!(reader.get_now(&format!("k{i}")).is_none());
-                }
-            }
-            let _ = done.send(());
-        });
-        // A deadlock fails the test instead of hanging it.
-        finished
-            .recv_timeout(Duration::from_secs(30))
-            .expect("reads of expired entries deadlocked or panicked");
-    }
-
-    #[test]
-    fn entry_larger_than_the_bound_is_not_kept() {
-        let store = MemoryStore::new(10_000);
-        let key: Arc<str> = "big".into();
-        store.insert(key.clone(), entry(&key, 20_000), Duration::from_secs(60));
-        store.run_pending_tasks();
-        assert!(store.get_now("big").is_none());
-    }
-
-    #[tokio::test]
-    async fn tombstones_refuse_older_and_same_time_fills_and_a_key_s_invalidation_always_lands() {
-        use std::time::UNIX_EPOCH;
-        let store = MemoryStore::new(1 << 20);
-        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s);
-        let dated = |s: u64, body: &'static str| {
-            Arc::new(
-                Entry::new("k", http::StatusCode::OK, Default::default(), body.into())
-                    .with_times(at(s), Duration::from_secs(60)),
-            )
-        };
-        let ttl = Duration::from_secs(60);
-        store.put("k".into(), dated(10, "v1"), ttl).await.unwrap();
-        store.invalidate("k".into(), at(20), ttl).await.unwrap();
-        assert!(store.get_now("k").is_none());
-        // Began before, or at the same time as, the invalidation: refused.
-        for s in [15, 20] {
-            store.put("k".into(), dated(s, "late"), ttl).await.unwrap();
-            assert!(store.get_now("k").is_none(), "a fill dated {s}");
-        }
-        // Began after: stored.
-        store.put("k".into(), dated(25, "v2"), ttl).await.unwrap();
-        assert_eq!(store.get_now("k").unwrap().body(), "v2");
-        // An invalidation applied later lands even when dated earlier (its date came from
-        // another clock): what was applied last wins.
-        store.invalidate("k".into(), at(22), ttl).await.unwrap();
-        assert!(store.get_now("k").is_none());
-        // A fill that began after the invalidation's date still lands.
-        store.put("k".into(), dated(23, "v3"), ttl).await.unwrap();
-        assert_eq!(store.get_now("k").unwrap().body(), "v3");
-    }
-}
+mod tests;
