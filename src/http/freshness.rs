@@ -81,7 +81,12 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
 }
 
 fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
-    super::date::parse(headers.get(name)?.to_str().ok()?)
+    let mut values = headers.get_all(name).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        // None, or several lines: not one date.
+        return None;
+    };
+    super::date::parse(value.to_str().ok()?)
 }
 
 /// The `Age` a response arrived with (RFC 9111 section 5.1): the first member of its list,

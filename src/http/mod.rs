@@ -32,11 +32,11 @@
 //!   stored whatever `Cache-Control` says). An invalid one (`max-age =1`, `max-age="1"`,
 //!   `&&&`) is ignored. The fields reach the client as they came (they concern other caches
 //!   too). [`Policy::cdn_cache_control`]`(false)` ignores `CDN-Cache-Control`.
-//! - Dates (`Date`, `Expires`, `Last-Modified`, `If-Modified-Since`) are read in all three
-//!   formats of RFC 9110 section 5.6.7 and leniently beyond them, as caches in the field do:
-//!   any case, a wrong weekday or none, a missing comma, dashes, runs of spaces, a
-//!   two-digit year, a one-digit hour; `UTC` for `GMT`. A date in another zone (`AEST`)
-//!   cannot be read: as `Expires`, it means already expired.
+//! - Dates (`Date`, `Expires`, `Last-Modified`, `If-Modified-Since`) are read in the three
+//!   formats of RFC 9110 section 5.6.7, the names of days, months and `GMT` in any case;
+//!   nothing else (`UTC`, another zone, a two-digit year outside RFC 850, a missing comma,
+//!   runs of spaces, dashes, a one-digit hour) and no field given twice. As `Expires`, a date
+//!   that cannot be read means already expired (RFC 9111 section 5.3).
 //! - Interim (1xx) answers are never stored: only a final answer is (see the proxy example
 //!   for forwarding them).
 //! - Response directives: `no-store` and `private` are not stored; `no-cache` answers with a
