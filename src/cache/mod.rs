@@ -139,7 +139,6 @@
 mod body;
 mod fill;
 mod future;
-mod hint;
 mod hit;
 mod layer;
 mod service;
@@ -147,9 +146,9 @@ mod stale;
 mod vary;
 mod writes;
 
+pub use crate::plumbing::CacheHint;
 pub use body::CacheBody;
 pub use future::ResponseFuture;
-pub use hint::CacheHint;
 pub use layer::CacheLayer;
 pub use service::CacheService;
 
