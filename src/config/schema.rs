@@ -185,6 +185,8 @@ pub struct RuleConfig {
     /// Tags of the entry a write-through stores.
     #[serde(default)]
     pub entry_tags: Vec<String>,
+    /// The hosts a write-through's entry is for, as the GET route's `hosts`.
+    pub hosts: Option<Vec<String>>,
 }
 
 /// `write_through = { key = "user:{id}", ttl = "1h" }`.
@@ -361,7 +363,11 @@ impl RuleConfig {
             let wt = Invalidate::write_through(w.key.clone(), w.ttl.0);
             r = wt.with_keys(r.keys).with_tags(r.tags);
         }
-        r.entry_tags(self.entry_tags.clone())
+        let r = r.entry_tags(self.entry_tags.clone());
+        match &self.hosts {
+            Some(hosts) => r.hosts(hosts.clone()),
+            None => r,
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub struct Invalidate {
     pub(crate) write_through: Option<(String, Duration)>,
     pub(crate) entry_tags: Vec<String>,
     pub(crate) fields: Option<crate::key::MessageFields>,
+    pub(crate) hosts: Option<Vec<String>>,
 }
 
 impl Invalidate {
@@ -59,6 +60,20 @@ impl Invalidate {
             write_through: Some((key.into(), ttl)),
             ..Self::default()
         }
+    }
+
+    /// The hosts a write-through's entry is for, when the GET route's policy lists them
+    /// ([`Policy::hosts`](crate::Policy::hosts)): set the same list here. By default, as
+    /// the GET route keys the host a request names, the entry is stored for the host the
+    /// write names; with a list, it is stored once for all of them, and a write naming a
+    /// host off the list stores nothing (its key is invalidated).
+    pub fn hosts<I, T>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.hosts = Some(hosts.into_iter().map(Into::into).collect());
+        self
     }
 
     /// Also invalidates these keys.
@@ -237,6 +252,11 @@ impl Rules {
                     ));
                 }
             }
+            if rule.hosts.is_some() && rule.write_through.is_none() {
+                errors.push(format!(
+                    "{place}.hosts: for a write-through (an invalidation covers every host)"
+                ));
+            }
             if rule.keys.is_empty() && rule.tags.is_empty() && rule.write_through.is_none() {
                 errors.push(format!("{place}: invalidates nothing"));
             }
@@ -251,6 +271,11 @@ impl Rules {
                 write_through,
                 entry_tags,
                 fields: rule.fields.clone(),
+                hosts: rule.hosts.as_ref().map(|list| {
+                    list.iter()
+                        .map(|h| crate::key::normal_host(h.as_str().into()).into_owned())
+                        .collect()
+                }),
                 grpc,
             };
             if let Err(e) = table.insert(method, path, compiled, "rule") {
@@ -272,6 +297,8 @@ pub(crate) struct Compiled {
     pub(crate) write_through: Option<(Template, Duration)>,
     pub(crate) entry_tags: Vec<Template>,
     fields: Option<crate::key::MessageFields>,
+    /// Normalised ([`crate::key::normal_host`]).
+    hosts: Option<Vec<String>>,
     grpc: bool,
 }
 
@@ -285,10 +312,29 @@ pub(crate) struct RuleTable {
 pub(crate) struct Work {
     pub(crate) keys: Vec<String>,
     pub(crate) tags: Vec<String>,
-    pub(crate) write_through: Option<(String, Duration)>,
+    pub(crate) write_through: Option<WriteThrough>,
     pub(crate) entry_tags: Vec<String>,
     /// A gRPC call: it succeeded only if its trailers say `grpc-status: 0`.
     pub(crate) grpc: bool,
+}
+
+/// A write-through's filled key.
+#[derive(Debug)]
+pub(crate) struct WriteThrough {
+    /// The base key (the template filled), whose variants the write invalidates.
+    pub(crate) key: String,
+    /// What the GET route appends to the base key for the host the write names (`|host=..`
+    /// or nothing); `None` when the write is for no host the route answers: then it stores
+    /// nothing.
+    pub(crate) variant: Option<String>,
+    pub(crate) ttl: Duration,
+}
+
+impl WriteThrough {
+    /// The variant a ticket follows (nothing when no entry is stored).
+    pub(crate) fn variant(&self) -> &str {
+        self.variant.as_deref().unwrap_or("")
+    }
 }
 
 impl RuleTable {
@@ -321,13 +367,36 @@ impl RuleTable {
         Some(Work {
             keys: rule.keys.iter().filter(usable).map(fill).collect(),
             tags: rule.tags.iter().filter(usable).map(fill).collect(),
-            write_through: rule
-                .write_through
-                .as_ref()
-                .filter(|(t, _)| usable(&t))
-                .map(|(t, ttl)| (fill(t), *ttl)),
+            write_through: rule.write_through.as_ref().filter(|(t, _)| usable(&t)).map(
+                |(t, ttl)| WriteThrough {
+                    key: fill(t),
+                    variant: host_variant(rule.hosts.as_deref(), req),
+                    ttl: *ttl,
+                },
+            ),
             entry_tags: rule.entry_tags.iter().filter(usable).map(fill).collect(),
             grpc: rule.grpc,
         })
+    }
+}
+
+/// The key variant a write-through stores for the host `req` names, as the GET route keys it
+/// (see [`WriteThrough::variant`]): with no list of hosts, each host its own; with a list,
+/// one entry for the listed hosts and none for others.
+fn host_variant<B>(hosts: Option<&[String]>, req: &http::Request<B>) -> Option<String> {
+    use crate::plumbing::{host_mismatch, request_host};
+    if host_mismatch(req) {
+        return None;
+    }
+    let host = request_host(req);
+    match (hosts, host) {
+        (None, None) => Some(String::new()),
+        (None, Some(host)) => {
+            let mut k = String::from("|host=");
+            crate::key::escape_into(&mut k, host.as_bytes());
+            Some(k)
+        }
+        (Some(list), Some(host)) if list.iter().any(|h| *h == host) => Some(String::new()),
+        (Some(_), _) => None,
     }
 }

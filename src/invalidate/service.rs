@@ -92,7 +92,10 @@ where
             // A write-through is followed from before the service sees the request: a write
             // that overlaps another ends as an invalidation.
             let ticket = match &work.write_through {
-                Some((key, _)) => stash.begin_write(key).await,
+                Some(wt) => match &wt.variant {
+                    Some(variant) => stash.begin_write(&wt.key, variant).await,
+                    None => WriteTicket::untracked(),
+                },
                 None => WriteTicket::untracked(),
             };
             let mut pending = Unfinished {
@@ -134,8 +137,8 @@ impl Drop for Unfinished {
         };
         let stash = self.stash.clone();
         rt.spawn(async move {
-            if let Some((key, _)) = &work.write_through {
-                stash.abandon_write(key, ticket).await;
+            if let Some(wt) = &work.write_through {
+                stash.abandon_write(&wt.key, wt.variant(), ticket).await;
             }
             for key in &work.keys {
                 let _ = stash.invalidate_key(key).await;
@@ -182,8 +185,8 @@ where
         // A failed write changes nothing, but a write-through's key goes: the data may or may
         // not have changed (a rollback).
         failed => {
-            if let Some((key, _)) = &work.write_through {
-                stash.abandon_write(key, ticket).await;
+            if let Some(wt) = &work.write_through {
+                stash.abandon_write(&wt.key, wt.variant(), ticket).await;
             }
             return failed.map(|r| r.map(InvalidateBody::inner));
         }
@@ -214,11 +217,12 @@ where
                 }
             }
         }
-        Some((key, ttl)) => {
+        Some(wt) => {
+            let (key, variant) = (&wt.key, wt.variant());
             let (parts, body) = resp.into_parts();
             match body.collect().await {
                 Err(e) => {
-                    stash.abandon_write(key, ticket).await;
+                    stash.abandon_write(key, variant, ticket).await;
                     Response::from_parts(parts, InvalidateBody::failed(e))
                 }
                 Ok(collected) => {
@@ -227,13 +231,14 @@ where
                     // Only a full response is what the read answers: a 201, 202 or 204 is not.
                     let grpc_ok = !work.grpc || crate::plumbing::trailers_ok(trailers.as_ref());
                     if !grpc_ok {
-                        stash.abandon_write(key, ticket).await;
+                        stash.abandon_write(key, variant, ticket).await;
                         return Ok(Response::from_parts(
                             parts,
                             InvalidateBody::full(data, trailers),
                         ));
                     }
-                    let storable = matches!(parts.status.as_u16(), 200 | 203)
+                    let storable = wt.variant.is_some()
+                        && matches!(parts.status.as_u16(), 200 | 203)
                         && data.len() <= WRITE_THROUGH_LIMIT
                         && !parts.headers.contains_key(http::header::SET_COOKIE)
                         && !crate::headers::has_directive(&parts.headers, &["no-store", "private"]);
@@ -241,16 +246,17 @@ where
                         let _ = stash
                             .write_through(
                                 key,
+                                variant,
                                 ticket,
                                 &parts,
                                 data.clone(),
                                 trailers.clone(),
-                                *ttl,
+                                wt.ttl,
                                 &work.entry_tags,
                             )
                             .await;
                     } else {
-                        stash.abandon_write(key, ticket).await;
+                        stash.abandon_write(key, variant, ticket).await;
                     }
                     Response::from_parts(parts, InvalidateBody::full(data, trailers))
                 }

@@ -365,3 +365,86 @@ async fn a_write_dropped_before_it_answers_invalidates_its_key() {
     .await
     .expect("the old value outlived a dropped write");
 }
+
+fn with_host(mut req: Request<Body>, host: &str) -> Request<Body> {
+    req.headers_mut()
+        .insert(http::header::HOST, host.parse().unwrap());
+    req
+}
+
+#[tokio::test]
+async fn a_write_through_is_the_next_read_for_the_host_it_was_written_on() {
+    // Browsers and HTTP/1.1 clients always name a host, and application mode keys it: the
+    // write stores the entry the GET of the same host reads.
+    let (stash, db) = (Stash::new(), Db::default());
+    let app = app(&stash, &db);
+    db.users.lock().unwrap().insert("1".into(), "alice".into());
+    let get = |host: &str| with_host(get_req("/users/1"), host);
+    send(app.clone(), get("api.example.com")).await;
+    send(app.clone(), get("other.example.com")).await;
+    assert_eq!(db.reads(), 2);
+    let put = send(
+        app.clone(),
+        with_host(put_req("/users/1", "alicia"), "API.example.com:80"),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK);
+    let got = send(app.clone(), get("api.example.com")).await;
+    assert_eq!(
+        (got.text(), got.cache_status()),
+        ("user 1: alicia", "tower-stash; hit")
+    );
+    assert_eq!(db.reads(), 2, "the written entry answered");
+    // The other host's entry went with the key's variants: read again, never the old value.
+    let other = send(app.clone(), get("other.example.com")).await;
+    assert_eq!(other.text(), "user 1: alicia");
+    assert_eq!(db.reads(), 3);
+}
+
+#[tokio::test]
+async fn a_write_through_follows_the_hosts_its_rule_lists() {
+    let (stash, db) = (Stash::new(), Db::default());
+    db.users.lock().unwrap().insert("1".into(), "alice".into());
+    let hosts = ["api.example.com", "www.example.com"];
+    let app = Router::new()
+        .route("/users/{id}", get(get_user).put(put_user))
+        .with_state(db.clone())
+        .layer(
+            ServiceBuilder::new()
+                .layer(CacheLayer::new(
+                    stash.clone(),
+                    Routes::new().get(
+                        "/users/{id}",
+                        Policy::ttl(HOUR).key("user:{id}").hosts(hosts),
+                    ),
+                ))
+                .layer(InvalidateLayer::new(
+                    stash.clone(),
+                    Rules::new().put(
+                        "/users/{id}",
+                        Invalidate::write_through("user:{id}", HOUR).hosts(hosts),
+                    ),
+                )),
+        );
+    let get = |host: &str| with_host(get_req("/users/1"), host);
+    send(
+        app.clone(),
+        with_host(put_req("/users/1", "alicia"), "www.example.com"),
+    )
+    .await;
+    let got = send(app.clone(), get("api.example.com")).await;
+    assert_eq!(
+        (got.text(), got.cache_status()),
+        ("user 1: alicia", "tower-stash; hit")
+    );
+    assert_eq!(db.reads(), 0);
+    // A write for a host off the list is not the listed hosts' entry: it invalidates.
+    send(
+        app.clone(),
+        with_host(put_req("/users/1", "bob"), "evil.example"),
+    )
+    .await;
+    let got = send(app.clone(), get("api.example.com")).await;
+    assert_eq!(got.text(), "user 1: bob");
+    assert_eq!(db.reads(), 1);
+}

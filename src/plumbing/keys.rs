@@ -156,17 +156,22 @@ pub(crate) fn host_bypass<B>(policy: &CompiledPolicy, req: &Request<B>) -> Optio
     if policy.http || policy.grpc {
         return None;
     }
-    let authority = req.uri().authority().map(|a| a.as_str());
-    if let (Some(authority), Some(host)) = (authority, req.headers().get(http::header::HOST)) {
-        let named =
-            |s: &str| key::normal_host(s.rsplit('@').next().unwrap_or(s).into()).into_owned();
-        if named(authority) != named(&String::from_utf8_lossy(host.as_bytes())) {
-            return Some("host-mismatch");
-        }
+    if host_mismatch(req) {
+        return Some("host-mismatch");
     }
     let hosts = policy.hosts.as_ref()?;
     match request_host(req) {
         Some(host) if hosts.iter().any(|h| *h == host) => None,
         _ => Some("unknown-host"),
     }
+}
+
+/// An absolute URI naming another host than `Host` (an app may read either of them).
+pub(crate) fn host_mismatch<B>(req: &Request<B>) -> bool {
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let (Some(authority), Some(host)) = (authority, req.headers().get(http::header::HOST)) else {
+        return false;
+    };
+    let named = |s: &str| key::normal_host(s.rsplit('@').next().unwrap_or(s).into()).into_owned();
+    named(authority) != named(&String::from_utf8_lossy(host.as_bytes()))
 }

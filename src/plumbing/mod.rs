@@ -14,7 +14,9 @@ mod stored;
 pub use grpc::GrpcMessage;
 pub(crate) use grpc::{is_grpc, prepare, status, trailers_ok};
 pub use hint::CacheHint;
-pub(crate) use keys::{base_key, base_key_parts, host_bypass, key_strings, request_host};
+pub(crate) use keys::{
+    base_key, base_key_parts, host_bypass, host_mismatch, key_strings, request_host,
+};
 pub(crate) use lease::{Lease, LeaseSlot};
 pub(crate) use share::Exchange;
 pub(crate) use stored::Stored;

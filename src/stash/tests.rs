@@ -329,10 +329,10 @@ async fn a_write_alone_is_stored_and_overlapping_writes_invalidate_the_key() {
     let ttl = Duration::from_secs(60);
     let key = "stash:v1:user:1";
 
-    let ticket = stash.begin_write("user:1").await;
+    let ticket = stash.begin_write("user:1", "").await;
     assert!(ticket.alone());
     stash
-        .write_through("user:1", ticket, &parts, "new".into(), None, ttl, &[])
+        .write_through("user:1", "", ticket, &parts, "new".into(), None, ttl, &[])
         .await
         .unwrap();
     let entry = stash.store().get_local(key).unwrap().expect("stored");
@@ -351,15 +351,15 @@ async fn a_write_alone_is_stored_and_overlapping_writes_invalidate_the_key() {
     assert_eq!(stash.stats().stores, 1);
 
     // Two writes at once: which reached the data last is unknown, so the key goes.
-    let first = stash.begin_write("user:1").await;
-    let second = stash.begin_write("user:1").await;
+    let first = stash.begin_write("user:1", "").await;
+    let second = stash.begin_write("user:1", "").await;
     assert!(!second.alone());
     stash
-        .write_through("user:1", first, &parts, "a".into(), None, ttl, &[])
+        .write_through("user:1", "", first, &parts, "a".into(), None, ttl, &[])
         .await
         .unwrap();
     assert_eq!(stash.store().get_local(key), Some(None));
-    stash.abandon_write("user:1", second).await;
+    stash.abandon_write("user:1", "", second).await;
     assert_eq!(stash.store().get_local(key), Some(None));
     assert_eq!(stash.stats().stores, 1);
 }

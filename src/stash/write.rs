@@ -14,9 +14,10 @@ impl Stash {
     /// Begins a write-through of `key` (a base key, without the namespace): the store
     /// follows the writes in progress on it (across instances on a shared store), so that
     /// [`write_through`](Self::write_through) knows whether this write overlapped another.
-    /// A store that fails leaves the write untracked: it ends as an invalidation.
-    pub(crate) async fn begin_write(&self, key: &str) -> WriteTicket {
-        let stored = self.stored_key(&format!("{}{key}", self.inner.prefix));
+    /// A store that fails leaves the write untracked: it ends as an invalidation. `variant`
+    /// is what the read's key appends to `key` for the entry written (its host, or nothing).
+    pub(crate) async fn begin_write(&self, key: &str, variant: &str) -> WriteTicket {
+        let stored = self.stored_key(&format!("{}{key}{variant}", self.inner.prefix));
         let begin = match self.store().writes() {
             Some(writes) => writes.begin_write(stored, self.inner.tombstone_ttl),
             None => return WriteTicket::untracked(),
@@ -33,8 +34,8 @@ impl Stash {
 
     /// Ends a write-through that failed (or whose outcome is unknown): the key is
     /// invalidated, as the data may or may not have changed.
-    pub(crate) async fn abandon_write(&self, key: &str, ticket: WriteTicket) {
-        let stored = self.stored_key(&format!("{}{key}", self.inner.prefix));
+    pub(crate) async fn abandon_write(&self, key: &str, variant: &str, ticket: WriteTicket) {
+        let stored = self.stored_key(&format!("{}{key}{variant}", self.inner.prefix));
         if let Some(end) = self
             .store()
             .writes()
@@ -46,7 +47,7 @@ impl Stash {
     }
 
     /// Stores a write's response as the entry of `key` (a base key, without the namespace)
-    /// when the write overlapped no other write of `key` and no invalidation of it (see
+    /// and `variant` (see [`begin_write`](Self::begin_write)) when the write overlapped no other write of `key` and no invalidation of it (see
     /// [`begin_write`](Self::begin_write)); otherwise, since the order in which overlapping
     /// writes reached the data is unknown, invalidates `key` instead. The entry is dated
     /// now plus the invalidation margin, so that a read that began before the write cannot
@@ -56,6 +57,7 @@ impl Stash {
     pub(crate) async fn write_through(
         &self,
         key: &str,
+        variant: &str,
         ticket: WriteTicket,
         parts: &http::response::Parts,
         body: bytes::Bytes,
@@ -63,7 +65,7 @@ impl Stash {
         ttl: Duration,
         tags: &[String],
     ) -> Result<(), StoreError> {
-        let full = format!("{}{key}", self.inner.prefix);
+        let full = format!("{}{key}{variant}", self.inner.prefix);
         let mut headers = parts.headers.clone();
         crate::headers::strip_hop_by_hop(&mut headers);
         for name in [
@@ -83,7 +85,7 @@ impl Stash {
     }
 
     /// [`write_through`](Self::write_through) of a ready entry (its key the full key of
-    /// `key`; its times are set here): the stored entry when it was stored, `None` when the
+    /// `key` and its variant; its times are set here): the stored entry when it was stored, `None` when the
     /// write overlapped another and `key` was invalidated instead.
     pub(crate) async fn write_entry(
         &self,

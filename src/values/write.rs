@@ -52,7 +52,7 @@ where
             }
             Err(e) => {
                 if let Some(ticket) = guard.ticket.take() {
-                    self.stash.abandon_write(&guard.base, ticket).await;
+                    self.stash.abandon_write(&guard.base, "", ticket).await;
                 }
                 Err(e)
             }
@@ -70,7 +70,7 @@ where
         let body = match self.codec.encode(value) {
             Ok(body) => body,
             Err(e) => {
-                self.stash.abandon_write(&write.base, ticket).await;
+                self.stash.abandon_write(&write.base, "", ticket).await;
                 return Err(StoreError::new(e));
             }
         };
@@ -93,7 +93,7 @@ struct Write {
 impl Write {
     async fn begin<T, C>(values: &Values<T, C>, key: &str) -> Self {
         let base = value_key(key);
-        let ticket = values.stash.begin_write(&base).await;
+        let ticket = values.stash.begin_write(&base, "").await;
         Self {
             stash: values.stash.clone(),
             base,
@@ -109,7 +109,7 @@ impl Drop for Write {
         };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (stash, base) = (self.stash.clone(), std::mem::take(&mut self.base));
-            rt.spawn(async move { stash.abandon_write(&base, ticket).await });
+            rt.spawn(async move { stash.abandon_write(&base, "", ticket).await });
         }
     }
 }
