@@ -60,6 +60,8 @@ pub struct Entry {
     recompute: Duration,
     tags: Vec<String>,
     tombstone: bool,
+    /// Stored by a write-through: dated when the write ended, not when it began.
+    written: bool,
     /// Sliding expiry: the entry also expires this long after its last hit.
     sliding: Option<Duration>,
     touched: Touched,
@@ -125,6 +127,7 @@ impl Entry {
             recompute: Duration::ZERO,
             tags: Vec::new(),
             tombstone: false,
+            written: false,
             sliding: None,
             touched: Touched(AtomicU64::new(millis(now))),
             extended: Touched(AtomicU64::new(millis(now))),
@@ -145,6 +148,21 @@ impl Entry {
     /// Whether this is a tombstone (see [`tombstone`](Self::tombstone)).
     pub fn is_tombstone(&self) -> bool {
         self.tombstone
+    }
+
+    /// Marks the entry as stored by a write-through: dated when its write ended, though the
+    /// write began earlier, so that an invalidation of one of its tags that came while the
+    /// write was in progress drops it even though it is dated after that invalidation (a
+    /// fill is dated when its request began, and an entry dated after an invalidation is
+    /// otherwise kept).
+    pub fn with_written(mut self, written: bool) -> Self {
+        self.written = written;
+        self
+    }
+
+    /// Whether a write-through stored the entry (see [`with_written`](Self::with_written)).
+    pub fn is_written(&self) -> bool {
+        self.written
     }
 
     /// Sets when the entry was stored and how long it is fresh (at most [`MAX_TTL`]).
@@ -324,7 +342,8 @@ impl Entry {
         out.put_u8(
             u8::from(self.trailers.is_some())
                 | (u8::from(self.tombstone) << 1)
-                | (u8::from(self.sliding.is_some()) << 2),
+                | (u8::from(self.sliding.is_some()) << 2)
+                | (u8::from(self.written) << 3),
         );
         out.put_u16(self.status.as_u16());
         out.put_u64(millis(self.stored_at));
@@ -360,11 +379,12 @@ impl Entry {
             return Err(EntryError::Version(version));
         }
         let flags = r.u8()?;
-        if flags > 7 {
+        if flags > 15 {
             return Err(EntryError::Corrupt("flags"));
         }
         let has_trailers = flags & 1 != 0;
         let tombstone = flags & 2 != 0;
+        let written = flags & 8 != 0;
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| EntryError::Corrupt("status"))?;
         let stored_at = at_millis(r.u64()?).ok_or(EntryError::Corrupt("stored time"))?;
         let ttl = Duration::from_millis(r.u64()?).min(MAX_TTL);
@@ -401,6 +421,7 @@ impl Entry {
             recompute,
             tags,
             tombstone,
+            written,
             sliding,
             // Read just now: the store vouches that it was used within its idle time (and it
             // was just extended, if read with `get_sliding`).

@@ -150,6 +150,15 @@ pub(super) fn miss<B: Body<Data = Bytes>>(
             None,
             Some(&ctx.full),
         ),
+        // Invalidated while the service answered (here, or heard on the bus): the fill will
+        // be refused.
+        Ok(_) if stash.store().refuses(&ctx.key, ctx.started) => status_value(
+            &stash,
+            &stash.inner.status.miss,
+            Some("invalidated"),
+            None,
+            Some(&ctx.full),
+        ),
         Ok(_) if body.size_hint().exact().is_some() => status_value(
             &stash,
             &stash.inner.status.stored,

@@ -424,7 +424,7 @@ impl<S> CacheService<S> {
             full,
             key,
             tags,
-            started: self.shared.stash.now(),
+            started: self.shared.stash.began(),
             stale,
             lease: None,
             directives: None,

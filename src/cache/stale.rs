@@ -331,7 +331,7 @@ where
         }
         ctx.outgoing(&mut req, true);
         let mut inner = inner;
-        ctx.started = stash.now();
+        ctx.started = stash.began();
         ctx.stale = None;
         ctx.head = false;
         ctx.if_none_match = None;

@@ -138,3 +138,48 @@ async fn long_tags_are_hashed_as_long_keys_are_and_still_invalidate() {
         .await
         .is_hit());
 }
+
+#[tokio::test]
+async fn an_answer_invalidated_while_the_service_answered_does_not_say_stored() {
+    use crate::test_util::{until, Counter};
+    let clock = crate::ManualClock::default();
+    let stash = Stash::builder()
+        .clock(clock.clone())
+        .cache_status_detail(true)
+        .build()
+        .unwrap();
+    let counter = Counter::closed();
+    let app = axum::Router::new()
+        .route("/u/{id}", counter.get(|n| format!("v{n}")))
+        .layer(CacheLayer::new(
+            stash.clone(),
+            Routes::new().get(
+                "/u/{id}",
+                Policy::ttl(Duration::from_secs(60)).key("u:{id}"),
+            ),
+        ));
+    let get = || {
+        Request::get("/u/1")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let slow = tokio::spawn(send(app.clone(), get()));
+    until("the service's call", || counter.calls() == 1).await;
+    stash.invalidate_key("u:1").await.unwrap();
+    counter.open();
+    let got = slow.await.unwrap();
+    assert_eq!(got.text(), "v1");
+    assert_eq!(
+        got.cache_status(),
+        "tower-stash; fwd=miss; detail=invalidated"
+    );
+    // Not stored indeed; and a request after the invalidation (dated past the margin by the
+    // stash's clock) is.
+    clock.advance(Duration::from_millis(51));
+    let got = send(app.clone(), get()).await;
+    assert_eq!(
+        (got.text(), got.cache_status()),
+        ("v2", "tower-stash; fwd=miss; stored")
+    );
+    assert!(send(app, get()).await.is_hit());
+}

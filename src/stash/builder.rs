@@ -148,9 +148,13 @@ impl StashBuilder {
         self
     }
 
-    /// How much later than now an invalidation is dated (default 50 ms): a fill whose request
-    /// began before that is refused. Covers clock skew between instances; fills that begin
-    /// within the margin after an invalidation are answered but not stored.
+    /// How much later than now an invalidation is dated (default 50 ms) when it is dated by
+    /// the stash's [`Clock`](crate::Clock): a fill whose request began before that is refused.
+    /// It covers clock skew between instances sharing a store without a clock of its own
+    /// ([`Store::time`](crate::Store::time)); fills that begin within the margin after an
+    /// invalidation are answered but not stored. A stash on Redis dates by Redis's clock
+    /// instead, with a bound measured on each sample (see [`Stash::now`](crate::Stash::now)),
+    /// and uses the margin only before its first sample.
     pub fn invalidation_margin(mut self, margin: Duration) -> Self {
         self.invalidation_margin = margin;
         self
@@ -230,9 +234,13 @@ impl StashBuilder {
             return Err(ConfigError::new(errors));
         }
         let status = StatusHeaders::new(self.status_name, self.show_key, self.show_detail);
-        Ok(Stash {
+        let store: Arc<dyn crate::Store> =
+            store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
+        let follows = store.time().is_some() && self.clock.follows_store();
+        let stash = Stash {
             inner: Arc::new(Inner {
-                store: store.unwrap_or_else(|| Arc::new(MemoryStore::default())),
+                store_clock: follows.then(super::clock::StoreClock::new),
+                store,
                 namespace: self.namespace,
                 prefix,
                 max_key_len: self.max_key_len,
@@ -251,6 +259,8 @@ impl StashBuilder {
                 error_log: Default::default(),
                 rng: self.seed.map(|s| Mutex::new(fastrand::Rng::with_seed(s))),
             }),
-        })
+        };
+        stash.keep_sampling();
+        Ok(stash)
     }
 }

@@ -1,12 +1,22 @@
 //! Time for the cache: [`Clock`], the system's, and a [`ManualClock`] for tests.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of the current time. Tests use [`ManualClock`] to move time without sleeping.
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> SystemTime;
+
+    /// Whether a [`Stash`](crate::Stash) on a shared store with a clock of its own (Redis's
+    /// `TIME`, see [`Store::time`](crate::Store::time)) follows the store's clock instead of
+    /// this one, so that instances whose clocks disagree still order fills, invalidations and
+    /// write-throughs alike. Default: yes. A [`ManualClock`], which a test moves by hand,
+    /// says no.
+    fn follows_store(&self) -> bool {
+        true
+    }
 }
 
 /// The system's clock, the default.
@@ -62,5 +72,229 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         *self.now.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A test's time is the test's: never corrected by a store's.
+    fn follows_store(&self) -> bool {
+        false
+    }
+}
+
+/// The shared store's clock as this instance knows it: a sample of the store's time, carried
+/// forward by the monotonic clock (so that a step of the system clock changes nothing), with
+/// a bound on its error: half the sample's round trip, plus the drift since.
+///
+/// Every instance dates what it does by it: a fill by the earliest the store's time can be
+/// when its request began, an invalidation or a write-through by the latest it can be when
+/// it happened. Then whenever one thing truly happened before another, on any instance, its
+/// date is the earlier (the intervals TrueTime uses, without the atomic clocks).
+#[derive(Debug)]
+pub(crate) struct StoreClock {
+    origin: Instant,
+    sample: Mutex<Option<Sample>>,
+    /// Whether the task that keeps sampling runs.
+    pub(crate) sampling: AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// The store's time (µs since the epoch) less the monotonic clock (µs since `origin`).
+    offset: i64,
+    /// The bound on `offset`'s error, µs, when measured.
+    error: u64,
+    /// When it was measured, µs since `origin`.
+    measured: u64,
+}
+
+/// How fast two clocks may drift apart, in millionths: 200 ppm, ten times what a crystal
+/// clock does, so that a second between samples widens the bound by 0.2 ms.
+const DRIFT_PPM: u64 = 200;
+
+/// The most a bound may be and still be used: wider (no sample for minutes, or a round trip
+/// of a second) and the stash dates by the instance's clock and its margin instead.
+pub(crate) const MAX_ERROR: Duration = Duration::from_millis(50);
+
+impl StoreClock {
+    pub(crate) fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            sample: Mutex::new(None),
+            sampling: AtomicBool::new(false),
+        }
+    }
+
+    fn micros(d: Duration) -> u64 {
+        u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// The store's time now and the bound on its error; `None` before the first sample, or
+    /// when the bound is over [`MAX_ERROR`].
+    pub(crate) fn read(&self) -> Option<(SystemTime, Duration)> {
+        let sample = (*self.sample.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let mono = Self::micros(self.origin.elapsed());
+        let error = sample
+            .error
+            .saturating_add(mono.saturating_sub(sample.measured) * DRIFT_PPM / 1_000_000);
+        let error = Duration::from_micros(error);
+        if error > MAX_ERROR {
+            return None;
+        }
+        let micros = u64::try_from(i64::try_from(mono).ok()?.checked_add(sample.offset)?).ok()?;
+        Some((
+            UNIX_EPOCH.checked_add(Duration::from_micros(micros))?,
+            error,
+        ))
+    }
+
+    /// Takes a sample: `store` is what the store said between `sent` and `received`. Kept
+    /// when its bound is tighter than the current one's (carried forward).
+    pub(crate) fn record(&self, sent: Instant, store: SystemTime, received: Instant) {
+        let Ok(since_epoch) = store.duration_since(UNIX_EPOCH) else {
+            return;
+        };
+        let half = Self::micros(received.saturating_duration_since(sent)) / 2;
+        // The store's clock counts whole microseconds.
+        let error = half + 1;
+        let mid = Self::micros(sent.saturating_duration_since(self.origin)) + half;
+        let (Ok(store), Ok(mid)) = (i64::try_from(Self::micros(since_epoch)), i64::try_from(mid))
+        else {
+            return;
+        };
+        let now = Self::micros(self.origin.elapsed());
+        let new = Sample {
+            offset: store - mid,
+            error,
+            measured: now,
+        };
+        let mut current = self.sample.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = current.is_some_and(|c| {
+            c.error
+                .saturating_add(now.saturating_sub(c.measured) * DRIFT_PPM / 1_000_000)
+                <= error
+        });
+        if !keep {
+            *current = Some(new);
+        }
+    }
+}
+
+impl super::Stash {
+    /// The time this stash dates entries and invalidations by: the shared store's clock (as
+    /// sampled, carried forward by the monotonic clock) when it follows it (see
+    /// [`Clock::follows_store`]), the stash's [`Clock`] otherwise.
+    pub fn now(&self) -> SystemTime {
+        if let Some((now, _)) = self.store_time() {
+            return now;
+        }
+        self.inner.clock.now()
+    }
+
+    fn store_time(&self) -> Option<(SystemTime, Duration)> {
+        self.inner.store_clock.as_ref()?.read()
+    }
+
+    /// The date of a fill whose request begins now: the earliest the store's time can be.
+    /// Fills dated at or before an invalidation are refused.
+    pub(crate) fn began(&self) -> SystemTime {
+        self.keep_sampling();
+        match self.store_time() {
+            Some((now, error)) => now.checked_sub(error).unwrap_or(now),
+            None => self.inner.clock.now(),
+        }
+    }
+
+    /// The date of an invalidation or a write-through that happens now: the latest the
+    /// store's time can be, or without the store's time, the clock's plus the invalidation
+    /// margin; rounded up to a whole millisecond, as stores keep dates (so that a fill, whose
+    /// date is rounded down, refuses only when its own millisecond is earlier). Whether it
+    /// was the store's.
+    pub(crate) fn stamp(&self) -> (SystemTime, bool) {
+        self.keep_sampling();
+        let (at, store_time) = match self.store_time() {
+            Some((now, error)) => (now + error, true),
+            None => (
+                self.inner.clock.now() + self.inner.invalidation_margin,
+                false,
+            ),
+        };
+        let micros = at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        (
+            UNIX_EPOCH + Duration::from_millis(micros.div_ceil(1000)),
+            store_time,
+        )
+    }
+
+    /// Waits until the store's time is surely past `at` (a [`stamp`](Self::stamp) of the
+    /// store's time), by twice the bound on its error besides: then an invalidation made
+    /// after the caller returns, on any instance, is dated after `at`, and a fill that begins
+    /// then, on an instance whose bound is no wider than this one's, is dated after it too
+    /// (stored at once). A millisecond or two; bounded by [`MAX_ERROR`] twice.
+    pub(crate) async fn commit_wait(&self, at: SystemTime, store_time: bool) {
+        if !store_time {
+            return;
+        }
+        let deadline = Instant::now() + 2 * MAX_ERROR;
+        while let Some((now, error)) = self.store_time() {
+            let earliest = now.checked_sub(error).unwrap_or(now);
+            let Ok(left) = (at + 2 * error).duration_since(earliest) else {
+                return;
+            };
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(left.max(Duration::from_micros(100))).await;
+        }
+    }
+
+    /// Starts the task that samples the store's clock, once, where the stash follows it and a
+    /// runtime runs.
+    pub(crate) fn keep_sampling(&self) {
+        let Some(clock) = &self.inner.store_clock else {
+            return;
+        };
+        if clock.sampling.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if clock
+            .sampling
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        rt.spawn(sample(Arc::downgrade(&self.inner)));
+    }
+}
+
+/// How often the store's clock is sampled: every second, or every 50 ms until a sample
+/// with a usable bound comes.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Samples the store's clock while the stash lives.
+async fn sample(inner: std::sync::Weak<super::Inner>) {
+    loop {
+        let synced = {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let (Some(clock), Some(time)) = (&inner.store_clock, inner.store.time()) else {
+                return;
+            };
+            let sent = Instant::now();
+            if let Ok(Ok(store)) = tokio::time::timeout(SAMPLE_EVERY, time).await {
+                clock.record(sent, store, Instant::now());
+            }
+            clock.read().is_some()
+        };
+        let pause = if synced {
+            SAMPLE_EVERY
+        } else {
+            Duration::from_millis(50)
+        };
+        tokio::time::sleep(pause).await;
     }
 }

@@ -48,7 +48,7 @@ impl Stash {
 
     /// Invalidates in the store and tells the other instances.
     async fn apply(&self, what: &Invalidation) -> Result<(), StoreError> {
-        let at = self.now() + self.inner.invalidation_margin;
+        let (at, store_time) = self.stamp();
         let keep = self.inner.tombstone_ttl;
         let store = self.store();
         let ns: Arc<str> = self.inner.namespace.as_str().into();
@@ -79,6 +79,7 @@ impl Stash {
             }
         };
         self.await_acks(&id, sent).await;
+        self.commit_wait(at, store_time).await;
         Ok(())
     }
 

@@ -49,7 +49,7 @@ use status::StatusHeaders;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
@@ -57,11 +57,14 @@ pub(crate) struct Inner {
     pub(crate) prefix: String,
     pub(crate) max_key_len: usize,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The shared store's clock, when the stash follows it (see [`Clock::follows_store`]).
+    pub(crate) store_clock: Option<clock::StoreClock>,
     pub(crate) counters: Counters,
     pub(crate) status: StatusHeaders,
     /// How long a lease on a key lasts unless released.
     pub(crate) lease_ttl: Duration,
-    /// Invalidations are dated this much later than now (clock skew between instances).
+    /// Invalidations are dated this much later than now (clock skew between instances),
+    /// unless dated by the store's clock.
     pub(crate) invalidation_margin: Duration,
     /// How long a tombstone refuses late fills.
     pub(crate) tombstone_ttl: Duration,
@@ -186,10 +189,6 @@ impl Stash {
     /// on the bus too): a call that began at another count may predate an invalidation.
     pub(crate) fn epoch(&self) -> u64 {
         self.inner.invalidations.load(Ordering::Acquire) + self.inner.store.invalidations()
-    }
-
-    pub(crate) fn now(&self) -> SystemTime {
-        self.inner.clock.now()
     }
 
     /// A random number in `[0, 1)`: from the seeded source if the stash has one.

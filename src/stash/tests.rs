@@ -8,6 +8,7 @@ use crate::test_util::Down;
 use crate::{BreakerState, Entry, Guarded, Health, MemoryStore, TieredStore};
 use bytes::Bytes;
 use std::sync::Weak;
+use std::time::SystemTime;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// A memory store with a bus that keeps what is published; every message reaches one

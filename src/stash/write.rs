@@ -18,12 +18,13 @@ impl Stash {
     /// is what the read's key appends to `key` for the entry written (its host, or nothing).
     pub(crate) async fn begin_write(&self, key: &str, variant: &str) -> WriteTicket {
         let stored = self.stored_key(&format!("{}{key}{variant}", self.inner.prefix));
+        let began = self.began();
         let begin = match self.store().writes() {
             Some(writes) => writes.begin_write(stored, self.inner.tombstone_ttl),
             None => return WriteTicket::untracked(),
         };
         match begin.await {
-            Ok(ticket) => ticket,
+            Ok(ticket) => ticket.with_began(began),
             Err(e) => {
                 self.counters().store_error();
                 tracing::debug!(%key, error = %e, "a write could not be followed: it will invalidate");
@@ -47,12 +48,14 @@ impl Stash {
     }
 
     /// Stores a write's response as the entry of `key` (a base key, without the namespace)
-    /// and `variant` (see [`begin_write`](Self::begin_write)) when the write overlapped no other write of `key` and no invalidation of it (see
-    /// [`begin_write`](Self::begin_write)); otherwise, since the order in which overlapping
-    /// writes reached the data is unknown, invalidates `key` instead. The entry is dated
-    /// now plus the invalidation margin, so that a read that began before the write cannot
-    /// replace it with what it read; the key's variants are invalidated, and the other
-    /// instances drop their memory copy.
+    /// and `variant` (see [`begin_write`](Self::begin_write)) when the write overlapped no
+    /// other write of `key` and no invalidation of it; otherwise, since the order in which
+    /// overlapping writes reached the data is unknown, invalidates `key` instead. The entry
+    /// is dated the latest the store's time can be now ([`stamp`](Self::stamp)), so that a
+    /// read that began before the write cannot replace it with what it read; the key's
+    /// variants are invalidated, and the other instances drop their memory copy. It returns
+    /// once the store's time is surely past that date, so that an invalidation made after it
+    /// is dated later.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn write_through(
         &self,
@@ -95,13 +98,20 @@ impl Stash {
         ttl: Duration,
     ) -> Result<Option<Arc<crate::Entry>>, StoreError> {
         self.inner.invalidations.fetch_add(1, Ordering::Release);
-        let at = self.now() + self.inner.invalidation_margin;
+        let (stamp, store_time) = self.stamp();
         let keep = self.inner.tombstone_ttl;
         let stored = self.stored_key(entry.key());
-        // Dated `at`; the older copies it replaces are invalidated as of just before, so that
-        // an invalidation made after the write (dated `at` or later) still drops it.
-        let older = at - Duration::from_millis(1);
-        let entry = Arc::new(entry.with_times(at, ttl));
+        // Dated by the store's time, the older copies it replaces are invalidated as of the
+        // write (every read that began before it is refused), and it is dated just after:
+        // the wait before returning puts the store's time past that, so that an
+        // invalidation made once the write returned still drops it. Dated by the clock (no
+        // wait), it is dated `stamp` and the older copies as of just before.
+        let (older, at) = if store_time {
+            (stamp, stamp + Duration::from_millis(1))
+        } else {
+            (stamp - Duration::from_millis(1), stamp)
+        };
+        let entry = Arc::new(entry.with_times(at, ttl).with_written(true));
         let ns: Arc<str> = self.inner.namespace.as_str().into();
         let family: Arc<str> = self.family(key).into();
         let store = self.store();
@@ -127,6 +137,7 @@ impl Stash {
                 ))
                 .await?;
             self.await_acks(&id, sent).await;
+            self.commit_wait(at, store_time).await;
             Ok(true)
         }
         .await;

@@ -175,6 +175,24 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// Whether a fill of `key` whose request began at `began` is refused, as far as the store
+    /// knows at once, without waiting (a tombstone in memory: an invalidation made here or
+    /// heard on the bus since the request began): then `Cache-Status` does not say `stored`.
+    /// The default says no.
+    fn refuses(&self, key: &str, began: SystemTime) -> bool {
+        let _ = (key, began);
+        false
+    }
+
+    /// The store's own clock, for a store that instances share: the [`Stash`](crate::Stash)
+    /// orders fills, invalidations and write-throughs by it rather than by instance clocks,
+    /// which may disagree (see [`Clock::follows_store`](crate::Clock::follows_store)). The
+    /// default is `None` (a store no other instance shares, or one without a clock): then the
+    /// instance's clock dates them.
+    fn time(&self) -> Option<StoreFuture<SystemTime>> {
+        None
+    }
+
     /// A count that moves whenever this instance applies an invalidation (its own, or one
     /// heard on the bus) or flushes: single flight never lets a request join a call that
     /// began before the count last moved. The default is 0 (the [`Stash`](crate::Stash)

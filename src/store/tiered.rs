@@ -249,6 +249,16 @@ impl<S: Store> Store for TieredStore<S> {
     }
 
     /// L1's: every invalidation, local or heard on the bus, reaches it.
+    /// L1's tombstones: this instance's invalidations and those heard on the bus.
+    fn refuses(&self, key: &str, began: SystemTime) -> bool {
+        self.l1.refuses(key, began)
+    }
+
+    /// L2's clock, which every instance shares.
+    fn time(&self) -> Option<StoreFuture<SystemTime>> {
+        self.l2.time()
+    }
+
     fn invalidations(&self) -> u64 {
         self.l1.invalidations()
     }

@@ -44,6 +44,7 @@ pub trait Writes: Send + Sync {
 pub struct WriteTicket {
     id: u64,
     alone: bool,
+    began: Option<std::time::SystemTime>,
 }
 
 impl WriteTicket {
@@ -53,6 +54,7 @@ impl WriteTicket {
         Self {
             id: id.max(1),
             alone,
+            began: None,
         }
     }
 
@@ -61,7 +63,22 @@ impl WriteTicket {
         Self {
             id: 0,
             alone: false,
+            began: None,
         }
+    }
+
+    /// The same ticket, for a write that began at `began` (as the stash dates the start of
+    /// a fill's request).
+    pub fn with_began(mut self, began: std::time::SystemTime) -> Self {
+        self.began = Some(began);
+        self
+    }
+
+    /// When the write began, if the stash said: a tag of the entry invalidated at or after
+    /// that refuses it in [`end_write`](Writes::end_write), as it refuses a fill whose
+    /// request began before the invalidation (the entry's own date is when the write ended).
+    pub fn began(&self) -> Option<std::time::SystemTime> {
+        self.began
     }
 
     /// The write's id; 0 for an untracked write.

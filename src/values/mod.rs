@@ -381,7 +381,7 @@ where
                         }
                     };
                     self.stash.counters().miss();
-                    let started = self.stash.now();
+                    let started = self.stash.began();
                     let value = fetch().await?.map(Arc::new);
                     self.fill(key, &full, &stored, value.clone(), started).await;
                     leader.finish(value.clone());

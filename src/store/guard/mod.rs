@@ -335,6 +335,16 @@ impl<S: Store> Store for Guarded<S> {
         self.guard_steps(|s| s.invalidate_tag(ns, tag, at, keep))
     }
 
+    fn refuses(&self, key: &str, began: SystemTime) -> bool {
+        self.inner.refuses(key, began)
+    }
+
+    /// The guarded store's clock, past the breaker: sampled in the background (bounded by
+    /// its own timeout), it neither counts towards the store's health nor waits for it.
+    fn time(&self) -> Option<StoreFuture<SystemTime>> {
+        self.inner.time()
+    }
+
     fn invalidations(&self) -> u64 {
         self.inner.invalidations()
     }

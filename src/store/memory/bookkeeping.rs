@@ -66,7 +66,7 @@ impl Epochs {
     /// Whether a fill whose request began at `began` came before an invalidation of `name`.
     pub(super) fn refuses(&self, name: &[&str], began: SystemTime) -> bool {
         self.latest(name)
-            .is_some_and(|at| ms_down(began) <= ms_down(at))
+            .is_some_and(|at| ms_down(began) < ms_down(at))
     }
 
     pub(super) fn clear(&self) {

@@ -323,10 +323,9 @@ impl MemoryStore {
         }
         let _held = self.stripe(&key);
         let newer = !force
-            && self
-                .index
-                .get(&*key)
-                .is_some_and(|i| i.entry.stored_at() > at && Instant::now() < i.deadline);
+            && self.index.get(&*key).is_some_and(|i| {
+                i.entry.stored_at() > at && !i.entry.is_written() && Instant::now() < i.deadline
+            });
         if newer {
             return;
         }
@@ -355,7 +354,15 @@ impl MemoryStore {
     /// before the stored entry's never replaces it), or a tombstone of the same time or later.
     /// The check and the insert are one step for a key (a striped lock that reads never
     /// take): an invalidation cannot slip in between and be overwritten.
-    fn insert_unless_newer(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) {
+    ///
+    /// `tags_since`: when the entry's request (or write) began, for its tags' invalidations.
+    fn insert_unless_newer(
+        &self,
+        key: Arc<str>,
+        entry: Arc<Entry>,
+        ttl: Duration,
+        tags_since: SystemTime,
+    ) {
         let _held = self.stripe(&key);
         let began = entry.stored_at();
         let newer = self
@@ -369,20 +376,20 @@ impl MemoryStore {
         self.insert(key.clone(), entry.clone(), ttl);
         // A tag invalidation that came between the caller's check and the insert: it either
         // saw this key among its tag's members, or its date is seen here.
-        if self.tag_invalidated_after(&key, &entry) {
+        if self.tag_invalidated_after(&key, &entry, tags_since) {
             self.index
                 .remove_if(&*key, |_, i| Arc::ptr_eq(&i.entry, &entry));
             self.cache.invalidate(&key);
         }
     }
 
-    /// Whether a tag of `entry` was invalidated at or after its request began.
-    fn tag_invalidated_after(&self, key: &str, entry: &Entry) -> bool {
+    /// Whether a tag of `entry` was invalidated at or after `began`.
+    fn tag_invalidated_after(&self, key: &str, entry: &Entry, began: SystemTime) -> bool {
         let ns = key.split(':').next().unwrap_or(key);
         entry
             .tags()
             .iter()
-            .any(|tag| self.tag_epochs.refuses(&[ns, tag], entry.stored_at()))
+            .any(|tag| self.tag_epochs.refuses(&[ns, tag], began))
     }
 
     /// Removes every entry but the tombstones (which keep refusing late fills).
@@ -445,10 +452,11 @@ impl Store for MemoryStore {
                 "refusing to store an entry with a zero TTL",
             ))));
         }
-        if self.tag_invalidated_after(&key, &entry) {
+        let began = entry.stored_at();
+        if self.tag_invalidated_after(&key, &entry, began) {
             return Box::pin(std::future::ready(Ok(())));
         }
-        self.insert_unless_newer(key, entry, ttl);
+        self.insert_unless_newer(key, entry, ttl, began);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -456,6 +464,10 @@ impl Store for MemoryStore {
         self.index.remove(&key);
         self.cache.invalidate(&key);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn refuses(&self, key: &str, began: SystemTime) -> bool {
+        self.tombstone_at(key).is_some_and(|at| began <= at)
     }
 
     fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
@@ -532,7 +544,8 @@ impl Writes for MemoryStore {
             // the insert and be overwritten.
             match entry {
                 Some((entry, ttl)) if clean && !ttl.is_zero() => {
-                    self.insert_unless_newer(key, entry, ttl);
+                    let began = ticket.began().unwrap_or_else(|| entry.stored_at());
+                    self.insert_unless_newer(key, entry, ttl, began);
                     true
                 }
                 _ => false,

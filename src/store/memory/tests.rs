@@ -233,3 +233,34 @@ async fn tombstones_refuse_older_and_same_time_fills_and_a_key_s_invalidation_al
     store.put("k".into(), dated(23, "v3"), ttl).await.unwrap();
     assert_eq!(store.get_now("k").unwrap().body(), "v3");
 }
+
+#[tokio::test]
+async fn a_tag_invalidation_drops_a_written_entry_dated_after_it() {
+    let store = MemoryStore::default();
+    let t0 = SystemTime::now();
+    let later = t0 + Duration::from_secs(5);
+    let written = Entry::clone(&tagged("wr:v1:written", &["t"], later)).with_written(true);
+    store
+        .put(
+            "wr:v1:written".into(),
+            Arc::new(written),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            "wr:v1:filled".into(),
+            tagged("wr:v1:filled", &["t"], later),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let at = t0 + Duration::from_secs(1);
+    store
+        .invalidate_tag("wr".into(), "t".into(), at, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(store.get("wr:v1:written".into()).await.unwrap().is_none());
+    assert!(store.get("wr:v1:filled".into()).await.unwrap().is_some());
+}

@@ -326,7 +326,10 @@ impl Store for RedisStore {
         let this = self.clone();
         Box::pin(async move {
             let value = entry.encode();
-            if this.add_to_tags(&key, &entry, millis).await? {
+            if this
+                .add_to_tags(&key, &entry, entry.stored_at(), millis)
+                .await?
+            {
                 tracing::debug!(%key, "a tag of this fill was invalidated after its request began: not stored");
                 return Ok(());
             }
@@ -393,6 +396,18 @@ impl Store for RedisStore {
         Box::pin(async move { this.invalidate_tagged(&ns, &tag, at, keep).await })
     }
 
+    /// `TIME`: Redis's clock (on a cluster, any master's: their clocks must agree, as NTP
+    /// keeps them).
+    fn time(&self) -> Option<StoreFuture<SystemTime>> {
+        let this = self.clone();
+        Some(Box::pin(async move {
+            let reply = this.run(&redis::cmd("TIME")).await?;
+            parse_time(&reply).ok_or_else(|| {
+                StoreError::new(format!("redis: unexpected reply to TIME: {reply:?}"))
+            })
+        }))
+    }
+
     fn bus(&self) -> Option<&dyn Bus> {
         Some(self)
     }
@@ -447,5 +462,26 @@ impl HealthCheck for RedisStore {
                 ))),
             }
         })
+    }
+}
+
+/// `TIME`'s reply, seconds and microseconds as two strings.
+fn parse_time(reply: &Value) -> Option<SystemTime> {
+    let Value::Array(parts) = reply else {
+        return None;
+    };
+    let number = |v: &Value| match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse::<u64>().ok(),
+        Value::Int(i) => u64::try_from(*i).ok(),
+        _ => None,
+    };
+    match parts.as_slice() {
+        [secs, micros] => {
+            let (secs, micros) = (number(secs)?, number(micros)?);
+            std::time::UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))?
+                .checked_add(Duration::from_micros(micros.min(999_999)))
+        }
+        _ => None,
     }
 }

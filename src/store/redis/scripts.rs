@@ -13,15 +13,17 @@ pub(super) const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok
 /// entry's `stored_at` is bytes 7 to 14 of the envelope (big-endian millis, compared byte by
 /// byte, never with Lua's locale-dependent string order), read with GETRANGE, never the whole
 /// value. A late fill (its request began before the stored entry's) never replaces a newer
-/// entry. A key of another type is replaced (GETRANGE fails on it: `pcall` makes that an empty
-/// string). A tombstone (flags byte 4 has bit 1; bit 2 marks sliding expiry) also refuses a
-/// fill of the same millisecond.
+/// entry, and a tombstone refuses the fills dated before it. A key of another type is
+/// replaced (GETRANGE fails on it: `pcall` makes that an empty string). A fill of the same
+/// millisecond as a tombstone is stored: invalidations are dated rounded up to the
+/// millisecond, fills rounded down (see `Stash::stamp`). A tombstone always replaces an entry
+/// a write-through stored (flags value 8, `Entry::with_written`), whose date is its write's end.
 /// An invalidation passes the key's last writer (`{K}!ws`, see [`WRITE_END`]) as `KEYS[2]`:
 /// set to `0` if present, so that no write in progress may store after it.
 /// `ARGV[3]` = `1` skips the comparison: a key's invalidation always lands (what Redis saw
-/// last wins; a newer entry it drops only costs a miss), since the dates compared come from
-/// instance clocks.
-pub(super) const SET_UNLESS_NEWER: &str = "if #KEYS > 1 then redis.call('SET', KEYS[2], '0', 'XX', 'PX', ARGV[2]) end \
+/// last wins; a newer entry it drops only costs a miss).
+pub(super) const SET_UNLESS_NEWER: &str =
+    "if #KEYS > 1 then redis.call('SET', KEYS[2], '0', 'XX', 'PX', ARGV[2]) end \
     if ARGV[3] ~= '1' then \
     local cur = redis.pcall('GETRANGE', KEYS[1], 0, 13) \
     if type(cur) ~= 'string' then cur = '' end \
@@ -31,7 +33,8 @@ pub(super) const SET_UNLESS_NEWER: &str = "if #KEYS > 1 then redis.call('SET', K
     local a, b = string.byte(cur, i), string.byte(ARGV[1], i) \
     if a ~= b then newer = a > b break end \
     end \
-    if newer == true or (newer == nil and math.floor(string.byte(cur, 4) / 2) % 2 == 1) then return 0 end \
+    if newer == true and not (math.floor(string.byte(cur, 4) / 8) % 2 == 1 \
+    and math.floor(string.byte(ARGV[1], 4) / 2) % 2 == 1) then return 0 end \
     end \
     end \
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";

@@ -77,11 +77,13 @@ pub(super) fn scored_members(items: Vec<Value>) -> Result<Vec<Scored>, StoreErro
 
 impl RedisStore {
     /// Adds `key` to the indexes of its entry's tags, kept `millis` ms: true when one of
-    /// them was invalidated at or after the entry's request began (it must not be stored).
+    /// them was invalidated at or after `began` (the entry's request, or its write, began
+    /// then: it must not be stored).
     pub(super) async fn add_to_tags(
         &self,
         key: &str,
         entry: &Entry,
+        began: SystemTime,
         millis: u64,
     ) -> Result<bool, StoreError> {
         if entry.tags().is_empty() {
@@ -103,11 +105,13 @@ impl RedisStore {
                 .arg(now)
                 .arg(millis);
         }
-        let started = millis_at(entry.stored_at());
+        let started = millis_at(began);
         let mut invalidated = false;
         for epoch in self.run_each(&mut pipe).await? {
             match epoch {
-                Ok(Value::Int(at)) => invalidated |= u64::try_from(at).unwrap_or(0) >= started,
+                // Epochs are rounded up to the millisecond, `started` down: the same
+                // millisecond began after the invalidation.
+                Ok(Value::Int(at)) => invalidated |= u64::try_from(at).unwrap_or(0) > started,
                 Ok(_) => {}
                 Err(e) => return Err(self.refusal(&e)),
             }

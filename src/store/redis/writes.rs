@@ -49,7 +49,8 @@ impl Writes for RedisStore {
             if let Some((entry, ttl)) = entry.filter(|_| ticket.alone()) {
                 millis = ms(ttl);
                 // A tag invalidated since the write began: ended, not stored.
-                if !this.add_to_tags(&key, &entry, millis).await? {
+                let began = ticket.began().unwrap_or_else(|| entry.stored_at());
+                if !this.add_to_tags(&key, &entry, began, millis).await? {
                     value = entry.encode();
                 }
             }
