@@ -139,7 +139,7 @@ where
             Some("request-no-store")
         } else if authorization && !policy.vary_authorization && !policy.http {
             Some("authorization")
-        } else if cookie && !policy.vary_cookie {
+        } else if cookie && policy.cookie_bypasses(headers) {
             Some("cookie")
         } else if rewrite.is_some() {
             // A header that changes what many apps answer, which the key does not hold: a

@@ -183,3 +183,57 @@ async fn an_answer_invalidated_while_the_service_answered_does_not_say_stored() 
     );
     assert!(send(app, get()).await.is_hit());
 }
+
+#[tokio::test]
+async fn an_ignored_analytics_cookie_no_longer_prevents_a_hit() {
+    let upstream = Upstream::echo();
+    let stash = Stash::builder().cache_status_detail(true).build().unwrap();
+    let layer = |policy: Policy| {
+        ServiceBuilder::new()
+            .layer(CacheLayer::new(
+                stash.clone(),
+                Routes::new().get("/p", policy),
+            ))
+            .service(upstream.clone())
+    };
+    let get = |cookie: &str| {
+        Request::get("/p")
+            .header("cookie", cookie)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let analytics = "_ga=GA1.2.1234.5678; _gid=GA1.2.99";
+    // The trap: any cookie bypasses, so every browser misses.
+    let plain = layer(Policy::ttl(Duration::from_secs(60)));
+    for _ in 0..2 {
+        let got = send(plain.clone(), get(analytics)).await;
+        assert_eq!(got.cache_status(), "tower-stash; fwd=bypass; detail=cookie");
+    }
+    assert_eq!(upstream.calls(), 2);
+    // Ignored: the same requests share one entry, with and without the cookies.
+    let ignoring = layer(Policy::ttl(Duration::from_secs(60)).ignore_cookies(["_ga", "_gid"]));
+    send(ignoring.clone(), get(analytics)).await;
+    assert!(send(ignoring.clone(), get("_gid=other; _ga=x"))
+        .await
+        .is_hit());
+    let bare = Request::get("/p").body(Empty::<Bytes>::new()).unwrap();
+    assert!(send(ignoring.clone(), bare).await.is_hit());
+    assert_eq!(upstream.calls(), 3);
+    // Any other cookie still bypasses: it may be what the answer depends on.
+    let got = send(ignoring.clone(), get("_ga=x; session=abc")).await;
+    assert_eq!(got.cache_status(), "tower-stash; fwd=bypass; detail=cookie");
+    assert_eq!(upstream.calls(), 4);
+}
+
+#[test]
+fn an_ignored_cookie_that_is_no_cookie_name_is_named_in_the_error() {
+    let routes = Routes::new().get(
+        "/p",
+        Policy::ttl(Duration::from_secs(60)).ignore_cookies(["_ga", "bad name"]),
+    );
+    let err = routes.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("ignore_cookies: `bad name` is not a cookie name"),
+        "{err}"
+    );
+}

@@ -146,6 +146,8 @@ pub struct PolicyConfig {
     pub max_lifetime: Option<Dur>,
     /// The cookie holding the session id.
     pub session_cookie: Option<String>,
+    /// Cookies the route's answers never depend on (see [`Policy::ignore_cookies`]).
+    pub ignore_cookies: Option<Vec<String>>,
     /// The header holding the session id.
     pub session_header: Option<String>,
     /// HTTP mode: the origin's headers decide (RFC 9111).
@@ -320,6 +322,9 @@ impl PolicyConfig {
         }
         if let Some(c) = &self.session_cookie {
             p = p.session_cookie(c.clone());
+        }
+        if let Some(c) = &self.ignore_cookies {
+            p = p.ignore_cookies(c.clone());
         }
         if let Some(h) = &self.session_header {
             p = p.session_header(h.clone());

@@ -8,6 +8,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 impl CompiledPolicy {
+    /// Whether the request's `Cookie` makes it bypass the cache: it carries a cookie the
+    /// policy neither keys nor ignores (an empty pair is no cookie).
+    pub(crate) fn cookie_bypasses(&self, headers: &http::HeaderMap) -> bool {
+        if self.vary_cookie {
+            return false;
+        }
+        headers.get_all(http::header::COOKIE).iter().any(|v| {
+            v.as_bytes().split(|b| *b == b';').any(|pair| {
+                let pair = pair.trim_ascii();
+                let name = pair
+                    .split(|b| *b == b'=')
+                    .next()
+                    .unwrap_or(pair)
+                    .trim_ascii();
+                !pair.is_empty()
+                    && !self
+                        .ignored_cookies
+                        .iter()
+                        .any(|ignored| ignored.as_bytes() == name)
+            })
+        })
+    }
+
     /// The lifetime the policy gives answers of `status`, if it names one.
     pub(crate) fn status_ttl(&self, status: http::StatusCode) -> Option<Duration> {
         let status = status.as_u16();
@@ -33,6 +56,8 @@ pub(crate) struct CompiledPolicy {
     pub(crate) key_headers: Vec<HeaderName>,
     pub(crate) vary_authorization: bool,
     pub(crate) vary_cookie: bool,
+    /// Cookies that never make a request bypass ([`Policy::ignore_cookies`](super::Policy::ignore_cookies)).
+    pub(crate) ignored_cookies: Vec<String>,
     pub(crate) statuses: Vec<u16>,
     /// Statuses stored for a lifetime of their own ([`Policy::status_ttl`]).
     pub(crate) status_ttls: Vec<(u16, Duration)>,

@@ -101,6 +101,7 @@ pub struct Policy {
     pub(crate) cdn_cache_control: Option<bool>,
     pub(crate) hosts: Option<Vec<String>>,
     pub(crate) max_tags: Option<usize>,
+    pub(crate) ignore_cookies: Option<Vec<String>>,
     /// Set by [`Routes::grpc`], never inherited.
     pub(crate) grpc: bool,
 }
@@ -326,6 +327,27 @@ impl Policy {
         self
     }
 
+    /// Cookies this route's answers never depend on (analytics, consent banners: `_ga`,
+    /// `_gid`), so that a request carrying only these does not bypass the cache (any other
+    /// `Cookie` does, unless the policy keys it). They are forwarded to the service on a miss
+    /// and are never in the key: name only cookies the service does not read for this route.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_stash::Policy;
+    ///
+    /// let policy = Policy::ttl(Duration::from_secs(60)).ignore_cookies(["_ga", "_gid"]);
+    /// # let _ = policy;
+    /// ```
+    pub fn ignore_cookies<I, T>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.ignore_cookies = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Scopes entries to a session: the key holds a 128-bit hash of the cookie `name`'s value,
     /// so an entry is served only to requests with that same cookie, and a request without it
     /// bypasses the cache. Requests carrying other cookies may use the cache too: only this
@@ -500,6 +522,10 @@ impl Policy {
             cdn_cache_control: self.cdn_cache_control.or(base.cdn_cache_control),
             hosts: self.hosts.clone().or_else(|| base.hosts.clone()),
             max_tags: self.max_tags.or(base.max_tags),
+            ignore_cookies: self
+                .ignore_cookies
+                .clone()
+                .or_else(|| base.ignore_cookies.clone()),
             grpc: self.grpc,
         }
     }

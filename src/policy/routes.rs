@@ -383,14 +383,24 @@ impl Routes {
                 tags.len()
             ));
         }
+        let cookie_name = |name: &str| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        let ignored_cookies = resolved.ignore_cookies.clone().unwrap_or_default();
+        for name in &ignored_cookies {
+            if !cookie_name(name) {
+                errors.push(format!(
+                    "{place}.ignore_cookies: `{name}` is not a cookie name"
+                ));
+            }
+        }
         let session = match &resolved.session {
             None => None,
             Some(super::Session::Cookie(name)) => {
-                let token = !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-                if !token {
+                if !cookie_name(name) {
                     errors.push(format!(
                         "{place}.session_cookie: `{name}` is not a cookie name"
                     ));
@@ -453,6 +463,7 @@ impl Routes {
             grpc: resolved.grpc,
             sliding,
             session,
+            ignored_cookies,
             http,
             request_directives: resolved.request_directives.unwrap_or(http),
             max_variants,

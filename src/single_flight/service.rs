@@ -68,7 +68,7 @@ impl<S> SingleFlightService<S> {
         let (policy, params) = routes.find(req.method(), req.uri().path())?;
         let h = req.headers();
         if (h.contains_key(header::AUTHORIZATION) && !policy.vary_authorization)
-            || (h.contains_key(header::COOKIE) && !policy.vary_cookie)
+            || policy.cookie_bypasses(h)
             || h.keys().any(|n| {
                 policy.unlisted(n)
                     || (crate::headers::is_rewrite_header(n) && !policy.keyed_headers.contains(n))
