@@ -276,3 +276,41 @@ where
         })
     }
 }
+
+/// The messages of the error-level events `run` logs (on this thread: run it on a
+/// current-thread runtime inside).
+pub(crate) fn logged_errors(run: impl FnOnce()) -> Vec<String> {
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Level, Metadata};
+    struct Errors(Arc<Mutex<Vec<String>>>);
+    struct Message(String);
+    impl Visit for Message {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+    impl tracing::Subscriber for Errors {
+        fn enabled(&self, meta: &Metadata<'_>) -> bool {
+            *meta.level() == Level::ERROR
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            self.0.lock().unwrap().push(message.0);
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    tracing::subscriber::with_default(Errors(errors.clone()), run);
+    let errors = errors.lock().unwrap().clone();
+    errors
+}

@@ -90,6 +90,7 @@ impl Ctx {
     /// unless its answer may be its own: one that reflects parameters the key leaves out, or
     /// answers an `Authorization` the key does not hold, is never shared.
     pub(crate) fn outgoing<B>(&self, req: &mut Request<B>, leased: bool) {
+        req.extensions_mut().insert(crate::plumbing::Cached);
         if self.policy.http && self.policy.allowed_headers.is_some() {
             let varied = |n: &http::HeaderName| self.varied.iter().any(|v| v == n.as_str());
             crate::headers::retain_listed(req.headers_mut(), |n| {

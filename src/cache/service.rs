@@ -354,11 +354,13 @@ fn served_range<'r, B>(policy: &CompiledPolicy, req: &'r Request<B>) -> Option<&
 }
 
 impl<S> CacheService<S> {
-    /// Calls the ready inner service and keeps a clone in its place (which may not be ready).
-    fn call_inner<R>(&mut self, req: R) -> S::Future
+    /// Calls the ready inner service and keeps a clone in its place (which may not be ready),
+    /// marking the request as passed by a cache.
+    fn call_inner<B>(&mut self, mut req: Request<B>) -> S::Future
     where
-        S: Service<R> + Clone,
+        S: Service<Request<B>> + Clone,
     {
+        req.extensions_mut().insert(crate::plumbing::Cached);
         self.take_inner().call(req)
     }
 

@@ -51,6 +51,11 @@ pub(crate) fn vary_is_keyed(headers: &HeaderMap, policy: &CompiledPolicy) -> boo
     })
 }
 
+/// A request a [`CacheLayer`](crate::CacheLayer) passed on, whatever it decided: the layers
+/// that need one outside them tell a wrong order by its absence.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cached;
+
 /// The key of a request, set by a [`CacheLayer`](crate::CacheLayer) on what it forwards.
 #[derive(Debug, Clone)]
 pub(crate) struct FlightKey {

@@ -15,6 +15,8 @@ pub(crate) struct Shared {
     pub(crate) max_waiters: usize,
     pub(crate) max_wait: Duration,
     pub(crate) max_body_size: usize,
+    /// Whether a request came with no cache outside this layer (said once per layer).
+    pub(crate) misplaced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A [`Layer`] that coalesces concurrent identical requests: see the [module
@@ -27,6 +29,7 @@ pub struct SingleFlightLayer {
     max_wait: Duration,
     max_body_size: usize,
     flights: Arc<Flights>,
+    misplaced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl fmt::Debug for SingleFlightLayer {
@@ -50,6 +53,7 @@ impl SingleFlightLayer {
             max_wait: Duration::from_secs(5),
             max_body_size: crate::policy::DEFAULT_MAX_BODY_SIZE,
             flights: Arc::default(),
+            misplaced: Arc::default(),
         }
     }
 
@@ -139,6 +143,7 @@ impl<S> Layer<S> for SingleFlightLayer {
                 max_waiters: self.max_waiters,
                 max_wait: self.max_wait,
                 max_body_size: self.max_body_size,
+                misplaced: self.misplaced.clone(),
             }),
         }
     }

@@ -118,6 +118,18 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        if self.shared.routes.is_none()
+            && req.extensions().get::<crate::plumbing::Cached>().is_none()
+            && !self
+                .shared
+                .misplaced
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::error!(
+                path = req.uri().path(),
+                "SingleFlightLayer without routes saw a request no CacheLayer passed on: it coalesces nothing there; put it inside the cache (ServiceBuilder::new().layer(cache).layer(single_flight)), or give it routes (SingleFlightLayer::new(stash).routes(...))"
+            );
+        }
         let Some(key) = self.flight_key(&req) else {
             return ResponseFuture::passthrough(
                 crate::plumbing::take_ready(&mut self.inner).call(req),

@@ -689,3 +689,39 @@ async fn a_finished_flight_serves_newcomers_until_the_leader_s_body_is_dropped()
     let next = Got::read(app.clone().oneshot(req("/items/1")).await.unwrap()).await;
     assert_eq!(next.body, "call 2");
 }
+
+#[test]
+fn a_single_flight_outside_the_cache_is_reported_once() {
+    let misplaced = |outside: bool| {
+        crate::test_util::logged_errors(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let stash = Stash::new();
+                let h = Counter::default();
+                let app = Router::new().route("/a", h.get(|n| format!("a{n}")));
+                let cache = CacheLayer::new(
+                    stash.clone(),
+                    Routes::new().get("/a", Policy::ttl(Duration::from_secs(60))),
+                );
+                let sf = SingleFlightLayer::new(stash.clone());
+                let svc = if outside {
+                    app.layer(cache).layer(sf)
+                } else {
+                    app.layer(sf).layer(cache)
+                };
+                for _ in 0..3 {
+                    within("a response", svc.clone().oneshot(req("/a")))
+                        .await
+                        .unwrap();
+                }
+            });
+        })
+    };
+    let errors = misplaced(true);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("put it inside the cache"), "{errors:?}");
+    assert_eq!(misplaced(false), Vec::<String>::new());
+}

@@ -203,27 +203,30 @@ impl super::Stash {
         }
     }
 
-    /// The date of an invalidation or a write-through that happens now: the latest the
-    /// store's time can be, or without the store's time, the clock's plus the invalidation
-    /// margin; rounded up to a whole millisecond, as stores keep dates (so that a fill, whose
-    /// date is rounded down, refuses only when its own millisecond is earlier). Whether it
-    /// was the store's.
+    /// The date of an invalidation or a write-through that happens now, and whether it is the
+    /// store's: the latest the store's time can be, rounded up to a whole millisecond (as
+    /// stores keep dates, so that a fill, whose date is rounded down, is refused only when its
+    /// own millisecond is earlier); or without the store's time, the clock's plus the
+    /// invalidation margin (which covers that rounding too).
     pub(crate) fn stamp(&self) -> (SystemTime, bool) {
         self.keep_sampling();
-        let (at, store_time) = match self.store_time() {
-            Some((now, error)) => (now + error, true),
+        match self.store_time() {
+            Some((now, error)) => {
+                let micros = (now + error)
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+                (
+                    UNIX_EPOCH + Duration::from_millis(micros.div_ceil(1000)),
+                    true,
+                )
+            }
+            // At least a millisecond: stores compare whole milliseconds.
             None => (
-                self.inner.clock.now() + self.inner.invalidation_margin,
+                self.inner.clock.now()
+                    + self.inner.invalidation_margin.max(Duration::from_millis(1)),
                 false,
             ),
-        };
-        let micros = at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        (
-            UNIX_EPOCH + Duration::from_millis(micros.div_ceil(1000)),
-            store_time,
-        )
+        }
     }
 
     /// Waits until the store's time is surely past `at` (a [`stamp`](Self::stamp) of the
