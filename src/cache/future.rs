@@ -364,6 +364,9 @@ where
                         return Poll::Ready(Ok(resp.map(CacheBody::stored)));
                     }
                     ctx.stash().counters().miss();
+                    ctx.stash()
+                        .counters()
+                        .on_route(&ctx.policy.route_label, crate::stash::Outcome::Miss);
                     forward(inner, req, ctx)
                 }
                 StateProj::Miss { fut, ctx } => {

@@ -164,6 +164,9 @@ pub(super) fn serve_fresh(
     now: SystemTime,
 ) -> (Response<Stored>, bool) {
     stash.counters().hit();
+    stash
+        .counters()
+        .on_route(&policy.route_label, crate::stash::Outcome::Hit);
     let resp = hit(
         stash,
         req,

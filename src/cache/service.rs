@@ -189,6 +189,9 @@ where
         };
         if let Some(reason) = bypass {
             stash.counters().bypass();
+            stash
+                .counters()
+                .on_route(&policy.route_label, crate::stash::Outcome::Bypass);
             tracing::trace!(route = %policy.route, reason, "cache bypassed");
             let stash = stash.clone();
             let hints = policy.hints;
@@ -301,6 +304,9 @@ where
                 // The request refuses what the cache holds: straight to the service (asking
                 // whether the entry is still good, when it can be revalidated).
                 stash.counters().miss();
+                stash
+                    .counters()
+                    .on_route(&policy.route_label, crate::stash::Outcome::Miss);
                 let mut req = req;
                 if let Some(entry) = &ctx.revalidate {
                     super::stale::conditional(&mut req, entry);
@@ -313,6 +319,9 @@ where
             // A definite miss: straight to the service.
             (Some(None), _) => {
                 stash.counters().miss();
+                stash
+                    .counters()
+                    .on_route(&policy.route_label, crate::stash::Outcome::Miss);
                 let mut req = req;
                 ctx.outgoing(&mut req, false);
                 ResponseFuture::miss(self.call_inner(req), ctx)

@@ -214,6 +214,9 @@ pub(super) fn stale_for_status(ctx: &Ctx, entry: &Entry, status: StatusCode) -> 
 pub(crate) fn stale_hit(ctx: &Ctx, entry: &Entry, now: SystemTime) -> Response<Stored> {
     let stash = ctx.stash();
     stash.counters().stale();
+    stash
+        .counters()
+        .on_route(&ctx.policy.route_label, super::super::stash::Outcome::Stale);
     let req = ctx.hit_request();
     let mut resp = hit(stash, req, entry, Duration::ZERO, entry.age(now));
     mark(
@@ -234,6 +237,9 @@ pub(super) fn stale_if_error(
 ) -> Response<Stored> {
     let stash = ctx.stash();
     stash.counters().stale();
+    stash
+        .counters()
+        .on_route(&ctx.policy.route_label, crate::stash::Outcome::Stale);
     tracing::debug!(key = %ctx.full, why, "the service failed: answering with the stale entry");
     let now = stash.now();
     let req = ctx.hit_request();

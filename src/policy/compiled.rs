@@ -44,6 +44,8 @@ impl CompiledPolicy {
 #[derive(Debug)]
 pub(crate) struct CompiledPolicy {
     pub(crate) route: String,
+    /// `route`, as a metric label (shared, never copied per request).
+    pub(crate) route_label: metrics::SharedString,
     pub(crate) ttl: Duration,
     pub(crate) key: Option<Template>,
     pub(crate) query: QueryKey,

@@ -425,6 +425,9 @@ impl Routes {
         let session_is = |h: &HeaderName| matches!(&session, Some(SessionKey::Header(s)) if s == h);
         Ok(CompiledPolicy {
             route: format!("{method} {path}"),
+            route_label: metrics::SharedString::from(std::sync::Arc::<str>::from(format!(
+                "{method} {path}"
+            ))),
             ttl,
             vary_authorization: keyed.contains(&http::header::AUTHORIZATION)
                 || session_is(&http::header::AUTHORIZATION),

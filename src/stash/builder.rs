@@ -261,6 +261,7 @@ impl StashBuilder {
             }),
         };
         stash.keep_sampling();
+        super::stats::describe_metrics();
         Ok(stash)
     }
 }

@@ -39,6 +39,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use stats::Stats;
 
 pub(crate) use entries::complete_headers;
+pub(crate) use stats::Outcome;
 
 use crate::key;
 use crate::policy::ConfigError;

@@ -4,14 +4,21 @@ use super::Stash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// A snapshot of a stash's counters, from [`Stash::stats`].
+/// A snapshot of a stash's counters, from [`Stash::stats`]. It serializes (serde) as a flat
+/// object with `hit_rate`, `health` and `breaker` as strings and `since_last_success_ms`.
 ///
 /// The counters are also reported through the [`metrics`](https://docs.rs/metrics) crate as
 /// `tower_stash_hits_total`, `tower_stash_misses_total`, `tower_stash_bypasses_total`,
 /// `tower_stash_stores_total`, `tower_stash_store_errors_total`, `tower_stash_stale_total`,
 /// `tower_stash_collapsed_total`, `tower_stash_leases_total`, `tower_stash_refreshes_total`,
 /// `tower_stash_unreadable_total`, and the gauges `tower_stash_entries`, `tower_stash_bytes`
-/// and `tower_stash_evictions` (refreshed whenever the stats are read, and every 256 stores).
+/// and `tower_stash_evictions` (refreshed whenever the stats are read, and every 256 stores),
+/// `tower_stash_store_healthy` (1 or 0) and `tower_stash_breaker_open` (0 closed, 0.5
+/// half-open, 1 open; for a store with a breaker). Requests on cached routes are also counted
+/// by route pattern (`GET /users/{id}`, never the path) and outcome (`hit`, `miss`, `stale`,
+/// `bypass`) as `tower_stash_requests_total{route, outcome}`: one series per route and
+/// outcome, as many as the routes table has. Each metric is described (`describe_*`) when a
+/// stash is built: install the recorder first.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -50,6 +57,45 @@ pub struct Stats {
     /// How long ago the store last answered a call or a ping; `None` for a store without a
     /// breaker, or before its first answer.
     pub since_last_success: Option<Duration>,
+}
+
+impl serde::Serialize for Stats {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut o = s.serialize_struct("Stats", 17)?;
+        o.serialize_field("hits", &self.hits)?;
+        o.serialize_field("misses", &self.misses)?;
+        o.serialize_field("hit_rate", &self.hit_rate())?;
+        o.serialize_field("stale", &self.stale)?;
+        o.serialize_field("collapsed", &self.collapsed)?;
+        o.serialize_field("leases", &self.leases)?;
+        o.serialize_field("refreshes", &self.refreshes)?;
+        o.serialize_field("bypasses", &self.bypasses)?;
+        o.serialize_field("stores", &self.stores)?;
+        o.serialize_field("store_errors", &self.store_errors)?;
+        o.serialize_field("unreadable", &self.unreadable)?;
+        o.serialize_field("evictions", &self.evictions)?;
+        o.serialize_field("entries", &self.entries)?;
+        o.serialize_field("bytes", &self.bytes)?;
+        o.serialize_field("health", self.health.as_str())?;
+        o.serialize_field("breaker", &self.breaker.map(|b| b.as_str()))?;
+        o.serialize_field(
+            "since_last_success_ms",
+            &self
+                .since_last_success
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )?;
+        o.end()
+    }
+}
+
+/// What happened to a request on a cached route, as a metric label.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    Hit,
+    Miss,
+    Stale,
+    Bypass,
 }
 
 impl Stats {
@@ -103,6 +149,93 @@ count! {
     unreadable => unreadable, "tower_stash_unreadable_total";
 }
 
+impl Counters {
+    /// Counts a request of `route` (a route pattern) by its outcome, besides the totals.
+    pub(crate) fn on_route(&self, route: &metrics::SharedString, outcome: Outcome) {
+        let outcome = match outcome {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Stale => "stale",
+            Outcome::Bypass => "bypass",
+        };
+        metrics::counter!("tower_stash_requests_total", "route" => route.clone(), "outcome" => outcome)
+            .increment(1);
+    }
+}
+
+/// Describes every metric a stash reports, to the recorder installed now.
+pub(crate) fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    for (name, help) in [
+        (
+            "tower_stash_hits_total",
+            "Requests answered from the cache (304s included).",
+        ),
+        (
+            "tower_stash_misses_total",
+            "Requests on a cached route that went to the service.",
+        ),
+        (
+            "tower_stash_bypasses_total",
+            "Requests on a cached route that skipped the cache.",
+        ),
+        ("tower_stash_stores_total", "Responses and values stored."),
+        (
+            "tower_stash_store_errors_total",
+            "Store calls that failed (answered by the service).",
+        ),
+        (
+            "tower_stash_stale_total",
+            "Requests answered with a stale entry.",
+        ),
+        (
+            "tower_stash_collapsed_total",
+            "Requests that waited for another's call (single flight).",
+        ),
+        (
+            "tower_stash_leases_total",
+            "Leases taken in the shared store.",
+        ),
+        (
+            "tower_stash_refreshes_total",
+            "Background refreshes started.",
+        ),
+        (
+            "tower_stash_unreadable_total",
+            "Typed values found but not readable (codec, version).",
+        ),
+        (
+            "tower_stash_requests_total",
+            "Requests on cached routes, by route pattern and outcome.",
+        ),
+    ] {
+        describe_counter!(name, Unit::Count, help);
+    }
+    describe_gauge!(
+        "tower_stash_entries",
+        Unit::Count,
+        "Entries the store holds (approximate)."
+    );
+    describe_gauge!(
+        "tower_stash_bytes",
+        Unit::Bytes,
+        "Bytes the store holds (approximate)."
+    );
+    describe_gauge!(
+        "tower_stash_evictions",
+        Unit::Count,
+        "Entries evicted to stay within the memory bound, so far."
+    );
+    describe_gauge!(
+        "tower_stash_store_healthy",
+        "1 while the store is used, 0 while it is skipped after failures."
+    );
+    describe_gauge!(
+        "tower_stash_breaker_open",
+        "The store's circuit breaker: 0 closed, 0.5 half-open, 1 open."
+    );
+}
+
 impl Stash {
     /// The counters so far, with the store's usage.
     pub fn stats(&self) -> Stats {
@@ -114,6 +247,19 @@ impl Stash {
             .health_check()
             .and_then(|h| h.health_report());
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let health = report.map_or_else(|| self.inner.store.health(), |r| r.health());
+        metrics::gauge!("tower_stash_store_healthy").set(if health == crate::Health::Ok {
+            1.0
+        } else {
+            0.0
+        });
+        if let Some(r) = report {
+            metrics::gauge!("tower_stash_breaker_open").set(match r.breaker {
+                crate::BreakerState::Closed => 0.0,
+                crate::BreakerState::HalfOpen => 0.5,
+                _ => 1.0,
+            });
+        }
         Stats {
             hits: get(&c.hits),
             misses: get(&c.misses),
@@ -129,7 +275,7 @@ impl Stash {
             entries: usage.entries,
             bytes: usage.bytes,
             // One reading of the breaker, so that the fields agree.
-            health: report.map_or_else(|| self.inner.store.health(), |r| r.health()),
+            health,
             breaker: report.map(|r| r.breaker),
             since_last_success: report.and_then(|r| r.since_last_success),
         }
@@ -153,6 +299,11 @@ impl Stash {
         let usage = self.inner.store.usage();
         metrics::gauge!("tower_stash_entries").set(usage.entries as f64);
         metrics::gauge!("tower_stash_bytes").set(usage.bytes as f64);
+        metrics::gauge!("tower_stash_evictions").set(usage.evictions as f64);
         usage
     }
 }
+
+#[cfg(test)]
+#[path = "stats_tests.rs"]
+mod tests;

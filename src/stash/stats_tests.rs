@@ -1,0 +1,154 @@
+//! The metrics a stash reports, read through a recorder of the test's own, and `Stats` as JSON.
+
+use crate::test_util::send;
+use crate::{CacheLayer, Policy, Routes, Stash};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Empty;
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::ServiceBuilder;
+
+/// Counters and gauges by name with their labels sorted (`name{a=1,b=2}`), and the names
+/// described.
+#[derive(Default)]
+struct Recorded {
+    counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    gauges: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    described: Mutex<Vec<String>>,
+}
+
+fn series(key: &Key) -> String {
+    let mut labels: Vec<String> = key
+        .labels()
+        .map(|l| format!("{}={}", l.key(), l.value()))
+        .collect();
+    labels.sort();
+    if labels.is_empty() {
+        key.name().to_string()
+    } else {
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+}
+
+impl Recorded {
+    fn counter(&self, name: &str) -> u64 {
+        let counters = self.counters.lock().unwrap();
+        counters.get(name).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn gauge(&self, name: &str) -> Option<f64> {
+        let gauges = self.gauges.lock().unwrap();
+        gauges
+            .get(name)
+            .map(|g| f64::from_bits(g.load(Ordering::Relaxed)))
+    }
+}
+
+impl Recorder for Recorded {
+    fn describe_counter(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+        self.described.lock().unwrap().push(key.as_str().into());
+    }
+    fn describe_gauge(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+        self.described.lock().unwrap().push(key.as_str().into());
+    }
+    fn describe_histogram(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+        self.described.lock().unwrap().push(key.as_str().into());
+    }
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        let mut counters = self.counters.lock().unwrap();
+        Counter::from_arc(counters.entry(series(key)).or_default().clone())
+    }
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        let mut gauges = self.gauges.lock().unwrap();
+        Gauge::from_arc(gauges.entry(series(key)).or_default().clone())
+    }
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}
+
+#[test]
+fn requests_are_counted_by_route_pattern_and_outcome_and_every_metric_is_described() {
+    let recorded = Recorded::default();
+    let stash = metrics::with_local_recorder(&recorded, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let stash = Stash::new();
+            let upstream = crate::test_util::Upstream::echo();
+            let svc = ServiceBuilder::new()
+                .layer(CacheLayer::new(
+                    stash.clone(),
+                    Routes::new()
+                        .get("/a", Policy::ttl(Duration::from_secs(60)))
+                        .get("/b/{id}", Policy::ttl(Duration::from_secs(60))),
+                ))
+                .service(upstream);
+            let get = |uri: &str, cookie: bool| {
+                let mut req = Request::get(uri);
+                if cookie {
+                    req = req.header("cookie", "session=1");
+                }
+                req.body(Empty::<Bytes>::new()).unwrap()
+            };
+            send(svc.clone(), get("/a", false)).await;
+            assert!(send(svc.clone(), get("/a", false)).await.is_hit());
+            send(svc.clone(), get("/a", true)).await;
+            send(svc.clone(), get("/b/7", false)).await;
+            stash.stats();
+            stash
+        })
+    });
+    let route = |route: &str, outcome: &str| {
+        recorded.counter(&format!(
+            "tower_stash_requests_total{{outcome={outcome},route={route}}}"
+        ))
+    };
+    assert_eq!(route("GET /a", "miss"), 1);
+    assert_eq!(route("GET /a", "hit"), 1);
+    assert_eq!(route("GET /a", "bypass"), 1);
+    assert_eq!(route("GET /b/{id}", "miss"), 1);
+    let counters: Vec<String> = recorded.counters.lock().unwrap().keys().cloned().collect();
+    assert!(
+        counters.iter().all(|c| !c.contains("/b/7")),
+        "a raw path became a label: {counters:?}"
+    );
+    assert_eq!(recorded.counter("tower_stash_hits_total"), 1);
+    assert_eq!(recorded.counter("tower_stash_misses_total"), 2);
+    assert_eq!(recorded.counter("tower_stash_bypasses_total"), 1);
+    assert_eq!(recorded.counter("tower_stash_stores_total"), 2);
+    assert_eq!(recorded.gauge("tower_stash_entries"), Some(2.0));
+    assert_eq!(recorded.gauge("tower_stash_evictions"), Some(0.0));
+    assert_eq!(recorded.gauge("tower_stash_store_healthy"), Some(1.0));
+    assert!(recorded.gauge("tower_stash_bytes").is_some_and(|b| b > 0.0));
+    let described = recorded.described.lock().unwrap().clone();
+    for name in [
+        "tower_stash_hits_total",
+        "tower_stash_misses_total",
+        "tower_stash_requests_total",
+        "tower_stash_entries",
+        "tower_stash_evictions",
+        "tower_stash_store_healthy",
+        "tower_stash_breaker_open",
+    ] {
+        assert!(described.iter().any(|d| d == name), "{name} not described");
+    }
+    // Every counter reported is described.
+    for c in &counters {
+        let name = c.split('{').next().unwrap();
+        assert!(described.iter().any(|d| d == name), "{name} not described");
+    }
+
+    let json = serde_json::to_value(stash.stats()).unwrap();
+    assert_eq!(json["hits"], 1);
+    assert_eq!(json["misses"], 2);
+    assert_eq!(json["health"], "ok");
+    assert_eq!(json["breaker"], serde_json::Value::Null);
+    assert!((json["hit_rate"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+}
