@@ -273,14 +273,17 @@ impl super::Stash {
     }
 }
 
-/// How often the store's clock is sampled: every second, or every 50 ms until a sample
-/// with a usable bound comes.
+/// How often the store's clock is sampled: every second, or every 50 ms while the bound is
+/// wider than [`TIGHT`].
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// A bound tight enough to sample only every second: a millisecond.
+const TIGHT: Duration = Duration::from_millis(1);
 
 /// Samples the store's clock while the stash lives.
 async fn sample(inner: std::sync::Weak<super::Inner>) {
     loop {
-        let synced = {
+        let error = {
             let Some(inner) = inner.upgrade() else {
                 return;
             };
@@ -291,9 +294,11 @@ async fn sample(inner: std::sync::Weak<super::Inner>) {
             if let Ok(Ok(store)) = tokio::time::timeout(SAMPLE_EVERY, time).await {
                 clock.record(sent, store, Instant::now());
             }
-            clock.read().is_some()
+            clock.read().map(|(_, error)| error)
         };
-        let pause = if synced {
+        // A loose bound (a slow first round trip) costs every invalidation its wait, and
+        // fills near one: sample again soon until it is tight.
+        let pause = if error.is_some_and(|e| e <= TIGHT) {
             SAMPLE_EVERY
         } else {
             Duration::from_millis(50)
