@@ -247,7 +247,13 @@ impl super::Stash {
             if Instant::now() >= deadline {
                 return;
             }
-            tokio::time::sleep(left.max(Duration::from_micros(100))).await;
+            // The timer counts whole milliseconds: the last one is waited out by yielding,
+            // a fraction of a millisecond on an invalidation, which is rare next to reads.
+            if left > Duration::from_millis(2) {
+                tokio::time::sleep(left - Duration::from_millis(1)).await;
+            } else {
+                tokio::task::yield_now().await;
+            }
         }
     }
 
