@@ -1261,7 +1261,7 @@ async fn four_instances_with_250_cold_requests_each_make_one_call(redis: &impl B
     }
     // The lease is gone once the entry is stored; the entry expires.
     eventually("the lease released", || {
-        redis.cli(&["EXISTS", "flight:v1:item:7!lease"]) == "0"
+        redis.cli(&["EXISTS", "{flight:v1:item:7}!lease"]) == "0"
     })
     .await;
     let pttl: i64 = redis.cli(&["PTTL", "flight:v1:item:7"]).parse().unwrap();
@@ -1280,7 +1280,7 @@ async fn leases_are_exclusive_released_by_their_holder_only_and_expire(redis: &i
         .await
         .unwrap();
     assert_eq!(
-        redis.cli(&["GET", "k!lease"]),
+        redis.cli(&["GET", "{k}!lease"]),
         "a",
         "released by another token"
     );
@@ -2332,10 +2332,10 @@ async fn a_cancelled_leader_frees_its_lease_and_another_instance_goes_on() {
     eventually("A's leader in the handler", || calls.calls() == 1).await;
     assert_eq!(a_stash.stats().leases, 1);
     eventually("the lease in Redis", || {
-        redis.cli(&["EXISTS", "handover:v1:GET /k!lease"]) == "1"
+        redis.cli(&["EXISTS", "{handover:v1:GET /k}!lease"]) == "1"
     })
     .await;
-    let a_token = redis.cli(&["GET", "handover:v1:GET /k!lease"]);
+    let a_token = redis.cli(&["GET", "{handover:v1:GET /k}!lease"]);
     let waiting = call(&b);
     // B polls for the entry while A holds the lease; A's client goes away: A's lease is
     // released at once (not left to expire), B takes it and calls the service.
@@ -2346,7 +2346,7 @@ async fn a_cancelled_leader_frees_its_lease_and_another_instance_goes_on() {
         gone.elapsed() < Duration::from_secs(2),
         "B waited for the lease to expire"
     );
-    let b_token = redis.cli(&["GET", "handover:v1:GET /k!lease"]);
+    let b_token = redis.cli(&["GET", "{handover:v1:GET /k}!lease"]);
     assert!(
         !b_token.is_empty() && b_token != a_token,
         "{a_token} then {b_token}"
@@ -2599,10 +2599,33 @@ async fn every_connection_has_tcp_keepalive() {
     .await;
 }
 
-// ---- Redis Cluster: a failover under load ----
+// ---- Redis Cluster: a master killed or paused under load ----
+
+/// What happens to one master of the cluster in [`a_master_fails_under_load`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MasterFault {
+    /// Killed: its replica takes over.
+    Kill,
+    /// Stopped (SIGSTOP) for this long, then continued: its connections stay open and its
+    /// calls go unanswered; its replica takes over meanwhile.
+    Pause(Duration),
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_under_load_costs_no_errors_and_hits_resume_after_failover() {
+    a_master_fails_under_load(MasterFault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_paused_for_5_s_costs_no_errors_and_the_other_masters_keep_hitting() {
+    a_master_fails_under_load(MasterFault::Pause(Duration::from_secs(5))).await;
+}
+
+/// Eight clients read thirty keys in a loop (no memory tier: every hit comes from the
+/// cluster) while another task invalidates other keys; one master fails. Every request is
+/// answered 200 throughout; the other masters' keys keep hitting (each master has a breaker
+/// of its own); the failed master's keys hit again once its replica has taken over.
+async fn a_master_fails_under_load(fault: MasterFault) {
     let mut cluster = blocking(RedisCluster::start);
     // No memory tier: every hit comes from the cluster, so its failure shows.
     let store = Guarded::new(store_on(&cluster.url()))
@@ -2647,6 +2670,14 @@ async fn a_master_killed_under_load_costs_no_errors_and_hits_resume_after_failov
     let on_victim: Vec<bool> = (0..KEYS)
         .map(|id| cluster.master_of(&format!("fo:v1:item:{id}")) == victim)
         .collect();
+    assert!(
+        on_victim.iter().any(|v| !v),
+        "every key on one master: {on_victim:?}"
+    );
+    // Every key hits before the fault.
+    for id in 0..KEYS {
+        assert!(get(id).await.1, "item {id} did not hit before the fault");
+    }
 
     // Steady load: eight clients in a loop over every key, and invalidations of other keys.
     let started = Instant::now();
@@ -2682,19 +2713,28 @@ async fn a_master_killed_under_load_costs_no_errors_and_hits_resume_after_failov
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    blocking(|| cluster.nodes[victim].kill());
-    let killed_at = started.elapsed();
-    // Recovered: a second of nothing but hits (every key, the killed master's included).
+    let failed_at = started.elapsed();
+    let mut resumed_at = None;
+    match fault {
+        MasterFault::Kill => blocking(|| cluster.nodes[victim].kill()),
+        MasterFault::Pause(pause) => {
+            blocking(|| cluster.nodes[victim].pause());
+            tokio::time::sleep(pause).await;
+            blocking(|| cluster.nodes[victim].resume());
+            resumed_at = Some(started.elapsed());
+        }
+    }
+    // Recovered: a second of nothing but hits (every key, the failed master's included).
     let recovered = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let log = log.lock().unwrap();
             let last_miss = log
                 .iter()
-                .filter(|(t, _, _, hit)| *t > killed_at && !hit)
+                .filter(|(t, _, _, hit)| *t > failed_at && !hit)
                 .map(|(t, ..)| *t)
                 .max()
-                .unwrap_or(killed_at);
+                .unwrap_or(failed_at);
             let since = log.iter().filter(|(t, ..)| *t > last_miss).count();
             if started.elapsed() > last_miss + Duration::from_secs(1) && since > 3 * KEYS {
                 return last_miss;
@@ -2717,22 +2757,45 @@ async fn a_master_killed_under_load_costs_no_errors_and_hits_resume_after_failov
             stash.stats()
         );
     };
-    let after: Vec<_> = log.iter().filter(|(t, ..)| *t > killed_at).collect();
-    let victim_misses = after
-        .iter()
-        .filter(|(_, id, _, hit)| on_victim[*id] && !hit)
-        .count();
-    let other_misses = after
-        .iter()
-        .filter(|(_, id, _, hit)| !on_victim[*id] && !hit)
-        .count();
+    let after: Vec<_> = log.iter().filter(|(t, ..)| *t > failed_at).collect();
+    let count = |victims: bool, hits: bool| {
+        after
+            .iter()
+            .filter(|(_, id, _, hit)| on_victim[*id] == victims && *hit == hits)
+            .count()
+    };
+    let (victim_hits, victim_misses) = (count(true, true), count(true, false));
+    let (other_hits, other_misses) = (count(false, true), count(false, false));
     println!(
-        "failover: {} of {KEYS} keys on the killed master; {} requests by 8 clients after the \
-         kill, 0 errors; not hits: {victim_misses} on the killed master's keys, {other_misses} \
-         on the others' (the breaker is shared); degraded for {:?} after the kill",
+        "{fault:?}: {} of {KEYS} keys on the failed master; {} requests by 8 clients after the \
+         fault, 0 errors; the failed master's keys: {victim_hits} hits, {victim_misses} not; \
+         the other masters' keys: {other_hits} hits, {other_misses} not; degraded for {:?}",
         on_victim.iter().filter(|v| **v).count(),
         after.len(),
-        last_miss - killed_at,
+        last_miss - failed_at,
+    );
+    // The other masters' keys kept hitting throughout: in every 250 ms of the outage, and
+    // all but a few requests (those that a slot refresh held up).
+    let until = resumed_at
+        .unwrap_or(last_miss)
+        .max(failed_at + Duration::from_secs(1));
+    let mut window = failed_at;
+    while window + Duration::from_millis(250) <= until {
+        let end = window + Duration::from_millis(250);
+        let hits = after
+            .iter()
+            .filter(|(t, id, _, hit)| *t >= window && *t < end && !on_victim[*id] && *hit)
+            .count();
+        assert!(
+            hits > 0,
+            "no hit on the other masters between {window:?} and {end:?} ({fault:?} at \
+             {failed_at:?})"
+        );
+        window = end;
+    }
+    assert!(
+        other_misses * 20 <= other_hits,
+        "the other masters' keys lost hits: {other_hits} hits, {other_misses} not"
     );
     // The replica took over the slots, and the invalidations that failed meanwhile went
     // through once it had.

@@ -29,6 +29,14 @@ pub trait HealthCheck: Send + Sync {
     /// made.
     fn ping(&self) -> StoreFuture<()>;
 
+    /// Checks that one part of the store answers (see
+    /// [`Store::part_of`](super::Store::part_of); a cluster pings that master). The default
+    /// pings the store.
+    fn ping_part(&self, part: &str) -> StoreFuture<()> {
+        let _ = part;
+        self.ping()
+    }
+
     /// Connects afresh (past any pool, breaker or memory tier), pings, and says what answered,
     /// such as `Redis 7.2.4 at 10.0.0.5:6379`: a check at start, so that a wrong address or
     /// password is reported then, in clear words, rather than as failing traffic. An error

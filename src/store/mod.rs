@@ -193,6 +193,22 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// The part of the store that holds `key`, for a store whose parts fail apart (the master
+    /// of a Redis Cluster that serves the key's slot, by address): [`Guarded`] gives each part
+    /// a breaker of its own, so that one failing part costs only its own keys. The default is
+    /// `None`: one part.
+    fn part_of(&self, key: &str) -> Option<Arc<str>> {
+        let _ = key;
+        None
+    }
+
+    /// Told by [`Guarded`] that `part`'s calls keep failing (its breaker opened): a store of
+    /// parts looks at them again (a cluster reads its slot map afresh, so that a replica that
+    /// took over a paused master's slots is found). The default does nothing.
+    fn part_failing(&self, part: &str) {
+        let _ = part;
+    }
+
     /// A count that moves whenever this instance applies an invalidation (its own, or one
     /// heard on the bus) or flushes: single flight never lets a request join a call that
     /// began before the count last moved. The default is 0 (the [`Stash`](crate::Stash)

@@ -254,6 +254,15 @@ impl<S: Store> Store for TieredStore<S> {
         self.l1.refuses(key, began)
     }
 
+    /// L2's part.
+    fn part_of(&self, key: &str) -> Option<Arc<str>> {
+        self.l2.part_of(key)
+    }
+
+    fn part_failing(&self, part: &str) {
+        self.l2.part_failing(part);
+    }
+
     /// L2's clock, which every instance shares.
     fn time(&self) -> Option<StoreFuture<SystemTime>> {
         self.l2.time()

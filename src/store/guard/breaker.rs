@@ -3,8 +3,9 @@
 
 use super::probe::Next;
 use crate::store::{BreakerState, HealthReport, StoreError};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -12,6 +13,10 @@ use tokio::time::Instant;
 /// After a failure, the probe pings again after this fraction of its interval, so that a dead
 /// store reaches the failure threshold in a fraction of a second, not `failures` seconds.
 const CONFIRM: u32 = 10;
+
+/// The most parts (cluster nodes) a breaker keeps breakers for: past it, those closed are
+/// forgotten (a cluster whose addresses keep changing).
+const MAX_PARTS: usize = 1024;
 
 /// The least the probe waits after a ping, whatever the settings (a zero cool-down, a tiny
 /// interval), so that it never spins on a store that answers at once.
@@ -66,6 +71,10 @@ pub(super) struct Breaker {
     pub(super) wake: Arc<Notify>,
     /// Whether a probe task runs for this breaker.
     pub(super) probe_started: AtomicBool,
+    /// The part of the store this breaker guards (a cluster node), or `None` for the whole.
+    pub(super) part: Option<Arc<str>>,
+    /// The whole's breakers of its parts (see [`Store::part_of`](crate::Store::part_of)).
+    parts: RwLock<HashMap<Arc<str>, Arc<Breaker>>>,
 }
 
 impl Drop for Breaker {
@@ -77,6 +86,10 @@ impl Drop for Breaker {
 
 impl Breaker {
     pub(super) fn new(settings: Settings) -> Arc<Self> {
+        Self::with_part(settings, None)
+    }
+
+    fn with_part(settings: Settings, part: Option<Arc<str>>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
                 settings,
@@ -88,7 +101,67 @@ impl Breaker {
             }),
             wake: Arc::new(Notify::new()),
             probe_started: AtomicBool::new(false),
+            part,
+            parts: RwLock::default(),
         })
+    }
+
+    /// The breaker of `part` (created closed, with this breaker's settings, on first use),
+    /// and whether it was created.
+    pub(super) fn part(&self, part: &Arc<str>) -> (Arc<Breaker>, bool) {
+        if let Some(found) = self
+            .parts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(part)
+        {
+            return (found.clone(), false);
+        }
+        let settings = self.state().settings;
+        let mut parts = self.parts.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = parts.get(part) {
+            return (found.clone(), false);
+        }
+        if parts.len() >= MAX_PARTS {
+            parts.retain(|_, b| b.phase() != BreakerState::Closed);
+        }
+        let breaker = Self::with_part(settings, Some(part.clone()));
+        parts.insert(part.clone(), breaker.clone());
+        (breaker, true)
+    }
+
+    /// The parts' breakers.
+    pub(super) fn parts(&self) -> Vec<Arc<Breaker>> {
+        let parts = self.parts.read().unwrap_or_else(|e| e.into_inner());
+        parts.values().cloned().collect()
+    }
+
+    /// Forgets the parts' breakers (their settings changed).
+    pub(super) fn forget_parts(&self) {
+        self.parts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Whether calls are refused at once now (open, or a probe in flight), counting the
+    /// refusal: a call to a part is refused while the whole is.
+    pub(super) fn refuses(&self) -> bool {
+        let mut state = self.state();
+        let refused = match state.phase {
+            Phase::Closed { .. } => false,
+            Phase::Open { until } => Instant::now() < until || self.probe_on(&state),
+            Phase::Probing => true,
+        };
+        if refused {
+            state.refused += 1;
+        }
+        refused
+    }
+
+    /// A part answered: the store is alive (for [`HealthReport::since_last_success`]).
+    pub(super) fn saw_success(&self) {
+        self.state().last_success = Some(Instant::now());
     }
 
     pub(super) fn state(&self) -> MutexGuard<'_, State> {
@@ -169,8 +242,9 @@ impl Breaker {
     /// is logged once per transition: at warn when the breaker opens (with the error that
     /// opened it), at info when it closes (with how long it lasted and how many calls were
     /// refused meanwhile, none of them logged one by one).
-    fn record(&self, probe: bool, error: Option<&StoreError>) {
+    fn record(&self, probe: bool, error: Option<&StoreError>) -> bool {
         let ok = error.is_none();
+        let mut opened = false;
         let mut state = self.state();
         let now = Instant::now();
         state.last_end = Some(now);
@@ -194,6 +268,7 @@ impl Breaker {
                 tracing::info!(
                     ?down_for,
                     refused,
+                    part = self.part.as_deref().unwrap_or("the whole store"),
                     "cache store answers again: circuit closed ({refused} calls were refused \
                      while it was open)"
                 );
@@ -204,11 +279,14 @@ impl Breaker {
                 state.phase = if failures >= threshold {
                     state.opened_at = Some(now);
                     state.refused = 0;
+                    opened = true;
                     let error = error.map(ToString::to_string).unwrap_or_default();
+                    let part = self.part.as_deref().unwrap_or("the whole store");
                     tracing::warn!(
                         failures,
                         ?cool_down,
                         %error,
+                        part,
                         "cache store failing: circuit open (calls fail at once, unlogged, until \
                          it answers again)"
                     );
@@ -218,8 +296,12 @@ impl Breaker {
                 };
             }
             (Phase::Probing, false) if probe => {
-                tracing::debug!("cache store probe failed: circuit open again");
+                tracing::debug!(
+                    part = self.part.as_deref(),
+                    "cache store probe failed: circuit open again"
+                );
                 state.phase = open;
+                opened = true;
             }
             // A late failure of a call let through before the breaker opened.
             (Phase::Open { .. } | Phase::Probing, false) => {}
@@ -229,6 +311,7 @@ impl Breaker {
             // The probe confirms a failure sooner, or waits for the cool-down.
             self.wake.notify_one();
         }
+        opened
     }
 
     /// A probe dropped before it ended: the next call (or the probe) probes.
@@ -249,10 +332,12 @@ pub(super) struct Permit {
 }
 
 impl Permit {
-    /// Reports the call's outcome: `None` for a success, else its error.
-    pub(super) fn finish(mut self, error: Option<&StoreError>) {
-        if let Some(breaker) = self.breaker.take() {
-            breaker.record(self.probe, error);
+    /// Reports the call's outcome: `None` for a success, else its error. Says whether the
+    /// breaker opened (or opened again) because of it.
+    pub(super) fn finish(mut self, error: Option<&StoreError>) -> bool {
+        match self.breaker.take() {
+            Some(breaker) => breaker.record(self.probe, error),
+            None => false,
         }
     }
 }

@@ -57,6 +57,13 @@ pub(crate) fn step_done() {
 ///   while the others still fail at once; a probing call dropped before it ends lets the next
 ///   call probe.
 ///
+/// On a store of parts ([`Store::part_of`]: the masters of a Redis Cluster), each part has a
+/// breaker of its own, with the same settings and a probe of its own (pinging that part), so
+/// that a failing master costs only the keys it serves; the store is told when a part's
+/// breaker opens ([`Store::part_failing`]: a cluster reads its slot map afresh, to find a
+/// replica that took over). Calls that name no key (publishing, pings) go through the
+/// breaker of the whole, which also refuses every part's calls while it is open.
+///
 /// The probe starts with the guard inside a tokio runtime, or with its first call through
 /// [`Store`] in one, and ends when the last clone is dropped. Clones share the breaker and
 /// its probe, so a clone kept aside reads the health of the one in use; a setter called on a
@@ -105,14 +112,38 @@ impl<S: fmt::Debug> fmt::Debug for Guarded<S> {
 
 impl<S> Guarded<S> {
     /// [`Health::Ok`] while calls go to the store, [`Health::Degraded`] while the breaker is
-    /// open or half-open.
+    /// open or half-open (on a store of parts, any part's).
     pub fn health(&self) -> Health {
         self.breaker().health()
     }
 
-    /// The breaker's state.
+    /// The breaker's state; on a store of parts (a cluster), the worst of the whole's and the
+    /// parts' (open, then half-open, then closed).
     pub fn breaker(&self) -> BreakerState {
-        self.breaker.phase()
+        let rank = |state: BreakerState| match state {
+            BreakerState::Open => 2,
+            BreakerState::HalfOpen => 1,
+            _ => 0,
+        };
+        let parts = self.breaker.parts();
+        std::iter::once(self.breaker.phase())
+            .chain(parts.iter().map(|b| b.phase()))
+            .max_by_key(|state| rank(*state))
+            .unwrap_or(BreakerState::Closed)
+    }
+
+    /// The parts of the store (cluster masters, by address) whose breaker is open or
+    /// half-open now; empty for a store of one part. See [`Store::part_of`].
+    pub fn failing_parts(&self) -> Vec<String> {
+        let mut failing: Vec<String> = self
+            .breaker
+            .parts()
+            .iter()
+            .filter(|b| b.phase() != BreakerState::Closed)
+            .filter_map(|b| b.part.as_deref().map(str::to_owned))
+            .collect();
+        failing.sort();
+        failing
     }
 
     /// How long ago a call or a ping last succeeded; `None` before the first success.
@@ -172,6 +203,7 @@ impl<S: Store> Guarded<S> {
             self.breaker = Breaker::new(settings);
         }
         change(&mut self.breaker.state().settings);
+        self.breaker.forget_parts();
         // The probe looks at its schedule again.
         self.breaker.wake.notify_one();
         self.start_probe();
@@ -197,17 +229,74 @@ impl<S: Store> Guarded<S> {
         ));
     }
 
-    /// Runs `call` under the breaker and the timeout.
-    fn guard<T: Send + 'static>(&self, call: impl FnOnce(&S) -> StoreFuture<T>) -> StoreFuture<T> {
-        self.guard_for(Duration::ZERO, call)
+    /// Starts the probe of a part's breaker, just created, if a tokio runtime is at hand.
+    fn start_part_probe(&self, breaker: &Arc<Breaker>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if breaker.probe_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        rt.spawn(probe(
+            Arc::downgrade(&self.inner),
+            Arc::downgrade(breaker),
+            breaker.wake.clone(),
+        ));
+    }
+
+    /// Lets a call about `key` (or about no key) through the breaker of its part (or of the
+    /// whole), or fails it at once.
+    fn admit(&self, key: Option<&str>) -> Result<(Admitted, Duration), StoreError> {
+        let Some(part) = key.and_then(|key| self.inner.part_of(key)) else {
+            let (permit, timeout) = self.breaker.admit()?;
+            return Ok((Admitted { permit, part: None }, timeout));
+        };
+        if self.breaker.refuses() {
+            return Err(StoreError::circuit_open());
+        }
+        let (breaker, created) = self.breaker.part(&part);
+        if created {
+            self.start_part_probe(&breaker);
+        }
+        let (permit, timeout) = breaker.admit()?;
+        let part = PartCall {
+            part,
+            whole: self.breaker.clone(),
+            store: self.inner.clone(),
+        };
+        Ok((
+            Admitted {
+                permit,
+                part: Some(part),
+            },
+            timeout,
+        ))
+    }
+
+    /// Runs `call`, about `key`, under its part's breaker and the timeout.
+    fn guard<T: Send + 'static>(
+        &self,
+        key: &str,
+        call: impl FnOnce(&S) -> StoreFuture<T>,
+    ) -> StoreFuture<T> {
+        self.guard_with(Some(key), Duration::ZERO, false, call)
+    }
+
+    /// Runs `call`, about no key, under the whole's breaker and the timeout.
+    fn guard_whole<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&S) -> StoreFuture<T>,
+    ) -> StoreFuture<T> {
+        self.guard_with(None, Duration::ZERO, false, call)
     }
 
     /// Invalidations are not on a hit's path and may touch many keys: they get at least 1 s.
     fn guard_slow<T: Send + 'static>(
         &self,
+        key: Option<&str>,
         call: impl FnOnce(&S) -> StoreFuture<T>,
     ) -> StoreFuture<T> {
-        self.guard_for(SLOW, call)
+        self.guard_with(key, SLOW, false, call)
     }
 
     /// A call of many steps (see [`step_done`]): the timeout, at least 1 s, bounds each
@@ -216,28 +305,20 @@ impl<S: Store> Guarded<S> {
         &self,
         call: impl FnOnce(&S) -> StoreFuture<T>,
     ) -> StoreFuture<T> {
-        self.guard_with(SLOW, true, call)
+        self.guard_with(None, SLOW, true, call)
     }
 
-    /// Runs `call` under the breaker and the timeout, or `at_least`.
-    fn guard_for<T: Send + 'static>(
-        &self,
-        at_least: Duration,
-        call: impl FnOnce(&S) -> StoreFuture<T>,
-    ) -> StoreFuture<T> {
-        self.guard_with(at_least, false, call)
-    }
-
-    /// Runs `call` under the breaker and the timeout (or `at_least`), for each of its steps
-    /// when `stepped`.
+    /// Runs `call` under the breaker of `key`'s part (or the whole's) and the timeout (or
+    /// `at_least`), for each of its steps when `stepped`.
     fn guard_with<T: Send + 'static>(
         &self,
+        key: Option<&str>,
         at_least: Duration,
         stepped: bool,
         call: impl FnOnce(&S) -> StoreFuture<T>,
     ) -> StoreFuture<T> {
         self.start_probe();
-        let (permit, timeout) = match self.breaker.admit() {
+        let (permit, timeout) = match self.admit(key) {
             Ok(admitted) => admitted,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
@@ -279,10 +360,38 @@ impl<S: Store> Guarded<S> {
     }
 }
 
+/// A call let through the breaker of the whole, or of a part.
+struct Admitted {
+    permit: Permit,
+    part: Option<PartCall>,
+}
+
+/// What a call to a part reports beyond its breaker.
+struct PartCall {
+    part: Arc<str>,
+    whole: Arc<Breaker>,
+    store: Arc<dyn Store>,
+}
+
+impl Admitted {
+    /// Reports the call's outcome; a part that answered shows the store alive, a part whose
+    /// breaker opened is reported to the store.
+    fn finish(self, error: Option<&StoreError>) {
+        let opened = self.permit.finish(error);
+        if let Some(call) = self.part {
+            if error.is_none() {
+                call.whole.saw_success();
+            } else if opened {
+                call.store.part_failing(&call.part);
+            }
+        }
+    }
+}
+
 async fn guarded<T>(
     fut: StoreFuture<T>,
     timeout: Duration,
-    permit: Permit,
+    permit: Admitted,
 ) -> Result<T, StoreError> {
     let result = match tokio::time::timeout(timeout, fut).await {
         Ok(result) => result,
@@ -294,7 +403,7 @@ async fn guarded<T>(
 
 impl<S: Store> Store for Guarded<S> {
     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
-        self.guard(|s| s.get(key))
+        self.guard(&key.clone(), |s| s.get(key))
     }
 
     fn get_local(&self, key: &str) -> Option<Option<Arc<Entry>>> {
@@ -302,27 +411,27 @@ impl<S: Store> Store for Guarded<S> {
     }
 
     fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {
-        self.guard(|s| s.get_sliding(key, idle))
+        self.guard(&key.clone(), |s| s.get_sliding(key, idle))
     }
 
     fn touch(&self, key: Arc<str>, idle: Duration) -> StoreFuture<()> {
-        self.guard(|s| s.touch(key, idle))
+        self.guard(&key.clone(), |s| s.touch(key, idle))
     }
 
     fn get_shared(&self, key: Arc<str>, idle: Option<Duration>) -> StoreFuture<Option<Arc<Entry>>> {
-        self.guard(|s| s.get_shared(key, idle))
+        self.guard(&key.clone(), |s| s.get_shared(key, idle))
     }
 
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
-        self.guard(|s| s.put(key, entry, ttl))
+        self.guard(&key.clone(), |s| s.put(key, entry, ttl))
     }
 
     fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
-        self.guard(|s| s.delete(key))
+        self.guard(&key.clone(), |s| s.delete(key))
     }
 
     fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
-        self.guard_slow(|s| s.invalidate(key, at, keep))
+        self.guard_slow(Some(&key.clone()), |s| s.invalidate(key, at, keep))
     }
 
     fn invalidate_tag(
@@ -386,7 +495,9 @@ fn absent<T: Send + 'static>(value: T) -> StoreFuture<T> {
 
 impl<S: Store> Bus for Guarded<S> {
     fn publish(&self, message: Bytes) -> StoreFuture<u64> {
-        self.guard_slow(|s| s.bus().map_or_else(|| absent(0), |b| b.publish(message)))
+        self.guard_slow(None, |s| {
+            s.bus().map_or_else(|| absent(0), |b| b.publish(message))
+        })
     }
 
     fn subscribe(&self, sink: Weak<dyn Fn(BusEvent) + Send + Sync>) -> bool {
@@ -398,11 +509,13 @@ impl<S: Store> Bus for Guarded<S> {
     }
 
     fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
-        self.guard_slow(|s| s.bus().map_or_else(|| absent(()), |b| b.acknowledge(id)))
+        self.guard_slow(None, |s| {
+            s.bus().map_or_else(|| absent(()), |b| b.acknowledge(id))
+        })
     }
 
     fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
-        self.guard(|s| {
+        self.guard_whole(|s| {
             s.bus()
                 .map_or_else(|| absent(0), |b| b.acknowledgements(id))
         })
@@ -411,14 +524,14 @@ impl<S: Store> Bus for Guarded<S> {
 
 impl<S: Store> Leases for Guarded<S> {
     fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {
-        self.guard(|s| {
+        self.guard(&key.clone(), |s| {
             s.leases()
                 .map_or_else(|| absent(true), |l| l.try_lease(key, token, ttl))
         })
     }
 
     fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
-        self.guard(|s| {
+        self.guard(&key.clone(), |s| {
             s.leases()
                 .map_or_else(|| absent(()), |l| l.release_lease(key, token))
         })
@@ -427,7 +540,7 @@ impl<S: Store> Leases for Guarded<S> {
 
 impl<S: Store> Writes for Guarded<S> {
     fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
-        self.guard(|s| {
+        self.guard(&key.clone(), |s| {
             s.writes().map_or_else(
                 || absent(WriteTicket::untracked()),
                 |w| w.begin_write(key, keep),
@@ -441,7 +554,7 @@ impl<S: Store> Writes for Guarded<S> {
         ticket: WriteTicket,
         entry: Option<(Arc<Entry>, Duration)>,
     ) -> StoreFuture<bool> {
-        self.guard(|s| {
+        self.guard(&key.clone(), |s| {
             s.writes()
                 .map_or_else(|| absent(false), |w| w.end_write(key, ticket, entry))
         })
@@ -459,7 +572,25 @@ impl<S: Store> HealthCheck for Guarded<S> {
 
     /// Pings the guarded store (if it has a [`HealthCheck`]), under the breaker and the timeout.
     fn ping(&self) -> StoreFuture<()> {
-        self.guard(|s| s.health_check().map_or_else(|| absent(()), |h| h.ping()))
+        self.guard_whole(|s| s.health_check().map_or_else(|| absent(()), |h| h.ping()))
+    }
+
+    /// Pings one part of the guarded store, under that part's breaker and the timeout.
+    fn ping_part(&self, part: &str) -> StoreFuture<()> {
+        let (breaker, created) = self.breaker.part(&Arc::from(part));
+        if created {
+            self.start_part_probe(&breaker);
+        }
+        let (permit, timeout) = match breaker.admit() {
+            Ok(admitted) => admitted,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let ping = match self.inner.health_check() {
+            Some(h) => h.ping_part(part),
+            None => absent(()),
+        };
+        let admitted = Admitted { permit, part: None };
+        Box::pin(guarded(ping, timeout, admitted))
     }
 
     fn health(&self) -> Health {

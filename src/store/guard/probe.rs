@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// The background probe of one breaker: pings the store while no call ends, until the
-/// breaker is dropped.
+/// The background probe of one breaker: pings the store (or, for a part's breaker, that
+/// part) while no call ends, until the breaker is dropped.
 pub(super) async fn probe<S: Store>(store: Weak<S>, breaker: Weak<Breaker>, wake: Arc<Notify>) {
     let _running = Running(breaker.clone());
     loop {
@@ -41,12 +41,16 @@ pub(super) async fn probe<S: Store>(store: Weak<S>, breaker: Weak<Breaker>, wake
                 }
             }
             Next::Ping(permit, timeout) => {
+                let store_again = store.clone();
                 let Some(store) = store.upgrade() else {
                     return;
                 };
-                let ping = match store.health_check() {
-                    Some(check) => check.ping(),
-                    None => Box::pin(std::future::ready(Ok(()))),
+                // A part's breaker pings that part.
+                let part = breaker.upgrade().and_then(|b| b.part.clone());
+                let ping = match (store.health_check(), &part) {
+                    (Some(check), Some(part)) => check.ping_part(part),
+                    (Some(check), None) => check.ping(),
+                    (None, _) => Box::pin(std::future::ready(Ok(()))),
                 };
                 drop(store);
                 let error = match tokio::time::timeout(timeout, ping).await {
@@ -59,7 +63,12 @@ pub(super) async fn probe<S: Store>(store: Weak<S>, breaker: Weak<Breaker>, wake
                 if let Some(e) = &error {
                     tracing::debug!(error = %e, "cache store probe failed");
                 }
-                permit.finish(error.as_ref());
+                let opened = permit.finish(error.as_ref());
+                if let (true, Some(part)) = (opened, &part) {
+                    if let Some(store) = store_again.upgrade() {
+                        store.part_failing(part);
+                    }
+                }
             }
         }
     }

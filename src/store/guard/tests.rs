@@ -438,3 +438,105 @@ fn entry() -> Arc<Entry> {
         bytes::Bytes::new(),
     ))
 }
+
+/// A store of two parts, `a` and `b` (a key's part is its first letter), each failing as
+/// told; counts calls and pings per part, and the failures reported to it.
+#[derive(Default)]
+struct Parts {
+    down: [AtomicBool; 2],
+    calls: [AtomicUsize; 2],
+    pings: [AtomicUsize; 2],
+    reported: std::sync::Mutex<Vec<String>>,
+}
+
+impl Parts {
+    fn index(part: &str) -> usize {
+        usize::from(part.starts_with('b'))
+    }
+
+    fn answer(&self, part: usize) -> StoreFuture<()> {
+        if self.down[part].load(Ordering::SeqCst) {
+            Box::pin(std::future::ready(Err(StoreError::new("down"))))
+        } else {
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+}
+
+impl Store for Parts {
+    fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+        let part = Self::index(&key);
+        self.calls[part].fetch_add(1, Ordering::SeqCst);
+        let f = self.answer(part);
+        Box::pin(async move { f.await.map(|()| None) })
+    }
+    fn put(&self, _: Arc<str>, _: Arc<Entry>, _: Duration) -> StoreFuture<()> {
+        absent(())
+    }
+    fn delete(&self, _: Arc<str>) -> StoreFuture<()> {
+        absent(())
+    }
+    fn part_of(&self, key: &str) -> Option<Arc<str>> {
+        Some(if key.starts_with('b') { "b" } else { "a" }.into())
+    }
+    fn part_failing(&self, part: &str) {
+        self.reported.lock().unwrap().push(part.to_owned());
+    }
+    fn health_check(&self) -> Option<&dyn HealthCheck> {
+        Some(self)
+    }
+}
+
+impl HealthCheck for Parts {
+    fn ping(&self) -> StoreFuture<()> {
+        absent(())
+    }
+    fn ping_part(&self, part: &str) -> StoreFuture<()> {
+        let part = Self::index(part);
+        self.pings[part].fetch_add(1, Ordering::SeqCst);
+        self.answer(part)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_part_has_its_breaker_and_its_probe() {
+    let g = Guarded::new(Parts::default())
+        .timeout(Duration::from_millis(10))
+        .failures(3)
+        .cool_down(Duration::from_millis(500))
+        .probe_interval(Duration::from_secs(1));
+    let parts = g.get_ref();
+    parts.down[1].store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        assert!(g.get("a1".into()).await.is_ok());
+        assert!(g.get("b1".into()).await.is_err());
+    }
+    // Part b's breaker is open: its calls fail at once, a's keep going to the store.
+    assert_eq!(g.breaker(), BreakerState::Open);
+    assert_eq!(g.health(), Health::Degraded);
+    assert_eq!(g.failing_parts(), ["b"]);
+    assert_eq!(*parts.reported.lock().unwrap(), ["b"]);
+    for _ in 0..10 {
+        assert!(g.get("a2".into()).await.is_ok());
+        assert!(g.get("b2".into()).await.is_err());
+    }
+    assert_eq!(parts.calls[0].load(Ordering::SeqCst), 13);
+    assert_eq!(parts.calls[1].load(Ordering::SeqCst), 3);
+    assert!(g.since_last_success().is_some());
+    // With no call at all, b's probe pings b after the cool-down, and again after each
+    // failed ping's cool-down (each failure reported); b comes back: closed.
+    virtual_time_until("two pings of part b", Duration::from_secs(2), || {
+        parts.pings[1].load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert!(parts.reported.lock().unwrap().len() >= 2);
+    parts.down[1].store(false, Ordering::SeqCst);
+    virtual_time_until("part b closed", Duration::from_secs(2), || {
+        g.breaker() == BreakerState::Closed
+    })
+    .await;
+    assert_eq!(g.health(), Health::Ok);
+    assert!(g.failing_parts().is_empty());
+    assert!(g.get("b3".into()).await.is_ok());
+    assert_eq!(parts.calls[1].load(Ordering::SeqCst), 4);
+}

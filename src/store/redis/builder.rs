@@ -351,7 +351,15 @@ impl RedisStoreBuilder {
                 })
             })
             .collect();
-        let cluster = Arc::new(Clusters::new(each));
+        let seeds: Vec<redis::Client> = clients
+            .iter()
+            .filter_map(|target| match target {
+                Target::Client(client) => Some(client.clone()),
+                #[cfg(feature = "sentinel")]
+                Target::Sentinel(_) => None,
+            })
+            .collect();
+        let cluster = Arc::new(Clusters::new(each, &seeds, self.connect_timeout));
         let memory = Arc::new(MemoryWatch::new(self.tombstones_past_maxmemory));
         // The first connection reads a node's maxmemory-policy, in the background (the wait
         // ends when the store is dropped).

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 impl Leases for RedisStore {
-    /// `SET {key}!lease token NX PX ttl`.
+    /// `SET {key}!lease token NX PX ttl` (the key's hash tag: on a cluster, the lease lives
+    /// with its entry).
     fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {
         let this = self.clone();
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);

@@ -396,6 +396,28 @@ impl Store for RedisStore {
         Box::pin(async move { this.invalidate_tagged(&ns, &tag, at, keep).await })
     }
 
+    /// On a cluster, the master that serves `key`'s slot (`host:port`), as last read with
+    /// `CLUSTER SLOTS`; `None` on one server, and before the first reading.
+    fn part_of(&self, key: &str) -> Option<Arc<str>> {
+        match &self.backend {
+            Backend::Cluster(cluster) => cluster.master_of(key),
+            _ => None,
+        }
+    }
+
+    /// On a cluster, reads the slot map again, in the background (asking that master last);
+    /// if the slots moved (a replica took over a paused master, which sends no `MOVED`), the
+    /// cluster connections are opened afresh to follow them.
+    fn part_failing(&self, part: &str) {
+        if let Backend::Cluster(cluster) = &self.backend {
+            tracing::debug!(
+                master = part,
+                "redis cluster: a master keeps failing, reading the slots afresh"
+            );
+            cluster.clone().read_owners(Some(part));
+        }
+    }
+
     /// `TIME`: Redis's clock (on a cluster, any master's: their clocks must agree, as NTP
     /// keeps them).
     fn time(&self) -> Option<StoreFuture<SystemTime>> {
@@ -433,8 +455,12 @@ impl HealthCheck for RedisStore {
     }
 
     /// `PING`, as every call goes (a dropped connection is discarded). On a cluster, every
-    /// master is pinged and one answer is enough: one breaker serves the whole cluster, and
-    /// the masters that answer keep serving their keys.
+    /// master is pinged and one answer is enough: each master has a breaker of its own
+    /// ([`ping_part`](HealthCheck::ping_part) pings one).
+    fn ping_part(&self, part: &str) -> StoreFuture<()> {
+        self.ping_node(part)
+    }
+
     fn ping(&self) -> StoreFuture<()> {
         let this = self.clone();
         Box::pin(async move {
@@ -462,6 +488,18 @@ impl HealthCheck for RedisStore {
                 ))),
             }
         })
+    }
+}
+
+impl RedisStore {
+    /// `PING` to the cluster node at `part` (`host:port`), apart from the cluster connection;
+    /// on one server, [`ping`](HealthCheck::ping).
+    fn ping_node(&self, part: &str) -> StoreFuture<()> {
+        let Backend::Cluster(cluster) = &self.backend else {
+            return HealthCheck::ping(self);
+        };
+        let (cluster, part) = (cluster.clone(), part.to_owned());
+        Box::pin(async move { cluster.ping_node(&part).await })
     }
 }
 

@@ -54,7 +54,7 @@ pub(super) const RELEASE_LEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 /// What a key's lease is stored under: `!` never appears unescaped in a key.
 pub(super) fn lease_key(key: &str) -> String {
-    format!("{key}!lease")
+    format!("{{{key}}}!lease")
 }
 /// Adds `ARGV[2]` to the tag index `KEYS[1]` (a sorted set scored by when each entry leaves
 /// the store, `ARGV[1]` ms), drops the members gone by `ARGV[3]`, keeps the index for at

@@ -1,6 +1,7 @@
 //! Unit tests of the Redis store's pure parts: URLs, replies, connection retirement.
 
-use super::cluster::cluster_nodes;
+use super::cluster::{cluster_nodes, key_slot, parse_slots};
+use redis::Value;
 
 fn nodes(url: &str) -> Vec<String> {
     cluster_nodes(url).unwrap().unwrap()
@@ -117,4 +118,68 @@ fn passwords_never_reach_errors() {
         super::cluster::redact("redis://:p@ss@host:1"),
         "redis://***@host:1"
     );
+}
+
+#[test]
+fn key_slots_are_redis_clusters() {
+    // As `CLUSTER KEYSLOT` answers.
+    assert_eq!(key_slot(b"foo"), 12182);
+    assert_eq!(key_slot(b"123456789"), 0x31C3);
+    // A hash tag: the first `{` to the next `}`, when not empty.
+    assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+    assert_eq!(key_slot(b"foo{bar}{zap}"), key_slot(b"bar"));
+    assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
+    assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
+    // A lease and a write's keys live with their entry.
+    assert_eq!(key_slot(b"{ns:v1:GET /k}!lease"), key_slot(b"ns:v1:GET /k"));
+}
+
+#[test]
+fn cluster_slots_replies_name_each_ranges_master() {
+    let node = |host: &str, port: i64, id: &str| {
+        Value::Array(vec![
+            Value::BulkString(host.as_bytes().to_vec()),
+            Value::Int(port),
+            Value::BulkString(id.as_bytes().to_vec()),
+        ])
+    };
+    let range = |first: i64, last: i64, master: Value, replica: Value| {
+        Value::Array(vec![Value::Int(first), Value::Int(last), master, replica])
+    };
+    let reply = Value::Array(vec![
+        range(
+            5461,
+            10922,
+            node("127.0.0.1", 7001, "b"),
+            node("127.0.0.1", 7004, "e"),
+        ),
+        range(
+            0,
+            5460,
+            node("127.0.0.1", 7000, "a"),
+            node("127.0.0.1", 7003, "d"),
+        ),
+        range(10923, 16383, node("::1", 7002, "c"), node("::1", 7005, "f")),
+        // A master with no known address is left out.
+        range(16383, 16383, node("", 7006, "g"), node("", 7007, "h")),
+    ]);
+    let ranges = parse_slots(&reply).unwrap();
+    let shown: Vec<(u16, u16, &str)> = ranges.iter().map(|(a, b, m)| (*a, *b, &**m)).collect();
+    assert_eq!(
+        shown,
+        [
+            (0, 5460, "127.0.0.1:7000"),
+            (5461, 10922, "127.0.0.1:7001"),
+            (10923, 16383, "[::1]:7002")
+        ]
+    );
+    assert!(parse_slots(&Value::Int(1)).is_none());
+    assert!(parse_slots(&Value::Array(vec![Value::Array(vec![Value::Int(0)])])).is_none());
+    assert!(parse_slots(&Value::Array(vec![range(
+        0,
+        99999,
+        node("h", 1, "a"),
+        Value::Nil
+    )]))
+    .is_none());
 }
