@@ -145,12 +145,14 @@ pin_project! {
             call: Option<Box<(S, Request<ReqB>)>>,
             ctx: Option<Box<Ctx>>,
         },
-        Miss { #[pin] fut: S::Future, ctx: Option<Box<Ctx>> },
+        // `at`: when the request went to the service (`tower_stash_upstream_seconds`).
+        Miss { #[pin] fut: S::Future, ctx: Option<Box<Ctx>>, at: std::time::Instant },
         // A miss with a stale entry to fall back on and a limit on the wait for the service.
         MissTimed {
             fut: Option<Pin<Box<S::Future>>>,
             sleep: Pin<Box<tokio::time::Sleep>>,
             ctx: Option<Box<Ctx>>,
+            at: std::time::Instant,
         },
         Done,
     }
@@ -221,15 +223,18 @@ where
     /// The service's answer is awaited; with a stale entry and an upstream timeout, only so
     /// long.
     fn miss(fut: S::Future, ctx: Box<Ctx>) -> Self {
+        let at = std::time::Instant::now();
         match ctx.policy.upstream_timeout.filter(|_| ctx.stale.is_some()) {
             Some(limit) => State::MissTimed {
                 fut: Some(Box::pin(fut)),
                 sleep: Box::pin(tokio::time::sleep(limit)),
                 ctx: Some(ctx),
+                at,
             },
             None => State::Miss {
                 fut,
                 ctx: Some(ctx),
+                at,
             },
         }
     }
@@ -339,6 +344,7 @@ where
                                     remaining,
                                     now,
                                 );
+                                ctx.stash().counters().tier_hit("shared");
                                 if early {
                                     refresh(inner, req, ctx, &entry);
                                 }
@@ -369,17 +375,24 @@ where
                         .on_route(&ctx.policy.route_label, crate::stash::Outcome::Miss);
                     forward(inner, req, ctx)
                 }
-                StateProj::Miss { fut, ctx } => {
+                StateProj::Miss { fut, ctx, at } => {
                     let result = ready!(fut.poll(cx));
                     let ctx = ctx.take().expect("polled after completion");
+                    upstream_time(&ctx, *at);
                     let resp = fallback(ctx, result, cx);
                     state.set(State::Done);
                     return Poll::Ready(resp);
                 }
-                StateProj::MissTimed { fut, sleep, ctx } => {
+                StateProj::MissTimed {
+                    fut,
+                    sleep,
+                    ctx,
+                    at,
+                } => {
                     let inner = fut.as_mut().expect("polled after completion");
                     if let Poll::Ready(result) = inner.as_mut().poll(cx) {
                         let ctx = ctx.take().expect("polled after completion");
+                        upstream_time(&ctx, *at);
                         let resp = fallback(ctx, result, cx);
                         state.set(State::Done);
                         return Poll::Ready(resp);
@@ -400,6 +413,12 @@ where
             state.set(next);
         }
     }
+}
+
+/// Records how long the service took to answer a miss (to its response head), by route.
+fn upstream_time(ctx: &Ctx, at: std::time::Instant) {
+    metrics::histogram!("tower_stash_upstream_seconds", "route" => ctx.policy.route_label.clone())
+        .record(at.elapsed().as_secs_f64());
 }
 
 /// Sends `req` to the service for `ctx`'s key (single flight below keys on it).

@@ -248,6 +248,7 @@ where
                 let key = stored.as_deref().unwrap_or(&full);
                 let (resp, early) =
                     serve_fresh(stash, policy, hit_req, Some(key), entry, remaining, now);
+                stash.counters().tier_hit("memory");
                 if early {
                     let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
                     // (A variant's refresh stores under the variant's key, the record kept.)
@@ -281,6 +282,7 @@ where
                     // A part of the URL's entry: no idle time of its own, refreshed with it.
                     let (resp, _) =
                         serve_fresh(stash, policy, hit_req, None, &entry, remaining, now);
+                    stash.counters().tier_hit("memory");
                     return ResponseFuture::hit(resp);
                 }
             }

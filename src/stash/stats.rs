@@ -163,9 +163,17 @@ impl Counters {
     }
 }
 
+impl Counters {
+    /// Counts a fresh hit by the tier that answered it: `memory` (this instance's memory, at
+    /// once) or `shared` (the store behind it: Redis).
+    pub(crate) fn tier_hit(&self, tier: &'static str) {
+        metrics::counter!("tower_stash_tier_hits_total", "tier" => tier).increment(1);
+    }
+}
+
 /// Describes every metric a stash reports, to the recorder installed now.
 pub(crate) fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge, Unit};
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     for (name, help) in [
         (
             "tower_stash_hits_total",
@@ -208,9 +216,24 @@ pub(crate) fn describe_metrics() {
             "tower_stash_requests_total",
             "Requests on cached routes, by route pattern and outcome.",
         ),
+        (
+            "tower_stash_tier_hits_total",
+            "Fresh hits by the tier that answered: memory, or the shared store (Redis).",
+        ),
     ] {
         describe_counter!(name, Unit::Count, help);
     }
+    describe_histogram!(
+        "tower_stash_upstream_seconds",
+        Unit::Seconds,
+        "How long the service took to answer a miss (to its response head), by route pattern."
+    );
+    describe_histogram!(
+        "tower_stash_store_call_seconds",
+        Unit::Seconds,
+        "Store calls made through Guarded (Redis), by operation and outcome (ok, error); \
+         calls refused by an open breaker are not timed."
+    );
     describe_gauge!(
         "tower_stash_entries",
         Unit::Count,

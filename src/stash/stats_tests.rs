@@ -18,7 +18,18 @@ use tower::ServiceBuilder;
 struct Recorded {
     counters: Mutex<HashMap<String, Arc<AtomicU64>>>,
     gauges: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    histograms: Mutex<HashMap<String, Arc<Samples>>>,
     described: Mutex<Vec<String>>,
+}
+
+/// A histogram's samples.
+#[derive(Default)]
+struct Samples(Mutex<Vec<f64>>);
+
+impl metrics::HistogramFn for Samples {
+    fn record(&self, value: f64) {
+        self.0.lock().unwrap().push(value);
+    }
 }
 
 fn series(key: &Key) -> String {
@@ -38,6 +49,13 @@ impl Recorded {
     fn counter(&self, name: &str) -> u64 {
         let counters = self.counters.lock().unwrap();
         counters.get(name).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn samples(&self, name: &str) -> Vec<f64> {
+        let histograms = self.histograms.lock().unwrap();
+        histograms
+            .get(name)
+            .map_or_else(Vec::new, |h| h.0.lock().unwrap().clone())
     }
 
     fn gauge(&self, name: &str) -> Option<f64> {
@@ -66,8 +84,9 @@ impl Recorder for Recorded {
         let mut gauges = self.gauges.lock().unwrap();
         Gauge::from_arc(gauges.entry(series(key)).or_default().clone())
     }
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        let mut histograms = self.histograms.lock().unwrap();
+        Histogram::from_arc(histograms.entry(series(key)).or_default().clone())
     }
 }
 
@@ -80,7 +99,11 @@ fn requests_are_counted_by_route_pattern_and_outcome_and_every_metric_is_describ
             .build()
             .unwrap();
         rt.block_on(async {
-            let stash = Stash::new();
+            // Guarded: its calls are timed.
+            let stash = Stash::builder()
+                .store(crate::Guarded::new(crate::MemoryStore::default()))
+                .build()
+                .unwrap();
             let upstream = crate::test_util::Upstream::echo();
             let svc = ServiceBuilder::new()
                 .layer(CacheLayer::new(
@@ -127,6 +150,36 @@ fn requests_are_counted_by_route_pattern_and_outcome_and_every_metric_is_describ
     assert_eq!(recorded.gauge("tower_stash_evictions"), Some(0.0));
     assert_eq!(recorded.gauge("tower_stash_store_healthy"), Some(1.0));
     assert!(recorded.gauge("tower_stash_bytes").is_some_and(|b| b > 0.0));
+    // A hit from memory; the service's time on each miss, by route; the store's fills.
+    assert_eq!(
+        recorded.counter("tower_stash_tier_hits_total{tier=memory}"),
+        1
+    );
+    assert_eq!(
+        recorded
+            .samples("tower_stash_upstream_seconds{route=GET /a}")
+            .len(),
+        1
+    );
+    assert_eq!(
+        recorded
+            .samples("tower_stash_upstream_seconds{route=GET /b/{id}}")
+            .len(),
+        1
+    );
+    let puts = recorded.samples("tower_stash_store_call_seconds{op=put,outcome=ok}");
+    assert_eq!(
+        puts.len(),
+        2,
+        "{:?}",
+        recorded
+            .histograms
+            .lock()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>()
+    );
+    assert!(puts.iter().all(|s| *s >= 0.0 && *s < 10.0));
     let described = recorded.described.lock().unwrap().clone();
     for name in [
         "tower_stash_hits_total",
@@ -139,8 +192,15 @@ fn requests_are_counted_by_route_pattern_and_outcome_and_every_metric_is_describ
     ] {
         assert!(described.iter().any(|d| d == name), "{name} not described");
     }
-    // Every counter reported is described.
-    for c in &counters {
+    // Every counter and histogram reported is described.
+    let histograms: Vec<String> = recorded
+        .histograms
+        .lock()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    for c in counters.iter().chain(&histograms) {
         let name = c.split('{').next().unwrap();
         assert!(described.iter().any(|d| d == name), "{name} not described");
     }
@@ -149,6 +209,7 @@ fn requests_are_counted_by_route_pattern_and_outcome_and_every_metric_is_describ
     assert_eq!(json["hits"], 1);
     assert_eq!(json["misses"], 2);
     assert_eq!(json["health"], "ok");
-    assert_eq!(json["breaker"], serde_json::Value::Null);
+    // Guarded: a breaker, closed.
+    assert_eq!(json["breaker"], "closed");
     assert!((json["hit_rate"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
 }

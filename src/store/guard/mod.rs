@@ -246,10 +246,14 @@ impl<S: Store> Guarded<S> {
 
     /// Lets a call about `key` (or about no key) through the breaker of its part (or of the
     /// whole), or fails it at once.
-    fn admit(&self, key: Option<&str>) -> Result<(Admitted, Duration), StoreError> {
+    fn admit(
+        &self,
+        op: &'static str,
+        key: Option<&str>,
+    ) -> Result<(Admitted, Duration), StoreError> {
         let Some(part) = key.and_then(|key| self.inner.part_of(key)) else {
             let (permit, timeout) = self.breaker.admit()?;
-            return Ok((Admitted { permit, part: None }, timeout));
+            return Ok((Admitted::new(permit, None, op), timeout));
         };
         if self.breaker.refuses() {
             return Err(StoreError::circuit_open());
@@ -264,61 +268,60 @@ impl<S: Store> Guarded<S> {
             whole: self.breaker.clone(),
             store: self.inner.clone(),
         };
-        Ok((
-            Admitted {
-                permit,
-                part: Some(part),
-            },
-            timeout,
-        ))
+        Ok((Admitted::new(permit, Some(part), op), timeout))
     }
 
     /// Runs `call`, about `key`, under its part's breaker and the timeout.
     fn guard<T: Send + 'static>(
         &self,
+        op: &'static str,
         key: &str,
         call: impl FnOnce(&S) -> StoreFuture<T>,
     ) -> StoreFuture<T> {
-        self.guard_with(Some(key), Duration::ZERO, false, call)
+        self.guard_with(op, Some(key), Duration::ZERO, false, call)
     }
 
     /// Runs `call`, about no key, under the whole's breaker and the timeout.
     fn guard_whole<T: Send + 'static>(
         &self,
+        op: &'static str,
         call: impl FnOnce(&S) -> StoreFuture<T>,
     ) -> StoreFuture<T> {
-        self.guard_with(None, Duration::ZERO, false, call)
+        self.guard_with(op, None, Duration::ZERO, false, call)
     }
 
     /// Invalidations are not on a hit's path and may touch many keys: they get at least 1 s.
     fn guard_slow<T: Send + 'static>(
         &self,
+        op: &'static str,
         key: Option<&str>,
         call: impl FnOnce(&S) -> StoreFuture<T>,
     ) -> StoreFuture<T> {
-        self.guard_with(key, SLOW, false, call)
+        self.guard_with(op, key, SLOW, false, call)
     }
 
     /// A call of many steps (see [`step_done`]): the timeout, at least 1 s, bounds each
     /// step, not the whole call, which takes as many steps as it needs.
     fn guard_steps<T: Send + 'static>(
         &self,
+        op: &'static str,
         call: impl FnOnce(&S) -> StoreFuture<T>,
     ) -> StoreFuture<T> {
-        self.guard_with(None, SLOW, true, call)
+        self.guard_with(op, None, SLOW, true, call)
     }
 
     /// Runs `call` under the breaker of `key`'s part (or the whole's) and the timeout (or
     /// `at_least`), for each of its steps when `stepped`.
     fn guard_with<T: Send + 'static>(
         &self,
+        op: &'static str,
         key: Option<&str>,
         at_least: Duration,
         stepped: bool,
         call: impl FnOnce(&S) -> StoreFuture<T>,
     ) -> StoreFuture<T> {
         self.start_probe();
-        let (permit, timeout) = match self.admit(key) {
+        let (permit, timeout) = match self.admit(op, key) {
             Ok(admitted) => admitted,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
@@ -364,6 +367,9 @@ impl<S: Store> Guarded<S> {
 struct Admitted {
     permit: Permit,
     part: Option<PartCall>,
+    /// What the call does (a label of `tower_stash_store_call_seconds`), and when it began.
+    op: &'static str,
+    started: std::time::Instant,
 }
 
 /// What a call to a part reports beyond its breaker.
@@ -374,9 +380,21 @@ struct PartCall {
 }
 
 impl Admitted {
+    fn new(permit: Permit, part: Option<PartCall>, op: &'static str) -> Self {
+        Self {
+            permit,
+            part,
+            op,
+            started: std::time::Instant::now(),
+        }
+    }
+
     /// Reports the call's outcome; a part that answered shows the store alive, a part whose
     /// breaker opened is reported to the store.
     fn finish(self, error: Option<&StoreError>) {
+        let outcome = if error.is_none() { "ok" } else { "error" };
+        metrics::histogram!("tower_stash_store_call_seconds", "op" => self.op, "outcome" => outcome)
+            .record(self.started.elapsed().as_secs_f64());
         let opened = self.permit.finish(error);
         if let Some(call) = self.part {
             if error.is_none() {
@@ -403,7 +421,7 @@ async fn guarded<T>(
 
 impl<S: Store> Store for Guarded<S> {
     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
-        self.guard(&key.clone(), |s| s.get(key))
+        self.guard("get", &key.clone(), |s| s.get(key))
     }
 
     fn get_local(&self, key: &str) -> Option<Option<Arc<Entry>>> {
@@ -411,27 +429,29 @@ impl<S: Store> Store for Guarded<S> {
     }
 
     fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {
-        self.guard(&key.clone(), |s| s.get_sliding(key, idle))
+        self.guard("get", &key.clone(), |s| s.get_sliding(key, idle))
     }
 
     fn touch(&self, key: Arc<str>, idle: Duration) -> StoreFuture<()> {
-        self.guard(&key.clone(), |s| s.touch(key, idle))
+        self.guard("touch", &key.clone(), |s| s.touch(key, idle))
     }
 
     fn get_shared(&self, key: Arc<str>, idle: Option<Duration>) -> StoreFuture<Option<Arc<Entry>>> {
-        self.guard(&key.clone(), |s| s.get_shared(key, idle))
+        self.guard("get", &key.clone(), |s| s.get_shared(key, idle))
     }
 
     fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
-        self.guard(&key.clone(), |s| s.put(key, entry, ttl))
+        self.guard("put", &key.clone(), |s| s.put(key, entry, ttl))
     }
 
     fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
-        self.guard(&key.clone(), |s| s.delete(key))
+        self.guard("delete", &key.clone(), |s| s.delete(key))
     }
 
     fn invalidate(&self, key: Arc<str>, at: SystemTime, keep: Duration) -> StoreFuture<()> {
-        self.guard_slow(Some(&key.clone()), |s| s.invalidate(key, at, keep))
+        self.guard_slow("invalidate", Some(&key.clone()), |s| {
+            s.invalidate(key, at, keep)
+        })
     }
 
     fn invalidate_tag(
@@ -441,7 +461,7 @@ impl<S: Store> Store for Guarded<S> {
         at: SystemTime,
         keep: Duration,
     ) -> StoreFuture<()> {
-        self.guard_steps(|s| s.invalidate_tag(ns, tag, at, keep))
+        self.guard_steps("invalidate_tag", |s| s.invalidate_tag(ns, tag, at, keep))
     }
 
     fn refuses(&self, key: &str, began: SystemTime) -> bool {
@@ -495,7 +515,7 @@ fn absent<T: Send + 'static>(value: T) -> StoreFuture<T> {
 
 impl<S: Store> Bus for Guarded<S> {
     fn publish(&self, message: Bytes) -> StoreFuture<u64> {
-        self.guard_slow(None, |s| {
+        self.guard_slow("publish", None, |s| {
             s.bus().map_or_else(|| absent(0), |b| b.publish(message))
         })
     }
@@ -509,13 +529,13 @@ impl<S: Store> Bus for Guarded<S> {
     }
 
     fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
-        self.guard_slow(None, |s| {
+        self.guard_slow("acknowledge", None, |s| {
             s.bus().map_or_else(|| absent(()), |b| b.acknowledge(id))
         })
     }
 
     fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
-        self.guard_whole(|s| {
+        self.guard_whole("acknowledgements", |s| {
             s.bus()
                 .map_or_else(|| absent(0), |b| b.acknowledgements(id))
         })
@@ -524,14 +544,14 @@ impl<S: Store> Bus for Guarded<S> {
 
 impl<S: Store> Leases for Guarded<S> {
     fn try_lease(&self, key: Arc<str>, token: Arc<str>, ttl: Duration) -> StoreFuture<bool> {
-        self.guard(&key.clone(), |s| {
+        self.guard("lease", &key.clone(), |s| {
             s.leases()
                 .map_or_else(|| absent(true), |l| l.try_lease(key, token, ttl))
         })
     }
 
     fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
-        self.guard(&key.clone(), |s| {
+        self.guard("lease", &key.clone(), |s| {
             s.leases()
                 .map_or_else(|| absent(()), |l| l.release_lease(key, token))
         })
@@ -540,7 +560,7 @@ impl<S: Store> Leases for Guarded<S> {
 
 impl<S: Store> Writes for Guarded<S> {
     fn begin_write(&self, key: Arc<str>, keep: Duration) -> StoreFuture<WriteTicket> {
-        self.guard(&key.clone(), |s| {
+        self.guard("write", &key.clone(), |s| {
             s.writes().map_or_else(
                 || absent(WriteTicket::untracked()),
                 |w| w.begin_write(key, keep),
@@ -554,7 +574,7 @@ impl<S: Store> Writes for Guarded<S> {
         ticket: WriteTicket,
         entry: Option<(Arc<Entry>, Duration)>,
     ) -> StoreFuture<bool> {
-        self.guard(&key.clone(), |s| {
+        self.guard("write", &key.clone(), |s| {
             s.writes()
                 .map_or_else(|| absent(false), |w| w.end_write(key, ticket, entry))
         })
@@ -572,7 +592,9 @@ impl<S: Store> HealthCheck for Guarded<S> {
 
     /// Pings the guarded store (if it has a [`HealthCheck`]), under the breaker and the timeout.
     fn ping(&self) -> StoreFuture<()> {
-        self.guard_whole(|s| s.health_check().map_or_else(|| absent(()), |h| h.ping()))
+        self.guard_whole("ping", |s| {
+            s.health_check().map_or_else(|| absent(()), |h| h.ping())
+        })
     }
 
     /// Pings one part of the guarded store, under that part's breaker and the timeout.
@@ -589,7 +611,7 @@ impl<S: Store> HealthCheck for Guarded<S> {
             Some(h) => h.ping_part(part),
             None => absent(()),
         };
-        let admitted = Admitted { permit, part: None };
+        let admitted = Admitted::new(permit, None, "ping");
         Box::pin(guarded(ping, timeout, admitted))
     }
 
