@@ -17,6 +17,7 @@
 //! | `POST /login`, `GET /me`, `POST /logout` | per-session entry, sliding 30 min, cap 12 h |
 //! | `POST /admin/invalidate?tag=X` / `?key=X` | `Authorization: Bearer $ADMIN_TOKEN`       |
 //! | `GET /stats`                   | hits, misses, ..., database queries, store health     |
+//! | `GET /metrics`                 | the same and more, in Prometheus text (`metrics-exporter-prometheus`) |
 //!
 //! Policies come from `examples/demo.toml`. The router, its state and its database are also
 //! what `tests/demo.rs` drives, in-process.
@@ -155,7 +156,8 @@ pub fn app(demo: Arc<Demo>, config: &Config) -> Result<Router, ConfigFileError> 
         .route("/login", post(login))
         .route("/logout", post(logout))
         .route("/admin/invalidate", post(admin_invalidate))
-        .route("/stats", get(stats));
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics));
     Ok(cached.merge(open).with_state(demo))
 }
 
@@ -414,25 +416,46 @@ async fn admin_invalidate(
 }
 
 async fn stats(State(demo): State<Arc<Demo>>) -> Response {
-    let s = demo.stash.stats();
-    Json(serde_json::json!({
-        "hits": s.hits,
-        "misses": s.misses,
-        "stale": s.stale,
-        "collapsed": s.collapsed,
-        "bypasses": s.bypasses,
-        "stores": s.stores,
-        "store_errors": s.store_errors,
-        "hit_rate": s.hit_rate(),
-        "db_queries": demo.db.queries(),
-        "store_health": s.health.as_str(),
-        // Null in memory: no breaker. Redis is pinged every second while idle.
-        "breaker": s.breaker.map(|b| b.as_str()),
-        "last_success_ms_ago": s.since_last_success.map(|d| d.as_millis() as u64),
-        "l1_entries": s.entries,
-        "l1_bytes": s.bytes,
-    }))
-    .into_response()
+    // `Stats` as it serializes (`health`, `breaker`, `since_last_success_ms`, `entries`,
+    // `bytes`, ...; `breaker` is null in memory: no breaker), and the database's count.
+    let mut stats = serde_json::to_value(demo.stash.stats()).unwrap_or_default();
+    stats["db_queries"] = demo.db.queries().into();
+    Json(stats).into_response()
+}
+
+/// The process's Prometheus recorder, installed as the global `metrics` recorder on first
+/// use (before the stash is built, so that its metrics are described), with its upkeep
+/// every 5 s. If the process had another recorder already, this one renders nothing.
+pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _ = metrics::set_global_recorder(recorder);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let upkeep = handle.clone();
+            rt.spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+        }
+        handle
+    })
+}
+
+/// `GET /metrics`: every metric the stash reports, in Prometheus text. The gauges (entries,
+/// bytes, health) are brought up to date first.
+async fn metrics(State(demo): State<Arc<Demo>>) -> Response {
+    let _ = demo.stash.stats();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        prometheus().render(),
+    )
+        .into_response()
 }
 
 /// Puts the stash on the Redis at `url` (`REDIS_URL`), in place of the file's `[stash.redis]`
@@ -482,6 +505,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = arg("--config")
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.toml").into());
     let mut config = Config::load(&path)?;
+    // Before the stash: its metrics are described to this recorder when it is built.
+    prometheus();
     if let Ok(url) = std::env::var("REDIS_URL") {
         use_redis(&mut config, url);
     }
@@ -507,6 +532,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("demo on http://{addr} ({tier}; policies from {path}; database latency {latency:?})");
     println!("try: curl -i http://{addr}/users/1   (twice: a miss, then a hit)");
     println!("     curl -s http://{addr}/stats");
+    println!("     curl -s http://{addr}/metrics");
     axum::serve(listener, router).await?;
     Ok(())
 }

@@ -38,6 +38,8 @@ fn config() -> Config {
 }
 
 fn start() -> App {
+    // The process's Prometheus recorder, before any stash (each test's stash reports to it).
+    demo::prometheus();
     let config = config();
     let clock = ManualClock::default();
     let stash = config
@@ -375,16 +377,109 @@ async fn stats_report_the_cache_and_the_database() {
     assert_eq!(stats["bypasses"], 1);
     assert_eq!(stats["db_queries"], 1);
     assert_eq!(stats["hit_rate"], 0.5);
-    assert_eq!(stats["store_health"], "ok");
+    assert_eq!(stats["health"], "ok");
     // In memory: no breaker, nothing to ping.
     assert!(stats["breaker"].is_null());
-    assert!(stats["last_success_ms_ago"].is_null());
-    assert_eq!(stats["l1_entries"], 1);
-    assert!(stats["l1_bytes"].as_u64().unwrap() > 0);
+    assert!(stats["since_last_success_ms"].is_null());
+    assert_eq!(stats["entries"], 1);
+    assert!(stats["bytes"].as_u64().unwrap() > 0);
     for field in ["stale", "collapsed", "store_errors", "stores"] {
         assert!(stats[field].is_u64(), "{field}");
     }
     assert_eq!(app.stash.stats().hits, 1);
+}
+
+/// The value of the series of `name` whose labels include each of `labels` (`key="value"`),
+/// in Prometheus text; 0 when absent.
+fn series(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_text_and_move_with_each_request() {
+    let app = start();
+    app.get("/users/7").await;
+    let scrape = || async {
+        let got = app.get("/metrics").await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert!(got.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        String::from_utf8(got.body.to_vec()).unwrap()
+    };
+    let hit = ["route=\"GET /users/{id}\"", "outcome=\"hit\""];
+    let before = scrape().await;
+    assert!(app.get("/users/7").await.is_hit());
+    let after = scrape().await;
+    // Tests share the process's recorder: others may hit too, never fewer.
+    assert!(
+        series(&after, "tower_stash_requests_total", &hit)
+            >= series(&before, "tower_stash_requests_total", &hit) + 1.0,
+        "{after}"
+    );
+    assert!(series(&after, "tower_stash_tier_hits_total", &["tier=\"memory\""]) >= 1.0);
+    // The service's time on the miss, by route pattern (a summary: count and quantiles).
+    assert!(
+        series(
+            &after,
+            "tower_stash_upstream_seconds_count",
+            &["route=\"GET /users/{id}\""]
+        ) >= 1.0,
+        "{after}"
+    );
+    // Described, with their kind; never a raw path as a label.
+    assert!(after.contains("# HELP tower_stash_hits_total"), "{after}");
+    assert!(
+        after.contains("# TYPE tower_stash_requests_total counter"),
+        "{after}"
+    );
+    assert!(!after.contains("/users/7"), "{after}");
+}
+
+/// `examples/grafana-dashboard.json` is a dashboard (valid JSON, panels with queries), and
+/// reads only metrics the crate describes.
+#[test]
+fn the_grafana_dashboard_reads_only_metrics_the_crate_reports() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let described =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/stash/stats.rs"))
+            .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    let mut read = 0;
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("tower_stash_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                let base = ["_count", "_sum", "_bucket"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                assert!(
+                    described.contains(&format!("\"{base}\"")),
+                    "the dashboard reads {name}, which the crate does not report"
+                );
+                read += 1;
+            }
+        }
+    }
+    assert!(read >= 10, "{read}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,11 +569,11 @@ async fn stats_show_a_killed_redis_within_2_s_with_no_traffic_and_its_return_wit
         clock: ManualClock::default(),
     };
     let stats = || async { app.get("/stats").await.json() };
-    // Polls `/stats` (every 10 ms, for at most 10 s) until `store_health` is `want`.
+    // Polls `/stats` (every 10 ms, for at most 10 s) until `health` is `want`.
     let until_health = |want: &'static str, since: Instant| async move {
         loop {
             let s = stats().await;
-            if s["store_health"] == want {
+            if s["health"] == want {
                 return (since.elapsed(), s);
             }
             assert!(since.elapsed() < Duration::from_secs(10), "still {s}");
@@ -490,7 +585,7 @@ async fn stats_show_a_killed_redis_within_2_s_with_no_traffic_and_its_return_wit
     let (_, s) = until_health("ok", Instant::now()).await;
     assert_eq!(s["breaker"], "closed");
     let started = Instant::now();
-    while stats().await["last_success_ms_ago"].is_null() {
+    while stats().await["since_last_success_ms"].is_null() {
         assert!(started.elapsed() < Duration::from_secs(10), "never pinged");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -505,7 +600,7 @@ async fn stats_show_a_killed_redis_within_2_s_with_no_traffic_and_its_return_wit
     );
     assert!(s["breaker"] == "open" || s["breaker"] == "half-open", "{s}");
     // The last answer came a second or more before the first failed ping.
-    assert!(s["last_success_ms_ago"].as_u64().unwrap() >= 1_000, "{s}");
+    assert!(s["since_last_success_ms"].as_u64().unwrap() >= 1_000, "{s}");
 
     let restarted = Instant::now();
     tokio::task::block_in_place(|| redis.restart());
@@ -513,7 +608,7 @@ async fn stats_show_a_killed_redis_within_2_s_with_no_traffic_and_its_return_wit
     println!("ok {up:?} after the restart began: {s}");
     assert!(up <= Duration::from_secs(3), "ok only after {up:?}");
     assert_eq!(s["breaker"], "closed");
-    assert!(s["last_success_ms_ago"].as_u64().unwrap() < 1_000, "{s}");
+    assert!(s["since_last_success_ms"].as_u64().unwrap() < 1_000, "{s}");
     // No request reached the cache or the database meanwhile.
     assert_eq!(
         (s["hits"].as_u64(), s["misses"].as_u64()),
