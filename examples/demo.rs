@@ -458,6 +458,21 @@ async fn metrics(State(demo): State<Arc<Demo>>) -> Response {
         .into_response()
 }
 
+/// The stash's settings from `config`, with `Cache-Status` keys and details (which
+/// `demo.toml` turns on) shown only to requests carrying `X-Stash-Debug: <admin token>`:
+/// anonymous clients get the plain values.
+pub fn stash_builder(
+    config: &Config,
+    admin_token: &str,
+) -> Result<tower_stash::StashBuilder, ConfigFileError> {
+    let token = admin_token.to_owned();
+    Ok(config.stash()?.cache_status_for(move |headers| {
+        headers
+            .get("x-stash-debug")
+            .is_some_and(|t| same(t.as_bytes(), token.as_bytes()))
+    }))
+}
+
 /// Puts the stash on the Redis at `url` (`REDIS_URL`), in place of the file's `[stash.redis]`
 /// address; an empty `url` leaves the file's choice.
 pub fn use_redis(config: &mut Config, url: String) {
@@ -510,8 +525,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(url) = std::env::var("REDIS_URL") {
         use_redis(&mut config, url);
     }
-    let stash = config.stash()?.build()?;
-    println!("{}", store_line(&stash, &config).await?);
     let admin_token = match std::env::var("ADMIN_TOKEN") {
         Ok(t) if !t.is_empty() => t,
         _ => {
@@ -520,6 +533,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             t
         }
     };
+    let stash = stash_builder(&config, &admin_token)?.build()?;
+    println!("{}", store_line(&stash, &config).await?);
     let db = Db::new(latency);
     let router = app(Demo::new(db, stash.clone(), admin_token), &config)?;
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -280,10 +280,20 @@ where
 /// The messages of the error-level events `run` logs (on this thread: run it on a
 /// current-thread runtime inside).
 pub(crate) fn logged_errors(run: impl FnOnce()) -> Vec<String> {
+    logged(tracing::Level::ERROR, run).1
+}
+
+/// What `run` returns, and the messages of the events it logged at warn level or above.
+pub(crate) fn logged_warnings<T>(run: impl FnOnce() -> T) -> (T, Vec<String>) {
+    logged(tracing::Level::WARN, run)
+}
+
+/// What `run` returns, and the messages of the events it logged at `level` or above.
+fn logged<T>(level: tracing::Level, run: impl FnOnce() -> T) -> (T, Vec<String>) {
     use tracing::field::{Field, Visit};
     use tracing::span::{Attributes, Id, Record};
     use tracing::{Event, Level, Metadata};
-    struct Errors(Arc<Mutex<Vec<String>>>);
+    struct Events(Arc<Mutex<Vec<String>>>, Level);
     struct Message(String);
     impl Visit for Message {
         fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
@@ -292,9 +302,9 @@ pub(crate) fn logged_errors(run: impl FnOnce()) -> Vec<String> {
             }
         }
     }
-    impl tracing::Subscriber for Errors {
+    impl tracing::Subscriber for Events {
         fn enabled(&self, meta: &Metadata<'_>) -> bool {
-            *meta.level() == Level::ERROR
+            *meta.level() <= self.1
         }
         fn new_span(&self, _: &Attributes<'_>) -> Id {
             Id::from_u64(1)
@@ -309,8 +319,8 @@ pub(crate) fn logged_errors(run: impl FnOnce()) -> Vec<String> {
         fn enter(&self, _: &Id) {}
         fn exit(&self, _: &Id) {}
     }
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    tracing::subscriber::with_default(Errors(errors.clone()), run);
-    let errors = errors.lock().unwrap().clone();
-    errors
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let out = tracing::subscriber::with_default(Events(events.clone(), level), run);
+    let events = events.lock().unwrap().clone();
+    (out, events)
 }

@@ -42,8 +42,7 @@ fn start() -> App {
     demo::prometheus();
     let config = config();
     let clock = ManualClock::default();
-    let stash = config
-        .stash()
+    let stash = demo::stash_builder(&config, TOKEN)
         .unwrap()
         .clock(clock.clone())
         .build()
@@ -387,6 +386,27 @@ async fn stats_report_the_cache_and_the_database() {
         assert!(stats[field].is_u64(), "{field}");
     }
     assert_eq!(app.stash.stats().hits, 1);
+}
+
+#[tokio::test]
+async fn cache_status_details_are_for_the_admin_token_only() {
+    let app = start();
+    app.get("/users/1").await;
+    let anonymous = app.get("/users/1").await;
+    assert_eq!(anonymous.cache_status(), "tower-stash; hit");
+    let mut req = axum::http::Request::get("/users/1")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    req.headers_mut()
+        .insert("x-stash-debug", TOKEN.parse().unwrap());
+    let operator = support::send(app.router.clone(), req).await;
+    assert!(
+        operator
+            .cache_status()
+            .starts_with("tower-stash; hit; ttl="),
+        "{}",
+        operator.cache_status()
+    );
 }
 
 /// The value of the series of `name` whose labels include each of `labels` (`key="value"`),

@@ -132,13 +132,14 @@ pub(super) fn miss<B: Body<Data = Bytes>>(
             Some("single-flight-bound"),
             None,
             Some(&ctx.full),
+            ctx.shown,
         ),
         Err(_) if collapsed.is_some() => {
             let plain = match collapsed {
                 Some(Collapsed::FromEntry) => &stash.inner.status.collapsed_hit,
                 _ => &stash.inner.status.collapsed_miss,
             };
-            status_value(&stash, plain, None, None, Some(&ctx.full))
+            status_value(&stash, plain, None, None, Some(&ctx.full), ctx.shown)
         }
         // `stored` only when the whole body is known to fit; a streaming body is stored when
         // it ends, if it stays within the limit, which these headers cannot yet tell.
@@ -149,6 +150,7 @@ pub(super) fn miss<B: Body<Data = Bytes>>(
             Some("grpc-pending"),
             None,
             Some(&ctx.full),
+            ctx.shown,
         ),
         // Invalidated while the service answered (here, or heard on the bus): the fill will
         // be refused.
@@ -158,6 +160,7 @@ pub(super) fn miss<B: Body<Data = Bytes>>(
             Some("invalidated"),
             None,
             Some(&ctx.full),
+            ctx.shown,
         ),
         Ok(_) if body.size_hint().exact().is_some() => status_value(
             &stash,
@@ -165,6 +168,7 @@ pub(super) fn miss<B: Body<Data = Bytes>>(
             None,
             None,
             Some(&ctx.full),
+            ctx.shown,
         ),
         Ok(_) => status_value(
             &stash,
@@ -172,6 +176,7 @@ pub(super) fn miss<B: Body<Data = Bytes>>(
             Some("streaming"),
             None,
             Some(&ctx.full),
+            ctx.shown,
         ),
         Err(reason) => {
             tracing::debug!(route = %ctx.policy.route, key = %ctx.full, reason, "response not stored");
@@ -181,6 +186,7 @@ pub(super) fn miss<B: Body<Data = Bytes>>(
                 Some(reason),
                 None,
                 Some(&ctx.full),
+                ctx.shown,
             )
         }
     };

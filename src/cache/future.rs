@@ -64,6 +64,8 @@ pub(crate) struct Ctx {
     pub(crate) variants: Option<Bytes>,
     /// HTTP mode: the expired entry being revalidated with a conditional request.
     pub(crate) revalidate: Option<Arc<Entry>>,
+    /// Whether the request is shown the `Cache-Status` key, detail and ttl.
+    pub(crate) shown: bool,
 }
 
 impl Ctx {
@@ -79,6 +81,7 @@ impl Ctx {
             if_none_match: self.if_none_match.as_ref(),
             if_modified_since: self.if_modified_since.as_ref(),
             range: self.range.as_ref(),
+            shown: self.shown,
         }
     }
 
@@ -138,7 +141,13 @@ pin_project! {
             resp: Option<S::Response>,
             wait: Pin<Box<dyn Future<Output = ()> + Send>>,
         },
-        Bypass { #[pin] fut: S::Future, stash: Stash, reason: &'static str, hints: bool },
+        Bypass {
+            #[pin] fut: S::Future,
+            stash: Stash,
+            reason: &'static str,
+            hints: bool,
+            shown: bool,
+        },
         Hit { resp: Option<Response<Stored>> },
         Lookup {
             lookup: StoreFuture<Option<Arc<Entry>>>,
@@ -177,13 +186,20 @@ where
         }
     }
 
-    pub(crate) fn bypass(fut: S::Future, stash: Stash, reason: &'static str, hints: bool) -> Self {
+    pub(crate) fn bypass(
+        fut: S::Future,
+        stash: Stash,
+        reason: &'static str,
+        hints: bool,
+        shown: bool,
+    ) -> Self {
         Self {
             state: State::Bypass {
                 fut,
                 stash,
                 reason,
                 hints,
+                shown,
             },
         }
     }
@@ -292,13 +308,15 @@ where
                     stash,
                     reason,
                     hints,
+                    shown,
                 } => {
                     let (mut parts, body) = ready!(fut.poll(cx))?.into_parts();
                     if *hints {
                         let _ = CacheHint::take(&mut parts);
                     }
+                    let status = &stash.inner.status;
                     let value =
-                        status_value(stash, &stash.inner.status.bypass, Some(reason), None, None);
+                        status_value(stash, &status.bypass, Some(reason), None, None, *shown);
                     parts.headers.insert(CACHE_STATUS, value);
                     fresh_from_the_service(&mut parts.headers);
                     return Poll::Ready(Ok(Response::from_parts(parts, CacheBody::inner(body))));

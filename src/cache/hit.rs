@@ -135,7 +135,14 @@ pub(super) fn as_directed(
 
 /// Sets `resp`'s `Cache-Status` to `plain` with `detail` (shown when the stash says so).
 pub(super) fn mark(ctx: &Ctx, resp: &mut Response<Stored>, plain: &HeaderValue, detail: &str) {
-    let value = status_value(ctx.stash(), plain, Some(detail), None, Some(&ctx.full));
+    let value = status_value(
+        ctx.stash(),
+        plain,
+        Some(detail),
+        None,
+        Some(&ctx.full),
+        ctx.shown,
+    );
     resp.headers_mut().insert(CACHE_STATUS, value);
 }
 
@@ -245,14 +252,18 @@ pub(crate) fn xfetch(remaining: f64, delta: f64, beta: f64, r: f64) -> bool {
 }
 
 /// A `Cache-Status` value: the ready-made `plain` one, or one with `ttl`, `key` and `detail`
-/// when the stash shows them.
+/// when the stash shows them to this request (`shown`).
 pub(super) fn status_value(
     stash: &Stash,
     plain: &HeaderValue,
     detail: Option<&str>,
     ttl: Option<Duration>,
     key: Option<&str>,
+    shown: bool,
 ) -> HeaderValue {
+    if !shown {
+        return plain.clone();
+    }
     let cfg = &stash.inner.status;
     let ttl = ttl.filter(|_| cfg.show_detail);
     let detail = detail.filter(|_| cfg.show_detail).or_else(|| {
@@ -292,6 +303,8 @@ pub(crate) struct HitRequest<'a> {
     pub(crate) if_modified_since: Option<&'a HeaderValue>,
     /// HTTP mode: a `Range` to answer with `206` from a complete stored `200`.
     pub(crate) range: Option<&'a HeaderValue>,
+    /// Whether the request is shown the `Cache-Status` key, detail and ttl.
+    pub(crate) shown: bool,
 }
 
 /// The response for a fresh entry: its status, headers and body (a slice, no copy), with
@@ -312,6 +325,7 @@ pub(crate) fn hit(
             None,
             Some(remaining),
             Some(req.full),
+            req.shown,
         )
     };
     let age = age_value(age);

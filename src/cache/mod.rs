@@ -159,6 +159,8 @@ mod poisoning_tests;
 #[cfg(test)]
 mod stale_tests;
 #[cfg(test)]
+mod status_tests;
+#[cfg(test)]
 mod storage_tests;
 #[cfg(test)]
 mod tests;

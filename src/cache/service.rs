@@ -96,6 +96,8 @@ where
         };
         let stash = &self.shared.stash;
         let headers = req.headers();
+        // Whether this request sees the Cache-Status key and detail (the app's predicate).
+        let shown = stash.inner.status.shown(headers);
         // One pass over the header names (cheap comparisons) instead of hashed lookups.
         let (mut authorization, mut cookie, mut conditional) = (false, false, false);
         let (mut directives_sent, mut modified_since, mut ranged) = (false, false, false);
@@ -195,7 +197,7 @@ where
             tracing::trace!(route = %policy.route, reason, "cache bypassed");
             let stash = stash.clone();
             let hints = policy.hints;
-            return ResponseFuture::bypass(self.call_inner(req), stash, reason, hints);
+            return ResponseFuture::bypass(self.call_inner(req), stash, reason, hints, shown);
         }
         let params = crate::key::Params::new(&params, fields.as_ref());
         let (mut full, mut stored) = self.shared.key_strings(policy, &params, &req);
@@ -244,6 +246,7 @@ where
                     if_none_match,
                     if_modified_since,
                     range,
+                    shown,
                 };
                 let key = stored.as_deref().unwrap_or(&full);
                 let (resp, early) =
@@ -278,6 +281,7 @@ where
                         if_none_match,
                         if_modified_since,
                         range: Some(range),
+                        shown,
                     };
                     // A part of the URL's entry: no idle time of its own, refreshed with it.
                     let (resp, _) =
@@ -449,6 +453,7 @@ impl<S> CacheService<S> {
             unkeyed_query: crate::key::has_unkeyed_query(req.uri().query(), &policy.query),
             authorized: req.headers().contains_key(header::AUTHORIZATION)
                 && !policy.vary_authorization,
+            shown: self.shared.stash.inner.status.shown(req.headers()),
         })
     }
 }

@@ -251,7 +251,7 @@ pub(super) fn stale_if_error(
     }
     s.push_str("; stale");
     let plain = HeaderValue::try_from(s).expect("a token and digits make a header value");
-    let status = status_value(stash, &plain, Some(why), None, Some(&ctx.full));
+    let status = status_value(stash, &plain, Some(why), None, Some(&ctx.full), ctx.shown);
     resp.headers_mut().insert(CACHE_STATUS, status);
     resp
 }

@@ -43,6 +43,7 @@ pub struct StashBuilder {
     status_name: String,
     show_key: bool,
     show_detail: bool,
+    shown_to: Option<super::status::ShownTo>,
     seed: Option<u64>,
     lease_ttl: Duration,
     invalidation_margin: Duration,
@@ -70,6 +71,7 @@ impl Default for StashBuilder {
             status_name: "tower-stash".into(),
             show_key: false,
             show_detail: false,
+            shown_to: None,
             seed: None,
             lease_ttl: Duration::from_secs(5),
             invalidation_margin: Duration::from_millis(50),
@@ -133,9 +135,36 @@ impl StashBuilder {
     }
 
     /// Adds `detail` (why a response was not stored or was bypassed) and the remaining `ttl`
-    /// of hits to `Cache-Status` headers (default off).
+    /// of hits to `Cache-Status` headers (default off). Shown to every client unless
+    /// [`cache_status_for`](Self::cache_status_for) chooses (a warning at build says so).
     pub fn cache_status_detail(mut self, show: bool) -> Self {
         self.show_detail = show;
+        self
+    }
+
+    /// Shows the `Cache-Status` key, detail and ttl (where
+    /// [`cache_status_key`](Self::cache_status_key) or
+    /// [`cache_status_detail`](Self::cache_status_detail) turns them on) only to requests
+    /// whose headers `shown` accepts, such as an operator's token; every other client gets
+    /// the plain value (`hit`, `fwd=miss`, ...). Keys and details can reveal request data and
+    /// the cache's rules: in production, show them to the people who operate it.
+    ///
+    /// ```
+    /// use tower_stash::Stash;
+    /// let stash = Stash::builder()
+    ///     .cache_status_detail(true)
+    ///     .cache_status_for(|headers| {
+    ///         headers.get("x-debug-token").is_some_and(|t| t == "s3cret")
+    ///     })
+    ///     .build()?;
+    /// # let _ = stash;
+    /// # Ok::<(), tower_stash::ConfigError>(())
+    /// ```
+    pub fn cache_status_for(
+        mut self,
+        shown: impl Fn(&http::HeaderMap) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.shown_to = Some(Arc::new(shown));
         self
     }
 
@@ -233,7 +262,19 @@ impl StashBuilder {
         if !errors.is_empty() {
             return Err(ConfigError::new(errors));
         }
-        let status = StatusHeaders::new(self.status_name, self.show_key, self.show_detail);
+        let status = StatusHeaders::new(
+            self.status_name,
+            self.show_key,
+            self.show_detail,
+            self.shown_to,
+        );
+        if status.shown_to_all() {
+            tracing::warn!(
+                "Cache-Status keys or details are shown to every client (they can reveal \
+                 request data and the cache's rules): choose who sees them with \
+                 StashBuilder::cache_status_for"
+            );
+        }
         let store: Arc<dyn crate::Store> =
             store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
         let follows = store.time().is_some() && self.clock.follows_store();

@@ -1,13 +1,19 @@
 //! The `Cache-Status` header values a stash answers with, made once when it is built.
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
+use std::sync::Arc;
+
+/// Which requests may see a `Cache-Status` key, detail and ttl (see
+/// [`StashBuilder::cache_status_for`](crate::StashBuilder::cache_status_for)).
+pub(crate) type ShownTo = Arc<dyn Fn(&HeaderMap) -> bool + Send + Sync>;
 
 /// The `Cache-Status` values that do not change, made once.
-#[derive(Debug)]
 pub(crate) struct StatusHeaders {
     pub(crate) name: String,
     pub(crate) show_key: bool,
     pub(crate) show_detail: bool,
+    /// The requests shown key and detail; `None`: every request.
+    shown_to: Option<ShownTo>,
     pub(crate) hit: HeaderValue,
     pub(crate) stored: HeaderValue,
     pub(crate) miss: HeaderValue,
@@ -17,9 +23,25 @@ pub(crate) struct StatusHeaders {
     pub(crate) collapsed_miss: HeaderValue,
 }
 
+impl std::fmt::Debug for StatusHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusHeaders")
+            .field("name", &self.name)
+            .field("show_key", &self.show_key)
+            .field("show_detail", &self.show_detail)
+            .field("shown_to", &self.shown_to.as_ref().map(|_| "a predicate"))
+            .finish_non_exhaustive()
+    }
+}
+
 impl StatusHeaders {
     /// The values of the cache named `name` (an HTTP token, checked by the builder).
-    pub(super) fn new(name: String, show_key: bool, show_detail: bool) -> Self {
+    pub(super) fn new(
+        name: String,
+        show_key: bool,
+        show_detail: bool,
+        shown_to: Option<ShownTo>,
+    ) -> Self {
         let value =
             |s: String| HeaderValue::try_from(s).expect("a token makes a valid header value");
         Self {
@@ -32,8 +54,19 @@ impl StatusHeaders {
             collapsed_miss: value(format!("{name}; fwd=miss; collapsed")),
             show_key,
             show_detail,
+            shown_to,
             name,
         }
+    }
+
+    /// Whether a request with `headers` is shown the key, detail and ttl (when any is on).
+    pub(crate) fn shown(&self, headers: &HeaderMap) -> bool {
+        !self.plain() && self.shown_to.as_ref().is_none_or(|shown| shown(headers))
+    }
+
+    /// Whether key or detail is shown to every request, with no predicate to choose.
+    pub(super) fn shown_to_all(&self) -> bool {
+        !self.plain() && self.shown_to.is_none()
     }
 
     /// No key, detail or ttl to add: the ready-made values serve as they are.
