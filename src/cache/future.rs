@@ -125,6 +125,8 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqB>,
+        // The request's span (`tower_stash.request`), entered while polled.
+        span: tracing::Span,
     }
 }
 
@@ -171,9 +173,18 @@ impl<S, ReqB> ResponseFuture<S, ReqB>
 where
     S: Service<Request<ReqB>>,
 {
+    /// Runs in `span` (a request's on a cached route; none for a request no route caches).
+    pub(crate) fn in_span(mut self, span: tracing::Span) -> Self {
+        if !matches!(self.state, State::Passthrough { .. } | State::Write { .. }) {
+            self.span = span;
+        }
+        self
+    }
+
     pub(crate) fn passthrough(fut: S::Future) -> Self {
         Self {
             state: State::Passthrough { fut },
+            span: tracing::Span::none(),
         }
     }
 
@@ -183,6 +194,7 @@ where
                 fut,
                 write: Some(write),
             },
+            span: tracing::Span::none(),
         }
     }
 
@@ -201,18 +213,21 @@ where
                 hints,
                 shown,
             },
+            span: tracing::Span::none(),
         }
     }
 
     pub(crate) fn hit(resp: Response<Stored>) -> Self {
         Self {
             state: State::Hit { resp: Some(resp) },
+            span: tracing::Span::none(),
         }
     }
 
     pub(crate) fn miss(fut: S::Future, ctx: Box<Ctx>) -> Self {
         Self {
             state: State::miss(fut, ctx),
+            span: tracing::Span::none(),
         }
     }
 
@@ -228,6 +243,7 @@ where
                 call: Some(Box::new((inner, req))),
                 ctx: Some(ctx),
             },
+            span: tracing::Span::none(),
         }
     }
 }
@@ -277,7 +293,9 @@ where
     type Output = Result<Response<CacheBody<ResB>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let this = self.project();
+        let _in = this.span.enter();
+        let mut state = this.state;
         loop {
             let next = match state.as_mut().project() {
                 StateProj::Passthrough { fut } => {

@@ -106,6 +106,7 @@ impl<S> Layer<S> for CacheLayer {
         CacheService {
             inner,
             shared: self.shared.clone(),
+            span: tracing::Span::none(),
         }
     }
 }

@@ -19,6 +19,8 @@ use tower_service::Service;
 pub struct CacheService<S> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<Shared>,
+    /// The span of the request being called, from its routing to its response future.
+    pub(crate) span: tracing::Span,
 }
 
 impl<S: Clone> Clone for CacheService<S> {
@@ -26,6 +28,7 @@ impl<S: Clone> Clone for CacheService<S> {
         Self {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
+            span: tracing::Span::none(),
         }
     }
 }
@@ -85,6 +88,22 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let fut = self.call_cached(req);
+        let span = std::mem::replace(&mut self.span, tracing::Span::none());
+        fut.in_span(span)
+    }
+}
+
+impl<S> CacheService<S> {
+    fn call_cached<ReqB, ResB>(&mut self, req: Request<ReqB>) -> ResponseFuture<S, ReqB>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqB: Send + 'static,
+        ResB: Body<Data = Bytes> + Send + 'static,
+        ResB::Error: Send + 'static,
+    {
         let Some((policy, params)) = self.shared.routes.find(req.method(), req.uri().path()) else {
             // HTTP mode: a write to a URL the cache holds drops what it holds once it succeeds.
             if super::writes::is_unsafe(req.method()) {
@@ -95,6 +114,18 @@ where
             return ResponseFuture::passthrough(self.call_inner(req));
         };
         let stash = &self.shared.stash;
+        // One span per request on a cached route (debug level), with its route pattern, key
+        // (hashed where it may hold a session), outcome and tier as they become known; it
+        // covers the response future, so its time is the request's.
+        let span = tracing::debug_span!(
+            "tower_stash.request",
+            route = policy.route.as_str(),
+            key = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            tier = tracing::field::Empty,
+        );
+        self.span = span.clone();
+        let _in = span.enter();
         let headers = req.headers();
         // Whether this request sees the Cache-Status key and detail (the app's predicate).
         let shown = stash.inner.status.shown(headers);
@@ -201,6 +232,15 @@ where
         }
         let params = crate::key::Params::new(&params, fields.as_ref());
         let (mut full, mut stored) = self.shared.key_strings(policy, &params, &req);
+        if !span.is_disabled() {
+            // A session's key holds its id: only a digest of it.
+            if policy.session.is_some() {
+                let digest = blake3::hash(full.as_bytes()).to_hex();
+                span.record("key", format!("#{}", &digest[..16]));
+            } else {
+                span.record("key", full.as_str());
+            }
+        }
         let head = req.method() == Method::HEAD;
 
         // A session's entry is never served from memory while invalidations from other

@@ -32,6 +32,16 @@ impl Stash {
     }
 
     pub(crate) async fn invalidate(&self, what: Invalidation) -> Result<(), StoreError> {
+        use tracing::Instrument;
+        let (kind, target) = match &what {
+            Invalidation::Key(key) => ("key", key.as_str()),
+            Invalidation::Tag(tag) => ("tag", tag.as_str()),
+        };
+        let span = tracing::debug_span!("tower_stash.invalidate", kind, target);
+        self.invalidate_in_span(what).instrument(span).await
+    }
+
+    async fn invalidate_in_span(&self, what: Invalidation) -> Result<(), StoreError> {
         self.inner.invalidations.fetch_add(1, Ordering::Release);
         let result = self.apply(&what).await;
         if let Err(e) = &result {

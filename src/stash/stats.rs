@@ -160,6 +160,8 @@ impl Counters {
         };
         metrics::counter!("tower_stash_requests_total", "route" => route.clone(), "outcome" => outcome)
             .increment(1);
+        // The request's span, where there is one (`tower_stash.request`).
+        tracing::Span::current().record("outcome", outcome);
     }
 }
 
@@ -168,6 +170,7 @@ impl Counters {
     /// once) or `shared` (the store behind it: Redis).
     pub(crate) fn tier_hit(&self, tier: &'static str) {
         metrics::counter!("tower_stash_tier_hits_total", "tier" => tier).increment(1);
+        tracing::Span::current().record("tier", tier);
     }
 }
 

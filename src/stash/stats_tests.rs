@@ -213,3 +213,158 @@ fn requests_are_counted_by_route_pattern_and_outcome_and_every_metric_is_describ
     assert_eq!(json["breaker"], "closed");
     assert!((json["hit_rate"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
 }
+
+/// Spans by name, each with its fields as last recorded.
+#[derive(Default)]
+struct Spans {
+    next: AtomicU64,
+    spans: Mutex<Vec<(String, HashMap<String, String>)>>,
+    metadata: Mutex<Vec<&'static tracing::Metadata<'static>>>,
+    /// The spans entered, innermost last (one thread).
+    entered: Mutex<Vec<u64>>,
+}
+
+struct Fields<'a>(&'a mut HashMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl tracing::Subscriber for Spans {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let mut fields = HashMap::new();
+        span.record(&mut Fields(&mut fields));
+        let mut spans = self.spans.lock().unwrap();
+        spans.push((span.metadata().name().to_owned(), fields));
+        self.metadata.lock().unwrap().push(span.metadata());
+        self.next.store(spans.len() as u64, Ordering::Relaxed);
+        tracing::span::Id::from_u64(spans.len() as u64)
+    }
+    fn record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        let mut spans = self.spans.lock().unwrap();
+        let index = usize::try_from(id.into_u64()).unwrap() - 1;
+        values.record(&mut Fields(&mut spans[index].1));
+    }
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, id: &tracing::span::Id) {
+        self.entered.lock().unwrap().push(id.into_u64());
+    }
+    fn exit(&self, _: &tracing::span::Id) {
+        self.entered.lock().unwrap().pop();
+    }
+    fn current_span(&self) -> tracing_core::span::Current {
+        match self.entered.lock().unwrap().last() {
+            Some(&id) => {
+                let metadata = self.metadata.lock().unwrap()[usize::try_from(id).unwrap() - 1];
+                tracing_core::span::Current::new(tracing::span::Id::from_u64(id), metadata)
+            }
+            None => tracing_core::span::Current::none(),
+        }
+    }
+}
+
+#[test]
+fn each_cached_request_has_a_span_with_its_route_key_outcome_and_tier() {
+    let spans = Arc::new(Spans::default());
+    let dispatch = tracing::Dispatch::from(SharedSpans(spans.clone()));
+    tracing::dispatcher::with_default(&dispatch, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let stash = Stash::new();
+            let svc = ServiceBuilder::new()
+                .layer(CacheLayer::new(
+                    stash.clone(),
+                    Routes::new()
+                        .get(
+                            "/b/{id}",
+                            Policy::ttl(Duration::from_secs(60)).key("b:{id}"),
+                        )
+                        .get(
+                            "/me",
+                            Policy::ttl(Duration::from_secs(60))
+                                .key("me")
+                                .session_cookie("sid"),
+                        ),
+                ))
+                .service(crate::test_util::Upstream::echo());
+            let get = |uri: &str| {
+                let mut req = Request::get(uri);
+                if uri == "/me" {
+                    req = req.header("cookie", "sid=secret-session-id");
+                }
+                req.body(Empty::<Bytes>::new()).unwrap()
+            };
+            send(svc.clone(), get("/b/7")).await;
+            send(svc.clone(), get("/b/7")).await;
+            send(svc.clone(), get("/me")).await;
+            send(svc.clone(), get("/elsewhere")).await;
+            stash.invalidate_key("b:7").await.unwrap();
+        });
+    });
+    let spans = spans.spans.lock().unwrap();
+    let requests: Vec<&HashMap<String, String>> = spans
+        .iter()
+        .filter(|(name, _)| name == "tower_stash.request")
+        .map(|(_, fields)| fields)
+        .collect();
+    // One per request on a cached route: none for /elsewhere.
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    let field = |i: usize, name: &str| requests[i].get(name).cloned().unwrap_or_default();
+    assert_eq!(field(0, "route"), "GET /b/{id}");
+    assert!(field(0, "key").ends_with("b:7"), "{requests:?}");
+    assert_eq!(field(0, "outcome"), "miss");
+    assert_eq!(field(1, "outcome"), "hit");
+    assert_eq!(field(1, "tier"), "memory");
+    // A session's key: a digest, never the session id.
+    assert!(field(2, "key").starts_with('#'), "{requests:?}");
+    assert!(!field(2, "key").contains("secret"), "{requests:?}");
+    let invalidations: Vec<_> = spans
+        .iter()
+        .filter(|(name, _)| name == "tower_stash.invalidate")
+        .collect();
+    assert_eq!(invalidations.len(), 1);
+    assert_eq!(invalidations[0].1["kind"], "key");
+    assert_eq!(invalidations[0].1["target"], "b:7");
+}
+
+/// [`Spans`] behind an `Arc`, as a subscriber.
+struct SharedSpans(Arc<Spans>);
+
+impl tracing::Subscriber for SharedSpans {
+    fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
+        self.0.enabled(m)
+    }
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        self.0.new_span(span)
+    }
+    fn record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>) {
+        self.0.record(id, values)
+    }
+    fn record_follows_from(&self, a: &tracing::span::Id, b: &tracing::span::Id) {
+        self.0.record_follows_from(a, b)
+    }
+    fn event(&self, e: &tracing::Event<'_>) {
+        self.0.event(e)
+    }
+    fn enter(&self, id: &tracing::span::Id) {
+        self.0.enter(id)
+    }
+    fn exit(&self, id: &tracing::span::Id) {
+        self.0.exit(id)
+    }
+    fn current_span(&self) -> tracing_core::span::Current {
+        self.0.current_span()
+    }
+}

@@ -327,7 +327,9 @@ impl<S: Store> Guarded<S> {
         };
         let timeout = timeout.max(at_least);
         if !stepped {
-            return Box::pin(guarded(call(&self.inner), timeout, permit));
+            use tracing::Instrument;
+            let span = tracing::trace_span!("tower_stash.store", op);
+            return Box::pin(guarded(call(&self.inner), timeout, permit).instrument(span));
         }
         let steps = Arc::new(Notify::new());
         let fut = STEPS.scope(steps.clone(), call(&self.inner));
