@@ -18,6 +18,7 @@
 //! | `POST /admin/invalidate?tag=X` / `?key=X` | `Authorization: Bearer $ADMIN_TOKEN`       |
 //! | `GET /stats`                   | hits, misses, ..., database queries, store health     |
 //! | `GET /metrics`                 | the same and more, in Prometheus text (`metrics-exporter-prometheus`) |
+//! | `GET /admin/console/`          | the operator console (`--features admin`), for the admin token |
 //!
 //! Policies come from `examples/demo.toml`. The router, its state and its database are also
 //! what `tests/demo.rs` drives, in-process.
@@ -158,7 +159,23 @@ pub fn app(demo: Arc<Demo>, config: &Config) -> Result<Router, ConfigFileError> 
         .route("/admin/invalidate", post(admin_invalidate))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics));
-    Ok(cached.merge(open).with_state(demo))
+    let app = cached.merge(open);
+    // The operator console (feature `admin`), for the admin token.
+    #[cfg(feature = "admin")]
+    let app = {
+        let token = demo.admin_token.clone();
+        app.nest_service(
+            "/admin/console",
+            tower_stash::admin::router(demo.stash.clone(), move |headers| {
+                headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .is_some_and(|t| same(t.as_bytes(), token.as_bytes()))
+            }),
+        )
+    };
+    Ok(app.with_state(demo))
 }
 
 fn not_found(what: &str) -> Response {
@@ -548,6 +565,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("try: curl -i http://{addr}/users/1   (twice: a miss, then a hit)");
     println!("     curl -s http://{addr}/stats");
     println!("     curl -s http://{addr}/metrics");
+    if cfg!(feature = "admin") {
+        println!("     open http://{addr}/admin/console/#token=<the admin token>");
+    } else {
+        println!("     (the operator console: --features admin)");
+    }
     axum::serve(listener, router).await?;
     Ok(())
 }

@@ -5,6 +5,8 @@
 // in `doc_auto_cfg`); `--cfg docsrs` alone, on stable, builds the same docs without labels.
 #![cfg_attr(docsrs_nightly, feature(doc_cfg))]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod cache;
 #[cfg(feature = "config")]
 pub mod config;
@@ -31,7 +33,9 @@ pub use grpc::{GrpcLayer, GrpcService};
 pub use invalidate::{Invalidate, InvalidateLayer, InvalidateService, Rules};
 pub use policy::{ConfigError, Policy, Routes};
 pub use single_flight::{SingleFlightLayer, SingleFlightService};
-pub use stash::{Clock, ManualClock, Stash, StashBuilder, Stats, SystemClock};
+pub use stash::{
+    Clock, InvalidationRecord, ManualClock, RouteStats, Stash, StashBuilder, Stats, SystemClock,
+};
 pub use store::{
     BreakerState, BusEvent, Guarded, Health, HealthReport, MemoryStore, Store, StoreError,
     StoreFuture, StoreUsage, TieredStore, WriteTicket,

@@ -713,3 +713,128 @@ async fn the_start_line_names_the_redis_or_says_it_is_unreachable_and_serves_fro
         "the password is never shown: {e}"
     );
 }
+
+// ---- The operator console (feature `admin`) ----
+
+#[cfg(feature = "admin")]
+impl App {
+    async fn console(&self, method: &str, path: &str, body: Option<Value>, token: &str) -> Got {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("/admin/console{path}"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
+        let body = match body {
+            Some(json) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(json.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(req.body(body).unwrap()).await
+    }
+}
+
+#[cfg(feature = "admin")]
+#[tokio::test]
+async fn the_console_reports_looks_up_and_purges_for_the_admin_token_only() {
+    let app = start();
+    // The page holds no data: served to anyone.
+    let page = app.get("/admin/console/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text().contains("tower-stash console"));
+    // The API: only for the token.
+    for token in ["", "wrong"] {
+        let refused = app.console("GET", "/api/stats", None, token).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        let refused = app
+            .console(
+                "POST",
+                "/api/purge",
+                Some(serde_json::json!({"tag": "users"})),
+                token,
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    }
+
+    app.get("/users/1").await;
+    assert!(app.get("/users/1").await.is_hit());
+    let stats = app.console("GET", "/api/stats", None, TOKEN).await.json();
+    let users = stats["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "GET /users/{id}")
+        .expect("the users route")
+        .clone();
+    assert_eq!(
+        (users["hits"].as_u64(), users["misses"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(users["hit_rate"], 0.5);
+    assert_eq!(stats["stats"]["health"], "ok");
+
+    // Lookup: cached, with its tags, size, age and ttl.
+    let found = app
+        .console("GET", "/api/lookup?key=user:1", None, TOKEN)
+        .await
+        .json();
+    assert_eq!(found["cached"], true, "{found}");
+    assert_eq!(found["in_memory"], true);
+    assert_eq!(found["status"], 200);
+    assert_eq!(found["ttl_s"], 3600);
+    assert!(found["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t == "users"));
+    assert!(found["size"].as_u64().unwrap() > 0);
+
+    // Purge by key: the next read asks the database, and the invalidation is listed.
+    let queries = app.queries();
+    let purged = app
+        .console(
+            "POST",
+            "/api/purge",
+            Some(serde_json::json!({"key": "user:1"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(purged.status, StatusCode::OK, "{}", purged.text());
+    let gone = app
+        .console("GET", "/api/lookup?key=user:1", None, TOKEN)
+        .await
+        .json();
+    assert_eq!(gone["cached"], false, "{gone}");
+    assert!(!app.get("/users/1").await.is_hit());
+    assert_eq!(app.queries(), queries + 1);
+    let stats = app.console("GET", "/api/stats", None, TOKEN).await.json();
+    assert_eq!(stats["invalidations"][0]["kind"], "key");
+    assert_eq!(stats["invalidations"][0]["target"], "user:1");
+
+    // By tag, and a URL by its default key; a request naming nothing is refused.
+    let purged = app
+        .console(
+            "POST",
+            "/api/purge",
+            Some(serde_json::json!({"tag": "users"})),
+            TOKEN,
+        )
+        .await;
+    assert_eq!(purged.status, StatusCode::OK);
+    assert!(!app.get("/users/1").await.is_hit());
+    let by_url = app
+        .console(
+            "POST",
+            "/api/purge",
+            Some(serde_json::json!({"url": "http://example.com/stats/daily"})),
+            TOKEN,
+        )
+        .await
+        .json();
+    assert_eq!(by_url["purged"][0], "key GET /stats/daily");
+    let nothing = app
+        .console("POST", "/api/purge", Some(serde_json::json!({})), TOKEN)
+        .await;
+    assert_eq!(nothing.status, StatusCode::BAD_REQUEST);
+}

@@ -408,7 +408,7 @@ where
                     ctx.stash().counters().miss();
                     ctx.stash()
                         .counters()
-                        .on_route(&ctx.policy.route_label, crate::stash::Outcome::Miss);
+                        .on_route(&ctx.policy, crate::stash::Outcome::Miss);
                     forward(inner, req, ctx)
                 }
                 StateProj::Miss { fut, ctx, at } => {

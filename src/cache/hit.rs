@@ -173,7 +173,7 @@ pub(super) fn serve_fresh(
     stash.counters().hit();
     stash
         .counters()
-        .on_route(&policy.route_label, crate::stash::Outcome::Hit);
+        .on_route(policy, crate::stash::Outcome::Hit);
     let resp = hit(
         stash,
         req,

@@ -46,11 +46,10 @@ impl CacheLayer {
 
     /// A layer caching `routes` in `stash`, or what is wrong with the routes.
     pub fn try_new(stash: Stash, routes: Routes) -> Result<Self, ConfigError> {
+        let routes = routes.compile()?;
+        stash.register_routes(routes.policies());
         Ok(Self {
-            shared: Arc::new(Shared {
-                routes: routes.compile()?,
-                stash,
-            }),
+            shared: Arc::new(Shared { routes, stash }),
         })
     }
 

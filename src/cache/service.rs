@@ -224,7 +224,7 @@ impl<S> CacheService<S> {
             stash.counters().bypass();
             stash
                 .counters()
-                .on_route(&policy.route_label, crate::stash::Outcome::Bypass);
+                .on_route(policy, crate::stash::Outcome::Bypass);
             tracing::trace!(route = %policy.route, reason, "cache bypassed");
             let stash = stash.clone();
             let hints = policy.hints;
@@ -352,7 +352,7 @@ impl<S> CacheService<S> {
                 stash.counters().miss();
                 stash
                     .counters()
-                    .on_route(&policy.route_label, crate::stash::Outcome::Miss);
+                    .on_route(policy, crate::stash::Outcome::Miss);
                 let mut req = req;
                 if let Some(entry) = &ctx.revalidate {
                     super::stale::conditional(&mut req, entry);
@@ -367,7 +367,7 @@ impl<S> CacheService<S> {
                 stash.counters().miss();
                 stash
                     .counters()
-                    .on_route(&policy.route_label, crate::stash::Outcome::Miss);
+                    .on_route(policy, crate::stash::Outcome::Miss);
                 let mut req = req;
                 ctx.outgoing(&mut req, false);
                 ResponseFuture::miss(self.call_inner(req), ctx)

@@ -216,7 +216,7 @@ pub(crate) fn stale_hit(ctx: &Ctx, entry: &Entry, now: SystemTime) -> Response<S
     stash.counters().stale();
     stash
         .counters()
-        .on_route(&ctx.policy.route_label, super::super::stash::Outcome::Stale);
+        .on_route(&ctx.policy, super::super::stash::Outcome::Stale);
     let req = ctx.hit_request();
     let mut resp = hit(stash, req, entry, Duration::ZERO, entry.age(now));
     mark(
@@ -239,7 +239,7 @@ pub(super) fn stale_if_error(
     stash.counters().stale();
     stash
         .counters()
-        .on_route(&ctx.policy.route_label, crate::stash::Outcome::Stale);
+        .on_route(&ctx.policy, crate::stash::Outcome::Stale);
     tracing::debug!(key = %ctx.full, why, "the service failed: answering with the stale entry");
     let now = stash.now();
     let req = ctx.hit_request();

@@ -46,6 +46,9 @@ pub(crate) struct CompiledPolicy {
     pub(crate) route: String,
     /// `route`, as a metric label (shared, never copied per request).
     pub(crate) route_label: metrics::SharedString,
+    /// Requests on this route by outcome (hit, miss, stale, bypass), for
+    /// [`Stash::route_stats`](crate::Stash::route_stats).
+    pub(crate) counts: [std::sync::atomic::AtomicU64; 4],
     pub(crate) ttl: Duration,
     pub(crate) key: Option<Template>,
     pub(crate) query: QueryKey,
@@ -259,6 +262,11 @@ pub(crate) struct RouteTable {
 }
 
 impl RouteTable {
+    /// Every route's policy.
+    pub(crate) fn policies(&self) -> impl Iterator<Item = &Arc<CompiledPolicy>> {
+        self.table.values().map(|(_, p)| p)
+    }
+
     /// Whether some GET route is in HTTP mode.
     pub(crate) fn has_http(&self) -> bool {
         self.http

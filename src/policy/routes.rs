@@ -428,6 +428,7 @@ impl Routes {
             route_label: metrics::SharedString::from(std::sync::Arc::<str>::from(format!(
                 "{method} {path}"
             ))),
+            counts: Default::default(),
             ttl,
             vary_authorization: keyed.contains(&http::header::AUTHORIZATION)
                 || session_is(&http::header::AUTHORIZATION),

@@ -289,6 +289,8 @@ impl StashBuilder {
                 counters: Counters::default(),
                 status,
                 refreshing: Mutex::default(),
+                routes: Mutex::default(),
+                recent: Mutex::default(),
                 refresh_failed: Mutex::default(),
                 invalidation_margin: self.invalidation_margin,
                 tombstone_ttl: self.tombstone_ttl,

@@ -38,7 +38,10 @@ impl Stash {
             Invalidation::Tag(tag) => ("tag", tag.as_str()),
         };
         let span = tracing::debug_span!("tower_stash.invalidate", kind, target);
-        self.invalidate_in_span(what).instrument(span).await
+        let target = target.to_owned();
+        let result = self.invalidate_in_span(what).instrument(span).await;
+        self.record_invalidation(kind, &target, result.is_ok());
+        result
     }
 
     async fn invalidate_in_span(&self, what: Invalidation) -> Result<(), StoreError> {

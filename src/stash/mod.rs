@@ -36,7 +36,7 @@ mod write;
 
 pub use builder::{IntoStore, StashBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use stats::Stats;
+pub use stats::{InvalidationRecord, RouteStats, Stats};
 
 pub(crate) use entries::complete_headers;
 pub(crate) use stats::Outcome;
@@ -86,6 +86,10 @@ pub(crate) struct Inner {
     pub(crate) error_log: outage::ErrorLog,
     /// A seeded random source (tests); the thread's own when `None`.
     pub(crate) rng: Option<Mutex<fastrand::Rng>>,
+    /// The routes of the cache layers on this stash, for [`Stash::route_stats`].
+    pub(crate) routes: Mutex<Vec<std::sync::Weak<crate::policy::CompiledPolicy>>>,
+    /// The last invalidations made here, newest last.
+    pub(crate) recent: Mutex<std::collections::VecDeque<stats::InvalidationRecord>>,
 }
 
 /// The shared cache handle: store, statistics, settings. Cheap to clone.

@@ -1,6 +1,7 @@
 //! What a stash counts: [`Stats`], read with [`Stash::stats`], and the counters behind them.
 
 use super::Stash;
+use crate::policy::CompiledPolicy;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -150,8 +151,10 @@ count! {
 }
 
 impl Counters {
-    /// Counts a request of `route` (a route pattern) by its outcome, besides the totals.
-    pub(crate) fn on_route(&self, route: &metrics::SharedString, outcome: Outcome) {
+    /// Counts a request of `policy`'s route by its outcome, besides the totals.
+    pub(crate) fn on_route(&self, policy: &CompiledPolicy, outcome: Outcome) {
+        policy.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        let route = &policy.route_label;
         let outcome = match outcome {
             Outcome::Hit => "hit",
             Outcome::Miss => "miss",
@@ -333,3 +336,121 @@ impl Stash {
 #[cfg(test)]
 #[path = "stats_tests.rs"]
 mod tests;
+
+/// The requests of one route pattern (`GET /users/{id}`) by outcome, over every cache layer
+/// on the stash: see [`Stash::route_stats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouteStats {
+    /// The method and path pattern.
+    pub route: String,
+    /// Answered fresh from the cache.
+    pub hits: u64,
+    /// Sent to the service.
+    pub misses: u64,
+    /// Answered stale (while revalidating, or because the service failed).
+    pub stale: u64,
+    /// Not cached (credentials, `no-store`, ...).
+    pub bypasses: u64,
+}
+
+impl RouteStats {
+    /// Hits (stale answers included) over hits, stale answers and misses; zero before any.
+    pub fn hit_rate(&self) -> f64 {
+        let served = self.hits + self.stale;
+        let total = served + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            served as f64 / total as f64
+        }
+    }
+}
+
+/// An invalidation made through this stash: see [`Stash::recent_invalidations`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InvalidationRecord {
+    /// `key` or `tag`.
+    pub kind: &'static str,
+    /// The key or tag.
+    pub target: String,
+    /// When it was made.
+    pub at: std::time::SystemTime,
+    /// Whether the store took it at once (else it is retried in the background).
+    pub ok: bool,
+}
+
+/// How many invalidations [`Stash::recent_invalidations`] keeps.
+const RECENT: usize = 100;
+
+impl Stash {
+    /// Requests by route pattern and outcome, over every [`CacheLayer`](crate::CacheLayer)
+    /// built on this stash (and its clones), by route.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_stash::{CacheLayer, Policy, Routes, Stash};
+    /// let stash = Stash::new();
+    /// let _layer = CacheLayer::new(
+    ///     stash.clone(),
+    ///     Routes::new().get("/users/{id}", Policy::ttl(Duration::from_secs(60))),
+    /// );
+    /// let routes = stash.route_stats();
+    /// assert_eq!(routes[0].route, "GET /users/{id}");
+    /// assert_eq!(routes[0].hits, 0);
+    /// ```
+    pub fn route_stats(&self) -> Vec<RouteStats> {
+        let mut routes = self.inner.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.retain(|p| p.strong_count() > 0);
+        let mut by_route: std::collections::BTreeMap<String, RouteStats> = Default::default();
+        for policy in routes.iter().filter_map(std::sync::Weak::upgrade) {
+            let n = |o: Outcome| policy.counts[o as usize].load(Ordering::Relaxed);
+            let entry = by_route
+                .entry(policy.route.clone())
+                .or_insert_with(|| RouteStats {
+                    route: policy.route.clone(),
+                    hits: 0,
+                    misses: 0,
+                    stale: 0,
+                    bypasses: 0,
+                });
+            entry.hits += n(Outcome::Hit);
+            entry.misses += n(Outcome::Miss);
+            entry.stale += n(Outcome::Stale);
+            entry.bypasses += n(Outcome::Bypass);
+        }
+        by_route.into_values().collect()
+    }
+
+    /// The last invalidations (up to 100) made through this stash, oldest first: by its
+    /// layers, its rules, or [`invalidate_key`](Self::invalidate_key) and
+    /// [`invalidate_tag`](Self::invalidate_tag). Those other instances made reach this one
+    /// through the store's bus and are not listed here.
+    pub fn recent_invalidations(&self) -> Vec<InvalidationRecord> {
+        let recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().cloned().collect()
+    }
+
+    pub(crate) fn register_routes<'a>(
+        &self,
+        policies: impl Iterator<Item = &'a std::sync::Arc<CompiledPolicy>>,
+    ) {
+        let mut routes = self.inner.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.retain(|p| p.strong_count() > 0);
+        routes.extend(policies.map(std::sync::Arc::downgrade));
+    }
+
+    pub(crate) fn record_invalidation(&self, kind: &'static str, target: &str, ok: bool) {
+        let mut recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() >= RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(InvalidationRecord {
+            kind,
+            target: target.to_owned(),
+            at: std::time::SystemTime::now(),
+            ok,
+        });
+    }
+}
