@@ -838,3 +838,80 @@ async fn the_console_reports_looks_up_and_purges_for_the_admin_token_only() {
         .await;
     assert_eq!(nothing.status, StatusCode::BAD_REQUEST);
 }
+
+/// The console in a real browser: Debian's Chromium driven by playwright-core (both
+/// installed by `.ci/run`; `CHROMIUM` and `PLAYWRIGHT_MODULES` point elsewhere). The page
+/// shows the users route's hit ratio, looks a key up, purges it, and lists the
+/// invalidation; a screenshot lands in `target/console.png`.
+#[cfg(feature = "admin")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_a_real_browser() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let modules = std::env::var("PLAYWRIGHT_MODULES")
+        .unwrap_or_else(|_| format!("{root}/target/browser/node_modules"));
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "no Chromium at {chromium}: apt-get install chromium (.ci/run does), or set CHROMIUM"
+    );
+    assert!(
+        std::path::Path::new(&modules)
+            .join("playwright-core")
+            .exists(),
+        "no playwright-core in {modules}: npm install --prefix {root}/target/browser \
+         playwright-core (.ci/run does), or set PLAYWRIGHT_MODULES"
+    );
+    let app = start();
+    let addr = support::serve(app.router.clone()).await;
+    app.get("/users/1").await;
+    assert!(app.get("/users/1").await.is_hit());
+    let screenshot = format!("{root}/target/console.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let run = tokio::process::Command::new("node")
+        .arg(format!("{root}/tests/browser/console.cjs"))
+        .arg(format!("http://{addr}/admin/console/"))
+        .arg(TOKEN)
+        .arg(&screenshot)
+        .env("NODE_PATH", &modules)
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the browser run within 120 s")
+        .expect("running node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    println!("{seen}");
+    assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
+    let route = seen["routeText"].as_str().unwrap();
+    assert!(
+        route.contains("GET /users/{id}") && route.contains("50.0%"),
+        "{route}"
+    );
+    assert_eq!(seen["health"], "ok");
+    assert!(!seen["address"].as_str().unwrap().contains(TOKEN), "{seen}");
+    assert_eq!(seen["lookup"]["cached"], true, "{seen}");
+    assert_eq!(
+        seen["lookup"]["tags"],
+        serde_json::json!(["users"]),
+        "{seen}"
+    );
+    assert_eq!(seen["purge"]["purged"][0], "key user:1", "{seen}");
+    assert!(seen["invalidations"]
+        .as_str()
+        .unwrap()
+        .contains("key user:1"));
+    assert_eq!(seen["after"]["cached"], false, "{seen}");
+    // The purge reached the cache: the next read asks the database.
+    let queries = app.queries();
+    assert!(!app.get("/users/1").await.is_hit());
+    assert_eq!(app.queries(), queries + 1);
+    let shot = std::fs::metadata(&screenshot).expect("a screenshot");
+    assert!(shot.len() > 1000);
+}
