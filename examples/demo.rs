@@ -554,6 +554,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{}", store_line(&stash, &config).await?);
     let db = Db::new(latency);
     let router = app(Demo::new(db, stash.clone(), admin_token), &config)?;
+    // Every cached route of the configuration names a route the router serves (feature
+    // `axum`): a typo would mean "never cached".
+    #[cfg(feature = "axum")]
+    {
+        let unmatched = tower_stash::axum::unmatched_routes(&router, &config.routes()?).await;
+        if !unmatched.is_empty() {
+            return Err(format!("routes the router does not serve: {unmatched:?}").into());
+        }
+    }
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let tier = if config.stash.redis.is_some() {

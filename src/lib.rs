@@ -7,6 +7,8 @@
 
 #[cfg(feature = "admin")]
 pub mod admin;
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod cache;
 #[cfg(feature = "config")]
 pub mod config;

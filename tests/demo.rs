@@ -714,6 +714,24 @@ async fn the_start_line_names_the_redis_or_says_it_is_unreachable_and_serves_fro
     );
 }
 
+/// Every route the demo's configuration caches is one its router serves.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn every_configured_route_is_served_by_the_router() {
+    let app = start();
+    let routes = config().routes().unwrap();
+    assert!(routes.patterns().count() >= 6);
+    let unmatched = tower_stash::axum::unmatched_routes(&app.router, &routes).await;
+    assert!(unmatched.is_empty(), "{unmatched:?}");
+    // And a typo is caught.
+    let typo = routes.get(
+        "/userz/{id}",
+        tower_stash::Policy::ttl(Duration::from_secs(1)),
+    );
+    let unmatched = tower_stash::axum::unmatched_routes(&app.router, &typo).await;
+    assert_eq!(unmatched, ["GET /userz/{id}"]);
+}
+
 // ---- The operator console (feature `admin`) ----
 
 #[cfg(feature = "admin")]

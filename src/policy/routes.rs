@@ -56,6 +56,11 @@ impl Routes {
         self.route(Method::POST, path, policy)
     }
 
+    /// Each route's method and path pattern.
+    pub fn patterns(&self) -> impl Iterator<Item = (&Method, &str)> {
+        self.routes.iter().map(|(m, p, _)| (m, p.as_str()))
+    }
+
     /// The paths of the gRPC routes.
     pub(crate) fn grpc_paths(&self) -> impl Iterator<Item = &str> {
         self.routes
