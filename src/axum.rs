@@ -1,6 +1,21 @@
-//! Wiring checks for axum (feature `axum`): a [`Routes`] table names each route a second
-//! time, beside the router; a typo there means "never cached", without a word.
-//! [`unmatched_routes`] finds those at start.
+//! axum wiring (feature `axum`): a route's policy where the route is defined, so that it is
+//! named once ([`cache`]); and, for a separate [`Routes`] table, which names each route a
+//! second time beside the router (a typo there means "never cached", without a word), a
+//! check at start ([`unmatched_routes`]).
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use std::time::Duration;
+//! use tower_stash::{axum::cache, Policy, Stash};
+//!
+//! let stash = Stash::new();
+//! let app: Router = Router::new().route(
+//!     "/users/{id}",
+//!     get(|| async { "a user" })
+//!         .layer(cache(&stash, Policy::ttl(Duration::from_secs(60)).key("user:{id}"))),
+//! );
+//! # let _ = app;
+//! ```
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -18,14 +33,20 @@
 //! # }
 //! ```
 
-use crate::Routes;
+use crate::cache::{CacheBody, CacheLayer, CacheService, ResponseFuture};
+use crate::{Policy, Routes, Stash};
 use axum::body::Body;
 use axum::extract::MatchedPath;
 use axum::http::{Request, Response, StatusCode};
 use axum::Router;
+use bytes::Bytes;
+use http_body::Body as HttpBody;
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -78,6 +99,145 @@ pub async fn unmatched_routes(router: &Router, routes: &Routes) -> Vec<String> {
         }
     }
     unmatched
+}
+
+/// A layer caching the GET (and HEAD) requests of the axum route it is put on with `policy`,
+/// the route's pattern read from axum's [`MatchedPath`]: the route is named once, where it is
+/// defined (`get(handler).layer(cache(&stash, policy))`, or `Router::route_layer`). The
+/// policy's key template may name the pattern's parameters. Outside an axum route (no
+/// `MatchedPath`), or with a policy the pattern cannot serve (a template naming a parameter
+/// it lacks), requests pass through, said once at error level.
+pub fn cache(stash: &Stash, policy: Policy) -> RouteCacheLayer {
+    RouteCacheLayer {
+        shared: Arc::new(RouteShared {
+            stash: stash.clone(),
+            policy,
+            layers: Mutex::default(),
+        }),
+    }
+}
+
+/// See [`cache`].
+#[derive(Clone)]
+pub struct RouteCacheLayer {
+    shared: Arc<RouteShared>,
+}
+
+struct RouteShared {
+    stash: Stash,
+    policy: Policy,
+    /// A cache layer per route pattern seen (one, unless the layer is on several routes),
+    /// and one without routes (`None`: requests pass through).
+    layers: Mutex<HashMap<Option<String>, CacheLayer>>,
+}
+
+impl fmt::Debug for RouteCacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteCacheLayer")
+            .field("policy", &self.shared.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteShared {
+    /// The cache layer for `pattern`, on `path` (the path the route sees: inside a nested
+    /// router, without the nest's prefix): compiled on first sight.
+    fn layer_for(&self, pattern: Option<&str>, path: &str) -> CacheLayer {
+        // Inside `Router::nest`, the path has lost the prefix the pattern keeps: the pattern's
+        // last segments, as many as the path has, are the route's.
+        let pattern = pattern.map(|p| {
+            let tail = path.matches('/').count();
+            let segments: Vec<&str> = p.split('/').collect();
+            if p.contains("{*") || segments.len() <= tail + 1 {
+                p.to_owned()
+            } else {
+                format!("/{}", segments[segments.len() - tail..].join("/"))
+            }
+        });
+        let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(layer) = layers.get(&pattern) {
+            return layer.clone();
+        }
+        let built = match &pattern {
+            None => {
+                tracing::error!(
+                    "tower_stash::axum::cache saw a request without axum's MatchedPath: put it on \
+                     a route of an axum Router (`get(handler).layer(cache(..))` or \
+                     `Router::route_layer`); requests pass through uncached"
+                );
+                CacheLayer::new(self.stash.clone(), Routes::new())
+            }
+            Some(p) => {
+                let routes = Routes::new().get(p.as_str(), self.policy.clone());
+                CacheLayer::try_new(self.stash.clone(), routes).unwrap_or_else(|e| {
+                    tracing::error!(
+                        route = p.as_str(),
+                        error = %e,
+                        "tower_stash::axum::cache: the policy cannot serve this route; requests \
+                         pass through uncached"
+                    );
+                    CacheLayer::new(self.stash.clone(), Routes::new())
+                })
+            }
+        };
+        layers.insert(pattern, built.clone());
+        built
+    }
+}
+
+impl<S> Layer<S> for RouteCacheLayer {
+    type Service = RouteCacheService<S>;
+
+    fn layer(&self, inner: S) -> RouteCacheService<S> {
+        RouteCacheService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// See [`cache`].
+#[derive(Clone)]
+pub struct RouteCacheService<S> {
+    inner: S,
+    shared: Arc<RouteShared>,
+}
+
+impl<S> fmt::Debug for RouteCacheService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteCacheService").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RouteCacheService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: HttpBody<Data = Bytes> + Send + 'static,
+    ResB::Error: Send + 'static,
+{
+    type Response = Response<CacheBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let pattern = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str);
+        let layer = self.shared.layer_for(pattern, req.uri().path());
+        // The ready service goes to the cache; a clone stays for the next call.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let mut svc: CacheService<S> = layer.layer(ready);
+        svc.call(req)
+    }
 }
 
 /// A path `pattern` matches: each `{param}` and `{*rest}` becomes `x`.
@@ -179,6 +339,90 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
+
+    /// `GET path` through `app`: its `Cache-Status`, and its body.
+    async fn fetch(app: &Router, path: &str) -> (String, String) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let req = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp
+            .headers()
+            .get("cache-status")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_policy_on_the_route_caches_it_named_once_nested_too() {
+        let stash = crate::Stash::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let handler = {
+            let calls = calls.clone();
+            move |axum::extract::Path(id): axum::extract::Path<String>| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move { format!("item {id}, call {n}") }
+            }
+        };
+        let ttl = Policy::ttl(Duration::from_secs(60));
+        let orders = Router::new().route(
+            "/orders/{id}",
+            get(handler.clone()).layer(super::cache(&stash, ttl.clone().key("order:{id}"))),
+        );
+        let app: Router = Router::new()
+            .route(
+                "/users/{id}",
+                get(handler.clone()).layer(super::cache(&stash, ttl.clone().key("user:{id}"))),
+            )
+            .nest("/api", orders);
+        let (first, body) = fetch(&app, "/users/1").await;
+        assert!(first.contains("fwd=miss"), "{first}");
+        assert_eq!(
+            fetch(&app, "/users/1").await,
+            ("tower-stash; hit".into(), body)
+        );
+        assert!(fetch(&app, "/users/2").await.0.contains("fwd=miss"));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // The key template named the pattern's parameter: invalidated by it.
+        stash.invalidate_key("user:1").await.unwrap();
+        assert!(fetch(&app, "/users/1").await.0.contains("fwd=miss"));
+        // Inside a nested router too.
+        assert!(fetch(&app, "/api/orders/7").await.0.contains("fwd=miss"));
+        assert_eq!(fetch(&app, "/api/orders/7").await.0, "tower-stash; hit");
+        stash.invalidate_key("order:7").await.unwrap();
+        assert!(fetch(&app, "/api/orders/7").await.0.contains("fwd=miss"));
+        let routes: Vec<String> = stash.route_stats().into_iter().map(|r| r.route).collect();
+        assert!(routes.contains(&"GET /users/{id}".to_owned()), "{routes:?}");
+    }
+
+    #[test]
+    fn a_policy_the_route_cannot_serve_passes_through_and_says_so_once() {
+        let stash = crate::Stash::new();
+        let app: Router = Router::new().route(
+            "/users/{id}",
+            get(|| async { "a user" }).layer(super::cache(
+                &stash,
+                Policy::ttl(Duration::from_secs(60)).key("user:{user_id}"),
+            )),
+        );
+        let errors = crate::test_util::logged_errors(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                for _ in 0..3 {
+                    let (status, body) = fetch(&app, "/users/1").await;
+                    assert_eq!((status.as_str(), body.as_str()), ("", "a user"));
+                }
+            });
+        });
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("cannot serve"), "{errors:?}");
+    }
 
     #[tokio::test]
     async fn a_pattern_no_route_serves_is_reported_and_no_handler_runs() {
