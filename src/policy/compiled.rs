@@ -46,6 +46,9 @@ pub(crate) struct CompiledPolicy {
     pub(crate) route: String,
     /// `route`, as a metric label (shared, never copied per request).
     pub(crate) route_label: metrics::SharedString,
+    /// The named policy this route's is based on ([`Policy::named`](crate::Policy::named)),
+    /// or `none`, as a metric label.
+    pub(crate) policy_label: metrics::SharedString,
     /// Requests on this route by outcome (hit, miss, stale, bypass), for
     /// [`Stash::route_stats`](crate::Stash::route_stats).
     pub(crate) counts: [std::sync::atomic::AtomicU64; 4],

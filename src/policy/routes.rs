@@ -434,6 +434,9 @@ impl Routes {
                 "{method} {path}"
             ))),
             counts: Default::default(),
+            policy_label: metrics::SharedString::from(std::sync::Arc::<str>::from(
+                policy.base.as_deref().unwrap_or("none"),
+            )),
             ttl,
             vary_authorization: keyed.contains(&http::header::AUTHORIZATION)
                 || session_is(&http::header::AUTHORIZATION),

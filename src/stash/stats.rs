@@ -161,8 +161,13 @@ impl Counters {
             Outcome::Stale => "stale",
             Outcome::Bypass => "bypass",
         };
-        metrics::counter!("tower_stash_requests_total", "route" => route.clone(), "outcome" => outcome)
-            .increment(1);
+        metrics::counter!(
+            "tower_stash_requests_total",
+            "route" => route.clone(),
+            "policy" => policy.policy_label.clone(),
+            "outcome" => outcome
+        )
+        .increment(1);
         // The request's span, where there is one (`tower_stash.request`).
         tracing::Span::current().record("outcome", outcome);
     }
@@ -326,9 +331,10 @@ impl Stash {
     /// The store's usage, also set on the size gauges.
     fn usage(&self) -> crate::StoreUsage {
         let usage = self.inner.store.usage();
-        metrics::gauge!("tower_stash_entries").set(usage.entries as f64);
-        metrics::gauge!("tower_stash_bytes").set(usage.bytes as f64);
-        metrics::gauge!("tower_stash_evictions").set(usage.evictions as f64);
+        // What the store counts is its memory (a `TieredStore`'s memory tier).
+        metrics::gauge!("tower_stash_entries", "tier" => "memory").set(usage.entries as f64);
+        metrics::gauge!("tower_stash_bytes", "tier" => "memory").set(usage.bytes as f64);
+        metrics::gauge!("tower_stash_evictions", "tier" => "memory").set(usage.evictions as f64);
         usage
     }
 }

@@ -110,7 +110,9 @@ fn requests_are_counted_by_route_pattern_and_outcome_and_every_metric_is_describ
                     stash.clone(),
                     Routes::new()
                         .get("/a", Policy::ttl(Duration::from_secs(60)))
-                        .get("/b/{id}", Policy::ttl(Duration::from_secs(60))),
+                        .get("/b/{id}", Policy::ttl(Duration::from_secs(60)))
+                        .policy("short", Policy::ttl(Duration::from_secs(5)))
+                        .get("/c", Policy::named("short")),
                 ))
                 .service(upstream);
             let get = |uri: &str, cookie: bool| {
@@ -124,32 +126,48 @@ fn requests_are_counted_by_route_pattern_and_outcome_and_every_metric_is_describ
             assert!(send(svc.clone(), get("/a", false)).await.is_hit());
             send(svc.clone(), get("/a", true)).await;
             send(svc.clone(), get("/b/7", false)).await;
+            send(svc.clone(), get("/c", false)).await;
             stash.stats();
             stash
         })
     });
     let route = |route: &str, outcome: &str| {
         recorded.counter(&format!(
-            "tower_stash_requests_total{{outcome={outcome},route={route}}}"
+            "tower_stash_requests_total{{outcome={outcome},policy=none,route={route}}}"
         ))
     };
     assert_eq!(route("GET /a", "miss"), 1);
     assert_eq!(route("GET /a", "hit"), 1);
     assert_eq!(route("GET /a", "bypass"), 1);
     assert_eq!(route("GET /b/{id}", "miss"), 1);
+    // A route on a named policy is labelled with it.
+    assert_eq!(
+        recorded.counter("tower_stash_requests_total{outcome=miss,policy=short,route=GET /c}"),
+        1
+    );
     let counters: Vec<String> = recorded.counters.lock().unwrap().keys().cloned().collect();
     assert!(
         counters.iter().all(|c| !c.contains("/b/7")),
         "a raw path became a label: {counters:?}"
     );
     assert_eq!(recorded.counter("tower_stash_hits_total"), 1);
-    assert_eq!(recorded.counter("tower_stash_misses_total"), 2);
+    assert_eq!(recorded.counter("tower_stash_misses_total"), 3);
     assert_eq!(recorded.counter("tower_stash_bypasses_total"), 1);
-    assert_eq!(recorded.counter("tower_stash_stores_total"), 2);
-    assert_eq!(recorded.gauge("tower_stash_entries"), Some(2.0));
-    assert_eq!(recorded.gauge("tower_stash_evictions"), Some(0.0));
+    assert_eq!(recorded.counter("tower_stash_stores_total"), 3);
+    assert_eq!(
+        recorded.gauge("tower_stash_entries{tier=memory}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        recorded.gauge("tower_stash_evictions{tier=memory}"),
+        Some(0.0)
+    );
+    // Guarded: its breaker, closed.
+    assert_eq!(recorded.gauge("tower_stash_breaker_open"), Some(0.0));
     assert_eq!(recorded.gauge("tower_stash_store_healthy"), Some(1.0));
-    assert!(recorded.gauge("tower_stash_bytes").is_some_and(|b| b > 0.0));
+    assert!(recorded
+        .gauge("tower_stash_bytes{tier=memory}")
+        .is_some_and(|b| b > 0.0));
     // A hit from memory; the service's time on each miss, by route; the store's fills.
     assert_eq!(
         recorded.counter("tower_stash_tier_hits_total{tier=memory}"),
@@ -170,7 +188,7 @@ fn requests_are_counted_by_route_pattern_and_outcome_and_every_metric_is_describ
     let puts = recorded.samples("tower_stash_store_call_seconds{op=put,outcome=ok}");
     assert_eq!(
         puts.len(),
-        2,
+        3,
         "{:?}",
         recorded
             .histograms
@@ -207,11 +225,11 @@ fn requests_are_counted_by_route_pattern_and_outcome_and_every_metric_is_describ
 
     let json = serde_json::to_value(stash.stats()).unwrap();
     assert_eq!(json["hits"], 1);
-    assert_eq!(json["misses"], 2);
+    assert_eq!(json["misses"], 3);
     assert_eq!(json["health"], "ok");
     // Guarded: a breaker, closed.
     assert_eq!(json["breaker"], "closed");
-    assert!((json["hit_rate"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+    assert!((json["hit_rate"].as_f64().unwrap() - 1.0 / 4.0).abs() < 1e-9);
 }
 
 /// Spans by name, each with its fields as last recorded.
