@@ -945,3 +945,36 @@ async fn the_console_works_in_a_real_browser() {
     let shot = std::fs::metadata(&screenshot).expect("a screenshot");
     assert!(shot.len() > 1000);
 }
+
+#[cfg(feature = "admin")]
+#[tokio::test]
+async fn the_console_purges_by_key_and_url_prefix() {
+    let app = start();
+    for path in ["/users/1", "/users/2", "/products/1", "/stats/daily"] {
+        app.get(path).await;
+    }
+    let purged = app
+        .console(
+            "POST",
+            "/api/purge",
+            Some(serde_json::json!({"prefix": "user:"})),
+            TOKEN,
+        )
+        .await
+        .json();
+    assert_eq!(purged["purged"][0], "prefix user: (2 keys)", "{purged}");
+    assert!(!app.get("/users/1").await.is_hit());
+    assert!(!app.get("/users/2").await.is_hit());
+    assert!(app.get("/products/1").await.is_hit());
+    // Nothing under a prefix no key has.
+    let none = app
+        .console(
+            "POST",
+            "/api/purge",
+            Some(serde_json::json!({"url_prefix": "/nothing/"})),
+            TOKEN,
+        )
+        .await
+        .json();
+    assert_eq!(none["purged"][0], "prefix GET /nothing/ (0 keys)", "{none}");
+}

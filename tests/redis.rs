@@ -1743,6 +1743,37 @@ async fn an_update_on_a_is_seen_on_b_never_b_s_old_copy(redis: &impl Backend) {
     }
 }
 
+both!(a_prefix_purge_reaches_every_key_under_it_on_every_instance);
+/// `invalidate_prefix` lists the keys under a prefix (B's memory, and Redis by `SCAN`: on a
+/// cluster, on every master) and invalidates each on every instance; the others stay.
+async fn a_prefix_purge_reaches_every_key_under_it_on_every_instance(redis: &impl Backend) {
+    let db = UserDb::default();
+    let a = Users::new(&redis.url(), &db, Duration::ZERO);
+    let b = Users::new(&redis.url(), &db, Duration::ZERO);
+    subscribed(redis, 2).await;
+    let ids = ["1", "2", "3", "10", "11"];
+    for id in ids {
+        a.get(id).await;
+    }
+    eventually("A's fills", || a.stash.stats().stores == 5).await;
+    for id in ids {
+        assert_eq!(b.get(id).await.1, "tower-stash; hit");
+    }
+    // `user:1`: users 1, 10 and 11, not 2 or 3; on A too (its memory copies went).
+    let purged = b.stash.invalidate_prefix("user:1").await.unwrap();
+    assert_eq!(purged, 3);
+    for id in ["1", "10", "11"] {
+        assert!(
+            a.get(id).await.1.starts_with("tower-stash; fwd=miss"),
+            "{id}"
+        );
+    }
+    for id in ["2", "3"] {
+        assert_eq!(a.get(id).await.1, "tower-stash; hit", "{id}");
+    }
+    assert_eq!(b.stash.invalidate_prefix("nobody:").await.unwrap(), 0);
+}
+
 both!(tags_drop_exactly_their_entries_across_instances);
 async fn tags_drop_exactly_their_entries_across_instances(redis: &impl Backend) {
     let db = UserDb::default();

@@ -7,7 +7,7 @@
 //! | `GET /` | the page: hit ratio per route (refreshing every 2 s), health and breaker, entries and bytes, recent invalidations, a key lookup, purge |
 //! | `GET /api/stats` | [`Stats`](crate::Stats), [`route_stats`](crate::Stash::route_stats) and [`recent_invalidations`](crate::Stash::recent_invalidations) as JSON |
 //! | `GET /api/lookup?key=K` (or `?url=/path`) | whether the entry is cached, its status, age, remaining TTL, tags, size, and whether this instance's memory holds it |
-//! | `POST /api/purge` `{"key": K}`, `{"tag": T}` or `{"url": "/path"}` | invalidates, in every instance (through the store's bus) |
+//! | `POST /api/purge` `{"key": K}`, `{"tag": T}`, `{"url": "/path"}`, `{"prefix": "user:"}` or `{"url_prefix": "/users/"}` | invalidates, in every instance (through the store's bus); a prefix through [`Stash::invalidate_prefix`](crate::Stash::invalidate_prefix) |
 //!
 //! Every API call is refused (`401`) unless `authorize` accepts its headers; the page holds
 //! no data and asks for the token it sends as `Authorization: Bearer <token>` (it reads one
@@ -154,6 +154,10 @@ struct Target {
     key: Option<String>,
     tag: Option<String>,
     url: Option<String>,
+    /// A key prefix (`user:`).
+    prefix: Option<String>,
+    /// A URL prefix (`/users/`): the default keys under it (`GET /users/...`).
+    url_prefix: Option<String>,
 }
 
 impl Target {
@@ -262,6 +266,17 @@ async fn purge(
             Err(e) => failed = Some(e),
         }
     }
+    let prefix = match (&target.prefix, &target.url_prefix) {
+        (Some(p), _) if !p.is_empty() => Some(p.clone()),
+        (_, Some(u)) if !u.is_empty() => Some(format!("GET {u}")),
+        _ => None,
+    };
+    if let Some(prefix) = prefix {
+        match stash.invalidate_prefix(&prefix).await {
+            Ok(n) => done.push(format!("prefix {prefix} ({n} keys)")),
+            Err(e) => failed = Some(e),
+        }
+    }
     if let Some(e) = failed {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -276,7 +291,7 @@ async fn purge(
     if done.is_empty() {
         return (
             StatusCode::BAD_REQUEST,
-            Json(json!({ "error": "name a key, a tag or a url" })),
+            Json(json!({ "error": "name a key, a tag, a url, a prefix or a url_prefix" })),
         )
             .into_response();
     }

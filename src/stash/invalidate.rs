@@ -31,6 +31,35 @@ impl Stash {
         self.invalidate(Invalidation::Tag(tag)).await
     }
 
+    /// Invalidates every entry whose key starts with `prefix` (keys as
+    /// [`invalidate_key`](Self::invalidate_key) names them: `user:`, or `GET /users/` for
+    /// routes with the default key), in every instance: the store lists them (the memory
+    /// tier's, and Redis's by `SCAN`, on every master of a cluster) and each is invalidated
+    /// as `invalidate_key` does, 32 at a time. At most [`PREFIX_LIMIT`] keys; returns how
+    /// many. Keys too long to be stored as they are (hashed) are not found by a prefix:
+    /// invalidate those by tag. A store that lists no keys (a custom one) finds none.
+    pub async fn invalidate_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
+        let ns = self.inner.prefix.len();
+        let full: Arc<str> = format!("{}{prefix}", self.inner.prefix).into();
+        let keys = self.store().keys(full, PREFIX_LIMIT).await?;
+        let mut done = 0;
+        for chunk in keys.chunks(32) {
+            let mut set = tokio::task::JoinSet::new();
+            for key in chunk {
+                let (stash, key) = (self.clone(), key.get(ns..).unwrap_or_default().to_owned());
+                set.spawn(async move { stash.invalidate_key(&key).await });
+            }
+            while let Some(joined) = set.join_next().await {
+                match joined {
+                    Ok(Ok(())) => done += 1,
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(StoreError::new(format!("an invalidation task: {e}"))),
+                }
+            }
+        }
+        Ok(done)
+    }
+
     pub(crate) async fn invalidate(&self, what: Invalidation) -> Result<(), StoreError> {
         use tracing::Instrument;
         let (kind, target) = match &what {
@@ -229,6 +258,9 @@ pub(crate) enum Invalidation {
     Key(String),
     Tag(String),
 }
+
+/// The most keys [`Stash::invalidate_prefix`] invalidates at once.
+pub const PREFIX_LIMIT: usize = 10_000;
 
 /// The most invalidations that wait to be retried: past it, the oldest are given up.
 pub(crate) const PENDING_MAX: usize = 10_000;

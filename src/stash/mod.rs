@@ -36,6 +36,7 @@ mod write;
 
 pub use builder::{IntoStore, StashBuilder};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use invalidate::PREFIX_LIMIT;
 pub use stats::{InvalidationRecord, RouteStats, Stats};
 
 pub(crate) use entries::complete_headers;

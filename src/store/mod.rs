@@ -193,6 +193,14 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Up to `limit` keys of live entries this store holds that start with `prefix`, for a
+    /// purge by prefix ([`Stash::invalidate_prefix`](crate::Stash::invalidate_prefix)). The
+    /// default lists none.
+    fn keys(&self, prefix: Arc<str>, limit: usize) -> StoreFuture<Vec<String>> {
+        let _ = (prefix, limit);
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
     /// The part of the store that holds `key`, for a store whose parts fail apart (the master
     /// of a Redis Cluster that serves the key's slot, by address): [`Guarded`] gives each part
     /// a breaker of its own, so that one failing part costs only its own keys. The default is

@@ -254,6 +254,25 @@ impl<S: Store> Store for TieredStore<S> {
         self.l1.refuses(key, began)
     }
 
+    /// L1's and L2's, without repeats.
+    fn keys(&self, prefix: Arc<str>, limit: usize) -> StoreFuture<Vec<String>> {
+        let local = self.l1.keys(prefix.clone(), limit);
+        let shared = self.l2.keys(prefix, limit);
+        Box::pin(async move {
+            let mut keys = local.await?;
+            let mut seen: std::collections::HashSet<String> = keys.iter().cloned().collect();
+            for key in shared.await? {
+                if keys.len() >= limit {
+                    break;
+                }
+                if seen.insert(key.clone()) {
+                    keys.push(key);
+                }
+            }
+            Ok(keys)
+        })
+    }
+
     /// L2's part.
     fn part_of(&self, key: &str) -> Option<Arc<str>> {
         self.l2.part_of(key)

@@ -470,6 +470,11 @@ impl<S: Store> Store for Guarded<S> {
         self.inner.refuses(key, began)
     }
 
+    /// A walk of many steps (a `SCAN` per step), each under the timeout.
+    fn keys(&self, prefix: Arc<str>, limit: usize) -> StoreFuture<Vec<String>> {
+        self.guard_steps("keys", |s| s.keys(prefix, limit))
+    }
+
     /// The guarded store's clock, past the breaker: sampled in the background (bounded by
     /// its own timeout), it neither counts towards the store's health nor waits for it.
     fn time(&self) -> Option<StoreFuture<SystemTime>> {

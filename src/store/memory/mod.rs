@@ -428,6 +428,18 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn keys(&self, prefix: Arc<str>, limit: usize) -> StoreFuture<Vec<String>> {
+        let keys = self
+            .index
+            .iter()
+            .map(|r| r.key().clone())
+            .filter(|k| k.starts_with(&*prefix))
+            .take(limit)
+            .map(|k| k.to_string())
+            .collect();
+        Box::pin(std::future::ready(Ok(keys)))
+    }
+
     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
         let found = self.get_now(&key);
         Box::pin(std::future::ready(Ok(found)))

@@ -309,6 +309,38 @@ impl Clusters {
         Err(last)
     }
 
+    /// The masters' addresses, as last read (read now if never).
+    pub(super) async fn masters(&self) -> Result<Vec<Arc<str>>, StoreError> {
+        let known: Vec<Arc<str>> = {
+            let ranges = self.owners.ranges.read().unwrap_or_else(|e| e.into_inner());
+            ranges.iter().map(|(.., addr)| addr.clone()).collect()
+        };
+        let ranges = if known.is_empty() {
+            let read = self.query_owners().await?;
+            let addrs = read.iter().map(|(.., addr)| addr.clone()).collect();
+            *self
+                .owners
+                .ranges
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = read.into();
+            addrs
+        } else {
+            known
+        };
+        let mut masters: Vec<Arc<str>> = Vec::new();
+        for addr in ranges {
+            if !masters.contains(&addr) {
+                masters.push(addr);
+            }
+        }
+        Ok(masters)
+    }
+
+    /// Runs `cmd` on the node at `addr`, on a connection of our own.
+    pub(super) async fn call_on(&self, addr: &str, cmd: &redis::Cmd) -> Result<Value, StoreError> {
+        self.direct_call(addr, cmd).await
+    }
+
     /// `PING` to the node at `addr`, on a connection of our own.
     pub(super) async fn ping_node(&self, addr: &str) -> Result<(), StoreError> {
         match self.direct_call(addr, &redis::cmd("PING")).await? {

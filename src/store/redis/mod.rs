@@ -396,6 +396,13 @@ impl Store for RedisStore {
         Box::pin(async move { this.invalidate_tagged(&ns, &tag, at, keep).await })
     }
 
+    /// `SCAN` with `MATCH prefix*` (the prefix's glob characters escaped), a step per page;
+    /// on a cluster, on every master.
+    fn keys(&self, prefix: Arc<str>, limit: usize) -> StoreFuture<Vec<String>> {
+        let this = self.clone();
+        Box::pin(async move { this.scan_prefix(&prefix, limit).await })
+    }
+
     /// On a cluster, the master that serves `key`'s slot (`host:port`), as last read with
     /// `CLUSTER SLOTS`; `None` on one server, and before the first reading.
     fn part_of(&self, key: &str) -> Option<Arc<str>> {
@@ -492,6 +499,24 @@ impl HealthCheck for RedisStore {
 }
 
 impl RedisStore {
+    /// Where a walk over every key goes: the server (`None`), or each master of a cluster.
+    pub(super) async fn masters(&self) -> Result<Vec<Option<Arc<str>>>, StoreError> {
+        match &self.backend {
+            Backend::Cluster(cluster) => {
+                Ok(cluster.masters().await?.into_iter().map(Some).collect())
+            }
+            _ => Ok(vec![None]),
+        }
+    }
+
+    /// Runs `cmd` on the cluster node at `addr` (on one server, on the server).
+    pub(super) async fn run_on(&self, addr: &str, cmd: &redis::Cmd) -> Result<Value, StoreError> {
+        match &self.backend {
+            Backend::Cluster(cluster) => cluster.call_on(addr, cmd).await,
+            _ => self.run(cmd).await,
+        }
+    }
+
     /// `PING` to the cluster node at `part` (`host:port`), apart from the cluster connection;
     /// on one server, [`ping`](HealthCheck::ping).
     fn ping_node(&self, part: &str) -> StoreFuture<()> {

@@ -25,7 +25,7 @@ type Scored = (Vec<u8>, Vec<u8>);
 /// A page of a `ZSCAN` reply: the next cursor (0 when done) and the flat items.
 fn scan_page(reply: Value) -> Result<(u64, Vec<Value>), StoreError> {
     let unexpected = |what: &dyn fmt::Debug| {
-        StoreError::new(format!("redis: unexpected reply to ZSCAN: {what:?}"))
+        StoreError::new(format!("redis: unexpected reply to a scan: {what:?}"))
     };
     let Value::Array(reply) = reply else {
         return Err(unexpected(&reply));
@@ -360,5 +360,57 @@ impl RedisStore {
             }
             cursor = next;
         }
+    }
+}
+
+impl RedisStore {
+    /// Up to `limit` keys starting with `prefix`, by `SCAN` (every master of a cluster).
+    pub(super) async fn scan_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut pattern = String::with_capacity(prefix.len() + 1);
+        for c in prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let mut keys = Vec::new();
+        let masters = self.masters().await?;
+        for master in masters {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(TAG_BATCH);
+                let reply = match &master {
+                    Some(addr) => self.run_on(addr, &scan).await?,
+                    None => self.run(&scan).await?,
+                };
+                let (next, items) = scan_page(reply)?;
+                step_done();
+                for item in items {
+                    if let Value::BulkString(key) = item {
+                        if keys.len() >= limit {
+                            return Ok(keys);
+                        }
+                        if let Ok(key) = String::from_utf8(key) {
+                            keys.push(key);
+                        }
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(keys)
     }
 }
