@@ -801,6 +801,7 @@ async fn the_console_reports_looks_up_and_purges_for_the_admin_token_only() {
     assert_eq!(found["in_memory"], true);
     assert_eq!(found["status"], 200);
     assert_eq!(found["ttl_s"], 3600);
+    assert_eq!(found["cache_status"], "tower-stash; hit; ttl=3600");
     assert!(found["tags"]
         .as_array()
         .unwrap()
@@ -824,6 +825,7 @@ async fn the_console_reports_looks_up_and_purges_for_the_admin_token_only() {
         .await
         .json();
     assert_eq!(gone["cached"], false, "{gone}");
+    assert_eq!(gone["cache_status"], "tower-stash; fwd=miss");
     assert!(!app.get("/users/1").await.is_hit());
     assert_eq!(app.queries(), queries + 1);
     let stats = app.console("GET", "/api/stats", None, TOKEN).await.json();

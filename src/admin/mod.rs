@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `GET /` | the page: hit ratio per route (refreshing every 2 s), health and breaker, entries and bytes, recent invalidations, a key lookup, purge |
 //! | `GET /api/stats` | [`Stats`](crate::Stats), [`route_stats`](crate::Stash::route_stats) and [`recent_invalidations`](crate::Stash::recent_invalidations) as JSON |
-//! | `GET /api/lookup?key=K` (or `?url=/path`) | whether the entry is cached, its status, age, remaining TTL, tags, size, and whether this instance's memory holds it |
+//! | `GET /api/lookup?key=K` (or `?url=/path`) | whether the entry is cached, its status, age, remaining TTL, tags, size, whether this instance's memory holds it, and the `Cache-Status` a request would get now |
 //! | `POST /api/purge` `{"key": K}`, `{"tag": T}`, `{"url": "/path"}`, `{"prefix": "user:"}` or `{"url_prefix": "/users/"}` | invalidates, in every instance (through the store's bus); a prefix through [`Stash::invalidate_prefix`](crate::Stash::invalidate_prefix) |
 //!
 //! Every API call is refused (`401`) unless `authorize` accepts its headers; the page holds
@@ -216,8 +216,14 @@ async fn lookup(
         }
     };
     let now = stash.now();
+    let name = &stash.inner.status.name;
     let Some(entry) = entry else {
-        return answer(json!({ "key": key, "stored_key": &*stored, "cached": false }));
+        return answer(json!({
+            "key": key,
+            "stored_key": &*stored,
+            "cached": false,
+            "cache_status": format!("{name}; fwd=miss"),
+        }));
     };
     if entry.is_tombstone() {
         return answer(json!({
@@ -225,8 +231,18 @@ async fn lookup(
             "stored_key": &*stored,
             "cached": false,
             "invalidated_at_ms": millis(entry.stored_at()),
+            "cache_status": format!("{name}; fwd=miss; detail=invalidated"),
         }));
     }
+    // What a request for it would be answered with now (its policy's windows aside).
+    let fresh = now < entry.fresh_until();
+    let cache_status = if fresh {
+        format!("{name}; hit; ttl={}", entry.remaining(now).as_secs())
+    } else if now < entry.stale_until() {
+        format!("{name}; hit; stale")
+    } else {
+        format!("{name}; fwd=miss; detail=expired")
+    };
     answer(json!({
         "key": key,
         "stored_key": &*stored,
@@ -235,7 +251,8 @@ async fn lookup(
         "status": entry.status().as_u16(),
         "age_s": entry.age(now),
         "ttl_s": entry.remaining(now).as_secs(),
-        "fresh": now < entry.fresh_until(),
+        "fresh": fresh,
+        "cache_status": cache_status,
         "stored_at_ms": millis(entry.stored_at()),
         "tags": entry.tags(),
         "size": entry.body().len(),
