@@ -18,7 +18,7 @@
 //! | `POST /admin/invalidate?tag=X` / `?key=X` | `Authorization: Bearer $ADMIN_TOKEN`       |
 //! | `GET /stats`                   | hits, misses, ..., database queries, store health     |
 //! | `GET /metrics`                 | the same and more, in Prometheus text (`metrics-exporter-prometheus`) |
-//! | `GET /admin/console/`          | the operator console (`--features admin`), for the admin token |
+//! | `GET /admin/`          | the operator console (`--features admin`), for the admin token |
 //!
 //! Policies come from `examples/demo.toml`. The router, its state and its database are also
 //! what `tests/demo.rs` drives, in-process.
@@ -165,7 +165,7 @@ pub fn app(demo: Arc<Demo>, config: &Config) -> Result<Router, ConfigFileError> 
     let app = {
         let token = demo.admin_token.clone();
         app.nest_service(
-            "/admin/console",
+            "/admin",
             tower_stash::admin::router(demo.stash.clone(), move |headers| {
                 headers
                     .get(header::AUTHORIZATION)
@@ -575,7 +575,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("     curl -s http://{addr}/stats");
     println!("     curl -s http://{addr}/metrics");
     if cfg!(feature = "admin") {
-        println!("     open http://{addr}/admin/console/#token=<the admin token>");
+        println!("     open http://{addr}/admin/#token=<the admin token>");
     } else {
         println!("     (the operator console: --features admin)");
     }

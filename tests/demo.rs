@@ -739,7 +739,7 @@ impl App {
     async fn console(&self, method: &str, path: &str, body: Option<Value>, token: &str) -> Got {
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("/admin/console{path}"))
+            .uri(format!("/admin{path}"))
             .header(header::AUTHORIZATION, format!("Bearer {token}"));
         let body = match body {
             Some(json) => {
@@ -757,7 +757,7 @@ impl App {
 async fn the_console_reports_looks_up_and_purges_for_the_admin_token_only() {
     let app = start();
     // The page holds no data: served to anyone.
-    let page = app.get("/admin/console/").await;
+    let page = app.get("/admin/").await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.text().contains("tower-stash console"));
     // The API: only for the token.
@@ -892,7 +892,7 @@ async fn the_console_works_in_a_real_browser() {
     let _ = std::fs::remove_file(&screenshot);
     let run = tokio::process::Command::new("node")
         .arg(format!("{root}/tests/browser/console.cjs"))
-        .arg(format!("http://{addr}/admin/console/"))
+        .arg(format!("http://{addr}/admin/"))
         .arg(TOKEN)
         .arg(&screenshot)
         .env("NODE_PATH", &modules)
