@@ -225,6 +225,41 @@ async fn another_version_on_the_other_instance_reads_as_a_counted_miss() {
     assert_eq!((db.queries(), b.stash.stats().unreadable), (3, 1));
 }
 
+/// A deploy that changes the codec: B reads with MessagePack what A wrote in JSON (in Redis,
+/// and in neither instance's memory): a counted miss, never a value decoded with the wrong
+/// codec; B's fetch then replaces the entry, and A (still JSON) misses on it in turn.
+#[cfg(feature = "msgpack")]
+#[tokio::test]
+async fn another_codec_on_the_other_instance_reads_as_a_counted_miss() {
+    let redis = RedisServer::start();
+    let (a, b) = two(&redis).await;
+    let db = Db::default();
+    a.users
+        .get_or_fetch("user:1", || db.found(1))
+        .await
+        .unwrap();
+    let packed = b.users.clone().with_codec(tower_stash::values::MessagePack);
+    let user = packed.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!((db.queries(), user.name.as_str()), (2, "user 1 #2"));
+    assert_eq!(b.stash.stats().unreadable, 1);
+    // A's memory copy is its own (JSON, decoded): A still answers from it, no query.
+    let mine = a
+        .users
+        .get_or_fetch("user:1", || db.found(1))
+        .await
+        .unwrap();
+    assert_eq!((db.queries(), mine.name.as_str()), (2, "user 1 #1"));
+    // A fresh JSON instance finds B's MessagePack entry in Redis: a counted miss too.
+    let c = Instance::with_clock(&redis, SystemClock);
+    let fresh = c
+        .users
+        .get_or_fetch("user:1", || db.found(1))
+        .await
+        .unwrap();
+    assert_eq!((db.queries(), fresh.name.as_str()), (3, "user 1 #3"));
+    assert_eq!(c.stash.stats().unreadable, 1);
+}
+
 #[tokio::test]
 async fn invalidation_on_one_instance_reaches_values_and_http_entries_on_both() {
     let redis = RedisServer::start();
