@@ -29,6 +29,7 @@
 //! # let _ = app;
 //! ```
 
+use crate::entry::millis;
 use crate::Stash;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -37,7 +38,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The page, served as it is.
 const PAGE: &str = include_str!("page.html");
@@ -98,11 +99,6 @@ fn check(console: &Console, headers: &HeaderMap) -> Result<(), Box<Response>> {
                 .into_response(),
         ))
     }
-}
-
-fn millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn answer(value: Value) -> Response {
