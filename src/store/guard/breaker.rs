@@ -2,7 +2,7 @@
 //! they fail at once, and when the probe pings.
 
 use super::probe::Next;
-use crate::store::{BreakerState, HealthReport, StoreError};
+use crate::store::{BreakerState, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -159,9 +159,9 @@ impl Breaker {
         refused
     }
 
-    /// A part answered: the store is alive (for [`HealthReport::since_last_success`]).
-    pub(super) fn saw_success(&self) {
-        self.state().last_success = Some(Instant::now());
+    /// When a call or a ping through this breaker last succeeded.
+    pub(super) fn last_success(&self) -> Option<Instant> {
+        self.state().last_success
     }
 
     pub(super) fn state(&self) -> MutexGuard<'_, State> {
@@ -171,14 +171,6 @@ impl Breaker {
     /// The breaker's state now.
     pub(super) fn phase(&self) -> BreakerState {
         self.state().phase.into()
-    }
-
-    pub(super) fn report(&self) -> HealthReport {
-        let state = self.state();
-        let since = state
-            .last_success
-            .map(|at| Instant::now().saturating_duration_since(at));
-        HealthReport::new(state.phase.into(), since)
     }
 
     /// Whether the background probe, not a call, half-opens the breaker.

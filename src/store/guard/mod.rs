@@ -146,9 +146,22 @@ impl<S> Guarded<S> {
         failing
     }
 
-    /// How long ago a call or a ping last succeeded; `None` before the first success.
+    /// How long ago a call or a ping last succeeded (to any part); `None` before the first
+    /// success.
     pub fn since_last_success(&self) -> Option<Duration> {
-        self.breaker.report().since_last_success
+        self.report().since_last_success
+    }
+
+    /// The breaker's state (the worst, with parts) and the time since the last success: read
+    /// from the parts' breakers here, so that a call to a part touches only its own.
+    fn report(&self) -> HealthReport {
+        let parts = self.breaker.parts();
+        let last = std::iter::once(&self.breaker)
+            .chain(&parts)
+            .filter_map(|b| b.last_success())
+            .max();
+        let since = last.map(|at| tokio::time::Instant::now().saturating_duration_since(at));
+        HealthReport::new(self.breaker(), since)
     }
 
     /// The guarded store.
@@ -265,7 +278,6 @@ impl<S: Store> Guarded<S> {
         let (permit, timeout) = breaker.admit()?;
         let part = PartCall {
             part,
-            whole: self.breaker.clone(),
             store: self.inner.clone(),
         };
         Ok((Admitted::new(permit, Some(part), op), timeout))
@@ -377,7 +389,6 @@ struct Admitted {
 /// What a call to a part reports beyond its breaker.
 struct PartCall {
     part: Arc<str>,
-    whole: Arc<Breaker>,
     store: Arc<dyn Store>,
 }
 
@@ -391,19 +402,14 @@ impl Admitted {
         }
     }
 
-    /// Reports the call's outcome; a part that answered shows the store alive, a part whose
-    /// breaker opened is reported to the store.
+    /// Reports the call's outcome; a part whose breaker opened is reported to the store.
     fn finish(self, error: Option<&StoreError>) {
         let outcome = if error.is_none() { "ok" } else { "error" };
         metrics::histogram!("tower_stash_store_call_seconds", "op" => self.op, "outcome" => outcome)
             .record(self.started.elapsed().as_secs_f64());
         let opened = self.permit.finish(error);
-        if let Some(call) = self.part {
-            if error.is_none() {
-                call.whole.saw_success();
-            } else if opened {
-                call.store.part_failing(&call.part);
-            }
+        if let (Some(call), true) = (self.part, opened) {
+            call.store.part_failing(&call.part);
         }
     }
 }
@@ -629,6 +635,6 @@ impl<S: Store> HealthCheck for Guarded<S> {
 
     fn health_report(&self) -> Option<HealthReport> {
         self.start_probe();
-        Some(self.breaker.report())
+        Some(self.report())
     }
 }
