@@ -294,6 +294,7 @@ impl<S> CacheService<S> {
                 stash.counters().tier_hit("memory");
                 if early {
                     let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
+                    ctx.shown = shown;
                     // (A variant's refresh stores under the variant's key, the record kept.)
                     ctx.primary = primary;
                     ctx.varied = varied;
@@ -332,6 +333,7 @@ impl<S> CacheService<S> {
             }
         }
         let mut ctx = self.ctx(policy, &params, &req, full, stored, None);
+        ctx.shown = shown;
         ctx.primary = primary;
         ctx.varied = varied;
         if let (Some(Some(entry)), Some(kind)) = (&local, found) {
@@ -493,7 +495,8 @@ impl<S> CacheService<S> {
             unkeyed_query: crate::key::has_unkeyed_query(req.uri().query(), &policy.query),
             authorized: req.headers().contains_key(header::AUTHORIZATION)
                 && !policy.vary_authorization,
-            shown: self.shared.stash.inner.status.shown(req.headers()),
+            // Set by the caller, which computed it once for the request.
+            shown: false,
         })
     }
 }
