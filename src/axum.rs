@@ -46,7 +46,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -112,7 +112,7 @@ pub fn cache(stash: &Stash, policy: Policy) -> RouteCacheLayer {
         shared: Arc::new(RouteShared {
             stash: stash.clone(),
             policy,
-            layers: Mutex::default(),
+            layers: RwLock::default(),
         }),
     }
 }
@@ -126,9 +126,9 @@ pub struct RouteCacheLayer {
 struct RouteShared {
     stash: Stash,
     policy: Policy,
-    /// A cache layer per route pattern seen (one, unless the layer is on several routes),
-    /// and one without routes (`None`: requests pass through).
-    layers: Mutex<HashMap<Option<String>, CacheLayer>>,
+    /// A cache layer per axum pattern seen (one, unless the layer is on several routes),
+    /// and one without routes under `""` (no `MatchedPath`: requests pass through).
+    layers: RwLock<HashMap<Box<str>, CacheLayer>>,
 }
 
 impl fmt::Debug for RouteCacheLayer {
@@ -140,48 +140,52 @@ impl fmt::Debug for RouteCacheLayer {
 }
 
 impl RouteShared {
-    /// The cache layer for `pattern`, on `path` (the path the route sees: inside a nested
-    /// router, without the nest's prefix): compiled on first sight.
-    fn layer_for(&self, pattern: Option<&str>, path: &str) -> CacheLayer {
-        // Inside `Router::nest`, the path has lost the prefix the pattern keeps: the pattern's
-        // last segments, as many as the path has, are the route's.
-        let pattern = pattern.map(|p| {
-            let tail = path.matches('/').count();
-            let segments: Vec<&str> = p.split('/').collect();
-            if p.contains("{*") || segments.len() <= tail + 1 {
-                p.to_owned()
-            } else {
-                format!("/{}", segments[segments.len() - tail..].join("/"))
-            }
-        });
-        let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(layer) = layers.get(&pattern) {
+    /// The cache layer for axum's pattern `matched` (none outside an axum route), on `path`
+    /// (the path the route sees: inside a nested router, without the nest's prefix): built
+    /// on first sight.
+    fn layer_for(&self, matched: Option<&str>, path: &str) -> CacheLayer {
+        // Keyed by axum's pattern as it comes (`""`: none): no allocation on a hit.
+        let seen = matched.unwrap_or("");
+        let layers = self.layers.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(layer) = layers.get(seen) {
             return layer.clone();
         }
-        let built = match &pattern {
-            None => {
-                tracing::error!(
-                    "tower_stash::axum::cache saw a request without axum's MatchedPath: put it on \
-                     a route of an axum Router (`get(handler).layer(cache(..))` or \
-                     `Router::route_layer`); requests pass through uncached"
-                );
-                CacheLayer::new(self.stash.clone(), Routes::new())
-            }
-            Some(p) => {
-                let routes = Routes::new().get(p.as_str(), self.policy.clone());
-                CacheLayer::try_new(self.stash.clone(), routes).unwrap_or_else(|e| {
-                    tracing::error!(
-                        route = p.as_str(),
-                        error = %e,
-                        "tower_stash::axum::cache: the policy cannot serve this route; requests \
-                         pass through uncached"
-                    );
-                    CacheLayer::new(self.stash.clone(), Routes::new())
-                })
-            }
+        drop(layers);
+        let built = self.build(matched, path);
+        let mut layers = self.layers.write().unwrap_or_else(|e| e.into_inner());
+        layers.entry(seen.into()).or_insert(built).clone()
+    }
+
+    /// The cache layer for axum's pattern `matched`, first seen on `path`; one without
+    /// routes (and said once) where the policy cannot serve it.
+    fn build(&self, matched: Option<&str>, path: &str) -> CacheLayer {
+        let Some(matched) = matched else {
+            tracing::error!(
+                "tower_stash::axum::cache saw a request without axum's MatchedPath: put it on \
+                 a route of an axum Router (`get(handler).layer(cache(..))` or \
+                 `Router::route_layer`); requests pass through uncached"
+            );
+            return CacheLayer::new(self.stash.clone(), Routes::new());
         };
-        layers.insert(pattern, built.clone());
-        built
+        // Inside `Router::nest`, the path has lost the prefix the pattern keeps: the pattern's
+        // last segments, as many as the path has, are the route's.
+        let tail = path.matches('/').count();
+        let segments: Vec<&str> = matched.split('/').collect();
+        let pattern = if matched.contains("{*") || segments.len() <= tail + 1 {
+            matched.to_owned()
+        } else {
+            format!("/{}", segments[segments.len() - tail..].join("/"))
+        };
+        let routes = Routes::new().get(pattern.as_str(), self.policy.clone());
+        CacheLayer::try_new(self.stash.clone(), routes).unwrap_or_else(|e| {
+            tracing::error!(
+                route = pattern.as_str(),
+                error = %e,
+                "tower_stash::axum::cache: the policy cannot serve this route; requests pass \
+                 through uncached"
+            );
+            CacheLayer::new(self.stash.clone(), Routes::new())
+        })
     }
 }
 
@@ -242,43 +246,26 @@ where
 
 /// A path `pattern` matches: each `{param}` and `{*rest}` becomes `x`.
 fn sample_path(pattern: &str) -> String {
-    let mut out = String::with_capacity(pattern.len());
-    let mut rest = pattern;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        match rest[open..].find('}') {
-            Some(close) => {
-                out.push('x');
-                rest = &rest[open + close + 1..];
-            }
-            None => {
-                rest = &rest[open..];
-                break;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+    replace_params(pattern, |_| "x")
 }
 
 /// A pattern with its parameters' names left out (`/users/{}`): two patterns of one shape
 /// match the same paths.
 fn shape(pattern: &str) -> String {
+    replace_params(pattern, |wild| if wild { "{*}" } else { "{}" })
+}
+
+/// `pattern` with each parameter (`{name}`, or `{*name}`: `wild`) replaced by `with(wild)`.
+fn replace_params(pattern: &str, with: impl Fn(bool) -> &'static str) -> String {
     let mut out = String::with_capacity(pattern.len());
     let mut rest = pattern;
     while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
         out.push_str(&rest[..open]);
-        match rest[open..].find('}') {
-            Some(close) => {
-                let wild = rest[open + 1..].starts_with('*');
-                out.push_str(if wild { "{*}" } else { "{}" });
-                rest = &rest[open + close + 1..];
-            }
-            None => {
-                rest = &rest[open..];
-                break;
-            }
-        }
+        out.push_str(with(rest[open + 1..].starts_with('*')));
+        rest = &rest[open + close + 1..];
     }
     out.push_str(rest);
     out
@@ -477,6 +464,7 @@ mod tests {
         assert_eq!(sample_path("/users/{id}"), "/users/x");
         assert_eq!(sample_path("/a/{x}/b/{*rest}"), "/a/x/b/x");
         assert_eq!(sample_path("/plain"), "/plain");
+        assert_eq!(sample_path("/a/{x}/open{"), "/a/x/open{");
         assert_eq!(shape("/users/{id}"), shape("/users/{user_id}"));
         assert_ne!(shape("/users/{id}"), shape("/users/{*id}"));
         assert_ne!(shape("/users/{id}"), shape("/users/{id}/posts"));
