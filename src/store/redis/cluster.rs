@@ -33,8 +33,9 @@ pub(super) struct Cluster {
 }
 
 impl Cluster {
-    /// Opens the cluster connection afresh (the redis crate reads the slot map anew) and uses
-    /// it from then on; keeps the one in use if the opening fails.
+    /// Opens the cluster connection (afresh: the redis crate reads the slot map anew) and
+    /// uses it from then on; keeps the one in use if the opening fails. Each seed has
+    /// `connect_timeout`; the whole opening (seeds, slots) a few.
     async fn reopen(&self) {
         let opened =
             tokio::time::timeout(self.connect_timeout * 4, self.client.get_async_connection())
@@ -43,8 +44,8 @@ impl Cluster {
             Ok(Ok(conn)) => {
                 self.conn.send_replace(Some(conn));
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, "redis cluster: reconnecting failed"),
-            Err(_) => tracing::debug!("redis cluster: reconnecting timed out"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "redis cluster: connecting failed"),
+            Err(_) => tracing::debug!("redis cluster: connecting timed out"),
         }
     }
 
@@ -60,19 +61,7 @@ impl Cluster {
         if !self.connecting.swap(true, Ordering::AcqRel) {
             let this = self.clone();
             tokio::spawn(async move {
-                // Each seed has `connect_timeout`; the whole opening (seeds, slots) a few.
-                let opened = tokio::time::timeout(
-                    this.connect_timeout * 4,
-                    this.client.get_async_connection(),
-                )
-                .await;
-                match opened {
-                    Ok(Ok(conn)) => {
-                        this.conn.send_replace(Some(conn));
-                    }
-                    Ok(Err(e)) => tracing::debug!(error = %e, "redis cluster: connecting failed"),
-                    Err(_) => tracing::debug!("redis cluster: connecting timed out"),
-                }
+                this.reopen().await;
                 this.connecting.store(false, Ordering::Release);
             });
         }
