@@ -168,8 +168,11 @@ impl Counters {
             "outcome" => outcome
         )
         .increment(1);
-        // The request's span, where there is one (`tower_stash.request`).
-        tracing::Span::current().record("outcome", outcome);
+        // The request's span, where there is one (`tower_stash.request`, debug): no lookup of
+        // the current span while nothing listens at that level.
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::Span::current().record("outcome", outcome);
+        }
     }
 }
 
@@ -178,7 +181,9 @@ impl Counters {
     /// once) or `shared` (the store behind it: Redis).
     pub(crate) fn tier_hit(&self, tier: &'static str) {
         metrics::counter!("tower_stash_tier_hits_total", "tier" => tier).increment(1);
-        tracing::Span::current().record("tier", tier);
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::Span::current().record("tier", tier);
+        }
     }
 }
 
