@@ -15,8 +15,11 @@
 //! instead, in application mode, are not invalidated by writes). `scripts/cache-tests.sh`
 //! runs the public HTTP cache test suite against it.
 //!
-//! Interim (1xx) answers of the origin are read and dropped: hyper's server has no way to send
-//! them on, so clients get the final answer only (which is what is stored; a 1xx never is).
+//! Interim answers of the origin (`102 Processing`, `103 Early Hints`, ...) reach HTTP/1.1
+//! clients before the final answer, and are never stored: hyper's server has no API to send
+//! them, so [`serve`] writes them on the client's connection itself while hyper waits for the
+//! final answer (HTTP/2 and HTTP/1.0 clients get the final answer only; `100 Continue` is
+//! hyper's own business on each side).
 //!
 //! Poisoning is closed by construction, as a CDN's origin-request policy does: a cacheable
 //! request (a GET or HEAD the cache may answer for others) reaches the origin with the
@@ -36,7 +39,13 @@ use http::{header, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::convert::Infallible;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tower::ServiceBuilder;
 use tower_stash::config::Config;
 use tower_stash::http::strip_hop_by_hop;
@@ -130,11 +139,17 @@ impl Upstream {
         // (Its hop-by-hop headers went before the cache: see `app`.)
         parts.uri = Uri::from_parts(uri).expect("the upstream URL and a path");
         let mut req = Request::from_parts(parts, body);
-        // Interim answers (100, 102, 103 Early Hints) come before the final one. hyper's
-        // server cannot send 1xx answers to our client (hyper 1 has no API for it), so they
-        // end here, said in the log; the cache only ever sees, and stores, the final one.
-        hyper::ext::on_informational(&mut req, |res| {
-            tracing::debug!(status = %res.status(), "interim answer from the origin, not forwarded");
+        // Interim answers (102, 103 Early Hints) come before the final one: on to the client
+        // while its request is unanswered (see `serve`); the cache only ever sees, and
+        // stores, the final one.
+        let interim = req.extensions_mut().remove::<Interim>();
+        hyper::ext::on_informational(&mut req, move |res| match &interim {
+            Some(interim) if res.status() != StatusCode::CONTINUE => {
+                interim.send(res.status(), res.headers())
+            }
+            _ => {
+                tracing::debug!(status = %res.status(), "interim answer from the origin, not forwarded")
+            }
         });
         let sent = self.client.request(req);
         let resp = match tokio::time::timeout(UPSTREAM_TIMEOUT, sent).await {
@@ -215,6 +230,218 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "caching proxy on http://{} for {upstream}",
         listener.local_addr()?
     );
-    axum::serve(listener, router).await?;
+    serve(listener, router).await;
     Ok(())
+}
+
+/// Serves `app` on `listener` (HTTP/1.1 and HTTP/2 over cleartext), letting the origin's
+/// interim answers through to HTTP/1.1 clients.
+///
+/// hyper writes a response only once the service has answered, so while a request is
+/// unanswered its connection is idle on the write side: [`Interim`] (in the request's
+/// extensions) puts an interim answer there, whole, ahead of anything hyper writes next. Once
+/// the request is answered it writes nothing more (a background refresh carries the client's
+/// request, and its origin's interim answers go nowhere).
+pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
+    use hyper_util::server::conn::auto;
+    use tower::ServiceExt;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, mostly: let some connections close.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Conn::new(stream);
+        let shared = conn.shared.clone();
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            let interim = (req.version() == http::Version::HTTP_11).then(|| Interim::open(&shared));
+            if let Some(interim) = &interim {
+                req.extensions_mut().insert(interim.clone());
+            }
+            let answered = app.clone().oneshot(req.map(Body::new));
+            async move {
+                let resp = answered.await;
+                if let Some(interim) = interim {
+                    interim.close();
+                }
+                resp
+            }
+        });
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(conn);
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(io, service)
+                .await
+            {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+/// A client connection whose write side is shared with the [`Interim`] answers of its
+/// requests.
+struct Conn {
+    read: OwnedReadHalf,
+    shared: Arc<Mutex<Shared>>,
+}
+
+struct Shared {
+    write: OwnedWriteHalf,
+    /// Interim answers not yet written: always before hyper's next bytes.
+    pending: bytes::BytesMut,
+    /// The request whose interim answers may still go out (0: none).
+    open: u64,
+    next: u64,
+}
+
+impl Shared {
+    /// Writes what is pending, whole.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        use bytes::Buf;
+        while !self.pending.is_empty() {
+            let n = ready!(Pin::new(&mut self.write).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Conn {
+    fn new(stream: tokio::net::TcpStream) -> Self {
+        let (read, write) = stream.into_split();
+        let shared = Shared {
+            write,
+            pending: bytes::BytesMut::new(),
+            open: 0,
+            next: 0,
+        };
+        Self {
+            read,
+            shared: Arc::new(Mutex::new(shared)),
+        }
+    }
+
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut shared = self.shared();
+        ready!(shared.poll_pending(cx))?;
+        Pin::new(&mut shared.write).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut shared = self.shared();
+        ready!(shared.poll_pending(cx))?;
+        Pin::new(&mut shared.write).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut shared = self.shared();
+        ready!(shared.poll_pending(cx))?;
+        Pin::new(&mut shared.write).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut shared = self.shared();
+        ready!(shared.poll_pending(cx))?;
+        Pin::new(&mut shared.write).poll_shutdown(cx)
+    }
+}
+
+/// Sends interim answers to the client of one HTTP/1.1 request, until it is answered.
+#[derive(Clone)]
+pub struct Interim {
+    shared: Arc<Mutex<Shared>>,
+    id: u64,
+}
+
+impl Interim {
+    fn open(shared: &Arc<Mutex<Shared>>) -> Self {
+        let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+        guard.next += 1;
+        guard.open = guard.next;
+        Self {
+            shared: shared.clone(),
+            id: guard.open,
+        }
+    }
+
+    fn close(&self) {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.open == self.id {
+            shared.open = 0;
+        }
+    }
+
+    /// Queues `res` for the client (ahead of the final answer) and writes it out.
+    fn send(&self, status: StatusCode, headers: &http::HeaderMap) {
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.open != self.id {
+            return;
+        }
+        let head = &mut shared.pending;
+        head.extend_from_slice(
+            format!(
+                "HTTP/1.1 {} {}\r\n",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            )
+            .as_bytes(),
+        );
+        for (name, value) in headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        drop(shared);
+        // Out now, not only when hyper next writes: the client may start on the hints.
+        let shared = self.shared.clone();
+        // (One waker waits on a socket's write side: should hyper write meanwhile and take
+        // it, hyper writes these first, and this task ends at its deadline.)
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let out = std::future::poll_fn(move |cx| {
+                let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+                shared.poll_pending(cx)
+            });
+            rt.spawn(tokio::time::timeout(UPSTREAM_TIMEOUT, out));
+        }
+    }
 }

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{fetch, serve, Counter};
+use support::{fetch, serve, within, Counter};
 use tower_stash::{CacheLayer, Stash};
 
 /// An origin that counts its requests and answers with what it saw: GETs cacheable for a
@@ -391,16 +391,57 @@ async fn early_hints_origin(calls: Counter) -> SocketAddr {
     addr
 }
 
+/// Sends `GET path` in `version` on a new connection (closed after the answer) and reads
+/// everything the proxy writes.
+async fn raw_get(proxy: SocketAddr, path: &str, version: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = within("connect", tokio::net::TcpStream::connect(proxy))
+        .await
+        .unwrap();
+    let head = format!("GET {path} {version}\r\nhost: shop.example\r\nconnection: close\r\n\r\n");
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    within("the answer", socket.read_to_end(&mut out))
+        .await
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
 #[tokio::test]
-async fn an_interim_answer_is_never_stored_the_final_one_is() {
+async fn an_interim_answer_reaches_the_client_and_is_never_stored() {
     let calls = Counter::default();
     let origin = early_hints_origin(calls.clone()).await;
     let cache = CacheLayer::new(Stash::new(), proxy::default_routes());
     let upstream = format!("http://{origin}").parse().unwrap();
-    let proxy = serve(proxy::app(proxy::Upstream::new(upstream), cache)).await;
-    for _ in 0..2 {
-        let (status, body) = request(proxy, "GET", "/hinted", &[]).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "final #1"));
-    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let app = proxy::app(proxy::Upstream::new(upstream), cache);
+    tokio::spawn(proxy::serve(listener, app));
+
+    // The miss: the hint first, whole, then the final answer.
+    let first = raw_get(proxy, "/hinted", "HTTP/1.1").await;
+    assert!(
+        first.starts_with(
+            "HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"
+        ),
+        "{first}"
+    );
+    assert!(first.ends_with("final #1"), "{first}");
+    // The hit: the final answer only (the 103 was not stored).
+    let second = raw_get(proxy, "/hinted", "HTTP/1.1").await;
+    assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{second}");
+    assert!(second.ends_with("final #1"), "{second}");
+    // Through the library's own client too.
+    let (status, body) = request(proxy, "GET", "/hinted", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "final #1"));
     assert_eq!(calls.calls(), 1);
+
+    // An HTTP/1.0 client never gets a 1xx (RFC 9110 section 15.2).
+    let old = raw_get(proxy, "/other", "HTTP/1.0").await;
+    assert!(
+        old.starts_with("HTTP/1.") && old.contains(" 200 OK\r\n"),
+        "{old}"
+    );
+    assert!(!old.contains(" 103 "), "{old}");
+    assert_eq!(calls.calls(), 2);
 }
