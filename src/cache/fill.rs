@@ -194,6 +194,8 @@ pub(super) fn miss<B: Body<Data = Bytes>>(
         Ok((ttl, age)) => {
             let mut stored = parts.headers.clone();
             headers::strip_hop_by_hop(&mut stored);
+            // One client's cookie (stored only where the policy asks for a copy without it).
+            stored.remove(http::header::SET_COOKIE);
             let partial = parts.status == StatusCode::PARTIAL_CONTENT;
             let keep = ttl
                 .saturating_add(ctx.policy.grace())

@@ -14,7 +14,9 @@
 //!
 //! # What is never stored
 //!
-//! - a response with `Set-Cookie`, or `Cache-Control: no-store`, `private` or `no-cache`;
+//! - a response with `Set-Cookie` (unless the policy stores a copy without it:
+//!   `Policy::store_without_set_cookie`), or `Cache-Control: no-store`, `private` or
+//!   `no-cache`;
 //! - a response with `Vary` naming a header the policy does not key on (or `Vary: *`);
 //! - a status outside the policy's list (default 200, 203, 204, 300, 301, 308, 404, 410), and
 //!   never a 5xx, 206 or 304, nor a 412 or 416 (the answer to one request's own

@@ -118,13 +118,22 @@ pub(super) fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) ->
     }
     let stored_at = ctx.started.checked_sub(age).unwrap_or(ctx.started);
     let ttl = lifetime;
-    let fresh = Entry::new(entry.key(), entry.status(), headers, entry.body().clone())
-        .with_times(stored_at, ttl)
-        .with_grace(ctx.policy.grace())
-        .with_recompute_time(entry.recompute_time())
-        .with_trailers(entry.trailers().cloned())
-        .with_tags(entry.tags().to_vec());
-    let fresh = Arc::new(fresh);
+    let confirmed = |headers| {
+        let fresh = Entry::new(entry.key(), entry.status(), headers, entry.body().clone())
+            .with_times(stored_at, ttl)
+            .with_grace(ctx.policy.grace())
+            .with_recompute_time(entry.recompute_time())
+            .with_trailers(entry.trailers().cloned())
+            .with_tags(entry.tags().to_vec());
+        Arc::new(fresh)
+    };
+    // A cookie the 304 set is this client's (see `Policy::store_without_set_cookie`).
+    let stored = (storable && headers.contains_key(header::SET_COOKIE)).then(|| {
+        let mut headers = headers.clone();
+        headers.remove(header::SET_COOKIE);
+        confirmed(headers)
+    });
+    let fresh = confirmed(headers);
     let keep = ttl
         .saturating_add(ctx.policy.grace())
         .min(crate::entry::MAX_TTL);
@@ -133,7 +142,8 @@ pub(super) fn revalidated(ctx: &Ctx, entry: &Entry, not_modified: &HeaderMap) ->
         .ok()
         .filter(|_| storable);
     if let Some(rt) = runtime {
-        let put = stash.store().put(ctx.key.clone(), fresh.clone(), keep);
+        let stored = stored.unwrap_or_else(|| fresh.clone());
+        let put = stash.store().put(ctx.key.clone(), stored, keep);
         let key = ctx.key.clone();
         let stash = stash.clone();
         rt.spawn(async move { stash.record_put(&key, put.await) });

@@ -160,6 +160,9 @@ pub struct PolicyConfig {
     pub allow_headers: Option<Vec<String>>,
     /// Whether the service's hints (`x-stash-*`) are obeyed (see [`Policy::hints`]).
     pub hints: Option<bool>,
+    /// Whether `Set-Cookie` answers are stored without it (see
+    /// [`Policy::store_without_set_cookie`]).
+    pub store_without_set_cookie: Option<bool>,
     /// HTTP mode: a targeted cache-control field naming this cache (see
     /// [`Policy::targeted_field`]).
     pub targeted_field: Option<String>,
@@ -343,6 +346,9 @@ impl PolicyConfig {
         }
         if let Some(on) = self.hints {
             p = p.hints(on);
+        }
+        if let Some(on) = self.store_without_set_cookie {
+            p = p.store_without_set_cookie(on);
         }
         if let Some(name) = &self.targeted_field {
             p = p.targeted_field(name.clone());

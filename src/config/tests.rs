@@ -245,3 +245,17 @@ fn allow_headers_come_from_a_file_and_bad_names_are_reported() {
     );
     assert!(e.contains("`not a name` is not a header name"), "{e}");
 }
+
+#[test]
+fn store_without_set_cookie_comes_from_a_file() {
+    let text = "[routes.\"GET /x\"]\nhttp_mode = true\nstore_without_set_cookie = true\n";
+    let config = Config::from_toml(text, "app.toml").unwrap();
+    assert_eq!(
+        config.routes["GET /x"].to_policy(),
+        crate::Policy::new()
+            .http_mode(true)
+            .store_without_set_cookie(true)
+    );
+    let e = err("[routes.\"GET /x\"]\nstore_without_set_cookie = \"yes\"\n");
+    assert!(e.contains("store_without_set_cookie"), "{e}");
+}

@@ -621,3 +621,119 @@ async fn a_miss_with_if_none_match_answered_304_is_relayed_and_stores_nothing() 
     assert_eq!((after.status, after.text()), (StatusCode::OK, "body"));
     assert_eq!(c.origin.calls(), 3);
 }
+
+#[tokio::test]
+async fn set_cookie_answers_are_stored_without_it_only_where_the_policy_asks() {
+    let answer = || {
+        origin(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("etag", "\"p\""),
+                ("set-cookie", "lb=node-3"),
+            ],
+            "page",
+        )
+    };
+    // The default: not stored at all.
+    let c = cache(http(), answer());
+    for _ in 0..2 {
+        let got = c.get(&[]).await;
+        assert_eq!(got.headers["set-cookie"], "lb=node-3");
+        assert!(!got.is_hit());
+    }
+    assert_eq!(c.origin.calls(), 2);
+
+    // Asked for: the filling client gets its cookie, the others the copy without it.
+    let c = cache(http().store_without_set_cookie(true), answer());
+    let first = c.get(&[]).await;
+    assert_eq!(first.headers["set-cookie"], "lb=node-3");
+    let second = c.get(&[]).await;
+    assert!(second.is_hit());
+    assert!(
+        second.headers.get("set-cookie").is_none(),
+        "{:?}",
+        second.headers
+    );
+    assert_eq!(second.text(), "page");
+    assert_eq!(c.origin.calls(), 1);
+
+    // A 304 that sets a cookie: this client's, never the stored copy's.
+    c.clock.advance(Duration::from_secs(61));
+    c.origin.answer(reply(
+        304,
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"p\""),
+            ("set-cookie", "session=alice"),
+        ],
+        "",
+    ));
+    let third = c.get(&[]).await;
+    assert_eq!(third.headers["set-cookie"], "session=alice");
+    assert_eq!(last_request(&c.origin)["if-none-match"], "\"p\"");
+    let fourth = c.get(&[]).await;
+    assert!(fourth.is_hit());
+    assert!(
+        fourth.headers.get("set-cookie").is_none(),
+        "{:?}",
+        fourth.headers
+    );
+    assert_eq!((fourth.text(), c.origin.calls()), ("page", 2));
+}
+
+#[tokio::test]
+async fn a_waiting_request_never_gets_the_leader_s_cookie() {
+    use crate::SingleFlightLayer;
+    let stash = Stash::builder().build().unwrap();
+    let policy = http().store_without_set_cookie(true);
+    let layer = CacheLayer::new(stash.clone(), Routes::new().get("/{*path}", policy));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let origin = tower::service_fn(move |_: Request<Empty<Bytes>>| {
+        let mut open = rx.clone();
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            // Answers once the test lets it: the second request has joined by then.
+            open.wait_for(|o| *o).await.unwrap();
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"page")));
+            let h = resp.headers_mut();
+            h.insert("cache-control", HeaderValue::from_static("max-age=100"));
+            h.insert("set-cookie", HeaderValue::from_static("session=leader"));
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let flights = SingleFlightLayer::new(stash);
+    let svc = tower::ServiceBuilder::new()
+        .layer(layer)
+        .layer(flights.clone())
+        .service(origin);
+    let get = || {
+        let req = Request::get("/p").header("host", "a.example");
+        send(svc.clone(), req.body(Empty::new()).unwrap())
+    };
+    let leader = tokio::spawn(get());
+    let waiter = tokio::spawn(get());
+    // Both are in: the leader at the origin, the other waiting on it.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while calls.load(std::sync::atomic::Ordering::SeqCst) == 0 || flights.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    tx.send(true).unwrap();
+    let (a, b) = (leader.await.unwrap(), waiter.await.unwrap());
+    let cookies: Vec<_> = [&a, &b]
+        .iter()
+        .map(|g| g.headers.get("set-cookie").is_some())
+        .collect();
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        cookies.iter().filter(|c| **c).count(),
+        1,
+        "only the leader's"
+    );
+    assert_eq!((&a.body[..], &b.body[..]), (&b"page"[..], &b"page"[..]));
+}

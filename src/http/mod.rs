@@ -105,7 +105,8 @@
 //!   statuses must include 206 (HTTP mode's default does). It is never the complete
 //!   response; invalidating the URL drops it too.
 //! - A 304 is never stored; `Set-Cookie` answers are not stored either (a shared cache that
-//!   stores them hands one client's cookie to others).
+//!   stores them hands one client's cookie to others), unless the policy asks for a copy
+//!   without the cookie (`Policy::store_without_set_cookie`).
 //!
 //! Not done: storing POST answers by `Content-Location`; combining stored partial responses
 //! (or completing one with a request for the rest); choosing a variant by `Accept-Language`

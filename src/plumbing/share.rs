@@ -49,7 +49,7 @@ impl Exchange<'_> {
         if self.unkeyed_query {
             return Err("unkeyed-query");
         }
-        if h.contains_key(header::SET_COOKIE) {
+        if h.contains_key(header::SET_COOKIE) && !policy.without_set_cookie {
             return Err("set-cookie");
         }
         if policy.http

@@ -96,6 +96,8 @@ pub(crate) struct CompiledPolicy {
     pub(crate) allowed_headers: Option<Vec<HeaderName>>,
     /// Whether the service's [`CacheHint`](crate::CacheHint)s are obeyed.
     pub(crate) hints: bool,
+    /// Whether `Set-Cookie` answers are stored without it ([`Policy::store_without_set_cookie`]).
+    pub(crate) without_set_cookie: bool,
     /// HTTP mode: the targeted cache-control fields obeyed (RFC 9213), first first.
     pub(crate) targeted: Vec<HeaderName>,
     /// Application mode: the hosts answered alike, normalised; others bypass.

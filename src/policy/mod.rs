@@ -97,6 +97,7 @@ pub struct Policy {
     pub(crate) max_variants: Option<usize>,
     pub(crate) allow_headers: Option<Vec<String>>,
     pub(crate) hints: Option<bool>,
+    pub(crate) without_set_cookie: Option<bool>,
     pub(crate) targeted_field: Option<String>,
     pub(crate) cdn_cache_control: Option<bool>,
     pub(crate) hosts: Option<Vec<String>>,
@@ -438,6 +439,29 @@ impl Policy {
         self
     }
 
+    /// Whether an answer carrying `Set-Cookie` is stored, without its `Set-Cookie`, when it
+    /// is otherwise storable. Default: no, such an answer is not stored.
+    ///
+    /// Turned on, the client whose request filled the entry gets its cookie, and every
+    /// other client the stored copy, which has none (a `304` that confirms the entry adds
+    /// none to it either); single flight hands the waiting requests that copy too. RFC 9111
+    /// allows a shared cache to store such answers; it is safe only where the body does not
+    /// depend on who the cookie is for (a tracking or load-balancer cookie set on a public
+    /// page). Where the cookie opens a session whose page is personal, it serves one
+    /// visitor's page to others: key the session instead ([`Policy::session_cookie`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_stash::Policy;
+    ///
+    /// let policy = Policy::ttl(Duration::from_secs(60)).store_without_set_cookie(true);
+    /// # let _ = policy;
+    /// ```
+    pub fn store_without_set_cookie(mut self, on: bool) -> Self {
+        self.without_set_cookie = Some(on);
+        self
+    }
+
     /// HTTP mode: a targeted cache-control field (RFC 9213) naming this cache, such as
     /// `Stash-Cache-Control`: when a response carries it (valid and not empty), its
     /// directives decide instead of `CDN-Cache-Control`, `Cache-Control` and `Expires`. The
@@ -515,6 +539,7 @@ impl Policy {
                 .clone()
                 .or_else(|| base.allow_headers.clone()),
             hints: self.hints.or(base.hints),
+            without_set_cookie: self.without_set_cookie.or(base.without_set_cookie),
             targeted_field: self
                 .targeted_field
                 .clone()

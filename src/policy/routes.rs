@@ -481,6 +481,7 @@ impl Routes {
             max_variants,
             allowed_headers,
             hints: resolved.hints.unwrap_or(!http),
+            without_set_cookie: resolved.without_set_cookie.unwrap_or(false),
             targeted,
             key_host,
             hosts,

@@ -310,7 +310,13 @@ where
                             leader: Some(leader),
                             status: parts.status,
                             version: parts.version,
-                            headers: parts.headers.clone(),
+                            // The leader's cookie is its own (shared only where the
+                            // policy stores a copy without it).
+                            headers: {
+                                let mut h = parts.headers.clone();
+                                h.remove(http::header::SET_COOKIE);
+                                h
+                            },
                             limit,
                             declared: crate::headers::content_length(&parts.headers),
                             size: 0,
