@@ -100,10 +100,12 @@ impl Stash {
                 let full = format!("{}{key}", self.inner.prefix);
                 let stored = self.hashed_key(&full).unwrap_or_else(|| full.clone());
                 let family: Arc<str> = self.family(key).into();
+                // The key and its variants at once (neither depends on the other).
                 let one = store.invalidate(stored.as_str().into(), at, keep);
                 let all = store.invalidate_tag(ns.clone(), family.clone(), at, keep);
-                one.await?;
-                all.await?;
+                let (one, all) = crate::plumbing::join(one, all).await;
+                one?;
+                all?;
                 bus_message(b'k', at, keep, &id, &[&stored, &ns, &family])
             }
             Invalidation::Tag(tag) => {
@@ -121,6 +123,9 @@ impl Stash {
             }
         };
         self.await_acks(&id, sent).await;
+        // After the acknowledgements: the other instances date their memory tombstones by
+        // when they heard the message, and a fill that begins once this returns must begin
+        // after that.
         self.commit_wait(at, store_time).await;
         Ok(())
     }
