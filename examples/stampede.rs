@@ -9,7 +9,9 @@
 //! cargo run --release --example stampede -- --url http://127.0.0.1:3200 --concurrency 1000 --rounds 5
 //! ```
 //!
-//! `scripts/stampede.sh` runs it against the quickstart with and without single flight.
+//! `scripts/stampede.sh` runs it against the quickstart with and without single flight;
+//! `--url a,b,c,d` sends `concurrency` requests to each instance at once (instances sharing a
+//! Redis: `scripts/stampede-instances.sh`), and prints each instance's percentiles.
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -83,9 +85,14 @@ fn db_queries(stats: &[u8]) -> u64 {
     v["db_queries"].as_u64().expect("db_queries")
 }
 
+/// The latency at quantile `p` of `times`, sorted.
+fn pct(times: &[Duration], p: f64) -> Duration {
+    times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1]
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let url: String = arg("--url", "http://127.0.0.1:3000".to_string());
+    let urls: String = arg("--url", "http://127.0.0.1:3000".to_string());
     let concurrency: usize = arg("--concurrency", 1000);
     let rounds: usize = arg("--rounds", 5).max(1);
     // The handler's time (the quickstart's database takes 200 ms): a round is within bound
@@ -95,49 +102,71 @@ async fn main() {
         "--first-id",
         1_000_000 + u64::from(std::process::id()) * 1000,
     );
-    let host = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+    // Several instances (`--url a,b,c`): `concurrency` requests on each, all at once.
+    let hosts: Vec<String> = urls
+        .split(',')
+        .map(|u| {
+            u.trim()
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string()
+        })
+        .collect();
+    let n = hosts.len();
 
-    let mut control = connect(&host).await;
-    let mut senders = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        senders.push(connect(&host).await);
+    let mut controls = Vec::with_capacity(n);
+    for host in &hosts {
+        controls.push(connect(host).await);
+    }
+    let mut senders = Vec::with_capacity(concurrency * n);
+    for (i, host) in hosts.iter().enumerate() {
+        for _ in 0..concurrency {
+            senders.push((i, connect(host).await));
+        }
     }
     let mut all = Vec::new();
+    let mut by_instance: Vec<Vec<Duration>> = vec![Vec::new(); n];
     let mut round_p99s = Vec::with_capacity(rounds);
     let mut queries = 0;
+    let total = concurrency * n;
     for round in 0..rounds {
         let path = format!("/users/{}", first_id + round as u64);
-        let before = db_queries(&get(&mut control, &host, "/stats").await.1);
-        let barrier = Arc::new(Barrier::new(concurrency));
+        let mut before = 0;
+        for (control, host) in controls.iter_mut().zip(&hosts) {
+            before += db_queries(&get(control, host, "/stats").await.1);
+        }
+        let barrier = Arc::new(Barrier::new(total));
         let tasks: Vec<_> = senders
             .drain(..)
-            .map(|mut sender| {
-                let (barrier, host, path) = (barrier.clone(), host.clone(), path.clone());
+            .map(|(i, mut sender)| {
+                let (barrier, host, path) = (barrier.clone(), hosts[i].clone(), path.clone());
                 tokio::spawn(async move {
                     barrier.wait().await;
                     let start = Instant::now();
                     let (status, body) = get(&mut sender, &host, &path).await;
-                    (sender, start, start.elapsed(), status, body)
+                    (i, sender, start, start.elapsed(), status, body)
                 })
             })
             .collect();
-        let mut sent = Vec::with_capacity(concurrency);
+        let mut sent = Vec::with_capacity(total);
+        let mut per: Vec<Vec<Duration>> = vec![Vec::new(); n];
         let mut bodies = std::collections::HashSet::new();
         for t in tasks {
-            let (sender, start, took, status, body) = t.await.expect("task");
+            let (i, sender, start, took, status, body) = t.await.expect("task");
             assert_eq!(status, 200, "a request failed");
             bodies.insert(body);
             sent.push((start, took));
-            senders.push(sender);
+            per[i].push(took);
+            senders.push((i, sender));
         }
-        let after = db_queries(&get(&mut control, &host, "/stats").await.1);
+        let mut after = 0;
+        for (control, host) in controls.iter_mut().zip(&hosts) {
+            after += db_queries(&get(control, host, "/stats").await.1);
+        }
         // By the order they were sent: the mean latency of each tenth, first to last.
         sent.sort();
         let tenths: Vec<_> = sent
-            .chunks(concurrency.div_ceil(10))
+            .chunks(total.div_ceil(10))
             .map(|c| {
                 let mean = c.iter().map(|(_, t)| *t).sum::<Duration>() / c.len() as u32;
                 format!("{:.0}", mean.as_secs_f64() * 1e3)
@@ -145,29 +174,53 @@ async fn main() {
             .collect();
         let mut times: Vec<_> = sent.into_iter().map(|(_, t)| t).collect();
         times.sort();
-        let pct =
-            |p: f64| times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1];
+        let instances = if n > 1 {
+            let p99s: Vec<_> = per
+                .iter_mut()
+                .map(|t| {
+                    t.sort();
+                    format!("{:.1}", pct(t, 0.99).as_secs_f64() * 1e3)
+                })
+                .collect();
+            format!("; p99 ms by instance: {}", p99s.join(" "))
+        } else {
+            String::new()
+        };
         println!(
-            "round {round}: {concurrency} requests for {path}: p50 {:?}, p99 {:?}, max {:?}; db queries {}; distinct bodies {}; mean ms by tenth sent: {}",
-            pct(0.50), pct(0.99), times[times.len() - 1], after - before, bodies.len(), tenths.join(" ")
+            "round {round}: {total} requests for {path}: p50 {:?}, p99 {:?}, max {:?}; db queries {}; distinct bodies {}; mean ms by tenth sent: {}{instances}",
+            pct(&times, 0.50), pct(&times, 0.99), times[times.len() - 1], after - before, bodies.len(), tenths.join(" ")
         );
-        round_p99s.push(pct(0.99));
+        round_p99s.push(pct(&times, 0.99));
         queries += after - before;
         all.extend(times);
+        for (i, t) in per.into_iter().enumerate() {
+            by_instance[i].extend(t);
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     all.sort();
     round_p99s.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1];
     let within = round_p99s.iter().filter(|t| **t <= bound).count();
     println!(
         "overall: {} requests: p50 {:?}, p99 {:?}, max {:?}; p99 of a round: median {:?}, worst {:?}, {within} of {rounds} within {bound:?}; db queries {queries} ({} per cold key)",
         all.len(),
-        pct(0.50),
-        pct(0.99),
+        pct(&all, 0.50),
+        pct(&all, 0.99),
         all[all.len() - 1],
         round_p99s[rounds / 2],
         round_p99s[rounds - 1],
         queries as f64 / rounds as f64
     );
+    if n > 1 {
+        for (i, mut t) in by_instance.into_iter().enumerate() {
+            t.sort();
+            println!(
+                "instance {i} ({}): p50 {:?}, p99 {:?}, max {:?}",
+                hosts[i],
+                pct(&t, 0.50),
+                pct(&t, 0.99),
+                t[t.len() - 1]
+            );
+        }
+    }
 }

@@ -2231,6 +2231,33 @@ async fn a_large_tag_is_invalidated_whole_in_bounded_steps_over_a_slow_link() {
     assert!(left.is_empty(), "{left}");
 }
 
+both!(a_waited_on_lease_s_release_is_announced);
+async fn a_waited_on_lease_s_release_is_announced(redis: &impl Backend) {
+    let a = store_on(&redis.url());
+    let b = store_on(&redis.url());
+    let _b = TieredStore::new(MemoryStore::new(1 << 20), b.clone());
+    subscribed(redis, 1).await;
+    let key: Arc<str> = "lease:v1:k".into();
+    let ttl = Duration::from_secs(30);
+    assert!(a.try_lease(key.clone(), "t1".into(), ttl).await.unwrap());
+    // B fails to take it: the lease is marked waited on.
+    assert!(!b.try_lease(key.clone(), "t2".into(), ttl).await.unwrap());
+    assert_eq!(redis.cli(&["EXISTS", "{lease:v1:k}!lease!w"]), "1");
+    let mut released = b.lease_released(key.clone());
+    assert!(futures_util::poll!(&mut released).is_pending());
+    // Only its holder releases it.
+    b.release_lease(key.clone(), "t2".into()).await.unwrap();
+    assert!(futures_util::poll!(&mut released).is_pending());
+    a.release_lease(key.clone(), "t1".into()).await.unwrap();
+    within("the release announced", released).await.unwrap();
+    assert_eq!(
+        redis.cli(&["EXISTS", "{lease:v1:k}!lease", "{lease:v1:k}!lease!w"]),
+        "0"
+    );
+    // Taken in turn.
+    assert!(b.try_lease(key.clone(), "t2".into(), ttl).await.unwrap());
+}
+
 both!(propagation_from_a_to_b);
 async fn propagation_from_a_to_b(redis: &impl Backend) {
     let db = UserDb::default();

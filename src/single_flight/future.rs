@@ -378,8 +378,10 @@ async fn wait(shared: Arc<Shared>, mut waiter: Waiter) -> Joined {
     }
 }
 
-/// Takes the key's lease in the shared store; while another instance holds it, polls for the
-/// entry it stores (every 2 ms at first, backing off to 50 ms) until `deadline`.
+/// Takes the key's lease in the shared store; while another instance holds it, waits for its
+/// release (announced on the store's bus when someone waits for it) and then reads the entry
+/// it stored, or takes the lease in turn; polls meanwhile (every 2 ms at first, backing off
+/// to 50 ms), as the only way where no announcement comes, until `deadline`.
 async fn lease_or_entry(
     shared: Arc<Shared>,
     key: Arc<str>,
@@ -401,7 +403,16 @@ async fn lease_or_entry(
             tracing::debug!(key = %full, "another instance kept the lease too long: going on");
             return Leased::Timeout;
         }
-        tokio::time::sleep(pause).await;
+        let released = stash
+            .store()
+            .leases()
+            .map(|leases| leases.lease_released(key.clone()));
+        match released {
+            Some(released) => {
+                crate::plumbing::first(released, tokio::time::sleep(pause)).await;
+            }
+            None => tokio::time::sleep(pause).await,
+        }
         pause = (pause * 2).min(Duration::from_millis(50));
         if let Some(entry) = fresh_entry(&shared, &key, &full).await {
             return Leased::Entry(entry);

@@ -6,6 +6,7 @@
 //!
 //! - `k`: a stored key, its namespace and its family tag (the key's variants).
 //! - `t`: a namespace and a tag.
+//! - `r`: a lease released (its key): a signal for the instances waiting for it.
 
 use super::MemoryStore;
 use super::StoreFuture;
@@ -123,6 +124,9 @@ pub(crate) enum BusWhat {
     },
     /// `t`: a namespace and a tag.
     Tag { ns: String, tag: String },
+    /// `r`, a lease released (for the instances waiting for it): applied to no tier, never
+    /// acknowledged.
+    Signal,
     /// Another kind, or the wrong number of fields: ignored, but acknowledged.
     Unknown,
 }
@@ -151,6 +155,8 @@ pub(crate) fn parse_bus_message(message: &[u8]) -> Option<BusMessage> {
             ns: std::mem::take(ns),
             family: std::mem::take(family),
         },
+        // For the instances waiting on them: never acknowledged.
+        ("r", _) => BusWhat::Signal,
         ("t", [ns, tag]) => BusWhat::Tag {
             ns: std::mem::take(ns),
             tag: std::mem::take(tag),
@@ -186,6 +192,7 @@ pub(crate) fn apply_to_l1(l1: &MemoryStore, event: BusEvent) -> Option<String> {
         BusWhat::Tag { ns, tag } => {
             drop(l1.invalidate_tag(ns.into(), tag.into(), at, keep));
         }
+        BusWhat::Signal => return None,
         BusWhat::Unknown => tracing::debug!(
             message = &*String::from_utf8_lossy(&message),
             "unknown bus message ignored"

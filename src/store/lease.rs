@@ -27,4 +27,12 @@ pub trait Leases: Send + Sync {
     /// Releases the lease on `key` if `token` still holds it (a lease that expired and was
     /// taken by another holder is left alone).
     fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()>;
+
+    /// Resolves when the lease on `key` is released, told by the store (a push), for a
+    /// caller waiting to take it or to read what its holder stored; the caller polls
+    /// meanwhile. The default never resolves: the caller only polls.
+    fn lease_released(&self, key: Arc<str>) -> StoreFuture<()> {
+        let _ = key;
+        Box::pin(std::future::pending())
+    }
 }

@@ -388,6 +388,20 @@ mod tests {
         )
     }
 
+    #[test]
+    fn signals_on_the_bus_are_neither_applied_nor_acknowledged() {
+        use super::super::bus::apply_to_l1;
+        let l1 = MemoryStore::default();
+        let event = |m: &str| BusEvent::Message(bytes::Bytes::copy_from_slice(m.as_bytes()));
+        // A lease released: a signal for the instances waiting for it, never acknowledged.
+        assert_eq!(apply_to_l1(&l1, event("r\t0\t0\t-\tns:v1:k")), None);
+        // A kind this version does not know is acknowledged (its publisher waits).
+        assert_eq!(
+            apply_to_l1(&l1, event("x\t0\t0\t00000000000000b2\tf")),
+            Some("00000000000000b2".to_owned())
+        );
+    }
+
     #[tokio::test]
     async fn an_l2_hit_fills_l1_for_the_remaining_ttl_capped() {
         let l2 = MemoryStore::default();

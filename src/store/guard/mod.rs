@@ -569,6 +569,13 @@ impl<S: Store> Leases for Guarded<S> {
                 .map_or_else(|| absent(()), |l| l.release_lease(key, token))
         })
     }
+
+    fn lease_released(&self, key: Arc<str>) -> StoreFuture<()> {
+        match self.inner.leases() {
+            Some(leases) => leases.lease_released(key),
+            None => Box::pin(std::future::pending()),
+        }
+    }
 }
 
 impl<S: Store> Writes for Guarded<S> {

@@ -232,6 +232,7 @@ impl RedisStoreBuilder {
                 checkout_timeout: self.checkout_timeout,
                 clients: Arc::new(vec![client]),
                 bus_live: Arc::default(),
+                releases: Arc::default(),
                 connect_timeout: self.connect_timeout,
                 memory,
             });
@@ -262,6 +263,7 @@ impl RedisStoreBuilder {
             checkout_timeout: self.checkout_timeout,
             clients: Arc::new(vec![client]),
             bus_live: Arc::default(),
+            releases: Arc::default(),
             connect_timeout: self.connect_timeout,
             memory,
         })
@@ -376,6 +378,7 @@ impl RedisStoreBuilder {
             checkout_timeout: self.checkout_timeout,
             clients: Arc::new(clients),
             bus_live: Arc::default(),
+            releases: Arc::default(),
             connect_timeout: self.connect_timeout,
             memory,
         })

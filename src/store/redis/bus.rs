@@ -1,5 +1,6 @@
 //! The bus of a [`RedisStore`]: pub/sub on one channel, a subscriber that notices when it goes
-//! silent, and acknowledgements counted in Redis.
+//! silent, acknowledgements counted in Redis, and leases' releases announced to the
+//! instances waiting for them (`r` messages, which the subscriber keeps from the memory tier).
 
 use super::oom;
 use super::scripts::{ack_key, ACK, BUS};
@@ -92,6 +93,7 @@ impl Bus for RedisStore {
         let clients = self.clients.clone();
         let connect_timeout = self.connect_timeout;
         let live = self.bus_live.clone();
+        let releases = self.releases.clone();
         rt.spawn(async move {
             use futures_util::StreamExt;
             // Delivers `event`; false once the sink is gone (the store was dropped).
@@ -147,6 +149,10 @@ impl Bus for RedisStore {
                             tokio::select! {
                                 msg = messages.next() => {
                                     let Some(msg) = msg else { break Ended::Dropped };
+                                    // Releases are for the waiters, not the tier.
+                                    if releases.heard(msg.get_payload_bytes()) {
+                                        continue;
+                                    }
                                     let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
                                     if !deliver(BusEvent::Message(payload)) {
                                         return;

@@ -117,6 +117,8 @@ pub struct RedisStore {
     clients: Arc<Vec<connect::Target>>,
     /// Whether the pub/sub subscription is up (and the memory tier flushed after a gap).
     bus_live: Arc<std::sync::atomic::AtomicBool>,
+    /// The leases this instance waits for, told of their release on the bus.
+    releases: Arc<leases::ReleaseBoard>,
     connect_timeout: Duration,
     /// Whether Redis refuses writes for lack of memory, and its `maxmemory-policy`.
     memory: Arc<MemoryWatch>,

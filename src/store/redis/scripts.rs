@@ -50,12 +50,34 @@ pub(super) const TOUCH: &str = "local f = redis.pcall('GETRANGE', KEYS[1], 3, 3)
     if type(f) == 'string' and f ~= '' and math.floor(string.byte(f) / 2) % 2 == 0 then \
     return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0";
 /// Deletes the lease `KEYS[1]` only while `ARGV[1]` holds it.
-pub(super) const RELEASE_LEASE: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+pub(super) const RELEASE_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    redis.call('DEL', KEYS[1]) \
+    if redis.call('DEL', KEYS[2]) == 1 then redis.pcall('PUBLISH', ARGV[2], ARGV[3]) end \
+    return 1 else return 0 end";
+/// Takes the lease `KEYS[1]` for the token `ARGV[1]`, for `ARGV[2]` ms, if nobody holds it
+/// (1); else marks it waited on (`KEYS[2]`, as long as it lasts), so that its holder's
+/// release is announced on the bus (0).
+pub(super) const TAKE_LEASE: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) \
+    then return 1 end \
+    local left = redis.call('PTTL', KEYS[1]) \
+    if left > 0 then redis.call('SET', KEYS[2], '1', 'PX', left) end return 0";
 /// What a key's lease is stored under: `!` never appears unescaped in a key.
 pub(super) fn lease_key(key: &str) -> String {
     format!("{{{key}}}!lease")
 }
+/// The mark that someone waits for the lease on `key` (the same slot as the lease).
+pub(super) fn lease_waited_key(key: &str) -> String {
+    format!("{{{key}}}!lease!w")
+}
+/// The bus message announcing that the lease on `key` was released: `r`, no date, no keep,
+/// no id, and the key (compared whole, never parsed).
+pub(super) fn released_message(key: &str) -> Vec<u8> {
+    let mut m = RELEASED_PREFIX.to_vec();
+    m.extend_from_slice(key.as_bytes());
+    m
+}
+/// The start of every [`released_message`].
+pub(super) const RELEASED_PREFIX: &[u8] = b"r\t0\t0\t-\t";
 /// Adds `ARGV[2]` to the tag index `KEYS[1]` (a sorted set scored by when each entry leaves
 /// the store, `ARGV[1]` ms), drops the members gone by `ARGV[3]`, keeps the index for at
 /// least `ARGV[4]` ms (an index holds only live entries and expires after its last one), and
