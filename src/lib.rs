@@ -10,6 +10,7 @@ pub mod admin;
 #[cfg(feature = "axum")]
 pub mod axum;
 pub mod cache;
+mod concurrently;
 #[cfg(feature = "config")]
 pub mod config;
 pub mod entry;

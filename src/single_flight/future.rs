@@ -409,7 +409,7 @@ async fn lease_or_entry(
             .map(|leases| leases.lease_released(key.clone()));
         match released {
             Some(released) => {
-                crate::plumbing::first(released, tokio::time::sleep(pause)).await;
+                crate::concurrently::first(released, tokio::time::sleep(pause)).await;
             }
             None => tokio::time::sleep(pause).await,
         }

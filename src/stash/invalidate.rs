@@ -103,7 +103,7 @@ impl Stash {
                 // The key and its variants at once (neither depends on the other).
                 let one = store.invalidate(stored.as_str().into(), at, keep);
                 let all = store.invalidate_tag(ns.clone(), family.clone(), at, keep);
-                let (one, all) = crate::plumbing::join(one, all).await;
+                let (one, all) = crate::concurrently::join(one, all).await;
                 one?;
                 all?;
                 bus_message(b'k', at, keep, &id, &[&stored, &ns, &family])
