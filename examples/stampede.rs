@@ -11,7 +11,8 @@
 //!
 //! `scripts/stampede.sh` runs it against the quickstart with and without single flight;
 //! `--url a,b,c,d` sends `concurrency` requests to each instance at once (instances sharing a
-//! Redis: `scripts/stampede-instances.sh`), and prints each instance's percentiles.
+//! Redis: `scripts/stampede-instances.sh`; `--host name` sends the same `Host` to all, as a
+//! load balancer would), and prints each instance's percentiles.
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -40,6 +41,17 @@ async fn connect(addr: &str) -> Sender {
     Sender {
         stream,
         buf: Vec::with_capacity(4096),
+    }
+}
+
+/// The `Host` header every request names (`--host`), whichever instance it goes to: the same
+/// name on each, as behind a load balancer (the cache keys the host). By default the address.
+fn host_header(addr: &str) -> String {
+    let named: String = arg("--host", String::new());
+    if named.is_empty() {
+        addr.to_owned()
+    } else {
+        named
     }
 }
 
@@ -127,19 +139,20 @@ async fn main() {
     let mut all = Vec::new();
     let mut by_instance: Vec<Vec<Duration>> = vec![Vec::new(); n];
     let mut round_p99s = Vec::with_capacity(rounds);
+    let mut gaps: Vec<f64> = Vec::new();
     let mut queries = 0;
     let total = concurrency * n;
     for round in 0..rounds {
         let path = format!("/users/{}", first_id + round as u64);
-        let mut before = 0;
+        let mut before = Vec::with_capacity(n);
         for (control, host) in controls.iter_mut().zip(&hosts) {
-            before += db_queries(&get(control, host, "/stats").await.1);
+            before.push(db_queries(&get(control, host, "/stats").await.1));
         }
         let barrier = Arc::new(Barrier::new(total));
         let tasks: Vec<_> = senders
             .drain(..)
             .map(|(i, mut sender)| {
-                let (barrier, host, path) = (barrier.clone(), hosts[i].clone(), path.clone());
+                let (barrier, host, path) = (barrier.clone(), host_header(&hosts[i]), path.clone());
                 tokio::spawn(async move {
                     barrier.wait().await;
                     let start = Instant::now();
@@ -159,10 +172,11 @@ async fn main() {
             per[i].push(took);
             senders.push((i, sender));
         }
-        let mut after = 0;
-        for (control, host) in controls.iter_mut().zip(&hosts) {
-            after += db_queries(&get(control, host, "/stats").await.1);
+        let mut asked = Vec::with_capacity(n);
+        for (i, (control, host)) in controls.iter_mut().zip(&hosts).enumerate() {
+            asked.push(db_queries(&get(control, host, "/stats").await.1) - before[i]);
         }
+        let round_queries: u64 = asked.iter().sum();
         // By the order they were sent: the mean latency of each tenth, first to last.
         sent.sort();
         let tenths: Vec<_> = sent
@@ -179,19 +193,44 @@ async fn main() {
                 .iter_mut()
                 .map(|t| {
                     t.sort();
-                    format!("{:.1}", pct(t, 0.99).as_secs_f64() * 1e3)
+                    pct(t, 0.99)
                 })
                 .collect();
-            format!("; p99 ms by instance: {}", p99s.join(" "))
+            let shown: Vec<_> = p99s
+                .iter()
+                .zip(&asked)
+                .map(|(p, q)| {
+                    let lead = if *q > 0 { "*" } else { "" };
+                    format!("{:.1}{lead}", p.as_secs_f64() * 1e3)
+                })
+                .collect();
+            // How much later than the instance that asked the database the others were.
+            let gap = asked.iter().position(|q| *q > 0).map(|lead| {
+                let others = p99s
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != lead)
+                    .map(|(_, p)| *p)
+                    .max()
+                    .unwrap_or(p99s[lead]);
+                let ms = (others.as_secs_f64() - p99s[lead].as_secs_f64()) * 1e3;
+                gaps.push(ms);
+                format!("; worst other instance minus the leader's: {ms:+.1} ms")
+            });
+            format!(
+                "; p99 ms by instance (* asked the database): {}{}",
+                shown.join(" "),
+                gap.unwrap_or_default()
+            )
         } else {
             String::new()
         };
         println!(
             "round {round}: {total} requests for {path}: p50 {:?}, p99 {:?}, max {:?}; db queries {}; distinct bodies {}; mean ms by tenth sent: {}{instances}",
-            pct(&times, 0.50), pct(&times, 0.99), times[times.len() - 1], after - before, bodies.len(), tenths.join(" ")
+            pct(&times, 0.50), pct(&times, 0.99), times[times.len() - 1], round_queries, bodies.len(), tenths.join(" ")
         );
         round_p99s.push(pct(&times, 0.99));
-        queries += after - before;
+        queries += round_queries;
         all.extend(times);
         for (i, t) in per.into_iter().enumerate() {
             by_instance[i].extend(t);
@@ -211,6 +250,14 @@ async fn main() {
         round_p99s[rounds - 1],
         queries as f64 / rounds as f64
     );
+    if !gaps.is_empty() {
+        gaps.sort_by(f64::total_cmp);
+        println!(
+            "other instances' p99 minus the leader's, by round: median {:+.1} ms, worst {:+.1} ms",
+            gaps[gaps.len() / 2],
+            gaps[gaps.len() - 1]
+        );
+    }
     if n > 1 {
         for (i, mut t) in by_instance.into_iter().enumerate() {
             t.sort();

@@ -11,7 +11,7 @@ concurrency=${1:-250}
 rounds=${2:-10}
 instances=${3:-4}
 command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install redis-server" >&2; exit 1; }
-cargo build --release --features redis --example quickstart --example stampede >/dev/null 2>&1
+cargo build --release --all-features --example quickstart --example stampede >/dev/null 2>&1
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
@@ -30,4 +30,8 @@ for url in "${urls[@]}"; do
   for _ in $(seq 100); do curl -sf "$url/stats" >/dev/null && break; sleep 0.1; done
 done
 list=$(IFS=,; echo "${urls[*]}")
-./target/release/examples/stampede --url "$list" --concurrency "$concurrency" --rounds "$rounds" --first-id 5000
+# One Host for all (as behind a load balancer): the cache keys the host.
+./target/release/examples/stampede --url "$list" --host app.example --concurrency "$concurrency" --rounds "$rounds" --first-id 5000
+# Lease releases announced to waiting instances (PUBLISH inside the release script), and how
+# often a waiter read the entry (GET) in all.
+redis-cli -p "$redis_port" info commandstats | grep -E '^cmdstat_(publish|get|evalsha|eval):' | tr -d '\r'
