@@ -76,6 +76,61 @@ fn hit(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { cached.clone().oneshot(unmatched()).await.unwrap() })
     });
+    // HTTP mode (the proxy's): the origin's headers decide; one URL without Vary, one whose
+    // answers vary on Accept-Language (a record, then the variant).
+    let http = Policy::new().http_mode(true).key_headers(["host"]);
+    let origin = service_fn(|req: Request<Empty<Bytes>>| async move {
+        let mut r = Response::new(Full::new(Bytes::from_static(BODY.as_bytes())));
+        let h = r.headers_mut();
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.insert("cache-control", "max-age=3600".parse().unwrap());
+        h.insert("etag", "\"v1\"".parse().unwrap());
+        h.insert(
+            "date",
+            httpdate::fmt_http_date(SystemTime::now()).parse().unwrap(),
+        );
+        if req.uri().path() == "/varied" {
+            h.insert("vary", "Accept-Language".parse().unwrap());
+        }
+        Ok::<_, Infallible>(r)
+    });
+    let proxy = ServiceBuilder::new()
+        .layer(CacheLayer::new(
+            stash.clone(),
+            Routes::new().get("/{*path}", http),
+        ))
+        .service(origin);
+    let get = |path: &str| {
+        Request::get(path)
+            .header("host", "shop.example")
+            .header("accept-language", "fr")
+            .header("user-agent", "bench/1")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    rt.block_on(async {
+        for path in ["/plain", "/varied"] {
+            let resp = proxy.clone().oneshot(get(path)).await.unwrap();
+            resp.into_body().collect().await.unwrap();
+            let again = proxy.clone().oneshot(get(path)).await.unwrap();
+            let status = again.headers()["cache-status"].to_str().unwrap().to_owned();
+            assert!(status.contains("hit"), "{path}: {status}");
+        }
+    });
+    for path in ["/plain", "/varied"] {
+        let name = if path == "/plain" {
+            "http_mode"
+        } else {
+            "http_mode_vary"
+        };
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let resp = proxy.clone().oneshot(get(path)).await.unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                resp.into_body().collect().await.unwrap()
+            })
+        });
+    }
     group.finish();
 }
 
