@@ -10,7 +10,9 @@
 //! Ctrl-C, a `/stats` route beside it), so that the servers differ by the cache alone.
 //!
 //! With `--cache-headers`, responses also carry the headers a cache hit adds (`etag`, `age`,
-//! `cache-status`), so that only the cache's own work differs between the two servers.
+//! `cache-status`), so that only the cache's own work differs between the two servers. With
+//! `--max-age N`, they say `cache-control: max-age=N`: an origin for the proxy in HTTP mode
+//! (`scripts/load.sh` puts `examples/proxy.rs` in front of one).
 
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
@@ -27,11 +29,15 @@ fn user_json(id: u64) -> String {
 struct Users {
     bodies: Arc<Vec<Bytes>>,
     cache_headers: bool,
+    max_age: Option<HeaderValue>,
 }
 
 async fn get_user(State(users): State<Users>, Path(id): Path<usize>) -> Response {
     let body = users.bodies.get(id).cloned().unwrap_or_default();
     let mut resp = ([("content-type", "application/json")], body).into_response();
+    if let Some(max_age) = &users.max_age {
+        resp.headers_mut().insert("cache-control", max_age.clone());
+    }
     if users.cache_headers {
         let h = resp.headers_mut();
         h.insert(
@@ -53,6 +59,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let users = Users {
         bodies: Arc::new((0..1000).map(|id| user_json(id).into()).collect()),
         cache_headers: std::env::args().any(|a| a == "--cache-headers"),
+        max_age: match std::env::args().skip_while(|a| a != "--max-age").nth(1) {
+            Some(secs) => {
+                let secs: u64 = secs.parse().map_err(|e| format!("--max-age {secs}: {e}"))?;
+                Some(HeaderValue::from_str(&format!("max-age={secs}"))?)
+            }
+            None => None,
+        },
     };
     let app = Router::new()
         .route("/users/{id}", get(get_user))
