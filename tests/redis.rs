@@ -2231,6 +2231,33 @@ async fn a_large_tag_is_invalidated_whole_in_bounded_steps_over_a_slow_link() {
     assert!(left.is_empty(), "{left}");
 }
 
+both!(acknowledgements_are_pushed_to_the_publisher);
+async fn acknowledgements_are_pushed_to_the_publisher(redis: &impl Backend) {
+    use tower_stash::store::Bus;
+    // Both instances subscribe (a memory tier in front of each); A publishes.
+    let a = store_on(&redis.url());
+    let _a = TieredStore::new(MemoryStore::new(1 << 20), a.clone());
+    let _b = TieredStore::new(MemoryStore::new(1 << 20), store_on(&redis.url()));
+    subscribed(redis, 2).await;
+    let at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let id = "00000000000000a1";
+    let message = format!("k\t{at}\t1000\t{id}\tack:v1:x\tack\tfamily");
+    let sent = a.publish(message.into()).await.unwrap();
+    assert_eq!(sent, 2);
+    // Told, not asked: the future resolves on the counts the subscribers publish.
+    let heard = within(
+        "the pushed acknowledgements",
+        a.pushed_acknowledgements(id.into(), 2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(heard, 2);
+    assert_eq!(a.acknowledgements(id.into()).await.unwrap(), 2);
+}
+
 both!(a_waited_on_lease_s_release_is_announced);
 async fn a_waited_on_lease_s_release_is_announced(redis: &impl Backend) {
     let a = store_on(&redis.url());

@@ -114,6 +114,10 @@ const DRIFT_PPM: u64 = 200;
 /// of a second) and the stash dates by the instance's clock and its margin instead.
 pub(crate) const MAX_ERROR: Duration = Duration::from_millis(50);
 
+/// What [`commit_wait`](super::Stash::commit_wait) waits past twice the error bound: room for
+/// another instance's bound to be up to half of it wider (loopback bounds are tens of µs).
+pub(crate) const COMMIT_SLACK: Duration = Duration::from_micros(250);
+
 impl StoreClock {
     pub(crate) fn new() -> Self {
         Self {
@@ -230,9 +234,10 @@ impl super::Stash {
     }
 
     /// Waits until the store's time is surely past `at` (a [`stamp`](Self::stamp) of the
-    /// store's time), by twice the bound on its error besides: then an invalidation made
-    /// after the caller returns, on any instance, is dated after `at`, and a fill that begins
-    /// then, on an instance whose bound is no wider than this one's, is dated after it too
+    /// store's time), by twice the bound on its error and [`COMMIT_SLACK`] besides: then an
+    /// invalidation made after the caller returns, on any instance, is dated after `at`, and a
+    /// fill that begins then, on an instance whose bound is at most half the slack wider than
+    /// this one's (each instance samples the store's clock itself), is dated after it too
     /// (stored at once). A millisecond or two; bounded by [`MAX_ERROR`] twice.
     pub(crate) async fn commit_wait(&self, at: SystemTime, store_time: bool) {
         if !store_time {
@@ -241,7 +246,7 @@ impl super::Stash {
         let deadline = Instant::now() + 2 * MAX_ERROR;
         while let Some((now, error)) = self.store_time() {
             let earliest = now.checked_sub(error).unwrap_or(now);
-            let Ok(left) = (at + 2 * error).duration_since(earliest) else {
+            let Ok(left) = (at + 2 * error + COMMIT_SLACK).duration_since(earliest) else {
                 return;
             };
             if Instant::now() >= deadline {

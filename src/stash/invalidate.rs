@@ -162,24 +162,31 @@ impl Stash {
             return;
         };
         let deadline = std::time::Instant::now() + ACK_WAIT;
-        let mut pause = Duration::from_micros(200);
-        loop {
-            match bus.acknowledgements(id.into()).await {
-                Ok(n) if n >= sent => return,
-                Ok(_) => {}
-                Err(_) => return,
+        // Told by the bus where it can (Redis: the subscribers publish their counts), and
+        // asked now and then meanwhile (a publisher without a subscription of its own, a
+        // count published while it was not listening).
+        let pushed = bus.pushed_acknowledgements(id.into(), sent);
+        let asked = async {
+            let mut pause = Duration::from_micros(200);
+            loop {
+                match bus.acknowledgements(id.into()).await {
+                    Ok(n) if n >= sent => return,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+                if std::time::Instant::now() + pause > deadline {
+                    tracing::debug!(
+                        id,
+                        sent,
+                        "not every instance acknowledged the invalidation in time"
+                    );
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(2));
             }
-            if std::time::Instant::now() + pause > deadline {
-                tracing::debug!(
-                    id,
-                    sent,
-                    "not every instance acknowledged the invalidation in time"
-                );
-                return;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(2));
-        }
+        };
+        crate::concurrently::first(pushed, asked).await;
     }
 
     /// Queues invalidations to retry, each once. Past [`PENDING_MAX`] the oldest are

@@ -6,7 +6,8 @@
 //!
 //! - `k`: a stored key, its namespace and its family tag (the key's variants).
 //! - `t`: a namespace and a tag.
-//! - `r`: a lease released (its key): a signal for the instances waiting for it.
+//! - `a`: an acknowledgement (a message id and how many instances applied it so far), and
+//!   `r`: a lease released (its key): signals for the instances waiting on them.
 
 use super::MemoryStore;
 use super::StoreFuture;
@@ -59,6 +60,15 @@ pub trait Bus: Send + Sync {
     fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
         let _ = id;
         Box::pin(std::future::ready(Ok(0)))
+    }
+
+    /// Resolves once `sent` instances are known to have applied the message `id`, told by
+    /// the bus itself (a push), with how many had; the publisher asks
+    /// [`acknowledgements`](Self::acknowledgements) meanwhile, and stops waiting at its
+    /// deadline. The default never resolves: acknowledgements are only asked for.
+    fn pushed_acknowledgements(&self, id: Arc<str>, sent: u64) -> StoreFuture<u64> {
+        let _ = (id, sent);
+        Box::pin(std::future::pending())
     }
 }
 
@@ -124,8 +134,8 @@ pub(crate) enum BusWhat {
     },
     /// `t`: a namespace and a tag.
     Tag { ns: String, tag: String },
-    /// `r`, a lease released (for the instances waiting for it): applied to no tier, never
-    /// acknowledged.
+    /// `a`, an acknowledgement of another message (for its publisher), or `r`, a lease
+    /// released (for the instances waiting for it): applied to no tier, never acknowledged.
     Signal,
     /// Another kind, or the wrong number of fields: ignored, but acknowledged.
     Unknown,
@@ -156,7 +166,7 @@ pub(crate) fn parse_bus_message(message: &[u8]) -> Option<BusMessage> {
             family: std::mem::take(family),
         },
         // For the instances waiting on them: never acknowledged.
-        ("r", _) => BusWhat::Signal,
+        ("a" | "r", _) => BusWhat::Signal,
         ("t", [ns, tag]) => BusWhat::Tag {
             ns: std::mem::take(ns),
             tag: std::mem::take(tag),

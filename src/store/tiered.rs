@@ -393,7 +393,12 @@ mod tests {
         use super::super::bus::apply_to_l1;
         let l1 = MemoryStore::default();
         let event = |m: &str| BusEvent::Message(bytes::Bytes::copy_from_slice(m.as_bytes()));
-        // A lease released: a signal for the instances waiting for it, never acknowledged.
+        // An acknowledgement and a lease released: signals; acknowledging them would go
+        // round for ever.
+        assert_eq!(
+            apply_to_l1(&l1, event("a\t0\t0\t00000000000000a1\t2")),
+            None
+        );
         assert_eq!(apply_to_l1(&l1, event("r\t0\t0\t-\tns:v1:k")), None);
         // A kind this version does not know is acknowledged (its publisher waits).
         assert_eq!(

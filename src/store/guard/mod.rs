@@ -547,6 +547,13 @@ impl<S: Store> Bus for Guarded<S> {
         })
     }
 
+    fn pushed_acknowledgements(&self, id: Arc<str>, sent: u64) -> StoreFuture<u64> {
+        match self.inner.bus() {
+            Some(bus) => bus.pushed_acknowledgements(id, sent),
+            None => Box::pin(std::future::pending()),
+        }
+    }
+
     fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {
         self.guard_whole("acknowledgements", |s| {
             s.bus()

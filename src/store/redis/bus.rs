@@ -1,6 +1,7 @@
 //! The bus of a [`RedisStore`]: pub/sub on one channel, a subscriber that notices when it goes
-//! silent, acknowledgements counted in Redis, and leases' releases announced to the
-//! instances waiting for them (`r` messages, which the subscriber keeps from the memory tier).
+//! silent, acknowledgements counted in Redis and pushed to the publisher on the same channel
+//! (`a` messages), and leases' releases announced to the instances waiting for them (`r`
+//! messages); the subscriber keeps both from the memory tier.
 
 use super::oom;
 use super::scripts::{ack_key, ACK, BUS};
@@ -8,9 +9,97 @@ use super::RedisStore;
 use crate::store::{Bus, BusEvent, StoreError, StoreFuture};
 use bytes::Bytes;
 use redis::{RedisError, Value};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+/// How many acknowledgements of messages nobody waits on (yet) are remembered: one may be
+/// heard before its publisher starts waiting.
+const ACKS_REMEMBERED: usize = 256;
+
+/// The acknowledgements heard on the bus (`a\t0\t0\t<id>\t<count>`), and the invalidations
+/// of this instance waiting on theirs.
+#[derive(Default)]
+pub(super) struct AckBoard {
+    state: Mutex<AckState>,
+}
+
+#[derive(Default)]
+struct AckState {
+    waiting: HashMap<Arc<str>, tokio::sync::watch::Sender<u64>>,
+    /// Counts heard for messages nobody waited on, the oldest first.
+    heard: VecDeque<(Arc<str>, u64)>,
+}
+
+/// The start of the acknowledgement of message `id`, which the count follows.
+fn ack_prefix(id: &str) -> String {
+    format!("a\t0\t0\t{id}\t")
+}
+
+impl AckBoard {
+    fn state(&self) -> std::sync::MutexGuard<'_, AckState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads an acknowledgement message; false when `payload` is not one.
+    fn heard(&self, payload: &[u8]) -> bool {
+        let Some(rest) = payload.strip_prefix(b"a\t0\t0\t") else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(rest);
+        let Some((id, count)) = text.rsplit_once('\t') else {
+            return true;
+        };
+        let Ok(count) = count.parse::<u64>() else {
+            return true;
+        };
+        let mut state = self.state();
+        if let Some(tx) = state.waiting.get(id) {
+            tx.send_if_modified(|n| {
+                let more = count > *n;
+                *n = (*n).max(count);
+                more
+            });
+        } else if let Some(seen) = state.heard.iter_mut().find(|(i, _)| &**i == id) {
+            seen.1 = seen.1.max(count);
+        } else {
+            if state.heard.len() >= ACKS_REMEMBERED {
+                state.heard.pop_front();
+            }
+            state.heard.push_back((id.into(), count));
+        }
+        true
+    }
+
+    /// Resolves once `sent` acknowledgements of `id` are heard (never, if they are not).
+    async fn wait(self: Arc<Self>, id: Arc<str>, sent: u64) -> u64 {
+        let mut rx = {
+            let mut state = self.state();
+            let so_far = state
+                .heard
+                .iter()
+                .find(|(i, _)| *i == id)
+                .map_or(0, |(_, n)| *n);
+            let (tx, rx) = tokio::sync::watch::channel(so_far);
+            state.waiting.insert(id.clone(), tx);
+            rx
+        };
+        /// Unregistered however this ends (answered, or dropped at the caller's deadline).
+        struct Waiting(Arc<AckBoard>, Arc<str>);
+        impl Drop for Waiting {
+            fn drop(&mut self) {
+                self.0.state().waiting.remove(&self.1);
+            }
+        }
+        let _waiting = Waiting(self.clone(), id);
+        let heard = rx.wait_for(|n| *n >= sent).await.map(|n| *n);
+        match heard {
+            Ok(n) => n,
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
 
 /// The subscriber connection is PINGed this often...
 const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(1);
@@ -93,6 +182,7 @@ impl Bus for RedisStore {
         let clients = self.clients.clone();
         let connect_timeout = self.connect_timeout;
         let live = self.bus_live.clone();
+        let acks = self.acks.clone();
         let releases = self.releases.clone();
         rt.spawn(async move {
             use futures_util::StreamExt;
@@ -149,8 +239,10 @@ impl Bus for RedisStore {
                             tokio::select! {
                                 msg = messages.next() => {
                                     let Some(msg) = msg else { break Ended::Dropped };
-                                    // Releases are for the waiters, not the tier.
-                                    if releases.heard(msg.get_payload_bytes()) {
+                                    // Acknowledgements are for the publisher, releases for
+                                    // the waiters: not for the tier.
+                                    let payload = msg.get_payload_bytes();
+                                    if acks.heard(payload) || releases.heard(payload) {
                                         continue;
                                     }
                                     let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
@@ -203,14 +295,20 @@ impl Bus for RedisStore {
         self.bus_live.load(Ordering::Acquire)
     }
 
-    /// `INCR` of the message's acknowledgement counter (kept 10 s).
+    /// `INCR` of the message's acknowledgement counter (kept 10 s), and the count published
+    /// on the bus for the publisher, in one script.
     fn acknowledge(&self, id: Arc<str>) -> StoreFuture<()> {
         let this = self.clone();
         Box::pin(async move {
             // One script: the counter never lives without its expiry.
             let ack = |script: &str| {
                 let mut cmd = redis::cmd("EVAL");
-                cmd.arg(script).arg(1).arg(ack_key(&id)).arg(10_000);
+                cmd.arg(script)
+                    .arg(1)
+                    .arg(ack_key(&id))
+                    .arg(10_000)
+                    .arg(BUS)
+                    .arg(ack_prefix(&id));
                 cmd
             };
             match this.query(&ack(ACK)).await? {
@@ -221,6 +319,12 @@ impl Bus for RedisStore {
                     .map_err(|e| StoreError::new(format!("redis: {e}"))),
             }
         })
+    }
+
+    /// Heard on this instance's subscription (none without one: the publisher polls).
+    fn pushed_acknowledgements(&self, id: Arc<str>, sent: u64) -> StoreFuture<u64> {
+        let acks = self.acks.clone();
+        Box::pin(async move { Ok(acks.wait(id, sent).await) })
     }
 
     fn acknowledgements(&self, id: Arc<str>) -> StoreFuture<u64> {

@@ -117,6 +117,8 @@ pub struct RedisStore {
     clients: Arc<Vec<connect::Target>>,
     /// Whether the pub/sub subscription is up (and the memory tier flushed after a gap).
     bus_live: Arc<std::sync::atomic::AtomicBool>,
+    /// The acknowledgements heard on the bus, for the invalidations this instance waits on.
+    acks: Arc<bus::AckBoard>,
     /// The leases this instance waits for, told of their release on the bus.
     releases: Arc<leases::ReleaseBoard>,
     connect_timeout: Duration,

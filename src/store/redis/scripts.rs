@@ -137,9 +137,12 @@ pub(super) const WRITE_END: &str = "redis.call('ZREM', KEYS[1], ARGV[1]) \
 pub(super) fn ack_key(id: &str) -> String {
     format!("tower-stash:ack:{id}")
 }
-/// Counts an acknowledgement in `KEYS[1]`, kept `ARGV[1]` ms.
-pub(super) const ACK: &str =
-    "redis.call('INCR', KEYS[1]) redis.call('PEXPIRE', KEYS[1], ARGV[1]) return 1";
+/// Counts an acknowledgement in `KEYS[1]`, kept `ARGV[1]` ms, and tells the publisher on the
+/// channel `ARGV[2]`: `ARGV[3]` followed by the count (a refused publish changes nothing:
+/// the publisher reads the counter too).
+pub(super) const ACK: &str = "local n = redis.call('INCR', KEYS[1]) \
+    redis.call('PEXPIRE', KEYS[1], ARGV[1]) \
+    redis.pcall('PUBLISH', ARGV[2], ARGV[3] .. n) return 1";
 /// The channel invalidations are published on.
 pub(super) const BUS: &str = "tower-stash:bus";
 /// The index of the entries of namespace `ns` tagged `tag`: `{ns}:t:{tag, escaped}` (entry
