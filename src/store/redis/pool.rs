@@ -32,7 +32,9 @@ pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
 /// connection (any answer, even an error, resets the count).
 pub(super) const RETIRE_AFTER_TIMEOUTS: u32 = 3;
 
-/// `base` with TCP keepalive (see [`KEEPALIVE_IDLE`]).
+/// `base` with TCP keepalive (see [`KEEPALIVE_IDLE`]) and without Nagle's algorithm (the
+/// redis crate leaves it on: a command written in two parts, an EVAL's script text, could
+/// then wait for the server's delayed ACK, 40 ms).
 pub(super) fn with_keepalive(base: &TcpSettings) -> TcpSettings {
     let keepalive = TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
     #[cfg(any(
@@ -46,7 +48,7 @@ pub(super) fn with_keepalive(base: &TcpSettings) -> TcpSettings {
     let keepalive = keepalive
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_PROBES);
-    let settings = base.clone().set_keepalive(keepalive);
+    let settings = base.clone().set_keepalive(keepalive).set_nodelay(true);
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
     let settings =
         settings.set_user_timeout(KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES);
