@@ -2285,6 +2285,49 @@ async fn a_waited_on_lease_s_release_is_announced(redis: &impl Backend) {
     assert!(b.try_lease(key.clone(), "t2".into(), ttl).await.unwrap());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_fill_is_one_round_trip_on_one_server() {
+    let redis = blocking(RedisServer::start);
+    let store = store_on(&redis.url());
+    let hour = Duration::from_secs(3600);
+    let fill = |key: &str, began: SystemTime| {
+        let entry = Entry::new(key, StatusCode::OK, Default::default(), "body".into())
+            .with_times(began, hour)
+            .with_tags(vec!["a".into(), "b".into()]);
+        store.put(key.into(), Arc::new(entry), hour)
+    };
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    fill("t:v1:one", SystemTime::now()).await.unwrap();
+    // One script: both tag indexes and the entry.
+    assert_eq!(command_calls(&redis, "eval"), 1);
+    assert_eq!(command_calls(&redis, "set"), 1);
+    assert_eq!(redis.cli(&["EXISTS", "t:v1:one"]), "1");
+    for tag in ["t:t:a", "t:t:b"] {
+        assert_ne!(redis.cli(&["ZSCORE", tag, "t:v1:one"]), "", "{tag}");
+    }
+    // A tag invalidated after a fill's request began: the fill is refused in the same round
+    // trip (its key is indexed all the same, for the next invalidation).
+    let began = SystemTime::now();
+    store
+        .invalidate_tag(
+            "t".into(),
+            "b".into(),
+            began + Duration::from_millis(5),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    fill("t:v1:two", began).await.unwrap();
+    assert_eq!(command_calls(&redis, "eval"), 1);
+    assert_eq!(redis.cli(&["EXISTS", "t:v1:two"]), "0");
+    // Began after it: stored.
+    fill("t:v1:three", began + Duration::from_millis(6))
+        .await
+        .unwrap();
+    assert_eq!(redis.cli(&["EXISTS", "t:v1:three"]), "1");
+}
+
 both!(propagation_from_a_to_b);
 async fn propagation_from_a_to_b(redis: &impl Backend) {
     let db = UserDb::default();

@@ -330,6 +330,12 @@ impl Store for RedisStore {
         let this = self.clone();
         Box::pin(async move {
             let value = entry.encode();
+            if !entry.tags().is_empty() && !this.is_cluster() {
+                // One round trip on one server: the tag indexes, their epochs and the fill.
+                return this
+                    .put_tagged(&key, &entry, &value, set_millis, millis)
+                    .await;
+            }
             if this
                 .add_to_tags(&key, &entry, entry.stored_at(), millis)
                 .await?

@@ -89,6 +89,30 @@ pub(super) const TAG_ADD: &str = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) 
     redis.call('PEXPIRE', KEYS[1], ARGV[4]) end \
     local e = redis.call('ZSCORE', KEYS[1], '!epoch') \
     if e then return tonumber(e) - 1e15 end return 0";
+/// A tagged fill in one round trip (one server: the keys' slots differ): adds `ARGV[5]` (the
+/// entry's key) to each tag index `KEYS[2..]` as [`TAG_ADD`] does (`ARGV[4]` its score,
+/// `ARGV[6]` now, `ARGV[7]` the index's least life); if one of the tags was invalidated after
+/// `ARGV[8]` (when the fill's request began, in ms), returns -1 and stores nothing; else stores
+/// `ARGV[1]` under `KEYS[1]` for `ARGV[2]` ms as [`SET_UNLESS_NEWER`] does (1, or 0 when a
+/// newer entry or a tombstone is there).
+pub(super) fn tagged_set() -> &'static str {
+    static SCRIPT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        let tags = "local invalidated = false \
+            for i = 2, #KEYS do \
+            redis.call('ZADD', KEYS[i], ARGV[4], ARGV[5]) \
+            redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[6]) \
+            if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[7]) then \
+            redis.call('PEXPIRE', KEYS[i], ARGV[7]) end \
+            local e = redis.call('ZSCORE', KEYS[i], '!epoch') \
+            if e and tonumber(e) - 1e15 > tonumber(ARGV[8]) then invalidated = true end \
+            end \
+            if invalidated then return -1 end ";
+        // The fill itself: `SET_UNLESS_NEWER` without a last writer (`KEYS[2]` is a tag here).
+        let set = SET_UNLESS_NEWER.replacen("#KEYS > 1", "false", 1);
+        format!("{tags}{set}")
+    })
+}
 /// Sets the epoch of the tag index `KEYS[1]` to `ARGV[1]` ms (never backwards) and keeps the
 /// index at least `ARGV[2]` ms. The epoch is the member `!epoch`, scored 10^15 above its time:
 /// above every entry's score, so trimming and reading the live members never touch it.

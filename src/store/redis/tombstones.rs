@@ -3,8 +3,8 @@
 
 use super::oom;
 use super::scripts::{
-    last_writer_key, millis_at, ms, namespace, tag_key, SET_UNLESS_NEWER, TAG_ADD, TAG_EPOCH,
-    TAG_REMOVE,
+    last_writer_key, millis_at, ms, namespace, tag_key, tagged_set, SET_UNLESS_NEWER, TAG_ADD,
+    TAG_EPOCH, TAG_REMOVE,
 };
 use super::RedisStore;
 use crate::store::guard::step_done;
@@ -117,6 +117,54 @@ impl RedisStore {
             }
         }
         Ok(invalidated)
+    }
+
+    /// A tagged fill on one server, in one round trip (see [`tagged_set`]): the tag indexes
+    /// first, the fill only if none of its tags was invalidated after its request began, and
+    /// not over a newer entry or a tombstone.
+    pub(super) async fn put_tagged(
+        &self,
+        key: &str,
+        entry: &Entry,
+        value: &[u8],
+        set_millis: u64,
+        millis: u64,
+    ) -> Result<(), StoreError> {
+        let now = millis_at(SystemTime::now());
+        let ns = namespace(key);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(tagged_set()).arg(1 + entry.tags().len()).arg(key);
+        for tag in entry.tags() {
+            cmd.arg(tag_key(ns, tag));
+        }
+        cmd.arg(value)
+            .arg(set_millis)
+            .arg("0")
+            .arg(now.saturating_add(millis))
+            .arg(key)
+            .arg(now)
+            .arg(millis)
+            // Epochs are rounded up to the millisecond, this down: the same millisecond
+            // began after the invalidation.
+            .arg(millis_at(entry.stored_at()));
+        match self.query(&cmd).await? {
+            Ok(Value::Int(1)) => {
+                self.memory.accepted();
+                Ok(())
+            }
+            Ok(Value::Int(-1)) => {
+                tracing::debug!(%key, "a tag of this fill was invalidated after its request began: not stored");
+                Ok(())
+            }
+            Ok(Value::Int(_)) => {
+                tracing::debug!(%key, "a newer entry or an invalidation is stored: this fill is dropped");
+                Ok(())
+            }
+            Ok(other) => Err(StoreError::new(format!(
+                "redis: unexpected reply to a fill: {other:?}"
+            ))),
+            Err(e) => Err(self.refusal(&e)),
+        }
     }
 }
 
