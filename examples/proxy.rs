@@ -332,7 +332,7 @@ impl Conn {
     }
 
     fn shared(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.shared)
     }
 }
 
@@ -384,6 +384,11 @@ impl AsyncWrite for Conn {
     }
 }
 
+/// The connection's shared write side, even after a panic elsewhere held it.
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Sends interim answers to the client of one HTTP/1.1 request, until it is answered.
 #[derive(Clone)]
 pub struct Interim {
@@ -393,7 +398,7 @@ pub struct Interim {
 
 impl Interim {
     fn open(shared: &Arc<Mutex<Shared>>) -> Self {
-        let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = lock(shared);
         guard.next += 1;
         guard.open = guard.next;
         Self {
@@ -403,7 +408,7 @@ impl Interim {
     }
 
     fn close(&self) {
-        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shared = lock(&self.shared);
         if shared.open == self.id {
             shared.open = 0;
         }
@@ -411,7 +416,7 @@ impl Interim {
 
     /// Queues `res` for the client (ahead of the final answer) and writes it out.
     fn send(&self, status: StatusCode, headers: &http::HeaderMap) {
-        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shared = lock(&self.shared);
         if shared.open != self.id {
             return;
         }
@@ -438,7 +443,7 @@ impl Interim {
         // it, hyper writes these first, and this task ends at its deadline.)
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let out = std::future::poll_fn(move |cx| {
-                let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
+                let mut shared = lock(&shared);
                 shared.poll_pending(cx)
             });
             rt.spawn(tokio::time::timeout(UPSTREAM_TIMEOUT, out));

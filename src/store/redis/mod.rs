@@ -349,20 +349,8 @@ impl Store for RedisStore {
                 .arg(&*key)
                 .arg(&value[..])
                 .arg(set_millis);
-            match this.query(&cmd).await? {
-                Ok(Value::Int(1)) => {
-                    this.memory.accepted();
-                    Ok(())
-                }
-                Ok(Value::Int(_)) => {
-                    tracing::debug!(%key, "a newer entry or an invalidation is stored: this fill is dropped");
-                    Ok(())
-                }
-                Ok(other) => Err(StoreError::new(format!(
-                    "redis: unexpected reply to a fill: {other:?}"
-                ))),
-                Err(e) => Err(this.refusal(&e)),
-            }
+            let reply = this.query(&cmd).await?;
+            this.filled(&key, reply)
         })
     }
 

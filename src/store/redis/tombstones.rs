@@ -147,7 +147,19 @@ impl RedisStore {
             // Epochs are rounded up to the millisecond, this down: the same millisecond
             // began after the invalidation.
             .arg(millis_at(entry.stored_at()));
-        match self.query(&cmd).await? {
+        let reply = self.query(&cmd).await?;
+        self.filled(key, reply)
+    }
+
+    /// Reads a fill script's reply ([`SET_UNLESS_NEWER`]'s, or [`tagged_set`]'s): 1 stored,
+    /// -1 refused for a tag invalidated after the fill's request began, 0 refused for a newer
+    /// entry or a tombstone; Redis's error is a refusal (out of memory pauses fills).
+    pub(super) fn filled(
+        &self,
+        key: &str,
+        reply: Result<Value, redis::RedisError>,
+    ) -> Result<(), StoreError> {
+        match reply {
             Ok(Value::Int(1)) => {
                 self.memory.accepted();
                 Ok(())
