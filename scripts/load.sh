@@ -33,27 +33,21 @@ curl -sfi http://127.0.0.1:3102/users/1 | grep -qi '^cache-status: tower-stash; 
 cmp <(curl -sf http://127.0.0.1:3100/users/1) <(curl -sf http://127.0.0.1:3101/users/1)
 
 run() { taskset -c 0 wrk -t1 -c64 -d"${secs}s" "http://127.0.0.1:$1/users/1" | awk '/Requests\/sec/ {print $2}'; }
-total_c=0; total_b=0; ratios=()
-for r in $(seq "$rounds"); do
-  if [ $((r % 2)) -eq 1 ]; then b=$(run 3101); c=$(run 3100); else c=$(run 3100); b=$(run 3101); fi
-  ratio=$(echo "scale=3; $c / $b" | bc)
-  ratios+=("$ratio")
-  echo "round $r: baseline ${b} req/s, cached ${c} req/s, ratio $ratio"
-  total_b=$(echo "$total_b + $b" | bc); total_c=$(echo "$total_c + $c" | bc)
-done
-# The median of the rounds' ratios resists the machine's swings (other tenants) better than
+# Runs `name` on `port` against the baseline, alternating which goes first, round by round;
+# the median of the rounds' ratios resists the machine's swings (other tenants) better than
 # the ratio of the totals.
-median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}')
-echo "overall: cached/baseline = $(echo "scale=3; $total_c / $total_b" | bc) (totals), $median (median of rounds)"
-
+compare() {
+  local name=$1 port=$2 total_x=0 total_b=0 ratios=() r b x ratio median
+  for r in $(seq "$rounds"); do
+    if [ $((r % 2)) -eq 1 ]; then b=$(run 3101); x=$(run "$port"); else x=$(run "$port"); b=$(run 3101); fi
+    ratio=$(echo "scale=3; $x / $b" | bc)
+    ratios+=("$ratio")
+    echo "round $r: baseline ${b} req/s, $name ${x} req/s, ratio $ratio"
+    total_b=$(echo "$total_b + $b" | bc); total_x=$(echo "$total_x + $x" | bc)
+  done
+  median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}')
+  echo "overall: $name/baseline = $(echo "scale=3; $total_x / $total_b" | bc) (totals), $median (median of rounds)"
+}
+compare cached 3100
 # The proxy (HTTP mode hits) against the bare baseline, the same way.
-total_p=0; total_b=0; ratios=()
-for r in $(seq "$rounds"); do
-  if [ $((r % 2)) -eq 1 ]; then b=$(run 3101); p=$(run 3102); else p=$(run 3102); b=$(run 3101); fi
-  ratio=$(echo "scale=3; $p / $b" | bc)
-  ratios+=("$ratio")
-  echo "round $r: baseline ${b} req/s, proxy (HTTP mode) ${p} req/s, ratio $ratio"
-  total_b=$(echo "$total_b + $b" | bc); total_p=$(echo "$total_p + $p" | bc)
-done
-median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}')
-echo "overall: proxy/baseline = $(echo "scale=3; $total_p / $total_b" | bc) (totals), $median (median of rounds)"
+compare "proxy (HTTP mode)" 3102
