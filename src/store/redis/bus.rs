@@ -307,7 +307,11 @@ impl Bus for RedisStore {
                     .arg(1)
                     .arg(ack_key(&id))
                     .arg(10_000)
-                    .arg(BUS)
+                    // On a cluster the count is only asked for: a publish crosses the
+                    // cluster bus to every node (tens of ms there, measured), and one per
+                    // instance per invalidation crowded it enough that failovers under load
+                    // came late.
+                    .arg(if this.is_cluster() { "" } else { BUS })
                     .arg(ack_prefix(&id));
                 cmd
             };

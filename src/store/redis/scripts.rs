@@ -162,11 +162,11 @@ pub(super) fn ack_key(id: &str) -> String {
     format!("tower-stash:ack:{id}")
 }
 /// Counts an acknowledgement in `KEYS[1]`, kept `ARGV[1]` ms, and tells the publisher on the
-/// channel `ARGV[2]`: `ARGV[3]` followed by the count (a refused publish changes nothing:
-/// the publisher reads the counter too).
+/// channel `ARGV[2]` (none when empty): `ARGV[3]` followed by the count (a refused publish
+/// changes nothing: the publisher reads the counter too).
 pub(super) const ACK: &str = "local n = redis.call('INCR', KEYS[1]) \
     redis.call('PEXPIRE', KEYS[1], ARGV[1]) \
-    redis.pcall('PUBLISH', ARGV[2], ARGV[3] .. n) return 1";
+    if ARGV[2] ~= '' then redis.pcall('PUBLISH', ARGV[2], ARGV[3] .. n) end return 1";
 /// The channel invalidations are published on.
 pub(super) const BUS: &str = "tower-stash:bus";
 /// The index of the entries of namespace `ns` tagged `tag`: `{ns}:t:{tag, escaped}` (entry
