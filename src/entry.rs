@@ -30,8 +30,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use std::any::Any;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The first bytes of every encoded entry.
@@ -67,6 +69,25 @@ pub struct Entry {
     touched: Touched,
     /// When the shared store last heard of a use (sliding expiry), ms since the epoch.
     extended: Touched,
+    /// The body decoded by a typed-values handle, kept with the entry in memory.
+    decoded: Decoded,
+}
+
+/// A typed value decoded from an entry's body, with the version of the type it was read
+/// as: not part of the encoding nor of equality, and not cloned (a clone may be changed).
+#[derive(Default)]
+struct Decoded(OnceLock<(u32, Arc<dyn Any + Send + Sync>)>);
+
+impl Clone for Decoded {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Decoded {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// When a sliding entry was last used (ms since the epoch): not part of the encoding, and not
@@ -131,6 +152,7 @@ impl Entry {
             sliding: None,
             touched: Touched(AtomicU64::new(millis(now))),
             extended: Touched(AtomicU64::new(millis(now))),
+            decoded: Decoded::default(),
         }
     }
 
@@ -186,6 +208,19 @@ impl Entry {
     /// The idle time after which a sliding entry expires, if its expiry slides.
     pub fn sliding(&self) -> Option<Duration> {
         self.sliding
+    }
+
+    /// The value a typed-values handle decoded from the body as `D` at `version`, if one did.
+    pub(crate) fn decoded<D: Any + Send + Sync>(&self, version: u32) -> Option<&D> {
+        match self.decoded.0.get() {
+            Some((v, value)) if *v == version => value.downcast_ref(),
+            _ => None,
+        }
+    }
+
+    /// Keeps `value`, the body decoded at `version`, with the entry: the first one kept stays.
+    pub(crate) fn keep_decoded(&self, version: u32, value: Arc<dyn Any + Send + Sync>) {
+        let _ = self.decoded.0.set((version, value));
     }
 
     /// Records a use at `now` (sliding expiry), and returns the previous one.
@@ -427,6 +462,7 @@ impl Entry {
             // was just extended, if read with `get_sliding`).
             touched: Touched(AtomicU64::new(read_at)),
             extended: Touched(AtomicU64::new(read_at)),
+            decoded: Decoded::default(),
         })
     }
 }

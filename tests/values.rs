@@ -371,3 +371,65 @@ async fn a_stale_value_is_answered_on_both_instances_while_one_refreshes_it() {
         .unwrap();
     assert_eq!((read.name.as_str(), db.queries()), ("user 1 #2", 2));
 }
+
+/// A fetch of user `id` owning what it uses, for `get_or_fetch_detached`.
+fn owned(
+    db: &Db,
+    id: u32,
+) -> impl FnOnce()
+    -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<User, DbError>> + Send>>
+       + Send
+       + 'static {
+    let db = db.clone();
+    move || Box::pin(async move { db.found(id).await })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_refresh_runs_once_across_instances_and_no_caller_waits() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new(std::time::SystemTime::now());
+    let (a, b) = two_on(&redis, clock.clone()).await;
+    let db = Db::default();
+    a.users
+        .get_or_fetch("user:1", || db.found(1))
+        .await
+        .unwrap();
+    b.users.get("user:1").await.unwrap();
+    clock.advance(HOUR);
+    // The refresh's fetch is held: every caller on both instances has the stale value.
+    db.queries.close();
+    for users in [&a.users, &b.users, &a.users, &b.users] {
+        let stale = within(
+            "a stale answer",
+            users.get_or_fetch_detached("user:1", owned(&db, 1)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(stale.name, "user 1 #1");
+    }
+    within("the refresh to begin", async {
+        while db.queries() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert_eq!(a.stash.stats().stale + b.stash.stats().stale, 4);
+    db.queries.open();
+    // Each instance comes to the new value, read from Redis: one fetch in all.
+    for users in [&a.users, &b.users] {
+        within("the refreshed value", async {
+            loop {
+                let user = users
+                    .get_or_fetch_detached("user:1", owned(&db, 1))
+                    .await
+                    .unwrap();
+                if user.name == "user 1 #2" {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+    }
+    assert_eq!(db.queries(), 2);
+}

@@ -182,8 +182,8 @@ pub(super) fn serve_fresh(
         fresh_age(entry, remaining, now),
     );
     let early = key.is_some_and(|key| {
-        touch(stash, key, entry, now);
-        refresh_early(stash, policy, entry, remaining)
+        stash.touch_sliding(key, entry, now);
+        stash.refresh_early(entry, remaining, policy.beta)
     });
     (resp, early)
 }
@@ -200,55 +200,6 @@ fn fresh_age(entry: &Entry, remaining: Duration, now: SystemTime) -> u64 {
     rounded
         .min(entry.ttl().as_secs().saturating_sub(1))
         .max(age.as_secs())
-}
-
-/// Records a hit on a sliding entry: its idle time starts again. A store shared with other
-/// instances (Redis behind the memory tier) hears of it once every eighth of the idle time
-/// while hits go on, in the background.
-fn touch(stash: &Stash, key: &str, entry: &Entry, now: SystemTime) {
-    let Some(idle) = entry.sliding() else {
-        return;
-    };
-    entry.touch(now);
-    let store = stash.store();
-    if !store.is_shared() || !entry.extend_due(now, idle / 8) {
-        return;
-    }
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        let extend = store.touch(key.into(), idle);
-        rt.spawn(async move {
-            if let Err(e) = extend.await {
-                tracing::debug!(error = %e, "extending a sliding entry in the store failed");
-            }
-        });
-    }
-}
-
-/// Whether a fresh hit should refresh the entry early (XFetch): when
-/// `now - delta * beta * ln(rand()) >= expiry`, with `delta` the entry's recompute time.
-fn refresh_early(
-    stash: &Stash,
-    policy: &CompiledPolicy,
-    entry: &Entry,
-    remaining: Duration,
-) -> bool {
-    let delta = entry.recompute_time().as_secs_f64();
-    if policy.beta <= 0.0 || delta <= 0.0 {
-        return false;
-    }
-    let remaining = remaining.as_secs_f64();
-    // The chance is exp(-remaining / (beta * delta)): below one in a million past 14 of
-    // those, so most hits skip the random number and the logarithm.
-    if remaining > 14.0 * policy.beta * delta {
-        return false;
-    }
-    xfetch(remaining, delta, policy.beta, stash.random())
-}
-
-/// XFetch's test with `remaining = expiry - now` and `r` uniform in `[0, 1)`.
-pub(crate) fn xfetch(remaining: f64, delta: f64, beta: f64, r: f64) -> bool {
-    // `1 - r` is in (0, 1]: its logarithm is finite.
-    -delta * beta * (1.0 - r).ln() >= remaining
 }
 
 /// A `Cache-Status` value: the ready-made `plain` one, or one with `ttl`, `key` and `detail`

@@ -210,7 +210,7 @@ fn xfetch_refreshes_at_the_rate_exp_minus_t_over_beta_delta() {
         (3.0, 2.0, 0.5),
     ] {
         let hits = (0..n)
-            .filter(|_| super::hit::xfetch(remaining, delta, beta, rng.f64()))
+            .filter(|_| crate::stash::xfetch(remaining, delta, beta, rng.f64()))
             .count();
         let rate = hits as f64 / n as f64;
         let expected = (-remaining / (beta * delta)).exp();

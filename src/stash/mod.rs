@@ -28,6 +28,8 @@ mod invalidate;
 mod outage;
 mod ready;
 mod refresh;
+#[cfg(test)]
+pub(crate) use refresh::xfetch;
 mod stats;
 mod status;
 #[cfg(test)]

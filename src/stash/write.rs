@@ -120,7 +120,9 @@ impl Stash {
             let Some(writes) = store.writes() else {
                 return Ok(false);
             };
-            let end = writes.end_write(stored.clone(), ticket, Some((entry.clone(), ttl)));
+            // Kept through its grace (a value's stale windows) too.
+            let kept = ttl.saturating_add(entry.grace()).min(crate::entry::MAX_TTL);
+            let end = writes.end_write(stored.clone(), ticket, Some((entry.clone(), kept)));
             if !end.await? {
                 return Ok(false);
             }

@@ -9,22 +9,34 @@
 //! - **Errors are never cached**: the fetch's error is returned as it is.
 //! - **Not found** ([`get_or_fetch_option`](Values::get_or_fetch_option) returning `None`) is
 //!   cached only when the policy gives a 404 a TTL of its own (`status_ttl(404, ..)`).
-//! - **Memory hits do no decoding**: the handle keeps the decoded `Arc<T>` of each entry it read,
-//!   used while the store still holds that same entry (checked by identity in a memory tier,
-//!   by bytes after a Redis read); Redis holds the encoded bytes.
+//! - **Memory hits do no decoding**: the memory tier keeps the decoded `Arc<T>` with the entry
+//!   it was read from (it goes when the entry goes: invalidated, expired, evicted); Redis
+//!   holds the encoded bytes, decoded once per read there.
 //! - **Codecs and versions**: [`Json`] by default, [`MessagePack`](crate::values::Codec) with the
 //!   `msgpack` feature; the codec's name and the type's version ([`Values::with_version`]) are
 //!   stored with each value: another codec or another version reads as a miss, counted in
 //!   [`Stats::unreadable`](crate::Stats::unreadable).
 //! - **Single flight**: concurrent misses of a key make one fetch in the process, and with a
 //!   shared store (Redis) one across instances (the store's lease).
-//! - **Stale-while-revalidate**: within the policy's `stale_while_revalidate` window past its
-//!   TTL, the first caller fetches the value again (and waits for it) while every other caller,
-//!   in this instance and the others sharing the store, gets the stale value at once.
+//! - **Refreshes**: within the policy's `stale_while_revalidate` window past its TTL, and
+//!   shortly before it (early refresh, XFetch, from the time the fetch took:
+//!   `early_refresh(beta)`, on by default), one caller fetches the value again while every
+//!   other caller, in this instance and the others sharing the store, gets the current value
+//!   at once. With [`get_or_fetch`](Values::get_or_fetch) that caller waits for its fetch (a
+//!   failed one answers the value it had); with
+//!   [`get_or_fetch_detached`](Values::get_or_fetch_detached) (a fetch that owns what it
+//!   uses) the fetch runs on a task of its own and no caller waits.
+//! - **Stale-if-error**: within the policy's `stale_if_error` window past its TTL, a failed
+//!   fetch answers the expired value instead of its error.
+//! - **Sliding expiry**: with `sliding(idle)` and its cap `max_lifetime(cap)` (instead of a
+//!   TTL), a value expires `idle` after its last read, and `cap` after it was stored however
+//!   often it is read; reads extend Redis's copy too. Not combined with stale serving or early
+//!   refresh, as for responses.
 //! - **Tags** from the policy, and from each value ([`Values::with_tags_from`]).
-//! - From the [`Policy`]: its TTL, tags, `ttl_jitter`, `stale_while_revalidate` and
+//! - From the [`Policy`]: its TTL, tags, `ttl_jitter`, `stale_while_revalidate`,
+//!   `stale_if_error`, `early_refresh`, `sliding` with `max_lifetime`, and
 //!   `status_ttl(404, ..)`. Its HTTP settings (keys from requests, statuses, bodies) do not
-//!   apply; neither, yet, do stale-if-error, early refresh and sliding expiry.
+//!   apply.
 //!
 //! Keys and tags are escaped as template keys are: each segment between `:` and `/` has every
 //! byte outside `A-Z a-z 0-9 - . _ ~` percent-escaped (`user:a b` is stored as `user:a%20b`,
@@ -77,7 +89,7 @@ pub use codec::{Codec, CodecError, Json};
 
 use crate::plumbing::Lease;
 use crate::{Entry, Policy, Stash};
-use flight::{Flights, Outcome, Role};
+use flight::{Flights, Leader, Outcome, Role};
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -85,31 +97,35 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The header of a value's entry naming its codec.
 const CODEC: HeaderName = HeaderName::from_static("x-stash-codec");
 /// The header of a value's entry holding its type's version.
 const VERSION: HeaderName = HeaderName::from_static("x-stash-version");
-/// How many decoded values a handle keeps by default.
-const MEMO_CAPACITY: u64 = 10_000;
 
 impl Stash {
-    /// A handle caching values of type `T` under `policy` (its TTL, tags, `ttl_jitter`,
-    /// `stale_while_revalidate`, and `status_ttl(404, ..)` for not-found), encoded as JSON:
-    /// see [`values`](crate::values).
-    /// Cheap to clone; make one per type and keep it (each keeps its decoded values).
+    /// A handle caching values of type `T` under `policy` (see [`values`](crate::values) for
+    /// the settings it takes), encoded as JSON.
+    /// Cheap to clone: clones share their flights.
     ///
     /// # Panics
     ///
-    /// When `policy` has no TTL of its own ([`Policy::new`], [`Policy::named`]).
+    /// When `policy` has no TTL of its own ([`Policy::new`], [`Policy::named`]), or slides
+    /// ([`Policy::sliding`]) without a [`max_lifetime`](Policy::max_lifetime).
     pub fn values<T>(&self, policy: Policy) -> Values<T>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        let ttl = policy
-            .ttl
-            .expect("Stash::values: the policy needs a TTL of its own (Policy::ttl)");
+        let sliding = policy.sliding;
+        let ttl = match sliding {
+            Some(_) => policy
+                .max_lifetime
+                .expect("Stash::values: a sliding policy needs its cap (Policy::max_lifetime)"),
+            None => policy
+                .ttl
+                .expect("Stash::values: the policy needs a TTL of its own (Policy::ttl)"),
+        };
         let tags = policy
             .tags
             .unwrap_or_default()
@@ -121,9 +137,17 @@ impl Stash {
             .unwrap_or_default()
             .into_iter()
             .find_map(|(status, ttl)| (status == 404).then_some(ttl));
+        // As for responses: a sliding value is neither served stale nor refreshed early.
+        let unless_sliding = |d: Option<Duration>| d.filter(|_| sliding.is_none());
         let settings = Settings {
             ttl,
-            stale: policy.stale_while_revalidate.unwrap_or_default(),
+            stale: unless_sliding(policy.stale_while_revalidate).unwrap_or_default(),
+            if_error: unless_sliding(policy.stale_if_error).unwrap_or_default(),
+            beta: match sliding {
+                Some(_) => 0.0,
+                None => policy.early_refresh.unwrap_or(1.0).max(0.0),
+            },
+            sliding,
             jitter: policy.ttl_jitter.unwrap_or_default(),
             negative,
             tags,
@@ -133,42 +157,35 @@ impl Stash {
     }
 }
 
+#[derive(Clone)]
 struct Settings {
+    /// How long a value is fresh; with sliding expiry, its cap.
     ttl: Duration,
     /// Stale-while-revalidate: how long past its TTL a value is still answered while one
     /// caller fetches it again.
     stale: Duration,
+    /// Stale-if-error: how long past its TTL a value answers for a failed fetch.
+    if_error: Duration,
+    /// Early refresh (XFetch); 0: none.
+    beta: f64,
+    sliding: Option<Duration>,
     jitter: Duration,
     negative: Option<Duration>,
     tags: Vec<String>,
     version: u32,
 }
 
-/// What a handle keeps of an entry it read: the entry, and its decoded value (`None`: a
-/// not-found).
-struct Memo<T> {
-    entry: Arc<Entry>,
-    value: Option<Arc<T>>,
-}
-
-impl<T> Clone for Memo<T> {
-    fn clone(&self) -> Self {
-        Self {
-            entry: self.entry.clone(),
-            value: self.value.clone(),
-        }
-    }
-}
+/// What the memory tier keeps with an entry a handle read: its decoded value (`None`: a
+/// not-found), for `T` read with `C`.
+struct Decoded<T, C>(Option<Arc<T>>, PhantomData<fn() -> C>);
 
 /// Values of one type cached under one policy: see [`Stash::values`]. Cheap to clone.
 pub struct Values<T, C = Json> {
     stash: Stash,
     codec: Arc<C>,
     settings: Arc<Settings>,
-    memo: moka::sync::Cache<Arc<str>, Memo<T>>,
     flights: Arc<Flights<T>>,
     tags_from: Option<TagsFrom<T>>,
-    _type: PhantomData<fn() -> T>,
 }
 
 /// Tags taken from a value: see [`Values::with_tags_from`].
@@ -180,10 +197,8 @@ impl<T, C> Clone for Values<T, C> {
             stash: self.stash.clone(),
             codec: self.codec.clone(),
             settings: self.settings.clone(),
-            memo: self.memo.clone(),
             flights: self.flights.clone(),
             tags_from: self.tags_from.clone(),
-            _type: PhantomData,
         }
     }
 }
@@ -203,8 +218,13 @@ impl<T, C: Codec> fmt::Debug for Values<T, C> {
 enum Found<T> {
     /// A fresh value, or a cached not-found.
     Value(Option<Arc<T>>),
+    /// A fresh one this read refreshes early (XFetch chose it).
+    Early(Option<Arc<T>>),
     /// One past its TTL, within the stale-while-revalidate window.
     Stale(Option<Arc<T>>),
+    /// One past its TTL, within the stale-if-error window only: a miss, answered when the
+    /// fetch fails.
+    Spare(Option<Arc<T>>),
     Miss,
 }
 
@@ -214,8 +234,20 @@ enum Leased<T> {
     Lease(Option<Lease>),
     /// What another instance fetched.
     Found(Option<Arc<T>>),
-    /// Another instance holds the lease, and the caller has a stale value to answer with.
+    /// Another instance holds the lease, and the caller has a value to answer with.
     Busy,
+}
+
+/// A fetch a caller starts and does not wait for: see [`Values::get_or_fetch_detached`].
+type Detach<T, C, F> = fn(Values<T, C>, Refresh<T>, F);
+
+/// A refresh of a value that is still answered (stale, or refreshed early).
+struct Refresh<T> {
+    key: String,
+    full: String,
+    stored: Arc<str>,
+    none_ok: bool,
+    leader: Leader<T>,
 }
 
 impl<T, C> Values<T, C>
@@ -233,19 +265,14 @@ where
             stash,
             codec,
             settings: Arc::new(settings),
-            memo: moka::sync::Cache::new(MEMO_CAPACITY),
             flights: Arc::default(),
             tags_from,
-            _type: PhantomData,
         }
     }
 
-    /// The same handle with another codec (a new handle: it shares no decoded values).
+    /// The same handle with another codec (a new handle: it shares no flights).
     pub fn with_codec<D: Codec>(self, codec: D) -> Values<T, D> {
-        let settings = Arc::try_unwrap(self.settings).unwrap_or_else(|s| Settings {
-            tags: s.tags.clone(),
-            ..*s
-        });
+        let settings = Arc::unwrap_or_clone(self.settings);
         Values::build(self.stash, Arc::new(codec), settings, self.tags_from)
     }
 
@@ -253,10 +280,7 @@ where
     /// stored with another version read as misses (counted in
     /// [`Stats::unreadable`](crate::Stats::unreadable)) and are fetched again.
     pub fn with_version(self, version: u32) -> Self {
-        let mut settings = Arc::try_unwrap(self.settings).unwrap_or_else(|s| Settings {
-            tags: s.tags.clone(),
-            ..*s
-        });
+        let mut settings = Arc::unwrap_or_clone(self.settings);
         settings.version = version;
         Self::build(self.stash, self.codec, settings, self.tags_from)
     }
@@ -272,26 +296,69 @@ where
         self
     }
 
-    /// The value under `key`, from the cache only: `None` on a miss (or a cached not-found).
+    /// The value under `key`, from the cache only: `None` on a miss (or a cached not-found,
+    /// or a value past its stale-while-revalidate window).
     pub async fn get(&self, key: impl AsRef<str>) -> Option<Arc<T>> {
-        let (full, stored) = self.keys(key.as_ref());
-        match self.lookup(&stored, &full, true).await {
-            Found::Value(v) | Found::Stale(v) => v,
-            Found::Miss => None,
+        let key = key.as_ref();
+        let found = match self.local(key) {
+            Some(found) => found,
+            None => {
+                let (full, stored) = self.keys(key);
+                self.lookup(&stored, &full, true).await
+            }
+        };
+        match found {
+            Found::Value(v) | Found::Early(v) | Found::Stale(v) => v,
+            Found::Spare(_) | Found::Miss => None,
         }
     }
 
     /// The value under `key`: from the cache, or else from `fetch`, which is then stored with
     /// the policy's TTL and tags (cache-aside). Concurrent calls for a key make one fetch (in
     /// every instance sharing a store with leases, one in all). The fetch's error is returned
-    /// and never cached; each caller that waited on a failed fetch then tries itself.
+    /// and never cached (or the expired value, within the policy's stale-if-error window);
+    /// each caller that waited on a failed fetch then tries itself.
+    ///
+    /// A refresh (stale-while-revalidate, early refresh) is made by the caller that starts
+    /// it, which waits for it: see [`get_or_fetch_detached`](Self::get_or_fetch_detached)
+    /// for refreshes no caller waits for.
     pub async fn get_or_fetch<F, Fut, E>(&self, key: impl AsRef<str>, fetch: F) -> Result<Arc<T>, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
         let fetch = || async { fetch().await.map(Some) };
-        match self.fetch_or_cached(key.as_ref(), fetch, false).await? {
+        match self
+            .fetch_or_cached(key.as_ref(), fetch, false, None)
+            .await?
+        {
+            Some(value) => Ok(value),
+            None => unreachable!("a fetch of a value always gives one"),
+        }
+    }
+
+    /// As [`get_or_fetch`](Self::get_or_fetch), for a fetch that owns what it uses (`move ||
+    /// async move { .. }` over clones): a refresh (stale-while-revalidate, early refresh) runs
+    /// on a task of its own, and every caller, the one that started it too, gets the current
+    /// value at once. A miss still waits for its fetch. Needs a tokio runtime.
+    pub async fn get_or_fetch_detached<F, Fut, E>(
+        &self,
+        key: impl AsRef<str>,
+        fetch: F,
+    ) -> Result<Arc<T>, E>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: Send + 'static,
+    {
+        let fetch = move || async move { fetch().await.map(Some) };
+        let detach: Detach<T, C, _> = |values, refresh, fetch| {
+            tokio::spawn(async move { values.refresh(refresh, fetch).await });
+        };
+        match self
+            .fetch_or_cached(key.as_ref(), fetch, false, Some(detach))
+            .await?
+        {
             Some(value) => Ok(value),
             None => unreachable!("a fetch of a value always gives one"),
         }
@@ -309,7 +376,7 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
-        self.fetch_or_cached(key.as_ref(), fetch, true).await
+        self.fetch_or_cached(key.as_ref(), fetch, true, None).await
     }
 
     async fn fetch_or_cached<F, Fut, E>(
@@ -317,54 +384,91 @@ where
         key: &str,
         fetch: F,
         none_ok: bool,
+        detach: Option<Detach<T, C, F>>,
     ) -> Result<Option<Arc<T>>, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<T>, E>>,
     {
+        let ok = |v: &Option<Arc<T>>| v.is_some() || none_ok;
+        // A fresh hit in the memory tier: no key built, no await.
+        let (mut epoch, mut landed) = (self.stash.epoch(), self.flights.landed());
+        let mut found = self.local(key);
+        if let Some(Found::Value(v)) = &found {
+            if ok(v) {
+                self.stash.counters().hit();
+                return Ok(v.clone());
+            }
+        }
         let (full, stored) = self.keys(key);
-        let accept = |found: Found<T>| match found {
-            Found::Value(v) if v.is_some() || none_ok => Some(v),
-            _ => None,
-        };
         loop {
-            let epoch = self.stash.epoch();
-            let landed = self.flights.landed();
-            let mut stale = None;
-            match self.lookup(&stored, &full, true).await {
-                Found::Value(v) if v.is_some() || none_ok => {
+            let found = match found.take() {
+                Some(found) => found,
+                None => self.lookup(&stored, &full, true).await,
+            };
+            // A value answered now while one caller refreshes it (`early`: it is fresh), and
+            // one answered only if the fetch fails.
+            let (mut current, mut spare) = (None, None);
+            match found {
+                Found::Value(v) if ok(&v) => {
                     self.stash.counters().hit();
                     return Ok(v);
                 }
-                Found::Stale(v) if v.is_some() || none_ok => stale = Some(v),
+                Found::Early(v) if ok(&v) => current = Some((v, true)),
+                Found::Stale(v) if ok(&v) => current = Some((v, false)),
+                Found::Spare(v) if ok(&v) => spare = Some(v),
                 _ => {}
             }
-            match self.flights.join(&stored, epoch) {
-                // Stale while another caller fetches: answered at once.
-                Role::Follow(_) if stale.is_some() => {
+            let answer = |(v, early): (Option<Arc<T>>, bool)| {
+                if early {
+                    self.stash.counters().hit();
+                } else {
                     self.stash.counters().stale();
-                    return Ok(stale.flatten());
                 }
+                Ok(v)
+            };
+            match self.flights.join(&stored, epoch) {
+                // Another caller refreshes it: answered at once.
+                Role::Follow(_) if current.is_some() => return current.map_or(Ok(None), answer),
                 Role::Follow(rx) => match flight::wait(rx).await {
-                    Outcome::Done(v) if v.is_some() || none_ok => {
+                    Outcome::Done(v) if ok(&v) => {
                         self.stash.counters().collapsed();
                         return Ok(v);
                     }
+                    // The fetch failed: the expired value, within stale-if-error.
+                    Outcome::Failed if spare.is_some() => {
+                        self.stash.counters().stale();
+                        return Ok(spare.flatten());
+                    }
                     // Failed, or a not-found this call does not take: look again.
-                    _ => continue,
+                    _ => {}
                 },
                 Role::Lead(leader) => {
                     // A flight landed between the lookup and the join: it may have stored
                     // the value.
-                    if self.flights.landed() != landed {
-                        if let Some(v) = accept(self.lookup(&stored, &full, false).await) {
-                            self.stash.counters().hit();
-                            leader.finish(v.clone());
-                            return Ok(v);
+                    if current.is_none() && self.flights.landed() != landed {
+                        let again = self.lookup(&stored, &full, false).await;
+                        if let Found::Value(v) | Found::Early(v) = again {
+                            if ok(&v) {
+                                self.stash.counters().hit();
+                                leader.finish(v.clone());
+                                return Ok(v);
+                            }
                         }
                     }
+                    if let (Some(detach), Some(now)) = (detach, current.clone()) {
+                        let refresh = Refresh {
+                            key: key.to_string(),
+                            full,
+                            stored,
+                            none_ok,
+                            leader,
+                        };
+                        detach(self.clone(), refresh, fetch);
+                        return answer(now);
+                    }
                     let lease = match self
-                        .lease_or_value(&stored, &full, none_ok, stale.is_some())
+                        .lease_or_value(&stored, &full, none_ok, current.is_some())
                         .await
                     {
                         Leased::Lease(lease) => lease,
@@ -374,39 +478,118 @@ where
                             leader.finish(found.clone());
                             return Ok(found);
                         }
-                        Leased::Busy => {
-                            // Another instance refreshes it.
-                            self.stash.counters().stale();
-                            return Ok(stale.flatten());
-                        }
+                        // Another instance refreshes it.
+                        Leased::Busy => return current.map_or(Ok(None), answer),
                     };
-                    self.stash.counters().miss();
-                    let started = self.stash.began();
-                    let value = fetch().await?.map(Arc::new);
-                    self.fill(key, &full, &stored, value.clone(), started).await;
-                    leader.finish(value.clone());
-                    if let Some(lease) = lease {
-                        lease.release().await;
+                    if current.is_some() {
+                        self.stash.counters().refresh();
+                    } else {
+                        self.stash.counters().miss();
                     }
-                    return Ok(value);
+                    let fetched = self
+                        .fetch_and_fill(key, &full, &stored, fetch, leader, lease)
+                        .await;
+                    return match fetched {
+                        Ok(v) => Ok(v),
+                        // The value it had, still answerable, or the expired one within
+                        // stale-if-error.
+                        Err(e) => match (current, spare) {
+                            (Some(now), _) => answer(now),
+                            (None, Some(v)) => {
+                                self.stash.counters().stale();
+                                Ok(v)
+                            }
+                            (None, None) => Err(e),
+                        },
+                    };
                 }
             }
+            epoch = self.stash.epoch();
+            landed = self.flights.landed();
+        }
+    }
+
+    /// Runs `fetch` as the key's leader, stores what it found, hands it to the waiters and
+    /// releases the lease; a failed fetch hands them nothing (they try again).
+    async fn fetch_and_fill<F, Fut, E>(
+        &self,
+        key: &str,
+        full: &str,
+        stored: &Arc<str>,
+        fetch: F,
+        leader: Leader<T>,
+        lease: Option<Lease>,
+    ) -> Result<Option<Arc<T>>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let started = self.stash.began();
+        // By the stash's clock (a test's moves only when told).
+        let clock = self.stash.now();
+        let result = fetch().await;
+        let took = self.stash.now().duration_since(clock).unwrap_or_default();
+        let value = match result {
+            Ok(v) => v.map(Arc::new),
+            Err(e) => {
+                drop(leader);
+                if let Some(lease) = lease {
+                    lease.release().await;
+                }
+                return Err(e);
+            }
+        };
+        self.fill(key, full, stored, value.clone(), started, took)
+            .await;
+        leader.finish(value.clone());
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        Ok(value)
+    }
+
+    /// A refresh no caller waits for (see [`get_or_fetch_detached`](Self::get_or_fetch_detached)):
+    /// once across instances (the lease), its failure logged and the value kept.
+    async fn refresh<F, Fut, E>(self, refresh: Refresh<T>, fetch: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let Refresh {
+            key,
+            full,
+            stored,
+            none_ok,
+            leader,
+        } = refresh;
+        let lease = match self.lease_or_value(&stored, &full, none_ok, true).await {
+            Leased::Lease(lease) => lease,
+            Leased::Found(found) => return leader.finish(found),
+            // Another instance refreshes it.
+            Leased::Busy => return,
+        };
+        self.stash.counters().refresh();
+        let fetched = self
+            .fetch_and_fill(&key, &full, &stored, fetch, leader, lease)
+            .await;
+        if fetched.is_err() {
+            tracing::debug!(key = %full, "refreshing a value failed: the value is kept");
         }
     }
 
     /// With a shared store, takes the key's lease; while another instance holds it, polls
     /// for the value it stores (every 2 ms at first, backing off to 50 ms), for at most the
     /// stash's lease TTL (a not-found is found only when `none_ok`), or at once says it is
-    /// [`Busy`](Leased::Busy) when the caller holds a `stale` value.
+    /// [`Busy`](Leased::Busy) when the caller holds a `current` value to answer with.
     async fn lease_or_value(
         &self,
         stored: &Arc<str>,
         full: &str,
         none_ok: bool,
-        stale: bool,
+        current: bool,
     ) -> Leased<T> {
         let found = |found: Found<T>| match found {
-            Found::Value(v) if v.is_some() || none_ok => Some(v),
+            Found::Value(v) | Found::Early(v) if v.is_some() || none_ok => Some(v),
             _ => None,
         };
         if !self.stash.store().is_shared() {
@@ -423,7 +606,7 @@ where
                 }
                 return Leased::Lease(Some(lease.kept()));
             }
-            if stale {
+            if current {
                 return Leased::Busy;
             }
             if Instant::now() + pause > deadline {
@@ -438,15 +621,16 @@ where
         }
     }
 
-    /// Stores what a fetch found, dated when it began: a value, or a not-found when the policy
-    /// caches them. The handle keeps the decoded value with the entry.
+    /// Stores what a fetch found, dated when it began (`started`; it took `took`): a value,
+    /// or a not-found when the policy caches them. The entry keeps the decoded value.
     async fn fill(
         &self,
         key: &str,
         full: &str,
         stored: &Arc<str>,
         value: Option<Arc<T>>,
-        started: std::time::SystemTime,
+        started: SystemTime,
+        took: Duration,
     ) {
         let (status, body, ttl) = match &value {
             Some(v) => match self.codec.encode(&**v) {
@@ -464,22 +648,28 @@ where
         let jitter = self.settings.jitter.mul_f64(self.stash.random());
         let ttl = ttl.saturating_sub(jitter).max(Duration::from_millis(1));
         let grace = if status == StatusCode::OK {
-            self.settings.stale
+            self.settings.stale.max(self.settings.if_error)
         } else {
             Duration::ZERO
         };
-        let entry = Arc::new(
-            self.entry(full.to_string(), key, status, body.into(), value.as_deref())
-                .with_times(started, ttl)
-                .with_grace(grace),
-        );
+        let entry = self
+            .entry(full.to_string(), key, status, body.into(), value.as_deref())
+            .with_times(started, ttl)
+            .with_grace(grace)
+            .with_recompute_time(took)
+            .with_sliding(self.settings.sliding);
+        let entry = Arc::new(entry);
+        self.keep_decoded(&entry, value);
         let keep = ttl.saturating_add(grace).min(crate::entry::MAX_TTL);
-        let put = self.stash.store().put(stored.clone(), entry.clone(), keep);
+        let put = self.stash.store().put(stored.clone(), entry, keep);
         let result = put.await;
-        if result.is_ok() {
-            self.memo.insert(stored.clone(), Memo { entry, value });
-        }
         self.stash.record_put(full, result);
+    }
+
+    /// Keeps `value`, decoded from `entry` (or stored in it), with the entry.
+    fn keep_decoded(&self, entry: &Entry, value: Option<Arc<T>>) {
+        let decoded: Decoded<T, C> = Decoded(value, PhantomData);
+        entry.keep_decoded(self.settings.version, Arc::new(decoded));
     }
 
     /// An entry of this handle: the codec and version in its headers, the key's family tag

@@ -8,6 +8,7 @@ use crate::{
 use http::Request;
 use http_body_util::Empty;
 use serde::{Deserialize, Serialize};
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -408,29 +409,73 @@ impl Store for Bytes {
     }
 }
 
+/// JSON that counts what it decodes.
+#[derive(Clone, Default)]
+struct Counting(Arc<AtomicUsize>);
+
+impl Codec for Counting {
+    const NAME: &'static str = "json";
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, CodecError> {
+        Json.encode(value)
+    }
+    fn decode<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Json.decode(bytes)
+    }
+}
+
 #[tokio::test]
-async fn a_value_read_again_from_a_byte_store_is_not_decoded_again() {
+async fn the_memory_tier_keeps_values_decoded_and_every_handle_shares_them() {
+    let (stash, _) = stash();
+    let db = Db::default();
+    let codec = Counting::default();
+    let users = stash
+        .values::<User>(Policy::ttl(HOUR))
+        .with_codec(codec.clone());
+    let first = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    for _ in 0..100 {
+        let hit = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &hit));
+    }
+    // Another handle of the same type and codec reads what the entry keeps.
+    let other = stash
+        .values::<User>(Policy::ttl(HOUR))
+        .with_codec(codec.clone());
+    assert!(Arc::ptr_eq(&first, &other.get("user:1").await.unwrap()));
+    assert_eq!((codec.0.load(Ordering::SeqCst), db.queries()), (0, 1));
+    // A write-through's entry keeps the value written.
+    users
+        .update("user:1", || async {
+            Ok::<_, DbError>(User {
+                id: 1,
+                name: "Ada".into(),
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(users.get("user:1").await.unwrap().name, "Ada");
+    assert_eq!(codec.0.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_value_read_from_a_byte_store_is_decoded_once_per_read() {
     let store = Arc::new(Bytes::default());
     let stash = Stash::builder()
         .store(store.clone() as Arc<dyn Store>)
         .build()
         .unwrap();
     let db = Db::default();
-    let users = stash.values::<User>(Policy::ttl(HOUR));
+    let codec = Counting::default();
+    let users = stash
+        .values::<User>(Policy::ttl(HOUR))
+        .with_codec(codec.clone());
     users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
     let read = users.get("user:1").await.unwrap();
     let again = users.get("user:1").await.unwrap();
-    assert!(Arc::ptr_eq(&read, &again));
-    // The miss, then two reads.
+    assert_eq!(*read, *again);
+    // The miss, then two reads, each decoded once.
     assert_eq!((store.1.load(Ordering::SeqCst), db.queries()), (3, 1));
-    // Another handle decodes for itself.
-    let other = stash
-        .values::<User>(Policy::ttl(HOUR))
-        .get("user:1")
-        .await
-        .unwrap();
-    assert!(!Arc::ptr_eq(&read, &other));
-    assert_eq!(*read, *other);
+    assert_eq!(codec.0.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -558,4 +603,190 @@ async fn tags_taken_from_the_value_drop_exactly_the_values_carrying_them() {
     stash.invalidate_tag("parity:1").await.unwrap();
     assert!(users.get("user:2").await.is_none());
     assert!(users.get("user:4").await.is_some());
+}
+
+#[tokio::test]
+async fn within_stale_if_error_a_failed_fetch_answers_the_expired_value() {
+    let (stash, clock) = stash();
+    let db = Db::default();
+    let minute = Duration::from_secs(60);
+    let users = stash.values::<User>(Policy::ttl(minute).stale_if_error(10 * minute));
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    clock.advance(minute);
+    // Expired: fetched again, and when that fails the expired value answers.
+    db.fail.store(true, Ordering::SeqCst);
+    let user = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!((db.queries(), user.name.as_str()), (2, "user 1 #1"));
+    assert_eq!(stash.stats().stale, 1);
+    // Not a value the cache alone answers with.
+    assert!(users.get("user:1").await.is_none());
+    // A fetch that works replaces it.
+    db.fail.store(false, Ordering::SeqCst);
+    let user = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!((db.queries(), user.name.as_str()), (3, "user 1 #3"));
+    // Past the window, the error.
+    clock.advance(11 * minute);
+    db.fail.store(true, Ordering::SeqCst);
+    let got = users.get_or_fetch("user:1", || db.found(1)).await;
+    assert_eq!(got, Err(DbError));
+}
+
+/// A fetch of user 1 that takes `took` by `clock`.
+fn slow(
+    db: &Db,
+    clock: &ManualClock,
+    took: Duration,
+) -> impl Future<Output = Result<User, DbError>> {
+    let (db, clock) = (db.clone(), clock.clone());
+    async move {
+        clock.advance(took);
+        db.found(1).await
+    }
+}
+
+#[tokio::test]
+async fn a_read_shortly_before_expiry_refreshes_early_once() {
+    let clock = ManualClock::default();
+    let stash = Stash::builder()
+        .clock(clock.clone())
+        .random_seed(7)
+        .build()
+        .unwrap();
+    let db = Db::default();
+    // The fetch takes 10 s: with beta 1, reads refresh early from 140 s before expiry on,
+    // almost surely in the last 10 ms.
+    let users = stash.values::<User>(Policy::ttl(HOUR).early_refresh(1.0));
+    let ten = Duration::from_secs(10);
+    users
+        .get_or_fetch("user:1", || slow(&db, &clock, ten))
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        users
+            .get_or_fetch("user:1", || slow(&db, &clock, ten))
+            .await
+            .unwrap();
+    }
+    assert_eq!(db.queries(), 1);
+    // 10 ms before expiry (stored when the fetch began).
+    clock.advance(HOUR - ten - Duration::from_millis(10));
+    let mut reads = 0;
+    let user = loop {
+        reads += 1;
+        assert!(reads <= 100, "no early refresh in 100 reads");
+        let user = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+        if db.queries() == 2 {
+            break user;
+        }
+        assert_eq!(user.name, "user 1 #1");
+    };
+    // The reader that refreshed waited for the new value; the refresh is counted.
+    assert_eq!(user.name, "user 1 #2");
+    assert_eq!(stash.stats().refreshes, 1);
+    for _ in 0..100 {
+        let hit = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+        assert_eq!(hit.name, "user 1 #2");
+    }
+    assert_eq!(db.queries(), 2);
+    // Off with beta 0.
+    let never = stash.values::<User>(Policy::ttl(HOUR).early_refresh(0.0));
+    never
+        .get_or_fetch("user:2", || async {
+            clock.advance(ten);
+            db.found(2).await
+        })
+        .await
+        .unwrap();
+    clock.advance(HOUR - ten - Duration::from_millis(1));
+    for _ in 0..100 {
+        never.get_or_fetch("user:2", || db.found(2)).await.unwrap();
+    }
+    assert_eq!(db.queries(), 3);
+}
+
+/// A fetch of user `id` owning what it uses, for `get_or_fetch_detached`.
+fn owned(
+    db: &Db,
+    id: u32,
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<User, DbError>> + Send>>
+       + Send
+       + 'static {
+    let db = db.clone();
+    move || Box::pin(async move { db.found(id).await })
+}
+
+#[tokio::test]
+async fn a_detached_refresh_keeps_every_caller_from_waiting() {
+    let (stash, clock) = stash();
+    let db = Db::default();
+    let minute = Duration::from_secs(60);
+    let users = stash.values::<User>(Policy::ttl(minute).stale_while_revalidate(minute));
+    users
+        .get_or_fetch_detached("user:1", owned(&db, 1))
+        .await
+        .unwrap();
+    clock.advance(minute);
+    // The refresh's fetch is held: no caller waits for it, the one that started it neither.
+    db.queries.close();
+    for _ in 0..3 {
+        let stale = within(
+            "a stale answer",
+            users.get_or_fetch_detached("user:1", owned(&db, 1)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(stale.name, "user 1 #1");
+    }
+    crate::test_util::until("the refresh to begin", || db.queries() == 2).await;
+    assert_eq!((stash.stats().stale, stash.stats().refreshes), (3, 1));
+    db.queries.open();
+    crate::test_util::until("the refresh to store", || stash.stats().stores == 2).await;
+    let fresh = users.get("user:1").await.unwrap();
+    assert_eq!((db.queries(), fresh.name.as_str()), (2, "user 1 #2"));
+    // A failed refresh keeps the stale value, and the key is refreshed again later.
+    clock.advance(minute);
+    db.fail.store(true, Ordering::SeqCst);
+    let stale = users
+        .get_or_fetch_detached("user:1", owned(&db, 1))
+        .await
+        .unwrap();
+    assert_eq!(stale.name, "user 1 #2");
+    crate::test_util::until("the failed refresh", || {
+        db.queries() == 3 && users.flights.len() == 0
+    })
+    .await;
+    db.fail.store(false, Ordering::SeqCst);
+    users
+        .get_or_fetch_detached("user:1", owned(&db, 1))
+        .await
+        .unwrap();
+    crate::test_util::until("the second refresh to store", || stash.stats().stores == 3).await;
+    assert_eq!(users.get("user:1").await.unwrap().name, "user 1 #4");
+}
+
+#[tokio::test]
+async fn a_sliding_value_lives_while_it_is_read_and_at_most_its_cap() {
+    let (stash, clock) = stash();
+    let db = Db::default();
+    let minute = Duration::from_secs(60);
+    let users = stash.values::<User>(Policy::new().sliding(10 * minute).max_lifetime(HOUR));
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    for _ in 0..5 {
+        clock.advance(9 * minute);
+        users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    }
+    assert_eq!(db.queries(), 1);
+    // Unread for longer than its idle time: gone (at 56 min).
+    clock.advance(11 * minute);
+    let user = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!((db.queries(), user.name.as_str()), (2, "user 1 #2"));
+    // Read every 9 min, it still goes at its cap (an hour after it was stored).
+    for _ in 0..6 {
+        clock.advance(9 * minute);
+        users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    }
+    assert_eq!(db.queries(), 2);
+    clock.advance(9 * minute);
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!(db.queries(), 3);
 }

@@ -1,7 +1,7 @@
 //! Write-through of values: [`Values::set`] and [`Values::update`], and the rollback of a
 //! write that fails or is dropped.
 
-use super::{value_key, Memo, Values};
+use super::{value_key, Values};
 use crate::values::Codec;
 use crate::{Entry, Stash, StoreError};
 use http::StatusCode;
@@ -42,11 +42,7 @@ where
             Ok(value) => {
                 let value = Arc::new(value);
                 if let Ok(Some(entry)) = self.write_through(key, guard, &value).await {
-                    let memo = Memo {
-                        entry,
-                        value: Some(value.clone()),
-                    };
-                    self.memo.insert(self.keys(key).1, memo);
+                    self.keep_decoded(&entry, Some(value.clone()));
                 }
                 Ok(value)
             }
@@ -75,7 +71,11 @@ where
             }
         };
         let full = format!("{}{}", self.stash.inner.prefix, write.base);
-        let entry = self.entry(full, key, StatusCode::OK, body.into(), Some(value));
+        let grace = self.settings.stale.max(self.settings.if_error);
+        let entry = self
+            .entry(full, key, StatusCode::OK, body.into(), Some(value))
+            .with_grace(grace)
+            .with_sliding(self.settings.sliding);
         self.stash
             .write_entry(&write.base, ticket, entry, self.settings.ttl)
             .await
