@@ -10,7 +10,7 @@
 //! |--------------------------------|-------------------------------------------------------|
 //! | `GET /users/{id}`              | cache-aside, 1 h, tag `users`                         |
 //! | `PUT /users/{id}`              | write-through (`?fail=1`: a failed write drops it)    |
-//! | `GET /products`, `/products/{id}` | 24 h, tagged by category and brand from the data   |
+//! | `GET /products`, `/products/{id}` | 24 h, tagged by category and brand from the data; the list built from products cached as typed values |
 //! | `PUT /products/{id}`           | invalidates the product, the list, its category's tag |
 //! | `GET /prices/{symbol}`         | 5 min, stale-while-revalidate 30 s                    |
 //! | `GET /stats/daily`             | 1 min                                                 |
@@ -39,7 +39,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::ServiceBuilder;
 use tower_stash::config::{Config, ConfigFileError};
-use tower_stash::{CacheHint, CacheLayer, InvalidateLayer, SingleFlightLayer, Stash};
+use tower_stash::{
+    CacheHint, CacheLayer, InvalidateLayer, Policy, SingleFlightLayer, Stash, Values,
+};
 
 /// A user profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,21 +118,41 @@ impl Db {
         tokio::time::sleep(self.latency).await;
         n
     }
+
+    /// One product, by one query.
+    async fn product(&self, id: u64) -> Result<Option<Product>, std::convert::Infallible> {
+        self.query().await;
+        Ok(self.products.lock().unwrap().get(&id).cloned())
+    }
+
+    /// The ids of every product, by one query.
+    async fn product_ids(&self) -> Vec<u64> {
+        self.query().await;
+        self.products.lock().unwrap().keys().copied().collect()
+    }
 }
 
 /// The demo's state: database, stash, sessions, admin token.
 pub struct Demo {
     pub db: Arc<Db>,
     pub stash: Stash,
+    /// Products as typed values (the list is built from them), tagged by category and brand
+    /// like the product routes: the same invalidations drop both.
+    products: Values<Product>,
     sessions: Mutex<HashMap<String, u64>>,
     admin_token: String,
 }
 
 impl Demo {
     pub fn new(db: Arc<Db>, stash: Stash, admin_token: impl Into<String>) -> Arc<Self> {
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let products = stash
+            .values(Policy::ttl(day).tags(["products"]))
+            .with_tags_from(|p: &Product| vec![p.category.clone(), p.brand.clone()]);
         Arc::new(Self {
             db,
             stash,
+            products,
             sessions: Mutex::default(),
             admin_token: admin_token.into(),
         })
@@ -222,13 +244,25 @@ async fn put_user(
     Json(user.clone()).into_response()
 }
 
+/// The list, built from the products cached as values: one query for the ids, and one per
+/// product not cached (a product's update drops its value, its category's tag the others').
 async fn list_products(State(demo): State<Arc<Demo>>) -> Response {
-    demo.db.query().await;
-    let products: Vec<Product> = demo.db.products.lock().unwrap().values().cloned().collect();
+    let ids = demo.db.product_ids().await;
+    let mut products = Vec::with_capacity(ids.len());
+    for id in ids {
+        let fetch = || demo.db.product(id);
+        let product = demo
+            .products
+            .get_or_fetch_option(format!("product:{id}"), fetch);
+        if let Ok(Some(product)) = product.await {
+            products.push(product);
+        }
+    }
     let mut hint = CacheHint::new().tag("products");
     for p in &products {
         hint = hint.tag(p.category.clone()).tag(p.brand.clone());
     }
+    let products: Vec<&Product> = products.iter().map(|p| &**p).collect();
     (Extension(hint), Json(products)).into_response()
 }
 
