@@ -433,3 +433,80 @@ async fn a_detached_refresh_runs_once_across_instances_and_no_caller_waits() {
     }
     assert_eq!(db.queries(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn within_stale_if_error_both_instances_answer_the_expired_value_and_then_the_new_one() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new(std::time::SystemTime::now());
+    let (a, b) = two_on(&redis, clock.clone()).await;
+    let minute = Duration::from_secs(60);
+    let policy = || Policy::ttl(minute).stale_if_error(10 * minute);
+    let (on_a, on_b) = (
+        a.stash.values::<User>(policy()),
+        b.stash.values::<User>(policy()),
+    );
+    let db = Db::default();
+    on_a.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    clock.advance(minute + Duration::from_secs(1));
+    // Expired, and the database fails: each instance tries, and answers the expired value.
+    db.fail.store(true, Ordering::SeqCst);
+    for users in [&on_b, &on_a] {
+        let user = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+        assert_eq!(user.name, "user 1 #1");
+    }
+    assert_eq!(db.queries(), 3);
+    assert_eq!(a.stash.stats().stale + b.stash.stats().stale, 2);
+    // It works again: B fetches, and A reads B's value from Redis instead of fetching.
+    db.fail.store(false, Ordering::SeqCst);
+    let user = on_b.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!(user.name, "user 1 #4");
+    let user = on_a.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!((user.name.as_str(), db.queries()), ("user 1 #4", 4));
+    // Past the window, the error on both.
+    clock.advance(11 * minute);
+    db.fail.store(true, Ordering::SeqCst);
+    for users in [&on_a, &on_b] {
+        let got = users.get_or_fetch("user:1", || db.found(1)).await;
+        assert_eq!(got, Err(DbError));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_value_read_on_one_instance_stays_in_redis_for_the_other() {
+    let redis = RedisServer::start();
+    let (a, b) = two(&redis).await;
+    let idle = Duration::from_millis(1000);
+    let policy = || {
+        Policy::new()
+            .sliding(idle)
+            .max_lifetime(Duration::from_secs(60))
+    };
+    let (on_a, on_b) = (
+        a.stash.values::<User>(policy()),
+        b.stash.values::<User>(policy()),
+    );
+    let db = Db::default();
+    let pttl = || -> i64 { redis.cli(&["PTTL", "app:v1:=user:1"]).parse().unwrap() };
+    on_a.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    // Redis keeps it for its idle time, not its cap.
+    let left = pttl();
+    assert!(left > 0 && left <= 1000, "{left}");
+    // Reads from A's memory tier, twice the idle time in all, keep Redis's copy alive.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        on_a.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    }
+    assert!(pttl() > 0, "Redis's copy expired while A read it");
+    // B reads it from Redis (and extends it).
+    let user = on_b.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!((user.name.as_str(), db.queries()), ("user 1 #1", 1));
+    // Unread: gone from Redis, and fetched again on A.
+    within("the idle value to leave Redis", async {
+        while pttl() != -2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let user = on_a.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!((user.name.as_str(), db.queries()), ("user 1 #2", 2));
+}
