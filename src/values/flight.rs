@@ -3,11 +3,25 @@
 //! A waiter map, as moka's `get_with` keeps: the leader's [`Leader`] guard removes its flight
 //! when dropped (its future cancelled, or a panic), and tells the waiters to try again, so a
 //! lost leader never strands them. A flight that began before an invalidation is never joined.
+//!
+//! Fetches that fail are not shared (an error is the caller's own), so the waiters of a failed
+//! flight queue behind a new leader. After [`MAX_FAILURES`] flights of a key failed in a row,
+//! each within [`FAILURE_MEMORY`] of the last, callers stop queueing and each fetches alone
+//! (as the single-flight layer's waiters do after three lost leaders): a burst waits for three
+//! failures at most, not one per caller.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// After this many failed flights of a key in a row, callers fetch alone.
+pub(super) const MAX_FAILURES: u32 = 3;
+/// How long a failed flight counts towards [`MAX_FAILURES`].
+const FAILURE_MEMORY: Duration = Duration::from_secs(1);
+/// Past this many flights (running, or failed and remembered), forgotten failures are dropped.
+const MAP_TIDY: usize = 4096;
 
 /// What a flight came to.
 pub(super) enum Outcome<T> {
@@ -32,6 +46,20 @@ struct Flight<T> {
     id: u64,
     epoch: u64,
     outcome: watch::Receiver<Outcome<T>>,
+    /// Failed flights of the key in a row, this one's too once it failed, and when it did.
+    failures: u32,
+    failed_at: Option<Instant>,
+}
+
+impl<T> Flight<T> {
+    /// The failures in a row a new flight of the key inherits: none when this one is not a
+    /// failure, or one too old to count.
+    fn failures(&self) -> u32 {
+        match self.failed_at {
+            Some(at) if at.elapsed() < FAILURE_MEMORY => self.failures,
+            _ => 0,
+        }
+    }
 }
 
 /// The flights of one [`Values`](super::Values) handle, by stored key.
@@ -55,27 +83,38 @@ impl<T> Default for Flights<T> {
 pub(super) enum Role<T> {
     Lead(Leader<T>),
     Follow(watch::Receiver<Outcome<T>>),
+    /// The key's last flights failed: fetch alone, share nothing.
+    Alone,
 }
 
 impl<T> Flights<T> {
-    /// Joins the flight of `key` if one runs that began at `epoch`; else leads a new one.
+    /// Joins the flight of `key` if one runs that began at `epoch`; else leads a new one, or
+    /// goes alone after [`MAX_FAILURES`] failed flights in a row.
     pub(super) fn join(self: &Arc<Self>, key: &Arc<str>, epoch: u64) -> Role<T> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failures = 0;
         if let Some(flight) = map.get(key) {
-            if flight.epoch == epoch && matches!(*flight.outcome.borrow(), Outcome::Running) {
+            let running = matches!(*flight.outcome.borrow(), Outcome::Running);
+            if running && flight.epoch == epoch {
                 return Role::Follow(flight.outcome.clone());
+            }
+            if !running {
+                failures = flight.failures();
+                if failures >= MAX_FAILURES {
+                    return Role::Alone;
+                }
             }
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(Outcome::Running);
-        map.insert(
-            key.clone(),
-            Flight {
-                id,
-                epoch,
-                outcome: rx,
-            },
-        );
+        let flight = Flight {
+            id,
+            epoch,
+            outcome: rx,
+            failures,
+            failed_at: None,
+        };
+        map.insert(key.clone(), flight);
         Role::Lead(Leader {
             flights: self.clone(),
             key: key.clone(),
@@ -84,16 +123,26 @@ impl<T> Flights<T> {
         })
     }
 
+    /// A fetch alone found the key: its failures are forgotten.
+    pub(super) fn succeeded(&self, key: &Arc<str>) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(key).is_some_and(|f| f.failed_at.is_some()) {
+            map.remove(key);
+        }
+    }
+
     /// How many flights have landed: a caller that looked the key up before a flight landed
     /// looks again before it fetches.
     pub(super) fn landed(&self) -> u64 {
         self.landed.load(Ordering::Acquire)
     }
 
-    /// How many flights are in the map (tests: none once every call is over).
+    /// How many flights are in the map, failed ones remembered aside (tests: none once every
+    /// call is over).
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().filter(|f| f.failed_at.is_none()).count()
     }
 }
 
@@ -116,19 +165,27 @@ impl<T> Leader<T> {
 
 impl<T> Drop for Leader<T> {
     fn drop(&mut self) {
-        {
-            let mut map = self.flights.map.lock().unwrap_or_else(|e| e.into_inner());
-            if map.get(&self.key).is_some_and(|f| f.id == self.id) {
-                map.remove(&self.key);
-            }
-        }
-        self.tx.send_if_modified(|o| {
+        let failed = self.tx.send_if_modified(|o| {
             let running = matches!(o, Outcome::Running);
             if running {
                 *o = Outcome::Failed;
             }
             running
         });
+        let mut map = self.flights.map.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(flight) = map.get_mut(&self.key).filter(|f| f.id == self.id) else {
+            return;
+        };
+        if !failed {
+            map.remove(&self.key);
+            return;
+        }
+        // Remembered a while, so that the next flights know how many failed before them.
+        flight.failures += 1;
+        flight.failed_at = Some(Instant::now());
+        if map.len() > MAP_TIDY {
+            map.retain(|_, f| f.failed_at.is_none() || f.failures() > 0);
+        }
     }
 }
 

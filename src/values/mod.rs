@@ -17,7 +17,9 @@
 //!   stored with each value: another codec or another version reads as a miss, counted in
 //!   [`Stats::unreadable`](crate::Stats::unreadable).
 //! - **Single flight**: concurrent misses of a key make one fetch in the process, and with a
-//!   shared store (Redis) one across instances (the store's lease).
+//!   shared store (Redis) one across instances (the store's lease). A failed fetch is not
+//!   shared (its error is its caller's): the others queue behind another one, for three
+//!   failures in a row at most, then each fetches alone.
 //! - **Refreshes**: within the policy's `stale_while_revalidate` window past its TTL, and
 //!   shortly before it (early refresh, XFetch, from the time the fetch took:
 //!   `early_refresh(beta)`, on by default), one caller fetches the value again while every
@@ -317,7 +319,8 @@ where
     /// the policy's TTL and tags (cache-aside). Concurrent calls for a key make one fetch (in
     /// every instance sharing a store with leases, one in all). The fetch's error is returned
     /// and never cached (or the expired value, within the policy's stale-if-error window);
-    /// each caller that waited on a failed fetch then tries itself.
+    /// the callers that waited on a failed fetch try again behind a new one, and once three
+    /// fetches of the key failed in a row (within a second of each other) each fetches alone.
     ///
     /// A refresh (stale-while-revalidate, early refresh) is made by the caller that starts
     /// it, which waits for it: see [`get_or_fetch_detached`](Self::get_or_fetch_detached)
@@ -427,6 +430,16 @@ where
                 }
                 Ok(v)
             };
+            // What a failed fetch answers: the value still answerable, or the expired one
+            // within stale-if-error, or else its error.
+            let kept = |e, current: Option<_>, spare: Option<_>| match (current, spare) {
+                (Some(now), _) => answer(now),
+                (None, Some(v)) => {
+                    self.stash.counters().stale();
+                    Ok(v)
+                }
+                (None, None) => Err(e),
+            };
             match self.flights.join(&stored, epoch) {
                 // Another caller refreshes it: answered at once.
                 Role::Follow(_) if current.is_some() => return current.map_or(Ok(None), answer),
@@ -443,6 +456,14 @@ where
                     // Failed, or a not-found this call does not take: look again.
                     _ => {}
                 },
+                // The key's last fetches failed: this caller fetches alone.
+                Role::Alone => {
+                    self.stash.counters().miss();
+                    let fetched = self
+                        .fetch_and_fill(key, &full, &stored, fetch, None, None)
+                        .await;
+                    return fetched.or_else(|e| kept(e, current, spare));
+                }
                 Role::Lead(leader) => {
                     // A flight landed between the lookup and the join: it may have stored
                     // the value.
@@ -487,21 +508,9 @@ where
                         self.stash.counters().miss();
                     }
                     let fetched = self
-                        .fetch_and_fill(key, &full, &stored, fetch, leader, lease)
+                        .fetch_and_fill(key, &full, &stored, fetch, Some(leader), lease)
                         .await;
-                    return match fetched {
-                        Ok(v) => Ok(v),
-                        // The value it had, still answerable, or the expired one within
-                        // stale-if-error.
-                        Err(e) => match (current, spare) {
-                            (Some(now), _) => answer(now),
-                            (None, Some(v)) => {
-                                self.stash.counters().stale();
-                                Ok(v)
-                            }
-                            (None, None) => Err(e),
-                        },
-                    };
+                    return fetched.or_else(|e| kept(e, current, spare));
                 }
             }
             epoch = self.stash.epoch();
@@ -509,15 +518,16 @@ where
         }
     }
 
-    /// Runs `fetch` as the key's leader, stores what it found, hands it to the waiters and
-    /// releases the lease; a failed fetch hands them nothing (they try again).
+    /// Runs `fetch` as the key's leader (or alone: no `leader`), stores what it found, hands
+    /// it to the waiters and releases the lease; a failed fetch hands them nothing (they try
+    /// again).
     async fn fetch_and_fill<F, Fut, E>(
         &self,
         key: &str,
         full: &str,
         stored: &Arc<str>,
         fetch: F,
-        leader: Leader<T>,
+        leader: Option<Leader<T>>,
         lease: Option<Lease>,
     ) -> Result<Option<Arc<T>>, E>
     where
@@ -541,7 +551,10 @@ where
         };
         self.fill(key, full, stored, value.clone(), started, took)
             .await;
-        leader.finish(value.clone());
+        match leader {
+            Some(leader) => leader.finish(value.clone()),
+            None => self.flights.succeeded(stored),
+        }
         if let Some(lease) = lease {
             lease.release().await;
         }
@@ -570,7 +583,7 @@ where
         };
         self.stash.counters().refresh();
         let fetched = self
-            .fetch_and_fill(&key, &full, &stored, fetch, leader, lease)
+            .fetch_and_fill(&key, &full, &stored, fetch, Some(leader), lease)
             .await;
         if fetched.is_err() {
             tracing::debug!(key = %full, "refreshing a value failed: the value is kept");

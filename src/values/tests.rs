@@ -790,3 +790,56 @@ async fn a_sliding_value_lives_while_it_is_read_and_at_most_its_cap() {
     users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
     assert_eq!(db.queries(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_queue_behind_three_failed_fetches_at_most_then_each_fetches_alone() {
+    let (stash, clock) = stash();
+    let users = stash.values::<User>(Policy::ttl(HOUR));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    // The first three fetches fail at once; the others fail once the gate opens.
+    let fetch = || {
+        let (calls, gate) = (calls.clone(), gate.clone());
+        move || async move {
+            if calls.fetch_add(1, Ordering::SeqCst) >= 3 {
+                let _ = gate.acquire().await;
+            }
+            Err::<User, _>(DbError)
+        }
+    };
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let (users, fetch) = (users.clone(), fetch());
+            tokio::spawn(async move { users.get_or_fetch("user:1", fetch).await })
+        })
+        .collect();
+    // Queueing one failed leader after another, they would wait on the gate one at a time.
+    crate::test_util::until("every caller to fetch", || {
+        calls.load(Ordering::SeqCst) == 50
+    })
+    .await;
+    gate.add_permits(1000);
+    for caller in callers {
+        assert_eq!(within("a caller", caller).await.unwrap(), Err(DbError));
+    }
+    // A fetch that works ends it: a burst shares one fetch again.
+    let db = Db::default();
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    stash.invalidate_key("user:1").await.unwrap();
+    // (A fill dated at the invalidation's instant is refused: the clock moves on.)
+    clock.advance(Duration::from_secs(1));
+    db.queries.close();
+    let callers: Vec<_> = (0..50)
+        .map(|_| {
+            let (users, db) = (users.clone(), db.clone());
+            tokio::spawn(async move { users.get_or_fetch("user:1", || db.found(1)).await })
+        })
+        .collect();
+    crate::test_util::until("a fetch", || db.queries() == 2).await;
+    db.queries.open();
+    for caller in callers {
+        within("a caller", caller).await.unwrap().unwrap();
+    }
+    assert_eq!(db.queries(), 2);
+    assert_eq!(users.flights.len(), 0);
+}
