@@ -509,4 +509,37 @@ async fn a_sliding_value_read_on_one_instance_stays_in_redis_for_the_other() {
     .await;
     let user = on_a.get_or_fetch("user:1", || db.found(1)).await.unwrap();
     assert_eq!((user.name.as_str(), db.queries()), ("user 1 #2", 2));
+    // Written through, it lives its idle time in Redis too.
+    let user = User {
+        id: 2,
+        name: "written".into(),
+    };
+    on_a.set("user:2", &user).await.unwrap();
+    let left: i64 = redis.cli(&["PTTL", "app:v1:=user:2"]).parse().unwrap();
+    assert!(left > 0 && left <= 1000, "{left}");
+    assert_eq!(*on_b.get("user:2").await.unwrap(), user);
+}
+
+#[tokio::test]
+async fn a_value_read_from_redis_is_kept_in_memory_and_answers_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let (a, b) = two(&redis).await;
+    let db = Db::default();
+    a.users
+        .get_or_fetch("user:1", || db.found(1))
+        .await
+        .unwrap();
+    // B reads it from Redis, through its memory tier, which keeps it.
+    let user = b
+        .users
+        .get_or_fetch("user:1", || db.found(1))
+        .await
+        .unwrap();
+    assert_eq!((user.name.as_str(), db.queries()), ("user 1 #1", 1));
+    redis.kill();
+    db.fail.store(true, Ordering::SeqCst);
+    let user = within("B's answer", b.users.get_or_fetch("user:1", || db.found(1)))
+        .await
+        .unwrap();
+    assert_eq!((user.name.as_str(), db.queries()), ("user 1 #1", 1));
 }

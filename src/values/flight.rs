@@ -10,15 +10,16 @@
 //! (as the single-flight layer's waiters do after three lost leaders): a burst waits for three
 //! failures at most, not one per caller.
 
+use crate::Clock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// After this many failed flights of a key in a row, callers fetch alone.
 pub(super) const MAX_FAILURES: u32 = 3;
-/// How long a failed flight counts towards [`MAX_FAILURES`].
+/// How long a failed flight counts towards [`MAX_FAILURES`] (by the stash's [`Clock`]).
 const FAILURE_MEMORY: Duration = Duration::from_secs(1);
 /// Past this many flights (running, or failed and remembered), forgotten failures are dropped.
 const MAP_TIDY: usize = 4096;
@@ -48,15 +49,17 @@ struct Flight<T> {
     outcome: watch::Receiver<Outcome<T>>,
     /// Failed flights of the key in a row, this one's too once it failed, and when it did.
     failures: u32,
-    failed_at: Option<Instant>,
+    failed_at: Option<SystemTime>,
 }
 
 impl<T> Flight<T> {
-    /// The failures in a row a new flight of the key inherits: none when this one is not a
-    /// failure, or one too old to count.
-    fn failures(&self) -> u32 {
+    /// The failures in a row a new flight of the key inherits at `now`: none when this one
+    /// is not a failure, or one too old to count.
+    fn failures(&self, now: SystemTime) -> u32 {
         match self.failed_at {
-            Some(at) if at.elapsed() < FAILURE_MEMORY => self.failures,
+            Some(at) if now.duration_since(at).unwrap_or_default() < FAILURE_MEMORY => {
+                self.failures
+            }
             _ => 0,
         }
     }
@@ -68,14 +71,17 @@ pub(super) struct Flights<T> {
     next: AtomicU64,
     /// How many flights have landed (finished with a value or a not-found).
     landed: AtomicU64,
+    /// The stash's clock, which dates failures (a test's moves only when told).
+    clock: Arc<dyn Clock>,
 }
 
-impl<T> Default for Flights<T> {
-    fn default() -> Self {
+impl<T> Flights<T> {
+    pub(super) fn new(clock: Arc<dyn Clock>) -> Self {
         Self {
             map: Mutex::default(),
             next: AtomicU64::new(0),
             landed: AtomicU64::new(0),
+            clock,
         }
     }
 }
@@ -99,7 +105,7 @@ impl<T> Flights<T> {
                 return Role::Follow(flight.outcome.clone());
             }
             if !running {
-                failures = flight.failures();
+                failures = flight.failures(self.clock.now());
                 if failures >= MAX_FAILURES {
                     return Role::Alone;
                 }
@@ -128,6 +134,14 @@ impl<T> Flights<T> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.get(key).is_some_and(|f| f.failed_at.is_some()) {
             map.remove(key);
+        }
+    }
+
+    /// A fetch alone failed: the key's failures go on in a row, counted from now.
+    pub(super) fn failed(&self, key: &Arc<str>) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(flight) = map.get_mut(key).filter(|f| f.failed_at.is_some()) {
+            flight.failed_at = Some(self.clock.now());
         }
     }
 
@@ -161,30 +175,44 @@ impl<T> Leader<T> {
         self.flights.landed.fetch_add(1, Ordering::Release);
         self.tx.send_replace(Outcome::Done(value));
     }
+
+    /// Ends the flight without a value and without counting a failure (another instance
+    /// refreshes the key): the waiters look again.
+    pub(super) fn step_down(self) {
+        {
+            let mut map = self.flights.map.lock().unwrap_or_else(|e| e.into_inner());
+            if map.get(&self.key).is_some_and(|f| f.id == self.id) {
+                map.remove(&self.key);
+            }
+        }
+        // Dropped now: the flight is out of the map, so nothing counts it.
+        self.tx.send_replace(Outcome::Failed);
+    }
 }
 
 impl<T> Drop for Leader<T> {
     fn drop(&mut self) {
-        let failed = self.tx.send_if_modified(|o| {
-            let running = matches!(o, Outcome::Running);
-            if running {
-                *o = Outcome::Failed;
+        // The map first: a caller that finds the flight over must find its failure counted
+        // (else it would begin the count anew).
+        let failed = matches!(*self.tx.borrow(), Outcome::Running);
+        {
+            let mut map = self.flights.map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(flight) = map.get_mut(&self.key).filter(|f| f.id == self.id) {
+                if failed {
+                    // Remembered a while: the next flights know how many failed before them.
+                    let now = self.flights.clock.now();
+                    flight.failures += 1;
+                    flight.failed_at = Some(now);
+                    if map.len() > MAP_TIDY {
+                        map.retain(|_, f| f.failed_at.is_none() || f.failures(now) > 0);
+                    }
+                } else {
+                    map.remove(&self.key);
+                }
             }
-            running
-        });
-        let mut map = self.flights.map.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(flight) = map.get_mut(&self.key).filter(|f| f.id == self.id) else {
-            return;
-        };
-        if !failed {
-            map.remove(&self.key);
-            return;
         }
-        // Remembered a while, so that the next flights know how many failed before them.
-        flight.failures += 1;
-        flight.failed_at = Some(Instant::now());
-        if map.len() > MAP_TIDY {
-            map.retain(|_, f| f.failed_at.is_none() || f.failures() > 0);
+        if failed {
+            self.tx.send_replace(Outcome::Failed);
         }
     }
 }

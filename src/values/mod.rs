@@ -113,8 +113,10 @@ impl Stash {
     ///
     /// # Panics
     ///
-    /// When `policy` has no TTL of its own ([`Policy::new`], [`Policy::named`]), or slides
-    /// ([`Policy::sliding`]) without a [`max_lifetime`](Policy::max_lifetime).
+    /// When `policy` has no TTL of its own ([`Policy::new`], [`Policy::named`]), slides
+    /// ([`Policy::sliding`]) without a [`max_lifetime`](Policy::max_lifetime), refreshes early
+    /// with a `beta` that is not a finite number, zero or more, or has a
+    /// [`ttl_jitter`](Policy::ttl_jitter) as long as its TTL: the message names the setting.
     pub fn values<T>(&self, policy: Policy) -> Values<T>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -128,6 +130,16 @@ impl Stash {
                 .ttl
                 .expect("Stash::values: the policy needs a TTL of its own (Policy::ttl)"),
         };
+        let beta = policy.early_refresh.unwrap_or(1.0);
+        assert!(
+            beta.is_finite() && beta >= 0.0,
+            "Stash::values: early_refresh: {beta} must be a finite number, zero or more"
+        );
+        let jitter = policy.ttl_jitter.unwrap_or_default();
+        assert!(
+            jitter.is_zero() || jitter < ttl,
+            "Stash::values: ttl_jitter: {jitter:?} must be shorter than the TTL ({ttl:?})"
+        );
         let tags = policy
             .tags
             .unwrap_or_default()
@@ -145,12 +157,9 @@ impl Stash {
             ttl,
             stale: unless_sliding(policy.stale_while_revalidate).unwrap_or_default(),
             if_error: unless_sliding(policy.stale_if_error).unwrap_or_default(),
-            beta: match sliding {
-                Some(_) => 0.0,
-                None => policy.early_refresh.unwrap_or(1.0).max(0.0),
-            },
+            beta: if sliding.is_some() { 0.0 } else { beta },
             sliding,
-            jitter: policy.ttl_jitter.unwrap_or_default(),
+            jitter,
             negative,
             tags,
             version: 0,
@@ -264,10 +273,10 @@ where
         tags_from: Option<TagsFrom<T>>,
     ) -> Self {
         Self {
+            flights: Arc::new(Flights::new(stash.inner.clock.clone())),
             stash,
             codec,
             settings: Arc::new(settings),
-            flights: Arc::default(),
             tags_from,
         }
     }
@@ -456,12 +465,18 @@ where
                     // Failed, or a not-found this call does not take: look again.
                     _ => {}
                 },
-                // The key's last fetches failed: this caller fetches alone.
+                // The key's last fetches failed: a value still answerable is answered (the
+                // next refresh is tried once the failures are old), else this caller fetches
+                // alone.
+                Role::Alone if current.is_some() => return current.map_or(Ok(None), answer),
                 Role::Alone => {
                     self.stash.counters().miss();
                     let fetched = self
                         .fetch_and_fill(key, &full, &stored, fetch, None, None)
                         .await;
+                    if fetched.is_err() {
+                        self.flights.failed(&stored);
+                    }
                     return fetched.or_else(|e| kept(e, current, spare));
                 }
                 Role::Lead(leader) => {
@@ -500,7 +515,10 @@ where
                             return Ok(found);
                         }
                         // Another instance refreshes it.
-                        Leased::Busy => return current.map_or(Ok(None), answer),
+                        Leased::Busy => {
+                            leader.step_down();
+                            return current.map_or(Ok(None), answer);
+                        }
                     };
                     if current.is_some() {
                         self.stash.counters().refresh();
@@ -579,7 +597,7 @@ where
             Leased::Lease(lease) => lease,
             Leased::Found(found) => return leader.finish(found),
             // Another instance refreshes it.
-            Leased::Busy => return,
+            Leased::Busy => return leader.step_down(),
         };
         self.stash.counters().refresh();
         let fetched = self

@@ -45,9 +45,12 @@ where
         let store = self.stash.store();
         let entry = match store.get_local(stored) {
             Some(found) => found,
-            None => match store
-                .get_shared(stored.clone(), self.settings.sliding)
-                .await
+            // Through the tiers (a memory tier in front keeps what the shared store had).
+            None => match match self.settings.sliding {
+                Some(idle) => store.get_sliding(stored.clone(), idle),
+                None => store.get(stored.clone()),
+            }
+            .await
             {
                 Ok(found) => found,
                 Err(e) => {

@@ -843,3 +843,45 @@ async fn callers_queue_behind_three_failed_fetches_at_most_then_each_fetches_alo
     assert_eq!(db.queries(), 2);
     assert_eq!(users.flights.len(), 0);
 }
+
+#[tokio::test]
+async fn a_stale_value_is_answered_without_a_fetch_while_its_last_refreshes_failed() {
+    let (stash, clock) = stash();
+    let db = Db::default();
+    let minute = Duration::from_secs(60);
+    let users = stash.values::<User>(Policy::ttl(minute).stale_while_revalidate(HOUR));
+    users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    clock.advance(minute);
+    db.fail.store(true, Ordering::SeqCst);
+    // Each of three callers refreshes it, fails, and answers the stale value.
+    for n in 2..=4 {
+        let user = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+        assert_eq!((db.queries(), user.name.as_str()), (n, "user 1 #1"));
+    }
+    // Then the database is left alone a while: the stale value, at once.
+    for _ in 0..10 {
+        let user = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+        assert_eq!((db.queries(), user.name.as_str()), (4, "user 1 #1"));
+    }
+    assert_eq!(stash.stats().stale, 13);
+    // Once the failures are old, a caller refreshes it again.
+    clock.advance(Duration::from_secs(1));
+    db.fail.store(false, Ordering::SeqCst);
+    let user = users.get_or_fetch("user:1", || db.found(1)).await.unwrap();
+    assert_eq!((db.queries(), user.name.as_str()), (5, "user 1 #5"));
+    assert_eq!(users.flights.len(), 0);
+}
+
+#[test]
+#[should_panic(expected = "early_refresh: NaN must be a finite number")]
+fn an_early_refresh_that_is_not_a_number_is_refused_naming_the_setting() {
+    let (stash, _) = stash();
+    let _ = stash.values::<User>(Policy::ttl(HOUR).early_refresh(f64::NAN));
+}
+
+#[test]
+#[should_panic(expected = "ttl_jitter: 3600s must be shorter than the TTL")]
+fn a_jitter_as_long_as_the_ttl_is_refused_naming_the_setting() {
+    let (stash, _) = stash();
+    let _ = stash.values::<User>(Policy::ttl(HOUR).ttl_jitter(HOUR));
+}

@@ -47,12 +47,16 @@ impl Writes for RedisStore {
             let mut value = Bytes::new();
             let mut millis = 1;
             if let Some((entry, ttl)) = entry.filter(|_| ticket.alone()) {
-                millis = ms(ttl);
                 // A tag invalidated since the write began: ended, not stored.
                 let began = ticket.began().unwrap_or_else(|| entry.stored_at());
-                if !this.add_to_tags(&key, &entry, began, millis).await? {
+                if !this.add_to_tags(&key, &entry, began, ms(ttl)).await? {
                     value = entry.encode();
                 }
+                // As `put`: a sliding entry lives its idle time (extended by its reads), its
+                // tag indexes its whole TTL.
+                millis = entry
+                    .sliding()
+                    .map_or(ms(ttl), |idle| ms(ttl).min(ms(idle)).max(1));
             }
             let mut cmd = redis::cmd("EVAL");
             cmd.arg(WRITE_END)
