@@ -11,7 +11,8 @@
 //!   cached only when the policy gives a 404 a TTL of its own (`status_ttl(404, ..)`).
 //! - **Memory hits do no decoding**: the memory tier keeps the decoded `Arc<T>` with the entry
 //!   it was read from (it goes when the entry goes: invalidated, expired, evicted); Redis
-//!   holds the encoded bytes, decoded once per read there.
+//!   holds the encoded bytes, decoded once per read there. The memory tier weighs the entry
+//!   by its encoded bytes; the decoded value beside it is not counted.
 //! - **Codecs and versions**: [`Json`] by default, [`MessagePack`](crate::values::Codec) with the
 //!   `msgpack` feature; the codec's name and the type's version ([`Values::with_version`]) are
 //!   stored with each value: another codec or another version reads as a miss, counted in
