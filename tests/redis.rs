@@ -237,6 +237,26 @@ fn command_calls(redis: &impl Backend, command: &str) -> u64 {
         .sum()
 }
 
+/// How many scripts Redis ran (`EVAL` and `EVALSHA`), less those it refused as unknown
+/// (`NOSCRIPT`: the store sends those again whole).
+fn scripts_run(redis: &impl Backend) -> u64 {
+    let failed: u64 = redis
+        .cli_all(&["INFO", "commandstats"])
+        .iter()
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+                .and_then(|fields| {
+                    fields
+                        .split(',')
+                        .find_map(|f| f.strip_prefix("failed_calls="))
+                })
+                .map(|n| n.trim().parse::<u64>().unwrap())
+        })
+        .sum();
+    command_calls(redis, "eval") + command_calls(redis, "evalsha") - failed
+}
+
 /// How many times Redis was asked to run `command`: run (`calls`, failures included) or
 /// refused before running (`rejected_calls`, as a plain write out of memory is).
 fn command_attempts(redis: &impl Backend, command: &str) -> u64 {
@@ -901,7 +921,8 @@ async fn fills_back_off_while_redis_is_out_of_memory_and_resume_after() {
         .await;
     }
     let took = started.elapsed();
-    let sent = command_attempts(&redis, "eval");
+    // (The scripts are known to Redis since the warm fill: sent by SHA-1.)
+    let sent = command_attempts(&redis, "eval") + command_attempts(&redis, "evalsha");
     eprintln!("200 fills on a full Redis in {took:?}: {sent} reached it");
     assert!(
         sent <= fills_allowed(took),
@@ -2302,7 +2323,7 @@ async fn a_tagged_fill_is_one_round_trip_on_one_server() {
     redis.cli(&["CONFIG", "RESETSTAT"]);
     fill("t:v1:one", SystemTime::now()).await.unwrap();
     // One script: both tag indexes and the entry.
-    assert_eq!(command_calls(&redis, "eval"), 1);
+    assert_eq!(scripts_run(&redis), 1);
     assert_eq!(command_calls(&redis, "set"), 1);
     assert_eq!(redis.cli(&["EXISTS", "t:v1:one"]), "1");
     for tag in ["t:t:a", "t:t:b"] {
@@ -2322,7 +2343,7 @@ async fn a_tagged_fill_is_one_round_trip_on_one_server() {
         .unwrap();
     redis.cli(&["CONFIG", "RESETSTAT"]);
     fill("t:v1:two", began).await.unwrap();
-    assert_eq!(command_calls(&redis, "eval"), 1);
+    assert_eq!(scripts_run(&redis), 1);
     assert_eq!(redis.cli(&["EXISTS", "t:v1:two"]), "0");
     // Began after it: stored.
     fill("t:v1:three", began + Duration::from_millis(6))
@@ -2545,11 +2566,11 @@ async fn sliding_entries_live_while_used_in_both_tiers_and_stop_at_their_cap(red
     }
     assert_eq!(a.calls(), 1);
     assert!(pttl(&key) > 0, "Redis's copy expired while A used it");
-    // B reads it from Redis and extends it in the same round trip (one EVAL).
-    let evals = command_calls(redis, "eval");
+    // B reads it from Redis and extends it in the same round trip (one script).
+    let evals = scripts_run(redis);
     b.get_ok("/items/1").await;
     assert_eq!(b.calls(), 0);
-    assert_eq!(command_calls(redis, "eval"), evals + 1);
+    assert_eq!(scripts_run(redis), evals + 1);
 
     // Idle: gone from Redis, and a miss in A's memory tier too.
     eventually("the idle entry leaves Redis", || pttl(&key) == -2).await;
@@ -3205,4 +3226,55 @@ async fn age_and_remaining_ttl_travel_with_an_entry_read_on_another_instance() {
     assert_eq!(origin.headers["age"], "35", "10 on arrival, 25 since");
     assert_eq!(origin.cache_status(), "tower-stash; hit; ttl=65");
     assert_eq!(calls.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_sent_by_sha_and_whole_again_once_redis_forgot_them() {
+    let redis = blocking(RedisServer::start);
+    let store = store_on(&redis.url());
+    let hour = Duration::from_secs(3600);
+    let fill = |key: &str| {
+        let entry = Entry::new(key, StatusCode::OK, Default::default(), "body".into())
+            .with_times(SystemTime::now(), hour)
+            .with_tags(vec!["a".into()]);
+        store.put(key.into(), Arc::new(entry), hour)
+    };
+    let calls = || {
+        (
+            command_calls(&redis, "evalsha"),
+            command_calls(&redis, "eval"),
+        )
+    };
+    fill("t:v1:one").await.unwrap();
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    // Known to Redis: 40 bytes each, not the script.
+    fill("t:v1:two").await.unwrap();
+    fill("t:v1:three").await.unwrap();
+    assert_eq!(calls(), (2, 0));
+    // Forgotten (as after a restart): refused as unknown, then sent whole once.
+    redis.cli(&["SCRIPT", "FLUSH"]);
+    fill("t:v1:four").await.unwrap();
+    fill("t:v1:five").await.unwrap();
+    assert_eq!(calls(), (4, 1));
+    for key in ["one", "two", "three", "four", "five"] {
+        let key = format!("t:v1:{key}");
+        assert!(
+            store.get(key.as_str().into()).await.unwrap().is_some(),
+            "{key}"
+        );
+    }
+    // Scripts sent together (a tag's tombstones, one per key) after a flush too.
+    redis.cli(&["SCRIPT", "FLUSH"]);
+    let at = SystemTime::now() + Duration::from_millis(5);
+    store
+        .invalidate_tag("t".into(), "a".into(), at, Duration::from_secs(10))
+        .await
+        .unwrap();
+    for key in ["one", "two", "three", "four", "five"] {
+        let key = format!("t:v1:{key}");
+        assert!(
+            store.get(key.as_str().into()).await.unwrap().is_none(),
+            "{key}"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 //! messages); the subscriber keeps both from the memory tier.
 
 use super::oom;
-use super::scripts::{ack_key, ACK, BUS};
+use super::scripts::{ack_key, eval, eval_text, ACK, BUS};
 use super::RedisStore;
 use crate::store::{Bus, BusEvent, StoreError, StoreFuture};
 use bytes::Bytes;
@@ -301,10 +301,8 @@ impl Bus for RedisStore {
         let this = self.clone();
         Box::pin(async move {
             // One script: the counter never lives without its expiry.
-            let ack = |script: &str| {
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(script)
-                    .arg(1)
+            let ack = |mut cmd: redis::Cmd| {
+                cmd.arg(1)
                     .arg(ack_key(&id))
                     .arg(10_000)
                     // On a cluster the count is only asked for: a publish crosses the
@@ -315,9 +313,12 @@ impl Bus for RedisStore {
                     .arg(ack_prefix(&id));
                 cmd
             };
-            match this.query(&ack(ACK)).await? {
+            match this.query(&ack(eval(ACK))).await? {
                 // Out of memory, the publisher still learns that this instance applied it.
-                Err(e) if oom::is_oom(&e) => this.run(&ack(&oom::allow_oom(ACK))).await.map(drop),
+                Err(e) if oom::is_oom(&e) => this
+                    .run(&ack(eval_text(&oom::allow_oom(ACK))))
+                    .await
+                    .map(drop),
                 reply => reply
                     .map(drop)
                     .map_err(|e| StoreError::new(format!("redis: {e}"))),

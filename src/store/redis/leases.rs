@@ -2,7 +2,8 @@
 //! by their holder only, with the release of a waited-on lease announced on the bus.
 
 use super::scripts::{
-    lease_key, lease_waited_key, released_message, BUS, RELEASED_PREFIX, RELEASE_LEASE, TAKE_LEASE,
+    eval, lease_key, lease_waited_key, released_message, BUS, RELEASED_PREFIX, RELEASE_LEASE,
+    TAKE_LEASE,
 };
 use super::RedisStore;
 use crate::store::{Leases, StoreError, StoreFuture};
@@ -19,9 +20,8 @@ impl Leases for RedisStore {
         let this = self.clone();
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         Box::pin(async move {
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(TAKE_LEASE)
-                .arg(2)
+            let mut cmd = eval(TAKE_LEASE);
+            cmd.arg(2)
                 .arg(lease_key(&key))
                 .arg(lease_waited_key(&key))
                 .arg(&*token)
@@ -41,9 +41,8 @@ impl Leases for RedisStore {
     fn release_lease(&self, key: Arc<str>, token: Arc<str>) -> StoreFuture<()> {
         let this = self.clone();
         Box::pin(async move {
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(RELEASE_LEASE)
-                .arg(2)
+            let mut cmd = eval(RELEASE_LEASE);
+            cmd.arg(2)
                 .arg(lease_key(&key))
                 .arg(lease_waited_key(&key))
                 .arg(&*token)

@@ -27,7 +27,9 @@ use given::Given;
 use oom::MemoryWatch;
 use pool::Manager;
 use redis::Value;
-use scripts::{ms, DELETE_IF_NOT_STRING, DELETE_IF_SAME, GET_SLIDING, SET_UNLESS_NEWER, TOUCH};
+use scripts::{
+    eval, ms, DELETE_IF_NOT_STRING, DELETE_IF_SAME, GET_SLIDING, SET_UNLESS_NEWER, TOUCH,
+};
 use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -274,10 +276,16 @@ impl RedisStore {
         };
         let this = self.clone();
         rt.spawn(async move {
-            let mut cmd = redis::cmd("EVAL");
+            let mut cmd;
             match &bad {
-                Some(bad) => cmd.arg(DELETE_IF_SAME).arg(1).arg(&*key).arg(&bad[..]),
-                None => cmd.arg(DELETE_IF_NOT_STRING).arg(1).arg(&*key),
+                Some(bad) => {
+                    cmd = eval(DELETE_IF_SAME);
+                    cmd.arg(1).arg(&*key).arg(&bad[..])
+                }
+                None => {
+                    cmd = eval(DELETE_IF_NOT_STRING);
+                    cmd.arg(1).arg(&*key)
+                }
             };
             if let Err(e) = this.run(&cmd).await {
                 tracing::debug!(%key, error = %e, "deleting an unreadable entry failed");
@@ -295,16 +303,16 @@ impl Store for RedisStore {
 
     fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {
         // Read and extended in one round trip.
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(GET_SLIDING).arg(1).arg(&*key).arg(ms(idle));
+        let mut cmd = eval(GET_SLIDING);
+        cmd.arg(1).arg(&*key).arg(ms(idle));
         self.read(key, cmd)
     }
 
     fn touch(&self, key: Arc<str>, idle: Duration) -> StoreFuture<()> {
         let this = self.clone();
         Box::pin(async move {
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(TOUCH).arg(1).arg(&*key).arg(ms(idle));
+            let mut cmd = eval(TOUCH);
+            cmd.arg(1).arg(&*key).arg(ms(idle));
             this.run(&cmd).await.map(drop)
         })
     }
@@ -343,12 +351,8 @@ impl Store for RedisStore {
                 tracing::debug!(%key, "a tag of this fill was invalidated after its request began: not stored");
                 return Ok(());
             }
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(SET_UNLESS_NEWER)
-                .arg(1)
-                .arg(&*key)
-                .arg(&value[..])
-                .arg(set_millis);
+            let mut cmd = eval(SET_UNLESS_NEWER);
+            cmd.arg(1).arg(&*key).arg(&value[..]).arg(set_millis);
             let reply = this.query(&cmd).await?;
             this.filled(&key, reply)
         })

@@ -2,7 +2,7 @@
 //! no longer serve, and the calls made on them (on a cluster too).
 
 use super::oom::{self, MemoryWatch};
-use super::{Backend, RedisStore};
+use super::{scripts, Backend, RedisStore};
 use crate::store::StoreError;
 use redis::aio::MultiplexedConnection;
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
@@ -198,10 +198,25 @@ impl RedisStore {
     /// multiplexed handle: concurrent requests share connections and their commands are
     /// pipelined (one write and one read for many GETs), instead of each request holding a
     /// connection for its round trip.
+    ///
+    /// A script run by its SHA-1 ([`scripts::eval`]) that Redis no longer holds is sent again
+    /// whole.
     pub(super) async fn query(
         &self,
         cmd: &redis::Cmd,
     ) -> Result<Result<Value, RedisError>, StoreError> {
+        match self.query_once(cmd).await? {
+            // A script Redis no longer holds (restarted, failed over, flushed): sent whole,
+            // which loads it for the next calls.
+            Err(e) if scripts::is_noscript(&e) => match scripts::as_eval(cmd) {
+                Some(eval) => self.query_once(&eval).await,
+                None => Ok(Err(e)),
+            },
+            reply => Ok(reply),
+        }
+    }
+
+    async fn query_once(&self, cmd: &redis::Cmd) -> Result<Result<Value, RedisError>, StoreError> {
         let (pool, shared_epoch) = match &self.backend {
             Backend::Single { pool, epoch } => (pool, epoch),
             Backend::Cluster(cluster) => {
@@ -265,7 +280,25 @@ impl RedisStore {
             return replies.into_iter().collect();
         }
         let replies = self.run_pipe(pipe.ignore_errors()).await?;
-        Ok(replies.into_iter().map(Value::extract_error).collect())
+        let mut replies: Vec<_> = replies.into_iter().map(Value::extract_error).collect();
+        // The scripts Redis no longer holds, sent again whole in one more round trip.
+        let mut again = redis::pipe();
+        let mut at = Vec::new();
+        for (i, (reply, cmd)) in replies.iter().zip(pipe.cmd_iter()).enumerate() {
+            if reply.as_ref().is_err_and(scripts::is_noscript) {
+                if let Some(eval) = scripts::as_eval(cmd) {
+                    again.add_command(eval);
+                    at.push(i);
+                }
+            }
+        }
+        if !at.is_empty() {
+            let more = self.run_pipe(again.ignore_errors()).await?;
+            for (i, reply) in at.into_iter().zip(more) {
+                replies[i] = reply.extract_error();
+            }
+        }
+        Ok(replies)
     }
 
     /// Redis's error `e` as a [`StoreError`]; a refusal for lack of memory pauses fills.

@@ -1,7 +1,80 @@
 //! The Lua scripts a [`RedisStore`](super::RedisStore) runs, and the names of the keys it
 //! writes besides entries (leases, writes in progress, acknowledgements, tag indexes).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The scripts run by SHA-1 so far, both ways: by where their text lives, and by SHA-1.
+#[derive(Default)]
+struct Loaded {
+    sha: HashMap<(usize, usize), Arc<str>>,
+    text: HashMap<Arc<str>, &'static str>,
+}
+
+fn loaded() -> std::sync::MutexGuard<'static, Loaded> {
+    static LOADED: OnceLock<Mutex<Loaded>> = OnceLock::new();
+    let loaded = LOADED.get_or_init(Mutex::default);
+    loaded.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A command running `script` (one of this module's): `EVALSHA` with its SHA-1, by which
+/// Redis keeps the scripts it has run, so that a call sends 40 bytes instead of the text.
+/// Where Redis has lost it (a restart, a failover to a replica that never ran it, `SCRIPT
+/// FLUSH`), [`as_eval`] makes the same call an `EVAL`, which loads it again.
+pub(super) fn eval(script: &'static str) -> redis::Cmd {
+    // A `'static` text never moves nor changes: where it lives names it.
+    let at = (script.as_ptr() as usize, script.len());
+    let mut loaded = loaded();
+    let sha = match loaded.sha.get(&at) {
+        Some(sha) => sha.clone(),
+        None => {
+            let sha: Arc<str> = redis::Script::new(script).get_hash().into();
+            loaded.sha.insert(at, sha.clone());
+            loaded.text.insert(sha.clone(), script);
+            sha
+        }
+    };
+    drop(loaded);
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(&*sha);
+    cmd
+}
+
+/// A command running a script made at run time (not kept by SHA-1: each is sent whole).
+pub(super) fn eval_text(script: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script);
+    cmd
+}
+
+/// `cmd`, an [`eval`] Redis answered `NOSCRIPT`, as an `EVAL` of the script's text with the
+/// same arguments; `None` for any other command.
+pub(super) fn as_eval(cmd: &redis::Cmd) -> Option<redis::Cmd> {
+    let args: Option<Vec<&[u8]>> = cmd
+        .args_iter()
+        .map(|arg| match arg {
+            redis::Arg::Simple(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let mut args = args?.into_iter();
+    if !args.next()?.eq_ignore_ascii_case(b"EVALSHA") {
+        return None;
+    }
+    let sha = std::str::from_utf8(args.next()?).ok()?;
+    let text = *loaded().text.get(sha)?;
+    let mut eval = eval_text(text);
+    for arg in args {
+        eval.arg(arg);
+    }
+    Some(eval)
+}
+
+/// Whether Redis answered that it does not hold the script asked for.
+pub(super) fn is_noscript(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOSCRIPT")
+}
 
 /// Deletes a key only while it still holds the given bytes.
 pub(super) const DELETE_IF_SAME: &str =

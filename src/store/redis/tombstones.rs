@@ -3,8 +3,8 @@
 
 use super::oom;
 use super::scripts::{
-    last_writer_key, millis_at, ms, namespace, tag_key, tagged_set, SET_UNLESS_NEWER, TAG_ADD,
-    TAG_EPOCH, TAG_REMOVE,
+    eval, eval_text, last_writer_key, millis_at, ms, namespace, tag_key, tagged_set,
+    SET_UNLESS_NEWER, TAG_ADD, TAG_EPOCH, TAG_REMOVE,
 };
 use super::RedisStore;
 use crate::store::guard::step_done;
@@ -96,8 +96,7 @@ impl RedisStore {
         let ns = namespace(key);
         let mut pipe = redis::pipe();
         for tag in entry.tags() {
-            pipe.cmd("EVAL")
-                .arg(TAG_ADD)
+            pipe.add_command(eval(TAG_ADD))
                 .arg(1)
                 .arg(tag_key(ns, tag))
                 .arg(leaves)
@@ -132,8 +131,8 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         let now = millis_at(SystemTime::now());
         let ns = namespace(key);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(tagged_set()).arg(1 + entry.tags().len()).arg(key);
+        let mut cmd = eval(tagged_set());
+        cmd.arg(1 + entry.tags().len()).arg(key);
         for tag in entry.tags() {
             cmd.arg(tag_key(ns, tag));
         }
@@ -185,15 +184,13 @@ impl RedisStore {
     /// it holds an entry stored after the tombstone's date, and ends the writes in progress.
     /// With `force`, the tombstone lands whatever the key holds.
     fn tombstone_cmd(
-        script: &str,
+        mut cmd: redis::Cmd,
         key: &[u8],
         stone: &[u8],
         keep: Duration,
         force: bool,
     ) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(script)
-            .arg(2)
+        cmd.arg(2)
             .arg(key)
             .arg(last_writer_key(&String::from_utf8_lossy(key)))
             .arg(stone)
@@ -226,7 +223,7 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         for (key, stone) in keys.iter().zip(&stones) {
             pipe.add_command(Self::tombstone_cmd(
-                SET_UNLESS_NEWER,
+                eval(SET_UNLESS_NEWER),
                 key,
                 stone,
                 keep,
@@ -266,7 +263,11 @@ impl RedisStore {
             let mut pipe = redis::pipe();
             for &i in &refused {
                 pipe.add_command(Self::tombstone_cmd(
-                    &script, keys[i], &stones[i], keep, force,
+                    eval_text(&script),
+                    keys[i],
+                    &stones[i],
+                    keep,
+                    force,
                 ));
             }
             let replies = self.run_each(&mut pipe).await?;
@@ -321,8 +322,8 @@ impl RedisStore {
         let gone = self.tombstone_keys(&keys, at, keep, false).await?;
         // A refused tombstone: the member holds an entry stored after `at`, which the next
         // invalidation must still find in the index.
-        let mut remove = redis::cmd("EVAL");
-        remove.arg(TAG_REMOVE).arg(1).arg(index);
+        let mut remove = eval(TAG_REMOVE);
+        remove.arg(1).arg(index);
         let mut landed = 0;
         for ((member, score), gone) in pairs.iter().zip(gone) {
             if gone {
@@ -346,16 +347,11 @@ impl RedisStore {
         at: SystemTime,
         keep: Duration,
     ) -> Result<(), StoreError> {
-        let epoch = |script: &str| {
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(script)
-                .arg(1)
-                .arg(index)
-                .arg(millis_at(at))
-                .arg(ms(keep));
+        let epoch = |mut cmd: redis::Cmd| {
+            cmd.arg(1).arg(index).arg(millis_at(at)).arg(ms(keep));
             cmd
         };
-        match self.query(&epoch(TAG_EPOCH)).await? {
+        match self.query(&epoch(eval(TAG_EPOCH))).await? {
             Ok(_) => return Ok(()),
             Err(e) if oom::is_oom(&e) => self.memory.refused(),
             Err(e) => return Err(StoreError::new(format!("redis: {e}"))),
@@ -364,7 +360,10 @@ impl RedisStore {
             self.memory.deleted_instead();
             return Ok(());
         }
-        match self.query(&epoch(&oom::allow_oom(TAG_EPOCH))).await? {
+        match self
+            .query(&epoch(eval_text(&oom::allow_oom(TAG_EPOCH))))
+            .await?
+        {
             Ok(_) => {}
             Err(e) if oom::is_refusal(&e) => {
                 tracing::debug!(error = %e, "redis refuses a tag epoch allowed out of memory");

@@ -1,7 +1,7 @@
 //! Writes in progress, followed in Redis for a [`RedisStore`]: one sorted set per key,
 //! hash-tagged with it, so that one script sees the key and its writes.
 
-use super::scripts::{last_writer_key, ms, writes_key, WRITE_BEGIN, WRITE_END};
+use super::scripts::{eval, last_writer_key, ms, writes_key, WRITE_BEGIN, WRITE_END};
 use super::RedisStore;
 use crate::store::{StoreError, StoreFuture, WriteTicket, Writes};
 use crate::Entry;
@@ -15,9 +15,8 @@ impl Writes for RedisStore {
         let this = self.clone();
         Box::pin(async move {
             let id = fastrand::u64(1..);
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(WRITE_BEGIN)
-                .arg(2)
+            let mut cmd = eval(WRITE_BEGIN);
+            cmd.arg(2)
                 .arg(writes_key(&key))
                 .arg(last_writer_key(&key))
                 .arg(id)
@@ -58,9 +57,8 @@ impl Writes for RedisStore {
                     .sliding()
                     .map_or(ms(ttl), |idle| ms(ttl).min(ms(idle)).max(1));
             }
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(WRITE_END)
-                .arg(3)
+            let mut cmd = eval(WRITE_END);
+            cmd.arg(3)
                 .arg(writes_key(&key))
                 .arg(last_writer_key(&key))
                 .arg(&*key)
