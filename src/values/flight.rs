@@ -12,7 +12,7 @@
 
 use crate::Clock;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -21,8 +21,9 @@ use tokio::sync::watch;
 pub(super) const MAX_FAILURES: u32 = 3;
 /// How long a failed flight counts towards [`MAX_FAILURES`] (by the stash's [`Clock`]).
 const FAILURE_MEMORY: Duration = Duration::from_secs(1);
-/// Past this many flights (running, or failed and remembered), forgotten failures are dropped.
-const MAP_TIDY: usize = 4096;
+/// Past this many flights (running, or failed and remembered), forgotten failures are dropped;
+/// then again past twice as many as were left.
+pub(super) const MAP_TIDY: usize = 4096;
 
 /// What a flight came to.
 pub(super) enum Outcome<T> {
@@ -73,6 +74,8 @@ pub(super) struct Flights<T> {
     landed: AtomicU64,
     /// The stash's clock, which dates failures (a test's moves only when told).
     clock: Arc<dyn Clock>,
+    /// The map's size past which forgotten failures are dropped.
+    tidy_at: AtomicUsize,
 }
 
 impl<T> Flights<T> {
@@ -82,6 +85,7 @@ impl<T> Flights<T> {
             next: AtomicU64::new(0),
             landed: AtomicU64::new(0),
             clock,
+            tidy_at: AtomicUsize::new(MAP_TIDY),
         }
     }
 }
@@ -151,6 +155,12 @@ impl<T> Flights<T> {
         self.landed.load(Ordering::Acquire)
     }
 
+    /// How many keys the map holds, failures remembered included.
+    #[cfg(test)]
+    pub(super) fn remembered(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// How many flights are in the map, failed ones remembered aside (tests: none once every
     /// call is over).
     #[cfg(test)]
@@ -203,8 +213,10 @@ impl<T> Drop for Leader<T> {
                     let now = self.flights.clock.now();
                     flight.failures += 1;
                     flight.failed_at = Some(now);
-                    if map.len() > MAP_TIDY {
+                    let tidy_at = &self.flights.tidy_at;
+                    if map.len() > tidy_at.load(Ordering::Relaxed) {
                         map.retain(|_, f| f.failed_at.is_none() || f.failures(now) > 0);
+                        tidy_at.store((map.len() * 2).max(MAP_TIDY), Ordering::Relaxed);
                     }
                 } else {
                     map.remove(&self.key);

@@ -885,3 +885,22 @@ fn a_jitter_as_long_as_the_ttl_is_refused_naming_the_setting() {
     let (stash, _) = stash();
     let _ = stash.values::<User>(Policy::ttl(HOUR).ttl_jitter(HOUR));
 }
+
+#[tokio::test]
+async fn failures_of_many_keys_are_forgotten_once_old() {
+    let (stash, clock) = stash();
+    let db = Db::default();
+    db.fail.store(true, Ordering::SeqCst);
+    let users = stash.values::<User>(Policy::ttl(HOUR));
+    // 10,000 keys fail once each, a second apart: the map keeps the recent ones only.
+    for id in 0..10_000 {
+        let got = users
+            .get_or_fetch(format!("user:{id}"), || db.found(1))
+            .await;
+        assert_eq!(got, Err(DbError));
+        clock.advance(Duration::from_secs(1));
+    }
+    let remembered = users.flights.remembered();
+    assert!(remembered <= super::flight::MAP_TIDY + 1, "{remembered}");
+    assert_eq!(users.flights.len(), 0);
+}
