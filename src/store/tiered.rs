@@ -42,7 +42,19 @@ pub struct TieredStore<S> {
     l1_max_ttl: Duration,
     /// Applies invalidations heard on L2's bus to L1; the subscription ends when it is dropped.
     _sink: Option<Arc<dyn Fn(BusEvent) + Send + Sync>>,
+    /// The L2 reads in flight: see [`Reads`].
+    reads: Reads,
 }
+
+/// The answer of an L2 read, shared by the callers that wait for it.
+type Answer = Arc<tokio::sync::OnceCell<Result<Option<Arc<Entry>>, super::StoreError>>>;
+
+/// The L2 reads in flight, by key, with L1's count of invalidations when each began: a read
+/// of a key that another read is fetching, with no invalidation applied here in between,
+/// shares its answer, so a burst of requests for one key asks L2 once. (An invalidation, this
+/// instance's or one heard on the bus, is applied to L1 before its caller returns: a read
+/// that begins after it never shares one that began before.)
+type Reads = Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, (u64, Answer)>>>;
 
 impl<S> Clone for TieredStore<S> {
     fn clone(&self) -> Self {
@@ -51,6 +63,7 @@ impl<S> Clone for TieredStore<S> {
             l2: self.l2.clone(),
             l1_max_ttl: self.l1_max_ttl,
             _sink: self._sink.clone(),
+            reads: self.reads.clone(),
         }
     }
 }
@@ -88,6 +101,7 @@ impl<S: Store> TieredStore<S> {
             l2,
             l1_max_ttl: Duration::from_secs(60),
             _sink: subscribed.then_some(sink),
+            reads: Reads::default(),
         }
     }
 }
@@ -130,11 +144,51 @@ impl<S> TieredStore<S> {
         }
     }
 
+    /// An L2 `get` of `key`, shared with the one in flight for it, if any began after the
+    /// last invalidation applied here (see [`Reads`]).
+    fn shared_get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>>
+    where
+        S: Store + 'static,
+    {
+        let epoch = self.l1.invalidations();
+        let answer = {
+            let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+            match reads.get(&key) {
+                Some((began, answer)) if *began == epoch => answer.clone(),
+                _ => {
+                    let answer = Answer::default();
+                    reads.insert(key.clone(), (epoch, answer.clone()));
+                    answer
+                }
+            }
+        };
+        /// Forgets the read once it is answered, or once no one waits for it any more.
+        struct Done(Reads, Arc<str>, Answer);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                let mut reads = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                if reads.get(&self.1).is_some_and(|(_, a)| {
+                    Arc::ptr_eq(a, &self.2) && (a.initialized() || Arc::strong_count(a) <= 3)
+                }) {
+                    reads.remove(&self.1);
+                }
+            }
+        }
+        let l2 = self.l2.clone();
+        let done = Done(self.reads.clone(), key.clone(), answer.clone());
+        Box::pin(async move {
+            // The first caller reads; should it give up, the next one in line does.
+            let result = answer.get_or_init(|| l2.get(key)).await.clone();
+            drop(done);
+            result
+        })
+    }
+
     /// L1's entry while it is fresh, or what `l2` reads, copied into L1.
     fn read(
         &self,
         key: Arc<str>,
-        l2: impl FnOnce(&S, Arc<str>) -> StoreFuture<Option<Arc<Entry>>>,
+        l2: impl FnOnce(&Self, Arc<str>) -> StoreFuture<Option<Arc<Entry>>>,
     ) -> StoreFuture<Option<Arc<Entry>>>
     where
         S: Store,
@@ -148,7 +202,7 @@ impl<S> TieredStore<S> {
                 return Box::pin(std::future::ready(Ok(local)));
             }
         }
-        let l2 = l2(&self.l2, key.clone());
+        let l2 = l2(self, key.clone());
         let this = self.clone();
         Box::pin(async move {
             let mut l2 = l2.await;
@@ -193,12 +247,12 @@ impl<S: Store> Store for TieredStore<S> {
     /// L1's entry while it is fresh; otherwise L2's, copied into L1. An expired L1 entry
     /// (kept to be served stale) is returned when L2 has nothing newer or fails.
     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
-        self.read(key, |l2, key| l2.get(key))
+        self.read(key, |this, key| this.shared_get(key))
     }
 
     /// As [`get`](Self::get), L2 reading with [`Store::get_sliding`].
     fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {
-        self.read(key, |l2, key| l2.get_sliding(key, idle))
+        self.read(key, |this, key| this.l2.get_sliding(key, idle))
     }
 
     /// Extends L2's copy (L1 keeps sliding entries until their cap).
@@ -386,6 +440,92 @@ mod tests {
             Entry::new("k", StatusCode::OK, Default::default(), "body".into())
                 .with_times(SystemTime::now(), ttl),
         )
+    }
+
+    /// A shared tier whose reads wait for the test's word, counted.
+    #[derive(Clone)]
+    struct Gated {
+        inner: MemoryStore,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+        open: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl Default for Gated {
+        fn default() -> Self {
+            Self {
+                inner: MemoryStore::default(),
+                reads: Arc::default(),
+                open: Arc::new(tokio::sync::Semaphore::new(0)),
+            }
+        }
+    }
+
+    impl Store for Gated {
+        fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (inner, open) = (self.inner.clone(), self.open.clone());
+            Box::pin(async move {
+                let _pass = open.acquire().await.unwrap();
+                inner.get(key).await
+            })
+        }
+        fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
+            self.inner.put(key, entry, ttl)
+        }
+        fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
+            self.inner.delete(key)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_reads_of_one_key_asks_l2_once_but_never_across_an_invalidation() {
+        let l2 = Gated::default();
+        let hour = Duration::from_secs(3600);
+        l2.inner.put("k".into(), entry(hour), hour).await.unwrap();
+        let tiered = TieredStore::new(MemoryStore::default(), l2.clone());
+        let reads = |n: usize| -> Vec<_> {
+            (0..n)
+                .map(|_| tokio::spawn(tiered.get("k".into())))
+                .collect()
+        };
+        let first = reads(50);
+        // Until the first read of L2 is in, started reads join it.
+        tokio::task::yield_now().await;
+        let wait_for_reads = |n: usize| {
+            let counted = l2.reads.clone();
+            async move {
+                while counted.load(std::sync::atomic::Ordering::SeqCst) < n {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait_for_reads(1))
+            .await
+            .unwrap();
+        // An invalidation applied here: a read that begins now never shares the one before.
+        drop(
+            tiered
+                .l1()
+                .invalidate("other".into(), SystemTime::now(), hour),
+        );
+        let after = reads(1);
+        tokio::time::timeout(Duration::from_secs(10), wait_for_reads(2))
+            .await
+            .unwrap();
+        l2.open.add_permits(100);
+        for read in first.into_iter().chain(after) {
+            let got = tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.unwrap().body(), "body");
+        }
+        assert_eq!(l2.reads.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(
+            tiered.reads.lock().unwrap().is_empty(),
+            "nothing left in flight"
+        );
     }
 
     #[test]
