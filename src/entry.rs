@@ -38,10 +38,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The first bytes of every encoded entry.
 const MAGIC: &[u8; 2] = b"TS";
-/// The version of the envelope; any other is not read. Version 2 added the grace period and
-/// the recompute time; flag bit 2 (sliding expiry, followed by its idle time) came later
-/// within version 2: older readers see such an entry as unreadable, a miss.
-const VERSION: u8 = 2;
+/// The version of the envelope; any other is not read (a miss). Version 2 added the grace
+/// period and the recompute time, and flag bit 2 (sliding expiry, followed by its idle time);
+/// version 3 dates the entry in microseconds (milliseconds before), so that invalidations
+/// and fills are ordered to the microsecond.
+const VERSION: u8 = 3;
 
 /// The longest TTL an entry can have (10 years); longer ones are cut to it.
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -381,7 +382,7 @@ impl Entry {
                 | (u8::from(self.written) << 3),
         );
         out.put_u16(self.status.as_u16());
-        out.put_u64(millis(self.stored_at));
+        out.put_u64(micros(self.stored_at));
         out.put_u64(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
         out.put_u64(u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX));
         out.put_u64(u64::try_from(self.recompute.as_millis()).unwrap_or(u64::MAX));
@@ -421,7 +422,7 @@ impl Entry {
         let tombstone = flags & 2 != 0;
         let written = flags & 8 != 0;
         let status = StatusCode::from_u16(r.u16()?).map_err(|_| EntryError::Corrupt("status"))?;
-        let stored_at = at_millis(r.u64()?).ok_or(EntryError::Corrupt("stored time"))?;
+        let stored_at = at_micros(r.u64()?).ok_or(EntryError::Corrupt("stored time"))?;
         let ttl = Duration::from_millis(r.u64()?).min(MAX_TTL);
         let grace = Duration::from_millis(r.u64()?).min(MAX_TTL);
         let recompute = Duration::from_millis(r.u64()?).min(MAX_TTL);
@@ -472,6 +473,19 @@ pub(crate) fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// `t` in microseconds since the epoch (0 before it, `u64::MAX` past what it holds): how
+/// entries, invalidations and fills are dated in stores.
+pub(crate) fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The time `us` microseconds after the epoch, if this platform's `SystemTime` holds it.
+pub(crate) fn at_micros(us: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_micros(us))
 }
 
 /// The time `ms` milliseconds after the epoch, if this platform's `SystemTime` holds it (the

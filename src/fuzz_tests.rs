@@ -34,11 +34,16 @@ fn config(cases: u32) -> ProptestConfig {
     }
 }
 
-/// `ms` after the epoch, or the epoch where the platform's `SystemTime` does not go that far.
-fn at(ms: u64) -> SystemTime {
+/// `us` after the epoch, or the epoch where the platform's `SystemTime` does not go that far.
+fn at_us(us: u64) -> SystemTime {
     UNIX_EPOCH
-        .checked_add(Duration::from_millis(ms))
+        .checked_add(Duration::from_micros(us))
         .unwrap_or(UNIX_EPOCH)
+}
+
+/// Microseconds since the epoch (a date in a store): any `u64`, or plausible ones.
+fn micros() -> impl Strategy<Value = u64> {
+    prop_oneof![any::<u64>(), 0..4_000_000_000_000_000u64]
 }
 
 /// Milliseconds: any `u64` (most far past what `SystemTime` holds on some platforms), or
@@ -84,7 +89,7 @@ fn entry() -> impl Strategy<Value = Entry> {
             any::<bool>(),
         ),
         (
-            millis(),
+            micros(),
             millis(),
             millis(),
             millis(),
@@ -98,11 +103,11 @@ fn entry() -> impl Strategy<Value = Entry> {
                 (stored, ttl, grace, recompute, sliding),
             )| {
                 if tombstone {
-                    return Entry::tombstone(key, at(stored)).with_tags(tags);
+                    return Entry::tombstone(key, at_us(stored)).with_tags(tags);
                 }
                 let status = StatusCode::from_u16(status).unwrap();
                 Entry::new(key, status, headers, body.into())
-                    .with_times(at(stored), Duration::from_millis(ttl))
+                    .with_times(at_us(stored), Duration::from_millis(ttl))
                     .with_grace(Duration::from_millis(grace))
                     .with_recompute_time(Duration::from_millis(recompute))
                     .with_sliding(sliding.map(Duration::from_millis))
@@ -172,7 +177,7 @@ proptest! {
         flags in 0u8..8,
         rest in vec(any::<u8>(), 0..256),
     ) {
-        let bytes: Vec<u8> = [&b"TS\x02"[..], &[flags], &rest].concat();
+        let bytes: Vec<u8> = [&b"TS\x03"[..], &[flags], &rest].concat();
         if let Ok(entry) = Entry::decode(bytes.into()) {
             assert_sensible(&entry)?;
         }
@@ -263,13 +268,13 @@ mod bus {
         #[test]
         fn parse_reads_what_bus_message_writes(
             kind in prop_oneof![Just(b'k'), Just(b't'), Just(b'x')],
-            at_ms in millis(),
+            at in micros(),
             keep_ms in millis(),
             id in any::<u64>().prop_map(|n| format!("{n:016x}")),
             fields in vec(field(), 0..=3),
         ) {
             let refs: Vec<&str> = fields.iter().map(String::as_str).collect();
-            let message = bus_message(kind, at(at_ms), Duration::from_millis(keep_ms), &id, &refs);
+            let message = bus_message(kind, at_us(at), Duration::from_millis(keep_ms), &id, &refs);
             let what = match (kind, fields.as_slice()) {
                 (b'k', [key, ns, family]) => BusWhat::Key {
                     key: key.clone(),
@@ -280,7 +285,7 @@ mod bus {
                 _ => BusWhat::Unknown,
             };
             let expected = BusMessage {
-                at: at(at_ms),
+                at: at_us(at),
                 keep: Duration::from_millis(keep_ms).min(Duration::from_secs(60)),
                 id,
                 what,
@@ -291,12 +296,12 @@ mod bus {
 
     #[test]
     fn a_time_past_what_system_time_holds_is_not_a_message() {
-        for ms in [u64::MAX, u64::MAX - 1, 1 << 62] {
-            let text = format!("t\t{ms}\t1000\tid\tns\ttag");
+        for us in [u64::MAX, u64::MAX - 1, 1 << 62] {
+            let text = format!("t\t{us}\t1000\tid\tns\ttag");
             let parsed = parse_bus_message(text.as_bytes());
-            match UNIX_EPOCH.checked_add(Duration::from_millis(ms)) {
-                Some(at) => assert_eq!(parsed.map(|m| m.at), Some(at), "{ms}"),
-                None => assert_eq!(parsed, None, "{ms}"),
+            match UNIX_EPOCH.checked_add(Duration::from_micros(us)) {
+                Some(at) => assert_eq!(parsed.map(|m| m.at), Some(at), "{us}"),
+                None => assert_eq!(parsed, None, "{us}"),
             }
         }
         // Past `u64`: not a number this parser reads.

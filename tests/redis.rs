@@ -1351,6 +1351,69 @@ async fn a_late_fill_never_replaces_a_newer_entry(redis: &impl Backend) {
     assert_eq!(memory.get_now("k").unwrap().body(), "newer");
 }
 
+both!(fills_and_invalidations_are_ordered_to_the_microsecond);
+async fn fills_and_invalidations_are_ordered_to_the_microsecond(redis: &impl Backend) {
+    let store = store_on(&redis.url());
+    // Half a millisecond into a whole millisecond: fills 300 µs either side of it share the
+    // invalidation's millisecond, and only the one that began after it may be stored.
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let at = SystemTime::UNIX_EPOCH + Duration::from_micros(ms * 1000 + 500);
+    let entry = |key: &str, body: &'static str, at: SystemTime, tags: &[&str]| {
+        Arc::new(
+            Entry::new(key, StatusCode::OK, Default::default(), body.into())
+                .with_times(at, TTL)
+                .with_tags(tags.iter().map(|t| t.to_string()).collect()),
+        )
+    };
+    let body = |key: &'static str| {
+        let store = store.clone();
+        async move {
+            let got = within("get", store.get(key.into())).await.unwrap();
+            got.map(|e| e.body().clone())
+        }
+    };
+    let before = at - Duration::from_micros(300);
+    let after = at + Duration::from_micros(300);
+    // A key's tombstone.
+    within("invalidate", store.invalidate("us:v1:k".into(), at, TTL))
+        .await
+        .unwrap();
+    let put = |e| store.put("us:v1:k".into(), e, TTL);
+    within("put", put(entry("us:v1:k", "before", before, &[])))
+        .await
+        .unwrap();
+    assert_eq!(body("us:v1:k").await, None, "a fill that began before");
+    within("put", put(entry("us:v1:k", "after", after, &[])))
+        .await
+        .unwrap();
+    assert_eq!(body("us:v1:k").await.as_deref(), Some(&b"after"[..]));
+    // A tag's epoch.
+    within(
+        "invalidate_tag",
+        store.invalidate_tag("us".into(), "t".into(), at, TTL),
+    )
+    .await
+    .unwrap();
+    for (key, dated, stored) in [("us:v1:a", before, false), ("us:v1:b", after, true)] {
+        let body = if stored { "after" } else { "before" };
+        within(
+            "put",
+            store.put(key.into(), entry(key, body, dated, &["t"]), TTL),
+        )
+        .await
+        .unwrap();
+        let got = within("get", store.get(key.into())).await.unwrap();
+        assert_eq!(
+            got.is_some(),
+            stored,
+            "{key}: a tagged fill that began {body}"
+        );
+    }
+}
+
 both!(stale_while_revalidate_refreshes_once_across_instances);
 async fn stale_while_revalidate_refreshes_once_across_instances(redis: &impl Backend) {
     let calls = Counter::default();
@@ -2266,7 +2329,7 @@ async fn acknowledgements_are_pushed_to_the_publisher() {
     let at = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
-        .as_millis();
+        .as_micros();
     let id = "00000000000000a1";
     let message = format!("k\t{at}\t1000\t{id}\tack:v1:x\tack\tfamily");
     let sent = a.publish(message.into()).await.unwrap();
@@ -3168,7 +3231,7 @@ async fn randomized_reads_writes_invalidations_and_pauses_never_serve_an_overwri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn age_and_remaining_ttl_travel_with_an_entry_read_on_another_instance() {
     let redis = blocking(RedisServer::start);
-    // A whole second: entries travel through Redis dated to the millisecond.
+    // A whole second: entries travel through Redis dated to the microsecond.
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap();

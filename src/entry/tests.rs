@@ -16,7 +16,8 @@ fn sample() -> Entry {
         Bytes::from_static(b"hello"),
     )
     .with_times(
-        UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+        // To the microsecond: stores order invalidations and fills by it.
+        UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
         Duration::from_secs(30),
     )
     .with_grace(Duration::from_secs(10))
@@ -64,18 +65,22 @@ fn every_truncation_and_garbage_is_an_error() {
     let mut v1 = bytes.to_vec();
     v1[2] = 1;
     assert_eq!(Entry::decode(v1.into()), Err(EntryError::Version(1)));
+    // Version 2 (dated in milliseconds) is not read as microseconds: a miss.
+    let mut v2 = bytes.to_vec();
+    v2[2] = 2;
+    assert_eq!(Entry::decode(v2.into()), Err(EntryError::Version(2)));
 }
 
-/// An envelope written field by field, as a hostile or broken writer could: `stored_ms`
+/// An envelope written field by field, as a hostile or broken writer could: `stored_us`
 /// as the stored time, `headers` as they are (any count, any names), no trailers, tags or
 /// body.
-fn envelope(stored_ms: u64, headers: &[(Vec<u8>, Vec<u8>)]) -> Bytes {
+fn envelope(stored_us: u64, headers: &[(Vec<u8>, Vec<u8>)]) -> Bytes {
     let mut out = BytesMut::new();
     out.put_slice(MAGIC);
     out.put_u8(VERSION);
     out.put_u8(0);
     out.put_u16(200);
-    out.put_u64(stored_ms);
+    out.put_u64(stored_us);
     out.put_u64(30_000);
     out.put_u64(0);
     out.put_u64(0);
@@ -93,7 +98,7 @@ fn envelope(stored_ms: u64, headers: &[(Vec<u8>, Vec<u8>)]) -> Bytes {
 #[test]
 fn an_envelope_written_by_hand_decodes() {
     let headers = [(b"x-a".to_vec(), b"1".to_vec())];
-    let e = Entry::decode(envelope(1_700_000_000_000, &headers)).unwrap();
+    let e = Entry::decode(envelope(1_700_000_000_000_000, &headers)).unwrap();
     assert_eq!(e.headers()["x-a"], "1");
     assert_eq!(
         e.stored_at(),
@@ -119,18 +124,18 @@ fn more_header_names_than_a_header_map_holds_is_an_error() {
 
 #[test]
 fn any_stored_time_decodes_or_is_an_error() {
-    for ms in [u64::MAX, u64::MAX - 1, i64::MAX as u64, 1 << 62] {
-        let decoded = Entry::decode(envelope(ms, &[]));
+    for us in [u64::MAX, u64::MAX - 1, i64::MAX as u64, 1 << 62] {
+        let decoded = Entry::decode(envelope(us, &[]));
         // `SystemTime`'s range depends on the platform: past it, an error, never a panic.
-        match UNIX_EPOCH.checked_add(Duration::from_millis(ms)) {
+        match UNIX_EPOCH.checked_add(Duration::from_micros(us)) {
             Some(at) => {
                 let e = decoded.unwrap();
-                assert_eq!(e.stored_at(), at, "{ms}");
-                assert!(e.expires_at() >= e.stored_at(), "{ms}");
-                assert!(e.stale_until() >= e.expires_at(), "{ms}");
-                assert_eq!(Entry::decode(e.encode()).unwrap(), e, "{ms}");
+                assert_eq!(e.stored_at(), at, "{us}");
+                assert!(e.expires_at() >= e.stored_at(), "{us}");
+                assert!(e.stale_until() >= e.expires_at(), "{us}");
+                assert_eq!(Entry::decode(e.encode()).unwrap(), e, "{us}");
             }
-            None => assert_eq!(decoded, Err(EntryError::Corrupt("stored time")), "{ms}"),
+            None => assert_eq!(decoded, Err(EntryError::Corrupt("stored time")), "{us}"),
         }
     }
 }

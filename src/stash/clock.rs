@@ -208,23 +208,21 @@ impl super::Stash {
     }
 
     /// The date of an invalidation or a write-through that happens now, and whether it is the
-    /// store's: the latest the store's time can be, rounded up to a whole millisecond (as
+    /// store's: the latest the store's time can be, rounded up to a whole microsecond (as
     /// stores keep dates, so that a fill, whose date is rounded down, is refused only when its
-    /// own millisecond is earlier); or without the store's time, the clock's plus the
+    /// own microsecond is earlier); or without the store's time, the clock's plus the
     /// invalidation margin (which covers that rounding too).
     pub(crate) fn stamp(&self) -> (SystemTime, bool) {
         self.keep_sampling();
         match self.store_time() {
             Some((now, error)) => {
-                let micros = (now + error)
+                let nanos = (now + error)
                     .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-                (
-                    UNIX_EPOCH + Duration::from_millis(micros.div_ceil(1000)),
-                    true,
-                )
+                    .map_or(0, |d| d.as_nanos());
+                let micros = u64::try_from(nanos.div_ceil(1000)).unwrap_or(u64::MAX);
+                (UNIX_EPOCH + Duration::from_micros(micros), true)
             }
-            // At least a millisecond: stores compare whole milliseconds.
+            // At least a millisecond: the margin for clocks that disagree.
             None => (
                 self.inner.clock.now()
                     + self.inner.invalidation_margin.max(Duration::from_millis(1)),
@@ -238,7 +236,8 @@ impl super::Stash {
     /// invalidation made after the caller returns, on any instance, is dated after `at`, and a
     /// fill that begins then, on an instance whose bound is at most half the slack wider than
     /// this one's (each instance samples the store's clock itself), is dated after it too
-    /// (stored at once). A millisecond or two; bounded by [`MAX_ERROR`] twice.
+    /// (stored at once). Four bounds and the slack, a fraction of a millisecond on loopback;
+    /// bounded by [`MAX_ERROR`] twice.
     pub(crate) async fn commit_wait(&self, at: SystemTime, store_time: bool) {
         if !store_time {
             return;

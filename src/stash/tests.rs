@@ -60,7 +60,7 @@ impl Bus for Recorder {
     }
 }
 
-/// A time on a whole millisecond, as bus messages carry it.
+/// A time on a whole millisecond.
 fn at(millis: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(millis)
 }

@@ -106,10 +106,12 @@ impl Stash {
         // the wait before returning puts the store's time past that, so that an
         // invalidation made once the write returned still drops it. Dated by the clock (no
         // wait), it is dated `stamp` and the older copies as of just before.
+        // (A microsecond apart: stores keep dates to the microsecond.)
+        let tick = Duration::from_micros(1);
         let (older, at) = if store_time {
-            (stamp, stamp + Duration::from_millis(1))
+            (stamp, stamp + tick)
         } else {
-            (stamp - Duration::from_millis(1), stamp)
+            (stamp - tick, stamp)
         };
         let entry = Arc::new(entry.with_times(at, ttl).with_written(true));
         let ns: Arc<str> = self.inner.namespace.as_str().into();

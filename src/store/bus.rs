@@ -1,8 +1,9 @@
 //! The invalidation bus: what a store's bus delivers, how a message is written and read, and
 //! how a memory tier applies one.
 //!
-//! A message is `kind`, the invalidation's date and keep time in ms, an id to acknowledge, and
-//! fields, separated by tabs; fields are percent-escaped, so they may hold anything.
+//! A message is `kind`, the invalidation's date (µs since the epoch) and keep time (ms), an id to
+//! acknowledge, and fields, separated by tabs; fields are percent-escaped, so they may hold
+//! anything.
 //!
 //! - `k`: a stored key, its namespace and its family tag (the key's variants).
 //! - `t`: a namespace and a tag.
@@ -91,8 +92,8 @@ pub(crate) fn new_message_id() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
-/// A message on the store's bus: `kind`, the date and keep time in ms, and fields, separated
-/// by tabs (the last field may hold anything).
+/// A message on the store's bus: `kind`, the date in µs, the keep time in ms, and fields,
+/// separated by tabs (the last field may hold anything).
 pub(crate) fn bus_message(
     kind: u8,
     at: SystemTime,
@@ -100,7 +101,7 @@ pub(crate) fn bus_message(
     id: &str,
     fields: &[&str],
 ) -> Bytes {
-    let at = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let at = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
     let mut m = format!("{}\t{at}\t{}\t{id}", kind as char, keep.as_millis());
     for f in fields {
         m.push('\t');
@@ -155,7 +156,7 @@ pub(crate) fn parse_bus_message(message: &[u8]) -> Option<BusMessage> {
     let text = std::str::from_utf8(message).ok()?;
     let mut parts = text.splitn(7, '\t');
     let kind = parts.next()?;
-    let at = UNIX_EPOCH.checked_add(Duration::from_millis(parts.next()?.parse().ok()?))?;
+    let at = UNIX_EPOCH.checked_add(Duration::from_micros(parts.next()?.parse().ok()?))?;
     let keep = Duration::from_millis(parts.next()?.parse().ok()?).min(Duration::from_secs(60));
     let id = parts.next()?.to_owned();
     let mut fields: Vec<String> = parts.map(field).collect();

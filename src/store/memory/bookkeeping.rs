@@ -14,20 +14,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// may then be refused that need not be (a miss later), never the reverse. Its size never
 /// grows.
 pub(super) struct Epochs {
-    /// Per bucket: the latest date (ms since the epoch, rounded up; 0: none), and until when
-    /// (ms) it refuses fills.
+    /// Per bucket: the latest date (µs since the epoch, rounded up; 0: none), and until when
+    /// (µs) it refuses fills.
     at: Box<[AtomicU64]>,
     until: Box<[AtomicU64]>,
     hasher: foldhash::fast::FixedState,
 }
 
-fn ms_up(t: SystemTime) -> u64 {
+/// Stores date to the microsecond (see `Stash::stamp`): invalidations rounded up, fills down.
+fn us_up(t: SystemTime) -> u64 {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    d.as_millis() as u64 + u64::from(!d.subsec_nanos().is_multiple_of(1_000_000))
+    u64::try_from(d.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
-fn ms_down(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+fn us_down(t: SystemTime) -> u64 {
+    u64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Epochs {
@@ -49,9 +50,9 @@ impl Epochs {
     pub(super) fn record(&self, name: &[&str], at: SystemTime, keep: Duration) {
         let b = self.bucket(name);
         // `until` first: a reader that sees the new date sees its horizon too.
-        let until = ms_up(SystemTime::now() + keep);
+        let until = us_up(SystemTime::now() + keep);
         self.until[b].fetch_max(until, Ordering::Release);
-        self.at[b].fetch_max(ms_up(at), Ordering::Release);
+        self.at[b].fetch_max(us_up(at), Ordering::Release);
     }
 
     /// The latest invalidation date of `name`'s bucket, while it matters.
@@ -59,14 +60,14 @@ impl Epochs {
         let b = self.bucket(name);
         let at = self.at[b].load(Ordering::Acquire);
         let until = self.until[b].load(Ordering::Acquire);
-        (at != 0 && until > ms_down(SystemTime::now()))
-            .then(|| UNIX_EPOCH + Duration::from_millis(at))
+        (at != 0 && until > us_down(SystemTime::now()))
+            .then(|| UNIX_EPOCH + Duration::from_micros(at))
     }
 
     /// Whether a fill whose request began at `began` came before an invalidation of `name`.
     pub(super) fn refuses(&self, name: &[&str], began: SystemTime) -> bool {
         self.latest(name)
-            .is_some_and(|at| ms_down(began) < ms_down(at))
+            .is_some_and(|at| us_down(began) < us_down(at))
     }
 
     pub(super) fn clear(&self) {

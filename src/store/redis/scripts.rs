@@ -83,13 +83,13 @@ pub(super) const DELETE_IF_SAME: &str =
 pub(super) const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string' then \
      return redis.call('DEL', KEYS[1]) end return 0";
 /// Sets `KEYS[1]` to `ARGV[1]` for `ARGV[2]` ms unless it holds an entry stored later: the
-/// entry's `stored_at` is bytes 7 to 14 of the envelope (big-endian millis, compared byte by
+/// entry's `stored_at` is bytes 7 to 14 of the envelope (big-endian micros, compared byte by
 /// byte, never with Lua's locale-dependent string order), read with GETRANGE, never the whole
 /// value. A late fill (its request began before the stored entry's) never replaces a newer
 /// entry, and a tombstone refuses the fills dated before it. A key of another type is
 /// replaced (GETRANGE fails on it: `pcall` makes that an empty string). A fill of the same
-/// millisecond as a tombstone is stored: invalidations are dated rounded up to the
-/// millisecond, fills rounded down (see `Stash::stamp`). A tombstone always replaces an entry
+/// microsecond as a tombstone is stored: invalidations are dated rounded up to the
+/// microsecond, fills rounded down (see `Stash::stamp`). A tombstone always replaces an entry
 /// a write-through stored (flags value 8, `Entry::with_written`), whose date is its write's end.
 /// An invalidation passes the key's last writer (`{K}!ws`, see [`WRITE_END`]) as `KEYS[2]`:
 /// set to `0` if present, so that no write in progress may store after it.
@@ -154,7 +154,7 @@ pub(super) const RELEASED_PREFIX: &[u8] = b"r\t0\t0\t-\t";
 /// Adds `ARGV[2]` to the tag index `KEYS[1]` (a sorted set scored by when each entry leaves
 /// the store, `ARGV[1]` ms), drops the members gone by `ARGV[3]`, keeps the index for at
 /// least `ARGV[4]` ms (an index holds only live entries and expires after its last one), and
-/// returns the tag's epoch: when it was last invalidated, in ms (0 if never). A fill whose
+/// returns the tag's epoch: when it was last invalidated, in µs (0 if never). A fill whose
 /// request began before the epoch is not stored.
 pub(super) const TAG_ADD: &str = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) \
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3]) \
@@ -165,7 +165,7 @@ pub(super) const TAG_ADD: &str = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) 
 /// A tagged fill in one round trip (one server: the keys' slots differ): adds `ARGV[5]` (the
 /// entry's key) to each tag index `KEYS[2..]` as [`TAG_ADD`] does (`ARGV[4]` its score,
 /// `ARGV[6]` now, `ARGV[7]` the index's least life); if one of the tags was invalidated after
-/// `ARGV[8]` (when the fill's request began, in ms), returns -1 and stores nothing; else stores
+/// `ARGV[8]` (when the fill's request began, in µs), returns -1 and stores nothing; else stores
 /// `ARGV[1]` under `KEYS[1]` for `ARGV[2]` ms as [`SET_UNLESS_NEWER`] does (1, or 0 when a
 /// newer entry or a tombstone is there).
 pub(super) fn tagged_set() -> &'static str {
@@ -186,9 +186,10 @@ pub(super) fn tagged_set() -> &'static str {
         format!("{tags}{set}")
     })
 }
-/// Sets the epoch of the tag index `KEYS[1]` to `ARGV[1]` ms (never backwards) and keeps the
-/// index at least `ARGV[2]` ms. The epoch is the member `!epoch`, scored 10^15 above its time:
-/// above every entry's score, so trimming and reading the live members never touch it.
+/// Sets the epoch of the tag index `KEYS[1]` to `ARGV[1]` µs (never backwards) and keeps the
+/// index at least `ARGV[2]` ms. The epoch is the member `!epoch`, scored 10^15 above its time
+/// (under 2^53 for millennia: exact in a double): above every entry's score (when it leaves,
+/// in ms), so trimming and reading the live members never touch it.
 pub(super) const TAG_EPOCH: &str = "local e = tonumber(ARGV[1]) + 1e15 \
     local cur = redis.call('ZSCORE', KEYS[1], '!epoch') \
     if (not cur) or tonumber(cur) < e then redis.call('ZADD', KEYS[1], e, '!epoch') end \

@@ -7,6 +7,7 @@ use super::scripts::{
     SET_UNLESS_NEWER, TAG_ADD, TAG_EPOCH, TAG_REMOVE,
 };
 use super::RedisStore;
+use crate::entry::micros;
 use crate::store::guard::step_done;
 use crate::store::StoreError;
 use crate::Entry;
@@ -104,12 +105,12 @@ impl RedisStore {
                 .arg(now)
                 .arg(millis);
         }
-        let started = millis_at(began);
+        let started = micros(began);
         let mut invalidated = false;
         for epoch in self.run_each(&mut pipe).await? {
             match epoch {
-                // Epochs are rounded up to the millisecond, `started` down: the same
-                // millisecond began after the invalidation.
+                // Epochs are rounded up to the microsecond, `started` down: the same
+                // microsecond began after the invalidation.
                 Ok(Value::Int(at)) => invalidated |= u64::try_from(at).unwrap_or(0) > started,
                 Ok(_) => {}
                 Err(e) => return Err(self.refusal(&e)),
@@ -143,9 +144,9 @@ impl RedisStore {
             .arg(key)
             .arg(now)
             .arg(millis)
-            // Epochs are rounded up to the millisecond, this down: the same millisecond
+            // Epochs are rounded up to the microsecond, this down: the same microsecond
             // began after the invalidation.
-            .arg(millis_at(entry.stored_at()));
+            .arg(micros(entry.stored_at()));
         let reply = self.query(&cmd).await?;
         self.filled(key, reply)
     }
@@ -348,7 +349,7 @@ impl RedisStore {
         keep: Duration,
     ) -> Result<(), StoreError> {
         let epoch = |mut cmd: redis::Cmd| {
-            cmd.arg(1).arg(index).arg(millis_at(at)).arg(ms(keep));
+            cmd.arg(1).arg(index).arg(micros(at)).arg(ms(keep));
             cmd
         };
         match self.query(&epoch(eval(TAG_EPOCH))).await? {
