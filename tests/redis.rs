@@ -1414,6 +1414,87 @@ async fn fills_and_invalidations_are_ordered_to_the_microsecond(redis: &impl Bac
     }
 }
 
+both!(concurrent_reads_each_get_their_own_answer);
+async fn concurrent_reads_each_get_their_own_answer(redis: &impl Backend) {
+    // On one server, reads made together go to Redis as one pipeline: each must still get
+    // its own key's entry, its own miss, and a key of another type must spoil no other read.
+    let store = store_on(&redis.url());
+    for i in 0..200 {
+        let key = format!("many:v1:{i}");
+        let entry = Entry::new(
+            &*key,
+            StatusCode::OK,
+            Default::default(),
+            format!("body {i}").into(),
+        )
+        .with_times(SystemTime::now(), TTL);
+        within("put", store.put(key.into(), Arc::new(entry), TTL))
+            .await
+            .unwrap();
+    }
+    redis.cli(&["RPUSH", "many:v1:list", "a"]);
+    for round in 0..5 {
+        let reads: Vec<_> = (0..300)
+            .map(|i| {
+                let key = match i {
+                    0..200 => format!("many:v1:{i}"),
+                    200..299 => format!("many:v1:missing{i}"),
+                    _ => "many:v1:list".to_string(),
+                };
+                tokio::spawn(store.get(key.into()))
+            })
+            .collect();
+        for (i, read) in reads.into_iter().enumerate() {
+            let got = within("get", read).await.unwrap().unwrap();
+            match i {
+                0..200 => {
+                    let body = format!("body {i}");
+                    assert_eq!(
+                        got.map(|e| e.body().clone()),
+                        Some(body.into()),
+                        "{round}/{i}"
+                    )
+                }
+                _ => assert!(got.is_none(), "{round}/{i}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_store_reads_on_after_the_runtime_it_first_read_on_is_gone() {
+    // The batches of reads run on a task of the first read's runtime (as the connections'
+    // drivers do): a store kept past that runtime reads on in the next one.
+    let redis = RedisServer::start();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let store = first.block_on(async { store_on(&redis.url()) });
+    first.block_on(async {
+        let entry = Entry::new("rt:v1:k", StatusCode::OK, Default::default(), "kept".into())
+            .with_times(SystemTime::now(), TTL);
+        within("put", store.put("rt:v1:k".into(), Arc::new(entry), TTL))
+            .await
+            .unwrap();
+        let got = within("get", store.get("rt:v1:k".into())).await.unwrap();
+        assert_eq!(got.unwrap().body(), "kept");
+    });
+    drop(first);
+    runtime().block_on(async {
+        // The first calls may meet connections whose drivers went with the old runtime
+        // (retired as they fail); then reads are answered again.
+        eventually_async("a read in the new runtime", || async {
+            matches!(store.get("rt:v1:k".into()).await, Ok(Some(e)) if e.body() == "kept")
+        })
+        .await;
+    });
+}
+
 both!(stale_while_revalidate_refreshes_once_across_instances);
 async fn stale_while_revalidate_refreshes_once_across_instances(redis: &impl Backend) {
     let calls = Counter::default();

@@ -259,8 +259,13 @@ impl RedisStoreBuilder {
             // The first connection reads the server's maxmemory-policy, in the background.
             .connection_customizer(Box::new(PolicyCheck(memory.clone())))
             .build_unchecked(manager);
+        let reads = Arc::new(super::batch::Reads::new(super::batch::PoolRef {
+            pool: pool.clone(),
+            epoch: epoch.clone(),
+            checkout_timeout: self.checkout_timeout,
+        }));
         Ok(RedisStore {
-            backend: Backend::Single { pool, epoch },
+            backend: Backend::Single { pool, epoch, reads },
             checkout_timeout: self.checkout_timeout,
             clients: Arc::new(vec![client]),
             bus_live: Arc::default(),

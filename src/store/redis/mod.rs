@@ -1,5 +1,6 @@
 //! [`RedisStore`]: entries in Redis, shared by every instance of a service.
 
+mod batch;
 mod builder;
 mod bus;
 mod check;
@@ -136,6 +137,8 @@ enum Backend {
         pool: bb8::Pool<Manager>,
         /// Shared with the manager: connections opened before it are discarded.
         epoch: Arc<AtomicU64>,
+        /// The `GET`s, sent in batches.
+        reads: Arc<batch::Reads>,
     },
     Given(Arc<dyn Given>),
     Cluster(Arc<Clusters>),
@@ -235,11 +238,16 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// Runs `cmd` (a `GET`, or the sliding read script, of `key`) and reads the entry it returns.
-    fn read(&self, key: Arc<str>, cmd: redis::Cmd) -> StoreFuture<Option<Arc<Entry>>> {
+    /// Runs `cmd` (a `GET`, or the sliding read script, of `key`) and reads the entry it
+    /// returns. A `GET` on one server goes in the next batch of reads (see [`batch`]).
+    fn read(&self, key: Arc<str>, cmd: redis::Cmd, get: bool) -> StoreFuture<Option<Arc<Entry>>> {
         let this = self.clone();
         Box::pin(async move {
-            let bytes = match this.query(&cmd).await? {
+            let reply = match &this.backend {
+                Backend::Single { reads, .. } if get => reads.query(cmd).await?,
+                _ => this.query(&cmd).await?,
+            };
+            let bytes = match reply {
                 Ok(Value::Nil) => return Ok(None),
                 // `Bytes::from(Vec)` takes the buffer: the entry's body is a slice of it.
                 Ok(Value::BulkString(v)) => Bytes::from(v),
@@ -298,14 +306,14 @@ impl Store for RedisStore {
     fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(&*key);
-        self.read(key, cmd)
+        self.read(key, cmd, true)
     }
 
     fn get_sliding(&self, key: Arc<str>, idle: Duration) -> StoreFuture<Option<Arc<Entry>>> {
         // Read and extended in one round trip.
         let mut cmd = eval(GET_SLIDING);
         cmd.arg(1).arg(&*key).arg(ms(idle));
-        self.read(key, cmd)
+        self.read(key, cmd, false)
     }
 
     fn touch(&self, key: Arc<str>, idle: Duration) -> StoreFuture<()> {

@@ -149,44 +149,52 @@ impl bb8::CustomizeConnection<Conn, RedisError> for PolicyCheck {
     }
 }
 
-impl RedisStore {
-    /// Checks out a live connection: stale ones (opened before a drop was seen) are discarded.
-    async fn checkout(
-        &self,
-        pool: &bb8::Pool<Manager>,
-        epoch: &AtomicU64,
-    ) -> Result<Pooled, StoreError> {
-        loop {
-            let mut conn = pool.get_owned().await.map_err(|e| match e {
-                bb8::RunError::User(e) => StoreError::new(format!("redis: {e}")),
-                bb8::RunError::TimedOut => StoreError::new(format!(
-                    "redis: no connection free within {:?}",
-                    self.checkout_timeout
-                )),
-            })?;
-            if conn.epoch < epoch.load(Ordering::Acquire) {
-                conn.broken = true;
-                continue;
-            }
-            return Ok(conn);
+/// Checks out a live connection: stale ones (opened before a drop was seen) are discarded.
+async fn checkout(
+    pool: &bb8::Pool<Manager>,
+    epoch: &AtomicU64,
+    checkout_timeout: Duration,
+) -> Result<Pooled, StoreError> {
+    loop {
+        let mut conn = pool.get_owned().await.map_err(|e| match e {
+            bb8::RunError::User(e) => StoreError::new(format!("redis: {e}")),
+            bb8::RunError::TimedOut => StoreError::new(format!(
+                "redis: no connection free within {checkout_timeout:?}"
+            )),
+        })?;
+        if conn.epoch < epoch.load(Ordering::Acquire) {
+            conn.broken = true;
+            continue;
         }
+        return Ok(conn);
     }
+}
 
-    /// Checks out a connection for one call: a clone of its multiplexed handle, and the
-    /// [`Hold`] that reads what the call's outcome says of it. The connection goes back to
-    /// the pool at once.
+/// Checks out a connection for one call: a clone of its multiplexed handle, and the [`Hold`]
+/// that reads what the call's outcome says of it. The connection goes back to the pool at
+/// once.
+pub(super) async fn hold_on(
+    pool: &bb8::Pool<Manager>,
+    epoch: &Arc<AtomicU64>,
+    checkout_timeout: Duration,
+) -> Result<(MultiplexedConnection, Hold), StoreError> {
+    let conn = checkout(pool, epoch, checkout_timeout).await?;
+    let hold = Hold {
+        epoch: conn.epoch,
+        shared_epoch: epoch.clone(),
+        liveness: conn.liveness.clone(),
+    };
+    Ok((conn.mux.clone(), hold))
+}
+
+impl RedisStore {
+    /// [`hold_on`] this store's pool.
     pub(super) async fn hold(
         &self,
         pool: &bb8::Pool<Manager>,
         epoch: &Arc<AtomicU64>,
     ) -> Result<(MultiplexedConnection, Hold), StoreError> {
-        let conn = self.checkout(pool, epoch).await?;
-        let hold = Hold {
-            epoch: conn.epoch,
-            shared_epoch: epoch.clone(),
-            liveness: conn.liveness.clone(),
-        };
-        Ok((conn.mux.clone(), hold))
+        hold_on(pool, epoch, self.checkout_timeout).await
     }
 
     /// Runs one command on a pooled connection: the outer error is the pool's, the inner one
@@ -218,7 +226,7 @@ impl RedisStore {
 
     async fn query_once(&self, cmd: &redis::Cmd) -> Result<Result<Value, RedisError>, StoreError> {
         let (pool, shared_epoch) = match &self.backend {
-            Backend::Single { pool, epoch } => (pool, epoch),
+            Backend::Single { pool, epoch, .. } => (pool, epoch),
             Backend::Cluster(cluster) => {
                 let mut conn = cluster.connection(self.checkout_timeout).await?;
                 return Ok(cmd.query_async::<Value>(&mut conn).await);
@@ -239,7 +247,7 @@ impl RedisStore {
     /// their keys may live on different nodes); any error is a [`StoreError`].
     pub(super) async fn run_pipe(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>, StoreError> {
         let (pool, shared_epoch) = match &self.backend {
-            Backend::Single { pool, epoch } => (pool, epoch),
+            Backend::Single { pool, epoch, .. } => (pool, epoch),
             Backend::Given(given) => {
                 let mut conn = given.connection(self.checkout_timeout).await?;
                 return pipe
@@ -323,7 +331,7 @@ pub(super) struct Hold {
 impl Hold {
     /// Runs `call` and reads its outcome, even when the caller gives up first (see
     /// [`Watched`]).
-    fn watch<T: Send + 'static, F>(self, call: F) -> Watched<T>
+    pub(super) fn watch<T: Send + 'static, F>(self, call: F) -> Watched<T>
     where
         F: Future<Output = Result<T, RedisError>> + Send + 'static,
     {
@@ -383,7 +391,7 @@ type Call<T> = Pin<Box<dyn Future<Output = Result<T, RedisError>> + Send>>;
 /// call is finished in the background, up to the connection's [`RESPONSE_TIMEOUT`]: a
 /// connection that no longer answers is found even when every caller gives up first.
 // The bounds are `Drop`'s, which finishes the call on another task.
-struct Watched<T: Send + 'static> {
+pub(super) struct Watched<T: Send + 'static> {
     call: Option<Call<T>>,
     hold: Hold,
 }
