@@ -1,8 +1,9 @@
-//! A memory hit of `Values::get_or_fetch` next to `moka::sync::Cache::get` of an `Arc<T>`
-//! (the issue names moka's future cache; this crate builds moka with `sync` only), and the two
-//! codecs on one value.
+//! A memory hit of `Values::get_or_fetch` next to moka's `get` of an `Arc<T>`, from its sync
+//! cache (what this crate's memory tier is built on) and its async one (`moka::future`, as an
+//! async handler would use it), and the two codecs on one value.
 //!
-//! `cargo bench --bench values`; compare `values_hit/get_or_fetch` with `values_hit/moka_get`.
+//! `cargo bench --bench values`; compare `values_hit/get_or_fetch` with `values_hit/moka_get`
+//! and `values_hit/moka_future_get`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,12 @@ fn hit(c: &mut Criterion) {
     g.bench_function("moka_get", |b| {
         b.to_async(&rt)
             .iter(|| async { moka.get("user:1").unwrap() })
+    });
+    let future: moka::future::Cache<String, Arc<User>> = moka::future::Cache::new(10_000);
+    rt.block_on(future.insert("user:1".into(), Arc::new(user())));
+    g.bench_function("moka_future_get", |b| {
+        b.to_async(&rt)
+            .iter(|| async { future.get("user:1").await.unwrap() })
     });
     g.finish();
 
