@@ -483,6 +483,14 @@ pub(crate) fn micros(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// `t` in microseconds since the epoch rounded up, as invalidations are dated (fills are
+/// dated by [`micros`], rounded down).
+pub(crate) fn micros_up(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// The time `us` microseconds after the epoch, if this platform's `SystemTime` holds it.
 pub(crate) fn at_micros(us: u64) -> Option<SystemTime> {
     UNIX_EPOCH.checked_add(Duration::from_micros(us))

@@ -216,10 +216,7 @@ impl super::Stash {
         self.keep_sampling();
         match self.store_time() {
             Some((now, error)) => {
-                let nanos = (now + error)
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
-                let micros = u64::try_from(nanos.div_ceil(1000)).unwrap_or(u64::MAX);
+                let micros = crate::entry::micros_up(now + error);
                 (UNIX_EPOCH + Duration::from_micros(micros), true)
             }
             // At least a millisecond: the margin for clocks that disagree.

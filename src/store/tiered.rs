@@ -167,6 +167,8 @@ impl<S> TieredStore<S> {
         impl Drop for Done {
             fn drop(&mut self) {
                 let mut reads = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                // Three holders at most when no other reader waits: the map, this guard and
+                // the dropped read's own handle (each other reader holds two more).
                 if reads.get(&self.1).is_some_and(|(_, a)| {
                     Arc::ptr_eq(a, &self.2) && (a.initialized() || Arc::strong_count(a) <= 3)
                 }) {

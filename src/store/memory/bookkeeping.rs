@@ -7,6 +7,8 @@ use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+// Stores date to the microsecond (see `Stash::stamp`): invalidations rounded up, fills down.
+use crate::entry::{micros, micros_up};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Dates of invalidations in a fixed number of buckets, each keeping the latest date hashed
@@ -19,16 +21,6 @@ pub(super) struct Epochs {
     at: Box<[AtomicU64]>,
     until: Box<[AtomicU64]>,
     hasher: foldhash::fast::FixedState,
-}
-
-/// Stores date to the microsecond (see `Stash::stamp`): invalidations rounded up, fills down.
-fn us_up(t: SystemTime) -> u64 {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(d.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX)
-}
-
-fn us_down(t: SystemTime) -> u64 {
-    u64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Epochs {
@@ -50,9 +42,9 @@ impl Epochs {
     pub(super) fn record(&self, name: &[&str], at: SystemTime, keep: Duration) {
         let b = self.bucket(name);
         // `until` first: a reader that sees the new date sees its horizon too.
-        let until = us_up(SystemTime::now() + keep);
+        let until = micros_up(SystemTime::now() + keep);
         self.until[b].fetch_max(until, Ordering::Release);
-        self.at[b].fetch_max(us_up(at), Ordering::Release);
+        self.at[b].fetch_max(micros_up(at), Ordering::Release);
     }
 
     /// The latest invalidation date of `name`'s bucket, while it matters.
@@ -60,14 +52,14 @@ impl Epochs {
         let b = self.bucket(name);
         let at = self.at[b].load(Ordering::Acquire);
         let until = self.until[b].load(Ordering::Acquire);
-        (at != 0 && until > us_down(SystemTime::now()))
+        (at != 0 && until > micros(SystemTime::now()))
             .then(|| UNIX_EPOCH + Duration::from_micros(at))
     }
 
     /// Whether a fill whose request began at `began` came before an invalidation of `name`.
     pub(super) fn refuses(&self, name: &[&str], began: SystemTime) -> bool {
         self.latest(name)
-            .is_some_and(|at| us_down(began) < us_down(at))
+            .is_some_and(|at| micros(began) < micros(at))
     }
 
     pub(super) fn clear(&self) {

@@ -94,12 +94,7 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Queued>, pool: PoolRef) {
 async fn send(mut batch: Vec<Queued>, pool: PoolRef) {
     let (mut mux, hold) = match hold_on(&pool.pool, &pool.epoch, pool.checkout_timeout).await {
         Ok(held) => held,
-        Err(e) => {
-            for (_, tx) in batch {
-                let _ = tx.send(Err(e.clone()));
-            }
-            return;
-        }
+        Err(e) => return fail(batch, e),
     };
     if batch.len() == 1 {
         let (cmd, tx) = batch.pop().expect("one read");
@@ -124,20 +119,16 @@ async fn send(mut batch: Vec<Queued>, pool: PoolRef) {
             }
         }
         Ok(replies) => {
-            let e = StoreError::new(format!(
-                "redis: {} replies to {} reads",
-                replies.len(),
-                batch.len()
-            ));
-            for (_, tx) in batch {
-                let _ = tx.send(Err(e.clone()));
-            }
+            let e = format!("redis: {} replies to {} reads", replies.len(), batch.len());
+            fail(batch, StoreError::new(e));
         }
-        Err(e) => {
-            let e = StoreError::new(format!("redis: {e}"));
-            for (_, tx) in batch {
-                let _ = tx.send(Err(e.clone()));
-            }
-        }
+        Err(e) => fail(batch, StoreError::new(format!("redis: {e}"))),
+    }
+}
+
+/// Answers every read of `batch` with `e`.
+fn fail(batch: Vec<Queued>, e: StoreError) {
+    for (_, tx) in batch {
+        let _ = tx.send(Err(e.clone()));
     }
 }
