@@ -168,6 +168,17 @@ impl Entry {
         entry
     }
 
+    /// The envelope of a tombstone dated `at` for any key, around the key: a tombstone's
+    /// [`encode`](Self::encode) is `before`, the key's length (4 bytes, big-endian), the key,
+    /// then `after`. For a store that writes many tombstones where it cannot call `encode`
+    /// (a Redis script).
+    pub(crate) fn tombstone_parts(at: SystemTime) -> (Bytes, Bytes) {
+        let mut whole = Self::tombstone("", at).encode();
+        let after = whole.split_off(TOMBSTONE_KEY_AT + 4);
+        whole.truncate(TOMBSTONE_KEY_AT);
+        (whole, after)
+    }
+
     /// Whether this is a tombstone (see [`tombstone`](Self::tombstone)).
     pub fn is_tombstone(&self) -> bool {
         self.tombstone
@@ -474,6 +485,10 @@ pub(crate) fn millis(t: SystemTime) -> u64 {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
+
+/// Where a tombstone's key begins in its envelope: magic, version, flags, status, then four
+/// 8-byte numbers (no sliding time).
+const TOMBSTONE_KEY_AT: usize = 2 + 1 + 1 + 2 + 4 * 8;
 
 /// `t` in microseconds since the epoch (0 before it, `u64::MAX` past what it holds): how
 /// entries, invalidations and fills are dated in stores.

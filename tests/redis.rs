@@ -2196,6 +2196,106 @@ fn tagged(key: &str, at: SystemTime, tags: &[&str]) -> Arc<Entry> {
     )
 }
 
+/// On one server, a key's invalidation is one script: the key's tombstone, its family's
+/// variants' tombstones (each its own key, dated as the invalidation; a variant stored after
+/// it stays) and the message on the bus, published only after them. A family too large for
+/// one script is walked in steps, with the same outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_s_invalidation_is_one_script_on_one_server_and_a_large_family_walks() {
+    use futures_util::StreamExt;
+    let redis = blocking(RedisServer::start);
+    let store = store_on(&redis.url());
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut bus = within("a subscriber", client.get_async_pubsub())
+        .await
+        .unwrap();
+    within("subscribe", bus.subscribe("tower-stash:bus"))
+        .await
+        .unwrap();
+    let mut messages = bus.into_on_message();
+    // To the microsecond, as stores date entries.
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64);
+    let at = t0 + Duration::from_secs(1);
+    let keep = Duration::from_secs(30);
+    // 3 variants, then 200 (more than one script takes).
+    for (round, variants) in [(1, 3), (2, 200)] {
+        let key = format!("fam:v1:user:{round}");
+        let family = format!("~user:{round}");
+        let mut all = vec![key.clone()];
+        all.extend((0..variants).map(|v| format!("{key}?lang={v}")));
+        for k in &all {
+            within(
+                "put",
+                store.put(k.as_str().into(), tagged(k, t0, &[&family]), TTL),
+            )
+            .await
+            .unwrap();
+        }
+        // Filled by a request that began after the invalidation: it stays.
+        let newer = format!("{key}?lang=newer");
+        let entry = tagged(&newer, at + Duration::from_millis(1), &[&family]);
+        within("put", store.put(newer.as_str().into(), entry, TTL))
+            .await
+            .unwrap();
+
+        let (scripts, scans) = (scripts_run(&redis), command_calls(&redis, "zscan"));
+        let message = Bytes::from(format!("round {round}"));
+        let done = store
+            .invalidate_and_publish(
+                key.as_str().into(),
+                "fam".into(),
+                family.as_str().into(),
+                at,
+                keep,
+                message.clone(),
+            )
+            .expect("one server: in one call");
+        assert_eq!(within("invalidate_and_publish", done).await.unwrap(), 1);
+        let heard = within("the message", messages.next()).await.unwrap();
+        assert_eq!(heard.get_payload_bytes(), &message[..]);
+        if variants < 128 {
+            assert_eq!(scripts_run(&redis) - scripts, 1, "one script");
+            assert_eq!(command_calls(&redis, "zscan"), scans, "no walk");
+        } else {
+            assert!(command_calls(&redis, "zscan") > scans, "walked");
+        }
+        for k in &all {
+            let stored = redis.get_raw(k).await.expect(k);
+            let stone = Entry::decode(Bytes::from(stored)).unwrap();
+            assert!(stone.is_tombstone(), "{k}");
+            assert_eq!((stone.key(), stone.stored_at()), (k.as_str(), at), "{k}");
+            let ttl: u64 = redis.cli(&["PTTL", k]).parse().unwrap();
+            assert!(ttl > 20_000 && ttl <= 30_000, "{k}: {ttl}");
+        }
+        let kept = within("get", store.get(newer.as_str().into()))
+            .await
+            .unwrap();
+        assert!(kept.is_some_and(|e| !e.is_tombstone()));
+        // The index holds the newer variant alone (and the family's epoch).
+        let index = format!("fam:t:~user%3A{round}");
+        let members = redis.cli(&["ZRANGEBYSCORE", &index, "-inf", "(1e15"]);
+        assert_eq!(members.trim(), newer, "round {round}");
+        let epoch: f64 = redis.cli(&["ZSCORE", &index, "!epoch"]).parse().unwrap();
+        let micros = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as f64;
+        assert_eq!(epoch, micros + 1e15);
+        // A fill whose request began before the invalidation is refused, variant or not.
+        for k in [&key, &all[1]] {
+            let late = tagged(k, at - Duration::from_millis(1), &[&family]);
+            within("put", store.put(k.as_str().into(), late, TTL))
+                .await
+                .unwrap();
+            let stored = within("get", store.get(k.as_str().into())).await.unwrap();
+            assert!(stored.is_none(), "{k}");
+        }
+    }
+}
+
 both!(a_tag_invalidation_drops_a_written_entry_dated_after_it);
 /// A write-through's entry is dated when its write ended: a tag invalidation that came while
 /// the write was in progress (dated before the entry) still drops it, where it keeps an entry

@@ -169,3 +169,19 @@ fn header_value_with_crlf_is_corrupt() {
         Err(EntryError::Corrupt("header value"))
     );
 }
+
+#[test]
+fn a_tombstone_is_its_parts_around_the_key() {
+    let at = UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456);
+    let (before, after) = Entry::tombstone_parts(at);
+    for key in ["", "ns:v1:user:1", "ns:v1:GET /é?q=1", &"k".repeat(70_000)] {
+        let mut built = before.to_vec();
+        built.extend_from_slice(&u32::try_from(key.len()).unwrap().to_be_bytes());
+        built.extend_from_slice(key.as_bytes());
+        built.extend_from_slice(&after);
+        assert_eq!(built, Entry::tombstone(key, at).encode(), "{key:.20}");
+        let read = Entry::decode(built.into()).unwrap();
+        assert!(read.is_tombstone());
+        assert_eq!((read.key(), read.stored_at()), (key, at));
+    }
+}

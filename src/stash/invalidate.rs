@@ -95,27 +95,43 @@ impl Stash {
         let store = self.store();
         let ns: Arc<str> = self.inner.namespace.as_str().into();
         let id = new_message_id();
-        let message = match what {
+        let (message, done) = match what {
             Invalidation::Key(key) => {
                 let full = format!("{}{key}", self.inner.prefix);
-                let stored = self.hashed_key(&full).unwrap_or_else(|| full.clone());
+                let stored: Arc<str> = self.hashed_key(&full).unwrap_or(full).into();
                 let family: Arc<str> = self.family(key).into();
-                // The key and its variants at once (neither depends on the other).
-                let one = store.invalidate(stored.as_str().into(), at, keep);
-                let all = store.invalidate_tag(ns.clone(), family.clone(), at, keep);
-                let (one, all) = crate::concurrently::join(one, all).await;
-                one?;
-                all?;
-                bus_message(b'k', at, keep, &id, &[&stored, &ns, &family])
+                let message = bus_message(b'k', at, keep, &id, &[&stored, &ns, &family]);
+                // In one call where the store can (Redis on one server: one script).
+                let done = store.invalidate_and_publish(
+                    stored.clone(),
+                    ns.clone(),
+                    family.clone(),
+                    at,
+                    keep,
+                    message.clone(),
+                );
+                if done.is_none() {
+                    // The key and its variants at once (neither depends on the other).
+                    let one = store.invalidate(stored, at, keep);
+                    let all = store.invalidate_tag(ns, family, at, keep);
+                    let (one, all) = crate::concurrently::join(one, all).await;
+                    one?;
+                    all?;
+                }
+                (message, done)
             }
             Invalidation::Tag(tag) => {
                 store
                     .invalidate_tag(ns.clone(), tag.as_str().into(), at, keep)
                     .await?;
-                bus_message(b't', at, keep, &id, &[&ns, tag])
+                (bus_message(b't', at, keep, &id, &[&ns, tag]), None)
             }
         };
-        let sent = match self.publish(message).await {
+        let published = match done {
+            Some(done) => done.await,
+            None => self.publish(message).await,
+        };
+        let sent = match published {
             Ok(sent) => sent,
             Err(e) => {
                 self.publish_failed(&e);

@@ -175,6 +175,26 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// A key's invalidation in fewer round trips, where the store can: invalidates `key` as
+    /// [`invalidate`](Self::invalidate) does and the entries of namespace `ns` tagged `family`
+    /// (the key's variants) as [`invalidate_tag`](Self::invalidate_tag) does, then publishes
+    /// `message` on the store's [bus](Self::bus) (none without one); the future says how many
+    /// subscribers got it. Nothing is published unless all of it was done. `None`, the
+    /// default, has the caller make the three calls: Redis on one server does it all in one
+    /// script.
+    fn invalidate_and_publish(
+        &self,
+        key: Arc<str>,
+        ns: Arc<str>,
+        family: Arc<str>,
+        at: SystemTime,
+        keep: Duration,
+        message: bytes::Bytes,
+    ) -> Option<StoreFuture<u64>> {
+        let _ = (key, ns, family, at, keep, message);
+        None
+    }
+
     /// Whether a fill of `key` whose request began at `began` is refused, as far as the store
     /// knows at once, without waiting (a tombstone in memory: an invalidation made here or
     /// heard on the bus since the request began): then `Cache-Status` does not say `stored`.

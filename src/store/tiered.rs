@@ -5,6 +5,7 @@ use super::{
     Writes,
 };
 use crate::Entry;
+use bytes::Bytes;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -372,6 +373,31 @@ impl<S: Store> Store for TieredStore<S> {
                 .invalidate_tag(ns.clone(), tag.clone(), at, keep.min(self.l1_max_ttl)),
         );
         self.l2.invalidate_tag(ns, tag, at, keep)
+    }
+
+    /// L1 at once as [`invalidate`](Store::invalidate) and
+    /// [`invalidate_tag`](Store::invalidate_tag) do, where L2 does it all.
+    fn invalidate_and_publish(
+        &self,
+        key: Arc<str>,
+        ns: Arc<str>,
+        family: Arc<str>,
+        at: SystemTime,
+        keep: Duration,
+        message: Bytes,
+    ) -> Option<StoreFuture<u64>> {
+        let l2 = self.l2.invalidate_and_publish(
+            key.clone(),
+            ns.clone(),
+            family.clone(),
+            at,
+            keep,
+            message,
+        )?;
+        let l1_keep = keep.min(self.l1_max_ttl);
+        drop(self.l1.invalidate(key, at, l1_keep));
+        drop(self.l1.invalidate_tag(ns, family, at, l1_keep));
+        Some(l2)
     }
 
     /// L2's bus: invalidations other instances hear, and the acknowledgements of this

@@ -472,6 +472,22 @@ impl<S: Store> Store for Guarded<S> {
         self.guard_steps("invalidate_tag", |s| s.invalidate_tag(ns, tag, at, keep))
     }
 
+    /// Where the guarded store has it: a call of steps (it walks a large family).
+    fn invalidate_and_publish(
+        &self,
+        key: Arc<str>,
+        ns: Arc<str>,
+        family: Arc<str>,
+        at: SystemTime,
+        keep: Duration,
+        message: Bytes,
+    ) -> Option<StoreFuture<u64>> {
+        let call = self
+            .inner
+            .invalidate_and_publish(key, ns, family, at, keep, message)?;
+        Some(self.guard_steps("invalidate_and_publish", |_| call))
+    }
+
     fn refuses(&self, key: &str, began: SystemTime) -> bool {
         self.inner.refuses(key, began)
     }

@@ -365,12 +365,29 @@ async fn a_zero_interval_turns_the_probe_off() {
     assert_eq!((pings(&g), g.health()), (0, Health::Ok));
 }
 
-/// A store whose tag invalidation takes `steps` steps of `each`, reporting each, and then
-/// hangs if `hang` (a store that stopped answering midway).
+/// A store whose tag invalidation (and key invalidation with its publication) takes `steps`
+/// steps of `each`, reporting each, and then hangs if `hang` (a store that stopped answering
+/// midway).
 struct Walker {
     steps: u32,
     each: Duration,
     hang: bool,
+}
+
+impl Walker {
+    fn walk(&self) -> StoreFuture<u64> {
+        let (steps, each, hang) = (self.steps, self.each, self.hang);
+        Box::pin(async move {
+            for _ in 0..steps {
+                tokio::time::sleep(each).await;
+                step_done();
+            }
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            Ok(u64::from(steps))
+        })
+    }
 }
 
 impl Store for Walker {
@@ -390,17 +407,19 @@ impl Store for Walker {
         _: SystemTime,
         _: Duration,
     ) -> StoreFuture<()> {
-        let (steps, each, hang) = (self.steps, self.each, self.hang);
-        Box::pin(async move {
-            for _ in 0..steps {
-                tokio::time::sleep(each).await;
-                step_done();
-            }
-            if hang {
-                std::future::pending::<()>().await;
-            }
-            Ok(())
-        })
+        let walk = self.walk();
+        Box::pin(async move { walk.await.map(drop) })
+    }
+    fn invalidate_and_publish(
+        &self,
+        _: Arc<str>,
+        _: Arc<str>,
+        _: Arc<str>,
+        _: SystemTime,
+        _: Duration,
+        _: bytes::Bytes,
+    ) -> Option<StoreFuture<u64>> {
+        Some(self.walk())
     }
 }
 
@@ -428,6 +447,54 @@ async fn a_tag_invalidation_is_timed_per_step_not_as_one_call() {
     let (done, took, _) = walk(1, Duration::from_millis(1500), false).await;
     assert!(done.is_err());
     assert_eq!(took, Duration::from_secs(1));
+}
+
+/// A key's invalidation with its publication is guarded as a tag's is: per step, and not
+/// at all while the breaker is open.
+#[tokio::test(start_paused = true)]
+async fn a_key_invalidation_in_one_call_is_timed_per_step_and_refused_by_an_open_breaker() {
+    let call = |g: &Guarded<Walker>| {
+        let now = SystemTime::now();
+        g.invalidate_and_publish(
+            "k".into(),
+            "ns".into(),
+            "~k".into(),
+            now,
+            Duration::ZERO,
+            "m".into(),
+        )
+        .expect("the walker has it")
+    };
+    let step = Duration::from_millis(900);
+    let g = Guarded::new(Walker {
+        steps: 10,
+        each: step,
+        hang: false,
+    })
+    .probe_interval(Duration::ZERO);
+    let started = Instant::now();
+    assert_eq!(call(&g).await.unwrap(), 10);
+    assert_eq!(started.elapsed(), step * 10);
+    let g = Guarded::new(Walker {
+        steps: 3,
+        each: step,
+        hang: true,
+    })
+    .probe_interval(Duration::ZERO);
+    let started = Instant::now();
+    let err = call(&g).await.unwrap_err();
+    assert!(err.to_string().contains("no answer within 1s"), "{err}");
+    assert_eq!(started.elapsed(), step * 3 + Duration::from_secs(1));
+    // Failing calls open the breaker: then refused at once.
+    for _ in 0..10 {
+        let _ = call(&g).await;
+        if g.health() != Health::Ok {
+            break;
+        }
+    }
+    let started = Instant::now();
+    assert!(call(&g).await.unwrap_err().is_circuit_open());
+    assert_eq!(started.elapsed(), Duration::ZERO);
 }
 
 fn entry() -> Arc<Entry> {

@@ -29,7 +29,7 @@ use oom::MemoryWatch;
 use pool::Manager;
 use redis::Value;
 use scripts::{
-    eval, ms, DELETE_IF_NOT_STRING, DELETE_IF_SAME, GET_SLIDING, SET_UNLESS_NEWER, TOUCH,
+    eval, ms, set_unless_newer, DELETE_IF_NOT_STRING, DELETE_IF_SAME, GET_SLIDING, TOUCH,
 };
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -40,7 +40,8 @@ use std::time::{Duration, SystemTime};
 /// connections. Cheap to clone: clones share the pool.
 ///
 /// One round trip per call: a lookup is one `GET`, a fill one `SET key value PX ttl`, a delete
-/// one `DEL`. Values are [`Entry::encode`] envelopes; a value that does not decode (garbage, a
+/// one `DEL`; on one server, a key's invalidation (its tombstone, its variants' and the
+/// message on the bus) one script. Values are [`Entry::encode`] envelopes; a value that does not decode (garbage, a
 /// truncated entry, an unknown format version, a key of another type) is a miss, and the key
 /// is deleted in the background, only if it still holds the same bytes, so that a fill racing
 /// the delete is kept.
@@ -359,7 +360,7 @@ impl Store for RedisStore {
                 tracing::debug!(%key, "a tag of this fill was invalidated after its request began: not stored");
                 return Ok(());
             }
-            let mut cmd = eval(SET_UNLESS_NEWER);
+            let mut cmd = eval(set_unless_newer());
             cmd.arg(1).arg(&*key).arg(&value[..]).arg(set_millis);
             let reply = this.query(&cmd).await?;
             this.filled(&key, reply)
@@ -404,6 +405,28 @@ impl Store for RedisStore {
     ) -> StoreFuture<()> {
         let this = self.clone();
         Box::pin(async move { this.invalidate_tagged(&ns, &tag, at, keep).await })
+    }
+
+    /// On one server, one script (tombstones, the family's epoch, its variants' tombstones
+    /// and the message: see [`RedisStore::invalidate_and_publish`]); a cluster makes the
+    /// three calls, its keys being in several slots.
+    fn invalidate_and_publish(
+        &self,
+        key: Arc<str>,
+        ns: Arc<str>,
+        family: Arc<str>,
+        at: SystemTime,
+        keep: Duration,
+        message: Bytes,
+    ) -> Option<StoreFuture<u64>> {
+        if self.is_cluster() {
+            return None;
+        }
+        let this = self.clone();
+        Some(Box::pin(async move {
+            this.invalidate_family(&key, &ns, &family, at, keep, message)
+                .await
+        }))
     }
 
     /// `SCAN` with `MATCH prefix*` (the prefix's glob characters escaped), a step per page;

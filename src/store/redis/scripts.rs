@@ -2,7 +2,7 @@
 //! writes besides entries (leases, writes in progress, acknowledgements, tag indexes).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The scripts run by SHA-1 so far, both ways: by where their text lives, and by SHA-1.
@@ -12,10 +12,10 @@ struct Loaded {
     text: HashMap<Arc<str>, &'static str>,
 }
 
-fn loaded() -> std::sync::MutexGuard<'static, Loaded> {
-    static LOADED: OnceLock<Mutex<Loaded>> = OnceLock::new();
-    let loaded = LOADED.get_or_init(Mutex::default);
-    loaded.lock().unwrap_or_else(|e| e.into_inner())
+/// Read by every script call (on many worker threads at once), written once per script.
+fn loaded() -> &'static RwLock<Loaded> {
+    static LOADED: OnceLock<RwLock<Loaded>> = OnceLock::new();
+    LOADED.get_or_init(RwLock::default)
 }
 
 /// A command running `script` (one of this module's): `EVALSHA` with its SHA-1, by which
@@ -25,17 +25,19 @@ fn loaded() -> std::sync::MutexGuard<'static, Loaded> {
 pub(super) fn eval(script: &'static str) -> redis::Cmd {
     // A `'static` text never moves nor changes: where it lives names it.
     let at = (script.as_ptr() as usize, script.len());
-    let mut loaded = loaded();
-    let sha = match loaded.sha.get(&at) {
-        Some(sha) => sha.clone(),
-        None => {
-            let sha: Arc<str> = redis::Script::new(script).get_hash().into();
-            loaded.sha.insert(at, sha.clone());
-            loaded.text.insert(sha.clone(), script);
-            sha
-        }
-    };
-    drop(loaded);
+    let known = loaded()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .sha
+        .get(&at)
+        .cloned();
+    let sha = known.unwrap_or_else(|| {
+        let sha: Arc<str> = redis::Script::new(script).get_hash().into();
+        let mut loaded = loaded().write().unwrap_or_else(|e| e.into_inner());
+        loaded.sha.insert(at, sha.clone());
+        loaded.text.insert(sha.clone(), script);
+        sha
+    });
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(&*sha);
     cmd
@@ -63,7 +65,11 @@ pub(super) fn as_eval(cmd: &redis::Cmd) -> Option<redis::Cmd> {
         return None;
     }
     let sha = std::str::from_utf8(args.next()?).ok()?;
-    let text = *loaded().text.get(sha)?;
+    let text = *loaded()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .text
+        .get(sha)?;
     let mut eval = eval_text(text);
     for arg in args {
         eval.arg(arg);
@@ -82,35 +88,47 @@ pub(super) const DELETE_IF_SAME: &str =
 /// Deletes a key only while it is not a string (a fill may have replaced it since).
 pub(super) const DELETE_IF_NOT_STRING: &str = "if redis.call('TYPE', KEYS[1]).ok ~= 'string' then \
      return redis.call('DEL', KEYS[1]) end return 0";
-/// Sets `KEYS[1]` to `ARGV[1]` for `ARGV[2]` ms unless it holds an entry stored later: the
-/// entry's `stored_at` is bytes 7 to 14 of the envelope (big-endian micros, compared byte by
-/// byte, never with Lua's locale-dependent string order), read with GETRANGE, never the whole
+/// Lua: `unless_newer(k, v, px, force)` sets `k` to `v` (an envelope) for `px` ms unless it
+/// holds an entry stored later, and says whether it did (1) or not (0). The entry's
+/// `stored_at` is bytes 7 to 14 of the envelope (big-endian micros, compared byte by byte,
+/// never with Lua's locale-dependent string order), read with GETRANGE, never the whole
 /// value. A late fill (its request began before the stored entry's) never replaces a newer
 /// entry, and a tombstone refuses the fills dated before it. A key of another type is
 /// replaced (GETRANGE fails on it: `pcall` makes that an empty string). A fill of the same
 /// microsecond as a tombstone is stored: invalidations are dated rounded up to the
 /// microsecond, fills rounded down (see `Stash::stamp`). A tombstone always replaces an entry
-/// a write-through stored (flags value 8, `Entry::with_written`), whose date is its write's end.
-/// An invalidation passes the key's last writer (`{K}!ws`, see [`WRITE_END`]) as `KEYS[2]`:
-/// set to `0` if present, so that no write in progress may store after it.
-/// `ARGV[3]` = `1` skips the comparison: a key's invalidation always lands (what Redis saw
-/// last wins; a newer entry it drops only costs a miss).
-pub(super) const SET_UNLESS_NEWER: &str =
-    "if #KEYS > 1 then redis.call('SET', KEYS[2], '0', 'XX', 'PX', ARGV[2]) end \
-    if ARGV[3] ~= '1' then \
-    local cur = redis.pcall('GETRANGE', KEYS[1], 0, 13) \
+/// a write-through stored (flags value 8, `Entry::with_written`), whose date is its write's
+/// end. `force` skips the comparison: a key's invalidation always lands (what Redis saw last
+/// wins; a newer entry it drops only costs a miss).
+const UNLESS_NEWER: &str = "local function unless_newer(k, v, px, force) \
+    if not force then \
+    local cur = redis.pcall('GETRANGE', k, 0, 13) \
     if type(cur) ~= 'string' then cur = '' end \
-    if string.len(cur) == 14 and string.sub(cur, 1, 3) == string.sub(ARGV[1], 1, 3) then \
+    if string.len(cur) == 14 and string.sub(cur, 1, 3) == string.sub(v, 1, 3) then \
     local newer = nil \
     for i = 7, 14 do \
-    local a, b = string.byte(cur, i), string.byte(ARGV[1], i) \
+    local a, b = string.byte(cur, i), string.byte(v, i) \
     if a ~= b then newer = a > b break end \
     end \
     if newer == true and not (math.floor(string.byte(cur, 4) / 8) % 2 == 1 \
-    and math.floor(string.byte(ARGV[1], 4) / 2) % 2 == 1) then return 0 end \
+    and math.floor(string.byte(v, 4) / 2) % 2 == 1) then return 0 end \
     end \
     end \
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
+    redis.call('SET', k, v, 'PX', px) return 1 end ";
+
+/// Sets `KEYS[1]` to `ARGV[1]` for `ARGV[2]` ms unless it holds an entry stored later (see
+/// [`UNLESS_NEWER`]; `ARGV[3]` = `1` forces it). An invalidation passes the key's last writer
+/// (`{K}!ws`, see [`WRITE_END`]) as `KEYS[2]`: set to `0` if present, so that no write in
+/// progress may store after it.
+pub(super) fn set_unless_newer() -> &'static str {
+    static SCRIPT: OnceLock<String> = OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        format!(
+            "{UNLESS_NEWER}if #KEYS > 1 then redis.call('SET', KEYS[2], '0', 'XX', 'PX', ARGV[2]) end \
+            return unless_newer(KEYS[1], ARGV[1], ARGV[2], ARGV[3] == '1')"
+        )
+    })
+}
 /// `GET KEYS[1]`, extending its TTL to `ARGV[1]` ms (sliding expiry) unless it is a tombstone
 /// (whose time is its own): one round trip, on any Redis version. A key of another type is
 /// the `WRONGTYPE` error, as a `GET`.
@@ -166,10 +184,10 @@ pub(super) const TAG_ADD: &str = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2]) 
 /// entry's key) to each tag index `KEYS[2..]` as [`TAG_ADD`] does (`ARGV[4]` its score,
 /// `ARGV[6]` now, `ARGV[7]` the index's least life); if one of the tags was invalidated after
 /// `ARGV[8]` (when the fill's request began, in µs), returns -1 and stores nothing; else stores
-/// `ARGV[1]` under `KEYS[1]` for `ARGV[2]` ms as [`SET_UNLESS_NEWER`] does (1, or 0 when a
+/// `ARGV[1]` under `KEYS[1]` for `ARGV[2]` ms as [`set_unless_newer`] does (1, or 0 when a
 /// newer entry or a tombstone is there).
 pub(super) fn tagged_set() -> &'static str {
-    static SCRIPT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static SCRIPT: OnceLock<String> = OnceLock::new();
     SCRIPT.get_or_init(|| {
         let tags = "local invalidated = false \
             for i = 2, #KEYS do \
@@ -181,9 +199,8 @@ pub(super) fn tagged_set() -> &'static str {
             if e and tonumber(e) - 1e15 > tonumber(ARGV[8]) then invalidated = true end \
             end \
             if invalidated then return -1 end ";
-        // The fill itself: `SET_UNLESS_NEWER` without a last writer (`KEYS[2]` is a tag here).
-        let set = SET_UNLESS_NEWER.replacen("#KEYS > 1", "false", 1);
-        format!("{tags}{set}")
+        // The fill itself, as `set_unless_newer` without a last writer (`KEYS[2]` is a tag).
+        format!("{UNLESS_NEWER}{tags}return unless_newer(KEYS[1], ARGV[1], ARGV[2], false)")
     })
 }
 /// Sets the epoch of the tag index `KEYS[1]` to `ARGV[1]` µs (never backwards) and keeps the
@@ -195,6 +212,51 @@ pub(super) const TAG_EPOCH: &str = "local e = tonumber(ARGV[1]) + 1e15 \
     if (not cur) or tonumber(cur) < e then redis.call('ZADD', KEYS[1], e, '!epoch') end \
     if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then \
     redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 1";
+/// The most live variants [`invalidate_key`] tombstones itself; a family with more is walked
+/// by the caller, a page at a time (a script blocks the server while it runs).
+pub(super) const FAMILY_IN_SCRIPT: usize = 128;
+/// A key's invalidation on one server, in one round trip: the tombstone `ARGV[1]` in the place
+/// of `KEYS[1]` whatever it holds, its last writer `KEYS[2]` ended; the epoch of its family's
+/// index `KEYS[3]` set to `ARGV[3]` µs, as [`TAG_EPOCH`] does; a tombstone in the place of
+/// each live member of the family (scored `ARGV[4]` ms or later), unless it holds a newer
+/// entry, that member's last writer ended and the member taken out of the index (the member
+/// that is the key itself too); then `ARGV[8]` published on the channel `ARGV[7]` (none when
+/// empty). A member's tombstone is `ARGV[5]`, its key's length (4 bytes, big-endian), the
+/// key and `ARGV[6]`: see `Entry::tombstone_parts`. Everything is kept `ARGV[2]` ms.
+///
+/// Returns how many subscribers got the message, or -1 when the family has more than
+/// [`FAMILY_IN_SCRIPT`] live members: then the key and the epoch are done, nothing is
+/// published, and the caller walks the family. Members are keys the script was not given
+/// (their names are in the index): one server only, never a cluster.
+pub(super) fn invalidate_key() -> &'static str {
+    static SCRIPT: OnceLock<String> = OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        format!(
+            "{UNLESS_NEWER}\
+            redis.call('SET', KEYS[2], '0', 'XX', 'PX', ARGV[2]) \
+            unless_newer(KEYS[1], ARGV[1], ARGV[2], true) \
+            local e = tonumber(ARGV[3]) + 1e15 \
+            local cur = redis.call('ZSCORE', KEYS[3], '!epoch') \
+            if (not cur) or tonumber(cur) < e then redis.call('ZADD', KEYS[3], e, '!epoch') end \
+            if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[2]) then \
+            redis.call('PEXPIRE', KEYS[3], ARGV[2]) end \
+            local live = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[4], '(1e15', 'LIMIT', 0, {more}) \
+            if #live > {most} then return -1 end \
+            for _, m in ipairs(live) do \
+            local n = string.len(m) \
+            local stone = ARGV[5] .. string.char(math.floor(n / 16777216) % 256, \
+            math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256) .. m .. ARGV[6] \
+            redis.call('SET', '{{' .. m .. '}}!ws', '0', 'XX', 'PX', ARGV[2]) \
+            if m == KEYS[1] or unless_newer(m, stone, ARGV[2], false) == 1 then \
+            redis.call('ZREM', KEYS[3], m) end \
+            end \
+            if ARGV[7] == '' then return 0 end \
+            return redis.call('PUBLISH', ARGV[7], ARGV[8])",
+            more = FAMILY_IN_SCRIPT + 1,
+            most = FAMILY_IN_SCRIPT,
+        )
+    })
+}
 /// Removes members of the tag index `KEYS[1]` given as (member, score) pairs in `ARGV`, each
 /// only while its score is still the one read: a member a fill added again meanwhile stays.
 pub(super) const TAG_REMOVE: &str = "local n = 0 \

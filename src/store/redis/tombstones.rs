@@ -3,8 +3,8 @@
 
 use super::oom;
 use super::scripts::{
-    eval, eval_text, last_writer_key, millis_at, ms, namespace, tag_key, tagged_set,
-    SET_UNLESS_NEWER, TAG_ADD, TAG_EPOCH, TAG_REMOVE,
+    eval, eval_text, invalidate_key, last_writer_key, millis_at, ms, namespace, set_unless_newer,
+    tag_key, tagged_set, BUS, TAG_ADD, TAG_EPOCH, TAG_REMOVE,
 };
 use super::RedisStore;
 use crate::entry::micros;
@@ -151,7 +151,7 @@ impl RedisStore {
         self.filled(key, reply)
     }
 
-    /// Reads a fill script's reply ([`SET_UNLESS_NEWER`]'s, or [`tagged_set`]'s): 1 stored,
+    /// Reads a fill script's reply ([`set_unless_newer`]'s, or [`tagged_set`]'s): 1 stored,
     /// -1 refused for a tag invalidated after the fill's request began, 0 refused for a newer
     /// entry or a tombstone; Redis's error is a refusal (out of memory pauses fills).
     pub(super) fn filled(
@@ -224,7 +224,7 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         for (key, stone) in keys.iter().zip(&stones) {
             pipe.add_command(Self::tombstone_cmd(
-                eval(SET_UNLESS_NEWER),
+                eval(set_unless_newer()),
                 key,
                 stone,
                 keep,
@@ -260,7 +260,7 @@ impl RedisStore {
         self.memory.refused();
         let mut delete = Vec::new();
         if self.memory.past_maxmemory() {
-            let script = oom::allow_oom(SET_UNLESS_NEWER);
+            let script = oom::allow_oom(set_unless_newer());
             let mut pipe = redis::pipe();
             for &i in &refused {
                 pipe.add_command(Self::tombstone_cmd(
@@ -424,6 +424,65 @@ impl RedisStore {
 }
 
 impl RedisStore {
+    /// Invalidates `key` and its family (the index of its variants, `family` in namespace
+    /// `ns`), then publishes `message` on the bus, on one server: in one script
+    /// ([`invalidate_key`]) when the family has at most `FAMILY_IN_SCRIPT` live members and
+    /// Redis takes it; else (a larger family, Redis out of memory, a refused command) the
+    /// rest as [`Store::invalidate`](crate::store::Store::invalidate),
+    /// [`invalidate_tagged`](Self::invalidate_tagged) and [`Bus::publish`](crate::store::Bus::publish)
+    /// do it, which handle each case. Says how many subscribers got the message.
+    pub(super) async fn invalidate_family(
+        &self,
+        key: &str,
+        ns: &str,
+        family: &str,
+        at: SystemTime,
+        keep: Duration,
+        message: Bytes,
+    ) -> Result<u64, StoreError> {
+        use crate::store::Bus;
+        let index = tag_key(ns, family);
+        let stone = Entry::tombstone(key, at).encode();
+        let (before, after) = Entry::tombstone_parts(at);
+        let mut cmd = eval(invalidate_key());
+        cmd.arg(3)
+            .arg(key)
+            .arg(last_writer_key(key))
+            .arg(&index)
+            .arg(&stone[..])
+            .arg(ms(keep))
+            .arg(micros(at))
+            .arg(millis_at(SystemTime::now()))
+            .arg(&before[..])
+            .arg(&after[..])
+            .arg(BUS)
+            .arg(&message[..]);
+        let reply = self.query(&cmd).await?;
+        step_done();
+        match reply {
+            Ok(Value::Int(sent)) if sent >= 0 => {
+                self.memory.accepted();
+                return Ok(u64::try_from(sent).unwrap_or(0));
+            }
+            // A family too large for one script: the key and the epoch are done.
+            Ok(Value::Int(_)) => {}
+            Ok(other) => {
+                return Err(StoreError::new(format!(
+                    "redis: unexpected reply to an invalidation: {other:?}"
+                )))
+            }
+            // Redis's answer (out of memory, a refused command): the steps handle each case.
+            Err(e) if oom::is_refusal(&e) => {
+                tracing::debug!(error = %e, "redis refuses an invalidation in one script: made in steps");
+                self.tombstone_keys(&[key.as_bytes()], at, keep, true)
+                    .await?;
+            }
+            Err(e) => return Err(StoreError::new(format!("redis: {e}"))),
+        }
+        self.invalidate_tagged(ns, family, at, keep).await?;
+        self.publish(message).await
+    }
+
     /// Up to `limit` keys starting with `prefix`, by `SCAN` (every master of a cluster).
     pub(super) async fn scan_prefix(
         &self,
