@@ -115,7 +115,8 @@ const DRIFT_PPM: u64 = 200;
 pub(crate) const MAX_ERROR: Duration = Duration::from_millis(50);
 
 /// What [`commit_wait`](super::Stash::commit_wait) waits past twice the error bound: room for
-/// another instance's bound to be up to half of it wider (loopback bounds are tens of µs).
+/// another instance's bound to be up to half of it wider (loopback bounds are tens of µs, but
+/// a busy instance's sample may have taken a few hundred µs more).
 pub(crate) const COMMIT_SLACK: Duration = Duration::from_micros(250);
 
 impl StoreClock {
@@ -289,8 +290,14 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// A bound tight enough to sample only every [`SAMPLE_EVERY`]: a millisecond.
 const TIGHT: Duration = Duration::from_millis(1);
 
+/// While the bound is loose, the first samples come this close together (then every 50 ms):
+/// the first round trip usually opens a connection, and an instance that fills with a loose
+/// bound dates its fills early, which the other instances' invalidations may then refuse.
+const RETRY_SOON: (u32, Duration) = (10, Duration::from_millis(5));
+
 /// Samples the store's clock while the stash lives.
 async fn sample(inner: std::sync::Weak<super::Inner>) {
+    let mut loose = 0;
     loop {
         let error = {
             let Some(inner) = inner.upgrade() else {
@@ -308,7 +315,11 @@ async fn sample(inner: std::sync::Weak<super::Inner>) {
         // A loose bound (a slow first round trip) costs every invalidation its wait, and
         // fills near one: sample again soon until it is tight.
         let pause = if error.is_some_and(|e| e <= TIGHT) {
+            loose = 0;
             SAMPLE_EVERY
+        } else if loose < RETRY_SOON.0 {
+            loose += 1;
+            RETRY_SOON.1
         } else {
             Duration::from_millis(50)
         };

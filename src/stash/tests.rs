@@ -411,3 +411,65 @@ fn stats_read_the_counters_and_the_store_s_health() {
     assert_eq!(stats.breaker, Some(BreakerState::Closed));
     assert_eq!(stats.health, Health::Ok);
 }
+
+/// A store with a clock whose `TIME` takes `slow` (blocking, so that the round trip the
+/// stash measures is long) for the first `slow_calls` calls, then answers at once.
+struct SlowClock {
+    memory: MemoryStore,
+    calls: Arc<std::sync::atomic::AtomicU32>,
+    slow_calls: u32,
+}
+
+impl Store for SlowClock {
+    fn get(&self, key: Arc<str>) -> StoreFuture<Option<Arc<Entry>>> {
+        self.memory.get(key)
+    }
+    fn put(&self, key: Arc<str>, entry: Arc<Entry>, ttl: Duration) -> StoreFuture<()> {
+        self.memory.put(key, entry, ttl)
+    }
+    fn delete(&self, key: Arc<str>) -> StoreFuture<()> {
+        self.memory.delete(key)
+    }
+    fn time(&self) -> Option<StoreFuture<SystemTime>> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let slow = n < self.slow_calls;
+        Some(Box::pin(async move {
+            if slow {
+                // A round trip of 3 ms: a bound of 1.5 ms, looser than a millisecond.
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            Ok(SystemTime::now())
+        }))
+    }
+}
+
+/// A loose first sample (a round trip that opened a connection, a busy moment) is followed
+/// by the next within 5 ms, ten times at most, then every 50 ms; a tight one by the next in
+/// 100 ms.
+#[tokio::test(start_paused = true)]
+async fn a_loose_bound_is_sampled_again_soon_then_less_often() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let calls_after = |slow_calls| async move {
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let store = SlowClock {
+            memory: MemoryStore::default(),
+            calls: calls.clone(),
+            slow_calls,
+        };
+        let stash = Stash::builder().store(store).build().unwrap();
+        // The builder asked once whether the store has a clock.
+        calls.store(0, SeqCst);
+        stash.began();
+        let mut seen = Vec::new();
+        let start = tokio::time::Instant::now();
+        for ms in [1, 22, 56, 149, 277] {
+            tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+            seen.push(calls.load(SeqCst));
+        }
+        seen
+    };
+    // Loose once: again 5 ms later, tight, then every 100 ms (at 0, 5, 105 and 205 ms).
+    assert_eq!(calls_after(1).await, [1, 2, 2, 3, 4]);
+    // Always loose: ten more 5 ms apart (the last at 50 ms), then every 50 ms.
+    assert_eq!(calls_after(u32::MAX).await, [1, 5, 11, 12, 15]);
+}
