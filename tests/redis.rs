@@ -2608,6 +2608,30 @@ async fn a_tagged_fill_is_one_round_trip_on_one_server() {
     assert_eq!(redis.cli(&["EXISTS", "t:v1:three"]), "1");
 }
 
+/// On a cluster, instances subscribe on the master that serves the bus channel's slot,
+/// where `PUBLISH` goes: an invalidation reaches them without crossing the cluster bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_instances_subscribe_where_invalidations_are_published() {
+    let redis = blocking(RedisCluster::start);
+    let db = UserDb::default();
+    let a = Users::new(&redis.url(), &db, Duration::ZERO);
+    let b = Users::new(&redis.url(), &db, Duration::ZERO);
+    subscribed(&redis, 2).await;
+    let master = redis.master_of("tower-stash:bus");
+    let counts: Vec<String> = redis
+        .cli_all(&["PUBSUB", "NUMSUB", "tower-stash:bus"])
+        .iter()
+        .map(|out| out.lines().last().unwrap_or_default().trim().to_owned())
+        .collect();
+    assert_eq!(counts[master], "2", "node {master} of {counts:?}");
+    // And they hear what is published there.
+    a.get("1").await;
+    eventually("A's fill", || a.stash.stats().stores == 1).await;
+    assert_eq!(b.get("1").await.1, "tower-stash; hit");
+    a.stash.invalidate_key("user:1").await.unwrap();
+    assert!(b.get("1").await.1.starts_with("tower-stash; fwd=miss"));
+}
+
 both!(propagation_from_a_to_b);
 async fn propagation_from_a_to_b(redis: &impl Backend) {
     let db = UserDb::default();

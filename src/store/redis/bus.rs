@@ -184,6 +184,10 @@ impl Bus for RedisStore {
         let live = self.bus_live.clone();
         let acks = self.acks.clone();
         let releases = self.releases.clone();
+        let cluster = match &self.backend {
+            super::Backend::Cluster(cluster) => Some(cluster.clone()),
+            _ => None,
+        };
         rt.spawn(async move {
             use futures_util::StreamExt;
             // Delivers `event`; false once the sink is gone (the store was dropped).
@@ -198,12 +202,29 @@ impl Bus for RedisStore {
             let mut resubscribed = false;
             // A cluster's nodes in turn: when one goes, the next.
             let mut next = 0;
+            // On a cluster, the master that serves the channel's slot first, as `PUBLISH`
+            // goes there (the redis crate routes it by the channel): a message then reaches
+            // this subscription without crossing the cluster bus, whose links between nodes
+            // may hold a small message up to 40 ms (Nagle's algorithm against a delayed
+            // acknowledgement). Correct on any node (a cluster's `PUBLISH` reaches every
+            // node): after a failure there, the seeds in turn, then the master again.
+            let mut master_first = cluster.is_some();
             loop {
                 let target = &clients[next % clients.len()];
-                next += 1;
+                let master = match (&cluster, master_first) {
+                    (Some(cluster), true) => cluster.client_of_master(BUS).await,
+                    _ => None,
+                };
+                if master.is_none() {
+                    next += 1;
+                }
+                let on_master = master.is_some();
                 let subscribed = async {
                     // With Sentinel, the master now.
-                    let client = target.client().await?;
+                    let client = match master {
+                        Some(client) => client,
+                        None => target.client().await?,
+                    };
                     let mut pubsub = client.get_async_pubsub().await?;
                     pubsub.subscribe(BUS).await?;
                     Ok::<_, RedisError>(pubsub)
@@ -211,6 +232,7 @@ impl Bus for RedisStore {
                 match tokio::time::timeout(connect_timeout, subscribed).await {
                     Ok(Ok(pubsub)) => {
                         pause = Duration::from_millis(100);
+                        master_first = cluster.is_some();
                         // Messages sent while there was no subscription are lost. (Not before
                         // the first attempt: the tier was empty.)
                         if resubscribed && !deliver(BusEvent::Lost) {
@@ -281,6 +303,10 @@ impl Bus for RedisStore {
                 }
                 // Whatever happened, the next subscription follows a time without one.
                 resubscribed = true;
+                if on_master {
+                    // Ended or failed there: the seeds next, until one subscription holds.
+                    master_first = false;
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
                 if sink.strong_count() == 0 {

@@ -170,15 +170,7 @@ impl Clusters {
     /// The address (`host:port`) of the master that serves `key`'s slot, as last read; `None`
     /// before the first reading. Starts a reading in the background when the last is stale.
     pub(super) fn master_of(self: &Arc<Self>, key: &str) -> Option<Arc<str>> {
-        let slot = key_slot(key.as_bytes());
-        let found = {
-            let ranges = self.owners.ranges.read().unwrap_or_else(|e| e.into_inner());
-            let at = ranges.partition_point(|(_, last, _)| *last < slot);
-            ranges
-                .get(at)
-                .filter(|(first, ..)| *first <= slot)
-                .map(|(.., addr)| addr.clone())
-        };
+        let found = self.known_master_of(key);
         if self
             .owners
             .since_read()
@@ -187,6 +179,17 @@ impl Clusters {
             self.clone().read_owners(None);
         }
         found
+    }
+
+    /// The address of the master that serves `key`'s slot, as last read, without reading.
+    fn known_master_of(&self, key: &str) -> Option<Arc<str>> {
+        let slot = key_slot(key.as_bytes());
+        let ranges = self.owners.ranges.read().unwrap_or_else(|e| e.into_inner());
+        let at = ranges.partition_point(|(_, last, _)| *last < slot);
+        ranges
+            .get(at)
+            .filter(|(first, ..)| *first <= slot)
+            .map(|(.., addr)| addr.clone())
     }
 
     /// Reads which masters serve the slots again, in the background, asking `failing` (a
@@ -379,6 +382,27 @@ impl Clusters {
         &self,
         addr: &str,
     ) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+        let client = self.client_at(addr)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| StoreError::new(format!("redis: {e}")))
+    }
+
+    /// A client of the master that serves `key`'s slot as last read (read now if never: no
+    /// other reading is started, which would reopen the cluster connections if the slots
+    /// moved), with a seed's credentials and TLS; `None` when the slots cannot be read.
+    pub(super) async fn client_of_master(&self, key: &str) -> Option<redis::Client> {
+        self.masters().await.ok()?;
+        let addr = self.known_master_of(key)?;
+        self.client_at(&addr).ok()
+    }
+
+    /// A client of the node at `addr` (`host:port`), with a seed's credentials and TLS.
+    fn client_at(&self, addr: &str) -> Result<redis::Client, StoreError> {
         let (Some(template), Some((host, port))) = (&self.template, addr.rsplit_once(':')) else {
             return Err(StoreError::new(format!(
                 "redis cluster: cannot reach {addr}"
@@ -401,14 +425,7 @@ impl Clusters {
             },
             _ => ConnectionAddr::Tcp(host, port),
         };
-        let client = redis::Client::open(template.clone().set_addr(node))
-            .map_err(|e| StoreError::new(format!("redis: {e}")))?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
+        redis::Client::open(template.clone().set_addr(node))
             .map_err(|e| StoreError::new(format!("redis: {e}")))
     }
 
