@@ -205,9 +205,10 @@ impl Bus for RedisStore {
             // On a cluster, the master that serves the channel's slot first, as `PUBLISH`
             // goes there (the redis crate routes it by the channel): a message then reaches
             // this subscription without crossing the cluster bus, whose links between nodes
-            // may hold a small message up to 40 ms (Nagle's algorithm against a delayed
-            // acknowledgement). Correct on any node (a cluster's `PUBLISH` reaches every
-            // node): after a failure there, the seeds in turn, then the master again.
+            // held one in some runs for 42 ms (as we read Redis's source, the links it opens
+            // lack TCP_NODELAY: a delayed acknowledgement's 40 ms). Correct on any node (a
+            // cluster's `PUBLISH` reaches every node): after a failure there, the seeds in
+            // turn, then the master again.
             let mut master_first = cluster.is_some();
             loop {
                 let target = &clients[next % clients.len()];
