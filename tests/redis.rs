@@ -2238,6 +2238,8 @@ async fn a_key_s_invalidation_is_one_script_on_one_server_and_a_large_family_wal
         let family = format!("~user:{round}");
         let mut all = vec![key.clone()];
         all.extend((0..variants).map(|v| format!("{key}?lang={v}")));
+        // A key longer than 65,535 bytes: every byte of the length the script writes.
+        all.push(format!("{key}?q={}", "x".repeat(70_000)));
         for k in &all {
             within(
                 "put",

@@ -156,7 +156,11 @@ impl Stash {
     /// Says once, at error level, that the store refuses the bus for lack of permission: a
     /// setting to fix, not an outage to wait out (every invalidation keeps failing).
     pub(super) fn publish_failed(&self, e: &StoreError) {
-        if e.to_string().contains("NOPERM")
+        // A refused channel, not a refused key or command (the store's invalidation in one
+        // call may fail for those too).
+        let message = e.to_string();
+        if message.contains("NOPERM")
+            && message.contains("channel")
             && !self.inner.publish_refused.swap(true, Ordering::Relaxed)
         {
             tracing::error!(

@@ -213,10 +213,17 @@ impl Bus for RedisStore {
             loop {
                 let target = &clients[next % clients.len()];
                 let master = match (&cluster, master_first) {
-                    (Some(cluster), true) => cluster.client_of_master(BUS).await,
+                    (Some(cluster), true) => {
+                        tokio::time::timeout(connect_timeout, cluster.client_of_master(BUS))
+                            .await
+                            .ok()
+                            .flatten()
+                    }
                     _ => None,
                 };
                 if master.is_none() {
+                    // No master known (the slots unread): the seeds until one holds.
+                    master_first = false;
                     next += 1;
                 }
                 let on_master = master.is_some();

@@ -121,6 +121,9 @@ pub struct RedisStore {
     clients: Arc<Vec<connect::Target>>,
     /// Whether the pub/sub subscription is up (and the memory tier flushed after a gap).
     bus_live: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once Redis refused a key's invalidation in one script for another reason than
+    /// memory (an ACL, a server that forbids undeclared keys): invalidations take the steps.
+    one_script: Arc<tombstones::Refused>,
     /// The acknowledgements heard on the bus, for the invalidations this instance waits on.
     acks: Arc<bus::AckBoard>,
     /// The leases this instance waits for, told of their release on the bus.

@@ -20,6 +20,26 @@ use std::time::{Duration, SystemTime};
 /// stored as a listpack, comes whole).
 const TAG_BATCH: usize = 500;
 
+/// Whether Redis refused a key's invalidation in one script for good (see
+/// [`RedisStore::invalidate_family`]).
+#[derive(Debug, Default)]
+pub(super) struct Refused(std::sync::atomic::AtomicBool);
+
+impl Refused {
+    pub(super) fn is_refused(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn refuse(&self, e: &redis::RedisError) {
+        if !self.0.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                error = %e,
+                "redis refuses a key's invalidation in one script: invalidations take several round trips from now on"
+            );
+        }
+    }
+}
+
 /// A member of a tag index and its score, as Redis wrote them.
 type Scored = (Vec<u8>, Vec<u8>);
 
@@ -441,6 +461,12 @@ impl RedisStore {
         message: Bytes,
     ) -> Result<u64, StoreError> {
         use crate::store::Bus;
+        if self.one_script.is_refused() {
+            self.tombstone_keys(&[key.as_bytes()], at, keep, true)
+                .await?;
+            self.invalidate_tagged(ns, family, at, keep).await?;
+            return self.publish(message).await;
+        }
         let index = tag_key(ns, family);
         let stone = Entry::tombstone(key, at).encode();
         let (before, after) = Entry::tombstone_parts(at);
@@ -472,7 +498,12 @@ impl RedisStore {
                 )))
             }
             // Redis's answer (out of memory, a refused command): the steps handle each case.
+            // Out of memory passes; any other refusal stays, so the steps are taken at once
+            // from then on (said once).
             Err(e) if oom::is_refusal(&e) => {
+                if !oom::is_oom(&e) {
+                    self.one_script.refuse(&e);
+                }
                 tracing::debug!(error = %e, "redis refuses an invalidation in one script: made in steps");
                 self.tombstone_keys(&[key.as_bytes()], at, keep, true)
                     .await?;
