@@ -172,6 +172,7 @@ impl Entry {
     /// [`encode`](Self::encode) is `before`, the key's length (4 bytes, big-endian), the key,
     /// then `after`. For a store that writes many tombstones where it cannot call `encode`
     /// (a Redis script).
+    #[cfg(feature = "redis")]
     pub(crate) fn tombstone_parts(at: SystemTime) -> (Bytes, Bytes) {
         let mut whole = Self::tombstone("", at).encode();
         let after = whole.split_off(TOMBSTONE_KEY_AT + 4);
@@ -488,6 +489,7 @@ pub(crate) fn millis(t: SystemTime) -> u64 {
 
 /// Where a tombstone's key begins in its envelope: magic, version, flags, status, then four
 /// 8-byte numbers (no sliding time).
+#[cfg(feature = "redis")]
 const TOMBSTONE_KEY_AT: usize = 2 + 1 + 1 + 2 + 4 * 8;
 
 /// `t` in microseconds since the epoch (0 before it, `u64::MAX` past what it holds): how

@@ -170,6 +170,7 @@ fn header_value_with_crlf_is_corrupt() {
     );
 }
 
+#[cfg(feature = "redis")]
 #[test]
 fn a_tombstone_is_its_parts_around_the_key() {
     let at = UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456);
