@@ -91,44 +91,50 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Queued>, pool: PoolRef) {
 }
 
 /// Sends `batch` in one round trip and answers each read.
-async fn send(mut batch: Vec<Queued>, pool: PoolRef) {
+async fn send(batch: Vec<Queued>, pool: PoolRef) {
+    let (mut cmds, mut readers): (Vec<redis::Cmd>, Vec<_>) = batch.into_iter().unzip();
     let (mut mux, hold) = match hold_on(&pool.pool, &pool.epoch, pool.checkout_timeout).await {
         Ok(held) => held,
-        Err(e) => return fail(batch, e),
+        Err(e) => return fail(readers, e),
     };
-    if batch.len() == 1 {
-        let (cmd, tx) = batch.pop().expect("one read");
-        let reply = hold
-            .watch(async move { cmd.query_async::<Value>(&mut mux).await })
-            .await;
-        let _ = tx.send(Ok(reply));
+    if cmds.len() == 1 {
+        if let (Some(cmd), Some(reader)) = (cmds.pop(), readers.pop()) {
+            let reply = hold
+                .watch(async move { cmd.query_async::<Value>(&mut mux).await })
+                .await;
+            let _ = reader.send(Ok(reply));
+        }
         return;
     }
     let mut pipe = redis::pipe();
-    for (cmd, _) in &batch {
-        pipe.add_command(cmd.clone());
+    for cmd in cmds {
+        pipe.add_command(cmd);
     }
     pipe.ignore_errors();
     let replies = hold
         .watch(async move { pipe.query_async::<Vec<Value>>(&mut mux).await })
         .await;
     match replies {
-        Ok(replies) if replies.len() == batch.len() => {
-            for ((_, tx), reply) in batch.into_iter().zip(replies) {
-                let _ = tx.send(Ok(reply.extract_error()));
+        Ok(replies) if replies.len() == readers.len() => {
+            for (reader, reply) in readers.into_iter().zip(replies) {
+                let _ = reader.send(Ok(reply.extract_error()));
             }
         }
         Ok(replies) => {
-            let e = format!("redis: {} replies to {} reads", replies.len(), batch.len());
-            fail(batch, StoreError::new(e));
+            let e = format!(
+                "redis: {} replies to {} reads",
+                replies.len(),
+                readers.len()
+            );
+            fail(readers, StoreError::new(e));
         }
-        Err(e) => fail(batch, StoreError::new(format!("redis: {e}"))),
+        Err(e) => fail(readers, StoreError::new(format!("redis: {e}"))),
     }
 }
 
-/// Answers every read of `batch` with `e`.
-fn fail(batch: Vec<Queued>, e: StoreError) {
-    for (_, tx) in batch {
-        let _ = tx.send(Err(e.clone()));
+/// Answers every reader of a batch with `e`.
+fn fail(readers: Vec<oneshot::Sender<Answer>>, e: StoreError) {
+    for reader in readers {
+        let _ = reader.send(Err(e.clone()));
     }
 }
