@@ -203,55 +203,57 @@ pub(super) fn tagged_set() -> &'static str {
         format!("{UNLESS_NEWER}{tags}return unless_newer(KEYS[1], ARGV[1], ARGV[2], false)")
     })
 }
-/// Sets the epoch of the tag index `KEYS[1]` to `ARGV[1]` µs (never backwards) and keeps the
-/// index at least `ARGV[2]` ms. The epoch is the member `!epoch`, scored 10^15 above its time
-/// (under 2^53 for millennia: exact in a double): above every entry's score (when it leaves,
-/// in ms), so trimming and reading the live members never touch it.
-pub(super) const TAG_EPOCH: &str = "local e = tonumber(ARGV[1]) + 1e15 \
-    local cur = redis.call('ZSCORE', KEYS[1], '!epoch') \
-    if (not cur) or tonumber(cur) < e then redis.call('ZADD', KEYS[1], e, '!epoch') end \
-    if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then \
-    redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 1";
+/// Lua: `set_epoch(k, at, px)` sets the epoch of the tag index `k` to `at` µs (never
+/// backwards) and keeps the index at least `px` ms. The epoch is the member `!epoch`, scored
+/// 10^15 above its time (under 2^53 for millennia: exact in a double): above every entry's
+/// score (when it leaves, in ms), so trimming and reading the live members never touch it.
+const SET_EPOCH: &str = "local function set_epoch(k, at, px) \
+    local e = tonumber(at) + 1e15 \
+    local cur = redis.call('ZSCORE', k, '!epoch') \
+    if (not cur) or tonumber(cur) < e then redis.call('ZADD', k, e, '!epoch') end \
+    if redis.call('PTTL', k) < tonumber(px) then redis.call('PEXPIRE', k, px) end end ";
+/// Sets the epoch of the tag index `KEYS[1]` to `ARGV[1]` µs and keeps the index at least
+/// `ARGV[2]` ms (see [`SET_EPOCH`]).
+pub(super) fn tag_epoch() -> &'static str {
+    static SCRIPT: OnceLock<String> = OnceLock::new();
+    SCRIPT.get_or_init(|| format!("{SET_EPOCH}set_epoch(KEYS[1], ARGV[1], ARGV[2]) return 1"))
+}
 /// The most live variants [`invalidate_key`] tombstones itself; a family with more is walked
 /// by the caller, a page at a time (a script blocks the server while it runs).
 pub(super) const FAMILY_IN_SCRIPT: usize = 128;
-/// A key's invalidation on one server, in one round trip: the tombstone `ARGV[1]` in the place
-/// of `KEYS[1]` whatever it holds, its last writer `KEYS[2]` ended; the epoch of its family's
-/// index `KEYS[3]` set to `ARGV[3]` µs, as [`TAG_EPOCH`] does; a tombstone in the place of
-/// each live member of the family (scored `ARGV[4]` ms or later), unless it holds a newer
-/// entry, that member's last writer ended and the member taken out of the index (the member
-/// that is the key itself too); then `ARGV[8]` published on the channel `ARGV[7]` (none when
-/// empty). A member's tombstone is `ARGV[5]`, its key's length (4 bytes, big-endian), the
-/// key and `ARGV[6]`: see `Entry::tombstone_parts`. Everything is kept `ARGV[2]` ms.
+/// A key's invalidation on one server, in one round trip, everything kept `ARGV[1]` ms:
+/// - a tombstone dated `ARGV[2]` µs in the place of `KEYS[1]`, whatever it holds, and its
+///   last writer `KEYS[2]` ended;
+/// - the epoch of its family's index `KEYS[3]` set to `ARGV[2]` (see [`SET_EPOCH`]);
+/// - a tombstone in the place of each live member of the family (scored `ARGV[3]` ms or
+///   later) unless it holds a newer entry, that member's last writer ended, and the member
+///   taken out of the index (the member that is the key itself too);
+/// - then `ARGV[6]` published on the bus channel.
 ///
-/// Returns how many subscribers got the message, or -1 when the family has more than
-/// [`FAMILY_IN_SCRIPT`] live members: then the key and the epoch are done, nothing is
-/// published, and the caller walks the family. Members are keys the script was not given
-/// (their names are in the index): one server only, never a cluster.
+/// A tombstone is `ARGV[4]`, its key's length (4 bytes, big-endian), the key and `ARGV[5]`:
+/// see `Entry::tombstone_parts`. Returns how many subscribers got the message, or -1 when the
+/// family has more than [`FAMILY_IN_SCRIPT`] live members: then the key and the epoch are
+/// done, nothing is published, and the caller walks the family. Members are keys the script
+/// was not given (their names are in the index): one server only, never a cluster.
 pub(super) fn invalidate_key() -> &'static str {
     static SCRIPT: OnceLock<String> = OnceLock::new();
     SCRIPT.get_or_init(|| {
         format!(
-            "{UNLESS_NEWER}\
-            redis.call('SET', KEYS[2], '0', 'XX', 'PX', ARGV[2]) \
-            unless_newer(KEYS[1], ARGV[1], ARGV[2], true) \
-            local e = tonumber(ARGV[3]) + 1e15 \
-            local cur = redis.call('ZSCORE', KEYS[3], '!epoch') \
-            if (not cur) or tonumber(cur) < e then redis.call('ZADD', KEYS[3], e, '!epoch') end \
-            if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[2]) then \
-            redis.call('PEXPIRE', KEYS[3], ARGV[2]) end \
-            local live = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[4], '(1e15', 'LIMIT', 0, {more}) \
+            "{UNLESS_NEWER}{SET_EPOCH}\
+            local function stone(k) local n = string.len(k) \
+            return ARGV[4] .. string.char(math.floor(n / 16777216) % 256, \
+            math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256) .. k .. ARGV[5] end \
+            redis.call('SET', KEYS[2], '0', 'XX', 'PX', ARGV[1]) \
+            unless_newer(KEYS[1], stone(KEYS[1]), ARGV[1], true) \
+            set_epoch(KEYS[3], ARGV[2], ARGV[1]) \
+            local live = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[3], '(1e15', 'LIMIT', 0, {more}) \
             if #live > {most} then return -1 end \
             for _, m in ipairs(live) do \
-            local n = string.len(m) \
-            local stone = ARGV[5] .. string.char(math.floor(n / 16777216) % 256, \
-            math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256) .. m .. ARGV[6] \
-            redis.call('SET', '{{' .. m .. '}}!ws', '0', 'XX', 'PX', ARGV[2]) \
-            if m == KEYS[1] or unless_newer(m, stone, ARGV[2], false) == 1 then \
+            redis.call('SET', '{{' .. m .. '}}!ws', '0', 'XX', 'PX', ARGV[1]) \
+            if m == KEYS[1] or unless_newer(m, stone(m), ARGV[1], false) == 1 then \
             redis.call('ZREM', KEYS[3], m) end \
             end \
-            if ARGV[7] == '' then return 0 end \
-            return redis.call('PUBLISH', ARGV[7], ARGV[8])",
+            return redis.call('PUBLISH', '{BUS}', ARGV[6])",
             more = FAMILY_IN_SCRIPT + 1,
             most = FAMILY_IN_SCRIPT,
         )

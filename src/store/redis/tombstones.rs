@@ -4,7 +4,7 @@
 use super::oom;
 use super::scripts::{
     eval, eval_text, invalidate_key, last_writer_key, millis_at, ms, namespace, set_unless_newer,
-    tag_key, tagged_set, BUS, TAG_ADD, TAG_EPOCH, TAG_REMOVE,
+    tag_epoch, tag_key, tagged_set, TAG_ADD, TAG_REMOVE,
 };
 use super::RedisStore;
 use crate::entry::micros;
@@ -38,6 +38,16 @@ impl Refused {
             );
         }
     }
+}
+
+/// How a key's invalidation in one script went.
+enum OneScript {
+    /// All of it: how many subscribers got the message.
+    Done(u64),
+    /// The key and its family's epoch: the family is left to walk, and the message to send.
+    FamilyTooLarge,
+    /// Nothing to count on: everything is left.
+    Refused,
 }
 
 /// A member of a tag index and its score, as Redis wrote them.
@@ -359,7 +369,7 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Sets the epoch of the tag index `index` to `at` (see [`TAG_EPOCH`]); out of memory, by
+    /// Sets the epoch of the tag index `index` to `at` (see [`tag_epoch`]); out of memory, by
     /// a script allowed out of memory, or not at all where Redis refuses that too (said once
     /// per outage: a fill that began before `at` may then be stored).
     async fn set_tag_epoch(
@@ -372,7 +382,7 @@ impl RedisStore {
             cmd.arg(1).arg(index).arg(micros(at)).arg(ms(keep));
             cmd
         };
-        match self.query(&epoch(eval(TAG_EPOCH))).await? {
+        match self.query(&epoch(eval(tag_epoch()))).await? {
             Ok(_) => return Ok(()),
             Err(e) if oom::is_oom(&e) => self.memory.refused(),
             Err(e) => return Err(StoreError::new(format!("redis: {e}"))),
@@ -382,7 +392,7 @@ impl RedisStore {
             return Ok(());
         }
         match self
-            .query(&epoch(eval_text(&oom::allow_oom(TAG_EPOCH))))
+            .query(&epoch(eval_text(&oom::allow_oom(tag_epoch()))))
             .await?
         {
             Ok(_) => {}
@@ -461,57 +471,70 @@ impl RedisStore {
         message: Bytes,
     ) -> Result<u64, StoreError> {
         use crate::store::Bus;
-        if self.one_script.is_refused() {
+        let key_done = if self.one_script.is_refused() {
+            false
+        } else {
+            match self
+                .invalidate_in_one_script(key, ns, family, at, keep, &message)
+                .await?
+            {
+                OneScript::Done(sent) => return Ok(sent),
+                OneScript::FamilyTooLarge => true,
+                OneScript::Refused => false,
+            }
+        };
+        if !key_done {
             self.tombstone_keys(&[key.as_bytes()], at, keep, true)
                 .await?;
-            self.invalidate_tagged(ns, family, at, keep).await?;
-            return self.publish(message).await;
         }
-        let index = tag_key(ns, family);
-        let stone = Entry::tombstone(key, at).encode();
+        self.invalidate_tagged(ns, family, at, keep).await?;
+        self.publish(message).await
+    }
+
+    /// The script of [`invalidate_family`](Self::invalidate_family) (see
+    /// [`invalidate_key`]). Out of memory, a refusal for this call; any other (an ACL, a
+    /// server that forbids undeclared keys) for good, said once.
+    async fn invalidate_in_one_script(
+        &self,
+        key: &str,
+        ns: &str,
+        family: &str,
+        at: SystemTime,
+        keep: Duration,
+        message: &[u8],
+    ) -> Result<OneScript, StoreError> {
         let (before, after) = Entry::tombstone_parts(at);
         let mut cmd = eval(invalidate_key());
         cmd.arg(3)
             .arg(key)
             .arg(last_writer_key(key))
-            .arg(&index)
-            .arg(&stone[..])
+            .arg(tag_key(ns, family))
             .arg(ms(keep))
             .arg(micros(at))
             .arg(millis_at(SystemTime::now()))
             .arg(&before[..])
             .arg(&after[..])
-            .arg(BUS)
-            .arg(&message[..]);
+            .arg(message);
         let reply = self.query(&cmd).await?;
         step_done();
         match reply {
             Ok(Value::Int(sent)) if sent >= 0 => {
                 self.memory.accepted();
-                return Ok(u64::try_from(sent).unwrap_or(0));
+                Ok(OneScript::Done(u64::try_from(sent).unwrap_or(0)))
             }
-            // A family too large for one script: the key and the epoch are done.
-            Ok(Value::Int(_)) => {}
-            Ok(other) => {
-                return Err(StoreError::new(format!(
-                    "redis: unexpected reply to an invalidation: {other:?}"
-                )))
-            }
-            // Redis's answer (out of memory, a refused command): the steps handle each case.
-            // Out of memory passes; any other refusal stays, so the steps are taken at once
-            // from then on (said once).
+            Ok(Value::Int(_)) => Ok(OneScript::FamilyTooLarge),
+            Ok(other) => Err(StoreError::new(format!(
+                "redis: unexpected reply to an invalidation: {other:?}"
+            ))),
             Err(e) if oom::is_refusal(&e) => {
                 if !oom::is_oom(&e) {
                     self.one_script.refuse(&e);
                 }
                 tracing::debug!(error = %e, "redis refuses an invalidation in one script: made in steps");
-                self.tombstone_keys(&[key.as_bytes()], at, keep, true)
-                    .await?;
+                Ok(OneScript::Refused)
             }
-            Err(e) => return Err(StoreError::new(format!("redis: {e}"))),
+            Err(e) => Err(StoreError::new(format!("redis: {e}"))),
         }
-        self.invalidate_tagged(ns, family, at, keep).await?;
-        self.publish(message).await
     }
 
     /// Up to `limit` keys starting with `prefix`, by `SCAN` (every master of a cluster).
