@@ -14,7 +14,7 @@ use super::MemoryStore;
 use super::StoreFuture;
 use bytes::Bytes;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// How the instances sharing a store tell each other what they invalidated (Redis pub/sub),
 /// so that each drops its memory copy. Offered through [`Store::bus`](super::Store::bus); a
@@ -101,7 +101,7 @@ pub(crate) fn bus_message(
     id: &str,
     fields: &[&str],
 ) -> Bytes {
-    let at = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    let at = crate::entry::micros(at);
     let mut m = format!("{}\t{at}\t{}\t{id}", kind as char, keep.as_millis());
     for f in fields {
         m.push('\t');
@@ -156,7 +156,7 @@ pub(crate) fn parse_bus_message(message: &[u8]) -> Option<BusMessage> {
     let text = std::str::from_utf8(message).ok()?;
     let mut parts = text.splitn(7, '\t');
     let kind = parts.next()?;
-    let at = UNIX_EPOCH.checked_add(Duration::from_micros(parts.next()?.parse().ok()?))?;
+    let at = crate::entry::at_micros(parts.next()?.parse().ok()?)?;
     let keep = Duration::from_millis(parts.next()?.parse().ok()?).min(Duration::from_secs(60));
     let id = parts.next()?.to_owned();
     let mut fields: Vec<String> = parts.map(field).collect();

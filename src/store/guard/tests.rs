@@ -423,10 +423,15 @@ impl Store for Walker {
     }
 }
 
+/// A walker under a guard of the default timeout (1 s), without probes.
+fn walker(steps: u32, each: Duration, hang: bool) -> Guarded<Walker> {
+    Guarded::new(Walker { steps, each, hang }).probe_interval(Duration::ZERO)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_tag_invalidation_is_timed_per_step_not_as_one_call() {
     let walk = |steps, each, hang| async move {
-        let g = Guarded::new(Walker { steps, each, hang }).probe_interval(Duration::ZERO);
+        let g = walker(steps, each, hang);
         let started = Instant::now();
         let done = g
             .invalidate_tag("ns".into(), "t".into(), SystemTime::now(), Duration::ZERO)
@@ -466,21 +471,11 @@ async fn a_key_invalidation_in_one_call_is_timed_per_step_and_refused_by_an_open
         .expect("the walker has it")
     };
     let step = Duration::from_millis(900);
-    let g = Guarded::new(Walker {
-        steps: 10,
-        each: step,
-        hang: false,
-    })
-    .probe_interval(Duration::ZERO);
+    let g = walker(10, step, false);
     let started = Instant::now();
     assert_eq!(call(&g).await.unwrap(), 10);
     assert_eq!(started.elapsed(), step * 10);
-    let g = Guarded::new(Walker {
-        steps: 3,
-        each: step,
-        hang: true,
-    })
-    .probe_interval(Duration::ZERO);
+    let g = walker(3, step, true);
     let started = Instant::now();
     let err = call(&g).await.unwrap_err();
     assert!(err.to_string().contains("no answer within 1s"), "{err}");
